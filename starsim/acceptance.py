@@ -1,0 +1,112 @@
+"""Acceptance models: how many draft tokens a target accepts in one verification round.
+
+Semantics (read this before writing a curve):
+
+- A **marginal** curve ``[a_1, ..., a_D]`` gives ``a_j = P(accepted >= j)``: the
+  probability that the draft token at depth ``j`` of the accepted path is accepted,
+  *unconditionally*. Acceptance is a prefix (position j can only be accepted if 1..j-1
+  were), so a marginal curve is non-increasing. Mean accepted draft tokens per round is
+  ``sum_j a_j``; each round also yields one bonus/corrected token (lossless decoding),
+  so the mean tokens per round is ``1 + sum_j a_j``.
+- A **conditional** curve ``[c_1, ..., c_D]`` gives ``c_j = P(accepted >= j | accepted
+  >= j-1)``, the per-step rate papers often quote. It is converted once:
+  ``a_j = c_1 * ... * c_j``.
+- ``geometric`` with ``alpha`` is the conditional curve with every ``c_j = alpha``.
+
+The number accepted is drawn **per round** (not averaged), with one uniform ``u``:
+``k = #{j : a_j > u}``, which has exactly the marginal probabilities above. Positions
+beyond the tree depth are never accepted; a curve shorter than the depth means zero
+acceptance past its end.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Prob = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class _Acceptance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def marginal(self, depth: int) -> list[float]:
+        """The marginal curve ``a_1..a_depth`` (zero-padded or truncated to ``depth``)."""
+        raise NotImplementedError
+
+    def mean_accepted(self, depth: int) -> float:
+        """Mean accepted draft tokens per round (bonus token not included)."""
+        return float(sum(self.marginal(depth)))
+
+    def sampler(self, rng: np.random.Generator, depth: int):
+        """A closure drawing the accepted draft tokens of one round."""
+        curve = self.marginal(depth)
+        if all(a in (0.0, 1.0) for a in curve):
+            k = int(sum(curve))  # deterministic: skip the random draw entirely
+            return lambda: k
+        draw = rng.random
+
+        def sample() -> int:
+            u = draw()
+            k = 0
+            for a in curve:
+                if a > u:
+                    k += 1
+                else:
+                    break
+            return k
+
+        return sample
+
+
+def _fit(curve: list[float], depth: int) -> list[float]:
+    return [float(x) for x in curve[:depth]] + [0.0] * max(0, depth - len(curve))
+
+
+class Marginal(_Acceptance):
+    """``curve[j-1] = P(accepted >= j)``; must be non-increasing."""
+
+    kind: Literal["marginal"] = "marginal"
+    curve: list[Prob] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _non_increasing(self):
+        for j in range(1, len(self.curve)):
+            if self.curve[j] > self.curve[j - 1] + 1e-12:
+                raise ValueError(
+                    f"a marginal curve must be non-increasing (curve[{j}]={self.curve[j]} > "
+                    f"curve[{j - 1}]={self.curve[j - 1]}); did you mean kind: conditional?"
+                )
+        return self
+
+    def marginal(self, depth):
+        return _fit(self.curve, depth)
+
+
+class Conditional(_Acceptance):
+    """``curve[j-1] = P(accepted >= j | accepted >= j-1)``."""
+
+    kind: Literal["conditional"]
+    curve: list[Prob] = Field(min_length=1)
+
+    def marginal(self, depth):
+        out, p = [], 1.0
+        for c in self.curve:
+            p *= c
+            out.append(p)
+        return _fit(out, depth)
+
+
+class Geometric(_Acceptance):
+    """Every conditional rate equals ``alpha``: ``a_j = alpha ** j``."""
+
+    kind: Literal["geometric"]
+    alpha: Prob
+
+    def marginal(self, depth):
+        return [self.alpha**j for j in range(1, depth + 1)]
+
+
+Acceptance = Annotated[Marginal | Conditional | Geometric, Field(discriminator="kind")]

@@ -1,0 +1,256 @@
+"""The ``starsim`` command line. Every command is a thin shell over a Python function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ScenarioError, StarsimError
+
+EXIT_BAD_INPUT = 2
+
+# (summary key, label, unit scale, unit) for the tables printed on the terminal
+_ROWS = [
+    ("draft_utilization", "draft utilization", 100.0, "%"),
+    ("draft_idle_gap_mean_s", "draft idle gap, mean", 1e3, "ms"),
+    ("draft_idle_gap_p50_s", "draft idle gap, p50", 1e3, "ms"),
+    ("draft_idle_gap_p99_s", "draft idle gap, p99", 1e3, "ms"),
+    ("draft_idle_ratio_mean", "draft idle ratio (mean of windows)", 100.0, "%"),
+    ("draft_task_time_mean_s", "draft task time, mean", 1e3, "ms"),
+    ("draft_queue_wait_mean_s", "draft queue wait, mean", 1e3, "ms"),
+    ("draft_tasks_per_s", "draft tasks per second", 1.0, "/s"),
+    ("draft_kv_bytes_peak", "draft KV bytes, peak", 1e-6, "MB"),
+    ("throughput_tokens_per_s", "throughput", 1.0, "tok/s"),
+    ("mean_accepted_tokens", "tokens per round (bonus incl.)", 1.0, ""),
+    ("rounds", "rounds measured", 1.0, ""),
+    ("requests_completed", "requests completed", 1.0, ""),
+    ("requests_unfinished", "requests unfinished at the end", 1.0, ""),
+    ("ttft_mean_s", "TTFT, mean", 1e3, "ms"),
+    ("tpot_mean_s", "TPOT, mean", 1e3, "ms"),
+]
+
+
+def _fmt(v: Any, scale: float = 1.0) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v)
+    x = v * scale
+    if isinstance(v, int) and scale == 1.0:
+        return f"{v:d}"
+    if x == float("inf"):
+        return "inf"
+    return f"{x:.4g}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _parse_ns(text: str) -> list[int]:
+    """``"1-8"`` or ``"1,2,4,8"`` -> list of ints."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out += list(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise ScenarioError("--n", [("", f"expected e.g. 1-8 or 1,2,4,8, got {text!r}")]) from None
+    if not out or min(out) < 1:
+        raise ScenarioError("--n", [("", f"target counts must be >= 1, got {text!r}")])
+    return out
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .scenario import load_scenario
+    from .sim import simulate
+
+    sc = load_scenario(args.file, args.set)
+    res = simulate(sc)
+    if args.out:
+        res.write(args.out, csv=args.csv, trace=not args.no_trace, trace_s=args.trace_s)
+    if args.json:
+        print(json.dumps(res.summary, indent=2, sort_keys=True))
+    else:
+        s = res.summary
+        p = s["provenance"]
+        print(f"{sc.name}: mode {sc.mode}, {s['n_targets']} targets, seed {sc.seed}, "
+              f"{s['t_end_s']:.4g} s simulated ({s['measured_s']:.4g} s measured) in "
+              f"{p['wall_time_s']:.3g} s wall, {p['events_simulated']} events")
+        print(_table(["metric", "value", "unit"], [[lbl, _fmt(s.get(k), sc_), u] for k, lbl, sc_, u in _ROWS]))
+        if args.out:
+            print(f"wrote {args.out}")
+    if res.summary["requests_unfinished"] and sc.duration_s is None:
+        print(f"warning: {res.summary['requests_unfinished']} requests unfinished", file=sys.stderr)
+    return 0
+
+
+def _analyze_rows(a: dict, s: dict | None) -> list[list[str]]:
+    keys = [
+        ("draft_utilization", "draft utilization", 100.0, "%"),
+        ("draft_idle_gap_mean_s", "draft idle gap, mean", 1e3, "ms"),
+        ("draft_tasks_per_s", "draft tasks per second", 1.0, "/s"),
+        ("throughput_tokens_per_s", "throughput", 1.0, "tok/s"),
+        ("mean_accepted_tokens", "tokens per round (bonus incl.)", 1.0, ""),
+        ("tpot_mean_s", "TPOT, mean", 1e3, "ms"),
+    ]
+    rows = []
+    for k, lbl, scale, unit in keys:
+        row = [lbl, _fmt(a.get(k), scale)]
+        if s is not None:
+            sv, av = s.get(k), a.get(k)
+            row.append(_fmt(sv, scale))
+            row.append(f"{100.0 * (av - sv) / sv:+.2f}%" if sv not in (None, 0) and av is not None else "-")
+        rows.append(row + [unit])
+    return rows
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analytic import analyze
+    from .scenario import load_scenario
+    from .sim import simulate
+
+    base = load_scenario(args.file, args.set)
+    if args.n:
+        if len(base.targets) != 1:
+            raise ScenarioError(args.file, [("targets", "--n needs exactly one target group")])
+        ns = _parse_ns(args.n)
+        headers = ["N", "U analytic", "N*", "gap ms", "tok/s", "cycle ms"]
+        if args.compare:
+            headers += ["U sim", "U err", "tok/s sim", "tok/s err"]
+        rows, out = [], []
+        for n in ns:
+            sc = load_scenario(args.file, [*args.set, f"targets.0.count={n}"])
+            a = analyze(sc)
+            row = [str(n), _fmt(a["draft_utilization"], 100), _fmt(a["n_saturation"]),
+                   _fmt(a["draft_idle_gap_mean_s"], 1e3), _fmt(a["throughput_tokens_per_s"]),
+                   _fmt(a["per_target"][0]["cycle_s"], 1e3)]
+            rec = {"n": n, "analytic": a}
+            if args.compare:
+                s = simulate(sc).summary
+                rec["sim"] = s
+                for k in ("draft_utilization", "throughput_tokens_per_s"):
+                    scale = 100 if k == "draft_utilization" else 1
+                    row += [_fmt(s[k], scale), f"{100 * (a[k] - s[k]) / s[k]:+.2f}%" if s[k] else "-"]
+            rows.append(row)
+            out.append(rec)
+        if args.json:
+            print(json.dumps(out, indent=2, sort_keys=True, default=str))
+        else:
+            print(f"{base.name}: closed form vs N (U in %, N* = saturating number of targets)")
+            print(_table(headers, rows))
+        return 0
+
+    a = analyze(base)
+    s = simulate(base).summary if args.compare else None
+    if args.json:
+        print(json.dumps({"analytic": a, "sim": s} if s else a, indent=2, sort_keys=True, default=str))
+        return 0
+    print(f"{base.name}: closed form, mode {base.mode}, {a['n_targets']} targets")
+    headers = ["metric", "closed form"] + (["simulated", "closed vs sim"] if s else []) + ["unit"]
+    print(_table(headers, _analyze_rows(a, s)))
+    print()
+    print(f"draft load sum(d/T) = {a['draft_load']:.4g}; saturates at N* = {_fmt(a['n_saturation'])} targets"
+          + ("; SATURATED: the draft is the bottleneck" if a["saturated"] else ""))
+    if a.get("draft_utilization_mva") is not None:
+        print(f"exponential draft times (MVA) would give U = {100 * a['draft_utilization_mva']:.4g}%")
+    print(_table(
+        ["target", "draft ms", "link ms", "verify ms", "cycle alone ms", "cycle ms", "TPOT below sat. ms", "TPOT ms", "tok/s"],
+        [[p["name"], _fmt(p["draft_s"], 1e3), _fmt(p["link_s"], 1e3), _fmt(p["verify_s"], 1e3),
+          _fmt(p["cycle_alone_s"], 1e3), _fmt(p["cycle_s"], 1e3), _fmt(p["tpot_below_saturation_s"], 1e3),
+          _fmt(p["tpot_s"], 1e3), _fmt(p["tokens_per_s"])] for p in a["per_target"]],
+    ))
+    print("assumptions: " + "; ".join(a["assumptions"]))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .scenario import load_scenario
+
+    sc = load_scenario(args.file, args.set)
+    print(yaml.safe_dump(sc.to_dict(), sort_keys=False), end="")
+    print(f"# ok: {sc.n_targets} targets, mode {sc.mode}, hash {sc.digest()[:12]}", file=sys.stderr)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .scenario import Scenario
+
+    print(json.dumps(Scenario.model_json_schema(by_alias=True), indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="starsim",
+        description="Predict, measure and explain one-for-many speculative decoding (StarSD).",
+    )
+    p.add_argument("--version", action="version", version=f"starsim {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def scenario_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("file", help="scenario YAML")
+        sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a field, e.g. --set targets.0.count=8 (repeatable)")
+
+    r = sub.add_parser("run", help="simulate a scenario (SimPy) and summarize it")
+    scenario_args(r)
+    r.add_argument("--out", type=Path, help="write the run directory here")
+    r.add_argument("--csv", action="store_true", help="tables as CSV instead of Parquet")
+    r.add_argument("--no-trace", action="store_true", help="do not write trace.json")
+    r.add_argument("--trace-s", type=float, default=20.0, help="seconds of trace.json after warm-up (default 20)")
+    r.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+    r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("analyze", help="closed-form predictions (optionally beside the simulation)")
+    scenario_args(a)
+    a.add_argument("--compare", action="store_true", help="also simulate and show the difference")
+    a.add_argument("--n", help="a table over target counts, e.g. 1-8 or 1,2,4,8 (one target group)")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_analyze)
+
+    c = sub.add_parser("check", help="validate a scenario and print it resolved")
+    scenario_args(c)
+    c.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("schema", help="print the scenario JSON schema")
+    s.set_defaults(func=cmd_schema)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.func(args)
+    except StarsimError as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # e.g. `starsim run ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Timing and length specs: one form everywhere a scenario gives a time or a length.
+
+A spec is either a bare number (a constant) or a mapping with a ``kind``:
+
+- ``constant``: ``value``
+- ``exponential``: ``mean``
+- ``lognormal``: ``mean`` and ``cv`` (coefficient of variation = std/mean)
+- ``uniform``: ``low``, ``high``
+- ``empirical``: ``samples`` (drawn uniformly with replacement)
+- ``linear``: a latency model ``a + b*tokens + c*context + d*tokens*context + e*depth``
+  with optional multiplicative lognormal noise ``cv`` (mean 1, so the mean is the model).
+
+``tokens``, ``context`` and ``depth`` are whatever the caller says they are (tree tokens
+for a verification, prompt tokens for a prefill, ...); the scenario reference documents
+each use. A measured profile by reference joins this union with the calibration issue.
+
+Each spec compiles to a plain Python closure ``f(tokens, context, depth) -> float`` bound to
+a random stream, because the simulator's hot path calls it once per round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+Sampler = Callable[[float, float, float], float]
+
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def mean(self, tokens: float = 0.0, context: float = 0.0, depth: float = 0.0) -> float:
+        raise NotImplementedError
+
+    def sampler(self, rng: np.random.Generator) -> Sampler:
+        raise NotImplementedError
+
+    @property
+    def is_constant(self) -> bool:
+        """True when every draw equals the mean (for the given arguments)."""
+        return False
+
+
+class Constant(_Spec):
+    kind: Literal["constant"] = "constant"
+    value: NonNeg
+
+    def mean(self, tokens=0.0, context=0.0, depth=0.0):
+        return self.value
+
+    def sampler(self, rng):
+        v = self.value
+        return lambda tokens=0.0, context=0.0, depth=0.0: v
+
+    @property
+    def is_constant(self):
+        return True
+
+
+class Exponential(_Spec):
+    kind: Literal["exponential"]
+    mean_: NonNeg = Field(alias="mean")
+
+    def mean(self, tokens=0.0, context=0.0, depth=0.0):
+        return self.mean_
+
+    def sampler(self, rng):
+        m, draw = self.mean_, rng.exponential
+        return lambda tokens=0.0, context=0.0, depth=0.0: draw(m)
+
+
+def _lognormal_params(mean: float, cv: float) -> tuple[float, float]:
+    # Parametrised by mean and cv because that is what people measure; convert once.
+    sigma2 = math.log1p(cv * cv)
+    return math.log(mean) - sigma2 / 2.0, math.sqrt(sigma2)
+
+
+class LogNormal(_Spec):
+    kind: Literal["lognormal"]
+    mean_: float = Field(alias="mean", gt=0, allow_inf_nan=False)
+    cv: NonNeg
+
+    def mean(self, tokens=0.0, context=0.0, depth=0.0):
+        return self.mean_
+
+    def sampler(self, rng):
+        if self.cv == 0:
+            v = self.mean_
+            return lambda tokens=0.0, context=0.0, depth=0.0: v
+        mu, sigma = _lognormal_params(self.mean_, self.cv)
+        draw = rng.lognormal
+        return lambda tokens=0.0, context=0.0, depth=0.0: draw(mu, sigma)
+
+
+class Uniform(_Spec):
+    kind: Literal["uniform"]
+    low: NonNeg
+    high: NonNeg
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+    def mean(self, tokens=0.0, context=0.0, depth=0.0):
+        return 0.5 * (self.low + self.high)
+
+    def sampler(self, rng):
+        lo, hi, draw = self.low, self.high, rng.uniform
+        return lambda tokens=0.0, context=0.0, depth=0.0: draw(lo, hi)
+
+
+class Empirical(_Spec):
+    kind: Literal["empirical"]
+    samples: list[NonNeg] = Field(min_length=1)
+
+    def mean(self, tokens=0.0, context=0.0, depth=0.0):
+        return float(np.mean(self.samples))
+
+    def sampler(self, rng):
+        arr = list(self.samples)
+        n, integers = len(arr), rng.integers
+        return lambda tokens=0.0, context=0.0, depth=0.0: arr[integers(n)]
+
+
+class Linear(_Spec):
+    """Latency model ``a + b*tokens + c*context + d*tokens*context + e*depth`` (seconds)."""
+
+    kind: Literal["linear"]
+    a: NonNeg = 0.0
+    b: NonNeg = 0.0
+    c: NonNeg = 0.0
+    d: NonNeg = 0.0
+    e: NonNeg = 0.0
+    cv: NonNeg = Field(0.0, description="multiplicative lognormal noise, mean 1")
+
+    def mean(self, tokens=0.0, context=0.0, depth=0.0):
+        return self.a + self.b * tokens + self.c * context + self.d * tokens * context + self.e * depth
+
+    def sampler(self, rng):
+        a, b, c, d, e = self.a, self.b, self.c, self.d, self.e
+        if self.cv == 0:
+            return lambda tokens=0.0, context=0.0, depth=0.0: (
+                a + b * tokens + c * context + d * tokens * context + e * depth
+            )
+        mu, sigma = _lognormal_params(1.0, self.cv)
+        draw = rng.lognormal
+        return lambda tokens=0.0, context=0.0, depth=0.0: (
+            a + b * tokens + c * context + d * tokens * context + e * depth
+        ) * draw(mu, sigma)
+
+    @property
+    def is_constant(self):
+        return self.cv == 0
+
+
+def _number_is_constant(v: Any) -> Any:
+    # A bare number is the everyday way to write a fixed time or length.
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return {"kind": "constant", "value": v}
+    return v
+
+
+Dist = Annotated[
+    Constant | Exponential | LogNormal | Uniform | Empirical | Linear,
+    Field(discriminator="kind"),
+    BeforeValidator(_number_is_constant),
+]
+"""The timing/length spec type used by every scenario field that takes one."""
+
+DIST_KINDS = ("constant", "exponential", "lognormal", "uniform", "empirical", "linear")
+
+
+def length_sampler(spec: _Spec, rng: np.random.Generator, minimum: int = 1) -> Callable[[], int]:
+    """A sampler of token counts: draws are rounded and clipped to ``minimum``."""
+    f = spec.sampler(rng)
+    return lambda: max(minimum, int(round(f(0.0, 0.0, 0.0))))

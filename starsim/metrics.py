@@ -1,0 +1,228 @@
+"""Every number of a run, derived once from the three record tables.
+
+Definitions (seconds; fractions in 0..1), all over the measurement window
+``[warmup_s, t_end - cooldown_s]``:
+
+- **utilization**: time-weighted busy fraction of the draft engine(s), from the union of
+  busy intervals clipped to the window (averaged over engines in one_for_one mode);
+- **idle gap**: for consecutive draft tasks of one engine, start of the next minus end of
+  the previous (zero when back to back; the StarSD authors' definition), for gaps that
+  start and end inside the window;
+- **idle ratio** of a window of ``window_s``: idle / (idle + busy) inside it; the summary
+  gives the mean over the full windows;
+- **throughput**: tokens emitted inside the window (round tokens at verify end, the
+  prefill's first token at first-token time) per second of window;
+- **TTFT / TPOT**: over requests that arrive and finish inside the window;
+- **queue wait**: draft start minus enqueue, for rounds whose draft starts in the window.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .records import Records
+
+
+def _f(x: Any) -> float | None:
+    """JSON-safe float: NaN/inf -> None."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _mean(a) -> float | None:
+    a = np.asarray(a, dtype=float)
+    return _f(a.mean()) if a.size else None
+
+
+def _pct(a, q: float) -> float | None:
+    a = np.asarray(a, dtype=float)
+    return _f(np.percentile(a, q)) if a.size else None
+
+
+def merge_intervals(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union of intervals as sorted, disjoint ``(starts, ends)``."""
+    if len(start) == 0:
+        return np.asarray(start, float), np.asarray(end, float)
+    order = np.argsort(start, kind="stable")
+    s, e = np.asarray(start, float)[order], np.asarray(end, float)[order]
+    run_max = np.maximum.accumulate(e)
+    new = np.ones(len(s), bool)
+    new[1:] = s[1:] > run_max[:-1]
+    first = np.flatnonzero(new)
+    last = np.r_[first[1:] - 1, len(s) - 1]
+    return s[first], run_max[last]
+
+
+def busy_curve(start: np.ndarray, end: np.ndarray):
+    """``B(t)``: busy time in ``[0, t]`` for the union of the intervals (vectorised in t)."""
+    s, e = merge_intervals(start, end)
+    if len(s) == 0:
+        return lambda t: np.zeros_like(np.asarray(t, float))
+    lengths = e - s
+    before = np.r_[0.0, np.cumsum(lengths)[:-1]]
+    xp = np.column_stack([s, e]).ravel()
+    fp = np.column_stack([before, before + lengths]).ravel()
+    return lambda t: np.interp(t, xp, fp)
+
+
+def idle_gaps(start: np.ndarray, end: np.ndarray, t0: float, t1: float) -> np.ndarray:
+    """Gaps between consecutive tasks of one engine, inside ``[t0, t1]``."""
+    if len(start) < 2:
+        return np.empty(0)
+    order = np.argsort(start, kind="stable")
+    s, e = np.asarray(start, float)[order], np.asarray(end, float)[order]
+    prev_end = np.maximum.accumulate(e)[:-1]
+    nxt = s[1:]
+    gaps = np.maximum(0.0, nxt - prev_end)
+    keep = (prev_end >= t0) & (nxt <= t1)
+    return gaps[keep]
+
+
+def window_bounds(meta: dict) -> tuple[float, float]:
+    t_end = float(meta["t_end"])
+    t0 = float(meta.get("warmup_s", 0.0))
+    t1 = t_end - float(meta.get("cooldown_s", 0.0))
+    if t1 <= t0:  # run shorter than its warm-up: measure everything rather than nothing
+        t0, t1 = 0.0, t_end
+    return t0, t1
+
+
+def engine_stats(iv: pd.DataFrame, t0: float, t1: float, window_s: float) -> dict[str, Any]:
+    """Utilization, idle gaps and idle ratios of one engine's busy intervals."""
+    s, e = iv["start"].to_numpy(float), iv["end"].to_numpy(float)
+    B = busy_curve(s, e)
+    span = t1 - t0
+    busy = float(B(t1) - B(t0)) if span > 0 else 0.0
+    n_win = int(math.floor(span / window_s + 1e-9)) if span > 0 else 0
+    edges = t0 + window_s * np.arange(n_win + 1)
+    ratios = 1.0 - np.diff(B(edges)) / window_s if n_win else np.empty(0)
+    return {
+        "busy_s": busy,
+        "utilization": busy / span if span > 0 else float("nan"),
+        "gaps": idle_gaps(s, e, t0, t1),
+        "idle_ratios": np.clip(ratios, 0.0, 1.0),
+        "window_edges": edges,
+    }
+
+
+def idle_ratio_series(records: Records) -> pd.DataFrame:
+    """Idle ratio per window and per draft engine: columns engine, t_start, idle_ratio."""
+    meta = records.meta
+    t0, t1 = window_bounds(meta)
+    iv = records.intervals[records.intervals["kind"] == "draft"]
+    frames = []
+    for eng in meta.get("draft_engines", []):
+        st = engine_stats(iv[iv["engine"] == eng], t0, t1, float(meta["window_s"]))
+        frames.append(pd.DataFrame({"engine": eng, "t_start": st["window_edges"][:-1], "idle_ratio": st["idle_ratios"]}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["engine", "t_start", "idle_ratio"])
+
+
+def kv_bytes_peak(rounds: pd.DataFrame, requests: pd.DataFrame) -> int:
+    """Peak over time of the draft KV bytes held over all tags (state freed at request end)."""
+    if rounds.empty or not rounds["draft_kv_bytes"].any():
+        return 0
+    r = rounds[rounds["draft"] >= 0].sort_values(["request", "round"])
+    held = r["draft_kv_bytes"].to_numpy(np.int64)
+    same = r["request"].to_numpy()
+    delta = held.copy()
+    delta[1:] -= np.where(same[1:] == same[:-1], held[:-1], 0)
+    last = r.groupby("request", sort=False)["draft_kv_bytes"].last()
+    fin = requests.set_index("request")["t_finish"].reindex(last.index).to_numpy(float)
+    ok = np.isfinite(fin)
+    times = np.r_[r["t_draft_end"].to_numpy(float), fin[ok]]
+    deltas = np.r_[delta, -last.to_numpy(np.int64)[ok]]
+    # at equal times apply frees first: a tag's state is gone before another tag grows
+    order = np.lexsort((deltas, times))
+    return int(np.cumsum(deltas[order]).max())
+
+
+def summarize(records: Records) -> dict[str, Any]:
+    """The run summary (the keys of ``summary.json``), from the tables alone."""
+    meta = records.meta
+    rounds, requests, intervals = records.rounds, records.requests, records.intervals
+    t0, t1 = window_bounds(meta)
+    span = t1 - t0
+    window_s = float(meta["window_s"])
+
+    # ---- draft engine(s)
+    engines = meta.get("draft_engines", [])
+    draft_iv = intervals[intervals["kind"] == "draft"]
+    utils, gaps, ratios = [], [], []
+    for eng in engines:
+        st = engine_stats(draft_iv[draft_iv["engine"] == eng], t0, t1, window_s)
+        utils.append(st["utilization"])
+        gaps.append(st["gaps"])
+        ratios.append(st["idle_ratios"])
+    gaps_all = np.concatenate(gaps) if gaps else np.empty(0)
+    ratios_all = np.concatenate(ratios) if ratios else np.empty(0)
+    tasks = draft_iv[(draft_iv["start"] >= t0) & (draft_iv["start"] < t1)]
+    task_time = (tasks["end"] - tasks["start"]).to_numpy()
+
+    # ---- rounds and tokens
+    in_win = (rounds["t_verify_end"] >= t0) & (rounds["t_verify_end"] <= t1)
+    rw = rounds[in_win]
+    spec = rw[rw["draft"] >= 0]
+    firsts = requests["t_first_token"]
+    first_in = int(((firsts >= t0) & (firsts <= t1)).sum())
+    tokens = int(rw["emitted"].sum()) + first_in
+    waits = rounds[(rounds["t_draft_start"] >= t0) & (rounds["t_draft_start"] < t1) & (rounds["draft"] >= 0)]
+    wait = (waits["t_draft_start"] - waits["t_enqueue"]).to_numpy()
+
+    # ---- requests
+    req = requests
+    done = req[np.isfinite(req["t_finish"])]
+    arrived_in = (req["t_arrival"] >= t0) & (req["t_arrival"] <= t1)
+    ttft = (req.loc[arrived_in, "t_first_token"] - req.loc[arrived_in, "t_arrival"]).dropna().to_numpy()
+    dw = done[(done["t_arrival"] >= t0) & (done["t_finish"] <= t1) & (done["generated_tokens"] > 1)]
+    tpot = ((dw["t_finish"] - dw["t_first_token"]) / (dw["generated_tokens"] - 1)).to_numpy()
+
+    per_target = []
+    for t in meta.get("targets", []):
+        i = t["index"]
+        ri = rw[rw["target"] == i]
+        fi = int(((firsts >= t0) & (firsts <= t1) & (req["target"] == i)).sum())
+        wi = waits[waits["target"] == i]
+        per_target.append(
+            {
+                "target": i,
+                "name": t["name"],
+                "device": t["device"],
+                "tokens_per_s": _f((ri["emitted"].sum() + fi) / span) if span > 0 else None,
+                "cycle_mean_s": _mean(ri["t_verify_end"] - (ri["t_send"] if len(engines) else ri["t_verify_start"])),
+                "queue_wait_mean_s": _mean(wi["t_draft_start"] - wi["t_enqueue"]),
+                "rounds": int(len(ri)),
+                "requests_completed": int((done["target"] == i).sum()),
+            }
+        )
+
+    return {
+        "draft_utilization": _mean(utils) if engines else None,
+        "draft_idle_gap_mean_s": _mean(gaps_all),
+        "draft_idle_gap_p50_s": _pct(gaps_all, 50),
+        "draft_idle_gap_p99_s": _pct(gaps_all, 99),
+        "draft_idle_ratio_mean": _mean(ratios_all),
+        "draft_tasks": int(len(tasks)),
+        "draft_tasks_per_s": _f(len(tasks) / span) if span > 0 else None,
+        "draft_task_time_mean_s": _mean(task_time),
+        "draft_task_time_p50_s": _pct(task_time, 50),
+        "draft_task_time_p99_s": _pct(task_time, 99),
+        "draft_queue_wait_mean_s": _mean(wait),
+        "draft_queue_wait_p99_s": _pct(wait, 99),
+        "draft_kv_bytes_peak": kv_bytes_peak(rounds, requests),
+        "throughput_tokens_per_s": _f(tokens / span) if span > 0 else None,
+        "mean_accepted_tokens": _mean(spec["accepted"] + 1) if len(spec) else (1.0 if len(rw) else None),
+        "rounds": int(len(rw)),
+        "round_time_mean_s": _mean(spec["t_verify_end"] - spec["t_send"]),
+        "requests_completed": int(len(done)),
+        "requests_unfinished": int(len(req) - len(done)),
+        "ttft_mean_s": _mean(ttft),
+        "tpot_mean_s": _mean(tpot),
+        "measured_s": _f(span),
+        "t_end_s": _f(meta["t_end"]),
+        "n_targets": len(meta.get("targets", [])),
+        "per_target": per_target,
+    }

@@ -1,0 +1,138 @@
+"""The record schema every predictor writes: ``rounds``, ``requests``, ``intervals``.
+
+The simulator and the real backend both fill a :class:`Recorder` and get :class:`Records`;
+:mod:`starsim.metrics` derives every number from these tables and nothing else. Times are
+seconds on the run's clock (0 = start); a hop that did not happen (e.g. no draft in
+autoregressive mode) is NaN.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("target", "int64"),          # target index (0..N-1)
+    ("request", "int64"),         # request id, unique in the run
+    ("round", "int64"),           # round index within the request
+    ("draft", "int64"),           # draft engine index that served it (-1: none)
+    ("t_send", "float64"),        # target sends accepted tokens (and hidden states)
+    ("t_draft_arrive", "float64"),  # message arrives at the draft server
+    ("t_enqueue", "float64"),     # parsed, task queued for the engine
+    ("t_draft_start", "float64"),
+    ("t_draft_end", "float64"),
+    ("t_reply_send", "float64"),  # tree serialized, on the wire
+    ("t_target_arrive", "float64"),
+    ("t_verify_start", "float64"),
+    ("t_verify_end", "float64"),  # tokens of this round are emitted here
+    ("context_tokens", "int64"),  # context length when the round starts
+    ("new_tokens", "int64"),      # tokens the draft encoded into its KV cache this round
+    ("tree_tokens", "int64"),
+    ("depth", "int64"),
+    ("accepted", "int64"),        # draft tokens accepted (bonus not included)
+    ("emitted", "int64"),         # tokens this round added to the output (accepted + 1, capped)
+    ("bytes_up", "int64"),
+    ("bytes_down", "int64"),
+    ("draft_kv_bytes", "int64"),  # this tag's draft KV bytes after the round's encode
+)
+
+REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("request", "int64"),
+    ("target", "int64"),          # -1: never started (open loop, still queued at the end)
+    ("prompt_tokens", "int64"),
+    ("output_tokens", "int64"),   # tokens the request asks for
+    ("generated_tokens", "int64"),  # tokens produced (== output_tokens when finished)
+    ("t_arrival", "float64"),
+    ("t_start", "float64"),       # a target takes it (prefill starts)
+    ("t_first_token", "float64"),
+    ("t_finish", "float64"),      # NaN: unfinished when the run ended
+)
+
+INTERVAL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("engine", "str"),            # "draft", "draft-3", "target-3", ...
+    ("device", "str"),            # device unit, e.g. "gpu[0]"
+    ("kind", "str"),              # draft | verify | prefill | decode
+    ("target", "int64"),          # whom the work was for
+    ("start", "float64"),
+    ("end", "float64"),
+)
+
+TABLES = {"rounds": ROUND_COLUMNS, "requests": REQUEST_COLUMNS, "intervals": INTERVAL_COLUMNS}
+
+
+def _frame(rows: list[tuple], columns: tuple[tuple[str, str], ...]) -> pd.DataFrame:
+    names = [c for c, _ in columns]
+    if rows:
+        cols = list(zip(*rows))
+    else:
+        cols = [[] for _ in names]
+    data = {}
+    for (name, dtype), values in zip(columns, cols):
+        if dtype == "str":
+            data[name] = pd.Series(values, dtype=object).astype(str) if values else pd.Series([], dtype=str)
+        else:
+            data[name] = np.asarray(values, dtype=dtype)
+    return pd.DataFrame(data, columns=names)
+
+
+class Recorder:
+    """Columnar-ish buffers: one tuple per row in a list (cheap to append, one conversion)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[tuple] = []
+        self.requests: list[tuple] = []
+        self.intervals: list[tuple] = []
+
+    def finish(self, meta: dict[str, Any]) -> Records:
+        return Records(
+            rounds=_frame(self.rounds, ROUND_COLUMNS),
+            requests=_frame(sorted(self.requests), REQUEST_COLUMNS),
+            intervals=_frame(self.intervals, INTERVAL_COLUMNS),
+            meta=meta,
+        )
+
+
+@dataclass
+class Records:
+    """The three tables plus the run's metadata (clock end, window settings, engines, targets).
+
+    ``meta`` keys: ``source`` (sim | real), ``mode``, ``t_end``, ``warmup_s``, ``cooldown_s``,
+    ``window_s``, ``draft_engines`` (engine names), ``targets`` (list of
+    ``{"index", "name", "device"}``).
+    """
+
+    rounds: pd.DataFrame
+    requests: pd.DataFrame
+    intervals: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, out: Path, csv: bool = False) -> list[Path]:
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in TABLES:
+            df = getattr(self, name)
+            p = out / (f"{name}.csv" if csv else f"{name}.parquet")
+            if csv:
+                df.to_csv(p, index=False)
+            else:
+                df.to_parquet(p, index=False)
+            written.append(p)
+        p = out / "meta.json"
+        p.write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+        written.append(p)
+        return written
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Records:
+        run_dir = Path(run_dir)
+        tables = {}
+        for name in TABLES:
+            pq, csv = run_dir / f"{name}.parquet", run_dir / f"{name}.csv"
+            tables[name] = pd.read_parquet(pq) if pq.exists() else pd.read_csv(csv)
+        meta = json.loads((run_dir / "meta.json").read_text())
+        return cls(meta=meta, **tables)

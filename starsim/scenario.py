@@ -1,0 +1,476 @@
+"""The scenario: typed schema (the single source of truth) and YAML loading with overrides.
+
+The format is documented field by field in ``scenarios/README.md``; the ``description``
+of each field below is the same text, so ``starsim schema`` prints it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .acceptance import Acceptance, Marginal
+from .distributions import DIST_KINDS, Dist
+from .errors import ScenarioError
+
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+MODES = ("star", "one_for_one", "autoregressive")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+class Device(_Model):
+    """A pool of identical accelerators. Instances placed on the same unit share it."""
+
+    type: str = Field("generic", description="free-text label, e.g. A100-80GB or cpu")
+    count: int = Field(1, ge=1, description="number of identical units in the pool")
+    slots: int = Field(
+        1,
+        ge=1,
+        description="tasks one unit runs at once without slowing down; co-located work "
+        "beyond this queues (contention, not free parallelism)",
+    )
+
+
+_DEVICE_REF = re.compile(r"^(?P<pool>[A-Za-z_][\w\-.]*)(\[(?P<unit>\d+)\])?$")
+
+
+def parse_device_ref(ref: str) -> tuple[str, int | None]:
+    """``"a100"`` -> ``("a100", None)`` (round-robin over units); ``"a100[2]"`` -> unit 2."""
+    m = _DEVICE_REF.match(ref)
+    if not m:
+        raise ValueError(f"device reference {ref!r} is not NAME or NAME[UNIT]")
+    unit = m.group("unit")
+    return m.group("pool"), (int(unit) if unit is not None else None)
+
+
+# --------------------------------------------------------------------------- draft
+
+
+class Tree(_Model):
+    """EAGLE-2 style token tree: ``top_k`` children per node, ``depth`` steps, then the
+    best ``tokens`` nodes are kept (the root is not counted)."""
+
+    top_k: int = Field(10, ge=1)
+    depth: int = Field(5, ge=1)
+    tokens: int = Field(59, ge=1)
+
+    @model_validator(mode="after")
+    def _fits(self):
+        most = sum(self.top_k**i for i in range(1, self.depth + 1))
+        if self.tokens > most:
+            raise ValueError(
+                f"tokens={self.tokens} exceeds the {most} nodes a top_k={self.top_k}, "
+                f"depth={self.depth} tree can have"
+            )
+        if self.tokens < self.depth:
+            raise ValueError(f"tokens={self.tokens} must be >= depth={self.depth}")
+        return self
+
+
+class Draft(_Model):
+    device: str = Field(description="device reference NAME or NAME[UNIT]")
+    time: Dist = Field(
+        description="cost of drafting one tree, excluding prefix encoding; evaluated with "
+        "tokens = tree tokens, context = context length, depth = tree depth"
+    )
+    encode_per_token_s: NonNeg = Field(
+        0.0,
+        description="cost per token encoded into the tag's draft KV cache (new tokens only "
+        "with prefix_cache, the whole context without)",
+    )
+    prefix_cache: bool = Field(True, description="encode only tokens not yet in the tag's KV cache")
+    tree: Tree = Field(default_factory=Tree)
+    policy: str = Field("fifo", description="engine scheduling policy (registry name)")
+    kv_bytes_per_token: int = Field(0, ge=0, description="draft KV bytes held per cached token")
+    parse_time: Dist = Field(0.0, description="communication thread: parse one received message")
+    serialize_time: Dist = Field(0.0, description="communication thread: serialize one reply")
+    needs_hidden_states: bool = Field(
+        True, description="the draft needs the target's hidden states (EAGLE): they travel up"
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        from .policies import POLICIES
+
+        if v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; expected one of: {', '.join(sorted(POLICIES))}")
+        return v
+
+
+# --------------------------------------------------------------------------- targets
+
+
+class LinkDirection(_Model):
+    latency_s: NonNeg = Field(0.0, description="one-way propagation latency")
+    bandwidth_bps: Pos | None = Field(None, description="bits per second; null = unlimited")
+    jitter: Dist = Field(0.0, description="extra random delay added to each message")
+
+    def mean_time(self, nbytes: float) -> float:
+        tx = 0.0 if self.bandwidth_bps is None else nbytes * 8.0 / self.bandwidth_bps
+        return self.latency_s + tx + self.jitter.mean()
+
+
+class Link(_Model):
+    """Per-target network path. ``latency_s``/``bandwidth_bps``/``jitter`` at this level are a
+    shorthand for both directions; ``up`` (target -> draft) and ``down`` override them."""
+
+    up: LinkDirection = Field(default_factory=LinkDirection)
+    down: LinkDirection = Field(default_factory=LinkDirection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        short = {k: data[k] for k in ("latency_s", "bandwidth_bps", "jitter") if k in data}
+        if not short:
+            return data
+        out = {k: v for k, v in data.items() if k not in short}
+        for d in ("up", "down"):
+            given = out.get(d) or {}
+            if isinstance(given, dict):
+                out[d] = {**short, **given}
+        return out
+
+
+class Payload(_Model):
+    """Message sizes, following the protocol: up = accepted token ids (+ hidden states),
+    down = tree token ids + parent indices + tree mask."""
+
+    header_bytes: int = Field(64, ge=0)
+    token_bytes: int = Field(4, ge=0, description="bytes per token id")
+    hidden_bytes_per_token: int = Field(
+        0, ge=0, description="hidden state bytes per token sent up (e.g. 4096 x fp16 = 8192)"
+    )
+    tree_mask: bool = Field(True, description="send the tokens x tokens tree mask (1 bit each)")
+
+    def bytes_up(self, new_tokens: int, hidden: bool) -> int:
+        per = self.token_bytes + (self.hidden_bytes_per_token if hidden else 0)
+        return self.header_bytes + new_tokens * per
+
+    def bytes_down(self, tree_tokens: int) -> int:
+        mask = (tree_tokens * tree_tokens + 7) // 8 if self.tree_mask else 0
+        return self.header_bytes + tree_tokens * (self.token_bytes + 4) + mask
+
+
+class TargetGroup(_Model):
+    name: str | None = Field(None, description="group label; instances are NAME-0, NAME-1, ...")
+    count: int = Field(1, ge=1)
+    device: str = Field(description="device reference; a pool's units are assigned round-robin")
+    verify_time: Dist = Field(
+        description="one tree verification; tokens = tree tokens + 1 (root), context = context length"
+    )
+    prefill_time: Dist = Field(0.0, description="prompt prefill; tokens = prompt tokens")
+    decode_time: Dist | None = Field(
+        None,
+        description="one autoregressive step (mode autoregressive); tokens = 1, context; "
+        "defaults to verify_time at tokens = 1",
+    )
+    link: Link = Field(default_factory=Link)
+    payload: Payload = Field(default_factory=Payload)
+
+
+# --------------------------------------------------------------------------- workload
+
+
+def _resolve_path(v: str | None, info: ValidationInfo) -> str | None:
+    """Relative paths are relative to the scenario file; the file must exist."""
+    if v is None:
+        return v
+    base = Path((info.context or {}).get("base_dir", "."))
+    p = Path(v).expanduser()
+    if not p.is_absolute():
+        p = base / p
+    if not p.is_file():
+        raise ValueError(f"file not found: {p}")
+    return str(p.resolve())
+
+
+class _Lengths(_Model):
+    prompt_tokens: Dist = Field(128, description="prompt length in tokens")
+    output_tokens: Dist = Field(256, description="tokens to generate per request")
+
+
+class ClosedLoop(_Lengths):
+    """Each target walks a prompt set in order, one request at a time (the reference setup)."""
+
+    kind: Literal["closed"] = "closed"
+    prompts: int = Field(80, ge=1, description="size of the prompt set")
+    lengths_file: str | None = Field(
+        None,
+        description="CSV with columns prompt_tokens,output_tokens (one row per prompt); "
+        "replaces the length distributions",
+    )
+    prompts_jsonl: str | None = Field(
+        None,
+        description="MT-Bench style JSONL (field turns[0]); prompt lengths estimated from the "
+        "first turn's text; output lengths still from output_tokens",
+    )
+    pause: Dist | None = Field(None, description="random pause between a target's prompts (bursty)")
+    repeat: bool = Field(True, description="start the prompt set again when done")
+
+    _check_lengths = field_validator("lengths_file", "prompts_jsonl")(_resolve_path)
+
+
+class Poisson(_Lengths):
+    kind: Literal["poisson"]
+    rate_per_s: Pos
+
+
+class GammaArrivals(_Lengths):
+    """Gamma inter-arrivals with mean 1/rate and coefficient of variation ``cv``
+    (cv = 1 is Poisson; cv > 1 is bursty)."""
+
+    kind: Literal["gamma"]
+    rate_per_s: Pos
+    cv: Pos = 1.0
+
+
+class TraceReplay(_Model):
+    """Replay an Azure LLM inference trace CSV (``TIMESTAMP,ContextTokens,GeneratedTokens``)."""
+
+    kind: Literal["trace"]
+    path: str
+    time_scale: Pos = Field(1.0, description="multiply inter-arrival times by this")
+    start_row: int = Field(0, ge=0)
+    max_rows: int | None = Field(None, ge=1)
+    max_prompt_tokens: int | None = Field(None, ge=1, description="clip context tokens")
+    max_output_tokens: int | None = Field(None, ge=1, description="clip generated tokens")
+
+    _check_path = field_validator("path")(_resolve_path)
+
+
+Workload = Annotated[
+    ClosedLoop | Poisson | GammaArrivals | TraceReplay, Field(discriminator="kind")
+]
+WORKLOAD_KINDS = ("closed", "poisson", "gamma", "trace")
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+class Scenario(_Model):
+    name: str = Field("scenario", description="a label used in outputs")
+    description: str = ""
+    seed: int = Field(0, ge=0, description="one seed drives every random stream")
+    mode: Literal["star", "one_for_one", "autoregressive"] = Field(
+        "star",
+        description="star: one draft serves all targets (StarSD); one_for_one: each target "
+        "has its own draft co-located on its device; autoregressive: no speculation",
+    )
+    duration_s: Pos | None = Field(None, description="simulated time horizon")
+    max_requests: int | None = Field(None, ge=1, description="stop after this many requests")
+    warmup_s: NonNeg = Field(0.0, description="records before this time are excluded from statistics")
+    cooldown_s: NonNeg = Field(0.0, description="records in the last cooldown_s are excluded")
+    window_s: Pos = Field(0.2, description="idle-ratio window")
+    devices: dict[str, Device] = Field(min_length=1)
+    draft: Draft
+    targets: list[TargetGroup] = Field(min_length=1)
+    acceptance: Acceptance = Field(default_factory=lambda: Marginal(curve=[0.8, 0.6, 0.45, 0.3, 0.2]))
+    workload: Workload = Field(default_factory=ClosedLoop)
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        problems: list[tuple[str, str]] = []
+        if self.duration_s is None and self.max_requests is None:
+            w = self.workload
+            finite = (isinstance(w, ClosedLoop) and not w.repeat) or isinstance(w, TraceReplay)
+            if not finite:
+                problems.append(("duration_s", "give duration_s and/or max_requests (the run must end)"))
+        if self.duration_s is not None and self.warmup_s + self.cooldown_s >= self.duration_s:
+            problems.append(
+                ("warmup_s", f"warmup_s + cooldown_s ({self.warmup_s + self.cooldown_s}) must be "
+                 f"< duration_s ({self.duration_s})")
+            )
+        refs = [("draft.device", self.draft.device)]
+        refs += [(f"targets.{i}.device", g.device) for i, g in enumerate(self.targets)]
+        for path, ref in refs:
+            try:
+                pool, unit = parse_device_ref(ref)
+            except ValueError as e:
+                problems.append((path, str(e)))
+                continue
+            if pool not in self.devices:
+                known = ", ".join(sorted(self.devices))
+                problems.append((path, f"device {pool!r} is not defined in devices (defined: {known})"))
+            elif unit is not None and unit >= self.devices[pool].count:
+                problems.append(
+                    (path, f"unit {unit} out of range: device {pool!r} has count {self.devices[pool].count}")
+                )
+        names = [g.name for g in self.targets if g.name]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            problems.append(("targets", f"duplicate group names: {', '.join(dup)}"))
+        if problems:
+            # Raised as ValueError so pydantic reports it like any other field error.
+            raise ValueError("; ".join(f"@{p}@ {m}" for p, m in problems))
+        return self
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def n_targets(self) -> int:
+        return sum(g.count for g in self.targets)
+
+    def target_instances(self) -> list[tuple[int, str, TargetGroup]]:
+        """``(index, instance name, group)`` for every target, in a fixed order."""
+        out = []
+        for gi, g in enumerate(self.targets):
+            base = g.name or f"t{gi}"
+            for k in range(g.count):
+                out.append((len(out), f"{base}-{k}", g))
+        return out
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def digest(self) -> str:
+        """SHA-256 of the resolved scenario (canonical JSON); identifies a run's inputs."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def apply_override(data: dict, path: str, value: Any, source: str = "--set") -> None:
+    """Set ``a.b.0.c`` in a nested dict/list, creating missing mapping keys."""
+    parts = path.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ScenarioError(source, [(here, f"no list item {part!r} (list has {len(node)} items)")])
+            key: Any = int(part)
+        elif isinstance(node, dict):
+            key = part
+            if not last and key not in node:
+                node[key] = {}
+        else:
+            raise ScenarioError(source, [(here, "cannot descend into a value that is not a mapping or list")])
+        if last:
+            node[key] = value
+        else:
+            node = node[key]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"targets.0.count=8"`` -> ``("targets.0.count", 8)`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ScenarioError("--set", [("", f"expected FIELD=VALUE, got {text!r}")])
+    path, raw = text.split("=", 1)
+    path = path.strip()
+    if not path:
+        raise ScenarioError("--set", [("", f"expected FIELD=VALUE, got {text!r}")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ScenarioError("--set", [(path, f"value is not valid YAML: {e}")]) from None
+    return path, value
+
+
+_TAGS = set(DIST_KINDS) | set(WORKLOAD_KINDS) | {"marginal", "conditional", "geometric"}
+
+
+def _loc_path(loc: tuple) -> str:
+    # Drop discriminator tags and pydantic's internal union labels from the location.
+    keep = [
+        str(p) for p in loc
+        if not (isinstance(p, str) and (p in _TAGS or "[" in p or p.startswith("function-")))
+    ]
+    return ".".join(keep)
+
+
+def _short(value: Any) -> str:
+    s = repr(value)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _problems(err: ValidationError) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for e in err.errors():
+        path = _loc_path(e["loc"])
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        # Cross-field checks carry their own field paths as "@path@ message".
+        if msg.startswith("@"):
+            for part in msg.split("; @"):
+                p, _, m = part.lstrip("@").partition("@ ")
+                out.append((p, m))
+            continue
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif e["type"] == "union_tag_invalid":
+            msg = f"unknown kind {e['input'].get('kind')!r}" if isinstance(e["input"], dict) else msg
+            msg += f"; expected one of: {e['ctx']['expected_tags']}" if "ctx" in e else ""
+        elif e["type"] == "union_tag_not_found":
+            msg = "a 'kind' is required here"
+        elif "input" in e and not isinstance(e["input"], (dict, list)):
+            msg = f"{msg} (got {_short(e['input'])})"
+        out.append((path, msg))
+    return out
+
+
+def validate_scenario(data: Any, source: str = "<scenario>", base_dir: str | Path = ".") -> Scenario:
+    """Validate a scenario mapping; raise :class:`ScenarioError` naming field paths."""
+    if not isinstance(data, dict):
+        raise ScenarioError(source, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    try:
+        return Scenario.model_validate(data, context={"base_dir": str(base_dir)})
+    except ValidationError as err:
+        raise ScenarioError(source, _problems(err)) from None
+
+
+def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
+    """Load a scenario YAML, apply ``--set`` style overrides, validate.
+
+    ``overrides`` is a list of ``"field.path=value"`` strings or a ``{path: value}`` dict.
+    """
+    p = Path(path)
+    source = str(path)
+    if not p.is_file():
+        raise ScenarioError(source, [("", "file not found")])
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ScenarioError(source, [("", f"broken YAML: {where}{problem}")]) from None
+    except UnicodeDecodeError:
+        raise ScenarioError(source, [("", "not a UTF-8 text file")]) from None
+    if data is None:
+        raise ScenarioError(source, [("", "the file is empty")])
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    for k, v in items:
+        if isinstance(data, dict):
+            apply_override(data, k, v, source=f"{source} (--set {k})")
+    return validate_scenario(data, source=source, base_dir=p.parent)

@@ -1,0 +1,90 @@
+"""The draft server's inference engine: one process that owns the draft device.
+
+Communication (receive, parse, reply) is per target and lives in the target's process as
+pure delays, because each target has its own thread on the real server; only the engine
+is shared. The engine keeps tag-indexed state (the draft KV length of each target) so
+that, with prefix caching, only tokens not yet cached are encoded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from ..policies import make_policy
+from ..scenario import Draft
+from .devices import DeviceUnit
+
+
+class Task:
+    """One draft request: target ``target`` wants a tree for a context of ``context`` tokens."""
+
+    __slots__ = ("target", "context", "done", "start", "end", "new_tokens", "kv_bytes")
+
+    def __init__(self, target: int, context: int, done: simpy.Event):
+        self.target = target
+        self.context = context
+        self.done = done
+
+
+class DraftEngine:
+    """Pulls tasks from its policy queue, one at a time; records a busy interval each."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        name: str,
+        unit: DeviceUnit,
+        cfg: Draft,
+        rng: np.random.Generator,
+        intervals: list,
+    ):
+        self.env = env
+        self.index = index
+        self.name = name
+        self.unit = unit
+        self.cfg = cfg
+        self.policy = make_policy(cfg.policy)
+        self.draft_time = cfg.time.sampler(rng)
+        self.intervals = intervals
+        self.kv: dict[int, int] = {}  # tag (target index) -> tokens in its draft KV cache
+        self._wake: simpy.Event | None = None
+        self.process = env.process(self.run())
+
+    def submit(self, task: Task) -> None:
+        self.policy.push(task)
+        if self._wake is not None:
+            wake, self._wake = self._wake, None
+            wake.succeed()
+
+    def free(self, tag: int) -> None:
+        """End of a target's session: its draft KV cache is released."""
+        self.kv.pop(tag, None)
+
+    def run(self):
+        env, policy, kv, intervals = self.env, self.policy, self.kv, self.intervals
+        draft_time, res, unit_name, name = self.draft_time, self.unit.resource, self.unit.name, self.name
+        tree = self.cfg.tree
+        tokens, depth = tree.tokens, tree.depth
+        encode, prefix_cache = self.cfg.encode_per_token_s, self.cfg.prefix_cache
+        kv_per_token = self.cfg.kv_bytes_per_token
+        while True:
+            while not len(policy):
+                self._wake = env.event()
+                yield self._wake
+            task = policy.pop()
+            if res is not None:
+                req = res.request()
+                yield req
+            start = env.now
+            ctx = task.context
+            new = ctx - kv.get(task.target, 0) if prefix_cache else ctx
+            kv[task.target] = ctx
+            yield env.timeout(encode * new + draft_time(tokens, ctx, depth))
+            if res is not None:
+                res.release(req)
+            end = env.now
+            task.start, task.end, task.new_tokens, task.kv_bytes = start, end, new, ctx * kv_per_token
+            intervals.append((name, unit_name, "draft", task.target, start, end))
+            task.done.succeed()

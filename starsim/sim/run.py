@@ -1,0 +1,154 @@
+"""Build the SimPy model of a scenario, run it, and return its records and summary."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import simpy
+
+from .. import __version__
+from ..metrics import summarize
+from ..records import Recorder
+from ..result import Result
+from ..scenario import ClosedLoop, Scenario
+from ..workload import arrivals, prompt_set
+from .devices import build_units, place
+from .draft import DraftEngine
+from .links import link_time
+from .target import NAN, Requests, Target
+
+# Random streams, one per purpose and instance, all derived from the scenario seed, so
+# adding a target does not shift the draws of the others.
+STREAM_WORKLOAD, STREAM_DRAFT, STREAM_TARGET, STREAM_LINK_UP, STREAM_LINK_DOWN, STREAM_COMM, STREAM_PAUSE = range(7)
+
+
+def rng_for(seed: int, stream: int, index: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, index])
+
+
+def _zero(*_args) -> float:
+    return 0.0
+
+
+def _arrival_process(env: simpy.Environment, store: simpy.Store, source, budget: int | None, n_targets: int):
+    issued = 0
+    for t, prompt, output in source:
+        if budget is not None and issued >= budget:
+            break
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        store.put((issued, env.now, prompt, output))
+        issued += 1
+    for _ in range(n_targets):  # one "no more work" marker per target
+        store.put(None)
+
+
+def simulate(scenario: Scenario) -> Result:
+    """Run the discrete-event simulation of ``scenario``; deterministic for a given seed."""
+    wall0 = time.perf_counter()
+    env = simpy.Environment()
+    rec = Recorder()
+    seed, mode = scenario.seed, scenario.mode
+    instances = scenario.target_instances()
+    draft_unit, target_units = place(scenario)
+
+    users = [draft_unit] if mode == "star" else []
+    for tu in target_units:
+        users += [tu, tu] if mode == "one_for_one" else [tu]
+    units = build_units(env, scenario, users)
+
+    draft = scenario.draft
+    if mode == "star":
+        engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng_for(seed, STREAM_DRAFT), rec.intervals)]
+    elif mode == "one_for_one":
+        engines = [
+            DraftEngine(env, i, f"draft-{i}", units[tu], draft, rng_for(seed, STREAM_DRAFT, i), rec.intervals)
+            for i, tu in enumerate(target_units)
+        ]
+    else:
+        engines = []
+
+    w = scenario.workload
+    store = None
+    if isinstance(w, ClosedLoop):
+        requests = Requests(env, scenario.max_requests, prompt_set(w, rng_for(seed, STREAM_WORKLOAD)), w.repeat)
+    else:
+        store = simpy.Store(env)
+        requests = Requests(env, scenario.max_requests, store=store)
+        source = arrivals(w, rng_for(seed, STREAM_WORKLOAD))
+        env.process(_arrival_process(env, store, source, scenario.max_requests, len(instances)))
+
+    targets = []
+    for (i, name, group), tu in zip(instances, target_units):
+        star = mode == "star"
+        pause = None
+        if isinstance(w, ClosedLoop) and w.pause is not None:
+            f = w.pause.sampler(rng_for(seed, STREAM_PAUSE, i))
+            pause = lambda f=f: f(0.0, 0.0, 0.0)  # noqa: E731
+        comm_rng = rng_for(seed, STREAM_COMM, i)
+        targets.append(
+            Target(
+                env, i, name, group, units[tu],
+                engines[0] if star else (engines[i] if engines else None),
+                requests, rng_for(seed, STREAM_TARGET, i), rec,
+                acceptance=scenario.acceptance,
+                tree_tokens=draft.tree.tokens,
+                depth=draft.tree.depth,
+                hidden=draft.needs_hidden_states,
+                # one_for_one: the draft is in-process on the target's device: no wire, no parsing
+                up=link_time(group.link.up, rng_for(seed, STREAM_LINK_UP, i)) if star else _zero,
+                down=link_time(group.link.down, rng_for(seed, STREAM_LINK_DOWN, i)) if star else _zero,
+                parse=draft.parse_time.sampler(comm_rng) if star else _zero,
+                serialize=draft.serialize_time.sampler(comm_rng) if star else _zero,
+                pause=pause,
+            )
+        )
+    procs = [env.process(t.run()) for t in targets]
+    done = env.all_of(procs)
+    stop = done if scenario.duration_s is None else env.any_of([done, env.timeout(scenario.duration_s)])
+    env.run(until=stop)
+    t_end = env.now
+
+    # Conservation: every request that was issued is in the table, finished or not.
+    for t in targets:
+        if t.current is not None:
+            rec.requests.append((*t.current, NAN))
+    if store is not None:
+        for item in store.items:
+            if item is not None:
+                rid, arrival, prompt, output = item
+                rec.requests.append((rid, -1, prompt, output, 0, arrival, NAN, NAN, NAN))
+
+    meta = {
+        "source": "sim",
+        "mode": mode,
+        "t_end": t_end,
+        "warmup_s": scenario.warmup_s,
+        "cooldown_s": scenario.cooldown_s,
+        "window_s": scenario.window_s,
+        "draft_engines": [e.name for e in engines],
+        "targets": [
+            {"index": i, "name": name, "device": tu} for (i, name, _), tu in zip(instances, target_units)
+        ],
+        "draft_device": draft_unit,
+    }
+    records = rec.finish(meta)
+    summary = summarize(records)
+    summary["provenance"] = {
+        "source": "sim",
+        "starsim_version": __version__,
+        "scenario": scenario.name,
+        "scenario_hash": scenario.digest(),
+        "seed": seed,
+        "mode": mode,
+        "events_simulated": _events(env),
+        "wall_time_s": time.perf_counter() - wall0,
+    }
+    return Result(scenario=scenario, records=records, summary=summary)
+
+
+def _events(env: simpy.Environment) -> int | None:
+    # SimPy numbers scheduled events with an itertools.count (``_eid``); peek at it.
+    eid = getattr(env, "_eid", None)
+    return int(next(eid)) if eid is not None else None

@@ -1,0 +1,198 @@
+"""A target instance: take a request, prefill, then speculative rounds until it is done.
+
+The whole life of a target reads top to bottom in :meth:`Target.run`. One round is
+send -> (link up + parse) -> draft engine -> (serialize + link down) -> verify -> accept.
+Delays that nobody competes for are merged into one SimPy timeout; the timestamps of every
+hop are still recorded exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import simpy
+
+from ..acceptance import _Acceptance
+from ..distributions import Sampler
+from ..scenario import Payload, TargetGroup
+from .devices import DeviceUnit
+from .draft import DraftEngine, Task
+
+NAN = math.nan
+
+
+class Requests:
+    """Where targets get requests from, and the run-wide request budget."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        max_requests: int | None,
+        prompt_set: list[tuple[int, int]] | None = None,
+        repeat: bool = True,
+        pause: Callable[[], float] | None = None,
+        store: simpy.Store | None = None,
+    ):
+        self.env = env
+        self.budget = max_requests
+        self.issued = 0
+        self.prompt_set = prompt_set
+        self.repeat = repeat
+        self.store = store
+        self.pause = pause
+
+    def take(self) -> bool:
+        if self.budget is not None and self.issued >= self.budget:
+            return False
+        self.issued += 1
+        return True
+
+    def next_for(self, target: Target):
+        """Generator: waits as needed, returns ``(rid, arrival, prompt, output)`` or None."""
+        if self.store is not None:  # open loop: arrivals queue for the first free target
+            item = yield self.store.get()
+            return item
+        pset = self.prompt_set
+        if target.served >= len(pset) and not self.repeat:
+            return None
+        if not self.take():
+            return None
+        if target.served and target.pause is not None:
+            yield self.env.timeout(target.pause())
+        prompt, output = pset[target.served % len(pset)]
+        return self.issued - 1, self.env.now, prompt, output
+
+
+class Target:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        name: str,
+        group: TargetGroup,
+        unit: DeviceUnit,
+        engine: DraftEngine | None,
+        requests: Requests,
+        rng: np.random.Generator,
+        rec,
+        *,
+        acceptance: _Acceptance,
+        tree_tokens: int,
+        depth: int,
+        hidden: bool,
+        up: Callable[[int], float],
+        down: Callable[[int], float],
+        parse: Sampler,
+        serialize: Sampler,
+        pause: Callable[[], float] | None,
+    ):
+        self.env = env
+        self.index = index
+        self.name = name
+        self.engine_name = f"target-{index}"
+        self.unit = unit
+        self.engine = engine
+        self.requests = requests
+        self.rec = rec
+        self.payload: Payload = group.payload
+        self.verify = group.verify_time.sampler(rng)
+        self.prefill = group.prefill_time.sampler(rng)
+        decode = group.decode_time
+        self.decode = decode.sampler(rng) if decode is not None else None
+        self.accept = acceptance.sampler(rng, depth)
+        self.tree_tokens, self.depth, self.hidden = tree_tokens, depth, hidden
+        self.up, self.down, self.parse, self.serialize = up, down, parse, serialize
+        self.pause = pause
+        self.served = 0
+        # [rid, target, prompt, output, generated, arrival, start, first]: the request in
+        # progress, kept so an unfinished one can still be reported at the end.
+        self.current: list | None = None
+
+    # ------------------------------------------------------------------ device use
+
+    def _on_device(self, kind: str, lead: float, dur: float):
+        """Wait ``lead`` (no device), then hold the device for ``dur``; returns (start, end)."""
+        env, res = self.env, self.unit.resource
+        if res is None:
+            t0 = env.now
+            yield env.timeout(lead + dur)
+            start, end = t0 + lead, env.now
+        else:
+            if lead:
+                yield env.timeout(lead)
+            req = res.request()
+            yield req
+            start = env.now
+            yield env.timeout(dur)
+            res.release(req)
+            end = env.now
+        self.rec.intervals.append((self.engine_name, self.unit.name, kind, self.index, start, end))
+        return start, end
+
+    # ------------------------------------------------------------------ life
+
+    def run(self):
+        while True:
+            req = yield from self.requests.next_for(self)
+            if req is None:
+                return
+            rid, arrival, prompt, output = req
+            self.served += 1
+            start = self.env.now
+            self.current = [rid, self.index, prompt, output, 0, arrival, start, NAN]
+            _, first = yield from self._on_device("prefill", 0.0, self.prefill(prompt, 0, 0))
+            self.current[4], self.current[7] = 1, first
+            if self.engine is None:
+                yield from self._decode(rid, prompt, output)
+            else:
+                yield from self._speculate(rid, prompt, output)
+            cur, self.current = self.current, None
+            self.rec.requests.append((*cur, self.env.now))
+
+    def _decode(self, rid: int, prompt: int, output: int):
+        """Autoregressive baseline: one token per step."""
+        decode, cur, rounds = self.decode, self.current, self.rec.rounds
+        ctx, generated, r = prompt + 1, 1, 0
+        while generated < output:
+            dur = decode(1, ctx, 0) if decode is not None else self.verify(1, ctx, 0)
+            vs, ve = yield from self._on_device("decode", 0.0, dur)
+            rounds.append((self.index, rid, r, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, vs, ve,
+                           ctx, 0, 0, 0, 0, 1, 0, 0, 0))
+            generated += 1
+            ctx += 1
+            r += 1
+            cur[4] = generated
+
+    def _speculate(self, rid: int, prompt: int, output: int):
+        env, engine, cur, rounds = self.env, self.engine, self.current, self.rec.rounds
+        payload, hidden = self.payload, self.hidden
+        up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
+        verify, accept, tokens, depth = self.verify, self.accept, self.tree_tokens, self.depth
+        b_down = payload.bytes_down(tokens)
+        ctx = prompt + 1  # the prefill's token is part of the context the draft must see
+        new, generated, r = ctx, 1, 0
+        while generated < output:
+            t_send = env.now
+            b_up = payload.bytes_up(new, hidden)
+            t_up = up(b_up)
+            yield env.timeout(t_up + parse(0, 0, 0))
+            t_enq = env.now
+            task = Task(self.index, ctx, env.event())
+            engine.submit(task)
+            yield task.done
+            t_ser = serialize(0, 0, 0)
+            t_down = down(b_down)
+            vs, ve = yield from self._on_device("verify", t_ser + t_down, verify(tokens + 1, ctx, depth))
+            k = accept()
+            emitted = min(k + 1, output - generated)
+            rounds.append((self.index, rid, r, engine.index, t_send, t_send + t_up, t_enq,
+                           task.start, task.end, task.end + t_ser, task.end + t_ser + t_down, vs, ve,
+                           ctx, task.new_tokens, tokens, depth, k, emitted, b_up, b_down, task.kv_bytes))
+            generated += emitted
+            ctx += emitted
+            new = emitted
+            r += 1
+            cur[4] = generated
+        engine.free(self.index)
