@@ -34,7 +34,7 @@ MODES = ("star", "one_for_one", "autoregressive")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
 
 
 # --------------------------------------------------------------------------- devices

@@ -1,0 +1,46 @@
+"""Shared scenario builders for the tests (plain dicts, validated by starsim itself)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+CONST_STAR = {
+    "name": "const",
+    "seed": 1,
+    "mode": "star",
+    "duration_s": 120.0,
+    "warmup_s": 5.0,
+    "devices": {"d": {"type": "draft"}, "g": {"type": "gpu", "count": 16}},
+    "draft": {
+        "device": "d",
+        "time": 0.004,
+        "encode_per_token_s": 0.0,
+        "tree": {"top_k": 4, "depth": 4, "tokens": 16},
+        "kv_bytes_per_token": 1000,
+    },
+    "targets": [
+        {
+            "name": "t",
+            "count": 4,
+            "device": "g",
+            "verify_time": 0.010,
+            "prefill_time": 0.002,
+            "link": {"latency_s": 0.001},
+            "payload": {"header_bytes": 0, "hidden_bytes_per_token": 0},
+        }
+    ],
+    "acceptance": {"kind": "marginal", "curve": [1, 1, 1, 0]},
+    "workload": {"kind": "closed", "prompts": 8, "prompt_tokens": 50, "output_tokens": 401},
+}
+
+
+@pytest.fixture
+def const_star() -> dict:
+    """Constant times, deterministic acceptance, identical targets, closed loop, no pauses."""
+    return copy.deepcopy(CONST_STAR)
