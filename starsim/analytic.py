@@ -219,7 +219,8 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
         cycle = np.maximum(t_alone, cycle_draft)
         util = float(min(1.0, (d / cycle).sum()))
         n_star = n / load if load > 0 else math.inf
-        util_mva = float(mva_utilization(n, d.mean(), z.mean())) if np.allclose(d, d[0]) and np.allclose(z, z[0]) else None
+        identical = np.allclose(d, d[0]) and np.allclose(z, z[0])
+        util_mva = float(mva_utilization(n, d.mean(), z.mean())) if identical else None
     elif mode == "one_for_one":
         cycle = t_alone  # each draft is private: no queueing, but it shares the target's device
         util = float((d / cycle).mean())

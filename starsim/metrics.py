@@ -117,7 +117,8 @@ def idle_ratio_series(records: Records) -> pd.DataFrame:
     frames = []
     for eng in meta.get("draft_engines", []):
         st = engine_stats(iv[iv["engine"] == eng], t0, t1, float(meta["window_s"]))
-        frames.append(pd.DataFrame({"engine": eng, "t_start": st["window_edges"][:-1], "idle_ratio": st["idle_ratios"]}))
+        edges = st["window_edges"][:-1]
+        frames.append(pd.DataFrame({"engine": eng, "t_start": edges, "idle_ratio": st["idle_ratios"]}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["engine", "t_start", "idle_ratio"])
 
 
