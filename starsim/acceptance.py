@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Prob = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
@@ -71,15 +71,17 @@ class Marginal(_Acceptance):
     kind: Literal["marginal"] = "marginal"
     curve: list[Prob] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _non_increasing(self):
-        for j in range(1, len(self.curve)):
-            if self.curve[j] > self.curve[j - 1] + 1e-12:
+    @field_validator("curve")
+    @classmethod
+    def _non_increasing(cls, curve: list[float]) -> list[float]:
+        # A field validator so the error names acceptance.curve.
+        for j in range(1, len(curve)):
+            if curve[j] > curve[j - 1] + 1e-12:
                 raise ValueError(
-                    f"a marginal curve must be non-increasing (curve[{j}]={self.curve[j]} > "
-                    f"curve[{j - 1}]={self.curve[j - 1]}); did you mean kind: conditional?"
+                    f"a marginal curve must be non-increasing (curve[{j}]={curve[j]} > "
+                    f"curve[{j - 1}]={curve[j - 1]}); did you mean kind: conditional?"
                 )
-        return self
+        return curve
 
     def marginal(self, depth):
         return _fit(self.curve, depth)

@@ -50,7 +50,9 @@ def _fmt(v: Any, scale: float = 1.0) -> str:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    def line(r: list) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -78,10 +80,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .scenario import load_scenario
     from .sim import simulate
 
+    if args.trace_s < 0:
+        raise StarsimError(f"--trace-s: must be >= 0, got {args.trace_s}")
+    if args.out and args.out.exists() and not args.out.is_dir():
+        raise StarsimError(f"--out {args.out}: exists and is not a directory")
     sc = load_scenario(args.file, args.set)
     res = simulate(sc)
     if args.out:
-        res.write(args.out, csv=args.csv, trace=not args.no_trace, trace_s=args.trace_s)
+        try:
+            res.write(args.out, csv=args.csv, trace=not args.no_trace, trace_s=args.trace_s)
+        except OSError as e:
+            raise StarsimError(f"--out {args.out}: cannot write: {e.strerror or e}") from None
     if args.json:
         print(json.dumps(res.summary, indent=2, sort_keys=True))
     else:
@@ -168,7 +177,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if a.get("draft_utilization_mva") is not None:
         print(f"exponential draft times (MVA) would give U = {100 * a['draft_utilization_mva']:.4g}%")
     print(_table(
-        ["target", "draft ms", "link ms", "verify ms", "cycle alone ms", "cycle ms", "TPOT below sat. ms", "TPOT ms", "tok/s"],
+        ["target", "draft ms", "link ms", "verify ms", "cycle alone ms", "cycle ms", "TPOT below sat. ms",
+         "TPOT ms", "tok/s"],
         [[p["name"], _fmt(p["draft_s"], 1e3), _fmt(p["link_s"], 1e3), _fmt(p["verify_s"], 1e3),
           _fmt(p["cycle_alone_s"], 1e3), _fmt(p["cycle_s"], 1e3), _fmt(p["tpot_below_saturation_s"], 1e3),
           _fmt(p["tpot_s"], 1e3), _fmt(p["tokens_per_s"])] for p in a["per_target"]],

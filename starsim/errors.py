@@ -17,7 +17,8 @@ class ScenarioError(StarsimError):
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        super().__init__(self.lines()[0] if problems else source)
+        # args must rebuild the error: SimPy re-raises a process's failure as type(e)(*e.args).
+        super().__init__(source, problems)
 
     def lines(self) -> list[str]:
         out = []

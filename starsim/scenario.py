@@ -6,11 +6,13 @@ of each field below is the same text, so ``starsim schema`` prints it too.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -24,7 +26,7 @@ from pydantic import (
 )
 
 from .acceptance import Acceptance, Marginal
-from .distributions import DIST_KINDS, Dist
+from .distributions import Dist
 from .errors import ScenarioError
 
 NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -76,17 +78,19 @@ class Tree(_Model):
     depth: int = Field(5, ge=1)
     tokens: int = Field(59, ge=1)
 
-    @model_validator(mode="after")
-    def _fits(self):
-        most = sum(self.top_k**i for i in range(1, self.depth + 1))
-        if self.tokens > most:
-            raise ValueError(
-                f"tokens={self.tokens} exceeds the {most} nodes a top_k={self.top_k}, "
-                f"depth={self.depth} tree can have"
-            )
-        if self.tokens < self.depth:
-            raise ValueError(f"tokens={self.tokens} must be >= depth={self.depth}")
-        return self
+    @field_validator("tokens")
+    @classmethod
+    def _fits(cls, tokens: int, info: ValidationInfo) -> int:
+        # A field validator (not a model one) so the error names draft.tree.tokens.
+        top_k, depth = info.data.get("top_k"), info.data.get("depth")
+        if top_k is None or depth is None:  # already reported
+            return tokens
+        most = sum(top_k**i for i in range(1, depth + 1))
+        if tokens > most:
+            raise ValueError(f"tokens={tokens} exceeds the {most} nodes a top_k={top_k}, depth={depth} tree can have")
+        if tokens < depth:
+            raise ValueError(f"tokens={tokens} must be >= depth={depth}")
+        return tokens
 
 
 class Draft(_Model):
@@ -137,6 +141,8 @@ class Link(_Model):
     """Per-target network path. ``latency_s``/``bandwidth_bps``/``jitter`` at this level are a
     shorthand for both directions; ``up`` (target -> draft) and ``down`` override them."""
 
+    SHORTHAND: ClassVar[tuple[str, ...]] = ("latency_s", "bandwidth_bps", "jitter")
+
     up: LinkDirection = Field(default_factory=LinkDirection)
     down: LinkDirection = Field(default_factory=LinkDirection)
 
@@ -145,7 +151,7 @@ class Link(_Model):
     def _shorthand(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        short = {k: data[k] for k in ("latency_s", "bandwidth_bps", "jitter") if k in data}
+        short = {k: data[k] for k in cls.SHORTHAND if k in data}
         if not short:
             return data
         out = {k: v for k, v in data.items() if k not in short}
@@ -356,6 +362,37 @@ class Scenario(_Model):
 # --------------------------------------------------------------------------- loading
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (PyYAML would
+    silently keep the last one, hiding a mistake)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    dup = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable key: the base class reports it
+                    continue
+                if dup:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: ``line L, column C: what is wrong`` (PyYAML's own text spans several)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{where}{problem}"
+
+
 def apply_override(data: dict, path: str, value: Any, source: str = "--set") -> None:
     """Set ``a.b.0.c`` in a nested dict/list, creating missing mapping keys."""
     parts = path.split(".")
@@ -364,15 +401,19 @@ def apply_override(data: dict, path: str, value: Any, source: str = "--set") -> 
         last = i == len(parts) - 1
         here = ".".join(parts[: i + 1])
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ScenarioError(source, [(here, f"no list item {part!r} (list has {len(node)} items)")])
+            n = len(node)
+            if not part.isdigit() or int(part) >= n:
+                has = f"the list has {n} item{'' if n == 1 else 's'}"
+                raise ScenarioError(source, [(here, f"no list item {part!r}: {has}")])
             key: Any = int(part)
         elif isinstance(node, dict):
             key = part
             if not last and key not in node:
                 node[key] = {}
         else:
-            raise ScenarioError(source, [(here, "cannot descend into a value that is not a mapping or list")])
+            raise ScenarioError(
+                source, [(here, f"cannot set a field inside {_short(node)}: it is not a mapping or list")]
+            )
         if last:
             node[key] = value
         else:
@@ -390,20 +431,109 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ScenarioError("--set", [(path, f"value is not valid YAML: {e}")]) from None
+        raise ScenarioError("--set", [(path, f"value {raw!r} is not valid YAML: {_yaml_problem(e)}")]) from None
     return path, value
 
 
-_TAGS = set(DIST_KINDS) | set(WORKLOAD_KINDS) | {"marginal", "conditional", "geometric"}
+# Turning pydantic's error locations into the field paths a user wrote: walk the model
+# classes along the location, dropping the union tags pydantic inserts (``draft.time.linear.a``
+# is ``draft.time.a`` in the file), and remembering which model holds the last key so an
+# unknown key can be answered with the allowed ones.
 
 
-def _loc_path(loc: tuple) -> str:
-    # Drop discriminator tags and pydantic's internal union labels from the location.
-    keep = [
-        str(p) for p in loc
-        if not (isinstance(p, str) and (p in _TAGS or "[" in p or p.startswith("function-")))
-    ]
-    return ".".join(keep)
+def _alternatives(tp: Any) -> list:
+    """An annotation's alternatives: ``Annotated`` and ``X | Y | None`` unwrapped, None dropped."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _alternatives(get_args(tp)[0])
+    if origin is Union or origin is types.UnionType:
+        return [a for arg in get_args(tp) for a in _alternatives(arg)]
+    return [] if tp is type(None) else [tp]
+
+
+def _models(alts: list) -> list[type[BaseModel]]:
+    return [a for a in alts if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def _kinds(model: type[BaseModel]) -> tuple:
+    f = model.model_fields.get("kind")
+    return get_args(f.annotation) if f is not None else ()
+
+
+def _field_type(model: type[BaseModel], key: str) -> Any:
+    for name, f in model.model_fields.items():
+        if key in (name, f.alias):
+            return f.annotation
+    return None
+
+
+def _keys(model: type[BaseModel]) -> list[str]:
+    keys = [f.alias or name for name, f in model.model_fields.items()]
+    return keys + list(getattr(model, "SHORTHAND", ()))
+
+
+def _walk(loc: tuple, unknown_key: bool = False) -> tuple[list[str], list, list]:
+    """``(path parts, alternatives holding the last part, alternatives at the end)``."""
+    parts: list[str] = []
+    parent: list = []
+    cur: list = [Scenario]
+    for i, p in enumerate(loc):
+        alts = [a for c in cur for a in _alternatives(c)]
+        models = _models(alts)
+        if isinstance(p, str) and len(models) > 1:
+            tagged = [m for m in models if p in _kinds(m)]
+            if tagged:  # a discriminated union's tag, not a key in the file
+                cur = tagged
+                continue
+        if p == "[key]":  # the error is about a mapping key itself
+            continue
+        nxt: list = []
+        for a in alts:
+            origin = get_origin(a)
+            if origin is dict:
+                nxt.append(get_args(a)[1])
+            elif origin in (list, tuple) and isinstance(p, int):
+                nxt.append(get_args(a)[0])
+        if isinstance(p, str):
+            nxt += [t for m in models if (t := _field_type(m, p)) is not None]
+            last_unknown = unknown_key and i == len(loc) - 1
+            if not nxt and not last_unknown and ("[" in p or p.startswith("function-")):
+                continue  # a pydantic-internal label
+        parts.append(str(p))
+        parent, cur = alts, nxt
+    return parts, parent, [a for c in cur for a in _alternatives(c)]
+
+
+_MISSING = object()
+
+
+def _lookup(data: Any, parts: list[str]) -> Any:
+    node = data
+    for p in parts:
+        if isinstance(node, dict):
+            node = node.get(p, node.get(int(p), _MISSING) if p.isdigit() else _MISSING)
+        elif isinstance(node, list) and p.isdigit() and int(p) < len(node):
+            node = node[int(p)]
+        else:
+            return _MISSING
+        if node is _MISSING:
+            return _MISSING
+    return node
+
+
+def _as_written(parts: list[str], data: Any) -> list[str]:
+    """Map a path in the validated form back onto what the file says."""
+    # link: {latency_s: ...} is a shorthand expanded into up and down: report it once, as written.
+    for i in range(1, len(parts) - 1):
+        if parts[i - 1] == "link" and parts[i] in ("up", "down") and parts[i + 1] in Link.SHORTHAND:
+            link, key = _lookup(data, parts[:i]), parts[i + 1]
+            given = link.get(parts[i]) if isinstance(link, dict) else None
+            if isinstance(link, dict) and key in link and not (isinstance(given, dict) and key in given):
+                return parts[:i] + parts[i + 1:]
+    # A bare number is a constant timing spec: its error is the field's, not ``.value``'s.
+    if parts and parts[-1] == "value" and isinstance(_lookup(data, parts[:-1]), (int, float)):
+        return parts[:-1]
+    return parts
 
 
 def _short(value: Any) -> str:
@@ -411,32 +541,57 @@ def _short(value: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def _problems(err: ValidationError) -> list[tuple[str, str]]:
+def _problems(err: ValidationError, data: Any = None) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for e in err.errors():
-        path = _loc_path(e["loc"])
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        # Cross-field checks carry their own field paths as "@path@ message".
-        if msg.startswith("@"):
-            for part in msg.split("; @"):
-                p, _, m = part.lstrip("@").partition("@ ")
-                out.append((p, m))
+        kind, msg, given = e["type"], e["msg"], e.get("input")
+        parts, parent, alts = _walk(e["loc"], unknown_key=kind == "extra_forbidden")
+        parts = _as_written(parts, data)
+        path = ".".join(parts)
+        if kind in ("value_error", "assertion_error"):
+            msg = msg.split(", ", 1)[1] if msg.startswith(("Value error, ", "Assertion failed, ")) else msg
+            # Cross-field checks carry their own field paths as "@path@ message".
+            if msg.startswith("@"):
+                for part in msg.split("; @"):
+                    p, _, m = part.lstrip("@").partition("@ ")
+                    out.append((p, m))
+                continue
+            out.append((path, msg))  # our own validators say what they got
             continue
-        if e["type"] == "extra_forbidden":
+        union = sorted({k for m in _models(alts) for k in _kinds(m)}, key=str)
+        if kind == "extra_forbidden":
+            allowed = [k for m in _models(parent) for k in _keys(m)]
             msg = "unknown key"
-        elif e["type"] == "missing":
-            msg = "required field is missing"
-        elif e["type"] == "union_tag_invalid":
-            msg = f"unknown kind {e['input'].get('kind')!r}" if isinstance(e["input"], dict) else msg
-            msg += f"; expected one of: {e['ctx']['expected_tags']}" if "ctx" in e else ""
-        elif e["type"] == "union_tag_not_found":
-            msg = "a 'kind' is required here"
-        elif "input" in e and not isinstance(e["input"], (dict, list)):
-            msg = f"{msg} (got {_short(e['input'])})"
-        out.append((path, msg))
-    return out
+            if allowed and parts:
+                near = difflib.get_close_matches(parts[-1], allowed, n=1)
+                msg += f" (did you mean {near[0]!r}?)" if near else ""
+                msg += f"; allowed: {', '.join(dict.fromkeys(allowed))}"
+            out.append((path, msg))
+            continue
+        if kind == "missing":
+            out.append((path, "required field is missing"))
+            continue
+        if kind == "union_tag_invalid":
+            tags = e.get("ctx", {}).get("expected_tags", "")
+            out.append((path, f"unknown kind {_short(given.get('kind'))}; expected one of: {tags}"))
+            continue
+        if kind == "union_tag_not_found":
+            out.append((path, f"a 'kind' is required here, one of: {', '.join(union) or '?'}"))
+            continue
+        if e["loc"] and e["loc"][-1] == "[key]":
+            msg = "keys here must be strings"
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            if len(union) > 1:
+                number = "a number or " if "constant" in union else ""
+                msg = f"expected {number}a mapping with a 'kind' (one of: {', '.join(union)})"
+            elif _models(alts):
+                msg = f"expected a mapping with keys from: {', '.join(_keys(_models(alts)[0]))}"
+            else:
+                msg = "expected a mapping"
+        elif kind in ("int_parsing", "float_parsing", "bool_parsing", "int_from_float"):
+            msg = msg.split(",", 1)[0]  # "Input should be a valid integer"
+        out.append((path, f"{msg} (got {_short(given)})"))
+    return list(dict.fromkeys(out))
 
 
 def validate_scenario(data: Any, source: str = "<scenario>", base_dir: str | Path = ".") -> Scenario:
@@ -446,7 +601,7 @@ def validate_scenario(data: Any, source: str = "<scenario>", base_dir: str | Pat
     try:
         return Scenario.model_validate(data, context={"base_dir": str(base_dir)})
     except ValidationError as err:
-        raise ScenarioError(source, _problems(err)) from None
+        raise ScenarioError(source, _problems(err, data)) from None
 
 
 def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
@@ -456,21 +611,36 @@ def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None
     """
     p = Path(path)
     source = str(path)
+    if p.is_dir():
+        raise ScenarioError(source, [("", "is a directory, not a scenario file")])
     if not p.is_file():
         raise ScenarioError(source, [("", "file not found")])
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ScenarioError(source, [("", f"broken YAML: {where}{problem}")]) from None
+        raise ScenarioError(source, [("", f"broken YAML: {_yaml_problem(e)}")]) from None
     except UnicodeDecodeError:
         raise ScenarioError(source, [("", "not a UTF-8 text file")]) from None
+    except OSError as e:
+        raise ScenarioError(source, [("", f"cannot read: {e.strerror or e}")]) from None
     if data is None:
         raise ScenarioError(source, [("", "the file is empty")])
-    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for k, v in items:
         if isinstance(data, dict):
             apply_override(data, k, v, source=f"{source} (--set {k})")
-    return validate_scenario(data, source=source, base_dir=p.parent)
+    try:
+        return validate_scenario(data, source=source, base_dir=p.parent)
+    except ScenarioError as err:
+        # Say which problems an override caused, or the user looks for them in the file.
+        def origin(field: str) -> str | None:
+            for k, _ in reversed(items):
+                if field == k or field.startswith(k + ".") or k.startswith(field + "."):
+                    return k
+            return None
+
+        causes = {origin(f) for f, _ in err.problems}
+        if len(causes) == 1 and None not in causes:
+            raise ScenarioError(f"{source} (--set {causes.pop()})", err.problems) from None
+        tagged = [(f, m if origin(f) is None else f"{m} (set by --set {origin(f)})") for f, m in err.problems]
+        raise ScenarioError(source, tagged) from None

@@ -14,44 +14,92 @@ import numpy as np
 import pandas as pd
 
 from .distributions import length_sampler
+from .errors import ScenarioError
 from .scenario import ClosedLoop, GammaArrivals, Poisson, TraceReplay
 
 TOKENS_PER_WORD = 1.3  # rule of thumb for Llama-family tokenizers on English text
 
 
+def _bad(path: str | Path, message: str) -> ScenarioError:
+    # A data file named by the scenario is user input: one line, exit code 2 in the CLI.
+    return ScenarioError(str(path), [("", message)])
+
+
+def _read_csv(path: str | Path, need: list[str]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise _bad(path, f"the file is empty (expected a CSV with columns {','.join(need)})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise _bad(path, f"not a readable CSV: {str(e).strip().splitlines()[0]}") from None
+    except OSError as e:
+        raise _bad(path, f"cannot read: {e.strerror or e}") from None
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise _bad(path, f"missing column(s) {', '.join(missing)} (the header is {','.join(map(str, df.columns))})")
+    if df.empty:
+        raise _bad(path, "no data rows")
+    return df
+
+
+def _counts(df: pd.DataFrame, col: str, path: str | Path) -> np.ndarray:
+    """A column of token counts as int64 (truncated), clipped to >= 1; a bad cell names its line."""
+    vals = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(vals)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        cell = df[col].iloc[i]
+        got = "an empty cell" if pd.isna(cell) else repr(cell)
+        raise _bad(path, f"line {i + 2}: {col} must be a number, got {got}")
+    return np.maximum(vals.astype("int64"), 1)
+
+
 def load_lengths_csv(path: str | Path) -> list[tuple[int, int]]:
     """A CSV with ``prompt_tokens,output_tokens`` columns -> list of pairs."""
-    df = pd.read_csv(path)
-    missing = {"prompt_tokens", "output_tokens"} - set(df.columns)
-    if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)}")
-    return [(max(1, int(p)), max(1, int(o))) for p, o in zip(df.prompt_tokens, df.output_tokens)]
+    df = _read_csv(path, ["prompt_tokens", "output_tokens"])
+    p, o = _counts(df, "prompt_tokens", path), _counts(df, "output_tokens", path)
+    return [(int(a), int(b)) for a, b in zip(p, o)]
 
 
 def load_prompts_jsonl(path: str | Path) -> list[int]:
     """Prompt lengths (estimated tokens) of the first turn of each MT-Bench style record."""
     out = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            text = json.loads(line)["turns"][0]
-            out.append(max(1, round(len(text.split()) * TOKENS_PER_WORD)))
+    try:
+        lines = Path(path).read_text().splitlines()
+    except UnicodeDecodeError:
+        raise _bad(path, "not a UTF-8 text file") from None
+    except OSError as e:
+        raise _bad(path, f"cannot read: {e.strerror or e}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise _bad(path, f"line {n}: not valid JSON: {e.msg}") from None
+        turns = rec.get("turns") if isinstance(rec, dict) else None
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+            raise _bad(path, f"line {n}: expected a record with a 'turns' list of strings")
+        out.append(max(1, round(len(turns[0].split()) * TOKENS_PER_WORD)))
+    if not out:
+        raise _bad(path, "no prompts in the file")
     return out
 
 
 def load_azure_trace(path: str | Path) -> pd.DataFrame:
     """Azure LLM inference trace (``TIMESTAMP,ContextTokens,GeneratedTokens``) ->
     columns ``t`` (seconds from the first row), ``prompt_tokens``, ``output_tokens``."""
-    df = pd.read_csv(path)
-    need = {"TIMESTAMP", "ContextTokens", "GeneratedTokens"}
-    if not need <= set(df.columns):
-        raise ValueError(f"{path}: expected columns {sorted(need)}, got {list(df.columns)}")
-    ts = pd.to_datetime(df["TIMESTAMP"], format="mixed")
+    df = _read_csv(path, ["TIMESTAMP", "ContextTokens", "GeneratedTokens"])
+    try:
+        ts = pd.to_datetime(df["TIMESTAMP"], format="mixed")
+    except (ValueError, TypeError) as e:
+        raise _bad(path, f"TIMESTAMP: {str(e).strip().splitlines()[0]}") from None
     t = (ts - ts.iloc[0]).dt.total_seconds().to_numpy()
     return pd.DataFrame(
         {
             "t": t,
-            "prompt_tokens": df["ContextTokens"].clip(lower=1).astype("int64"),
-            "output_tokens": df["GeneratedTokens"].clip(lower=1).astype("int64"),
+            "prompt_tokens": _counts(df, "ContextTokens", path),
+            "output_tokens": _counts(df, "GeneratedTokens", path),
         }
     )
 
@@ -70,19 +118,27 @@ def prompt_set(w: ClosedLoop, rng: np.random.Generator) -> list[tuple[int, int]]
 def arrivals(w: Poisson | GammaArrivals | TraceReplay, rng: np.random.Generator) -> Iterator[tuple[float, int, int]]:
     """Open-loop arrivals ``(t, prompt_tokens, output_tokens)``, in time order, possibly endless."""
     if isinstance(w, TraceReplay):
-        df = load_azure_trace(w.path).iloc[w.start_row:]
-        if w.max_rows is not None:
-            df = df.iloc[: w.max_rows]
-        t = (df["t"].to_numpy() - (df["t"].iloc[0] if len(df) else 0.0)) * w.time_scale
-        p = df["prompt_tokens"].to_numpy()
-        o = df["output_tokens"].to_numpy()
-        if w.max_prompt_tokens:
-            p = np.minimum(p, w.max_prompt_tokens)
-        if w.max_output_tokens:
-            o = np.minimum(o, w.max_output_tokens)
-        for ti, pi, oi in zip(t, p, o):
-            yield float(ti), int(pi), int(oi)
-        return
+        # Read the trace now, not at the first draw, so a bad file fails before simulating.
+        return _replay(w, load_azure_trace(w.path))
+    return _draws(w, rng)
+
+
+def _replay(w: TraceReplay, df: pd.DataFrame) -> Iterator[tuple[float, int, int]]:
+    df = df.iloc[w.start_row:]
+    if w.max_rows is not None:
+        df = df.iloc[: w.max_rows]
+    t = (df["t"].to_numpy() - (df["t"].iloc[0] if len(df) else 0.0)) * w.time_scale
+    p = df["prompt_tokens"].to_numpy()
+    o = df["output_tokens"].to_numpy()
+    if w.max_prompt_tokens:
+        p = np.minimum(p, w.max_prompt_tokens)
+    if w.max_output_tokens:
+        o = np.minimum(o, w.max_output_tokens)
+    for ti, pi, oi in zip(t, p, o):
+        yield float(ti), int(pi), int(oi)
+
+
+def _draws(w: Poisson | GammaArrivals, rng: np.random.Generator) -> Iterator[tuple[float, int, int]]:
     gap: Callable[[], float]
     mean = 1.0 / w.rate_per_s
     if isinstance(w, GammaArrivals):
