@@ -88,6 +88,8 @@ class TargetDemand:
     rounds_per_request: float
     link_s: float
     verify_s: float
+    overhead_s: float  # per-request work outside the decode loop (prefill, pause), per round
+    decode_tokens_per_round: float  # tokens per round after the first token
 
 
 def _mean_rounds(output: float, acc_marginal: list[float]) -> float:
@@ -137,7 +139,7 @@ def target_demand(scenario: Scenario, name: str, g: TargetGroup) -> TargetDemand
     mode = scenario.mode
     w = scenario.workload
     pause = _mean(w.pause) if isinstance(w, ClosedLoop) and w.pause is not None else 0.0
-    d_tot = z_tot = rounds_tot = link_tot = verify_tot = 0.0
+    d_tot = z_tot = rounds_tot = link_tot = verify_tot = overhead_tot = 0.0
     tokens_tot = 0.0
     for p, o in zip(prompts, outputs):
         ctx_mid = p + 1 + (o - 1) / 2.0  # context grows linearly through the request
@@ -146,6 +148,7 @@ def target_demand(scenario: Scenario, name: str, g: TargetGroup) -> TargetDemand
             steps = o - 1
             dec = g.decode_time or g.verify_time
             z_tot += prefill + pause + steps * _mean(dec, 1, ctx_mid)
+            overhead_tot += prefill + pause
             rounds_tot += steps
             verify_tot += steps * _mean(dec, 1, ctx_mid)
             tokens_tot += o
@@ -166,6 +169,7 @@ def target_demand(scenario: Scenario, name: str, g: TargetGroup) -> TargetDemand
             link = 0.0
         d_tot += d_req
         z_tot += prefill + pause + link + v_req
+        overhead_tot += prefill + pause
         rounds_tot += r
         link_tot += link
         verify_tot += v_req
@@ -176,6 +180,8 @@ def target_demand(scenario: Scenario, name: str, g: TargetGroup) -> TargetDemand
         d=d_tot / rounds_tot,
         z=z_tot / rounds_tot,
         tokens_per_round=tokens_tot / rounds_tot,
+        decode_tokens_per_round=(tokens_tot - len(prompts)) / rounds_tot,
+        overhead_s=overhead_tot / rounds_tot,
         rounds_per_request=rounds_tot / len(prompts),
         link_s=link_tot / rounds_tot,
         verify_s=verify_tot / rounds_tot,
@@ -235,7 +241,14 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
     if open_loop and mode != "autoregressive":
         # Open loop: the system can do at most the closed-loop rate; it does the offered rate.
         tokens_per_req = float(np.mean(_lengths(scenario)[1]))
-        rate = w.rate_per_s if isinstance(w, (Poisson, GammaArrivals)) else None
+        if isinstance(w, (Poisson, GammaArrivals)):
+            rate = w.rate_per_s
+        else:  # trace replay: the trace's own rate, stretched by time_scale
+            t = load_azure_trace(w.path)["t"].to_numpy()[w.start_row:]
+            if w.max_rows:
+                t = t[: w.max_rows]
+            span = (t[-1] - t[0]) * w.time_scale if len(t) > 1 else 0.0
+            rate = (len(t) - 1) / span if span > 0 else None
         if rate is not None:
             offered = rate * tokens_per_req
             if offered < throughput:
@@ -248,7 +261,15 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
         if mode == "one_for_one":
             idle_gap = float(((1.0 - d / cycle) * cycle).mean())
         else:
-            idle_gap = (1.0 - util) / tasks_per_s
+            idle_gap = max(0.0, 1.0 - util) / tasks_per_s
+            idle_gap = 0.0 if idle_gap < 1e-12 else idle_gap  # saturated: no rounding residue
+    # TPOT: a decode round takes the cycle minus the per-request work spread over it
+    overhead = np.array([p.overhead_s for p in per])
+    m_dec = np.array([max(p.decode_tokens_per_round, 1e-12) for p in per])
+    tpot = (cycle - overhead) / m_dec
+    # the summary's TPOT is a mean over requests: weight each target by its request rate
+    request_rate = np.array([1.0 / (c * p.rounds_per_request) if p.rounds_per_request else 0.0
+                             for c, p in zip(cycle, per)])
     per_target = [
         {
             "target": i,
@@ -259,8 +280,8 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
             "cycle_alone_s": float(t_alone[i]),
             "cycle_s": float(cycle[i]),
             "tokens_per_s": float(m[i] / cycle[i]),
-            "tpot_below_saturation_s": float(t_alone[i] / m[i]),
-            "tpot_s": float(cycle[i] / m[i]),
+            "tpot_below_saturation_s": float((t_alone[i] - p.overhead_s) / p.decode_tokens_per_round),
+            "tpot_s": float(tpot[i]),
             "rounds_per_request": float(p.rounds_per_request),
         }
         for (i, name, _), p in zip(insts, per)
@@ -277,7 +298,8 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
         "draft_tasks_per_s": tasks_per_s if mode != "autoregressive" else None,
         "mean_accepted_tokens": float(1.0 + sum(scenario.acceptance.marginal(scenario.draft.tree.depth)))
         if mode != "autoregressive" else 1.0,
-        "tpot_mean_s": float(np.mean(cycle / m)),
+        # TPOT is averaged over requests, so weight each target by its request rate
+        "tpot_mean_s": float(np.average(tpot, weights=request_rate)) if request_rate.sum() > 0 else None,
         "n_targets": n,
         "per_target": per_target,
         "assumptions": [

@@ -207,7 +207,7 @@ def summarize(records: Records) -> dict[str, Any]:
         "draft_idle_gap_p99_s": _pct(gaps_all, 99),
         "draft_idle_ratio_mean": _mean(ratios_all),
         "draft_tasks": int(len(tasks)),
-        "draft_tasks_per_s": _f(len(tasks) / span) if span > 0 else None,
+        "draft_tasks_per_s": _f(len(tasks) / span) if span > 0 and engines else None,
         "draft_task_time_mean_s": _mean(task_time),
         "draft_task_time_p50_s": _pct(task_time, 50),
         "draft_task_time_p99_s": _pct(task_time, 99),

@@ -32,7 +32,6 @@ class Requests:
         max_requests: int | None,
         prompt_set: list[tuple[int, int]] | None = None,
         repeat: bool = True,
-        pause: Callable[[], float] | None = None,
         store: simpy.Store | None = None,
     ):
         self.env = env
@@ -41,7 +40,6 @@ class Requests:
         self.prompt_set = prompt_set
         self.repeat = repeat
         self.store = store
-        self.pause = pause
 
     def take(self) -> bool:
         if self.budget is not None and self.issued >= self.budget:
@@ -59,10 +57,11 @@ class Requests:
             return None
         if not self.take():
             return None
+        rid = self.issued - 1  # read now: other targets take ids while this one pauses
         if target.served and target.pause is not None:
             yield self.env.timeout(target.pause())
         prompt, output = pset[target.served % len(pset)]
-        return self.issued - 1, self.env.now, prompt, output
+        return rid, self.env.now, prompt, output
 
 
 class Target:
