@@ -1,0 +1,52 @@
+"""How much the draft's idle gaps shrink from 1 to N targets (README table).
+
+Runs the shipped reference scenarios through the CLI (``starsim run FILE --json``) and
+prints a markdown table; rerun with ``python analysis/idle_gaps_vs_n.py``. All times in
+those scenarios are ASSUMED (see the YAML files) until calibration replaces them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FILES = [f"scenarios/starsd_ref_n{n}.yaml" for n in (1, 2, 4, 8)]
+
+
+def run(path: str, overrides: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "starsim.cli", "run", path, "--json"]
+    for o in overrides:
+        cmd += ["--set", o]
+    out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--set", action="append", default=[], help="override passed to every run")
+    args = ap.parse_args()
+    rows = []
+    base = None
+    for f in FILES:
+        s = run(f, args.set)
+        base = base or s
+        red = 1 - s["draft_idle_gap_mean_s"] / base["draft_idle_gap_mean_s"]
+        rows.append(
+            f"| {s['n_targets']} | {100 * s['draft_utilization']:.1f}% | {1e3 * s['draft_idle_gap_mean_s']:.2f} | "
+            f"{1e3 * s['draft_idle_gap_p50_s']:.2f} | {1e3 * s['draft_idle_gap_p99_s']:.2f} | "
+            f"{100 * s['draft_idle_ratio_mean']:.1f}% | {100 * red:.0f}% | {s['throughput_tokens_per_s']:.0f} | "
+            f"{s['throughput_tokens_per_s'] / s['n_targets']:.0f} | {1e3 * s['draft_queue_wait_mean_s']:.2f} |"
+        )
+    print("| N | draft utilization | idle gap mean ms | p50 ms | p99 ms | idle ratio | gap reduction vs N=1 "
+          "| throughput tok/s | per target tok/s | queue wait ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\nscenarios: {', '.join(FILES)}; command: python analysis/idle_gaps_vs_n.py")
+
+
+if __name__ == "__main__":
+    main()
