@@ -17,6 +17,7 @@ from ..workload import arrivals, prompt_set
 from .devices import build_units, place
 from .draft import DraftEngine
 from .links import link_time
+from .rng import AheadRng
 from .target import NAN, Requests, Target
 
 # Random streams, one per purpose and instance, all derived from the scenario seed, so
@@ -26,6 +27,14 @@ STREAM_WORKLOAD, STREAM_DRAFT, STREAM_TARGET, STREAM_LINK_UP, STREAM_LINK_DOWN, 
 
 def rng_for(seed: int, stream: int, index: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, stream, index])
+
+
+def ahead_rng_for(seed: int, stream: int, index: int = 0) -> AheadRng:
+    """``rng_for``, drawing ahead in blocks (same values): for the streams that only
+    samplers draw from, one or two of them in a fixed order (draft time, link jitter,
+    parse/serialize, pause); not the target stream, where verify and acceptance draws
+    of different methods interleave."""
+    return AheadRng(rng_for(seed, stream, index))
 
 
 def _zero(*_args) -> float:
@@ -61,10 +70,11 @@ def simulate(scenario: Scenario) -> Result:
 
     draft = scenario.draft
     if mode == "star":
-        engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng_for(seed, STREAM_DRAFT), rec.intervals)]
+        rng = ahead_rng_for(seed, STREAM_DRAFT)
+        engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng, rec.intervals)]
     elif mode == "one_for_one":
         engines = [
-            DraftEngine(env, i, f"draft-{i}", units[tu], draft, rng_for(seed, STREAM_DRAFT, i), rec.intervals)
+            DraftEngine(env, i, f"draft-{i}", units[tu], draft, ahead_rng_for(seed, STREAM_DRAFT, i), rec.intervals)
             for i, tu in enumerate(target_units)
         ]
     else:
@@ -85,9 +95,9 @@ def simulate(scenario: Scenario) -> Result:
         star = mode == "star"
         pause = None
         if isinstance(w, ClosedLoop) and w.pause is not None:
-            f = w.pause.sampler(rng_for(seed, STREAM_PAUSE, i))
+            f = w.pause.sampler(ahead_rng_for(seed, STREAM_PAUSE, i))
             pause = lambda f=f: f(0.0, 0.0, 0.0)  # noqa: E731
-        comm_rng = rng_for(seed, STREAM_COMM, i)
+        comm_rng = ahead_rng_for(seed, STREAM_COMM, i)
         targets.append(
             Target(
                 env, i, name, group, units[tu],
@@ -98,8 +108,8 @@ def simulate(scenario: Scenario) -> Result:
                 depth=draft.tree.depth,
                 hidden=draft.needs_hidden_states,
                 # one_for_one: the draft is in-process on the target's device: no wire, no parsing
-                up=link_time(group.link.up, rng_for(seed, STREAM_LINK_UP, i)) if star else _zero,
-                down=link_time(group.link.down, rng_for(seed, STREAM_LINK_DOWN, i)) if star else _zero,
+                up=link_time(group.link.up, ahead_rng_for(seed, STREAM_LINK_UP, i)) if star else _zero,
+                down=link_time(group.link.down, ahead_rng_for(seed, STREAM_LINK_DOWN, i)) if star else _zero,
                 parse=draft.parse_time.sampler(comm_rng) if star else _zero,
                 serialize=draft.serialize_time.sampler(comm_rng) if star else _zero,
                 pause=pause,
