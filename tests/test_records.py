@@ -1,0 +1,63 @@
+"""The fast table builder (struct-packed rows) gives exactly the plain conversion's tables."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from starsim.records import INTERVAL_COLUMNS, REQUEST_COLUMNS, ROUND_COLUMNS, _columns, _columns_packed, _frame
+
+nan = math.nan
+
+
+def _plain(rows, columns):
+    return pd.DataFrame(_columns(rows, columns), columns=[c for c, _ in columns])
+
+
+def _check(rows, columns):
+    fast, plain = _frame(rows, columns), _plain(rows, columns)
+    pd.testing.assert_frame_equal(fast, plain, check_exact=True)
+    for c in plain.columns:
+        a, b = fast[c].to_numpy(), plain[c].to_numpy()
+        if a.dtype.kind == "f":  # bit for bit, NaNs included
+            assert (a.view(np.int64) == b.view(np.int64)).all(), c
+
+
+def test_rounds_and_requests():
+    rng = np.random.default_rng(0)
+    rounds = [
+        (i % 3, i, i // 3, -1 if i % 5 == 0 else 0, *rng.random(8).tolist(), *([nan] * (i % 2)),
+         *rng.random(1 - i % 2).tolist(), 2**40 + i, 0, 59, 5, i % 6, 1 + i % 6, 64 + 8196 * i, 2000, 131072 * i)
+        for i in range(500)
+    ]
+    _check(rounds, ROUND_COLUMNS)
+    _columns_packed(rounds, ROUND_COLUMNS)  # the fast path took them (no fallback)
+    requests = [(i, i % 4 - 1, 90, 400, 12, 0.5 * i, nan, 0.1 * i, nan) for i in range(50)]
+    _check(requests, REQUEST_COLUMNS)
+
+
+def test_intervals_strings():
+    names = ["draft", "target-0", "target-1"]
+    rows = [(names[i % 3], f"gpu[{i % 2}]", "verify" if i % 2 else "draft", i % 4, 0.1 * i, 0.1 * i + 0.05)
+            for i in range(300)]
+    rows.append(("draft", None, "draft", 0, 1.0, nan))
+    _check(rows, INTERVAL_COLUMNS)
+    _columns_packed(rows, INTERVAL_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        ("draft", "gpu[0]", "draft", 1.0, 0.0, 1.0),  # float in an int column: numpy's cast
+        ("draft", "gpu[0]", "draft", np.int64(3), np.float32(0.25), 1),  # numpy scalars, int in a float column
+        ("draft", "gpu[0]", "draft", True, 0.0, 1.0),
+    ],
+)
+def test_other_values_convert_as_before(row):
+    _check([row, ("draft", "gpu[1]", "verify", 2, 0.5, 0.75)], INTERVAL_COLUMNS)
+
+
+def test_empty():
+    for cols in (ROUND_COLUMNS, REQUEST_COLUMNS, INTERVAL_COLUMNS):
+        _check([], cols)
