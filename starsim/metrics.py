@@ -93,7 +93,10 @@ def window_bounds(meta: dict) -> tuple[float, float]:
 
 def engine_stats(iv: pd.DataFrame, t0: float, t1: float, window_s: float) -> dict[str, Any]:
     """Utilization, idle gaps and idle ratios of one engine's busy intervals."""
-    s, e = iv["start"].to_numpy(float), iv["end"].to_numpy(float)
+    return _engine_stats(iv["start"].to_numpy(float), iv["end"].to_numpy(float), t0, t1, window_s)
+
+
+def _engine_stats(s: np.ndarray, e: np.ndarray, t0: float, t1: float, window_s: float) -> dict[str, Any]:
     B = busy_curve(s, e)
     span = t1 - t0
     busy = float(B(t1) - B(t0)) if span > 0 else 0.0
@@ -109,14 +112,37 @@ def engine_stats(iv: pd.DataFrame, t0: float, t1: float, window_s: float) -> dic
     }
 
 
+def rows_by(keys: pd.Series | np.ndarray, values: list) -> list[np.ndarray]:
+    """For each of ``values``, the positions of the rows whose key equals it, in table
+    order: one stable sort of the keys instead of one boolean filter per value (a run has
+    up to hundreds of targets). Selecting with them gives what ``df[df[key] == v]`` gives."""
+    if not pd.api.types.is_numeric_dtype(keys.dtype):  # strings (engine names): sort their codes
+        codes, uniques = pd.factorize(keys)
+        index = {u: i for i, u in enumerate(uniques)}
+        keys, values = codes, [index.get(v, -2) for v in values]  # -2: matches no row
+    keys = np.asarray(keys)
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    lo = np.searchsorted(ordered, values, side="left")
+    hi = np.searchsorted(ordered, values, side="right")
+    return [order[a:b] for a, b in zip(lo, hi)]
+
+
+def _engine_intervals(draft_iv: pd.DataFrame, engines: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each engine's (start, end) arrays, in table order."""
+    s, e = draft_iv["start"].to_numpy(float), draft_iv["end"].to_numpy(float)
+    return [(s[rows], e[rows]) for rows in rows_by(draft_iv["engine"], engines)]
+
+
 def idle_ratio_series(records: Records) -> pd.DataFrame:
     """Idle ratio per window and per draft engine: columns engine, t_start, idle_ratio."""
     meta = records.meta
     t0, t1 = window_bounds(meta)
     iv = records.intervals[records.intervals["kind"] == "draft"]
+    engines = meta.get("draft_engines", [])
     frames = []
-    for eng in meta.get("draft_engines", []):
-        st = engine_stats(iv[iv["engine"] == eng], t0, t1, float(meta["window_s"]))
+    for eng, (s, e) in zip(engines, _engine_intervals(iv, engines)):
+        st = _engine_stats(s, e, t0, t1, float(meta["window_s"]))
         edges = st["window_edges"][:-1]
         frames.append(pd.DataFrame({"engine": eng, "t_start": edges, "idle_ratio": st["idle_ratios"]}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["engine", "t_start", "idle_ratio"])
@@ -124,21 +150,56 @@ def idle_ratio_series(records: Records) -> pd.DataFrame:
 
 def kv_bytes_peak(rounds: pd.DataFrame, requests: pd.DataFrame) -> int:
     """Peak over time of the draft KV bytes held over all tags (state freed at request end)."""
-    if rounds.empty or not rounds["draft_kv_bytes"].any():
+    spec = (rounds["draft"] >= 0).to_numpy()
+    if not spec.any() or not rounds["draft_kv_bytes"].any():
         return 0
-    r = rounds[rounds["draft"] >= 0].sort_values(["request", "round"])
-    held = r["draft_kv_bytes"].to_numpy(np.int64)
-    same = r["request"].to_numpy()
+    col = {c: rounds[c].to_numpy()[spec] for c in ("request", "round", "draft_kv_bytes", "t_draft_end")}
+    order = np.lexsort((col["round"], col["request"]))  # by request, then round
+    same = col["request"][order]
+    held = col["draft_kv_bytes"][order].astype(np.int64)
     delta = held.copy()
     delta[1:] -= np.where(same[1:] == same[:-1], held[:-1], 0)
-    last = r.groupby("request", sort=False)["draft_kv_bytes"].last()
-    fin = requests.set_index("request")["t_finish"].reindex(last.index).to_numpy(float)
+    last = np.r_[same[1:] != same[:-1], True]  # each request's last round
+    fin = requests.set_index("request")["t_finish"].reindex(same[last]).to_numpy(float)
     ok = np.isfinite(fin)
-    times = np.r_[r["t_draft_end"].to_numpy(float), fin[ok]]
-    deltas = np.r_[delta, -last.to_numpy(np.int64)[ok]]
+    times = np.r_[col["t_draft_end"][order].astype(float), fin[ok]]
+    deltas = np.r_[delta, -held[last][ok]]
     # at equal times apply frees first: a tag's state is gone before another tag grows
     order = np.lexsort((deltas, times))
     return int(np.cumsum(deltas[order]).max())
+
+
+def _per_target(targets: list[dict], rw, waits, req, done, t0, t1, span, star: bool) -> list[dict]:
+    """The per-target part of the summary (rw: rounds in the window, waits: rounds whose
+    draft starts in it, done: finished requests); each target's rows in table order."""
+    idx = [t["index"] for t in targets]
+    emitted = rw["emitted"].to_numpy()
+    cycle = (rw["t_verify_end"] - (rw["t_send"] if star else rw["t_verify_start"])).to_numpy()
+    wait = (waits["t_draft_start"] - waits["t_enqueue"]).to_numpy()
+    firsts = req["t_first_token"]
+    first_in = ((firsts >= t0) & (firsts <= t1)).to_numpy()
+    out = []
+    for t, ri, wi, qi, di in zip(
+        targets,
+        rows_by(rw["target"].to_numpy(), idx),
+        rows_by(waits["target"].to_numpy(), idx),
+        rows_by(req["target"].to_numpy(), idx),
+        rows_by(done["target"].to_numpy(), idx),
+    ):
+        fi = int(first_in[qi].sum())
+        out.append(
+            {
+                "target": t["index"],
+                "name": t["name"],
+                "device": t["device"],
+                "tokens_per_s": _f((emitted[ri].sum() + fi) / span) if span > 0 else None,
+                "cycle_mean_s": _mean(cycle[ri]),
+                "queue_wait_mean_s": _mean(wait[wi]),
+                "rounds": len(ri),
+                "requests_completed": len(di),
+            }
+        )
+    return out
 
 
 def summarize(records: Records) -> dict[str, Any]:
@@ -153,8 +214,8 @@ def summarize(records: Records) -> dict[str, Any]:
     engines = meta.get("draft_engines", [])
     draft_iv = intervals[intervals["kind"] == "draft"]
     utils, gaps, ratios = [], [], []
-    for eng in engines:
-        st = engine_stats(draft_iv[draft_iv["engine"] == eng], t0, t1, window_s)
+    for s, e in _engine_intervals(draft_iv, engines):
+        st = _engine_stats(s, e, t0, t1, window_s)
         utils.append(st["utilization"])
         gaps.append(st["gaps"])
         ratios.append(st["idle_ratios"])
@@ -181,24 +242,7 @@ def summarize(records: Records) -> dict[str, Any]:
     dw = done[(done["t_arrival"] >= t0) & (done["t_finish"] <= t1) & (done["generated_tokens"] > 1)]
     tpot = ((dw["t_finish"] - dw["t_first_token"]) / (dw["generated_tokens"] - 1)).to_numpy()
 
-    per_target = []
-    for t in meta.get("targets", []):
-        i = t["index"]
-        ri = rw[rw["target"] == i]
-        fi = int(((firsts >= t0) & (firsts <= t1) & (req["target"] == i)).sum())
-        wi = waits[waits["target"] == i]
-        per_target.append(
-            {
-                "target": i,
-                "name": t["name"],
-                "device": t["device"],
-                "tokens_per_s": _f((ri["emitted"].sum() + fi) / span) if span > 0 else None,
-                "cycle_mean_s": _mean(ri["t_verify_end"] - (ri["t_send"] if len(engines) else ri["t_verify_start"])),
-                "queue_wait_mean_s": _mean(wi["t_draft_start"] - wi["t_enqueue"]),
-                "rounds": int(len(ri)),
-                "requests_completed": int((done["target"] == i).sum()),
-            }
-        )
+    per_target = _per_target(meta.get("targets", []), rw, waits, req, done, t0, t1, span, bool(engines))
 
     return {
         "draft_utilization": _mean(utils) if engines else None,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from starsim.metrics import busy_curve, idle_gaps, kv_bytes_peak, merge_intervals, summarize
+from starsim.metrics import busy_curve, idle_gaps, kv_bytes_peak, merge_intervals, rows_by, summarize
 from starsim.records import Recorder
 
 
@@ -52,3 +53,11 @@ def test_kv_peak_frees_at_request_end():
     rec.requests.extend([(0, 0, 1, 2, 2, 0.0, 0.0, 0.5, 3.0), (1, 0, 1, 2, 1, 3.0, 3.0, 3.5, nan)])
     r = rec.finish({"t_end": 5.0, "window_s": 1.0})
     assert kv_bytes_peak(r.rounds, r.requests) == 300
+
+
+def test_rows_by_matches_boolean_filters():
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"target": rng.integers(-1, 5, 300), "engine": rng.choice(["draft-0", "draft-1", "x"], 300)})
+    for col, values in (("target", [3, 0, -1, 7]), ("engine", ["draft-1", "nope", "x"])):
+        for v, rows in zip(values, rows_by(df[col], values)):
+            assert rows.tolist() == np.flatnonzero((df[col] == v).to_numpy()).tolist()
