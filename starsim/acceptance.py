@@ -21,6 +21,7 @@ acceptance past its end.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Annotated, Literal
 
 import numpy as np
@@ -47,6 +48,12 @@ class _Acceptance(BaseModel):
             k = int(sum(curve))  # deterministic: skip the random draw entirely
             return lambda: k
         draw = rng.random
+        if all(curve[j] >= curve[j + 1] for j in range(len(curve) - 1)):
+            # Non-increasing (every curve a validator lets through, bar 1e-12 slack): the
+            # leading run of a_j > u is all of them, so k = #{j : -a_j < -u}, found by
+            # bisection in the ascending negated curve (negation is exact).
+            neg = [-a for a in curve]
+            return lambda: bisect_left(neg, -draw())
 
         def sample() -> int:
             u = draw()

@@ -63,28 +63,35 @@ class DraftEngine:
         self.kv.pop(tag, None)
 
     def run(self):
+        # Clock values are computed, not read back (see Target._speculate): after its own
+        # ``timeout(d)`` from ``start`` the engine is at ``start + d`` exactly.
         env, policy, kv, intervals = self.env, self.policy, self.kv, self.intervals
+        timeout, new_event, pop = env.timeout, env.event, policy.pop
         draft_time, res, unit_name, name = self.draft_time, self.unit.resource, self.unit.name, self.name
         tree = self.cfg.tree
         tokens, depth = tree.tokens, tree.depth
         encode, prefix_cache = self.cfg.encode_per_token_s, self.cfg.prefix_cache
         kv_per_token = self.cfg.kv_bytes_per_token
+        now = env.now
         while True:
             while not len(policy):
-                self._wake = env.event()
-                yield self._wake
-            task = policy.pop()
+                self._wake = wake = new_event()
+                yield wake
+                now = env.now
+            task = pop()
             if res is not None:
                 req = res.request()
                 yield req
-            start = env.now
-            ctx = task.context
-            new = ctx - kv.get(task.target, 0) if prefix_cache else ctx
-            kv[task.target] = ctx
-            yield env.timeout(encode * new + draft_time(tokens, ctx, depth))
+                now = env.now
+            start = now
+            target, ctx = task.target, task.context
+            new = ctx - kv.get(target, 0) if prefix_cache else ctx
+            kv[target] = ctx
+            dur = encode * new + draft_time(tokens, ctx, depth)
+            yield timeout(dur)
             if res is not None:
                 res.release(req)
-            end = env.now
+            now = end = start + dur
             task.start, task.end, task.new_tokens, task.kv_bytes = start, end, new, ctx * kv_per_token
-            intervals.append((name, unit_name, "draft", task.target, start, end))
+            intervals.append((name, unit_name, "draft", target, start, end))
             task.done.succeed()

@@ -152,12 +152,21 @@ class Target:
 
     def _decode(self, rid: int, prompt: int, output: int):
         """Autoregressive baseline: one token per step."""
-        decode, cur, rounds = self.decode, self.current, self.rec.rounds
+        env, decode, cur, rounds = self.env, self.decode, self.current, self.rec.rounds
+        step = decode if decode is not None else self.verify
+        index, free = self.index, self.unit.resource is None
+        intervals, engine_name, unit_name = self.rec.intervals, self.engine_name, self.unit.name
         ctx, generated, r = prompt + 1, 1, 0
         while generated < output:
-            dur = decode(1, ctx, 0) if decode is not None else self.verify(1, ctx, 0)
-            vs, ve = yield from self._on_device("decode", 0.0, dur)
-            rounds.append((self.index, rid, r, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, vs, ve,
+            dur = step(1, ctx, 0)
+            if free:  # the _on_device fast path, inlined (see _speculate)
+                vs = env.now
+                yield env.timeout(dur)
+                ve = vs + dur
+                intervals.append((engine_name, unit_name, "decode", index, vs, ve))
+            else:
+                vs, ve = yield from self._on_device("decode", 0.0, dur)
+            rounds.append((index, rid, r, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, vs, ve,
                            ctx, 0, 0, 0, 0, 1, 0, 0, 0))
             generated += 1
             ctx += 1
@@ -165,33 +174,55 @@ class Target:
             cur[4] = generated
 
     def _speculate(self, rid: int, prompt: int, output: int):
+        """Speculative rounds until the request is done.
+
+        The hot loop of the simulator, so: methods bound once, one reusable task per target
+        (it has at most one outstanding), and clock values computed rather than read back:
+        a process resumed by its own ``timeout(d)`` at time ``t`` is at ``t + d`` exactly
+        (SimPy schedules it at ``now + delay``), and one resumed by the draft task's done
+        event is at the task's end. The times are the same floats ``env.now`` would give."""
         env, engine, cur, rounds = self.env, self.engine, self.current, self.rec.rounds
-        payload, hidden = self.payload, self.hidden
+        timeout, new_event, submit = env.timeout, env.event, engine.submit
+        bytes_up, hidden = self.payload.bytes_up, self.hidden
         up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
         verify, accept, tokens, depth = self.verify, self.accept, self.tree_tokens, self.depth
-        b_down = payload.bytes_down(tokens)
+        index, draft_index, free = self.index, engine.index, self.unit.resource is None
+        intervals, engine_name, unit_name = self.rec.intervals, self.engine_name, self.unit.name
+        b_down = self.payload.bytes_down(tokens)
+        task = Task(index, 0, None)
         ctx = prompt + 1  # the prefill's token is part of the context the draft must see
         new, generated, r = ctx, 1, 0
+        now = env.now
         while generated < output:
-            t_send = env.now
-            b_up = payload.bytes_up(new, hidden)
+            t_send = now
+            b_up = bytes_up(new, hidden)
             t_up = up(b_up)
-            yield env.timeout(t_up + parse(0, 0, 0))
-            t_enq = env.now
-            task = Task(self.index, ctx, env.event())
-            engine.submit(task)
+            hop = t_up + parse(0, 0, 0)
+            yield timeout(hop)
+            t_enq = t_send + hop
+            task.context, task.done = ctx, new_event()
+            submit(task)
             yield task.done
+            t_end = task.end
             t_ser = serialize(0, 0, 0)
             t_down = down(b_down)
-            vs, ve = yield from self._on_device("verify", t_ser + t_down, verify(tokens + 1, ctx, depth))
+            lead, dur = t_ser + t_down, verify(tokens + 1, ctx, depth)
+            if free:  # the _on_device fast path, inlined
+                yield timeout(lead + dur)
+                vs, ve = t_end + lead, t_end + (lead + dur)
+                intervals.append((engine_name, unit_name, "verify", index, vs, ve))
+            else:
+                vs, ve = yield from self._on_device("verify", lead, dur)
             k = accept()
-            emitted = min(k + 1, output - generated)
-            rounds.append((self.index, rid, r, engine.index, t_send, t_send + t_up, t_enq,
-                           task.start, task.end, task.end + t_ser, task.end + t_ser + t_down, vs, ve,
+            left = output - generated
+            emitted = k + 1 if k + 1 < left else left
+            rounds.append((index, rid, r, draft_index, t_send, t_send + t_up, t_enq,
+                           task.start, t_end, t_end + t_ser, t_end + t_ser + t_down, vs, ve,
                            ctx, task.new_tokens, tokens, depth, k, emitted, b_up, b_down, task.kv_bytes))
             generated += emitted
             ctx += emitted
             new = emitted
             r += 1
             cur[4] = generated
-        engine.free(self.index)
+            now = ve
+        engine.free(index)
