@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import simpy
@@ -56,6 +57,25 @@ def _arrival_process(env: simpy.Environment, store: simpy.Store, source, budget:
 
 def simulate(scenario: Scenario) -> Result:
     """Run the discrete-event simulation of ``scenario``; deterministic for a given seed."""
+    with _gc_paused():
+        return _simulate(scenario)
+
+
+@contextmanager
+def _gc_paused():
+    # A run allocates events and row tuples by the hundred thousand and frees them by
+    # reference counting; the cyclic collector would only rescan the growing record lists
+    # (~10% of the time), so it is paused for the run and restored as it was.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _simulate(scenario: Scenario) -> Result:
     wall0 = time.perf_counter()
     env = simpy.Environment()
     rec = Recorder()
@@ -118,7 +138,7 @@ def simulate(scenario: Scenario) -> Result:
     procs = [env.process(t.run()) for t in targets]
     done = env.all_of(procs)
     stop = done if scenario.duration_s is None else env.any_of([done, env.timeout(scenario.duration_s)])
-    _run(env, stop)
+    env.run(until=stop)
     t_end = env.now
 
     # Conservation: every request that was issued is in the table, finished or not.
@@ -157,19 +177,6 @@ def simulate(scenario: Scenario) -> Result:
         "wall_time_s": time.perf_counter() - wall0,
     }
     return Result(scenario=scenario, records=records, summary=summary)
-
-
-def _run(env: simpy.Environment, until) -> None:
-    # The run allocates events and row tuples by the hundred thousand and frees them by
-    # reference counting; the cyclic collector would only rescan the growing record lists
-    # (~10% of the run), so it is paused for the run and restored as it was.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        env.run(until=until)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _events(env: simpy.Environment) -> int | None:
