@@ -83,8 +83,9 @@ _STRUCT_CODES = {"int64": "q", "float64": "d"}
 def _columns_packed(rows: list[tuple], columns: tuple[tuple[str, str], ...]) -> dict:
     """The columns of ``rows``, fast: ``struct`` packs the numbers of each row to bytes in C
     (exactly: 8-byte ints and IEEE doubles, no per-value numpy conversion), and the bytes
-    are read as one record array; string columns are picked out by index. Raises
-    ``struct.error``/``TypeError`` on any value that is not already an int or a float."""
+    are read as one record array; string columns are picked out by index (zip(*rows) costs
+    more than all the rest). Raises ``struct.error``/``TypeError`` on any value that is not
+    already an int or a float."""
     if not rows or any(d not in _STRUCT_CODES for _, d in columns if d != "str"):
         return _columns(rows, columns)
     num = [i for i, (_, d) in enumerate(columns) if d != "str"]
@@ -111,17 +112,14 @@ def _columns(rows: list[tuple], columns: tuple[tuple[str, str], ...]) -> dict:
     data = {}
     for (name, dtype), values in zip(columns, cols):
         if dtype == "str":
-            data[name] = pd.Series(values, dtype=object).astype(str) if values else pd.Series([], dtype=str)
+            data[name] = _strings(values) if values else pd.Series([], dtype=str)
         else:
             data[name] = np.asarray(values, dtype=dtype)
     return data
 
 
 def _strings(values: list) -> pd.Series:
-    """``pd.Series(values, dtype=object).astype(str)``, converting each distinct value once
-    (a column repeats a few names: engine, device, kind)."""
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
-    return pd.Series(pd.Series(uniques, dtype=object).astype(str).array.take(codes))
+    return pd.Series(values, dtype=object).astype(str)  # the one conversion of string columns
 
 
 class Recorder:
