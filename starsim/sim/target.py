@@ -64,6 +64,19 @@ class Requests:
         return rid, self.env.now, prompt, output
 
 
+class _BytesUp(dict):
+    """``new tokens -> Payload.bytes_up(new, hidden)``, each count computed once: in the
+    hot loop a lookup that hits is a C call, not a Python method call."""
+
+    def __init__(self, payload: Payload, hidden: bool):
+        super().__init__()
+        self.payload, self.hidden = payload, hidden
+
+    def __missing__(self, new: int) -> int:
+        b = self[new] = self.payload.bytes_up(new, self.hidden)
+        return b
+
+
 class Target:
     def __init__(
         self,
@@ -183,7 +196,7 @@ class Target:
         event is at the task's end. The times are the same floats ``env.now`` would give."""
         env, engine, cur, rounds = self.env, self.engine, self.current, self.rec.rounds
         timeout, new_event, submit = env.timeout, env.event, engine.submit
-        bytes_up, hidden = self.payload.bytes_up, self.hidden
+        bytes_up = _BytesUp(self.payload, self.hidden)
         up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
         verify, accept, tokens, depth = self.verify, self.accept, self.tree_tokens, self.depth
         index, draft_index, free = self.index, engine.index, self.unit.resource is None
@@ -195,14 +208,15 @@ class Target:
         now = env.now
         while generated < output:
             t_send = now
-            b_up = bytes_up(new, hidden)
+            b_up = bytes_up[new]
             t_up = up(b_up)
             hop = t_up + parse(0, 0, 0)
             yield timeout(hop)
             t_enq = t_send + hop
-            task.context, task.done = ctx, new_event()
+            done = new_event()
+            task.context, task.done = ctx, done
             submit(task)
-            yield task.done
+            yield done
             t_end = task.end
             t_ser = serialize(0, 0, 0)
             t_down = down(b_down)
