@@ -50,7 +50,8 @@ class DraftEngine:
         self.intervals = intervals
         self.kv: dict[int, int] = {}  # tag (target index) -> tokens in its draft KV cache
         self._wake: simpy.Event | None = None
-        self.process = env.process(self.run())
+        self.life = self.run()  # the generator of the engine's process
+        self.process = env.process(self.life)
 
     def submit(self, task: Task) -> None:
         self.policy.push(task)

@@ -102,13 +102,15 @@ def _simulate(scenario: Scenario) -> Result:
 
     w = scenario.workload
     store = None
+    lives = [e.life for e in engines]  # every process's generator (see the end of the run)
     if isinstance(w, ClosedLoop):
         requests = Requests(env, scenario.max_requests, prompt_set(w, rng_for(seed, STREAM_WORKLOAD)), w.repeat)
     else:
         store = simpy.Store(env)
         requests = Requests(env, scenario.max_requests, store=store)
         source = arrivals(w, rng_for(seed, STREAM_WORKLOAD))
-        env.process(_arrival_process(env, store, source, scenario.max_requests, len(instances)))
+        lives.append(_arrival_process(env, store, source, scenario.max_requests, len(instances)))
+        env.process(lives[-1])
 
     targets = []
     for (i, name, group), tu in zip(instances, target_units):
@@ -135,11 +137,17 @@ def _simulate(scenario: Scenario) -> Result:
                 pause=pause,
             )
         )
-    procs = [env.process(t.run()) for t in targets]
+    lives += [t.run() for t in targets]
+    procs = [env.process(life) for life in lives[-len(targets):]]
     done = env.all_of(procs)
     stop = done if scenario.duration_s is None else env.any_of([done, env.timeout(scenario.duration_s)])
     env.run(until=stop)
     t_end = env.now
+    # Processes still waiting hold their targets (and the record rows) in a reference cycle
+    # with the environment; closing their generators breaks it, so the rows are freed when
+    # this function returns instead of by a cyclic collection over all of them.
+    for life in lives:
+        life.close()
 
     # Conservation: every request that was issued is in the table, finished or not.
     for t in targets:
