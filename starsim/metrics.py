@@ -128,20 +128,26 @@ def rows_by(keys: pd.Series | np.ndarray, values: list) -> list[np.ndarray]:
     return [order[a:b] for a, b in zip(lo, hi)]
 
 
-def _engine_intervals(draft_iv: pd.DataFrame, engines: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _draft_intervals(intervals: pd.DataFrame):
+    """``(engine, start, end)`` of the draft tasks, in table order: only the columns used,
+    not a filtered copy of the whole table."""
+    is_draft = (intervals["kind"] == "draft").to_numpy(bool)
+    engine = intervals["engine"].array[is_draft]
+    return engine, intervals["start"].to_numpy(float)[is_draft], intervals["end"].to_numpy(float)[is_draft]
+
+
+def _engine_intervals(engine, start: np.ndarray, end: np.ndarray, engines: list[str]) -> list[tuple]:
     """Each engine's (start, end) arrays, in table order."""
-    s, e = draft_iv["start"].to_numpy(float), draft_iv["end"].to_numpy(float)
-    return [(s[rows], e[rows]) for rows in rows_by(draft_iv["engine"], engines)]
+    return [(start[rows], end[rows]) for rows in rows_by(engine, engines)]
 
 
 def idle_ratio_series(records: Records) -> pd.DataFrame:
     """Idle ratio per window and per draft engine: columns engine, t_start, idle_ratio."""
     meta = records.meta
     t0, t1 = window_bounds(meta)
-    iv = records.intervals[records.intervals["kind"] == "draft"]
     engines = meta.get("draft_engines", [])
     frames = []
-    for eng, (s, e) in zip(engines, _engine_intervals(iv, engines)):
+    for eng, (s, e) in zip(engines, _engine_intervals(*_draft_intervals(records.intervals), engines)):
         st = _engine_stats(s, e, t0, t1, float(meta["window_s"]))
         edges = st["window_edges"][:-1]
         frames.append(pd.DataFrame({"engine": eng, "t_start": edges, "idle_ratio": st["idle_ratios"]}))
@@ -169,20 +175,21 @@ def kv_bytes_peak(rounds: pd.DataFrame, requests: pd.DataFrame) -> int:
     return int(np.cumsum(deltas[order]).max())
 
 
-def _per_target(targets: list[dict], rw, waits, req, done, t0, t1, span, star: bool) -> list[dict]:
-    """The per-target part of the summary (rw: rounds in the window, waits: rounds whose
-    draft starts in it, done: finished requests); each target's rows in table order."""
+def _per_target(targets: list[dict], rw: dict, waits: dict, req, done, t0, t1, span, star: bool) -> list[dict]:
+    """The per-target part of the summary (rw: columns of the rounds in the window, waits:
+    of the rounds whose draft starts in it, done: finished requests); each target's rows
+    in table order."""
     idx = [t["index"] for t in targets]
-    emitted = rw["emitted"].to_numpy()
-    cycle = (rw["t_verify_end"] - (rw["t_send"] if star else rw["t_verify_start"])).to_numpy()
-    wait = (waits["t_draft_start"] - waits["t_enqueue"]).to_numpy()
+    emitted = rw["emitted"]
+    cycle = rw["t_verify_end"] - (rw["t_send"] if star else rw["t_verify_start"])
+    wait = waits["t_draft_start"] - waits["t_enqueue"]
     firsts = req["t_first_token"]
     first_in = ((firsts >= t0) & (firsts <= t1)).to_numpy()
     out = []
     for t, ri, wi, qi, di in zip(
         targets,
-        rows_by(rw["target"].to_numpy(), idx),
-        rows_by(waits["target"].to_numpy(), idx),
+        rows_by(rw["target"], idx),
+        rows_by(waits["target"], idx),
         rows_by(req["target"].to_numpy(), idx),
         rows_by(done["target"].to_numpy(), idx),
     ):
@@ -202,6 +209,12 @@ def _per_target(targets: list[dict], rw, waits, req, done, t0, t1, span, star: b
     return out
 
 
+def _rows(table: pd.DataFrame, mask: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Columns ``names`` of the rows of ``mask``: what ``table[mask]`` holds, for the few
+    columns used (a filtered copy of the 22-column rounds table costs more)."""
+    return {n: table[n].to_numpy()[mask] for n in names}
+
+
 def summarize(records: Records) -> dict[str, Any]:
     """The run summary (the keys of ``summary.json``), from the tables alone."""
     meta = records.meta
@@ -212,27 +225,28 @@ def summarize(records: Records) -> dict[str, Any]:
 
     # ---- draft engine(s)
     engines = meta.get("draft_engines", [])
-    draft_iv = intervals[intervals["kind"] == "draft"]
+    engine, start, end = _draft_intervals(intervals)
     utils, gaps, ratios = [], [], []
-    for s, e in _engine_intervals(draft_iv, engines):
+    for s, e in _engine_intervals(engine, start, end, engines):
         st = _engine_stats(s, e, t0, t1, window_s)
         utils.append(st["utilization"])
         gaps.append(st["gaps"])
         ratios.append(st["idle_ratios"])
     gaps_all = np.concatenate(gaps) if gaps else np.empty(0)
     ratios_all = np.concatenate(ratios) if ratios else np.empty(0)
-    tasks = draft_iv[(draft_iv["start"] >= t0) & (draft_iv["start"] < t1)]
-    task_time = (tasks["end"] - tasks["start"]).to_numpy()
+    in_tasks = (start >= t0) & (start < t1)
+    task_time = end[in_tasks] - start[in_tasks]
 
     # ---- rounds and tokens
-    in_win = (rounds["t_verify_end"] >= t0) & (rounds["t_verify_end"] <= t1)
-    rw = rounds[in_win]
-    spec = rw[rw["draft"] >= 0]
+    t_ve, t_ds, draft = (rounds[c].to_numpy() for c in ("t_verify_end", "t_draft_start", "draft"))
+    rw = _rows(rounds, (t_ve >= t0) & (t_ve <= t1),
+               ("target", "draft", "emitted", "accepted", "t_send", "t_verify_start", "t_verify_end"))
+    spec = rw["draft"] >= 0
     firsts = requests["t_first_token"]
     first_in = int(((firsts >= t0) & (firsts <= t1)).sum())
     tokens = int(rw["emitted"].sum()) + first_in
-    waits = rounds[(rounds["t_draft_start"] >= t0) & (rounds["t_draft_start"] < t1) & (rounds["draft"] >= 0)]
-    wait = (waits["t_draft_start"] - waits["t_enqueue"]).to_numpy()
+    waits = _rows(rounds, (t_ds >= t0) & (t_ds < t1) & (draft >= 0), ("target", "t_draft_start", "t_enqueue"))
+    wait = waits["t_draft_start"] - waits["t_enqueue"]
 
     # ---- requests
     req = requests
@@ -243,6 +257,7 @@ def summarize(records: Records) -> dict[str, Any]:
     tpot = ((dw["t_finish"] - dw["t_first_token"]) / (dw["generated_tokens"] - 1)).to_numpy()
 
     per_target = _per_target(meta.get("targets", []), rw, waits, req, done, t0, t1, span, bool(engines))
+    n_rw, n_tasks = len(rw["target"]), int(in_tasks.sum())
 
     return {
         "draft_utilization": _mean(utils) if engines else None,
@@ -250,8 +265,8 @@ def summarize(records: Records) -> dict[str, Any]:
         "draft_idle_gap_p50_s": _pct(gaps_all, 50),
         "draft_idle_gap_p99_s": _pct(gaps_all, 99),
         "draft_idle_ratio_mean": _mean(ratios_all),
-        "draft_tasks": int(len(tasks)),
-        "draft_tasks_per_s": _f(len(tasks) / span) if span > 0 and engines else None,
+        "draft_tasks": n_tasks,
+        "draft_tasks_per_s": _f(n_tasks / span) if span > 0 and engines else None,
         "draft_task_time_mean_s": _mean(task_time),
         "draft_task_time_p50_s": _pct(task_time, 50),
         "draft_task_time_p99_s": _pct(task_time, 99),
@@ -259,9 +274,9 @@ def summarize(records: Records) -> dict[str, Any]:
         "draft_queue_wait_p99_s": _pct(wait, 99),
         "draft_kv_bytes_peak": kv_bytes_peak(rounds, requests),
         "throughput_tokens_per_s": _f(tokens / span) if span > 0 else None,
-        "mean_accepted_tokens": _mean(spec["accepted"] + 1) if len(spec) else (1.0 if len(rw) else None),
-        "rounds": int(len(rw)),
-        "round_time_mean_s": _mean(spec["t_verify_end"] - spec["t_send"]),
+        "mean_accepted_tokens": _mean(rw["accepted"][spec] + 1) if spec.any() else (1.0 if n_rw else None),
+        "rounds": n_rw,
+        "round_time_mean_s": _mean(rw["t_verify_end"][spec] - rw["t_send"][spec]),
         "requests_completed": int(len(done)),
         "requests_unfinished": int(len(req) - len(done)),
         "ttft_mean_s": _mean(ttft),
