@@ -122,21 +122,70 @@ def _strings(values: list) -> pd.Series:
     return pd.Series(values, dtype=object).astype(str)  # the one conversion of string columns
 
 
+# Packed rows (see Recorder): a round is its 22 numbers; an interval is the code of its
+# (engine, device, kind) key, then target, start, end.
+ROUND_STRUCT = struct.Struct("=" + "".join(_STRUCT_CODES[d] for _, d in ROUND_COLUMNS))
+INTERVAL_STRUCT = struct.Struct("=qqdd")
+pack_round, pack_interval = ROUND_STRUCT.pack, INTERVAL_STRUCT.pack
+
+
 class Recorder:
-    """Columnar-ish buffers: one tuple per row in a list (cheap to append, one conversion)."""
+    """Row buffers for the three tables, turned into DataFrames once by :meth:`finish`.
+
+    Rows are appended as tuples in column order (``rec.rounds.append(row)``). A hot path
+    may append them packed instead, as bytes, which keeps no Python objects alive during
+    the run and needs no conversion at the end:
+    ``rec.packed_rounds.append(pack_round(*row))``, and
+    ``rec.packed_intervals.append(pack_interval(key, target, start, end))`` with ``key =
+    rec.interval_key(engine, device, kind)``. Numbers must then be ints for int columns
+    (struct does not cast floats). A table takes its rows one way or the other."""
 
     def __init__(self) -> None:
         self.rounds: list[tuple] = []
         self.requests: list[tuple] = []
         self.intervals: list[tuple] = []
+        self.packed_rounds: list[bytes] = []
+        self.packed_intervals: list[bytes] = []
+        self._keys: dict[tuple[str, str, str], int] = {}
+
+    def interval_key(self, engine: str, device: str, kind: str) -> int:
+        """The code of ``(engine, device, kind)`` for :data:`pack_interval`."""
+        return self._keys.setdefault((engine, device, kind), len(self._keys))
 
     def finish(self, meta: dict[str, Any]) -> Records:
         return Records(
-            rounds=_frame(self.rounds, ROUND_COLUMNS),
+            rounds=self._rounds(),
             requests=_frame(sorted(self.requests), REQUEST_COLUMNS),
-            intervals=_frame(self.intervals, INTERVAL_COLUMNS),
+            intervals=self._intervals(),
             meta=meta,
         )
+
+    def _rounds(self) -> pd.DataFrame:
+        if not self.packed_rounds:
+            return _frame(self.rounds, ROUND_COLUMNS)
+        _one_way("rounds", self.rounds)
+        table = np.frombuffer(b"".join(self.packed_rounds), dtype=list(ROUND_COLUMNS))
+        return pd.DataFrame({n: table[n] for n, _ in ROUND_COLUMNS})
+
+    def _intervals(self) -> pd.DataFrame:
+        if not self.packed_intervals:
+            return _frame(self.intervals, INTERVAL_COLUMNS)
+        _one_way("intervals", self.intervals)
+        dtype = [("key", "int64"), ("target", "int64"), ("start", "float64"), ("end", "float64")]
+        table = np.frombuffer(b"".join(self.packed_intervals), dtype=dtype)
+        keys = list(self._keys)
+        data = {}
+        for j, name in enumerate(("engine", "device", "kind")):
+            # each key's string converted as a whole column would be, then repeated by code
+            data[name] = pd.Series(_strings([k[j] for k in keys]).array.take(table["key"]))
+        for name in ("target", "start", "end"):
+            data[name] = table[name]
+        return pd.DataFrame(data, columns=[c for c, _ in INTERVAL_COLUMNS])
+
+
+def _one_way(table: str, rows: list) -> None:
+    if rows:
+        raise ValueError(f"{table}: rows appended both as tuples and packed")
 
 
 @dataclass

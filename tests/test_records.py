@@ -6,7 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from starsim.records import INTERVAL_COLUMNS, REQUEST_COLUMNS, ROUND_COLUMNS, _columns, _columns_packed, _frame
+from starsim.records import (
+    INTERVAL_COLUMNS,
+    REQUEST_COLUMNS,
+    ROUND_COLUMNS,
+    Recorder,
+    _columns,
+    _columns_packed,
+    _frame,
+    pack_interval,
+    pack_round,
+)
 
 nan = math.nan
 
@@ -61,3 +71,24 @@ def test_other_values_convert_as_before(row):
 def test_empty():
     for cols in (ROUND_COLUMNS, REQUEST_COLUMNS, INTERVAL_COLUMNS):
         _check([], cols)
+
+
+def test_packed_rows_give_the_same_tables():
+    rng = np.random.default_rng(2)
+    rounds = [(i % 3, i, i // 3, 0, *rng.random(8).tolist(), nan, 100 + i, 3, 59, 5, 2, 3, 8260, 2000, 131072 * i)
+              for i in range(200)]
+    intervals = [(f"target-{i % 3}", f"gpu[{i % 3}]", "verify" if i % 4 else "prefill", i % 3, 0.1 * i, 0.2 * i)
+                 for i in range(200)]
+    plain, packed = Recorder(), Recorder()
+    plain.rounds.extend(rounds)
+    plain.intervals.extend(intervals)
+    for row in rounds:
+        packed.packed_rounds.append(pack_round(*row))
+    for engine, device, kind, target, start, end in intervals:
+        packed.packed_intervals.append(pack_interval(packed.interval_key(engine, device, kind), target, start, end))
+    a, b = plain.finish({}), packed.finish({})
+    for name in ("rounds", "requests", "intervals"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)
+    packed.rounds.append(rounds[0])
+    with pytest.raises(ValueError, match="both"):
+        packed.finish({})

@@ -12,6 +12,7 @@ import numpy as np
 import simpy
 
 from ..policies import make_policy
+from ..records import Recorder, pack_interval
 from ..scenario import Draft
 from .devices import DeviceUnit
 
@@ -38,7 +39,7 @@ class DraftEngine:
         unit: DeviceUnit,
         cfg: Draft,
         rng: np.random.Generator,
-        intervals: list,
+        rec: Recorder,
     ):
         self.env = env
         self.index = index
@@ -47,7 +48,7 @@ class DraftEngine:
         self.cfg = cfg
         self.policy = make_policy(cfg.policy)
         self.draft_time = cfg.time.sampler(rng)
-        self.intervals = intervals
+        self.rec = rec
         self.kv: dict[int, int] = {}  # tag (target index) -> tokens in its draft KV cache
         self._wake: simpy.Event | None = None
         self.life = self.run()  # the generator of the engine's process
@@ -66,9 +67,11 @@ class DraftEngine:
     def run(self):
         # Clock values are computed, not read back (see Target._speculate): after its own
         # ``timeout(d)`` from ``start`` the engine is at ``start + d`` exactly.
-        env, policy, kv, intervals = self.env, self.policy, self.kv, self.intervals
+        env, policy, kv = self.env, self.policy, self.kv
         timeout, new_event, pop = env.timeout, env.event, policy.pop
-        draft_time, res, unit_name, name = self.draft_time, self.unit.resource, self.unit.name, self.name
+        draft_time, res = self.draft_time, self.unit.resource
+        put_interval = self.rec.packed_intervals.append  # packed rows: see Recorder
+        key = self.rec.interval_key(self.name, self.unit.name, "draft")
         tree = self.cfg.tree
         tokens, depth = tree.tokens, tree.depth
         encode, prefix_cache = self.cfg.encode_per_token_s, self.cfg.prefix_cache
@@ -94,5 +97,5 @@ class DraftEngine:
                 res.release(req)
             now = end = start + dur
             task.start, task.end, task.new_tokens, task.kv_bytes = start, end, new, ctx * kv_per_token
-            intervals.append((name, unit_name, "draft", target, start, end))
+            put_interval(pack_interval(key, target, start, end))
             task.done.succeed()

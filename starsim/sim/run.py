@@ -91,10 +91,10 @@ def _simulate(scenario: Scenario) -> Result:
     draft = scenario.draft
     if mode == "star":
         rng = ahead_rng_for(seed, STREAM_DRAFT)
-        engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng, rec.intervals)]
+        engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng, rec)]
     elif mode == "one_for_one":
         engines = [
-            DraftEngine(env, i, f"draft-{i}", units[tu], draft, ahead_rng_for(seed, STREAM_DRAFT, i), rec.intervals)
+            DraftEngine(env, i, f"draft-{i}", units[tu], draft, ahead_rng_for(seed, STREAM_DRAFT, i), rec)
             for i, tu in enumerate(target_units)
         ]
     else:

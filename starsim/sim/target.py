@@ -16,6 +16,7 @@ import simpy
 
 from ..acceptance import _Acceptance
 from ..distributions import Sampler
+from ..records import pack_interval, pack_round
 from ..scenario import Payload, TargetGroup
 from .devices import DeviceUnit
 from .draft import DraftEngine, Task
@@ -108,6 +109,8 @@ class Target:
         self.engine = engine
         self.requests = requests
         self.rec = rec
+        # rows are appended packed (see Recorder): no Python objects kept per row
+        self.put_round, self.put_interval = rec.packed_rounds.append, rec.packed_intervals.append
         self.payload: Payload = group.payload
         self.verify = group.verify_time.sampler(rng)
         self.prefill = group.prefill_time.sampler(rng)
@@ -140,8 +143,12 @@ class Target:
             yield env.timeout(dur)
             res.release(req)
             end = env.now
-        self.rec.intervals.append((self.engine_name, self.unit.name, kind, self.index, start, end))
+        self.put_interval(pack_interval(self._key(kind), self.index, start, end))
         return start, end
+
+    def _key(self, kind: str) -> int:
+        """The recorder's code for this target's intervals of ``kind``."""
+        return self.rec.interval_key(self.engine_name, self.unit.name, kind)
 
     # ------------------------------------------------------------------ life
 
@@ -165,10 +172,10 @@ class Target:
 
     def _decode(self, rid: int, prompt: int, output: int):
         """Autoregressive baseline: one token per step."""
-        env, decode, cur, rounds = self.env, self.decode, self.current, self.rec.rounds
+        env, decode, cur = self.env, self.decode, self.current
         step = decode if decode is not None else self.verify
         index, free = self.index, self.unit.resource is None
-        intervals, engine_name, unit_name = self.rec.intervals, self.engine_name, self.unit.name
+        put_interval, put_round, key = self.put_interval, self.put_round, self._key("decode")
         ctx, generated, r = prompt + 1, 1, 0
         while generated < output:
             dur = step(1, ctx, 0)
@@ -176,11 +183,11 @@ class Target:
                 vs = env.now
                 yield env.timeout(dur)
                 ve = vs + dur
-                intervals.append((engine_name, unit_name, "decode", index, vs, ve))
+                put_interval(pack_interval(key, index, vs, ve))
             else:
                 vs, ve = yield from self._on_device("decode", 0.0, dur)
-            rounds.append((index, rid, r, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, vs, ve,
-                           ctx, 0, 0, 0, 0, 1, 0, 0, 0))
+            put_round(pack_round(index, rid, r, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, vs, ve,
+                                 ctx, 0, 0, 0, 0, 1, 0, 0, 0))
             generated += 1
             ctx += 1
             r += 1
@@ -194,13 +201,13 @@ class Target:
         a process resumed by its own ``timeout(d)`` at time ``t`` is at ``t + d`` exactly
         (SimPy schedules it at ``now + delay``), and one resumed by the draft task's done
         event is at the task's end. The times are the same floats ``env.now`` would give."""
-        env, engine, cur, rounds = self.env, self.engine, self.current, self.rec.rounds
+        env, engine, cur = self.env, self.engine, self.current
         timeout, new_event, submit = env.timeout, env.event, engine.submit
         bytes_up = _BytesUp(self.payload, self.hidden)
         up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
         verify, accept, tokens, depth = self.verify, self.accept, self.tree_tokens, self.depth
         index, draft_index, free = self.index, engine.index, self.unit.resource is None
-        intervals, engine_name, unit_name = self.rec.intervals, self.engine_name, self.unit.name
+        put_interval, put_round, key = self.put_interval, self.put_round, self._key("verify")
         b_down = self.payload.bytes_down(tokens)
         task = Task(index, 0, None)
         ctx = prompt + 1  # the prefill's token is part of the context the draft must see
@@ -224,15 +231,15 @@ class Target:
             if free:  # the _on_device fast path, inlined
                 yield timeout(lead + dur)
                 vs, ve = t_end + lead, t_end + (lead + dur)
-                intervals.append((engine_name, unit_name, "verify", index, vs, ve))
+                put_interval(pack_interval(key, index, vs, ve))
             else:
                 vs, ve = yield from self._on_device("verify", lead, dur)
             k = accept()
             left = output - generated
             emitted = k + 1 if k + 1 < left else left
-            rounds.append((index, rid, r, draft_index, t_send, t_send + t_up, t_enq,
-                           task.start, t_end, t_end + t_ser, t_end + t_ser + t_down, vs, ve,
-                           ctx, task.new_tokens, tokens, depth, k, emitted, b_up, b_down, task.kv_bytes))
+            put_round(pack_round(index, rid, r, draft_index, t_send, t_send + t_up, t_enq,
+                                 task.start, t_end, t_end + t_ser, t_end + t_ser + t_down, vs, ve,
+                                 ctx, task.new_tokens, tokens, depth, k, emitted, b_up, b_down, task.kv_bytes))
             generated += emitted
             ctx += emitted
             new = emitted
