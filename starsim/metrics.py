@@ -160,7 +160,7 @@ def kv_bytes_peak(rounds: pd.DataFrame, requests: pd.DataFrame) -> int:
     if not spec.any() or not rounds["draft_kv_bytes"].any():
         return 0
     col = {c: rounds[c].to_numpy()[spec] for c in ("request", "round", "draft_kv_bytes", "t_draft_end")}
-    order = np.lexsort((col["round"], col["request"]))  # by request, then round
+    order = _sort_by(col["request"], col["round"])
     same = col["request"][order]
     held = col["draft_kv_bytes"][order].astype(np.int64)
     delta = held.copy()
@@ -171,29 +171,34 @@ def kv_bytes_peak(rounds: pd.DataFrame, requests: pd.DataFrame) -> int:
     times = np.r_[col["t_draft_end"][order].astype(float), fin[ok]]
     deltas = np.r_[delta, -held[last][ok]]
     # at equal times apply frees first: a tag's state is gone before another tag grows
-    order = np.lexsort((deltas, times))
+    order = _sort_by(times, deltas)
     return int(np.cumsum(deltas[order]).max())
 
 
-def _per_target(targets: list[dict], rw: dict, waits: dict, req, done, t0, t1, span, star: bool) -> list[dict]:
+def _sort_by(key: np.ndarray, then: np.ndarray) -> np.ndarray:
+    """``np.lexsort((then, key))``: by ``key``, ties by ``then`` (``then`` has no NaN). A
+    stable sort by ``key`` alone is the same order when ``then`` already ascends within
+    every tie, the usual case: rows come about in time order, and this sort is cheaper."""
+    order = np.argsort(key, kind="stable")
+    k, t = key[order], then[order]
+    tie = ~(k[1:] > k[:-1])  # equal keys, or NaNs (sorted last, equal to each other)
+    if (t[1:][tie] >= t[:-1][tie]).all():
+        return order
+    return np.lexsort((then, key))
+
+
+def _per_target(targets: list[dict], rw: dict, waits: dict, req: dict, span: float, star: bool) -> list[dict]:
     """The per-target part of the summary (rw: columns of the rounds in the window, waits:
-    of the rounds whose draft starts in it, done: finished requests); each target's rows
-    in table order."""
+    of the rounds whose draft starts in it, req: of the requests, with masks ``first_in``
+    and ``done``); each target's rows in table order."""
     idx = [t["index"] for t in targets]
     emitted = rw["emitted"]
     cycle = rw["t_verify_end"] - (rw["t_send"] if star else rw["t_verify_start"])
     wait = waits["t_draft_start"] - waits["t_enqueue"]
-    firsts = req["t_first_token"]
-    first_in = ((firsts >= t0) & (firsts <= t1)).to_numpy()
     out = []
-    for t, ri, wi, qi, di in zip(
-        targets,
-        rows_by(rw["target"], idx),
-        rows_by(waits["target"], idx),
-        rows_by(req["target"].to_numpy(), idx),
-        rows_by(done["target"].to_numpy(), idx),
-    ):
-        fi = int(first_in[qi].sum())
+    by_target = zip(rows_by(rw["target"], idx), rows_by(waits["target"], idx), rows_by(req["target"], idx))
+    for t, (ri, wi, qi) in zip(targets, by_target):
+        fi = int(req["first_in"][qi].sum())
         out.append(
             {
                 "target": t["index"],
@@ -203,7 +208,7 @@ def _per_target(targets: list[dict], rw: dict, waits: dict, req, done, t0, t1, s
                 "cycle_mean_s": _mean(cycle[ri]),
                 "queue_wait_mean_s": _mean(wait[wi]),
                 "rounds": len(ri),
-                "requests_completed": len(di),
+                "requests_completed": int(req["done"][qi].sum()),
             }
         )
     return out
@@ -242,21 +247,22 @@ def summarize(records: Records) -> dict[str, Any]:
     rw = _rows(rounds, (t_ve >= t0) & (t_ve <= t1),
                ("target", "draft", "emitted", "accepted", "t_send", "t_verify_start", "t_verify_end"))
     spec = rw["draft"] >= 0
-    firsts = requests["t_first_token"]
-    first_in = int(((firsts >= t0) & (firsts <= t1)).sum())
-    tokens = int(rw["emitted"].sum()) + first_in
     waits = _rows(rounds, (t_ds >= t0) & (t_ds < t1) & (draft >= 0), ("target", "t_draft_start", "t_enqueue"))
     wait = waits["t_draft_start"] - waits["t_enqueue"]
 
     # ---- requests
-    req = requests
-    done = req[np.isfinite(req["t_finish"])]
-    arrived_in = (req["t_arrival"] >= t0) & (req["t_arrival"] <= t1)
-    ttft = (req.loc[arrived_in, "t_first_token"] - req.loc[arrived_in, "t_arrival"]).dropna().to_numpy()
-    dw = done[(done["t_arrival"] >= t0) & (done["t_finish"] <= t1) & (done["generated_tokens"] > 1)]
-    tpot = ((dw["t_finish"] - dw["t_first_token"]) / (dw["generated_tokens"] - 1)).to_numpy()
+    req = {c: requests[c].to_numpy() for c in ("target", "t_arrival", "t_first_token", "t_finish", "generated_tokens")}
+    arrival, first, finish, generated = req["t_arrival"], req["t_first_token"], req["t_finish"], req["generated_tokens"]
+    req["first_in"] = (first >= t0) & (first <= t1)
+    req["done"] = done = np.isfinite(finish)
+    tokens = int(rw["emitted"].sum()) + int(req["first_in"].sum())
+    arrived_in = (arrival >= t0) & (arrival <= t1)
+    ttft = first[arrived_in] - arrival[arrived_in]
+    ttft = ttft[~np.isnan(ttft)]
+    dw = done & (arrival >= t0) & (finish <= t1) & (generated > 1)
+    tpot = (finish[dw] - first[dw]) / (generated[dw] - 1)
 
-    per_target = _per_target(meta.get("targets", []), rw, waits, req, done, t0, t1, span, bool(engines))
+    per_target = _per_target(meta.get("targets", []), rw, waits, req, span, bool(engines))
     n_rw, n_tasks = len(rw["target"]), int(in_tasks.sum())
 
     return {
@@ -277,8 +283,8 @@ def summarize(records: Records) -> dict[str, Any]:
         "mean_accepted_tokens": _mean(rw["accepted"][spec] + 1) if spec.any() else (1.0 if n_rw else None),
         "rounds": n_rw,
         "round_time_mean_s": _mean(rw["t_verify_end"][spec] - rw["t_send"][spec]),
-        "requests_completed": int(len(done)),
-        "requests_unfinished": int(len(req) - len(done)),
+        "requests_completed": int(done.sum()),
+        "requests_unfinished": int(len(done) - done.sum()),
         "ttft_mean_s": _mean(ttft),
         "tpot_mean_s": _mean(tpot),
         "measured_s": _f(span),

@@ -61,3 +61,18 @@ def test_rows_by_matches_boolean_filters():
     for col, values in (("target", [3, 0, -1, 7]), ("engine", ["draft-1", "nope", "x"])):
         for v, rows in zip(values, rows_by(df[col], values)):
             assert rows.tolist() == np.flatnonzero((df[col] == v).to_numpy()).tolist()
+
+
+def test_sort_by_is_lexsort():
+    from starsim.metrics import _sort_by
+
+    rng = np.random.default_rng(0)
+    for trial in range(2000):
+        n = int(rng.integers(0, 40))
+        key = rng.integers(0, 6, n).astype(float) if trial % 2 else rng.random(n)
+        if trial % 5 == 0 and n:
+            key[rng.integers(0, n, 3)] = np.nan
+        then = rng.integers(-3, 3, n)
+        if trial % 3 == 0:
+            then = np.sort(then)
+        assert (_sort_by(key, then) == np.lexsort((then, key))).all()
