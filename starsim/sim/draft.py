@@ -78,7 +78,7 @@ class DraftEngine:
         kv_per_token = self.cfg.kv_bytes_per_token
         now = env.now
         while True:
-            while not len(policy):
+            while not policy:  # a Fifo is a deque: C truth test
                 self._wake = wake = new_event()
                 yield wake
                 now = env.now
