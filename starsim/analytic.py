@@ -155,8 +155,10 @@ def target_demand(scenario: Scenario, name: str, g: TargetGroup) -> TargetDemand
             continue
         r = _mean_rounds(o, marg)
         m = (o - 1) / r if r else 1.0
-        encoded = (p + 1 + (o - 1) - m) if dr.prefix_cache else r * ctx_mid
-        d_req = r * _mean(dr.time, tree.tokens, ctx_mid, tree.depth) + dr.encode_per_token_s * encoded
+        # The first round encodes the prompt (+1); later ones the m tokens the last round
+        # emitted with a prefix cache, the whole context without.
+        later = m if dr.prefix_cache else ctx_mid
+        d_req = dr.mean_round(p + 1, ctx_mid) + (r - 1) * dr.mean_round(later, ctx_mid) if r else 0.0
         v_req = r * _mean(g.verify_time, tree.tokens + 1, ctx_mid, tree.depth)
         if mode == "star":
             up_bytes = g.payload.bytes_up(int(round(m)), dr.needs_hidden_states)

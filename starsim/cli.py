@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the scenario JSON schema")
     s.set_defaults(func=cmd_schema)
+
+    from .calibrate.commands import add_parsers as add_calibrate
+
+    add_calibrate(sub)
     return p
 
 

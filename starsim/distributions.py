@@ -12,7 +12,10 @@ A spec is either a bare number (a constant) or a mapping with a ``kind``:
 
 ``tokens``, ``context`` and ``depth`` are whatever the caller says they are (tree tokens
 for a verification, prompt tokens for a prefill, ...); the scenario reference documents
-each use. A measured profile by reference joins this union with the calibration issue.
+each use.
+- ``profile``: a measured profile by reference (``path`` to a file written by ``starsim
+  calibrate compute``, ``op`` inside it; see :mod:`starsim.profiles`), with ``scale`` (a
+  what-if multiplier) and ``noise`` (draw the measured spread, lognormal, or use the fit).
 
 Each spec compiles to a plain Python closure ``f(tokens, context, depth) -> float`` bound to
 a random stream, because the simulator's hot path calls it once per round.
@@ -22,10 +25,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
 Sampler = Callable[[float, float, float], float]
 
@@ -161,6 +165,63 @@ class Linear(_Spec):
         return self.cv == 0
 
 
+class Profile(_Spec):
+    """A latency model measured on real hardware: the fit of one op of a profile file."""
+
+    kind: Literal["profile"]
+    path: str = Field(description="profile file (relative to the scenario file)")
+    op: str = Field(description="operation in the profile, e.g. verify, prefill, draft_round")
+    scale: float = Field(1.0, gt=0, allow_inf_nan=False, description="multiply every time (what-if)")
+    noise: bool = Field(True, description="draw the measured spread (lognormal cv from p10/p90)")
+    _file: Any = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _load(self, info: ValidationInfo):
+        from .errors import ScenarioError
+        from .profiles import read_profile
+
+        base = Path((info.context or {}).get("base_dir", "."))
+        p = Path(self.path).expanduser()
+        if not p.is_absolute():
+            p = base / p
+        if not p.is_file():
+            raise ValueError(f"profile file not found: {p}")
+        try:
+            prof = read_profile(p)
+        except ScenarioError as e:
+            raise ValueError(f"bad profile file: {'; '.join(e.lines())}") from None
+        if self.op not in prof.ops:
+            raise ValueError(f"op {self.op!r} is not in profile {p} (it has: {', '.join(prof.ops) or 'none'})")
+        if prof.ops[self.op].fit is None:
+            raise ValueError(f"op {self.op!r} in profile {p} has no fitted model")
+        object.__setattr__(self, "path", str(p.resolve()))
+        self._file = prof
+        return self
+
+    @property
+    def file(self):
+        return self._file
+
+    def mean(self, tokens=0.0, context=0.0, depth=0.0):
+        return self.scale * self._file.ops[self.op].predict(tokens=tokens, context=context, batch=1)
+
+    def sampler(self, rng, usage=None):
+        from .profiles import op_sampler
+
+        return op_sampler(self.path, self.op, self._file, rng, scale=self.scale, noise=self.noise, usage=usage)
+
+    @property
+    def is_constant(self):
+        return not self.noise or self._file.ops[self.op].noise_cv == 0
+
+
+def timing_sampler(spec: _Spec, rng: np.random.Generator, usage=None) -> Sampler:
+    """``spec.sampler(rng)``; a profile also reports out-of-range calls to ``usage``."""
+    if isinstance(spec, Profile):
+        return spec.sampler(rng, usage)
+    return spec.sampler(rng)
+
+
 def _number_is_constant(v: Any) -> Any:
     # A bare number is the everyday way to write a fixed time or length.
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -169,13 +230,13 @@ def _number_is_constant(v: Any) -> Any:
 
 
 Dist = Annotated[
-    Constant | Exponential | LogNormal | Uniform | Empirical | Linear,
+    Constant | Exponential | LogNormal | Uniform | Empirical | Linear | Profile,
     Field(discriminator="kind"),
     BeforeValidator(_number_is_constant),
 ]
 """The timing/length spec type used by every scenario field that takes one."""
 
-DIST_KINDS = ("constant", "exponential", "lognormal", "uniform", "empirical", "linear")
+DIST_KINDS = ("constant", "exponential", "lognormal", "uniform", "empirical", "linear", "profile")
 
 
 def length_sampler(spec: _Spec, rng: np.random.Generator, minimum: int = 1) -> Callable[[], int]:

@@ -20,6 +20,11 @@ class ScenarioError(StarsimError):
         # args must rebuild the error: SimPy re-raises a process's failure as type(e)(*e.args).
         super().__init__(source, problems)
 
+    @classmethod
+    def from_validation(cls, source: str, err) -> ScenarioError:
+        """One problem per error of a pydantic ``ValidationError`` (plain dotted locations)."""
+        return cls(source, [(".".join(str(x) for x in e["loc"]), e["msg"]) for e in err.errors()])
+
     def lines(self) -> list[str]:
         out = []
         for path, msg in self.problems:

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from .acceptance import Acceptance, Marginal
-from .distributions import Dist
+from .distributions import Dist, Profile
 from .errors import ScenarioError
 
 NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
@@ -95,9 +95,21 @@ class Tree(_Model):
 
 class Draft(_Model):
     device: str = Field(description="device reference NAME or NAME[UNIT]")
-    time: Dist = Field(
+    time: Dist | None = Field(
+        None,
         description="cost of drafting one tree, excluding prefix encoding; evaluated with "
-        "tokens = tree tokens, context = context length, depth = tree depth"
+        "tokens = tree tokens, context = context length, depth = tree depth",
+    )
+    round_time: Dist | None = Field(
+        None,
+        description="instead of time + encode_per_token_s: one whole round, encoding included; "
+        "tokens = new prefix tokens to encode, context = context length, depth = tree depth "
+        "(e.g. a profile's draft_round op)",
+    )
+    idle_slowdown: bool | None = Field(
+        None,
+        description="scale each round by the warm/cold curve (draft_idle) of the round_time profile, "
+        "from the idle gap before it; default: on when that profile has the curve",
     )
     encode_per_token_s: NonNeg = Field(
         0.0,
@@ -122,6 +134,42 @@ class Draft(_Model):
         if v not in POLICIES:
             raise ValueError(f"unknown policy {v!r}; expected one of: {', '.join(sorted(POLICIES))}")
         return v
+
+    @model_validator(mode="after")
+    def _round_spec(self):
+        if (self.time is None) == (self.round_time is None):
+            raise ValueError("give exactly one of draft.time (tree only) and draft.round_time (whole round)")
+        rt = self.round_time
+        if rt is not None and self.encode_per_token_s:
+            raise ValueError("encode_per_token_s must be 0 with round_time: the round includes encoding")
+        curve = isinstance(rt, Profile) and "draft_idle" in rt.file.ops
+        if self.idle_slowdown and not curve:
+            raise ValueError("idle_slowdown needs round_time to be a profile with a draft_idle measurement")
+        if isinstance(rt, Profile):
+            shape = rt.file.ops[rt.op].fixed.get("tree")
+            mine = {"top_k": self.tree.top_k, "depth": self.tree.depth, "tokens": self.tree.tokens}
+            if shape and dict(shape) != mine:
+                raise ValueError(
+                    f"draft.tree {mine} differs from the tree the profile's {rt.op} was measured with {dict(shape)}; "
+                    "calibrate with --tree, or use draft.time with a draft_step-based model"
+                )
+        return self
+
+    @property
+    def warm_cold(self):
+        """The idle-gap slowdown factor function, or None when off."""
+        rt = self.round_time
+        if self.idle_slowdown is False or not isinstance(rt, Profile):
+            return None
+        from .profiles import idle_factor
+
+        return idle_factor(rt.file)
+
+    def mean_round(self, new_tokens: float, context: float) -> float:
+        """Mean engine time of one round that encodes ``new_tokens`` at ``context``."""
+        if self.round_time is not None:
+            return self.round_time.mean(new_tokens, context, self.tree.depth)
+        return self.time.mean(self.tree.tokens, context, self.tree.depth) + self.encode_per_token_s * new_tokens
 
 
 # --------------------------------------------------------------------------- targets

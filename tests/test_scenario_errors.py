@@ -69,7 +69,7 @@ def _pop(path: str):
         *parents, last = path.split(".")
         node = d
         for p in parents:
-            node = node[p]
+            node = node[int(p)] if isinstance(node, list) else node[p]
         del node[last]
 
     return mutate
@@ -137,7 +137,8 @@ CASES = [
      "file not found: "),
     ("unknown_workload_kind", _set("workload.kind", "sometimes"), "workload", "unknown kind 'sometimes'"),
     ("unknown_mode", _set("mode", "many_for_one"), "mode", "Input should be 'star', 'one_for_one' or 'autoregressive'"),
-    ("required_field_missing", _pop("draft.time"), "draft.time", "required field is missing"),
+    ("required_field_missing", _pop("targets.0.verify_time"), "targets.0.verify_time", "required field is missing"),
+    ("draft_time_missing", _pop("draft.time"), "draft", "give exactly one of draft.time (tree only) and "),
     ("no_targets", _set("targets", []), "targets", "at least 1 item"),
     ("duplicate_group_names", _dup_group, "targets", "duplicate group names: vicuna7b"),
 ]

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
+from ..distributions import timing_sampler
 from ..policies import make_policy
+from ..profiles import ProfileUsage
 from ..records import Recorder, pack_interval
 from ..scenario import Draft
 from .devices import DeviceUnit
@@ -40,6 +42,7 @@ class DraftEngine:
         cfg: Draft,
         rng: np.random.Generator,
         rec: Recorder,
+        usage: ProfileUsage | None = None,
     ):
         self.env = env
         self.index = index
@@ -47,7 +50,12 @@ class DraftEngine:
         self.unit = unit
         self.cfg = cfg
         self.policy = make_policy(cfg.policy)
-        self.draft_time = cfg.time.sampler(rng)
+        # Either a tree cost plus an encode cost per new token, or one measured whole-round
+        # model of (new tokens, context), optionally slowed by the idle gap before it.
+        spec = cfg.time if cfg.round_time is None else cfg.round_time
+        self.draft_time = timing_sampler(spec, rng, usage)
+        self.whole_round = cfg.round_time is not None
+        self.warm_cold = cfg.warm_cold
         self.rec = rec
         self.kv: dict[int, int] = {}  # tag (target index) -> tokens in its draft KV cache
         self._wake: simpy.Event | None = None
@@ -70,13 +78,14 @@ class DraftEngine:
         env, policy, kv = self.env, self.policy, self.kv
         timeout, new_event, pop = env.timeout, env.event, policy.pop
         draft_time, res = self.draft_time, self.unit.resource
+        whole_round, warm_cold = self.whole_round, self.warm_cold
         put_interval = self.rec.packed_intervals.append  # packed rows: see Recorder
         key = self.rec.interval_key(self.name, self.unit.name, "draft")
         tree = self.cfg.tree
         tokens, depth = tree.tokens, tree.depth
         encode, prefix_cache = self.cfg.encode_per_token_s, self.cfg.prefix_cache
         kv_per_token = self.cfg.kv_bytes_per_token
-        now = env.now
+        now = last_end = env.now
         while True:
             while not policy:  # a Fifo is a deque: C truth test
                 self._wake = wake = new_event()
@@ -91,11 +100,16 @@ class DraftEngine:
             target, ctx = task.target, task.context
             new = ctx - kv.get(target, 0) if prefix_cache else ctx
             kv[target] = ctx
-            dur = encode * new + draft_time(tokens, ctx, depth)
+            if whole_round:
+                dur = draft_time(new, ctx, depth)
+                if warm_cold is not None:
+                    dur *= warm_cold(start - last_end)
+            else:
+                dur = encode * new + draft_time(tokens, ctx, depth)
             yield timeout(dur)
             if res is not None:
                 res.release(req)
-            now = end = start + dur
+            now = end = last_end = start + dur
             task.start, task.end, task.new_tokens, task.kv_bytes = start, end, new, ctx * kv_per_token
             put_interval(pack_interval(key, target, start, end))
             task.done.succeed()

@@ -11,6 +11,7 @@ import simpy
 
 from .. import __version__
 from ..metrics import summarize
+from ..profiles import ProfileUsage
 from ..records import Recorder
 from ..result import Result
 from ..scenario import ClosedLoop, Scenario
@@ -89,12 +90,13 @@ def _simulate(scenario: Scenario) -> Result:
     units = build_units(env, scenario, users)
 
     draft = scenario.draft
+    usage = ProfileUsage()  # which measured profiles the run used, and where it left their range
     if mode == "star":
         rng = ahead_rng_for(seed, STREAM_DRAFT)
-        engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng, rec)]
+        engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng, rec, usage)]
     elif mode == "one_for_one":
         engines = [
-            DraftEngine(env, i, f"draft-{i}", units[tu], draft, ahead_rng_for(seed, STREAM_DRAFT, i), rec)
+            DraftEngine(env, i, f"draft-{i}", units[tu], draft, ahead_rng_for(seed, STREAM_DRAFT, i), rec, usage)
             for i, tu in enumerate(target_units)
         ]
     else:
@@ -135,6 +137,7 @@ def _simulate(scenario: Scenario) -> Result:
                 parse=draft.parse_time.sampler(comm_rng) if star else _zero,
                 serialize=draft.serialize_time.sampler(comm_rng) if star else _zero,
                 pause=pause,
+                usage=usage,
             )
         )
     lives += [t.run() for t in targets]
@@ -184,6 +187,8 @@ def _simulate(scenario: Scenario) -> Result:
         "events_simulated": _events(env),
         "wall_time_s": time.perf_counter() - wall0,
     }
+    if usage.entries:
+        summary["provenance"]["profiles"] = usage.report()
     return Result(scenario=scenario, records=records, summary=summary)
 
 

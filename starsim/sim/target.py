@@ -15,7 +15,8 @@ import numpy as np
 import simpy
 
 from ..acceptance import _Acceptance
-from ..distributions import Sampler
+from ..distributions import Sampler, timing_sampler
+from ..profiles import ProfileUsage
 from ..records import pack_interval, pack_round
 from ..scenario import Payload, TargetGroup
 from .devices import DeviceUnit
@@ -100,6 +101,7 @@ class Target:
         parse: Sampler,
         serialize: Sampler,
         pause: Callable[[], float] | None,
+        usage: ProfileUsage | None = None,
     ):
         self.env = env
         self.index = index
@@ -112,10 +114,10 @@ class Target:
         # rows are appended packed (see Recorder): no Python objects kept per row
         self.put_round, self.put_interval = rec.packed_rounds.append, rec.packed_intervals.append
         self.payload: Payload = group.payload
-        self.verify = group.verify_time.sampler(rng)
-        self.prefill = group.prefill_time.sampler(rng)
+        self.verify = timing_sampler(group.verify_time, rng, usage)
+        self.prefill = timing_sampler(group.prefill_time, rng, usage)
         decode = group.decode_time
-        self.decode = decode.sampler(rng) if decode is not None else None
+        self.decode = timing_sampler(decode, rng, usage) if decode is not None else None
         self.accept = acceptance.sampler(rng, depth)
         self.tree_tokens, self.depth, self.hidden = tree_tokens, depth, hidden
         self.up, self.down, self.parse, self.serialize = up, down, parse, serialize

@@ -1,0 +1,216 @@
+"""``starsim calibrate ...``: the command-line side of calibration (parsers and handlers).
+
+Importing this module does not import torch; the handlers do, so ``starsim --help`` stays
+fast and the simulator never loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import StarsimError
+
+DEFAULT_OUT = Path("models/profiles")
+
+
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise StarsimError(
+            f"calibration needs torch and transformers ({e.name} is missing): "
+            "pip install torch==2.13.0 && pip install -e '.[torch]'"
+        ) from None
+
+
+def _tree(text: str | None):
+    from .specs import TreeShape
+
+    if text is None:
+        return None
+    try:
+        k, d, t = (int(v) for v in text.split(","))
+        return TreeShape(top_k=k, depth=d, tokens=t)
+    except ValueError:
+        raise StarsimError(f"--tree: expected TOP_K,DEPTH,TOKENS (e.g. 10,5,59), got {text!r}") from None
+
+
+def cmd_compute(args: argparse.Namespace) -> int:
+    from ..profiles import ProfileFile
+    from .specs import list_specs, load_spec
+
+    if args.list:
+        from .specs import SPEC_DIR
+
+        for name in list_specs():
+            s = load_spec(name)
+            print(f"{name:24s} {'cpu ok' if s.cpu_ok else 'gpu   '}  {s.description}")
+        print(f"(files in {SPEC_DIR}; a local Hugging Face model directory also works as --spec)")
+        return 0
+    if not args.spec:
+        raise StarsimError("--spec: required (a name from --list, a spec file, or a local HF model dir)")
+    spec = load_spec(args.spec)
+    _need_torch()
+    import torch
+
+    from .compute import GRIDS, QUICK, Settings, calibrate, save
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise StarsimError(f"--device {args.device}: CUDA is not available in this torch build ({torch.__version__})")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise StarsimError(f"--device: expected cpu or cuda[:N], got {args.device!r}")
+    dev_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    if dev_type == "cpu" and not spec.cpu_ok and not args.force:
+        raise StarsimError(
+            f"--spec {spec.name}: sized for a GPU (random init and timing would take very long on a CPU); "
+            "use a cpu-ok spec (see --list) or --force"
+        )
+    grid = QUICK if args.grid == "quick" else GRIDS[dev_type]
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    bad = [r for r in roles if r not in ("target", "draft")]
+    if bad:
+        raise StarsimError(f"--roles: unknown role(s) {', '.join(bad)}; expected target and/or draft")
+    say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    settings = Settings(
+        spec=spec,
+        device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        tree=_tree(args.tree),
+        grid=grid,
+        seed=args.seed,
+        roles=roles,
+        progress=say,
+        extra={"command": "starsim calibrate " + shlex.join(sys.argv[2:] if args.argv is None else args.argv),
+               "grid_name": args.grid},
+    )
+    t0 = time.perf_counter()
+    profiles: dict[str, ProfileFile] = calibrate(settings)
+    paths = save(profiles, spec, args.out)
+    print(f"{spec.name} on {args.device}: {time.perf_counter() - t0:.1f} s")
+    for (role, prof), path in zip(profiles.items(), paths):
+        print(f"\n{role}: {path}")
+        print(_fit_table(prof))
+    print("\nuse in a scenario, e.g.:")
+    print(_snippet(profiles, paths))
+    return 0
+
+
+def _fit_table(prof) -> str:
+    lines = [f"  {'op':16s} {'points':>6s} {'MAPE':>7s} {'CV MAPE':>8s}  model (seconds)"]
+    for name, op in prof.ops.items():
+        if op.fit is None:
+            med = ", ".join(f"{r[0] * 1e3:g} ms gap: {r[1] * 1e3:.3f} ms" for r in op.rows)
+            lines.append(f"  {name:16s} {len(op.rows):6d} {'':>7s} {'':>8s}  {med}")
+            continue
+        lines.append(
+            f"  {name:16s} {len(op.rows):6d} {op.fit.mape_pct:6.2f}% {op.fit.cv_mape_pct:7.2f}%  {op.fit.form}"
+        )
+    return "\n".join(lines)
+
+
+def _snippet(profiles, paths) -> str:
+    by_role = dict(zip(profiles, paths))
+    out = []
+    if "draft" in by_role:
+        out += ["draft:", f"  round_time: {{kind: profile, path: {by_role['draft']}, op: draft_round}}"]
+    if "target" in by_role:
+        p = by_role["target"]
+        out += ["targets:", "  - verify_time: {kind: profile, path: " + str(p) + ", op: verify}",
+                "    prefill_time: {kind: profile, path: " + str(p) + ", op: prefill}"]
+    return "\n".join(out)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Agreement of two profiles of the same spec: per op, the ratio of medians point by point."""
+    from ..profiles import read_profile
+
+    a, b = read_profile(args.a), read_profile(args.b)
+    rows = []
+    all_diffs = []
+    for name, op in a.ops.items():
+        other = b.ops.get(name)
+        if other is None:
+            continue
+        k = len(op.inputs)
+        ma = {tuple(r[:k]): r[k] for r in op.rows}
+        mb = {tuple(r[:k]): r[k] for r in other.rows}
+        common = sorted(set(ma) & set(mb))
+        if not common:
+            continue
+        d = np.array([100.0 * (mb[c] - ma[c]) / ma[c] for c in common])
+        # The "median grid point": the point whose first-run time is the median of the op's points.
+        order = sorted(common, key=lambda c: ma[c])
+        mid = order[len(order) // 2]
+        mid_diff = 100.0 * (mb[mid] - ma[mid]) / ma[mid]
+        all_diffs.extend(np.abs(d))
+        rows.append((name, len(common), mid, mid_diff, float(np.median(np.abs(d))), float(np.max(np.abs(d)))))
+    print(f"A: {args.a} ({a.provenance.get('date')})\nB: {args.b} ({b.provenance.get('date')})")
+    print(f"  {'op':16s} {'points':>6s} {'median point':>20s} {'B vs A there':>12s} {'median |diff|':>13s} {'max':>7s}")
+    for name, n, mid, md, med, mx in rows:
+        print(f"  {name:16s} {n:6d} {str(tuple(int(v) if v == int(v) else v for v in mid)):>20s} "
+              f"{md:+11.2f}% {med:12.2f}% {mx:6.1f}%")
+    if all_diffs:
+        print(f"all points: median |diff| {np.median(all_diffs):.2f}%, p90 {np.quantile(all_diffs, 0.9):.2f}%")
+    return 0
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from . import link
+
+    if args.serve:
+        return link.serve_forever(args.bind)
+    result = link.measure(peer=args.connect, quick=args.quick)
+    print(link.format_result(result))
+    if args.out:
+        p = link.write_link_profile(result, args.out)
+        print(f"wrote {p}")
+    print("\nscenario snippet:")
+    print(link.suggest_link_yaml(result))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    cal = sub.add_parser("calibrate", help="measure latency profiles on this hardware (torch)")
+    csub = cal.add_subparsers(dest="calibrate_command", metavar="WHAT")
+
+    c = csub.add_parser("compute", help="time prefill, verify and draft rounds; write fitted profiles")
+    c.add_argument("--spec", help="model spec name (see --list), spec file, or local HF model directory")
+    c.add_argument("--list", action="store_true", help="list the shipped model specs")
+    c.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: the spec's for the device")
+    c.add_argument("--threads", type=int, help="CPU threads (default: all logical CPUs)")
+    c.add_argument("--tree", help="draft tree TOP_K,DEPTH,TOKENS (default: the spec's)")
+    c.add_argument("--grid", choices=["default", "quick"], default="default", help="quick: a coarse smoke grid")
+    c.add_argument("--roles", default="target,draft", help="target,draft (default both)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"profile directory (default {DEFAULT_OUT})")
+    c.add_argument("--force", action="store_true", help="calibrate a GPU-sized spec on a CPU anyway")
+    c.add_argument("--quiet", action="store_true", help="no per-point progress")
+    c.set_defaults(func=cmd_compute, argv=None)
+
+    k = csub.add_parser("link", help="measure a TCP path: RTT, bandwidth, protocol serialization")
+    k.add_argument("--serve", action="store_true", help="run the peer that a remote `calibrate link` connects to")
+    k.add_argument("--bind", default="127.0.0.1:0", help="with --serve: HOST:PORT (default 127.0.0.1, any port)")
+    k.add_argument("--connect", metavar="HOST:PORT", help="measure to this peer (default: loopback, own peer)")
+    k.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    k.add_argument("--out", type=Path, help="write the link profile YAML here")
+    k.set_defaults(func=cmd_link)
+
+    m = csub.add_parser("compare", help="agreement of two profiles of the same spec, point by point")
+    m.add_argument("a", type=Path)
+    m.add_argument("b", type=Path)
+    m.set_defaults(func=cmd_compare)
+
+    def no_what(args):
+        cal.print_help()
+        return 2
+
+    cal.set_defaults(func=no_what)

@@ -1,0 +1,493 @@
+"""``starsim calibrate compute``: time the operations the simulator needs on this hardware.
+
+Models come from :mod:`starsim.calibrate.specs` with random weights. Every grid point is
+timed with ``torch.utils.benchmark`` (warm-up, adaptive repeats, CUDA synchronisation, a
+fixed thread count), in a random order so that drift (thermal, frequency, other load)
+spreads over the grid instead of biasing one end of it. Each point keeps the median and
+the p10/p90 of the timed blocks. The result is one profile per role (draft, target), each
+fitted by :mod:`starsim.profiles`.
+
+What is timed (KV caches are prefilled once per context and cropped back after each call,
+so every call sees exactly ``context`` cached tokens):
+
+- target ``prefill``: a forward over ``tokens`` prompt tokens, empty cache;
+- target ``verify``: a forward over ``tokens`` tree tokens at ``context``, with a tree
+  attention mask (each node sees the context and its ancestors), batch 1;
+- target ``verify_batched``: the same for ``batch`` sequences;
+- draft ``draft_round``: one EAGLE-2 style round at the spec's tree: a forward over the
+  ``tokens`` new prefix tokens (the cache grows by them), then ``depth - 1`` steps that each
+  expand the ``top_k`` best frontier nodes (top-k over the children of each), then the
+  best ``tree.tokens`` nodes are kept; the cache is cropped back to ``context``;
+- draft ``draft_step``: one such step over a frontier of ``tokens`` nodes at ``context``;
+- draft ``draft_batched``: one round (1 new token) for ``batch`` sequences at once;
+- draft ``draft_idle``: a round (1 new token, middle context) right after an idle gap of
+  ``gap_s`` seconds, timed once per repeat with a sleep before it (warm vs cold).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..profiles import OP_INPUTS, ProfileFile, build_op, write_profile
+from .specs import ModelSpec, Net, TreeShape, build_model, crop_cache, new_cache, torch_dtype
+
+
+@dataclass
+class Grid:
+    contexts: list[int]
+    verify_tokens: list[int]
+    prefill_tokens: list[int]
+    new_tokens: list[int]
+    widths: list[int]
+    batches: list[int]
+    verify_batches: list[int]
+    idle_gaps_s: list[float]
+    idle_repeats: int = 7
+    min_run_time: float = 0.1  # seconds of timing per point (adaptive repeats inside)
+    max_run_time: float = 1.0
+
+
+GRIDS: dict[str, Grid] = {
+    # Sized to finish the tiny/small CPU specs in about two minutes on 2 cores.
+    "cpu": Grid(
+        contexts=[64, 256, 512, 1024, 2048],
+        verify_tokens=[1, 8, 16, 32, 64],
+        prefill_tokens=[16, 64, 128, 256, 512, 1024],
+        new_tokens=[1, 2, 4, 8, 16],
+        widths=[1, 2, 4, 8],
+        batches=[1, 2, 4, 8],
+        verify_batches=[2, 4],
+        idle_gaps_s=[0.0, 0.001, 0.01, 0.1, 1.0],
+        idle_repeats=5,
+        min_run_time=0.08,
+        max_run_time=0.6,
+    ),
+    "cuda": Grid(
+        contexts=[128, 512, 1024, 1536, 2000],
+        verify_tokens=[1, 16, 32, 60, 96, 128],
+        prefill_tokens=[32, 128, 256, 512, 1024, 2000],
+        new_tokens=[1, 2, 4, 8, 16],
+        widths=[1, 4, 8, 10, 16],
+        batches=[1, 2, 4, 8, 16],
+        verify_batches=[2, 4, 8],
+        idle_gaps_s=[0.0, 0.001, 0.01, 0.1, 1.0],
+        idle_repeats=10,
+        min_run_time=0.1,
+        max_run_time=0.8,
+    ),
+}
+
+# A quick grid for tests and smoke runs: coarse, each point timed briefly.
+QUICK = Grid(
+    contexts=[16, 64],
+    verify_tokens=[1, 4, 8],
+    prefill_tokens=[8, 32],
+    new_tokens=[1, 4],
+    widths=[1, 4],
+    batches=[1, 2],
+    verify_batches=[2],
+    idle_gaps_s=[0.0, 0.01],
+    idle_repeats=2,
+    min_run_time=0.005,
+    max_run_time=0.05,
+)
+
+
+@dataclass
+class Settings:
+    spec: ModelSpec
+    device: str = "cpu"
+    dtype: str | None = None
+    threads: int | None = None
+    tree: TreeShape | None = None
+    grid: Grid | None = None
+    seed: int = 0
+    roles: tuple[str, ...] = ("target", "draft")
+    ops: tuple[str, ...] | None = None  # None: all of the role's ops
+    progress: Callable[[str], None] | None = None
+    extra: dict = field(default_factory=dict)  # recorded in provenance (e.g. the command line)
+
+
+TARGET_OPS = ("prefill", "verify", "verify_batched")
+DRAFT_OPS = ("draft_round", "draft_step", "draft_batched", "draft_idle")
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _sync(device: str) -> Callable[[], None]:
+    import torch
+
+    if device.startswith("cuda"):
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_call(fn: Callable[[], object], grid: Grid, threads: int, device: str) -> tuple[float, float, float, int]:
+    """``(median, p10, p90, blocks)`` seconds per call, by ``torch.utils.benchmark``."""
+    from torch.utils import benchmark
+
+    sync = _sync(device)
+    for _ in range(2):  # warm-up outside the measurement (allocator, kernels, caches)
+        fn()
+    sync()
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    m = timer.adaptive_autorange(threshold=0.05, min_run_time=grid.min_run_time, max_run_time=grid.max_run_time)
+    times = np.asarray(m.times, dtype=float)
+    return float(np.median(times)), float(np.quantile(times, 0.1)), float(np.quantile(times, 0.9)), len(times)
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+class _Ctx:
+    """Random token ids and prefilled caches, one per (context, batch), built on demand."""
+
+    def __init__(self, net: Net, device: str, dtype, seed: int):
+        import torch
+
+        self.net, self.device, self.dtype = net, device, dtype
+        self.gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.caches: dict[tuple[int, int], object] = {}
+
+    def ids(self, batch: int, n: int):
+        import torch
+
+        return torch.randint(0, self.net.vocab_size, (batch, n), generator=self.gen).to(self.device)
+
+    def hidden(self, batch: int, n: int):
+        import torch
+
+        h = torch.randn(batch, n, self.net.hidden_size, generator=self.gen)
+        return h.to(device=self.device, dtype=self.dtype)
+
+    def cache(self, context: int, batch: int = 1):
+        import torch
+
+        key = (context, batch)
+        if key not in self.caches:
+            cache = new_cache()
+            with torch.inference_mode():
+                hidden = self.hidden(batch, context) if self.net.eagle else None
+                self.net(self.ids(batch, context), cache=cache, hidden=hidden)
+            self.caches[key] = cache
+        return self.caches[key]
+
+    def drop(self) -> None:
+        self.caches.clear()
+
+
+def _tree_mask(context: int, parents: list[int], batch: int, device: str):
+    """Boolean [batch, 1, T, context + T]: node i sees the context and its ancestors."""
+    import torch
+
+    t = len(parents)
+    m = torch.zeros(t, context + t, dtype=torch.bool)
+    m[:, :context] = True
+    for i, p in enumerate(parents):
+        m[i, context + i] = True
+        while p >= 0:
+            m[i, context + p] = True
+            p = parents[p]
+    return m.expand(batch, 1, t, context + t).to(device)
+
+
+def _tree_parents(tokens: int, top_k: int) -> list[int]:
+    """A plausible draft tree of ``tokens`` nodes: breadth first, ``top_k`` children each."""
+    return [-1] + [(i - 1) // top_k for i in range(1, tokens)]
+
+
+def _positions(start: int, n: int, batch: int, device: str):
+    import torch
+
+    return torch.arange(start, start + n, device=device).expand(batch, n)
+
+
+def verify_fn(c: _Ctx, tokens: int, context: int, batch: int, top_k: int):
+    import torch
+
+    cache = c.cache(context, batch)
+    ids = c.ids(batch, tokens)
+    mask = _tree_mask(context, _tree_parents(tokens, top_k), batch, c.device)
+    pos = _positions(context, tokens, batch, c.device)
+    hidden = c.hidden(batch, tokens) if c.net.eagle else None
+
+    def fn():
+        with torch.inference_mode():
+            logits, _ = c.net(ids, cache=cache, mask=mask, positions=pos, hidden=hidden)
+            logits.argmax(-1)  # the greedy check a verifier does
+        crop_cache(cache, context)
+
+    return fn
+
+
+def prefill_fn(c: _Ctx, tokens: int):
+    import torch
+
+    ids = c.ids(1, tokens)
+    hidden = c.hidden(1, tokens) if c.net.eagle else None
+
+    def fn():
+        with torch.inference_mode():
+            c.net(ids, cache=new_cache(), hidden=hidden)
+
+    return fn
+
+
+def draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape, batch: int = 1, steps: int | None = None):
+    """One EAGLE-2 style round (see the module docstring); ``steps`` overrides depth - 1."""
+    import torch
+
+    cache = c.cache(context, batch)
+    ids = c.ids(batch, new)
+    hidden = c.hidden(batch, new) if c.net.eagle else None
+    k, depth = tree.top_k, tree.depth
+    n_steps = depth - 1 if steps is None else steps
+    pos0 = _positions(context, new, batch, c.device)
+    # Step s's frontier node j sees the context, the new tokens and node j of earlier steps.
+    masks, positions = [], []
+    for s in range(n_steps):
+        base = context + new
+        t = k
+        m = torch.zeros(t, base + (s + 1) * t, dtype=torch.bool)
+        m[:, :base] = True
+        for prev in range(s + 1):
+            m[torch.arange(t), base + prev * t + torch.arange(t)] = True
+        masks.append(m.expand(batch, 1, t, m.shape[1]).to(c.device))
+        positions.append(_positions(base + s, t, batch, c.device))
+
+    def fn():
+        with torch.inference_mode():
+            logits, h = c.net(ids, cache=cache, positions=pos0, hidden=hidden)
+            scores, frontier = logits[:, -1].log_softmax(-1).topk(k, dim=-1)  # [B, k]
+            all_scores = [scores]
+            h_last = h[:, -1:].expand(batch, k, h.shape[-1]) if h is not None else None
+            for s in range(n_steps):
+                logits, h_new = c.net(frontier, cache=cache, mask=masks[s], positions=positions[s], hidden=h_last)
+                child, child_ids = logits.log_softmax(-1).topk(k, dim=-1)  # [B, k, k]
+                cum = (scores.unsqueeze(-1) + child).reshape(batch, k * k)
+                scores, best = cum.topk(k, dim=-1)
+                frontier = child_ids.reshape(batch, k * k).gather(1, best)
+                all_scores.append(scores)
+                h_last = h_new
+            flat = torch.cat(all_scores, dim=-1)
+            flat.topk(min(tree.tokens, flat.shape[-1]), dim=-1)  # keep the best tree.tokens nodes
+        crop_cache(cache, context)
+
+    return fn
+
+
+def draft_step_fn(c: _Ctx, width: int, context: int):
+    """One depth step: a forward over ``width`` frontier nodes, then top-k of each."""
+    tree = TreeShape(top_k=width, depth=2, tokens=width)
+    import torch
+
+    cache = c.cache(context, 1)
+    ids = c.ids(1, width)
+    hidden = c.hidden(1, width) if c.net.eagle else None
+    mask = _tree_mask(context, [-1] * width, 1, c.device)
+    pos = _positions(context, width, 1, c.device)
+
+    def fn():
+        with torch.inference_mode():
+            logits, _ = c.net(ids, cache=cache, mask=mask, positions=pos, hidden=hidden)
+            logits.log_softmax(-1).topk(tree.top_k, dim=-1)
+        crop_cache(cache, context)
+
+    return fn
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _provenance(s: Settings, net: Net, role: str, dtype_name: str, threads: int) -> tuple[dict, dict]:
+    import torch
+
+    try:
+        import transformers
+
+        tv = transformers.__version__
+    except Exception:  # pragma: no cover - transformers is required to build models
+        tv = None
+    if s.device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(s.device))
+        kind = "cuda"
+    else:
+        name = _cpu_name()
+        kind = "cpu"
+    device = {"name": name, "kind": kind, "torch_device": s.device, "threads": threads}
+    prov = {
+        "tool": "starsim calibrate compute",
+        "starsim": __version__,
+        "torch": torch.__version__,
+        "transformers": tv,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "dtype": dtype_name,
+        "seed": s.seed,
+        "weights": "random (timing does not depend on trained values)",
+        "grid": asdict(s.grid),
+        "parameters": net.params,
+        **s.extra,
+    }
+    if kind == "cuda":
+        prov["cuda"] = torch.version.cuda
+    return device, prov
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} logical)"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} logical)"
+
+
+def _jobs(s: Settings, role: str, tree: TreeShape) -> list[tuple[str, tuple, Callable[[_Ctx], Callable]]]:
+    g = s.grid
+    want = set(s.ops) if s.ops else None
+    jobs: list[tuple[str, tuple, Callable]] = []
+
+    seen: set = set()
+
+    def add(op, key, make):
+        if (want is None or op in want) and (op, key) not in seen:  # small grids repeat points
+            seen.add((op, key))
+            jobs.append((op, key, make))
+
+    if role == "target":
+        for p in g.prefill_tokens:
+            add("prefill", (p,), lambda c, p=p: prefill_fn(c, p))
+        for t in g.verify_tokens:
+            for L in g.contexts:
+                add("verify", (t, L), lambda c, t=t, L=L: verify_fn(c, t, L, 1, tree.top_k))
+        for b in g.verify_batches:
+            for t in g.verify_tokens[-2:]:
+                for L in (g.contexts[0], g.contexts[-1]):
+                    add("verify_batched", (t, L, b), lambda c, t=t, L=L, b=b: verify_fn(c, t, L, b, tree.top_k))
+    else:
+        for n in g.new_tokens:
+            for L in g.contexts:
+                add("draft_round", (n, L), lambda c, n=n, L=L: draft_round_fn(c, n, L, tree))
+        for w in g.widths:
+            for L in g.contexts:
+                add("draft_step", (w, L), lambda c, w=w, L=L: draft_step_fn(c, w, L))
+        for b in g.batches:
+            for L in (g.contexts[0], g.contexts[len(g.contexts) // 2], g.contexts[-1]):
+                add("draft_batched", (b, L), lambda c, b=b, L=L: draft_round_fn(c, 1, L, tree, batch=b))
+    return jobs
+
+
+def calibrate(s: Settings) -> dict[str, ProfileFile]:
+    """Measure every op of every role in ``s.roles``; one fitted profile per role."""
+    import torch
+
+    dev_type = "cuda" if s.device.startswith("cuda") else "cpu"
+    s.grid = s.grid or GRIDS[dev_type]
+    dtype_name = s.dtype or s.spec.dtype.get(dev_type, "float32")
+    dtype = torch_dtype(dtype_name)
+    threads = s.threads or (os.cpu_count() or 1)
+    if dev_type == "cpu":
+        torch.set_num_threads(threads)
+    tree = s.tree or s.spec.tree
+    say = s.progress or (lambda msg: None)
+    out: dict[str, ProfileFile] = {}
+    for role in s.roles:
+        t0 = time.perf_counter()
+        net = build_model(s.spec, role, s.device, dtype, seed=s.seed)
+        c = _Ctx(net, s.device, dtype, s.seed)
+        jobs = _jobs(s, role, tree)
+        random.Random(s.seed).shuffle(jobs)  # randomized order: drift spreads over the grid
+        rows: dict[str, list] = {}
+        for i, (op, key, make) in enumerate(jobs, 1):
+            fn = make(c)
+            med, p10, p90, n = time_call(fn, s.grid, threads, s.device)
+            rows.setdefault(op, []).append((*key, med, p10, p90, n))
+            say(f"[{role} {i}/{len(jobs)}] {op} {key}: {med * 1e3:.3f} ms (p10 {p10 * 1e3:.3f}, p90 {p90 * 1e3:.3f})")
+        if role == "draft" and (s.ops is None or "draft_idle" in s.ops):
+            rows["draft_idle"] = _idle_curve(c, s, tree, say)
+        c.drop()
+        device, prov = _provenance(s, net, role, dtype_name, threads)
+        prov["wall_s"] = round(time.perf_counter() - t0, 1)
+        arch = s.spec.target if role == "target" else s.spec.draft
+        model = {
+            "spec": s.spec.name,
+            "role": role,
+            "name": f"{s.spec.name}:{role}",
+            "kind": arch.kind,
+            "architecture": arch.model_dump(exclude_none=True),
+            "spec_file": s.spec.path,
+        }
+        ops = {}
+        for op, r in sorted(rows.items()):
+            inputs = OP_INPUTS[op]
+            fixed = {"tree": tree.model_dump()} if op in ("draft_round", "draft_batched", "draft_idle") else {}
+            if op == "draft_idle":
+                fixed["new_tokens"], fixed["context"] = 1, s.grid.contexts[len(s.grid.contexts) // 2]
+            ops[op] = build_op(inputs, sorted(r), fixed=fixed)
+        out[role] = ProfileFile(kind="compute", model=model, device=device, provenance=prov, ops=ops)
+        del net, c
+        if dev_type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def _idle_curve(c: _Ctx, s: Settings, tree: TreeShape, say) -> list[tuple]:
+    """Round time after an idle gap: one timed round per (gap, repeat), in random order."""
+    sync = _sync(s.device)
+    L = s.grid.contexts[len(s.grid.contexts) // 2]
+    fn = draft_round_fn(c, 1, L, tree)
+    for _ in range(3):
+        fn()
+    sync()
+    order = [g for g in s.grid.idle_gaps_s for _ in range(s.grid.idle_repeats)]
+    random.Random(s.seed + 1).shuffle(order)
+    seen: dict[float, list[float]] = {}
+    for g in order:
+        if g > 0:
+            time.sleep(g)
+        else:
+            fn()  # back to back: the round right before is the "busy" state
+            sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        seen.setdefault(g, []).append(time.perf_counter() - t)
+    rows = []
+    for g, ts in sorted(seen.items()):
+        a = np.asarray(ts)
+        rows.append((g, float(np.median(a)), float(np.quantile(a, 0.1)), float(np.quantile(a, 0.9)), len(a)))
+        say(f"[draft idle] gap {g * 1e3:g} ms: {np.median(a) * 1e3:.3f} ms")
+    return rows
+
+
+def profile_path(out_dir: Path, spec: ModelSpec, role: str, device: dict, dtype: str) -> Path:
+    """``models/profiles/<spec>.<role>.<device>.<dtype>.yaml``, device as a short slug."""
+    name = device.get("name", "device")
+    slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return out_dir / f"{spec.name}.{role}.{slug[:48].strip('-')}.{dtype}.yaml"
+
+
+def save(profiles: dict[str, ProfileFile], spec: ModelSpec, out_dir: Path) -> list[Path]:
+    paths = []
+    for role, prof in profiles.items():
+        p = profile_path(out_dir, spec, role, prof.device, prof.provenance.get("dtype", ""))
+        paths.append(write_profile(prof, p))
+    return paths
