@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # e.g. `starsim run ... | head`
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: no traceback (calibrate keeps what it measured itself)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

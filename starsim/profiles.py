@@ -12,7 +12,8 @@ Operations and what their inputs mean (the simulator calls a spec with
 - ``verify``: ``tokens`` = tree tokens incl. the root, ``context`` (target, batch 1).
 - ``verify_batched``: as ``verify`` plus ``batch`` (not used by the simulator yet).
 - ``draft_round``: one whole draft round at the profile's tree shape: ``tokens`` = new
-  prefix tokens to encode, ``context`` (draft, batch 1). Use it as ``draft.round_time``.
+  prefix tokens to encode, ``context`` = context length including them (draft, batch 1).
+  Use it as ``draft.round_time``.
 - ``draft_step``: one depth step: ``tokens`` = frontier width, ``context``.
 - ``draft_batched``: one round for ``batch`` targets at once (new tokens = 1), ``context``.
 - ``draft_idle``: the round time after an idle gap of ``gap_s`` seconds (warm vs cold).

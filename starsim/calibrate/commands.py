@@ -77,7 +77,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
     bad = [r for r in roles if r not in ("target", "draft")]
     if bad:
         raise StarsimError(f"--roles: unknown role(s) {', '.join(bad)}; expected target and/or draft")
-    say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
     settings = Settings(
         spec=spec,
         device=args.device,
@@ -88,11 +88,15 @@ def cmd_compute(args: argparse.Namespace) -> int:
         seed=args.seed,
         roles=roles,
         progress=say,
+        progress_bar=not (args.quiet or args.verbose),
         extra={"command": "starsim calibrate " + shlex.join(sys.argv[2:] if args.argv is None else args.argv),
                "grid_name": args.grid},
     )
     t0 = time.perf_counter()
     profiles: dict[str, ProfileFile] = calibrate(settings)
+    if not profiles:
+        print("interrupted before any operation was measured twice: nothing written", file=sys.stderr)
+        return 130
     paths = save(profiles, spec, args.out)
     print(f"{spec.name} on {args.device}: {time.perf_counter() - t0:.1f} s")
     for (role, prof), path in zip(profiles.items(), paths):
@@ -100,6 +104,10 @@ def cmd_compute(args: argparse.Namespace) -> int:
         print(_fit_table(prof))
     print("\nuse in a scenario, e.g.:")
     print(_snippet(profiles, paths))
+    partial = [p.provenance["interrupted"] for p in profiles.values() if "interrupted" in p.provenance]
+    if partial:
+        print(f"interrupted: {partial[0]}; what was measured is written (provenance.interrupted)", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -193,7 +201,8 @@ def add_parsers(sub) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"profile directory (default {DEFAULT_OUT})")
     c.add_argument("--force", action="store_true", help="calibrate a GPU-sized spec on a CPU anyway")
-    c.add_argument("--quiet", action="store_true", help="no per-point progress")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--verbose", action="store_true", help="one line per measured point instead of a progress bar")
     c.set_defaults(func=cmd_compute, argv=None)
 
     k = csub.add_parser("link", help="measure a TCP path: RTT, bandwidth, protocol serialization")

@@ -14,10 +14,12 @@ so every call sees exactly ``context`` cached tokens):
 - target ``verify``: a forward over ``tokens`` tree tokens at ``context``, with a tree
   attention mask (each node sees the context and its ancestors), batch 1;
 - target ``verify_batched``: the same for ``batch`` sequences;
-- draft ``draft_round``: one EAGLE-2 style round at the spec's tree: a forward over the
-  ``tokens`` new prefix tokens (the cache grows by them), then ``depth - 1`` steps that each
-  expand the ``top_k`` best frontier nodes (top-k over the children of each), then the
-  best ``tree.tokens`` nodes are kept; the cache is cropped back to ``context``;
+- draft ``draft_round``: one EAGLE-2 style round at the spec's tree, at a ``context`` that
+  counts the ``tokens`` new ones (as the simulator's does): the cache holds ``context -
+  tokens``; a forward over the new prefix tokens (logits of the last only), then ``depth - 1``
+  steps that each expand the ``top_k`` best frontier nodes (top-k over the children of
+  each), then the best ``tree.tokens`` nodes are kept; the cache is cropped back. With
+  ``tokens == context`` it is a request's first round (empty cache, the whole prompt);
 - draft ``draft_step``: one such step over a frontier of ``tokens`` nodes at ``context``;
 - draft ``draft_batched``: one round (1 new token) for ``batch`` sequences at once;
 - draft ``draft_idle``: a round (1 new token, middle context) right after an idle gap of
@@ -31,6 +33,7 @@ import os
 import platform
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -64,7 +67,7 @@ GRIDS: dict[str, Grid] = {
         contexts=[64, 256, 512, 1024, 2048],
         verify_tokens=[1, 8, 16, 32, 64],
         prefill_tokens=[16, 64, 128, 256, 512, 1024],
-        new_tokens=[1, 2, 4, 8, 16],
+        new_tokens=[1, 2, 4, 8, 16, 64, 256],
         widths=[1, 2, 4, 8],
         batches=[1, 2, 4, 8],
         verify_batches=[2, 4],
@@ -77,7 +80,7 @@ GRIDS: dict[str, Grid] = {
         contexts=[128, 512, 1024, 1536, 2000],
         verify_tokens=[1, 16, 32, 60, 96, 128],
         prefill_tokens=[32, 128, 256, 512, 1024, 2000],
-        new_tokens=[1, 2, 4, 8, 16],
+        new_tokens=[1, 2, 4, 8, 16, 128, 512],
         widths=[1, 4, 8, 10, 16],
         batches=[1, 2, 4, 8, 16],
         verify_batches=[2, 4, 8],
@@ -115,7 +118,8 @@ class Settings:
     seed: int = 0
     roles: tuple[str, ...] = ("target", "draft")
     ops: tuple[str, ...] | None = None  # None: all of the role's ops
-    progress: Callable[[str], None] | None = None
+    progress: Callable[[str], None] | None = None  # one line per measured point
+    progress_bar: bool = False
     extra: dict = field(default_factory=dict)  # recorded in provenance (e.g. the command line)
 
 
@@ -240,7 +244,7 @@ def prefill_fn(c: _Ctx, tokens: int):
 
     def fn():
         with torch.inference_mode():
-            c.net(ids, cache=new_cache(), hidden=hidden)
+            c.net(ids, cache=new_cache(), hidden=hidden, last_only=True)
 
     return fn
 
@@ -249,16 +253,19 @@ def draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape, batch: int 
     """One EAGLE-2 style round (see the module docstring); ``steps`` overrides depth - 1."""
     import torch
 
-    cache = c.cache(context, batch)
+    cached = context - new  # ``context`` counts the new tokens, as the simulator's does
+    if cached < 0:
+        raise ValueError(f"new tokens ({new}) exceed the context ({context})")
+    cache = c.cache(cached, batch) if cached else None
     ids = c.ids(batch, new)
     hidden = c.hidden(batch, new) if c.net.eagle else None
     k, depth = tree.top_k, tree.depth
     n_steps = depth - 1 if steps is None else steps
-    pos0 = _positions(context, new, batch, c.device)
-    # Step s's frontier node j sees the context, the new tokens and node j of earlier steps.
+    pos0 = _positions(cached, new, batch, c.device)
+    # Step s's frontier node j sees the context and node j of earlier steps.
     masks, positions = [], []
     for s in range(n_steps):
-        base = context + new
+        base = context
         t = k
         m = torch.zeros(t, base + (s + 1) * t, dtype=torch.bool)
         m[:, :base] = True
@@ -268,8 +275,11 @@ def draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape, batch: int 
         positions.append(_positions(base + s, t, batch, c.device))
 
     def fn():
+        nonlocal cache
+        if not cached:  # a request's first round: the whole prompt, empty cache
+            cache = new_cache()
         with torch.inference_mode():
-            logits, h = c.net(ids, cache=cache, positions=pos0, hidden=hidden)
+            logits, h = c.net(ids, cache=cache, positions=pos0, hidden=hidden, last_only=True)
             scores, frontier = logits[:, -1].log_softmax(-1).topk(k, dim=-1)  # [B, k]
             all_scores = [scores]
             h_last = h[:, -1:].expand(batch, k, h.shape[-1]) if h is not None else None
@@ -283,7 +293,8 @@ def draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape, batch: int 
                 h_last = h_new
             flat = torch.cat(all_scores, dim=-1)
             flat.topk(min(tree.tokens, flat.shape[-1]), dim=-1)  # keep the best tree.tokens nodes
-        crop_cache(cache, context)
+        if cached:
+            crop_cache(cache, cached)
 
     return fn
 
@@ -382,7 +393,7 @@ def _jobs(s: Settings, role: str, tree: TreeShape) -> list[tuple[str, tuple, Cal
                     add("verify_batched", (t, L, b), lambda c, t=t, L=L, b=b: verify_fn(c, t, L, b, tree.top_k))
     else:
         for n in g.new_tokens:
-            for L in g.contexts:
+            for L in (L for L in g.contexts if L >= n):  # the context includes the new tokens
                 add("draft_round", (n, L), lambda c, n=n, L=L: draft_round_fn(c, n, L, tree))
         for w in g.widths:
             for L in g.contexts:
@@ -407,6 +418,7 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
     tree = s.tree or s.spec.tree
     say = s.progress or (lambda msg: None)
     out: dict[str, ProfileFile] = {}
+    interrupted = False
     for role in s.roles:
         t0 = time.perf_counter()
         net = build_model(s.spec, role, s.device, dtype, seed=s.seed)
@@ -414,16 +426,26 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
         jobs = _jobs(s, role, tree)
         random.Random(s.seed).shuffle(jobs)  # randomized order: drift spreads over the grid
         rows: dict[str, list] = {}
-        for i, (op, key, make) in enumerate(jobs, 1):
-            fn = make(c)
-            med, p10, p90, n = time_call(fn, s.grid, threads, s.device)
-            rows.setdefault(op, []).append((*key, med, p10, p90, n))
-            say(f"[{role} {i}/{len(jobs)}] {op} {key}: {med * 1e3:.3f} ms (p10 {p10 * 1e3:.3f}, p90 {p90 * 1e3:.3f})")
-        if role == "draft" and (s.ops is None or "draft_idle" in s.ops):
-            rows["draft_idle"] = _idle_curve(c, s, tree, say)
+        bar = _bar(len(jobs), role, s.progress_bar)
+        try:
+            for op, key, make in jobs:
+                fn = make(c)
+                med, p10, p90, n = time_call(fn, s.grid, threads, s.device)
+                rows.setdefault(op, []).append((*key, med, p10, p90, n))
+                bar.update(1)
+                say(f"[{role}] {op} {key}: {med * 1e3:.3f} ms (p10 {p10 * 1e3:.3f}, p90 {p90 * 1e3:.3f})")
+            bar.close()
+            if role == "draft" and (s.ops is None or "draft_idle" in s.ops):
+                rows["draft_idle"] = _idle_curve(c, s, tree, say)
+        except KeyboardInterrupt:
+            # Ctrl-C: keep what was measured; the caller writes it, marked as partial.
+            bar.close()
+            interrupted = True
         c.drop()
         device, prov = _provenance(s, net, role, dtype_name, threads)
         prov["wall_s"] = round(time.perf_counter() - t0, 1)
+        if interrupted:
+            prov["interrupted"] = f"stopped by the user after {sum(map(len, rows.values()))} of {len(jobs)} points"
         arch = s.spec.target if role == "target" else s.spec.draft
         model = {
             "spec": s.spec.name,
@@ -435,16 +457,28 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
         }
         ops = {}
         for op, r in sorted(rows.items()):
+            if op != "draft_idle" and len(r) < 2:  # nothing to fit on an interrupted run
+                continue
             inputs = OP_INPUTS[op]
             fixed = {"tree": tree.model_dump()} if op in ("draft_round", "draft_batched", "draft_idle") else {}
             if op == "draft_idle":
                 fixed["new_tokens"], fixed["context"] = 1, s.grid.contexts[len(s.grid.contexts) // 2]
             ops[op] = build_op(inputs, sorted(r), fixed=fixed)
-        out[role] = ProfileFile(kind="compute", model=model, device=device, provenance=prov, ops=ops)
+        if ops:
+            out[role] = ProfileFile(kind="compute", model=model, device=device, provenance=prov, ops=ops)
         del net, c
         if dev_type == "cuda":
             torch.cuda.empty_cache()
+        if interrupted:
+            break
     return out
+
+
+def _bar(total: int, role: str, show: bool):
+    """A progress bar on stderr (tqdm, which transformers brings), or a no-op."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{role} grid", unit="pt", disable=not show, leave=True, file=sys.stderr)
 
 
 def _idle_curve(c: _Ctx, s: Settings, tree: TreeShape, say) -> list[tuple]:

@@ -199,11 +199,17 @@ class Net:
     def eagle(self) -> bool:
         return self.fc is not None
 
-    def __call__(self, ids, cache=None, mask=None, positions=None, hidden=None):
-        """One forward; returns ``(logits, last hidden states)`` (hidden only for EAGLE)."""
+    def __call__(self, ids, cache=None, mask=None, positions=None, hidden=None, last_only=False):
+        """One forward; returns ``(logits, last hidden states)`` (hidden only for EAGLE).
+
+        ``last_only``: logits of the last position only, as a prefill or a draft's prefix
+        encoding needs (the LM head over every position would dominate a small model's time).
+        """
         import torch
 
         kw = {"past_key_values": cache, "use_cache": True, "attention_mask": mask, "position_ids": positions}
+        if last_only:
+            kw["logits_to_keep"] = 1
         if self.fc is None:
             out = self.lm(input_ids=ids, **kw)
             return out.logits, None
