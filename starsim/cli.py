@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextmanager
+def _plain_warnings():
+    """Warnings (e.g. a profile extrapolated) print as ``warning: ...``, without a source line."""
+    saved = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_a, **_k: f"warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -257,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     try:
-        return args.func(args)
+        with _plain_warnings():
+            return args.func(args)
     except StarsimError as e:
         for line in str(e).splitlines():
             print(f"error: {line}", file=sys.stderr)

@@ -179,7 +179,10 @@ class Op(_M):
 
     inputs: list[str]
     fixed: dict[str, Any] = Field(default_factory=dict, description="held constant, e.g. the tree shape")
-    columns: list[str] = Field(description="row layout: the inputs, then median_s, p10_s, p90_s, n")
+    columns: list[str] = Field(
+        description="row layout: the inputs, then median_s (the point's time: the lowest of its passes' "
+        "median block times), p10_s and p90_s (over every timed block), n (blocks)"
+    )
     rows: list[list[float]]
     fit: OpFit | None = None
     noise_cv: float = Field(0.0, ge=0, description="typical spread, as a lognormal cv from p10/p90")

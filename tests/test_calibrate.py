@@ -35,6 +35,7 @@ TINY = compute.Grid(
     idle_repeats=2,
     min_run_time=0.002,
     max_run_time=0.01,
+    passes=2,
 )
 
 
@@ -56,7 +57,8 @@ def test_every_op_measured_and_fitted(profiles):
     for prof in result.values():
         for name, op in prof.ops.items():
             med, p10, p90 = op.column("median_s"), op.column("p10_s"), op.column("p90_s")
-            assert (med > 0).all() and (p10 <= med).all() and (med <= p90).all(), name
+            # the time is the lowest pass median; the spread is over every block of every pass
+            assert (med > 0).all() and (p10 <= p90).all() and (med <= p90).all(), name
             if name == "draft_idle":
                 assert op.fit is None and sorted(op.column("gap_s")) == [0.0, 0.002]
                 continue

@@ -130,3 +130,26 @@ def test_bad_peer_and_arguments(no_leaks):
     assert link.parse_address("[::1]:7000") == ("::1", 7000)
     assert link.parse_address("7000") == ("127.0.0.1", 7000)
     assert link.parse_address("0.0.0.0:0") == ("0.0.0.0", 0)
+
+
+def test_cli_link_quick(tmp_path, capsys, no_leaks):
+    from starsim.cli import main
+
+    assert main(["calibrate", "link", "--quick", "--hidden-size", "64", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "RTT (small message, 100 round trips): median" in out and "bandwidth (fit of time by size)" in out
+    assert "DRAFT_REQUEST" in out and "DRAFT_REPLY" in out and "parse_time:" in out and "serialize_time:" in out
+    (path,) = tmp_path.glob("link-*-loopback.yaml")
+    saved = yaml.safe_load(path.read_text())
+    assert saved["parameters"]["hidden_size"] == 64 and saved["rtt"]["repeats"] == 100
+
+
+def test_cli_link_unreachable_peer(capsys):
+    from starsim.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["calibrate", "link", "--quick", "--connect", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot connect to link peer") and "\n" not in err

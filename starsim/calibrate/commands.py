@@ -159,14 +159,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
         mid = order[len(order) // 2]
         mid_diff = 100.0 * (mb[mid] - ma[mid]) / ma[mid]
         all_diffs.extend(np.abs(d))
-        rows.append((name, len(common), mid, mid_diff, float(np.median(np.abs(d))), float(np.max(np.abs(d)))))
+        fit_diff = float("nan")
+        if op.fit is not None and other.fit is not None:  # the fits smooth out one point's noise
+            at = dict(zip(op.inputs, mid))
+            fit_diff = 100.0 * (other.predict(**at) - op.predict(**at)) / op.predict(**at)
+        rows.append((name, len(common), mid, mid_diff, fit_diff, float(np.median(np.abs(d))), float(np.max(np.abs(d)))))
     print(f"A: {args.a} ({a.provenance.get('date')})\nB: {args.b} ({b.provenance.get('date')})")
-    print(f"  {'op':16s} {'points':>6s} {'median point':>20s} {'B vs A there':>12s} {'median |diff|':>13s} {'max':>7s}")
-    for name, n, mid, md, med, mx in rows:
+    print(f"  {'op':16s} {'points':>6s} {'median point':>20s} {'B vs A there':>12s} {'fits there':>10s} "
+          f"{'median |diff|':>13s} {'max':>7s}")
+    for name, n, mid, md, fd, med, mx in rows:
+        fit = f"{fd:+9.2f}%" if fd == fd else f"{'-':>10s}"
         print(f"  {name:16s} {n:6d} {str(tuple(int(v) if v == int(v) else v for v in mid)):>20s} "
-              f"{md:+11.2f}% {med:12.2f}% {mx:6.1f}%")
+              f"{md:+11.2f}% {fit} {med:12.2f}% {mx:6.1f}%")
     if all_diffs:
         print(f"all points: median |diff| {np.median(all_diffs):.2f}%, p90 {np.quantile(all_diffs, 0.9):.2f}%")
+    ra, rb = a.provenance.get("reference_matmul_s"), b.provenance.get("reference_matmul_s")
+    if ra and rb:  # how much of the difference is the machine's speed at the time
+        ta, tb = (ra["before"] + ra["after"]) / 2, (rb["before"] + rb["after"]) / 2
+        us = lambda r: f"{r['before'] * 1e6:.0f}->{r['after'] * 1e6:.0f} us"  # noqa: E731
+        print(f"machine speed (reference matmul, mean of before/after): B vs A {100 * (tb - ta) / ta:+.2f}% "
+              f"(A {us(ra)}, B {us(rb)})")
     return 0
 
 
@@ -174,12 +186,14 @@ def cmd_link(args: argparse.Namespace) -> int:
     from . import link
 
     if args.serve:
-        return link.serve_forever(args.bind)
-    result = link.measure(peer=args.connect, quick=args.quick)
+        link.serve(args.bind, ready=lambda a: print(f"link peer listening on {a} (Ctrl-C to stop)", flush=True))
+        return 0
+    kw = dict(link.QUICK) if args.quick else {}
+    result = link.measure(peer=args.connect, hidden_size=args.hidden_size, **kw)
     print(link.format_result(result))
     if args.out:
-        p = link.write_link_profile(result, args.out)
-        print(f"wrote {p}")
+        out = args.out / link.default_profile_name(result) if args.out.suffix == "" else args.out
+        print(f"\nwrote {link.write_link_profile(result, out)}")
     print("\nscenario snippet:")
     print(link.suggest_link_yaml(result))
     return 0
@@ -210,7 +224,9 @@ def add_parsers(sub) -> None:
     k.add_argument("--bind", default="127.0.0.1:0", help="with --serve: HOST:PORT (default 127.0.0.1, any port)")
     k.add_argument("--connect", metavar="HOST:PORT", help="measure to this peer (default: loopback, own peer)")
     k.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
-    k.add_argument("--out", type=Path, help="write the link profile YAML here")
+    k.add_argument("--hidden-size", type=int, default=4096,
+                   help="hidden size of the draft requests to serialize (default 4096, Vicuna-7B)")
+    k.add_argument("--out", type=Path, help="write the link profile: a .yaml file, or a directory (default name)")
     k.set_defaults(func=cmd_link)
 
     m = csub.add_parser("compare", help="agreement of two profiles of the same spec, point by point")

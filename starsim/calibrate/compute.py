@@ -2,10 +2,12 @@
 
 Models come from :mod:`starsim.calibrate.specs` with random weights. Every grid point is
 timed with ``torch.utils.benchmark`` (warm-up, adaptive repeats, CUDA synchronisation, a
-fixed thread count), in a random order so that drift (thermal, frequency, other load)
-spreads over the grid instead of biasing one end of it. Each point keeps the median and
-the p10/p90 of the timed blocks. The result is one profile per role (draft, target), each
-fitted by :mod:`starsim.profiles`.
+fixed thread count) in several passes over the grid, each in its own random order, so
+that drift (thermal, frequency, other tenants of a shared machine) spreads over the grid
+instead of biasing one end of it. A point's time is the lowest of its passes' medians
+(another tenant only ever adds time); p10/p90 are over every timed block. A fixed matmul
+timed before and after each role says how fast the machine was meanwhile. The result is
+one profile per role (draft, target), each fitted by :mod:`starsim.profiles`.
 
 What is timed (KV caches are prefilled once per context and cropped back after each call,
 so every call sees exactly ``context`` cached tokens):
@@ -57,14 +59,21 @@ class Grid:
     verify_batches: list[int]
     idle_gaps_s: list[float]
     idle_repeats: int = 7
-    min_run_time: float = 0.1  # seconds of timing per point (adaptive repeats inside)
+    min_run_time: float = 0.1  # seconds of timing per point in the first pass (adaptive repeats inside)
     max_run_time: float = 1.0
+    # Passes over the whole grid, each in its own random order: a point's time is the lowest
+    # of its passes' medians, so a slow spell of the machine (seconds to minutes on a shared
+    # VM) has to hit every pass of a point to move it (see summarize_times). Passes after
+    # the first warm up with one call (when a call is short) and time ``later_blocks``
+    # blocks, sized by the first.
+    passes: int = 3
+    later_blocks: int = 1
 
 
 GRIDS: dict[str, Grid] = {
     # Sized to finish the tiny/small CPU specs in about two minutes on 2 cores.
     "cpu": Grid(
-        contexts=[64, 256, 512, 1024, 2048],
+        contexts=[16, 64, 256, 512, 1024, 2048],
         verify_tokens=[1, 8, 16, 32, 64],
         prefill_tokens=[16, 64, 128, 256, 512, 1024],
         new_tokens=[1, 2, 4, 8, 16, 64, 256],
@@ -72,7 +81,7 @@ GRIDS: dict[str, Grid] = {
         batches=[1, 2, 4, 8],
         verify_batches=[2, 4],
         idle_gaps_s=[0.0, 0.001, 0.01, 0.1, 1.0],
-        idle_repeats=5,
+        idle_repeats=9,
         min_run_time=0.08,
         max_run_time=0.6,
     ),
@@ -104,6 +113,7 @@ QUICK = Grid(
     idle_repeats=2,
     min_run_time=0.005,
     max_run_time=0.05,
+    passes=1,
 )
 
 
@@ -138,18 +148,61 @@ def _sync(device: str) -> Callable[[], None]:
     return lambda: None
 
 
-def time_call(fn: Callable[[], object], grid: Grid, threads: int, device: str) -> tuple[float, float, float, int]:
-    """``(median, p10, p90, blocks)`` seconds per call, by ``torch.utils.benchmark``."""
+def time_call(
+    fn: Callable[[], object], grid: Grid, threads: int, device: str, warmup: int = 1, number: int | None = None
+) -> tuple[np.ndarray, int]:
+    """One pass over one grid point by ``torch.utils.benchmark``: ``(seconds per call of each
+    timed block, calls per block)``.
+
+    It runs ``warmup`` calls (allocator, kernels, caches; other grid points ran since the
+    last pass). The first pass (``number`` None) then runs ``adaptive_autorange`` (it sizes
+    its blocks and repeats them until the spread is small); a later pass times
+    ``grid.later_blocks`` blocks of the first pass's size.
+    """
     from torch.utils import benchmark
 
     sync = _sync(device)
-    for _ in range(2):  # warm-up outside the measurement (allocator, kernels, caches)
+    for _ in range(warmup):
         fn()
     sync()
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    m = timer.adaptive_autorange(threshold=0.05, min_run_time=grid.min_run_time, max_run_time=grid.max_run_time)
-    times = np.asarray(m.times, dtype=float)
-    return float(np.median(times)), float(np.quantile(times, 0.1)), float(np.quantile(times, 0.9)), len(times)
+    if number is None:
+        m = timer.adaptive_autorange(threshold=0.05, min_run_time=grid.min_run_time, max_run_time=grid.max_run_time)
+        return np.asarray(m.times, dtype=float), int(m.number_per_run)
+    times = [timer.timeit(number).median for _ in range(grid.later_blocks)]
+    return np.asarray(times, dtype=float), number
+
+
+REFERENCE = "median time of a 512x512 float32 matmul, torch.utils.benchmark, same threads"
+
+
+def reference_speed(threads: int, device: str) -> float:
+    """How fast the machine is right now, on a fixed kernel (see :data:`REFERENCE`).
+
+    Shared machines drift by 10% and more over minutes; two profiles of the same spec
+    taken at different speeds disagree by that much, and this says so (``calibrate compare``).
+    """
+    import torch
+    from torch.utils import benchmark
+
+    a = torch.randn(512, 512, generator=torch.Generator().manual_seed(0)).to(device)
+    timer = benchmark.Timer(stmt="a @ a", globals={"a": a}, num_threads=threads)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    return float(timer.blocked_autorange(min_run_time=0.2).median)
+
+
+def summarize_times(passes: list[np.ndarray]) -> tuple[float, float, float, int]:
+    """``(median, p10, p90, blocks)`` of one grid point: the lowest of the passes' medians,
+    and the spread of all blocks.
+
+    Another tenant of a shared machine only ever adds time, in spells of seconds to
+    minutes; the lowest pass median is the hardware's own speed when any pass missed the
+    spell (the spread still records what the spells did to single calls).
+    """
+    every = np.concatenate(passes)
+    med = float(min(np.median(t) for t in passes))
+    return med, float(np.quantile(every, 0.1)), float(np.quantile(every, 0.9)), len(every)
 
 
 # --------------------------------------------------------------------------- workloads
@@ -424,28 +477,49 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
         net = build_model(s.spec, role, s.device, dtype, seed=s.seed)
         c = _Ctx(net, s.device, dtype, s.seed)
         jobs = _jobs(s, role, tree)
-        random.Random(s.seed).shuffle(jobs)  # randomized order: drift spreads over the grid
-        rows: dict[str, list] = {}
-        bar = _bar(len(jobs), role, s.progress_bar)
+        speed = [reference_speed(threads, s.device)]
+        fns: dict[tuple, Callable[[], object]] = {}
+        times: dict[tuple, list[np.ndarray]] = {}  # (op, key) -> the blocks of each pass
+        numbers: dict[tuple, int] = {}  # (op, key) -> calls per block, from the first pass
+        total = len(jobs) * s.grid.passes
+        idle_rows: list[tuple] = []
+        bar = _bar(total, role, s.progress_bar)
         try:
-            for op, key, make in jobs:
-                fn = make(c)
-                med, p10, p90, n = time_call(fn, s.grid, threads, s.device)
-                rows.setdefault(op, []).append((*key, med, p10, p90, n))
-                bar.update(1)
-                say(f"[{role}] {op} {key}: {med * 1e3:.3f} ms (p10 {p10 * 1e3:.3f}, p90 {p90 * 1e3:.3f})")
+            for p in range(s.grid.passes):
+                order = list(jobs)
+                random.Random(s.seed * 1000 + p).shuffle(order)  # randomized order: drift spreads over the grid
+                for op, key, make in order:
+                    if (op, key) not in fns:
+                        fns[op, key] = make(c)
+                    first = p == 0
+                    # a long call's cold start is small beside it: warm up short ones only
+                    warm = first or times[op, key][0].min() < 0.05
+                    t, numbers[op, key] = time_call(fns[op, key], s.grid, threads, s.device, warmup=int(warm),
+                                                    number=None if first else numbers[op, key])
+                    times.setdefault((op, key), []).append(t)
+                    bar.update(1)
+                    say(f"[{role} pass {p + 1}] {op} {key}: {np.median(t) * 1e3:.3f} ms")
             bar.close()
             if role == "draft" and (s.ops is None or "draft_idle" in s.ops):
-                rows["draft_idle"] = _idle_curve(c, s, tree, say)
+                idle_rows = _idle_curve(c, s, tree, say)
         except KeyboardInterrupt:
             # Ctrl-C: keep what was measured; the caller writes it, marked as partial.
             bar.close()
             interrupted = True
+        rows: dict[str, list] = {}
+        for (op, key), passes in times.items():
+            rows.setdefault(op, []).append((*key, *summarize_times(passes)))
+        if idle_rows:
+            rows["draft_idle"] = idle_rows
+        fns.clear()
         c.drop()
+        speed.append(reference_speed(threads, s.device))
         device, prov = _provenance(s, net, role, dtype_name, threads)
         prov["wall_s"] = round(time.perf_counter() - t0, 1)
+        prov["reference_matmul_s"] = {"before": speed[0], "after": speed[1], "what": REFERENCE}
         if interrupted:
-            prov["interrupted"] = f"stopped by the user after {sum(map(len, rows.values()))} of {len(jobs)} points"
+            done = sum(map(len, times.values()))
+            prov["interrupted"] = f"stopped by the user after {done} of {total} timings ({len(times)} grid points)"
         arch = s.spec.target if role == "target" else s.spec.draft
         model = {
             "spec": s.spec.name,

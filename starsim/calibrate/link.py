@@ -621,6 +621,39 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+QUICK = {"sizes": tuple(4**k for k in range(3, 12)), "repeats": 5, "rtt_repeats": 100, "serialization_repeats": 30}
+"""Fewer sizes (64 B .. 4 MiB, by 4x) and repeats: a first look in a couple of seconds."""
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A human summary of :func:`measure`'s result: RTT, bandwidth, time by size, serialization."""
+    prov, rtt, fit = result["provenance"], result["rtt"], result["transfer"]["fit"]
+    bw = fit["bandwidth_bps"]
+    lines = [
+        f"link {prov['hostname']} -> {prov['peer']} ({prov['peer_kind']}), {prov['date_utc']}",
+        f"RTT (small message, {rtt['repeats']} round trips): median {_us(rtt['median_s'])}, "
+        f"p10 {_us(rtt['p10_s'])}, p90 {_us(rtt['p90_s'])}",
+        f"bandwidth (fit of time by size): {'unlimited' if not bw else f'{bw / 1e9:.2f} Gb/s'}, "
+        f"fixed part {_us(fit['rtt_s'])}, MAPE {fit['mape'] * 100:.1f}% over {fit['points']} sizes",
+        "",
+        f"  {'payload':>9s} {'median':>11s} {'p10':>11s} {'p90':>11s} {'Gb/s':>7s}",
+    ]
+    for r in result["transfer"]["rows"]:
+        gbps = r["throughput_bps"] / 1e9 if r["throughput_bps"] else float("nan")
+        lines.append(f"  {_size(r['payload_bytes']):>9s} {_us(r['median_s']):>11s} {_us(r['p10_s']):>11s} "
+                     f"{_us(r['p90_s']):>11s} {gbps:7.2f}")
+    lines += ["", "protocol serialization (median per message):",
+              f"  {'message':14s} {'content':34s} {'bytes':>9s} {'encode':>10s} {'decode':>10s}"]
+    for r in result["serialization"]["rows"]:
+        if r["message"] == protocol.DRAFT_REQUEST:
+            what = f"{r['new_tokens']} tokens" + (f" + hidden x{r['hidden_size']} fp16" if r["hidden_size"] else "")
+        else:
+            what = f"tree of {r['tree_tokens']} nodes"
+        lines.append(f"  {r['message']:14s} {what:34s} {r['bytes']:9,d} {_us(r['encode_median_s']):>10s} "
+                     f"{_us(r['decode_median_s']):>10s}")
+    return "\n".join(lines)
+
+
 def suggest_link_yaml(
     result: dict[str, Any], new_tokens: int = 4, tree_tokens: int = 64, hidden: bool = True
 ) -> str:

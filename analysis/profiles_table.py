@@ -1,0 +1,62 @@
+"""The shipped profiles, one row per op (README and models/README table).
+
+Reads every compute profile in ``models/profiles/`` and prints a markdown table: the spec,
+role, op, grid points, the fitted model with its in-sample and cross-validated MAPE, the
+median time at the middle grid point, the spread, and when and how long it was measured.
+Rerun with ``python analysis/profiles_table.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from starsim.profiles import read_profile  # noqa: E402
+
+
+def _point(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dir", type=Path, default=REPO / "models" / "profiles")
+    args = ap.parse_args()
+    print("| spec | role | op | points | fitted model (s) | MAPE | CV MAPE | at the middle point | median ms | "
+          "spread cv |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    notes = []
+    for path in sorted(args.dir.glob("*.yaml")):
+        prof = read_profile(path) if not path.name.startswith("link") else None
+        if prof is None or prof.kind != "compute":
+            continue
+        spec, role = prof.model.get("spec"), prof.model.get("role")
+        for name, op in prof.ops.items():
+            k = len(op.inputs)
+            rows = sorted(op.rows, key=lambda r: r[k])
+            mid = rows[len(rows) // 2]
+            at = ", ".join(f"{i} {_point(v)}" for i, v in zip(op.inputs, mid[:k]))
+            if op.fit is None:
+                form, mape, cv = "as measured (" + ", ".join(
+                    f"{_point(r[0] * 1e3)} ms: {r[1] * 1e3:.1f}" for r in sorted(op.rows)) + ")", "", ""
+            else:
+                form, mape, cv = f"`{op.fit.form}`", f"{op.fit.mape_pct:.1f}%", f"{op.fit.cv_mape_pct:.1f}%"
+            print(f"| {spec} | {role} | {name} | {len(op.rows)} | {form} | {mape} | {cv} | {at} | "
+                  f"{mid[k] * 1e3:.2f} | {op.noise_cv:.3f} |")
+        p = prof.provenance
+        ref = p.get("reference_matmul_s") or {}
+        speed = f"; reference matmul {ref['before'] * 1e6:.0f} -> {ref['after'] * 1e6:.0f} us" if ref else ""
+        notes.append(f"- `{path.name}`: {prof.device.get('name')}, {p.get('dtype')}, {prof.device.get('threads')} "
+                     f"threads, torch {p.get('torch')}, transformers {p.get('transformers')}, {p.get('date')}, "
+                     f"{p.get('wall_s')} s{speed}")
+    print()
+    print("\n".join(notes))
+    print("\ncommand: python analysis/profiles_table.py")
+
+
+if __name__ == "__main__":
+    main()
