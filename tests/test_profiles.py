@@ -237,3 +237,19 @@ def test_round_time_checks(tmp_path):
     sc["draft"]["round_time"] = 0.004
     with pytest.raises(ScenarioError, match="give exactly one of draft.time"):
         validate_scenario(sc)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_shipped_cpu_scenarios_stay_inside_their_profiles(n):
+    from conftest import REPO
+
+    from starsim import load_scenario
+
+    sc = load_scenario(REPO / "scenarios" / f"starsd_ref_cpu_n{n}.yaml", ["duration_s=60"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ProfileRangeWarning)
+        res = simulate(sc)
+    used = {e["op"]: e for e in res.summary["provenance"]["profiles"]}
+    assert set(used) == {"draft_round", "verify", "prefill"}
+    assert all(e["device"].startswith("cpu") and e["measured_on"] for e in used.values())
+    assert res.summary["rounds"] > 0

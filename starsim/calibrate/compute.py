@@ -66,7 +66,7 @@ class Grid:
     # VM) has to hit every pass of a point to move it (see summarize_times). Passes after
     # the first warm up with one call (when a call is short) and time ``later_blocks``
     # blocks, sized by the first.
-    passes: int = 3
+    passes: int = 2
     later_blocks: int = 1
 
 
