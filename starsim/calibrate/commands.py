@@ -26,7 +26,7 @@ def _need_torch() -> None:
     except ImportError as e:
         raise StarsimError(
             f"calibration needs torch and transformers ({e.name} is missing): "
-            "pip install torch==2.13.0 && pip install -e '.[torch]'"
+            "pip install torch==2.13.0 -e '.[torch]' (CPU-only) or pip install -e '.[torch]'"
         ) from None
 
 
