@@ -247,8 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schema)
 
     from .calibrate.commands import add_parsers as add_calibrate
+    from .real.commands import add_parsers as add_models
 
     add_calibrate(sub)
+    add_models(sub)
     return p
 
 
