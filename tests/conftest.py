@@ -44,3 +44,15 @@ CONST_STAR = {
 def const_star() -> dict:
     """Constant times, deterministic acceptance, identical targets, closed loop, no pauses."""
     return copy.deepcopy(CONST_STAR)
+
+
+@pytest.fixture(scope="session")
+def quick_pair(tmp_path_factory) -> Path:
+    """The offline draft/target pair at its --quick size, built once per test session."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from starsim.real.pair import QUICK, build_pair
+
+    d = tmp_path_factory.mktemp("quick-pair")
+    build_pair(d, QUICK)
+    return d

@@ -9,16 +9,14 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from starsim.cli import main  # noqa: E402
-from starsim.real.pair import QUICK, build_pair, stdlib_corpus  # noqa: E402
+from starsim.real.pair import stdlib_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
+def pairs(tmp_path_factory, quick_pair):
     a = tmp_path_factory.mktemp("pair-a")
-    b = tmp_path_factory.mktemp("pair-b")
     assert main(["models", "build-pair", "--quick", "--quiet", "--out", str(a)]) == 0
-    build_pair(b, QUICK)
-    return a, b
+    return a, quick_pair
 
 
 def test_same_settings_same_weights(pairs):
