@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from starsim.real.spec import Drafter, Verifier, greedy_generate, speculative_generate  # noqa: E402
+from starsim.real.spec import Drafter, Verifier, greedy_generate, local_drafts, speculative_generate  # noqa: E402
 
 PROMPTS = ["def main(argv=None):\n    ", "import os\nimport sys\n\nclass ", "    for i in range(len(self."]
 
@@ -29,7 +29,7 @@ def test_lossless_greedy(models, shape):
     drafter = Drafter(draft, *shape)
     for p in PROMPTS:
         ids = tok.encode(p).ids
-        out, rounds = speculative_generate(target, drafter, ids, 48)
+        out, rounds = speculative_generate(target, local_drafts(drafter), ids, 48)
         assert out == greedy_generate(target, ids, 48), (p, shape)
         assert all(r.tree_tokens <= shape[2] and 0 <= r.accepted <= shape[1] for r in rounds)
         assert sum(len(r.emitted) for r in rounds) + 1 >= len(out)  # every token came from a round or the prefill
@@ -39,7 +39,7 @@ def test_target_as_its_own_draft_accepts_the_whole_depth(models):
     tok, target, _ = models
     drafter = Drafter(target, 4, 4, 16)
     ids = tok.encode(PROMPTS[0]).ids
-    out, rounds = speculative_generate(target, drafter, ids, 41)
+    out, rounds = speculative_generate(target, local_drafts(drafter), ids, 41)
     assert out == greedy_generate(target, ids, 41)
     assert [r.accepted for r in rounds[:-1]] == [4] * (len(rounds) - 1)  # the top-1 chain is always kept
 

@@ -239,20 +239,37 @@ def greedy_generate(model, prompt: list[int], max_new: int, eos: int | None = No
     return out
 
 
+def local_drafts(drafter: Drafter, tag: int = 0):
+    """``draft_next`` for :func:`speculative_generate` from a :class:`Drafter` in this process."""
+    context: list[int] = []
+
+    def draft_next(new: list[int], start: bool) -> TreeDraft:
+        nonlocal context
+        context = list(new) if start else context + list(new)
+        return drafter.draft(tag, context)[0]
+
+    return draft_next
+
+
 def speculative_generate(
-    target, drafter: Drafter, prompt: list[int], max_new: int, eos: int | None = None, tag: int = 0
+    target, draft_next, prompt: list[int], max_new: int, eos: int | None = None
 ) -> tuple[list[int], list[RoundResult]]:
-    """Greedy speculative decoding of one request, in process; returns (tokens, rounds)."""
+    """Greedy speculative decoding of one request; returns (tokens, rounds).
+
+    ``draft_next(new_tokens, start)`` returns the tree for the context so far, given the
+    tokens emitted since the last call (the whole context, with ``start``, on the first):
+    :func:`local_drafts`, or a draft server's client (:mod:`starsim.real.server`).
+    """
     v = Verifier(target)
     out = [v.prefill(prompt)]
     rounds: list[RoundResult] = []
+    new, start = prompt + out, True
     while len(out) < max_new and out[-1] != eos:
-        tree, _ = drafter.draft(tag, prompt + out)
-        r = v.verify(tree)
+        r = v.verify(draft_next(new, start))
         rounds.append(r)
+        new, start = r.emitted, False
         for t in r.emitted:
             out.append(t)
             if len(out) >= max_new or t == eos:
                 break
-    drafter.free(tag)
     return out, rounds

@@ -1,0 +1,250 @@
+"""The draft server, as StarSD builds it, and the target's side of its connection.
+
+:class:`DraftServer` decouples communication from inference: one thread per connected
+target receives, checks and answers its messages, and one engine thread owns the draft
+model (a :class:`~starsim.real.spec.Drafter`) and takes tasks from a queue under the
+same policy registry as the simulator (at most one outstanding task per target, since a
+target waits for its reply). A target gets a tag on connect; its draft KV cache lives
+under that tag and is freed when its connection ends, however it ends.
+
+A frame that is malformed, oversized, out of order or from the wrong tag gets a log line
+and closes that connection; the server keeps serving the others. Nothing from the network
+is unpickled or ``torch.load``-ed: frames are decoded by :mod:`starsim.real.protocol`.
+
+:class:`DraftClient` is the target's side: ``HELLO``/``WELCOME``, then one
+``DRAFT_REQUEST`` per round (the tokens emitted since the last one; ``start: true`` with
+the whole context on a request's first round) answered by a ``DRAFT_REPLY`` tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..calibrate.link import parse_address
+from ..policies import make_policy
+from . import protocol as P
+from .spec import Drafter, TreeDraft
+
+log = logging.getLogger("starsim.draft_server")
+
+
+@dataclass
+class _Task:
+    target: int  # the tag (policies order tasks by ``target``)
+    context: list[int]
+    done: threading.Event = field(default_factory=threading.Event)
+    tree: TreeDraft | None = None
+    new_tokens: int = 0
+    start: float = 0.0
+    end: float = 0.0
+    error: str | None = None
+
+
+class DraftServer:
+    """Serve draft trees to many targets over TCP (see the module docstring)."""
+
+    def __init__(
+        self,
+        drafter: Drafter,
+        bind: str = "127.0.0.1:0",
+        policy: str = "fifo",
+        token: str | None = None,
+        max_bytes: int = P.MAX_MESSAGE_BYTES,
+        vocab_size: int | None = None,
+        timeout_s: float = 60.0,
+    ):
+        self.drafter, self.token, self.max_bytes, self.timeout_s = drafter, token, max_bytes, timeout_s
+        self.vocab_size = vocab_size or drafter.model.config.vocab_size
+        host, port = parse_address(bind)
+        self.sock = socket.create_server((host, port))
+        self.address = f"{host}:{self.sock.getsockname()[1]}"
+        self.queue = make_policy(policy)
+        self.cv = threading.Condition()
+        self.stop = threading.Event()
+        self.intervals: list[tuple[int, float, float, int]] = []  # (tag, start, end, new tokens): busy time
+        self.rejected: list[str] = []  # one line per connection closed for a bad message
+        self.contexts: dict[int, list[int]] = {}
+        self._next_tag = 0
+        self._threads: list[threading.Thread] = []
+        self._conns: set[socket.socket] = set()
+
+    # ------------------------------------------------------------------ life
+
+    def start(self) -> DraftServer:
+        for fn in (self._accept_loop, self._engine_loop):
+            t = threading.Thread(target=fn, daemon=True, name=f"draft-{fn.__name__}")
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        with self.cv:
+            self.cv.notify_all()
+        self.sock.close()
+        for c in list(self._conns):
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def __enter__(self) -> DraftServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ threads
+
+    def _accept_loop(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, peer = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            t = threading.Thread(target=self._serve, args=(conn, peer), daemon=True, name=f"draft-comm-{peer}")
+            t.start()
+            self._threads.append(t)
+
+    def _engine_loop(self) -> None:
+        # The only thread that touches the draft model: tasks and frees come through the queue.
+        while True:
+            with self.cv:
+                while not self.queue and not self.stop.is_set():
+                    self.cv.wait(0.2)
+                if self.stop.is_set():
+                    return
+                task = self.queue.pop()
+            if task.context is None:  # a free request: the tag's session ended
+                self.drafter.free(task.target)
+                task.done.set()
+                continue
+            task.start = time.monotonic()
+            try:
+                task.tree, task.new_tokens = self.drafter.draft(task.target, task.context)
+            except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
+                task.error = f"draft failed: {type(e).__name__}: {e}"
+            task.end = time.monotonic()
+            self.intervals.append((task.target, task.start, task.end, task.new_tokens))
+            task.done.set()
+
+    def _submit(self, task: _Task) -> _Task:
+        with self.cv:
+            self.queue.push(task)
+            self.cv.notify()
+        if not task.done.wait(self.timeout_s):
+            task.error = f"no draft within {self.timeout_s} s"
+        return task
+
+    def _serve(self, conn: socket.socket, peer) -> None:
+        self._conns.add(conn)
+        tag = None
+        try:
+            conn.settimeout(self.timeout_s)
+            hello = P.recv_message(conn, self.max_bytes)
+            if hello is None:
+                return
+            if hello.type != P.HELLO:
+                raise P.ProtocolError(f"expected HELLO first, got {hello.type}")
+            if self.token is not None and hello.header.get("token") != self.token:
+                P.send_message(conn, P.error("bad token"))
+                raise P.ProtocolError("bad token")
+            with self.cv:
+                tag, self._next_tag = self._next_tag, self._next_tag + 1
+            P.send_message(conn, P.welcome(tag))
+            conn.settimeout(None)  # a target may think for a while between rounds
+            while not self.stop.is_set():
+                msg = P.recv_message(conn, self.max_bytes)
+                if msg is None or msg.type == P.BYE:
+                    return
+                if msg.type != P.DRAFT_REQUEST:
+                    raise P.ProtocolError(f"expected DRAFT_REQUEST, got {msg.type}")
+                if msg.tag != tag:
+                    raise P.ProtocolError(f"request for tag {msg.tag} on the connection of tag {tag}")
+                ids = msg.arrays.get("token_ids")
+                if ids is None or ids.ndim != 1 or ids.size == 0:
+                    raise P.ProtocolError("DRAFT_REQUEST needs a non-empty 1-d token_ids")
+                if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+                    raise P.ProtocolError(f"token ids outside the vocabulary (0..{self.vocab_size - 1})")
+                if msg.header.get("start"):
+                    context = ids.tolist()
+                elif tag in self.contexts:
+                    context = self.contexts[tag] + ids.tolist()
+                else:
+                    raise P.ProtocolError("the first DRAFT_REQUEST of a request must say start: true")
+                self.contexts[tag] = context
+                task = self._submit(_Task(tag, context))
+                if task.error:
+                    P.send_message(conn, P.error(task.error, tag))
+                    raise P.ProtocolError(task.error)
+                reply = P.draft_reply(tag, msg.seq, task.tree.tokens, task.tree.parents)
+                reply.header.update(draft_start=task.start, draft_end=task.end, new_tokens=task.new_tokens)
+                P.send_message(conn, reply, self.max_bytes)
+        except (P.ProtocolError, OSError) as e:
+            line = f"{peer} tag {tag}: {e}; connection closed"
+            self.rejected.append(line)
+            log.warning(line)
+        finally:
+            if tag is not None:
+                self.contexts.pop(tag, None)
+                if not self.stop.is_set():  # free the tag's draft state on the engine thread
+                    self._submit(_Task(tag, None))
+            self._conns.discard(conn)
+            conn.close()
+
+
+class DraftClient:
+    """A target's connection to a draft server."""
+
+    def __init__(self, address: str, token: str | None = None, timeout_s: float = 60.0, info: dict | None = None):
+        host, port = parse_address(address)
+        self.sock = socket.create_connection((host, port), timeout=timeout_s)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        P.send_message(self.sock, P.hello(info or {}, token))
+        w = P.recv_message(self.sock)
+        if w is None or w.type != P.WELCOME:
+            raise P.ProtocolError(f"expected WELCOME, got {None if w is None else w.type}: "
+                                  f"{None if w is None else w.header.get('reason')}")
+        self.tag = w.tag
+        self.seq = 0
+
+    def draft(self, token_ids: list[int], start: bool = False) -> tuple[TreeDraft, dict]:
+        """Send the tokens since the last request (the whole context when ``start``); returns
+        the tree and the reply's header (draft start/end on the server's monotonic clock)."""
+        self.seq += 1
+        req = P.draft_request(self.tag, self.seq, np.asarray(token_ids, dtype=np.int32))
+        if start:
+            req.header["start"] = True
+        P.send_message(self.sock, req)
+        rep = P.recv_message(self.sock)
+        if rep is None or rep.type != P.DRAFT_REPLY or rep.seq != self.seq:
+            kind = None if rep is None else rep.type
+            reason = None if rep is None else rep.header.get("reason")
+            raise P.ProtocolError(f"expected DRAFT_REPLY {self.seq}, got {kind} ({reason})")
+        tokens = rep.arrays["token_ids"].tolist()
+        parents = rep.arrays["parents"].tolist()
+        depths: list[int] = []
+        for i, p in enumerate(parents):
+            if p >= i:
+                raise P.ProtocolError("tree nodes must come after their parents")
+            depths.append(1 if p < 0 else depths[p] + 1)
+        return TreeDraft(tokens, parents, depths), rep.header
+
+    def close(self) -> None:
+        try:
+            P.send_message(self.sock, P.bye(self.tag, "done"))
+        except OSError:
+            pass
+        self.sock.close()

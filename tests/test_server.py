@@ -1,0 +1,127 @@
+"""The draft server over real TCP (loopback): lossless for several targets, robust to bad input."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from starsim.calibrate.link import parse_address  # noqa: E402
+from starsim.real import protocol as P  # noqa: E402
+from starsim.real.server import DraftClient, DraftServer  # noqa: E402
+from starsim.real.spec import Drafter, greedy_generate, speculative_generate  # noqa: E402
+
+PROMPTS = ["def main(argv=None):\n    ", "import os\nimport sys\n\nclass ", "    for i in range(len(self."]
+
+
+@pytest.fixture(scope="module")
+def models(quick_pair):
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tok = Tokenizer.from_file(str(quick_pair / "tokenizer.json"))
+    target = AutoModelForCausalLM.from_pretrained(quick_pair / "target").eval()
+    draft = AutoModelForCausalLM.from_pretrained(quick_pair / "draft").eval()
+    return tok, target, draft
+
+
+@pytest.fixture
+def server(models):
+    _, _, draft = models
+    with DraftServer(Drafter(draft, 4, 4, 16), timeout_s=30) as s:
+        yield s
+
+
+def _remote(client: DraftClient):
+    return lambda new, start: client.draft(new, start)[0]
+
+
+def test_targets_over_tcp_are_lossless(models, server):
+    tok, target, _ = models
+    results: dict[int, tuple] = {}
+
+    def run(i: int) -> None:
+        client = DraftClient(server.address)
+        ids = tok.encode(PROMPTS[i]).ids
+        out, rounds = speculative_generate(target, _remote(client), ids, 40)
+        client.close()
+        results[i] = (ids, out, rounds, client.tag)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results) == [0, 1, 2]
+    assert sorted(r[3] for r in results.values()) == [0, 1, 2]  # one tag per connection
+    for ids, out, _rounds, _tag in results.values():
+        assert out == greedy_generate(target, ids, 40)
+    assert len(server.intervals) >= sum(len(r[2]) for r in results.values())
+    _wait(lambda: not server.drafter.tags)  # every tag's draft state freed at disconnect
+    assert not server.rejected
+
+
+def _wait(cond, timeout=10.0):
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "condition not reached"
+        time.sleep(0.02)
+
+
+def _raw(server: DraftServer, data: bytes) -> bytes:
+    """Send raw bytes; return what came back before the server closed the connection."""
+    with socket.create_connection(parse_address(server.address), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except ConnectionResetError:  # closed with our bytes unread: the expected end
+            pass
+        return got
+
+
+class _Boom:
+    def __reduce__(self):  # what an attacker's pickle would run on load
+        return (open, (str(_Boom.path), "w"))
+
+
+def test_bad_input_closes_that_connection_only(models, server, tmp_path):
+    tok, target, _ = models
+    _Boom.path = tmp_path / "pwned"
+    client = DraftClient(server.address)  # a good target, connected throughout
+    bad = [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # not our protocol
+        pickle.dumps(_Boom()),  # bytes that would execute code under pickle
+        P.PREFIX.pack(P.MAGIC, P.VERSION, 16, P.MAX_MESSAGE_BYTES),  # oversized frame
+        P.draft_request(0, 1, [1, 2, 3]).encode(),  # DRAFT_REQUEST before HELLO: out of order
+        P.hello().encode() + P.draft_request(99, 1, [1, 2]).encode(),  # someone else's tag
+        P.hello().encode() + P.draft_request(1, 1, [10**6]).encode(),  # token outside the vocabulary
+    ]
+    for data in bad:
+        _raw(server, data)
+    _wait(lambda: len(server.rejected) >= len(bad))
+    assert not _Boom.path.exists()
+    assert any("magic" in r or "version" in r or "frame" in r for r in server.rejected)
+    assert any("over" in r or "limit" in r or "large" in r for r in server.rejected)
+    # the good target is still served, and a new one can connect
+    ids = tok.encode(PROMPTS[0]).ids
+    out, _ = speculative_generate(target, _remote(client), ids, 24)
+    assert out == greedy_generate(target, ids, 24)
+    DraftClient(server.address).close()
+    client.close()
+
+
+def test_shared_token_is_checked(models):
+    _, _, draft = models
+    with DraftServer(Drafter(draft, 2, 2, 4), token="s3cret") as s:
+        with pytest.raises(P.ProtocolError, match="bad token"):
+            DraftClient(s.address, token="wrong")
+        DraftClient(s.address, token="s3cret").close()
