@@ -60,7 +60,12 @@ class DraftServer:
         timeout_s: float = 60.0,
     ):
         self.drafter, self.token, self.max_bytes, self.timeout_s = drafter, token, max_bytes, timeout_s
-        self.vocab_size = vocab_size or drafter.model.config.vocab_size
+        cfg = drafter.model.config
+        self.vocab_size = vocab_size or cfg.vocab_size
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        # K and V of every layer, in the model's dtype: what one cached token costs the draft
+        self.kv_bytes_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * drafter.model.dtype.itemsize
         host, port = parse_address(bind)
         self.sock = socket.create_server((host, port))
         self.address = f"{host}:{self.sock.getsockname()[1]}"
@@ -167,6 +172,7 @@ class DraftServer:
             conn.settimeout(None)  # a target may think for a while between rounds
             while not self.stop.is_set():
                 msg = P.recv_message(conn, self.max_bytes)
+                t_arrive = time.monotonic()
                 if msg is None or msg.type == P.BYE:
                     return
                 if msg.type != P.DRAFT_REQUEST:
@@ -185,12 +191,16 @@ class DraftServer:
                 else:
                     raise P.ProtocolError("the first DRAFT_REQUEST of a request must say start: true")
                 self.contexts[tag] = context
+                t_enqueue = time.monotonic()
                 task = self._submit(_Task(tag, context))
                 if task.error:
                     P.send_message(conn, P.error(task.error, tag))
                     raise P.ProtocolError(task.error)
                 reply = P.draft_reply(tag, msg.seq, task.tree.tokens, task.tree.parents)
-                reply.header.update(draft_start=task.start, draft_end=task.end, new_tokens=task.new_tokens)
+                # the server's timestamps (time.monotonic: one clock for every process of a host)
+                reply.header.update(t_arrive=t_arrive, t_enqueue=t_enqueue, t_draft_start=task.start,
+                                    t_draft_end=task.end, new_tokens=task.new_tokens,
+                                    kv_bytes=len(context) * self.kv_bytes_per_token, t_reply_send=time.monotonic())
                 P.send_message(conn, reply, self.max_bytes)
         except (P.ProtocolError, OSError) as e:
             line = f"{peer} tag {tag}: {e}; connection closed"
@@ -219,6 +229,7 @@ class DraftClient:
                                   f"{None if w is None else w.header.get('reason')}")
         self.tag = w.tag
         self.seq = 0
+        self.bytes_up = self.bytes_down = 0  # frame sizes of the last round
 
     def draft(self, token_ids: list[int], start: bool = False) -> tuple[TreeDraft, dict]:
         """Send the tokens since the last request (the whole context when ``start``); returns
@@ -227,7 +238,7 @@ class DraftClient:
         req = P.draft_request(self.tag, self.seq, np.asarray(token_ids, dtype=np.int32))
         if start:
             req.header["start"] = True
-        P.send_message(self.sock, req)
+        self.bytes_up = P.send_message(self.sock, req)
         rep = P.recv_message(self.sock)
         if rep is None or rep.type != P.DRAFT_REPLY or rep.seq != self.seq:
             kind = None if rep is None else rep.type
@@ -240,6 +251,7 @@ class DraftClient:
             if p >= i:
                 raise P.ProtocolError("tree nodes must come after their parents")
             depths.append(1 if p < 0 else depths[p] + 1)
+        self.bytes_down = len(rep.encode())  # the reply's frame size
         return TreeDraft(tokens, parents, depths), rep.header
 
     def close(self) -> None:

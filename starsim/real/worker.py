@@ -1,0 +1,93 @@
+"""A target worker: runs requests with a target model, drafts from a draft server, and
+writes the same record rows as the simulator (:mod:`starsim.records`).
+
+Times are ``time.monotonic() - clock0``: one clock for every process of a host, so the
+draft server's timestamps (sent back in each reply) and the worker's line up. If the draft
+server goes away (a refused or broken connection, a timeout), the worker falls back to
+plain autoregressive decoding for the rest of the run and finishes its requests; the
+rows say from when (``draft = -1``, no tree) and :attr:`TargetWorker.fallback_at` holds
+the time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from . import protocol as P
+from .server import DraftClient
+from .spec import Verifier
+
+log = logging.getLogger("starsim.target")
+NAN = math.nan
+
+
+class TargetWorker:
+    def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
+                 eos: int | None = None, depth: int = 0):
+        self.index, self.model, self.client, self.clock0 = index, model, client, clock0
+        self.device, self.eos, self.depth = device, eos, depth
+        self.rounds: list[tuple] = []
+        self.requests: list[tuple] = []
+        self.intervals: list[tuple] = []  # (engine, device, kind, target, start, end)
+        self.outputs: dict[int, list[int]] = {}
+        self.fallback_at: float | None = None
+
+    def now(self) -> float:
+        return time.monotonic() - self.clock0
+
+    def _interval(self, kind: str, start: float, end: float) -> None:
+        self.intervals.append((f"target-{self.index}", self.device, kind, self.index, start, end))
+
+    def run_request(self, rid: int, prompt: list[int], output_tokens: int, t_arrival: float = 0.0) -> list[int]:
+        """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``."""
+        v = Verifier(self.model)
+        t_start = self.now()
+        out = [v.prefill(prompt)]
+        t_first = self.now()
+        self._interval("prefill", t_start, t_first)
+        new, start, r_i = prompt + out, True, 0
+        while len(out) < output_tokens and out[-1] != self.eos:
+            ctx = len(prompt) + len(out)
+            if self.client is not None:
+                t_send = self.now()
+                try:
+                    tree, hdr = self.client.draft(new, start)
+                except (P.ProtocolError, OSError) as e:
+                    self.fallback_at = self.now()
+                    log.warning("target %d: draft server lost (%s); decoding autoregressively from %.3f s",
+                                self.index, e, self.fallback_at)
+                    self.client = None
+                    continue
+                t_arrive = self.now()
+                r = v.verify(tree)
+                t_end = self.now()
+                self._interval("verify", t_arrive, t_end)
+                emitted = r.emitted[: output_tokens - len(out)]
+                # the server's timestamps, on the same host clock
+                srv = [hdr[k] - self.clock0 for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end",
+                                                      "t_reply_send")]
+                self.rounds.append((
+                    self.index, rid, r_i, 0, t_send, *srv, t_arrive, t_arrive, t_end, ctx, int(hdr["new_tokens"]),
+                    r.tree_tokens, max(tree.depths, default=0), r.accepted, len(emitted),
+                    self.client.bytes_up, self.client.bytes_down, int(hdr["kv_bytes"]),
+                ))
+                new, start = r.emitted, False
+            else:  # autoregressive: one token per step, no draft
+                t0 = self.now()
+                emitted = [v.step()]
+                t_end = self.now()
+                self._interval("decode", t0, t_end)
+                self.rounds.append((self.index, rid, r_i, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, t0, t_end, ctx, 0,
+                                    0, 0, 0, 1, 0, 0, 0))
+            out += emitted
+            r_i += 1
+        self.requests.append((rid, self.index, len(prompt), output_tokens, len(out), t_arrival, t_start, t_first,
+                              self.now()))
+        self.outputs[rid] = out
+        return out
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()

@@ -1,0 +1,103 @@
+"""Target workers against a draft server on loopback: record rows the metrics module reads,
+lossless outputs, and the autoregressive fallback when the draft server goes away."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from starsim.metrics import summarize  # noqa: E402
+from starsim.real.server import DraftClient, DraftServer  # noqa: E402
+from starsim.real.spec import Drafter, greedy_generate  # noqa: E402
+from starsim.real.worker import TargetWorker  # noqa: E402
+from starsim.records import Recorder  # noqa: E402
+
+PROMPTS = ["def main(argv=None):\n    ", "import os\nimport sys\n\nclass ", "    for i in range(len(self."]
+
+
+@pytest.fixture(scope="module")
+def models(quick_pair):
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tok = Tokenizer.from_file(str(quick_pair / "tokenizer.json"))
+    target = AutoModelForCausalLM.from_pretrained(quick_pair / "target").eval()
+    draft = AutoModelForCausalLM.from_pretrained(quick_pair / "draft").eval()
+    return tok, target, draft
+
+
+def _records(workers, server, clock0, t_end):
+    rec = Recorder()
+    for w in workers:
+        rec.rounds += w.rounds
+        rec.requests += w.requests
+        rec.intervals += w.intervals
+    tag_to_target = {w.client_tag: w.index for w in workers}
+    rec.intervals += [("draft", "cpu", "draft", tag_to_target[tag], s - clock0, e - clock0)
+                      for tag, s, e, _ in server.intervals]
+    meta = {"source": "real", "mode": "star", "t_end": t_end, "warmup_s": 0.0, "cooldown_s": 0.0, "window_s": 0.2,
+            "draft_engines": ["draft"], "draft_device": "cpu",
+            "targets": [{"index": w.index, "name": f"t-{w.index}", "device": "cpu"} for w in workers]}
+    return rec.finish(meta)
+
+
+def test_workers_write_records_the_metrics_read(models):
+    tok, target, draft = models
+    clock0 = time.monotonic()
+    with DraftServer(Drafter(draft, 4, 4, 16)) as server:
+        workers = []
+        for i in range(2):
+            client = DraftClient(server.address)
+            w = TargetWorker(i, target, client, clock0, depth=4)
+            w.client_tag = client.tag
+            workers.append(w)
+
+        def run(w):
+            for j in range(2):
+                w.run_request(10 * w.index + j, tok.encode(PROMPTS[(w.index + j) % 3]).ids, 32)
+            w.close()
+
+        threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        t_end = time.monotonic() - clock0
+        records = _records(workers, server, clock0, t_end)
+    for w in workers:
+        for (rid, *_), out in zip(w.requests, w.outputs.values()):
+            prompt = tok.encode(PROMPTS[(w.index + rid % 10) % 3]).ids
+            assert out == greedy_generate(target, prompt, 32)
+    r = records.rounds
+    assert len(r) > 0 and (r["draft"] == 0).all()
+    # every hop in order on one clock
+    hops = ["t_send", "t_draft_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send",
+            "t_target_arrive", "t_verify_end"]
+    for a, b in zip(hops, hops[1:]):
+        assert (r[a] <= r[b] + 1e-9).all(), (a, b)
+    assert (r["emitted"] == (r["accepted"] + 1).clip(upper=r["emitted"])).all()
+    assert (r["bytes_up"] > 0).all() and (r["bytes_down"] > 0).all() and (r["draft_kv_bytes"] > 0).all()
+    s = summarize(records)
+    assert s["requests_completed"] == 4 and s["rounds"] == len(r)
+    assert 0 < s["draft_utilization"] <= 1 and s["throughput_tokens_per_s"] > 0
+    assert s["mean_accepted_tokens"] >= 1
+
+
+def test_draft_server_gone_targets_finish_autoregressively(models):
+    tok, target, draft = models
+    clock0 = time.monotonic()
+    server = DraftServer(Drafter(draft, 4, 4, 16)).start()
+    w = TargetWorker(0, target, DraftClient(server.address), clock0, depth=4)
+    ids = tok.encode(PROMPTS[1]).ids
+    assert w.run_request(0, ids, 16) == greedy_generate(target, ids, 16)
+    server.close()
+    ids = tok.encode(PROMPTS[2]).ids
+    assert w.run_request(1, ids, 24) == greedy_generate(target, ids, 24)
+    assert w.fallback_at is not None and w.client is None
+    late = [row for row in w.rounds if row[1] == 1]
+    assert late and all(row[3] == -1 and row[18] == 1 for row in late)  # no draft, one token a step
