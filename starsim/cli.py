@@ -79,15 +79,33 @@ def _parse_ns(text: str) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    return _predict(args, real=False)
+
+
+def cmd_execute(args: argparse.Namespace) -> int:
+    return _predict(args, real=True)
+
+
+def _predict(args: argparse.Namespace, real: bool) -> int:
+    """``run`` (simulate) and ``execute`` (for real): one scenario in, one run directory out."""
     from .scenario import load_scenario
-    from .sim import simulate
 
     if args.trace_s < 0:
         raise StarsimError(f"--trace-s: must be >= 0, got {args.trace_s}")
     if args.out and args.out.exists() and not args.out.is_dir():
         raise StarsimError(f"--out {args.out}: exists and is not a directory")
     sc = load_scenario(args.file, args.set)
-    res = simulate(sc)
+    if real:
+        from .calibrate.commands import _need_torch
+
+        _need_torch()
+        from .real.execute import execute
+
+        res = execute(sc)
+    else:
+        from .sim import simulate
+
+        res = simulate(sc)
     if args.out:
         try:
             res.write(args.out, csv=args.csv, trace=not args.no_trace, trace_s=args.trace_s)
@@ -98,14 +116,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         s = res.summary
         p = s["provenance"]
-        print(f"{sc.name}: mode {sc.mode}, {s['n_targets']} targets, seed {sc.seed}, "
-              f"{s['t_end_s']:.4g} s simulated ({s['measured_s']:.4g} s measured) in "
-              f"{p['wall_time_s']:.3g} s wall, {p['events_simulated']} events")
+        if real:
+            print(f"{sc.name}: executed for real, mode {sc.mode}, {s['n_targets']} target processes, seed {sc.seed}, "
+                  f"{s['t_end_s']:.4g} s ({s['measured_s']:.4g} s measured) in {p['wall_time_s']:.3g} s wall")
+        else:
+            print(f"{sc.name}: mode {sc.mode}, {s['n_targets']} targets, seed {sc.seed}, "
+                  f"{s['t_end_s']:.4g} s simulated ({s['measured_s']:.4g} s measured) in "
+                  f"{p['wall_time_s']:.3g} s wall, {p['events_simulated']} events")
         print(_table(["metric", "value", "unit"], [[lbl, _fmt(s.get(k), sc_), u] for k, lbl, sc_, u in _ROWS]))
         if args.out:
             print(f"wrote {args.out}")
     if res.summary["requests_unfinished"] and sc.duration_s is None:
         print(f"warning: {res.summary['requests_unfinished']} requests unfinished", file=sys.stderr)
+    for i, err in res.summary["provenance"].get("failures", {}).items():
+        print(f"warning: target {i} failed: {err}", file=sys.stderr)
+    for i, t in res.summary["provenance"].get("fallback_at_s", {}).items():
+        print(f"warning: target {i} lost the draft server at {t:.3f} s and finished autoregressively",
+              file=sys.stderr)
     return 0
 
 
@@ -231,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace-s", type=float, default=20.0, help="seconds of trace.json after warm-up (default 20)")
     r.add_argument("--json", action="store_true", help="print summary.json instead of a table")
     r.set_defaults(func=cmd_run)
+
+    x = sub.add_parser("execute", help="run a scenario for real: draft server + target processes over TCP (torch)")
+    scenario_args(x)
+    x.add_argument("--out", type=Path, help="write the run directory here")
+    x.add_argument("--csv", action="store_true", help="tables as CSV instead of Parquet")
+    x.add_argument("--no-trace", action="store_true", help="do not write trace.json")
+    x.add_argument("--trace-s", type=float, default=20.0, help="seconds of trace.json after warm-up (default 20)")
+    x.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+    x.set_defaults(func=cmd_execute)
 
     a = sub.add_parser("analyze", help="closed-form predictions (optionally beside the simulation)")
     scenario_args(a)

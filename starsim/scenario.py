@@ -326,6 +326,25 @@ WORKLOAD_KINDS = ("closed", "poisson", "gamma", "trace")
 # --------------------------------------------------------------------------- scenario
 
 
+class Real(_Model):
+    """The real backend's side of a scenario: which models run, and how."""
+
+    pair: str = Field(
+        description="directory of a draft/target pair (target/, draft/, tokenizer.json), e.g. one built by "
+        "`starsim models build-pair`; relative to the scenario file"
+    )
+    threads: int = Field(1, ge=1, description="torch threads of each process (the draft server and every target)")
+    timeout_s: Pos = Field(60.0, description="how long a target waits for a draft before it gives up on the server")
+    max_wall_s: Pos = Field(600.0, description="stop the run after this much wall time, finished or not")
+
+    @field_validator("pair")
+    @classmethod
+    def _resolve(cls, v: str, info: ValidationInfo) -> str:
+        base = Path((info.context or {}).get("base_dir", "."))
+        p = Path(v).expanduser()
+        return str((p if p.is_absolute() else base / p).resolve())
+
+
 class Scenario(_Model):
     name: str = Field("scenario", description="a label used in outputs")
     description: str = ""
@@ -345,6 +364,9 @@ class Scenario(_Model):
     targets: list[TargetGroup] = Field(min_length=1)
     acceptance: Acceptance = Field(default_factory=lambda: Marginal(curve=[0.8, 0.6, 0.45, 0.3, 0.2]))
     workload: Workload = Field(default_factory=ClosedLoop)
+    real: Real | None = Field(
+        None, description="what `starsim execute` runs for real (models, threads); the simulator ignores it"
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self):

@@ -1,0 +1,232 @@
+"""``starsim execute``: run a scenario for real and record it in the simulator's schema.
+
+This process loads the draft model and runs the :class:`~starsim.real.server.DraftServer`
+(communication threads plus one engine thread); every target instance of the scenario is a
+process of its own (``multiprocessing`` spawn) that loads the target model, connects over
+loopback TCP and runs the closed-loop prompt set like a simulated target: each target goes
+through the prompt set in order, under one run-wide request budget (``max_requests``) and
+no new request after ``duration_s``. Workers send their record rows back when they end;
+:mod:`starsim.metrics` summarizes them exactly as it does a simulation.
+
+Prompt text: Python standard library source the pair never trained on (the sorted
+``*.py`` files after the last one of the pair's corpus), cut at the prompt lengths the
+scenario's workload draws.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import queue
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .. import __version__
+from ..errors import StarsimError
+from ..metrics import summarize
+from ..records import Recorder
+from ..result import Result
+from ..scenario import ClosedLoop, Scenario
+from ..workload import prompt_set
+
+
+def _check(scenario: Scenario) -> Path:
+    r = scenario.real
+    if r is None:
+        raise StarsimError(f"{scenario.name}: execute needs a `real:` section (real.pair: a draft/target pair "
+                           "directory; build one with `starsim models build-pair`)")
+    pair = Path(r.pair)
+    missing = [p for p in ("target", "draft", "tokenizer.json") if not (pair / p).exists()]
+    if missing:
+        raise StarsimError(f"real.pair: {pair} is not a draft/target pair (missing {', '.join(missing)}); "
+                           f"build it with `starsim models build-pair --out {pair}`")
+    if scenario.mode == "one_for_one":
+        raise StarsimError("mode: one_for_one is not supported by execute yet (star and autoregressive are)")
+    if not isinstance(scenario.workload, ClosedLoop):
+        raise StarsimError("workload: execute runs closed-loop workloads only, so far")
+    if scenario.max_requests is None and scenario.duration_s is None:
+        raise StarsimError("execute needs max_requests or duration_s")
+    return pair
+
+
+def held_out_text(pair: Path) -> str:
+    """Standard library sources after the pair's corpus (sorted file names), never trained on."""
+    info = yaml.safe_load((pair / "pair.yaml").read_text()) if (pair / "pair.yaml").exists() else {}
+    last = (info.get("corpus") or {}).get("last", "")
+    files = [f for f in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")) if f.name > last]
+    if not files:
+        raise StarsimError(f"no held-out standard library sources after {last!r} for prompts")
+    return "\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
+
+
+def build_prompts(scenario: Scenario, tokenizer, text: str) -> list[tuple[list[int], int]]:
+    """The closed loop's prompt set as token ids (prompt, output tokens), deterministic by seed."""
+    lengths = prompt_set(scenario.workload, np.random.default_rng([scenario.seed, 0]))
+    ids = tokenizer.encode(text).ids
+    rng = np.random.default_rng([scenario.seed, 1])
+    out = []
+    for p, o in lengths:
+        p = min(int(p), len(ids) - 1)
+        start = int(rng.integers(0, len(ids) - p))
+        out.append((ids[start:start + p], int(o)))
+    return out
+
+
+def _target_main(index: int, pair: str, address: str | None, threads: int, prompts, repeat: bool, budget,
+                 issued, horizon: float, ready, go, clock0, timeout_s: float, results) -> None:
+    """One target process: load the model and connect, wait for the common start, then take
+    requests until the budget ends or ``horizon`` seconds have passed."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .server import DraftClient
+    from .worker import TargetWorker
+
+    torch.set_num_threads(threads)
+    error, worker, tag, client, model = None, None, None, None, None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(Path(pair) / "target").eval()
+        client = DraftClient(address, timeout_s=timeout_s) if address else None
+        tag = client.tag if client else None
+    except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
+        error = f"{type(e).__name__}: {e}"
+    ready.put(index)
+    go.wait()  # every process loaded and connected: the clock starts now for all
+    try:
+        if error is not None:
+            raise RuntimeError(error)
+        t0 = clock0.value
+        deadline = t0 + horizon
+        worker = TargetWorker(index, model, client, t0, device=f"cpu[{index}]",
+                              eos=model.config.eos_token_id)
+        served = 0
+        while time.monotonic() < deadline and (repeat or served < len(prompts)):
+            with issued.get_lock():
+                if budget is not None and issued.value >= budget:
+                    break
+                rid = issued.value
+                issued.value += 1
+            prompt, output = prompts[served % len(prompts)]
+            worker.run_request(rid, prompt, output, t_arrival=time.monotonic() - t0)
+            served += 1
+        worker.close()
+    except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
+        error = error or f"{type(e).__name__}: {e}"
+    results.put({
+        "index": index, "tag": tag, "error": error,
+        "rounds": worker.rounds if worker else [], "requests": worker.requests if worker else [],
+        "intervals": worker.intervals if worker else [],
+        "fallback_at": worker.fallback_at if worker else None,
+    })
+
+
+def execute(scenario: Scenario) -> Result:
+    """Run ``scenario`` for real (see the module docstring); returns the same Result as simulate."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from .server import DraftServer
+    from .spec import Drafter
+
+    pair = _check(scenario)
+    r = scenario.real
+    wall0 = time.perf_counter()
+    tok = Tokenizer.from_file(str(pair / "tokenizer.json"))
+    prompts = build_prompts(scenario, tok, held_out_text(pair))
+    instances = scenario.target_instances()
+    star = scenario.mode == "star"
+    tree = scenario.draft.tree
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    issued = ctx.Value("i", 0)
+    server = None
+    torch.set_num_threads(r.threads)
+    if star:
+        draft = AutoModelForCausalLM.from_pretrained(pair / "draft").eval()
+        server = DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens), policy=scenario.draft.policy,
+                             timeout_s=r.timeout_s).start()
+    horizon = min(scenario.duration_s if scenario.duration_s is not None else math.inf, r.max_wall_s)
+    ready, go = ctx.Queue(), ctx.Event()
+    shared_clock0 = ctx.Value("d", 0.0)
+    procs = []
+    for i, _name, _group in instances:
+        p = ctx.Process(target=_target_main, name=f"starsim-target-{i}", args=(
+            i, str(pair), server.address if server else None, r.threads, prompts, scenario.workload.repeat,
+            scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results))
+        p.start()
+        procs.append(p)
+    # The run's clock starts when every target has loaded its model and connected, so
+    # start-up is not counted as idle draft time.
+    waiting, give_up = set(range(len(procs))), time.monotonic() + r.max_wall_s
+    while waiting and time.monotonic() < give_up:
+        try:
+            waiting.discard(ready.get(timeout=0.5))
+        except queue.Empty:
+            waiting -= {i for i in waiting if procs[i].exitcode is not None}  # died while loading
+    clock0 = shared_clock0.value = time.monotonic()
+    go.set()
+    got: dict[int, dict[str, Any]] = {}
+    end_by = clock0 + r.max_wall_s + 60  # a worker finishes its request in progress after the deadline
+    while len(got) < len(procs) and time.monotonic() < end_by:
+        try:
+            item = results.get(timeout=0.5)
+            got[item["index"]] = item
+        except queue.Empty:
+            for i, p in enumerate(procs):  # killed before it reported: its rows are lost, the run goes on
+                if i not in got and p.exitcode not in (None, 0):
+                    got[i] = {"index": i, "tag": None, "error": f"process ended with exit code {p.exitcode}",
+                              "rounds": [], "requests": [], "intervals": [], "fallback_at": None}
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+    # the run ends with the last recorded work (not with the processes' shutdown after it)
+    ends = [row[-1] for item in got.values() for row in item["intervals"]]
+    t_end = max(ends) if ends else time.monotonic() - clock0
+    if server is not None:
+        server.close()
+
+    rec = Recorder()
+    tag_to_target = {}
+    for i in sorted(got):
+        item = got[i]
+        rec.rounds += [tuple(row) for row in item["rounds"]]
+        rec.requests += [tuple(row) for row in item["requests"]]
+        rec.intervals += [tuple(row) for row in item["intervals"]]
+        if item["tag"] is not None:
+            tag_to_target[item["tag"]] = i
+    if server is not None:
+        rec.intervals += [("draft", "cpu[draft]", "draft", tag_to_target.get(tag, -1), s - clock0, e - clock0)
+                          for tag, s, e, _ in server.intervals]
+    meta = {
+        "source": "real", "mode": scenario.mode, "t_end": t_end, "warmup_s": scenario.warmup_s,
+        "cooldown_s": scenario.cooldown_s, "window_s": scenario.window_s,
+        "draft_engines": ["draft"] if star else [],
+        "targets": [{"index": i, "name": name, "device": f"cpu[{i}]"} for i, name, _ in instances],
+        "draft_device": "cpu[draft]" if star else None,
+    }
+    records = rec.finish(meta)
+    summary = summarize(records)
+    info = yaml.safe_load((pair / "pair.yaml").read_text()) if (pair / "pair.yaml").exists() else {}
+    summary["provenance"] = {
+        "source": "real",
+        "starsim_version": __version__,
+        "torch": str(torch.__version__),
+        "scenario": scenario.name,
+        "scenario_hash": scenario.digest(),
+        "seed": scenario.seed,
+        "mode": scenario.mode,
+        "pair": {"path": str(pair), "weights_sha256": info.get("weights_sha256")},
+        "processes": {"targets": len(procs), "threads_each": r.threads},
+        "failures": {str(i): got[i]["error"] for i in sorted(got) if got[i]["error"]},
+        "fallback_at_s": {str(i): got[i]["fallback_at"] for i in sorted(got) if got[i]["fallback_at"] is not None},
+        "rejected_connections": list(server.rejected) if server else [],
+        "wall_time_s": time.perf_counter() - wall0,
+    }
+    return Result(scenario=scenario, records=records, summary=summary)
