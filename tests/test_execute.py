@@ -64,3 +64,29 @@ def test_execute_bad_input(tmp_path, quick_pair, capsys):
         assert main(["execute", str(g)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and msg in err, err
+
+
+def test_draft_server_and_target_commands(tmp_path, quick_pair, capsys):
+    """The two commands of a star across machines, here both on loopback."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "starsim.cli", "draft-server", "--pair", str(quick_pair), "--bind", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("draft server on 127.0.0.1:"), line
+        address = line.split()[3]
+        out = tmp_path / "target"
+        rc = main(["target", "--connect", address, "--pair", str(quick_pair), "--requests", "2",
+                   "--prompt-tokens", "24", "--output-tokens", "16", "--out", str(out)])
+        assert rc == 0
+        assert "target 0 (tag 0): 2 requests" in capsys.readouterr().out
+        assert json.loads((out / "summary.json").read_text())["requests_completed"] == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        tail, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "served" in tail
