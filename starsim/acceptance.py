@@ -22,10 +22,21 @@ acceptance past its end.
 from __future__ import annotations
 
 from bisect import bisect_left
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Prob = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
@@ -118,4 +129,35 @@ class Geometric(_Acceptance):
         return [self.alpha**j for j in range(1, depth + 1)]
 
 
-Acceptance = Annotated[Marginal | Conditional | Geometric, Field(discriminator="kind")]
+class Measured(_Acceptance):
+    """The marginal curve a real run measured: a file written by ``starsim acceptance RUN_DIR``."""
+
+    kind: Literal["measured"]
+    path: str = Field(description="acceptance curve file (relative to the scenario file)")
+    _curve: list[float] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _load(self, info: ValidationInfo):
+        base = Path((info.context or {}).get("base_dir", "."))
+        p = Path(self.path).expanduser()
+        p = p if p.is_absolute() else base / p
+        try:
+            data = yaml.safe_load(p.read_text())
+            curve = Marginal(curve=data["marginal"]).curve
+        except OSError as e:
+            raise ValueError(f"cannot read acceptance curve file {p}: {e.strerror or e}") from None
+        except ValidationError as e:
+            why = "; ".join(err["msg"] for err in e.errors())
+            raise ValueError(f"{p} is not an acceptance curve file: marginal: {why}") from None
+        except (yaml.YAMLError, KeyError, TypeError) as e:
+            why = " ".join(str(e).split())  # one line, whatever the YAML error printed
+            raise ValueError(f"{p} is not an acceptance curve file (`marginal:` list expected): {why}") from None
+        object.__setattr__(self, "path", str(p.resolve()))
+        self._curve = curve
+        return self
+
+    def marginal(self, depth):
+        return _fit(self._curve, depth)
+
+
+Acceptance = Annotated[Marginal | Conditional | Geometric | Measured, Field(discriminator="kind")]

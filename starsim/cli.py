@@ -86,6 +86,43 @@ def cmd_execute(args: argparse.Namespace) -> int:
     return _predict(args, real=True)
 
 
+def cmd_acceptance(args: argparse.Namespace) -> int:
+    """A run's measured marginal acceptance curve as a file ``acceptance: {kind: measured}`` reads."""
+    import yaml
+
+    from .metrics import summarize
+    from .records import Records
+
+    try:
+        records = Records.read(args.run_dir)
+    except (OSError, ValueError) as e:
+        raise StarsimError(f"{args.run_dir}: not a run directory ({e})") from None
+    s = summarize(records)
+    curve = s["acceptance_marginal"]
+    if not curve:
+        raise StarsimError(f"{args.run_dir}: no speculative rounds in the measurement window")
+    prov = {}
+    summary_file = args.run_dir / "summary.json"
+    if summary_file.exists():
+        prov = json.loads(summary_file.read_text()).get("provenance", {})
+    out = args.out or args.run_dir / "acceptance.yaml"
+    doc = {
+        "kind": "acceptance_curve",
+        "semantics": "marginal: marginal[j-1] = P(accepted >= j), draft tokens accepted per round (bonus not counted)",
+        "marginal": [round(a, 6) for a in curve],
+        "mean_accepted_tokens": s["mean_accepted_tokens"],
+        "rounds": s["rounds"],
+        "measured_by": {"run_dir": str(args.run_dir.resolve()), "source": records.meta.get("source"),
+                        **{k: prov[k] for k in ("scenario", "scenario_hash", "pair", "seed") if k in prov}},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    print(f"acceptance over {s['rounds']} rounds: {', '.join(f'{a:.3f}' for a in curve)} "
+          f"(mean tokens per round {s['mean_accepted_tokens']:.3f}); wrote {out}")
+    print(f"use it: acceptance: {{kind: measured, path: {out}}}")
+    return 0
+
+
 def _predict(args: argparse.Namespace, real: bool) -> int:
     """``run`` (simulate) and ``execute`` (for real): one scenario in, one run directory out."""
     from .scenario import load_scenario
@@ -258,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace-s", type=float, default=20.0, help="seconds of trace.json after warm-up (default 20)")
     r.add_argument("--json", action="store_true", help="print summary.json instead of a table")
     r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("acceptance", help="write the per-position acceptance a run measured, for scenarios")
+    m.add_argument("run_dir", type=Path, help="a run directory (starsim execute --out, or starsim run --out)")
+    m.add_argument("--out", type=Path, help="curve file to write (default RUN_DIR/acceptance.yaml)")
+    m.set_defaults(func=cmd_acceptance)
 
     x = sub.add_parser("execute", help="run a scenario for real: draft server + target processes over TCP (torch)")
     scenario_args(x)

@@ -214,6 +214,14 @@ def _per_target(targets: list[dict], rw: dict, waits: dict, req: dict, span: flo
     return out
 
 
+def acceptance_marginal(accepted: np.ndarray, depth: np.ndarray) -> list[float]:
+    """Per-position marginal acceptance ``a_j = P(accepted >= j)``, j = 1..max depth, over
+    speculative rounds (the curve an ``acceptance: {kind: marginal}`` spec takes)."""
+    if len(accepted) == 0:
+        return []
+    return [float(np.mean(accepted >= j)) for j in range(1, int(depth.max()) + 1)]
+
+
 def _rows(table: pd.DataFrame, mask: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Columns ``names`` of the rows of ``mask``: what ``table[mask]`` holds, for the few
     columns used (a filtered copy of the 22-column rounds table costs more)."""
@@ -245,7 +253,7 @@ def summarize(records: Records) -> dict[str, Any]:
     # ---- rounds and tokens
     t_ve, t_ds, draft = (rounds[c].to_numpy() for c in ("t_verify_end", "t_draft_start", "draft"))
     rw = _rows(rounds, (t_ve >= t0) & (t_ve <= t1),
-               ("target", "draft", "emitted", "accepted", "t_send", "t_verify_start", "t_verify_end"))
+               ("target", "draft", "emitted", "accepted", "depth", "t_send", "t_verify_start", "t_verify_end"))
     spec = rw["draft"] >= 0
     waits = _rows(rounds, (t_ds >= t0) & (t_ds < t1) & (draft >= 0), ("target", "t_draft_start", "t_enqueue"))
     wait = waits["t_draft_start"] - waits["t_enqueue"]
@@ -281,6 +289,7 @@ def summarize(records: Records) -> dict[str, Any]:
         "draft_kv_bytes_peak": kv_bytes_peak(rounds, requests),
         "throughput_tokens_per_s": _f(tokens / span) if span > 0 else None,
         "mean_accepted_tokens": _mean(rw["accepted"][spec] + 1) if spec.any() else (1.0 if n_rw else None),
+        "acceptance_marginal": acceptance_marginal(rw["accepted"][spec], rw["depth"][spec]),
         "rounds": n_rw,
         "round_time_mean_s": _mean(rw["t_verify_end"][spec] - rw["t_send"][spec]),
         "requests_completed": int(done.sum()),

@@ -25,7 +25,8 @@ def _scenario(tmp_path, pair, **changes) -> str:
     sc["targets"][0]["count"] = 2
     sc.update(max_requests=4, duration_s=60.0, warmup_s=0.0,
               workload={"kind": "closed", "prompts": 3, "prompt_tokens": 30, "output_tokens": 20},
-              real={"pair": str(pair)}, **changes)
+              real={"pair": str(pair)})
+    sc.update(changes)
     f = tmp_path / "real.yaml"
     f.write_text(yaml.safe_dump(sc))
     return str(f)
@@ -90,3 +91,35 @@ def test_draft_server_and_target_commands(tmp_path, quick_pair, capsys):
         proc.send_signal(signal.SIGINT)
         tail, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "served" in tail
+
+
+def test_measured_acceptance_feeds_the_simulator(tmp_path, quick_pair, capsys):
+    out = tmp_path / "run"
+    f = _scenario(tmp_path, quick_pair, max_requests=6)
+    assert main(["execute", f, "--out", str(out)]) == 0
+    measured = json.loads((out / "summary.json").read_text())["acceptance_marginal"]
+    assert len(measured) == 4 and all(a >= b for a, b in zip(measured, measured[1:]))
+    assert main(["acceptance", str(out)]) == 0
+    curve = yaml.safe_load((out / "acceptance.yaml").read_text())
+    assert curve["marginal"] == [round(a, 6) for a in measured] and curve["measured_by"]["source"] == "real"
+    # a simulation fed the measured curve draws it back (long run: sampling noise is small)
+    from starsim import simulate, validate_scenario
+
+    sc = copy.deepcopy(CONST_STAR)
+    sc["acceptance"] = {"kind": "measured", "path": "run/acceptance.yaml"}
+    res = simulate(validate_scenario(sc, base_dir=tmp_path))
+    sim = res.summary["acceptance_marginal"]
+    assert len(sim) == 4
+    for a, b in zip(sim, curve["marginal"]):
+        assert abs(a - b) < 0.03, (sim, curve["marginal"])
+
+
+def test_measured_acceptance_bad_file(tmp_path, capsys):
+    (tmp_path / "acc.yaml").write_text("marginal: [0.2, 0.5]\n")  # increasing: not a marginal curve
+    sc = copy.deepcopy(CONST_STAR)
+    sc["acceptance"] = {"kind": "measured", "path": "acc.yaml"}
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(sc))
+    assert main(["check", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "acceptance" in err and "not an acceptance curve file" in err
