@@ -123,3 +123,34 @@ def test_measured_acceptance_bad_file(tmp_path, capsys):
     assert main(["check", str(f)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "acceptance" in err and "not an acceptance curve file" in err
+
+
+def test_a_killed_target_is_reported_and_the_others_finish(tmp_path, quick_pair):
+    import multiprocessing
+    import threading
+    import time
+
+    from starsim import load_scenario
+    from starsim.real.execute import execute
+
+    # no request budget: both targets keep decoding until 10 s after the start
+    f = _scenario(tmp_path, quick_pair, max_requests=None, duration_s=10.0,
+                  workload={"kind": "closed", "prompts": 3, "prompt_tokens": 30, "output_tokens": 60})
+    box = {}
+    run = threading.Thread(target=lambda: box.update(res=execute(load_scenario(f))))
+    run.start()
+    victim = None
+    t0 = time.monotonic()
+    while victim is None and time.monotonic() - t0 < 60:
+        victim = next((p for p in multiprocessing.active_children() if p.name == "starsim-target-1"), None)
+        time.sleep(0.05)
+    assert victim is not None
+    time.sleep(4.0)  # loaded, connected and decoding (model loading takes a second or two)
+    victim.kill()
+    run.join(timeout=120)
+    s = box["res"].summary
+    assert "1" in s["provenance"]["failures"] and "exit code" in s["provenance"]["failures"]["1"]
+    assert "0" not in s["provenance"]["failures"]
+    per = {t["target"]: t for t in s["per_target"]}
+    assert per[0]["requests_completed"] >= 1 and per[1]["requests_completed"] == 0  # its rows died with it
+    assert s["requests_unfinished"] == 0  # what target 0 took, it finished
