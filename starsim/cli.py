@@ -287,13 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a field, e.g. --set targets.0.count=8 (repeatable)")
 
+    def run_args(sp: argparse.ArgumentParser) -> None:  # what run and execute both write
+        scenario_args(sp)
+        sp.add_argument("--out", type=Path, help="write the run directory here")
+        sp.add_argument("--csv", action="store_true", help="tables as CSV instead of Parquet")
+        sp.add_argument("--no-trace", action="store_true", help="do not write trace.json")
+        sp.add_argument("--trace-s", type=float, default=20.0, help="seconds of trace.json after warm-up (default 20)")
+        sp.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+
     r = sub.add_parser("run", help="simulate a scenario (SimPy) and summarize it")
-    scenario_args(r)
-    r.add_argument("--out", type=Path, help="write the run directory here")
-    r.add_argument("--csv", action="store_true", help="tables as CSV instead of Parquet")
-    r.add_argument("--no-trace", action="store_true", help="do not write trace.json")
-    r.add_argument("--trace-s", type=float, default=20.0, help="seconds of trace.json after warm-up (default 20)")
-    r.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+    run_args(r)
     r.set_defaults(func=cmd_run)
 
     m = sub.add_parser("acceptance", help="write the per-position acceptance a run measured, for scenarios")
@@ -302,12 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_acceptance)
 
     x = sub.add_parser("execute", help="run a scenario for real: draft server + target processes over TCP (torch)")
-    scenario_args(x)
-    x.add_argument("--out", type=Path, help="write the run directory here")
-    x.add_argument("--csv", action="store_true", help="tables as CSV instead of Parquet")
-    x.add_argument("--no-trace", action="store_true", help="do not write trace.json")
-    x.add_argument("--trace-s", type=float, default=20.0, help="seconds of trace.json after warm-up (default 20)")
-    x.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+    run_args(x)
     x.set_defaults(func=cmd_execute)
 
     a = sub.add_parser("analyze", help="closed-form predictions (optionally beside the simulation)")

@@ -56,3 +56,19 @@ def quick_pair(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("quick-pair")
     build_pair(d, QUICK)
     return d
+
+
+# Python-source prompts (the pair was trained on such text) for the real-backend tests.
+CODE_PROMPTS = ["def main(argv=None):\n    ", "import os\nimport sys\n\nclass ", "    for i in range(len(self."]
+
+
+@pytest.fixture(scope="session")
+def quick_models(quick_pair):
+    """(tokenizer, target, draft) of the quick pair, loaded once."""
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tok = Tokenizer.from_file(str(quick_pair / "tokenizer.json"))
+    target = AutoModelForCausalLM.from_pretrained(quick_pair / "target").eval()
+    draft = AutoModelForCausalLM.from_pretrained(quick_pair / "draft").eval()
+    return tok, target, draft

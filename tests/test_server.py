@@ -12,28 +12,17 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from conftest import CODE_PROMPTS  # noqa: E402
+
 from starsim.calibrate.link import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
 from starsim.real.spec import Drafter, greedy_generate, speculative_generate  # noqa: E402
 
-PROMPTS = ["def main(argv=None):\n    ", "import os\nimport sys\n\nclass ", "    for i in range(len(self."]
-
-
-@pytest.fixture(scope="module")
-def models(quick_pair):
-    from tokenizers import Tokenizer
-    from transformers import AutoModelForCausalLM
-
-    tok = Tokenizer.from_file(str(quick_pair / "tokenizer.json"))
-    target = AutoModelForCausalLM.from_pretrained(quick_pair / "target").eval()
-    draft = AutoModelForCausalLM.from_pretrained(quick_pair / "draft").eval()
-    return tok, target, draft
-
 
 @pytest.fixture
-def server(models):
-    _, _, draft = models
+def server(quick_models):
+    _, _, draft = quick_models
     with DraftServer(Drafter(draft, 4, 4, 16), timeout_s=30) as s:
         yield s
 
@@ -42,13 +31,13 @@ def _remote(client: DraftClient):
     return lambda new, start: client.draft(new, start)[0]
 
 
-def test_targets_over_tcp_are_lossless(models, server):
-    tok, target, _ = models
+def test_targets_over_tcp_are_lossless(quick_models, server):
+    tok, target, _ = quick_models
     results: dict[int, tuple] = {}
 
     def run(i: int) -> None:
         client = DraftClient(server.address)
-        ids = tok.encode(PROMPTS[i]).ids
+        ids = tok.encode(CODE_PROMPTS[i]).ids
         out, rounds = speculative_generate(target, _remote(client), ids, 40)
         client.close()
         results[i] = (ids, out, rounds, client.tag)
@@ -93,8 +82,8 @@ class _Boom:
         return (open, (str(_Boom.path), "w"))
 
 
-def test_bad_input_closes_that_connection_only(models, server, tmp_path):
-    tok, target, _ = models
+def test_bad_input_closes_that_connection_only(quick_models, server, tmp_path):
+    tok, target, _ = quick_models
     _Boom.path = tmp_path / "pwned"
     client = DraftClient(server.address)  # a good target, connected throughout
     bad = [
@@ -112,15 +101,15 @@ def test_bad_input_closes_that_connection_only(models, server, tmp_path):
     assert any("magic" in r or "version" in r or "frame" in r for r in server.rejected)
     assert any("over" in r or "limit" in r or "large" in r for r in server.rejected)
     # the good target is still served, and a new one can connect
-    ids = tok.encode(PROMPTS[0]).ids
+    ids = tok.encode(CODE_PROMPTS[0]).ids
     out, _ = speculative_generate(target, _remote(client), ids, 24)
     assert out == greedy_generate(target, ids, 24)
     DraftClient(server.address).close()
     client.close()
 
 
-def test_shared_token_is_checked(models):
-    _, _, draft = models
+def test_shared_token_is_checked(quick_models):
+    _, _, draft = quick_models
     with DraftServer(Drafter(draft, 2, 2, 4), token="s3cret") as s:
         with pytest.raises(P.ProtocolError, match="bad token"):
             DraftClient(s.address, token="wrong")

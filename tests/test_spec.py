@@ -7,27 +7,16 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from conftest import CODE_PROMPTS  # noqa: E402
+
 from starsim.real.spec import Drafter, Verifier, greedy_generate, local_drafts, speculative_generate  # noqa: E402
-
-PROMPTS = ["def main(argv=None):\n    ", "import os\nimport sys\n\nclass ", "    for i in range(len(self."]
-
-
-@pytest.fixture(scope="module")
-def models(quick_pair):
-    from tokenizers import Tokenizer
-    from transformers import AutoModelForCausalLM
-
-    tok = Tokenizer.from_file(str(quick_pair / "tokenizer.json"))
-    target = AutoModelForCausalLM.from_pretrained(quick_pair / "target").eval()
-    draft = AutoModelForCausalLM.from_pretrained(quick_pair / "draft").eval()
-    return tok, target, draft
 
 
 @pytest.mark.parametrize("shape", [(4, 4, 16), (2, 3, 6), (6, 2, 8), (1, 5, 5)])
-def test_lossless_greedy(models, shape):
-    tok, target, draft = models
+def test_lossless_greedy(quick_models, shape):
+    tok, target, draft = quick_models
     drafter = Drafter(draft, *shape)
-    for p in PROMPTS:
+    for p in CODE_PROMPTS:
         ids = tok.encode(p).ids
         out, rounds = speculative_generate(target, local_drafts(drafter), ids, 48)
         assert out == greedy_generate(target, ids, 48), (p, shape)
@@ -35,19 +24,19 @@ def test_lossless_greedy(models, shape):
         assert sum(len(r.emitted) for r in rounds) + 1 >= len(out)  # every token came from a round or the prefill
 
 
-def test_target_as_its_own_draft_accepts_the_whole_depth(models):
-    tok, target, _ = models
+def test_target_as_its_own_draft_accepts_the_whole_depth(quick_models):
+    tok, target, _ = quick_models
     drafter = Drafter(target, 4, 4, 16)
-    ids = tok.encode(PROMPTS[0]).ids
+    ids = tok.encode(CODE_PROMPTS[0]).ids
     out, rounds = speculative_generate(target, local_drafts(drafter), ids, 41)
     assert out == greedy_generate(target, ids, 41)
     assert [r.accepted for r in rounds[:-1]] == [4] * (len(rounds) - 1)  # the top-1 chain is always kept
 
 
-def test_tree_shape_and_prefix_cache(models):
-    tok, target, draft = models
+def test_tree_shape_and_prefix_cache(quick_models):
+    tok, target, draft = quick_models
     drafter = Drafter(draft, 3, 4, 10)
-    ids = tok.encode(PROMPTS[1]).ids
+    ids = tok.encode(CODE_PROMPTS[1]).ids
     v = Verifier(target)
     ctx = ids + [v.prefill(ids)]
     tree, new = drafter.draft(7, ctx)
@@ -63,10 +52,10 @@ def test_tree_shape_and_prefix_cache(models):
     assert 7 not in drafter.tags
 
 
-def test_interleaved_tags_keep_their_own_state(models):
-    tok, target, draft = models
+def test_interleaved_tags_keep_their_own_state(quick_models):
+    tok, target, draft = quick_models
     drafter = Drafter(draft, 4, 4, 16)
-    prompts = [tok.encode(p).ids for p in PROMPTS[:2]]
+    prompts = [tok.encode(p).ids for p in CODE_PROMPTS[:2]]
     verifiers = [Verifier(target) for _ in prompts]
     outs = [[v.prefill(p)] for v, p in zip(verifiers, prompts)]
     while min(len(o) for o in outs) < 40:  # one round for each tag in turn, as the engine does

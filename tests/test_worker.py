@@ -11,24 +11,13 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from conftest import CODE_PROMPTS  # noqa: E402
+
 from starsim.metrics import summarize  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
 from starsim.real.spec import Drafter, greedy_generate  # noqa: E402
 from starsim.real.worker import TargetWorker  # noqa: E402
 from starsim.records import Recorder  # noqa: E402
-
-PROMPTS = ["def main(argv=None):\n    ", "import os\nimport sys\n\nclass ", "    for i in range(len(self."]
-
-
-@pytest.fixture(scope="module")
-def models(quick_pair):
-    from tokenizers import Tokenizer
-    from transformers import AutoModelForCausalLM
-
-    tok = Tokenizer.from_file(str(quick_pair / "tokenizer.json"))
-    target = AutoModelForCausalLM.from_pretrained(quick_pair / "target").eval()
-    draft = AutoModelForCausalLM.from_pretrained(quick_pair / "draft").eval()
-    return tok, target, draft
 
 
 def _records(workers, server, clock0, t_end):
@@ -46,8 +35,8 @@ def _records(workers, server, clock0, t_end):
     return rec.finish(meta)
 
 
-def test_workers_write_records_the_metrics_read(models):
-    tok, target, draft = models
+def test_workers_write_records_the_metrics_read(quick_models):
+    tok, target, draft = quick_models
     clock0 = time.monotonic()
     with DraftServer(Drafter(draft, 4, 4, 16)) as server:
         workers = []
@@ -59,7 +48,7 @@ def test_workers_write_records_the_metrics_read(models):
 
         def run(w):
             for j in range(2):
-                w.run_request(10 * w.index + j, tok.encode(PROMPTS[(w.index + j) % 3]).ids, 32)
+                w.run_request(10 * w.index + j, tok.encode(CODE_PROMPTS[(w.index + j) % 3]).ids, 32)
             w.close()
 
         threads = [threading.Thread(target=run, args=(w,)) for w in workers]
@@ -71,7 +60,7 @@ def test_workers_write_records_the_metrics_read(models):
         records = _records(workers, server, clock0, t_end)
     for w in workers:
         for (rid, *_), out in zip(w.requests, w.outputs.values()):
-            prompt = tok.encode(PROMPTS[(w.index + rid % 10) % 3]).ids
+            prompt = tok.encode(CODE_PROMPTS[(w.index + rid % 10) % 3]).ids
             assert out == greedy_generate(target, prompt, 32)
     r = records.rounds
     assert len(r) > 0 and (r["draft"] == 0).all()
@@ -88,15 +77,15 @@ def test_workers_write_records_the_metrics_read(models):
     assert s["mean_accepted_tokens"] >= 1
 
 
-def test_draft_server_gone_targets_finish_autoregressively(models):
-    tok, target, draft = models
+def test_draft_server_gone_targets_finish_autoregressively(quick_models):
+    tok, target, draft = quick_models
     clock0 = time.monotonic()
     server = DraftServer(Drafter(draft, 4, 4, 16)).start()
     w = TargetWorker(0, target, DraftClient(server.address), clock0, depth=4)
-    ids = tok.encode(PROMPTS[1]).ids
+    ids = tok.encode(CODE_PROMPTS[1]).ids
     assert w.run_request(0, ids, 16) == greedy_generate(target, ids, 16)
     server.close()
-    ids = tok.encode(PROMPTS[2]).ids
+    ids = tok.encode(CODE_PROMPTS[2]).ids
     assert w.run_request(1, ids, 24) == greedy_generate(target, ids, 24)
     assert w.fallback_at is not None and w.client is None
     late = [row for row in w.rounds if row[1] == 1]
