@@ -143,6 +143,8 @@ def execute(scenario: Scenario) -> Result:
     star = scenario.mode == "star"
     tree = scenario.draft.tree
     ctx = mp.get_context("spawn")
+    # Rows come back through a multiprocessing queue: pickles between this run's own
+    # processes, never input from the network (that is the protocol's job).
     results = ctx.Queue()
     issued = ctx.Value("i", 0)
     server = None

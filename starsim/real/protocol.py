@@ -29,7 +29,8 @@ The messages of a StarSD session (target = target worker, server = draft server)
 - ``HELLO`` target -> server: ``protocol`` (version), optional shared ``token``, ``target`` info.
 - ``WELCOME`` server -> target: the assigned ``tag``.
 - ``DRAFT_REQUEST`` target -> server: ``tag``, ``seq``, ``token_ids`` int32 [n] (the tokens
-  accepted since the last request), optional ``hidden`` float16 [n, hidden_size].
+  accepted since the last request), optional ``hidden`` float16 [n, hidden_size]; ``start:
+  true`` on a request's first round, when ``token_ids`` is the whole context.
 - ``DRAFT_REPLY`` server -> target: ``tag``, ``seq``, tree ``token_ids`` int32 [T], ``parents``
   int32 [T] (index of each node's parent, -1 for children of the root), optional
   ``draft_probs`` float16 [T, ...].
