@@ -119,7 +119,7 @@ def cmd_acceptance(args: argparse.Namespace) -> int:
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"acceptance over {s['rounds']} rounds: {', '.join(f'{a:.3f}' for a in curve)} "
           f"(mean tokens per round {s['mean_accepted_tokens']:.3f}); wrote {out}")
-    print(f"use it: acceptance: {{kind: measured, path: {out}}}")
+    print(f"use it: acceptance: {{kind: measured, path: {out.resolve()}}}")
     return 0
 
 
