@@ -336,6 +336,11 @@ class Real(_Model):
     threads: int = Field(1, ge=1, description="torch threads of each process (the draft server and every target)")
     timeout_s: Pos = Field(60.0, description="how long a target waits for a draft before it gives up on the server")
     max_wall_s: Pos = Field(600.0, description="stop the run after this much wall time, finished or not")
+    emulate_link: bool = Field(
+        True,
+        description="impose each target's link (latency, bandwidth, jitter; both directions) on its messages, "
+        "on top of the real path's own time",
+    )
 
     @field_validator("pair")
     @classmethod

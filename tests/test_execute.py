@@ -154,3 +154,27 @@ def test_a_killed_target_is_reported_and_the_others_finish(tmp_path, quick_pair)
     per = {t["target"]: t for t in s["per_target"]}
     assert per[0]["requests_completed"] >= 1 and per[1]["requests_completed"] == 0  # its rows died with it
     assert s["requests_unfinished"] == 0  # what target 0 took, it finished
+
+
+def test_link_emulation_imposes_the_scenario_link(tmp_path, quick_pair):
+    import pandas as pd
+
+    out = tmp_path / "run"
+    link = {"up": {"latency_s": 0.02}, "down": {"latency_s": 0.01, "bandwidth_bps": 1e6}}
+    f = _scenario(tmp_path, quick_pair, max_requests=2)
+    sc = yaml.safe_load(open(f))
+    sc["targets"][0]["link"] = link
+    g = tmp_path / "link.yaml"
+    g.write_text(yaml.safe_dump(sc))
+    assert main(["execute", str(g), "--out", str(out), "--json"]) == 0
+    r = pd.read_parquet(out / "rounds.parquet")
+    r = r[r["draft"] >= 0]
+    assert len(r) > 0
+    assert ((r["t_draft_arrive"] - r["t_send"]) >= 0.02).all()
+    # 10 ms + the reply's bits at 1 Mb/s
+    assert ((r["t_target_arrive"] - r["t_reply_send"]) >= 0.01 + 8 * r["bytes_down"] / 1e6 - 1e-4).all()
+    sc["real"]["emulate_link"] = False
+    g.write_text(yaml.safe_dump(sc))
+    assert main(["execute", str(g), "--out", str(out), "--json"]) == 0
+    r = pd.read_parquet(out / "rounds.parquet")
+    assert ((r["t_draft_arrive"] - r["t_send"]) < 0.02).mean() > 0.9  # loopback alone is far faster

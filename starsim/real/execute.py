@@ -78,7 +78,8 @@ def build_prompts(scenario: Scenario, tokenizer, text: str) -> list[tuple[list[i
 
 
 def _target_main(index: int, pair: str, address: str | None, threads: int, prompts, repeat: bool, budget,
-                 issued, horizon: float, ready, go, clock0, timeout_s: float, results) -> None:
+                 issued, horizon: float, ready, go, clock0, timeout_s: float, results, link=None,
+                 seed: int = 0) -> None:
     """One target process: load the model and connect, wait for the common start, then take
     requests until the budget ends or ``horizon`` seconds have passed."""
     import torch
@@ -91,7 +92,13 @@ def _target_main(index: int, pair: str, address: str | None, threads: int, promp
     error, worker, tag, client, model = None, None, None, None, None
     try:
         model = AutoModelForCausalLM.from_pretrained(Path(pair) / "target").eval()
-        client = DraftClient(address, timeout_s=timeout_s) if address else None
+        delays = {}
+        if link is not None:  # the simulator's link model, one random stream per direction
+            from ..sim.links import link_time
+
+            delays = {"delay_up": link_time(link.up, np.random.default_rng([seed, 3, index])),
+                      "delay_down": link_time(link.down, np.random.default_rng([seed, 4, index]))}
+        client = DraftClient(address, timeout_s=timeout_s, **delays) if address else None
         tag = client.tag if client else None
     except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
         error = f"{type(e).__name__}: {e}"
@@ -157,10 +164,11 @@ def execute(scenario: Scenario) -> Result:
     ready, go = ctx.Queue(), ctx.Event()
     shared_clock0 = ctx.Value("d", 0.0)
     procs = []
-    for i, _name, _group in instances:
+    for i, _name, group in instances:
         p = ctx.Process(target=_target_main, name=f"starsim-target-{i}", args=(
             i, str(pair), server.address if server else None, r.threads, prompts, scenario.workload.repeat,
-            scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results))
+            scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results,
+            group.link if r.emulate_link else None, scenario.seed))
         p.start()
         procs.append(p)
     # The run's clock starts when every target has loaded its model and connected, so

@@ -218,7 +218,11 @@ class DraftServer:
 class DraftClient:
     """A target's connection to a draft server."""
 
-    def __init__(self, address: str, token: str | None = None, timeout_s: float = 60.0, info: dict | None = None):
+    def __init__(self, address: str, token: str | None = None, timeout_s: float = 60.0, info: dict | None = None,
+                 delay_up=None, delay_down=None):
+        # delay_up / delay_down: ``nbytes -> seconds`` of an emulated link, slept before a
+        # request leaves and after a reply arrives (None: the real path only)
+        self.delay_up, self.delay_down = delay_up, delay_down
         host, port = parse_address(address)
         self.sock = socket.create_connection((host, port), timeout=timeout_s)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -238,7 +242,10 @@ class DraftClient:
         req = P.draft_request(self.tag, self.seq, np.asarray(token_ids, dtype=np.int32))
         if start:
             req.header["start"] = True
-        self.bytes_up = P.send_message(self.sock, req)
+        buffers = req.buffers()
+        if self.delay_up is not None:
+            time.sleep(self.delay_up(sum(memoryview(b).nbytes for b in buffers)))
+        self.bytes_up = P.send_buffers(self.sock, buffers)
         rep = P.recv_message(self.sock)
         if rep is None or rep.type != P.DRAFT_REPLY or rep.seq != self.seq:
             kind = None if rep is None else rep.type
@@ -252,6 +259,8 @@ class DraftClient:
                 raise P.ProtocolError("tree nodes must come after their parents")
             depths.append(1 if p < 0 else depths[p] + 1)
         self.bytes_down = len(rep.encode())  # the reply's frame size
+        if self.delay_down is not None:
+            time.sleep(self.delay_down(self.bytes_down))
         return TreeDraft(tokens, parents, depths), rep.header
 
     def close(self) -> None:
