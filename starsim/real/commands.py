@@ -6,6 +6,7 @@ Importing this module does not import torch; the handlers do.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -19,8 +20,7 @@ def cmd_build_pair(args: argparse.Namespace) -> int:
     _need_torch()
     from .pair import QUICK, PairSettings, build_pair
 
-    settings = QUICK if args.quick else PairSettings()
-    settings.seed = args.seed
+    settings = dataclasses.replace(QUICK if args.quick else PairSettings(), seed=args.seed)  # QUICK stays as is
     say = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     info = build_pair(args.out, settings, say=say)
     h = info["holdout"]
