@@ -135,6 +135,16 @@ def _target_main(index: int, pair: str, address: str | None, threads: int, promp
 def execute(scenario: Scenario) -> Result:
     """Run ``scenario`` for real (see the module docstring); returns the same Result as simulate."""
     import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _execute(scenario)
+    finally:
+        torch.set_num_threads(threads)  # the draft server's setting is this run's, not the caller's
+
+
+def _execute(scenario: Scenario) -> Result:
+    import torch
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
