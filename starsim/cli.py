@@ -299,14 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     run_args(r)
     r.set_defaults(func=cmd_run)
 
+    x = sub.add_parser("execute", help="run a scenario for real: draft server + target processes over TCP (torch)")
+    run_args(x)
+    x.set_defaults(func=cmd_execute)
+
     m = sub.add_parser("acceptance", help="write the per-position acceptance a run measured, for scenarios")
     m.add_argument("run_dir", type=Path, help="a run directory (starsim execute --out, or starsim run --out)")
     m.add_argument("--out", type=Path, help="curve file to write (default RUN_DIR/acceptance.yaml)")
     m.set_defaults(func=cmd_acceptance)
-
-    x = sub.add_parser("execute", help="run a scenario for real: draft server + target processes over TCP (torch)")
-    run_args(x)
-    x.set_defaults(func=cmd_execute)
 
     a = sub.add_parser("analyze", help="closed-form predictions (optionally beside the simulation)")
     scenario_args(a)
