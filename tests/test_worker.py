@@ -16,23 +16,16 @@ from conftest import CODE_PROMPTS  # noqa: E402
 from starsim.metrics import summarize  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
 from starsim.real.spec import Drafter, greedy_generate  # noqa: E402
-from starsim.real.worker import TargetWorker  # noqa: E402
-from starsim.records import Recorder  # noqa: E402
+from starsim.real.worker import TargetWorker, assemble_records  # noqa: E402
 
 
-def _records(workers, server, clock0, t_end):
-    rec = Recorder()
-    for w in workers:
-        rec.rounds += w.rounds
-        rec.requests += w.requests
-        rec.intervals += w.intervals
+def _records(workers, server, clock0):
     tag_to_target = {w.client_tag: w.index for w in workers}
-    rec.intervals += [("draft", "cpu", "draft", tag_to_target[tag], s - clock0, e - clock0)
-                      for tag, s, e, _ in server.intervals]
-    meta = {"source": "real", "mode": "star", "t_end": t_end, "warmup_s": 0.0, "cooldown_s": 0.0, "window_s": 0.2,
+    draft = [("draft", "cpu", "draft", tag_to_target[tag], s - clock0, e - clock0) for tag, s, e, _ in server.intervals]
+    meta = {"source": "real", "mode": "star", "t_end": 0.0, "warmup_s": 0.0, "cooldown_s": 0.0, "window_s": 0.2,
             "draft_engines": ["draft"], "draft_device": "cpu",
             "targets": [{"index": w.index, "name": f"t-{w.index}", "device": "cpu"} for w in workers]}
-    return rec.finish(meta)
+    return assemble_records([vars(w) for w in workers], meta, draft)
 
 
 def test_workers_write_records_the_metrics_read(quick_models):
@@ -42,7 +35,7 @@ def test_workers_write_records_the_metrics_read(quick_models):
         workers = []
         for i in range(2):
             client = DraftClient(server.address)
-            w = TargetWorker(i, target, client, clock0, depth=4)
+            w = TargetWorker(i, target, client, clock0)
             w.client_tag = client.tag
             workers.append(w)
 
@@ -56,8 +49,7 @@ def test_workers_write_records_the_metrics_read(quick_models):
             t.start()
         for t in threads:
             t.join(timeout=120)
-        t_end = time.monotonic() - clock0
-        records = _records(workers, server, clock0, t_end)
+        records = _records(workers, server, clock0)
     for w in workers:
         for (rid, *_), out in zip(w.requests, w.outputs.values()):
             prompt = tok.encode(CODE_PROMPTS[(w.index + rid % 10) % 3]).ids
@@ -81,7 +73,7 @@ def test_draft_server_gone_targets_finish_autoregressively(quick_models):
     tok, target, draft = quick_models
     clock0 = time.monotonic()
     server = DraftServer(Drafter(draft, 4, 4, 16)).start()
-    w = TargetWorker(0, target, DraftClient(server.address), clock0, depth=4)
+    w = TargetWorker(0, target, DraftClient(server.address), clock0)
     ids = tok.encode(CODE_PROMPTS[1]).ids
     assert w.run_request(0, ids, 16) == greedy_generate(target, ids, 16)
     server.close()

@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from ..calibrate.commands import _need_torch
+from ..calibrate.commands import _need_torch, _tree
 from ..errors import StarsimError
 
 DEFAULT_PAIR = Path("models/pairs/stdlib-pair")
@@ -45,12 +45,6 @@ def add_parsers(sub) -> None:
         return 2
 
     m.set_defaults(func=no_what)
-
-
-def _tree(text: str):
-    from ..calibrate.commands import _tree as parse
-
-    return parse(text)
 
 
 def cmd_draft_server(args: argparse.Namespace) -> int:
@@ -93,11 +87,10 @@ def cmd_target(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     from ..metrics import summarize
-    from ..records import Recorder
     from ..result import dump_json
     from .execute import held_out_text
     from .server import DraftClient
-    from .worker import TargetWorker
+    from .worker import TargetWorker, assemble_records
 
     if not (args.pair / "target").is_dir():
         raise StarsimError(f"--pair {args.pair}: no target/ model there; build one with `starsim models build-pair`")
@@ -117,12 +110,11 @@ def cmd_target(args: argparse.Namespace) -> int:
         w.run_request(rid, ids[rid * step: rid * step + args.prompt_tokens], args.output_tokens,
                       t_arrival=time.monotonic() - clock0)
     w.close()
-    rec = Recorder()
-    rec.rounds, rec.requests, rec.intervals = w.rounds, w.requests, w.intervals
-    t_end = max((row[-1] for row in w.intervals), default=0.0)
-    records = rec.finish({"source": "real", "mode": "star", "t_end": t_end, "warmup_s": 0.0, "cooldown_s": 0.0,
-                          "window_s": 0.2, "draft_engines": [], "draft_device": None,
-                          "targets": [{"index": args.index, "name": f"target-{args.index}", "device": args.device}]})
+    part = {"rounds": w.rounds, "requests": w.requests, "intervals": w.intervals}
+    records = assemble_records([part], {
+        "source": "real", "mode": "star", "t_end": 0.0, "warmup_s": 0.0, "cooldown_s": 0.0, "window_s": 0.2,
+        "draft_engines": [], "draft_device": None,
+        "targets": [{"index": args.index, "name": f"target-{args.index}", "device": args.device}]})
     summary = summarize(records)
     if args.out:
         records.write(args.out)

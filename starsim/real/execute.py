@@ -24,15 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from .. import __version__
 from ..errors import StarsimError
 from ..metrics import summarize
-from ..records import Recorder
 from ..result import Result
 from ..scenario import ClosedLoop, Scenario
 from ..workload import prompt_set
+from .pair import pair_info
 
 
 def _check(scenario: Scenario) -> Path:
@@ -56,8 +55,7 @@ def _check(scenario: Scenario) -> Path:
 
 def held_out_text(pair: Path) -> str:
     """Standard library sources after the pair's corpus (sorted file names), never trained on."""
-    info = yaml.safe_load((pair / "pair.yaml").read_text()) if (pair / "pair.yaml").exists() else {}
-    last = (info.get("corpus") or {}).get("last", "")
+    last = (pair_info(pair).get("corpus") or {}).get("last", "")
     files = [f for f in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")) if f.name > last]
     if not files:
         raise StarsimError(f"no held-out standard library sources after {last!r} for prompts")
@@ -150,6 +148,7 @@ def _execute(scenario: Scenario) -> Result:
 
     from .server import DraftServer
     from .spec import Drafter
+    from .worker import assemble_records
 
     pair = _check(scenario)
     r = scenario.real
@@ -206,34 +205,23 @@ def _execute(scenario: Scenario) -> Result:
         p.join(timeout=5)
         if p.is_alive():
             p.kill()
-    # the run ends with the last recorded work (not with the processes' shutdown after it)
-    ends = [row[-1] for item in got.values() for row in item["intervals"]]
-    t_end = max(ends) if ends else time.monotonic() - clock0
+    t_elapsed = time.monotonic() - clock0
     if server is not None:
         server.close()
 
-    rec = Recorder()
-    tag_to_target = {}
-    for i in sorted(got):
-        item = got[i]
-        rec.rounds += [tuple(row) for row in item["rounds"]]
-        rec.requests += [tuple(row) for row in item["requests"]]
-        rec.intervals += [tuple(row) for row in item["intervals"]]
-        if item["tag"] is not None:
-            tag_to_target[item["tag"]] = i
-    if server is not None:
-        rec.intervals += [("draft", "cpu[draft]", "draft", tag_to_target.get(tag, -1), s - clock0, e - clock0)
-                          for tag, s, e, _ in server.intervals]
+    tag_to_target = {item["tag"]: i for i, item in got.items() if item["tag"] is not None}
+    draft_rows = [("draft", "cpu[draft]", "draft", tag_to_target.get(tag, -1), s - clock0, e - clock0)
+                  for tag, s, e, _ in (server.intervals if server else [])]
     meta = {
-        "source": "real", "mode": scenario.mode, "t_end": t_end, "warmup_s": scenario.warmup_s,
+        "source": "real", "mode": scenario.mode, "t_end": t_elapsed, "warmup_s": scenario.warmup_s,
         "cooldown_s": scenario.cooldown_s, "window_s": scenario.window_s,
         "draft_engines": ["draft"] if star else [],
         "targets": [{"index": i, "name": name, "device": f"cpu[{i}]"} for i, name, _ in instances],
         "draft_device": "cpu[draft]" if star else None,
     }
-    records = rec.finish(meta)
+    records = assemble_records([got[i] for i in sorted(got)], meta, draft_rows)
     summary = summarize(records)
-    info = yaml.safe_load((pair / "pair.yaml").read_text()) if (pair / "pair.yaml").exists() else {}
+    info = pair_info(pair)
     summary["provenance"] = {
         "source": "real",
         "starsim_version": __version__,

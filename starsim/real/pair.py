@@ -238,6 +238,12 @@ def build_pair(out: str | Path, s: PairSettings | None = None, say=None) -> dict
         torch.set_num_threads(threads)
 
 
+def pair_info(pair: str | Path) -> dict[str, Any]:
+    """What ``pair.yaml`` holds ({} for a pair directory without one, e.g. a hand-made one)."""
+    f = Path(pair) / "pair.yaml"
+    return yaml.safe_load(f.read_text()) if f.exists() else {}
+
+
 def weights_digest(model_dir: str | Path) -> str:
     """sha256 over the model's tensors (names and bytes), independent of file metadata."""
     from safetensors import safe_open

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 
+from ..records import Recorder, Records
 from . import protocol as P
 from .server import DraftClient
 from .spec import Verifier
@@ -25,9 +26,9 @@ NAN = math.nan
 
 class TargetWorker:
     def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
-                 eos: int | None = None, depth: int = 0):
+                 eos: int | None = None):
         self.index, self.model, self.client, self.clock0 = index, model, client, clock0
-        self.device, self.eos, self.depth = device, eos, depth
+        self.device, self.eos = device, eos
         self.rounds: list[tuple] = []
         self.requests: list[tuple] = []
         self.intervals: list[tuple] = []  # (engine, device, kind, target, start, end)
@@ -91,3 +92,21 @@ class TargetWorker:
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
+
+
+def assemble_records(parts: list[dict], meta: dict, draft_intervals: list[tuple] = ()) -> Records:
+    """One run's tables from the workers' rows (dicts with ``rounds``, ``requests``,
+    ``intervals``, as :class:`TargetWorker` holds them) and the draft server's intervals.
+
+    The run ends with the last recorded work (not with the processes' shutdown after it);
+    ``meta["t_end"]`` is kept only when nothing was recorded.
+    """
+    rec = Recorder()
+    for part in parts:
+        rec.rounds += [tuple(row) for row in part["rounds"]]
+        rec.requests += [tuple(row) for row in part["requests"]]
+        rec.intervals += [tuple(row) for row in part["intervals"]]
+    rec.intervals += list(draft_intervals)
+    if rec.intervals:
+        meta = {**meta, "t_end": max(row[-1] for row in rec.intervals)}
+    return rec.finish(meta)
