@@ -45,6 +45,7 @@ import numpy as np
 
 from .. import __version__
 from ..profiles import OP_INPUTS, ProfileFile, build_op, write_profile
+from ..real.spec import tree_mask
 from .specs import ModelSpec, Net, TreeShape, build_model, crop_cache, new_cache, torch_dtype
 
 
@@ -245,21 +246,6 @@ class _Ctx:
         self.caches.clear()
 
 
-def _tree_mask(context: int, parents: list[int], batch: int, device: str):
-    """Boolean [batch, 1, T, context + T]: node i sees the context and its ancestors."""
-    import torch
-
-    t = len(parents)
-    m = torch.zeros(t, context + t, dtype=torch.bool)
-    m[:, :context] = True
-    for i, p in enumerate(parents):
-        m[i, context + i] = True
-        while p >= 0:
-            m[i, context + p] = True
-            p = parents[p]
-    return m.expand(batch, 1, t, context + t).to(device)
-
-
 def _tree_parents(tokens: int, top_k: int) -> list[int]:
     """A plausible draft tree of ``tokens`` nodes: breadth first, ``top_k`` children each."""
     return [-1] + [(i - 1) // top_k for i in range(1, tokens)]
@@ -276,7 +262,7 @@ def verify_fn(c: _Ctx, tokens: int, context: int, batch: int, top_k: int):
 
     cache = c.cache(context, batch)
     ids = c.ids(batch, tokens)
-    mask = _tree_mask(context, _tree_parents(tokens, top_k), batch, c.device)
+    mask = tree_mask(context, _tree_parents(tokens, top_k), c.device, batch)
     pos = _positions(context, tokens, batch, c.device)
     hidden = c.hidden(batch, tokens) if c.net.eagle else None
 
@@ -360,7 +346,7 @@ def draft_step_fn(c: _Ctx, width: int, context: int):
     cache = c.cache(context, 1)
     ids = c.ids(1, width)
     hidden = c.hidden(1, width) if c.net.eagle else None
-    mask = _tree_mask(context, [-1] * width, 1, c.device)
+    mask = tree_mask(context, [-1] * width, c.device)
     pos = _positions(context, width, 1, c.device)
 
     def fn():

@@ -42,8 +42,8 @@ class RoundResult:
     tree_tokens: int
 
 
-def _tree_mask(prefix: int, rows_ancestors: list[list[int]], width: int, device):
-    """Boolean [1, 1, R, prefix + width]: row r sees the prefix and the listed columns after it."""
+def _rows_mask(prefix: int, rows_ancestors: list[list[int]], width: int, device, batch: int = 1):
+    """Boolean [batch, 1, R, prefix + width]: row r sees the prefix and the listed columns after it."""
     import torch
 
     m = torch.zeros(len(rows_ancestors), prefix + width, dtype=torch.bool)
@@ -51,7 +51,21 @@ def _tree_mask(prefix: int, rows_ancestors: list[list[int]], width: int, device)
     for r, cols in enumerate(rows_ancestors):
         for c in cols:
             m[r, prefix + c] = True
-    return m[None, None].to(device)
+    return m.expand(batch, 1, *m.shape).to(device)
+
+
+def tree_mask(prefix: int, parents: list[int], device, batch: int = 1):
+    """The tree attention mask [batch, 1, T, prefix + T]: node ``i`` (parent ``parents[i]``,
+    -1 for none) sees the prefix, itself and its ancestors. Verification here and its
+    timing in :mod:`starsim.calibrate.compute` use this one mask."""
+    rows = []
+    for i, p in enumerate(parents):
+        anc = [i]
+        while p >= 0:
+            anc.append(p)
+            p = parents[p]
+        rows.append(anc)
+    return _rows_mask(prefix, rows, len(parents), device, batch)
 
 
 def _keep(cache, keep) -> None:
@@ -128,7 +142,7 @@ class Drafter:
                         anc.append(col[p])
                         p = nodes_par[p]
                     rows.append(anc)
-                mask = _tree_mask(L, rows, len(forwarded), self.device)
+                mask = _rows_mask(L, rows, len(forwarded), self.device)
                 ids = torch.tensor([[nodes_tok[n] for n in frontier]], device=self.device)
                 pos = torch.full((1, len(frontier)), L - 1 + level, device=self.device)
                 logits = self.model(input_ids=ids, past_key_values=st.cache, attention_mask=mask,
@@ -197,14 +211,8 @@ class Verifier:
 
         L = self.cache.get_seq_length()
         T = len(tree.tokens)
-        rows = [[0]]  # the root sees the cache and itself; node i is column 1 + i
-        for i in range(T):
-            anc, p = [0, 1 + i], tree.parents[i]
-            while p >= 0:
-                anc.append(1 + p)
-                p = tree.parents[p]
-            rows.append(anc)
-        mask = _tree_mask(L, rows, 1 + T, self.device)
+        # the root is column 0 and every node's ancestor; node i is column 1 + i
+        mask = tree_mask(L, [-1] + [1 + p if p >= 0 else 0 for p in tree.parents], self.device)
         ids = torch.tensor([[self.root, *tree.tokens]], device=self.device)
         pos = torch.tensor([[L] + [L + d for d in tree.depths]], device=self.device)
         with torch.inference_mode():
