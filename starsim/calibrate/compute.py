@@ -339,8 +339,7 @@ def draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape, batch: int 
 
 
 def draft_step_fn(c: _Ctx, width: int, context: int):
-    """One depth step: a forward over ``width`` frontier nodes, then top-k of each."""
-    tree = TreeShape(top_k=width, depth=2, tokens=width)
+    """One depth step: a forward over ``width`` frontier nodes, then the top ``width`` children of each."""
     import torch
 
     cache = c.cache(context, 1)
@@ -352,7 +351,7 @@ def draft_step_fn(c: _Ctx, width: int, context: int):
     def fn():
         with torch.inference_mode():
             logits, _ = c.net(ids, cache=cache, mask=mask, positions=pos, hidden=hidden)
-            logits.log_softmax(-1).topk(tree.top_k, dim=-1)
+            logits.log_softmax(-1).topk(width, dim=-1)
         crop_cache(cache, context)
 
     return fn
