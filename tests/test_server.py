@@ -65,16 +65,20 @@ def _wait(cond, timeout=10.0):
 
 def _raw(server: DraftServer, data: bytes) -> bytes:
     """Send raw bytes; return what came back before the server closed the connection."""
+    got = b""
     with socket.create_connection(parse_address(server.address), timeout=10) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        got = b""
         try:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
             while chunk := s.recv(65536):
                 got += chunk
-        except ConnectionResetError:  # closed with our bytes unread: the expected end
+        except TimeoutError:
+            raise  # the server kept the connection open: that is a failure
+        except OSError:
+            # the server may close on the first bad bytes, before we finish sending or shut
+            # down our side (reset, broken pipe, not connected): the expected end
             pass
-        return got
+    return got
 
 
 class _Boom:
