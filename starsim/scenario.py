@@ -334,6 +334,11 @@ class Real(_Model):
         "`starsim models build-pair`; relative to the scenario file"
     )
     threads: int = Field(1, ge=1, description="torch threads of each process (the draft server and every target)")
+    temperature: NonNeg = Field(
+        0.0,
+        description="0: greedy decoding (outputs equal the target's own greedy ones); > 0: speculative "
+        "sampling at this temperature (outputs distributed as the target's own sampling)",
+    )
     timeout_s: Pos = Field(60.0, description="how long a target waits for a draft before it gives up on the server")
     max_wall_s: Pos = Field(600.0, description="stop the run after this much wall time, finished or not")
     emulate_link: bool = Field(

@@ -32,15 +32,17 @@ def _scenario(tmp_path, pair, **changes) -> str:
     return str(f)
 
 
-@pytest.mark.parametrize("mode", ["star", "autoregressive"])
-def test_execute_writes_a_run_directory(tmp_path, quick_pair, capsys, mode):
+@pytest.mark.parametrize("mode,temperature", [("star", 0.0), ("autoregressive", 0.0), ("star", 0.8)])
+def test_execute_writes_a_run_directory(tmp_path, quick_pair, capsys, mode, temperature):
     out = tmp_path / "run"
-    assert main(["execute", _scenario(tmp_path, quick_pair, mode=mode), "--out", str(out)]) == 0
+    f = _scenario(tmp_path, quick_pair, mode=mode, real={"pair": str(quick_pair), "temperature": temperature})
+    assert main(["execute", f, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
     assert summary["requests_completed"] == 4 and summary["requests_unfinished"] == 0
     prov = summary["provenance"]
     assert prov["source"] == "real" and prov["mode"] == mode and not prov["failures"]
+    assert prov["temperature"] == temperature
     assert prov["pair"]["weights_sha256"]["target"]
     for name in ("rounds", "requests", "intervals"):
         assert (out / f"{name}.parquet").exists()

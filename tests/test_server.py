@@ -17,7 +17,7 @@ from conftest import CODE_PROMPTS  # noqa: E402
 from starsim.calibrate.link import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
-from starsim.real.spec import Drafter, greedy_generate, speculative_generate  # noqa: E402
+from starsim.real.spec import Drafter, greedy_generate, local_drafts, speculative_generate  # noqa: E402
 
 
 @pytest.fixture
@@ -27,8 +27,8 @@ def server(quick_models):
         yield s
 
 
-def _remote(client: DraftClient):
-    return lambda new, start: client.draft(new, start)[0]
+def _remote(client: DraftClient, temperature: float = 0.0):
+    return lambda new, start, seed=None: client.draft(new, start, temperature, seed)[0]
 
 
 def test_targets_over_tcp_are_lossless(quick_models, server):
@@ -54,6 +54,19 @@ def test_targets_over_tcp_are_lossless(quick_models, server):
     assert len(server.intervals) >= sum(len(r[2]) for r in results.values())
     _wait(lambda: not server.drafter.tags)  # every tag's draft state freed at disconnect
     assert not server.rejected
+
+
+def test_sampling_over_tcp_draws_what_the_same_seed_draws_in_process(quick_models, server):
+    tok, target, draft = quick_models
+    ids = tok.encode(CODE_PROMPTS[1]).ids
+    client = DraftClient(server.address)
+    remote, rounds = speculative_generate(target, _remote(client, 0.9), ids, 32, temperature=0.9, seed=5)
+    client.close()
+    local, _ = speculative_generate(target, local_drafts(Drafter(draft, 4, 4, 16), temperature=0.9), ids, 32,
+                                    temperature=0.9, seed=5)
+    assert remote == local  # the draft's draws are seeded by the target, so the wire changes nothing
+    assert remote != greedy_generate(target, ids, 32)
+    assert sum(r.accepted for r in rounds) > 0
 
 
 def _wait(cond, timeout=10.0):

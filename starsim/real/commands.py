@@ -104,7 +104,8 @@ def cmd_target(args: argparse.Namespace) -> int:
     ids = tok.encode(held_out_text(args.pair)).ids
     clock0 = time.monotonic()
     # Server timestamps are on the server's clock: comparable only when both run on one host.
-    w = TargetWorker(args.index, model, client, clock0, device=args.device, eos=model.config.eos_token_id)
+    w = TargetWorker(args.index, model, client, clock0, device=args.device, eos=model.config.eos_token_id,
+                     temperature=args.temperature, seed=args.seed)
     step = max(1, (len(ids) - args.prompt_tokens) // max(1, args.requests))
     for rid in range(args.requests):
         w.run_request(rid, ids[rid * step: rid * step + args.prompt_tokens], args.output_tokens,
@@ -143,6 +144,9 @@ def add_server_parsers(sub) -> None:
     t.add_argument("--prompt-tokens", type=int, default=64, help="prompt length (default 64)")
     t.add_argument("--output-tokens", type=int, default=64, help="tokens to generate per request (default 64)")
     t.add_argument("--index", type=int, default=0, help="this target's index in the records (default 0)")
+    t.add_argument("--temperature", type=float, default=0.0,
+                   help="0: greedy (default); > 0: speculative sampling at this temperature")
+    t.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     t.add_argument("--token", help="the server's shared token")
     t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     t.add_argument("--out", type=Path, help="write this target's tables and summary here")

@@ -77,7 +77,7 @@ def build_prompts(scenario: Scenario, tokenizer, text: str) -> list[tuple[list[i
 
 def _target_main(index: int, pair: str, address: str | None, threads: int, prompts, repeat: bool, budget,
                  issued, horizon: float, ready, go, clock0, timeout_s: float, results, link=None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, temperature: float = 0.0) -> None:
     """One target process: load the model and connect, wait for the common start, then take
     requests until the budget ends or ``horizon`` seconds have passed."""
     import torch
@@ -108,7 +108,7 @@ def _target_main(index: int, pair: str, address: str | None, threads: int, promp
         t0 = clock0.value
         deadline = t0 + horizon
         worker = TargetWorker(index, model, client, t0, device=f"cpu[{index}]",
-                              eos=model.config.eos_token_id)
+                              eos=model.config.eos_token_id, temperature=temperature, seed=seed)
         served = 0
         while time.monotonic() < deadline and (repeat or served < len(prompts)):
             with issued.get_lock():
@@ -177,7 +177,7 @@ def _execute(scenario: Scenario) -> Result:
         p = ctx.Process(target=_target_main, name=f"starsim-target-{i}", args=(
             i, str(pair), server.address if server else None, r.threads, prompts, scenario.workload.repeat,
             scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results,
-            group.link if r.emulate_link else None, scenario.seed))
+            group.link if r.emulate_link else None, scenario.seed, r.temperature))
         p.start()
         procs.append(p)
     # The run's clock starts when every target has loaded its model and connected, so
@@ -230,6 +230,7 @@ def _execute(scenario: Scenario) -> Result:
         "scenario_hash": scenario.digest(),
         "seed": scenario.seed,
         "mode": scenario.mode,
+        "temperature": r.temperature,
         "pair": {"path": str(pair), "weights_sha256": info.get("weights_sha256")},
         "processes": {"targets": len(procs), "threads_each": r.threads},
         "failures": {str(i): got[i]["error"] for i in sorted(got) if got[i]["error"]},

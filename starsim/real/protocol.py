@@ -32,8 +32,10 @@ The messages of a StarSD session (target = target worker, server = draft server)
   accepted since the last request), optional ``hidden`` float16 [n, hidden_size]; ``start:
   true`` on a request's first round, when ``token_ids`` is the whole context.
 - ``DRAFT_REPLY`` server -> target: ``tag``, ``seq``, tree ``token_ids`` int32 [T], ``parents``
-  int32 [T] (index of each node's parent, -1 for children of the root), optional
-  ``draft_probs`` float16 [T, ...].
+  int32 [T] (index of each node's parent, -1 for children of the root); when sampling,
+  ``draft_probs`` float16 [R, vocab] and ``prob_nodes`` int32 [R] (the draft distribution at
+  each node that has children, -1 for the root). A DRAFT_REQUEST header may carry
+  ``temperature`` (0: greedy) and ``seed`` (the draft's sampling stream for that round).
 - ``BYE`` either way: end of session (optional ``reason``); ``ERROR``: a refusal with a ``reason``.
 - ``PING`` / ``ACK`` / ``ECHO``: link calibration (:mod:`starsim.calibrate.link`): a PING's
   payload is answered by a small ACK, an ECHO by the same message back.
@@ -490,17 +492,26 @@ def draft_request(tag: int, seq: int, token_ids, hidden=None) -> Message:
     return Message(DRAFT_REQUEST, {"tag": tag, "seq": seq}, arrays)
 
 
-def draft_reply(tag: int, seq: int, token_ids, parents, draft_probs=None) -> Message:
+def draft_reply(tag: int, seq: int, token_ids, parents, draft_probs=None, prob_nodes=None) -> Message:
     """server -> target: the draft tree of ``T`` nodes: token ids (int32 [T]), the index of each
-    node's parent (int32 [T], -1 under the root) and optionally draft probabilities (float16
-    [T, ...])."""
+    node's parent (int32 [T], -1 under the root) and, for speculative sampling, the draft
+    distributions the children were sampled from: ``draft_probs`` float16 [R, vocab], one row
+    per node in ``prob_nodes`` int32 [R] (-1: the root)."""
     ids = _ids("token_ids", token_ids)
     par = _ids("parents", parents, ids.shape[0])
     if par.size and (par.min() < -1 or par.max() >= par.shape[0]):
         raise ProtocolError("parents must be -1 (root) or the index of another node")
     arrays = {"token_ids": ids, "parents": par}
     if draft_probs is not None:
-        arrays["draft_probs"] = _halves("draft_probs", draft_probs, ids.shape[0])
+        if prob_nodes is None:
+            raise ProtocolError("draft_probs needs prob_nodes (the node of each row)")
+        nodes = _ids("prob_nodes", prob_nodes)
+        probs = _halves("draft_probs", draft_probs, nodes.shape[0])
+        if probs.ndim != 2:
+            raise ProtocolError(f"draft_probs must be [rows, vocab], got shape {probs.shape}")
+        if nodes.size and (nodes.min() < -1 or nodes.max() >= ids.shape[0]):
+            raise ProtocolError("prob_nodes must be -1 (root) or the index of a node")
+        arrays["draft_probs"], arrays["prob_nodes"] = probs, nodes
     return Message(DRAFT_REPLY, {"tag": tag, "seq": seq}, arrays)
 
 

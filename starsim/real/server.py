@@ -38,12 +38,24 @@ log = logging.getLogger("starsim.draft_server")
 class _Task:
     target: int  # the tag (policies order tasks by ``target``)
     context: list[int]
+    temperature: float = 0.0
+    seed: int | None = None
     done: threading.Event = field(default_factory=threading.Event)
     tree: TreeDraft | None = None
     new_tokens: int = 0
     start: float = 0.0
     end: float = 0.0
     error: str | None = None
+
+
+def _sampling(header: dict) -> tuple[float, int | None]:
+    """A DRAFT_REQUEST's ``temperature`` (0: greedy) and ``seed``, checked."""
+    t, seed = header.get("temperature", 0.0), header.get("seed")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1e3:
+        raise P.ProtocolError(f"temperature must be a number in [0, 1000], got {t!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise P.ProtocolError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return float(t), seed
 
 
 class DraftServer:
@@ -138,7 +150,8 @@ class DraftServer:
                 continue
             task.start = time.monotonic()
             try:
-                task.tree, task.new_tokens = self.drafter.draft(task.target, task.context)
+                task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
+                                                                task.seed)
             except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
                 task.error = f"draft failed: {type(e).__name__}: {e}"
             task.end = time.monotonic()
@@ -190,13 +203,15 @@ class DraftServer:
                     context = self.contexts[tag] + ids.tolist()
                 else:
                     raise P.ProtocolError("the first DRAFT_REQUEST of a request must say start: true")
+                temperature, seed = _sampling(msg.header)
                 self.contexts[tag] = context
                 t_enqueue = time.monotonic()
-                task = self._submit(_Task(tag, context))
+                task = self._submit(_Task(tag, context, temperature, seed))
                 if task.error:
                     P.send_message(conn, P.error(task.error, tag))
                     raise P.ProtocolError(task.error)
-                reply = P.draft_reply(tag, msg.seq, task.tree.tokens, task.tree.parents)
+                tree = task.tree
+                reply = P.draft_reply(tag, msg.seq, tree.tokens, tree.parents, tree.probs, tree.prob_nodes)
                 # the server's timestamps (time.monotonic: one clock for every process of a host)
                 reply.header.update(t_arrive=t_arrive, t_enqueue=t_enqueue, t_draft_start=task.start,
                                     t_draft_end=task.end, new_tokens=task.new_tokens,
@@ -235,13 +250,17 @@ class DraftClient:
         self.seq = 0
         self.bytes_up = self.bytes_down = 0  # frame sizes of the last round
 
-    def draft(self, token_ids: list[int], start: bool = False) -> tuple[TreeDraft, dict]:
+    def draft(self, token_ids: list[int], start: bool = False, temperature: float = 0.0,
+              seed: int | None = None) -> tuple[TreeDraft, dict]:
         """Send the tokens since the last request (the whole context when ``start``); returns
-        the tree and the reply's header (draft start/end on the server's monotonic clock)."""
+        the tree and the reply's header (draft start/end on the server's monotonic clock).
+        ``temperature > 0``: the draft samples its tree with ``seed`` and sends its probabilities."""
         self.seq += 1
         req = P.draft_request(self.tag, self.seq, np.asarray(token_ids, dtype=np.int32))
         if start:
             req.header["start"] = True
+        if temperature > 0:
+            req.header.update(temperature=float(temperature), seed=seed)
         buffers = req.buffers()
         if self.delay_up is not None:
             time.sleep(self.delay_up(sum(memoryview(b).nbytes for b in buffers)))
@@ -258,10 +277,16 @@ class DraftClient:
             if p >= i:
                 raise P.ProtocolError("tree nodes must come after their parents")
             depths.append(1 if p < 0 else depths[p] + 1)
+        probs, nodes = rep.arrays.get("draft_probs"), rep.arrays.get("prob_nodes")
+        if temperature > 0 and tokens:
+            if probs is None or nodes is None or probs.ndim != 2 or probs.shape[0] != nodes.shape[0]:
+                raise P.ProtocolError("a sampled draft needs draft_probs [rows, vocab] and prob_nodes [rows]")
+            if not set(parents) <= set(nodes.tolist()):
+                raise P.ProtocolError("draft_probs has no row for a node that has children")
         self.bytes_down = len(rep.encode())  # the reply's frame size
         if self.delay_down is not None:
             time.sleep(self.delay_down(self.bytes_down))
-        return TreeDraft(tokens, parents, depths), rep.header
+        return TreeDraft(tokens, parents, depths, probs, None if nodes is None else nodes.tolist()), rep.header
 
     def close(self) -> None:
         try:

@@ -14,6 +14,17 @@ The two halves the real backend puts on either side of the network:
   accepted path. Every round therefore emits ``accepted + 1`` tokens, exactly those plain
   greedy decoding of the target would emit.
 
+At ``temperature > 0`` both sides sample, and acceptance preserves the target's
+distribution exactly (speculative sampling over a tree: recursive rejection sampling with
+siblings drawn without replacement, as in SpecInfer / Recursive Speculative Decoding). The
+draft then samples each node's children from its own distribution ``q`` (Gumbel-top-k, so
+siblings come in the order sequential sampling without replacement would draw them) and
+sends ``q`` with the tree, rounded to float16; both sides use that rounded ``q``. The tree
+cannot be pruned by the sampled tokens' own scores (that would bias the candidates), so
+each level's ``top_k`` children are shared out among the previous level's nodes before
+sampling, by their cumulative probability and the sorted ``q`` of each (see
+:meth:`Drafter.draft`). :func:`sample_tree_path` is the acceptance rule.
+
 Positions follow the tree: a node at depth ``d`` under a context of ``L`` tokens sits at
 position ``L - 1 + d`` (the root is ``L - 1``), as if its path had been decoded in line.
 """
@@ -22,17 +33,89 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..calibrate.specs import crop_cache
 
 
 @dataclass
 class TreeDraft:
     """A drafted tree: node ``i`` has token ``tokens[i]`` and parent ``parents[i]``
-    (-1: the root, i.e. the last token of the context); nodes are in breadth-first order."""
+    (-1: the root, i.e. the last token of the context); nodes are in breadth-first order,
+    siblings in the order they were drawn. When sampled, ``probs[r]`` (float16 [vocab]) is
+    the draft distribution the children of node ``prob_nodes[r]`` (-1: the root) were drawn
+    from."""
 
     tokens: list[int]
     parents: list[int]
     depths: list[int]
+    probs: np.ndarray | None = None
+    prob_nodes: list[int] | None = None
+
+
+def normalized(q16: np.ndarray) -> np.ndarray:
+    """A float16 distribution as the float64 one both sides sample and accept with."""
+    q = np.asarray(q16, dtype=np.float64)
+    return q / q.sum(-1, keepdims=True)
+
+
+def draw_without_replacement(q: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` distinct tokens from ``q`` (float64, normalized), in the order sequential
+    sampling without replacement draws them (Gumbel-top-k); fewer if ``q`` has less support."""
+    count = min(count, int(np.count_nonzero(q)))
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    with np.errstate(divide="ignore"):
+        keys = np.log(q) + rng.gumbel(size=q.shape)
+    top = np.argpartition(-keys, count - 1)[:count]
+    return top[np.argsort(-keys[top], kind="stable")]
+
+
+def draw(p: np.ndarray, rng: np.random.Generator) -> int:
+    """One token from ``p`` (float64, sums to ~1)."""
+    c = np.cumsum(p)
+    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), p.shape[0] - 1))
+
+
+def sample_tree_path(p_rows: np.ndarray, tree: TreeDraft, rng: np.random.Generator) -> tuple[list[int], int]:
+    """Speculative sampling over a tree; returns (accepted path of node indices, bonus token).
+
+    ``p_rows[0]`` is the target's distribution after the root and ``p_rows[1 + i]`` after
+    node ``i`` (float64, at the sampling temperature). At a node, its children are tried in
+    the order drawn: child ``x`` is accepted with probability ``min(1, p(x) / q(x))``; on a
+    rejection ``p`` becomes the residual ``norm(max(0, p - q))`` and ``x`` leaves ``q``
+    (renormalized), which is the distribution the next sibling was drawn from. The first
+    acceptance moves down to that child; none (or a node without children) ends the round
+    with a bonus token drawn from the current ``p``. The emitted tokens are distributed
+    exactly as the target's own sampling would give them, whatever ``q``.
+    """
+    q_of = dict(zip(tree.prob_nodes or [], normalized(tree.probs) if tree.probs is not None else []))
+    children: dict[int, list[int]] = {}
+    for i, par in enumerate(tree.parents):
+        children.setdefault(par, []).append(i)
+    path, cur = [], -1
+    while True:
+        p = p_rows[0 if cur < 0 else 1 + cur]
+        p = p / p.sum()
+        kids, nxt = children.get(cur, []), None
+        if kids:
+            q = q_of[cur].copy()
+            for c in kids:
+                x = tree.tokens[c]
+                if rng.random() * q[x] < p[x]:
+                    nxt = c
+                    break
+                r = np.maximum(p - q, 0.0)
+                if r.sum() > 0:  # zero only when p == q, where no candidate is ever rejected
+                    p = r / r.sum()
+                q[x] = 0.0
+                if q.sum() <= 0:
+                    break
+                q = q / q.sum()
+        if nxt is None:
+            return path, draw(p, rng)
+        path.append(nxt)
+        cur = nxt
 
 
 @dataclass
@@ -118,72 +201,156 @@ class Drafter:
         st.ids = list(context)
         return out.logits[0, -1], len(new)
 
-    def draft(self, tag: int, context: list[int]) -> tuple[TreeDraft, int]:
-        """A tree for the tag's ``context`` (prompt + tokens so far); returns (tree, new tokens encoded)."""
+    def draft(self, tag: int, context: list[int], temperature: float = 0.0,
+              seed: int | None = None) -> tuple[TreeDraft, int]:
+        """A tree for the tag's ``context`` (prompt + tokens so far); returns (tree, new tokens encoded).
+
+        Greedy (``temperature == 0``): the EAGLE-2 tree of the module docstring. Sampling:
+        level 1 is ``top_k`` children of the root drawn without replacement from ``q``; at
+        each next level the ``top_k`` child slots go to the previous level's nodes whose
+        cumulative log-probability plus the log of their m-th largest ``q`` is highest, then
+        each node draws its share; at most ``tokens`` nodes in all. ``seed`` fixes the draws.
+        """
         import torch
 
         with torch.inference_mode():
             root_logits, n_new = self.encode(tag, context)
-            st = self.tags[tag]
-            L = len(context)
-            k = self.top_k
-            scores, toks = root_logits.log_softmax(-1).topk(k)
-            nodes_tok, nodes_par, nodes_dep, nodes_score = toks.tolist(), [-1] * k, [1] * k, scores.tolist()
-            frontier = list(range(k))  # node indices of the current level
-            forwarded: list[int] = []  # node index -> its column in the cache after the context
-            col: dict[int, int] = {}
-            for level in range(1, self.depth):
-                rows = []
-                for n in frontier:
-                    col[n] = len(forwarded)
-                    forwarded.append(n)
-                    anc, p = [col[n]], nodes_par[n]
-                    while p >= 0:
-                        anc.append(col[p])
-                        p = nodes_par[p]
-                    rows.append(anc)
-                mask = _rows_mask(L, rows, len(forwarded), self.device)
-                ids = torch.tensor([[nodes_tok[n] for n in frontier]], device=self.device)
-                pos = torch.full((1, len(frontier)), L - 1 + level, device=self.device)
-                logits = self.model(input_ids=ids, past_key_values=st.cache, attention_mask=mask,
-                                    position_ids=pos, use_cache=True).logits[0]
-                child_scores, child_toks = logits.log_softmax(-1).topk(k, dim=-1)  # [k, k]
-                base = torch.tensor([nodes_score[n] for n in frontier], device=self.device)
-                cum = (base[:, None] + child_scores).reshape(-1)
-                best = cum.topk(min(k, cum.numel())).indices.tolist()
-                nxt = []
-                for b in best:
-                    parent = frontier[b // k]
-                    nodes_tok.append(int(child_toks.reshape(-1)[b]))
-                    nodes_par.append(parent)
-                    nodes_dep.append(level + 1)
-                    nodes_score.append(float(cum[b]))
-                    nxt.append(len(nodes_tok) - 1)
-                frontier = nxt
-            crop_cache(st.cache, L)  # drop the tree: only the context stays cached
-            # keep the best nodes; sorting by (score desc, depth, index) keeps parents first
-            order = sorted(range(len(nodes_tok)), key=lambda i: (-nodes_score[i], nodes_dep[i], i))[: self.max_nodes]
-            order.sort(key=lambda i: (nodes_dep[i], i))  # breadth first
-            new_index = {old: new for new, old in enumerate(order)}
-            tree = TreeDraft(
-                tokens=[nodes_tok[i] for i in order],
-                parents=[new_index[nodes_par[i]] if nodes_par[i] >= 0 else -1 for i in order],
-                depths=[nodes_dep[i] for i in order],
-            )
+            if temperature > 0:
+                tree = self._sampled_tree(tag, len(context), root_logits, temperature, np.random.default_rng(seed))
+            else:
+                tree = self._greedy_tree(tag, len(context), root_logits)
+            crop_cache(self.tags[tag].cache, len(context))  # drop the tree: only the context stays cached
         return tree, n_new
+
+    def _level(self, tag: int, L: int, level: int, frontier: list[int], parents: list[int], tokens: list[int],
+               forwarded: list[int], col: dict[int, int]):
+        """Forward the ``frontier`` nodes (tree depth ``level``) on top of the cached context and
+        the nodes forwarded before; returns their next-token logits [len(frontier), vocab]."""
+        import torch
+
+        rows = []
+        for n in frontier:
+            col[n] = len(forwarded)
+            forwarded.append(n)
+            anc, p = [col[n]], parents[n]
+            while p >= 0:
+                anc.append(col[p])
+                p = parents[p]
+            rows.append(anc)
+        mask = _rows_mask(L, rows, len(forwarded), self.device)
+        ids = torch.tensor([[tokens[n] for n in frontier]], device=self.device)
+        pos = torch.full((1, len(frontier)), L - 1 + level, device=self.device)
+        return self.model(input_ids=ids, past_key_values=self.tags[tag].cache, attention_mask=mask,
+                          position_ids=pos, use_cache=True).logits[0]
+
+    def _greedy_tree(self, tag: int, L: int, root_logits) -> TreeDraft:
+        import torch
+
+        k = self.top_k
+        scores, toks = root_logits.log_softmax(-1).topk(k)
+        nodes_tok, nodes_par, nodes_dep, nodes_score = toks.tolist(), [-1] * k, [1] * k, scores.tolist()
+        frontier = list(range(k))  # node indices of the current level
+        forwarded: list[int] = []  # node index -> its column in the cache after the context
+        col: dict[int, int] = {}
+        for level in range(1, self.depth):
+            logits = self._level(tag, L, level, frontier, nodes_par, nodes_tok, forwarded, col)
+            child_scores, child_toks = logits.log_softmax(-1).topk(k, dim=-1)  # [k, k]
+            base = torch.tensor([nodes_score[n] for n in frontier], device=self.device)
+            cum = (base[:, None] + child_scores).reshape(-1)
+            best = cum.topk(min(k, cum.numel())).indices.tolist()
+            nxt = []
+            for b in best:
+                nodes_tok.append(int(child_toks.reshape(-1)[b]))
+                nodes_par.append(frontier[b // k])
+                nodes_dep.append(level + 1)
+                nodes_score.append(float(cum[b]))
+                nxt.append(len(nodes_tok) - 1)
+            frontier = nxt
+        # keep the best nodes; sorting by (score desc, depth, index) keeps parents first
+        order = sorted(range(len(nodes_tok)), key=lambda i: (-nodes_score[i], nodes_dep[i], i))[: self.max_nodes]
+        order.sort(key=lambda i: (nodes_dep[i], i))  # breadth first
+        new_index = {old: new for new, old in enumerate(order)}
+        return TreeDraft(
+            tokens=[nodes_tok[i] for i in order],
+            parents=[new_index[nodes_par[i]] if nodes_par[i] >= 0 else -1 for i in order],
+            depths=[nodes_dep[i] for i in order],
+        )
+
+    def _sampled_tree(self, tag: int, L: int, root_logits, temperature: float, rng) -> TreeDraft:
+        import torch
+
+        def q16(logits):  # the draft's distribution as it travels (float16), one row per node
+            return (logits.float() / temperature).softmax(-1).to(torch.float16).cpu().numpy()
+
+        tokens: list[int] = []
+        parents: list[int] = []
+        depths: list[int] = []
+        cum: list[float] = []
+        probs: list[np.ndarray] = []
+        prob_nodes: list[int] = []
+
+        def add_children(parent: int, q_row: np.ndarray, count: int, depth: int) -> list[int]:
+            q = normalized(q_row)
+            drawn = draw_without_replacement(q, count, rng)
+            if drawn.size:
+                probs.append(q_row)
+                prob_nodes.append(parent)
+            base = cum[parent] if parent >= 0 else 0.0
+            for x in drawn.tolist():
+                tokens.append(x)
+                parents.append(parent)
+                depths.append(depth)
+                cum.append(base + float(np.log(q[x])))
+            return list(range(len(tokens) - drawn.size, len(tokens)))
+
+        frontier = add_children(-1, q16(root_logits[None])[0], min(self.top_k, self.max_nodes), 1)
+        forwarded: list[int] = []
+        col: dict[int, int] = {}
+        for level in range(1, self.depth):
+            slots = min(self.top_k, self.max_nodes - len(tokens))
+            if slots <= 0 or not frontier:
+                break
+            rows = q16(self._level(tag, L, level, frontier, parents, tokens, forwarded, col))
+            # share the slots before drawing: by cumulative log-prob + log of each node's m-th best q
+            cand = []
+            for j, n in enumerate(frontier):
+                top = np.sort(normalized(rows[j]))[::-1][:slots]
+                cand += [(cum[n] + float(np.log(v)), j) for v in top if v > 0]
+            share = np.zeros(len(frontier), dtype=int)
+            for _, j in sorted(cand, key=lambda c: -c[0])[:slots]:
+                share[j] += 1
+            nxt = []
+            for j, n in enumerate(frontier):
+                if share[j]:
+                    nxt += add_children(n, rows[j], int(share[j]), level + 1)
+            frontier = nxt
+        return TreeDraft(tokens=tokens, parents=parents, depths=depths,
+                         probs=np.stack(probs) if probs else None, prob_nodes=prob_nodes)
 
 
 class Verifier:
-    """A target causal LM decoding one request at a time."""
+    """A target causal LM decoding one request at a time: greedy at ``temperature == 0``,
+    else sampling at that temperature with ``rng`` (a numpy Generator)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, temperature: float = 0.0, rng: np.random.Generator | None = None):
+        self.model, self.temperature = model, temperature
+        self.rng = rng if rng is not None else np.random.default_rng(0)
         self.device = next(model.parameters()).device
         self.cache = None
         self.root: int | None = None  # the last emitted token, not yet in the cache
 
+    def _probs(self, logits) -> np.ndarray:
+        """The target's distributions (float64 [rows, vocab]) at the sampling temperature."""
+        return (logits.double() / self.temperature).softmax(-1).cpu().numpy()
+
+    def _next(self, logits) -> int:
+        """The next token from the last position's logits [vocab]."""
+        if self.temperature > 0:
+            return draw(self._probs(logits[None])[0], self.rng)
+        return int(logits.argmax())
+
     def prefill(self, prompt: list[int]) -> int:
-        """Encode the prompt; returns the first generated token (the target's greedy choice)."""
+        """Encode the prompt; returns the first generated token."""
         import torch
         from transformers import DynamicCache
 
@@ -191,22 +358,23 @@ class Verifier:
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([prompt], device=self.device), past_key_values=self.cache,
                              use_cache=True, logits_to_keep=1)
-        self.root = int(out.logits[0, -1].argmax())
+        self.root = self._next(out.logits[0, -1])
         return self.root
 
     def step(self) -> int:
-        """One plain greedy step (no draft): the autoregressive fallback."""
+        """One plain decoding step (no draft): the autoregressive fallback."""
         import torch
 
         L = self.cache.get_seq_length()
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([[self.root]], device=self.device), past_key_values=self.cache,
                              position_ids=torch.tensor([[L]], device=self.device), use_cache=True)
-        self.root = int(out.logits[0, -1].argmax())
+        self.root = self._next(out.logits[0, -1])
         return self.root
 
     def verify(self, tree: TreeDraft) -> RoundResult:
-        """Verify ``tree`` (drafted after the current root) in one forward; greedy acceptance."""
+        """Verify ``tree`` (drafted after the current root) in one forward: greedy acceptance,
+        or :func:`sample_tree_path` when sampling (the tree must then carry its ``probs``)."""
         import torch
 
         L = self.cache.get_seq_length()
@@ -218,19 +386,24 @@ class Verifier:
         with torch.inference_mode():
             logits = self.model(input_ids=ids, past_key_values=self.cache, attention_mask=mask,
                                 position_ids=pos, use_cache=True).logits[0]
-        pred = logits.argmax(-1).tolist()
-        children: dict[int, list[int]] = {}
-        for i, p in enumerate(tree.parents):
-            children.setdefault(p, []).append(i)
-        path, cur = [], -1
-        while True:
-            want = pred[0 if cur < 0 else 1 + cur]
-            nxt = next((c for c in children.get(cur, []) if tree.tokens[c] == want), None)
-            if nxt is None:
-                break
-            path.append(nxt)
-            cur = nxt
-        bonus = pred[0 if cur < 0 else 1 + cur]
+        if self.temperature > 0:
+            if T and tree.probs is None:
+                raise ValueError("sampling needs the draft's probabilities with the tree (a greedy draft was sent)")
+            path, bonus = sample_tree_path(self._probs(logits), tree, self.rng)
+        else:
+            pred = logits.argmax(-1).tolist()
+            children: dict[int, list[int]] = {}
+            for i, p in enumerate(tree.parents):
+                children.setdefault(p, []).append(i)
+            path, cur = [], -1
+            while True:
+                want = pred[0 if cur < 0 else 1 + cur]
+                nxt = next((c for c in children.get(cur, []) if tree.tokens[c] == want), None)
+                if nxt is None:
+                    break
+                path.append(nxt)
+                cur = nxt
+            bonus = pred[0 if cur < 0 else 1 + cur]
         keep = torch.tensor(list(range(L + 1)) + [L + 1 + c for c in path], device=self.device)
         _keep(self.cache, keep)  # the root and the accepted path stay cached
         emitted = [tree.tokens[c] for c in path] + [bonus]
@@ -238,42 +411,52 @@ class Verifier:
         return RoundResult(emitted=emitted, accepted=len(path), tree_tokens=T)
 
 
-def greedy_generate(model, prompt: list[int], max_new: int, eos: int | None = None) -> list[int]:
-    """Plain target-only greedy decoding (the reference speculative decoding must equal)."""
-    v = Verifier(model)
+def target_generate(model, prompt: list[int], max_new: int, eos: int | None = None, temperature: float = 0.0,
+                    seed: int = 0) -> list[int]:
+    """Plain target-only decoding, greedy or sampled (the reference speculative decoding must equal:
+    token for token when greedy, in distribution when sampling)."""
+    v = Verifier(model, temperature, np.random.default_rng(seed))
     out = [v.prefill(prompt)]
     while len(out) < max_new and out[-1] != eos:
         out.append(v.step())
     return out
 
 
-def local_drafts(drafter: Drafter, tag: int = 0):
+def greedy_generate(model, prompt: list[int], max_new: int, eos: int | None = None) -> list[int]:
+    """Plain target-only greedy decoding."""
+    return target_generate(model, prompt, max_new, eos)
+
+
+def local_drafts(drafter: Drafter, tag: int = 0, temperature: float = 0.0):
     """``draft_next`` for :func:`speculative_generate` from a :class:`Drafter` in this process."""
     context: list[int] = []
 
-    def draft_next(new: list[int], start: bool) -> TreeDraft:
+    def draft_next(new: list[int], start: bool, seed: int | None = None) -> TreeDraft:
         nonlocal context
         context = list(new) if start else context + list(new)
-        return drafter.draft(tag, context)[0]
+        return drafter.draft(tag, context, temperature, seed)[0]
 
     return draft_next
 
 
 def speculative_generate(
-    target, draft_next, prompt: list[int], max_new: int, eos: int | None = None
+    target, draft_next, prompt: list[int], max_new: int, eos: int | None = None, temperature: float = 0.0,
+    seed: int = 0,
 ) -> tuple[list[int], list[RoundResult]]:
-    """Greedy speculative decoding of one request; returns (tokens, rounds).
+    """Speculative decoding of one request; returns (tokens, rounds).
 
-    ``draft_next(new_tokens, start)`` returns the tree for the context so far, given the
-    tokens emitted since the last call (the whole context, with ``start``, on the first):
-    :func:`local_drafts`, or a draft server's client (:mod:`starsim.real.server`).
+    ``draft_next(new_tokens, start, seed)`` returns the tree for the context so far, given
+    the tokens emitted since the last call (the whole context, with ``start``, on the first),
+    drawing with ``seed`` when sampling: :func:`local_drafts`, or a draft server's client
+    (:mod:`starsim.real.server`), drafting at the same ``temperature``.
     """
-    v = Verifier(target)
+    rng = np.random.default_rng(seed)
+    v = Verifier(target, temperature, rng)
     out = [v.prefill(prompt)]
     rounds: list[RoundResult] = []
     new, start = prompt + out, True
     while len(out) < max_new and out[-1] != eos:
-        r = v.verify(draft_next(new, start))
+        r = v.verify(draft_next(new, start, int(rng.integers(2**63))))
         rounds.append(r)
         new, start = r.emitted, False
         for t in r.emitted:

@@ -15,6 +15,8 @@ import logging
 import math
 import time
 
+import numpy as np
+
 from ..records import Recorder, Records
 from . import protocol as P
 from .server import DraftClient
@@ -26,9 +28,12 @@ NAN = math.nan
 
 class TargetWorker:
     def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
-                 eos: int | None = None):
+                 eos: int | None = None, temperature: float = 0.0, seed: int = 0):
         self.index, self.model, self.client, self.clock0 = index, model, client, clock0
         self.device, self.eos = device, eos
+        # sampling: one random stream per request, so a request's tokens do not depend on
+        # which target ran it after which other request
+        self.temperature, self.seed = temperature, seed
         self.rounds: list[tuple] = []
         self.requests: list[tuple] = []
         self.intervals: list[tuple] = []  # (engine, device, kind, target, start, end)
@@ -43,7 +48,8 @@ class TargetWorker:
 
     def run_request(self, rid: int, prompt: list[int], output_tokens: int, t_arrival: float = 0.0) -> list[int]:
         """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``."""
-        v = Verifier(self.model)
+        rng = np.random.default_rng([self.seed, rid])
+        v = Verifier(self.model, self.temperature, rng)
         t_start = self.now()
         out = [v.prefill(prompt)]
         t_first = self.now()
@@ -54,7 +60,7 @@ class TargetWorker:
             if self.client is not None:
                 t_send = self.now()
                 try:
-                    tree, hdr = self.client.draft(new, start)
+                    tree, hdr = self.client.draft(new, start, self.temperature, int(rng.integers(2**63)))
                 except (P.ProtocolError, OSError) as e:
                     self.fallback_at = self.now()
                     log.warning("target %d: draft server lost (%s); decoding autoregressively from %.3f s",
