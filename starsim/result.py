@@ -24,6 +24,8 @@ class Result:
     scenario: Scenario
     records: Records
     summary: dict[str, Any]
+    # real runs: one dict per finished request (request, target, prompt, output token ids)
+    outputs: list[dict[str, Any]] | None = None
 
     @property
     def rounds(self) -> pd.DataFrame:
@@ -38,7 +40,8 @@ class Result:
         return self.records.intervals
 
     def write(self, out: str | Path, csv: bool = False, trace: bool = True, trace_s: float = 20.0) -> Path:
-        """Write the run directory: scenario.yaml, summary.json, tables, meta.json, trace.json."""
+        """Write the run directory: scenario.yaml, summary.json, tables, meta.json, trace.json
+        (and outputs.jsonl for a real run)."""
         from .trace import chrome_trace
 
         out = Path(out)
@@ -46,6 +49,10 @@ class Result:
         (out / "scenario.yaml").write_text(yaml.safe_dump(self.scenario.to_dict(), sort_keys=False))
         dump_json(self.summary, out / "summary.json")
         self.records.write(out, csv=csv)
+        if self.outputs is not None:
+            with open(out / "outputs.jsonl", "w") as f:
+                for row in self.outputs:
+                    f.write(json.dumps(row) + "\n")
         if trace:
             t0 = float(self.records.meta.get("warmup_s", 0.0))
             (out / "trace.json").write_text(json.dumps(chrome_trace(self.records, t0, t0 + trace_s)))

@@ -326,6 +326,24 @@ WORKLOAD_KINDS = ("closed", "poisson", "gamma", "trace")
 # --------------------------------------------------------------------------- scenario
 
 
+class StopDraft(_Model):
+    """Fault drill: the draft server goes away ``at_s`` seconds into the run."""
+
+    kind: Literal["stop_draft"]
+    at_s: NonNeg = Field(description="seconds after the run's start")
+
+
+class KillTarget(_Model):
+    """Fault drill: target instance ``target`` is killed (SIGKILL) ``at_s`` seconds into the run."""
+
+    kind: Literal["kill_target"]
+    target: int = Field(ge=0, description="the target instance's index (0-based, in file order)")
+    at_s: NonNeg = Field(description="seconds after the run's start")
+
+
+Fault = Annotated[StopDraft | KillTarget, Field(discriminator="kind")]
+
+
 class Real(_Model):
     """The real backend's side of a scenario: which models run, and how."""
 
@@ -345,6 +363,11 @@ class Real(_Model):
         True,
         description="impose each target's link (latency, bandwidth, jitter; both directions) on its messages, "
         "on top of the real path's own time",
+    )
+    faults: list[Fault] = Field(
+        default_factory=list,
+        description="fault drills: stop the draft server (targets go on autoregressively) or kill a target "
+        "process, at a time into the run",
     )
 
     @field_validator("pair")
@@ -406,6 +429,11 @@ class Scenario(_Model):
                 problems.append(
                     (path, f"unit {unit} out of range: device {pool!r} has count {self.devices[pool].count}")
                 )
+        n = sum(g.count for g in self.targets)
+        for i, fault in enumerate(self.real.faults if self.real else []):
+            if isinstance(fault, KillTarget) and fault.target >= n:
+                problems.append((f"real.faults.{i}.target", f"target {fault.target} out of range: the scenario "
+                                 f"has {n} target instances (0..{n - 1})"))
         names = [g.name for g in self.targets if g.name]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

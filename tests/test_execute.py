@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 from conftest import CONST_STAR  # noqa: E402
 
 from starsim.cli import main  # noqa: E402
+from starsim.real.spec import greedy_generate  # noqa: E402
 
 SUMMARY_KEYS = {"draft_utilization", "draft_idle_gap_mean_s", "throughput_tokens_per_s", "mean_accepted_tokens",
                 "rounds", "requests_completed", "ttft_mean_s", "tpot_mean_s", "per_target", "provenance"}
@@ -33,7 +34,7 @@ def _scenario(tmp_path, pair, **changes) -> str:
 
 
 @pytest.mark.parametrize("mode,temperature", [("star", 0.0), ("autoregressive", 0.0), ("star", 0.8)])
-def test_execute_writes_a_run_directory(tmp_path, quick_pair, capsys, mode, temperature):
+def test_execute_writes_a_run_directory(tmp_path, quick_pair, capsys, request, mode, temperature):
     out = tmp_path / "run"
     f = _scenario(tmp_path, quick_pair, mode=mode, real={"pair": str(quick_pair), "temperature": temperature})
     assert main(["execute", f, "--out", str(out)]) == 0
@@ -46,6 +47,12 @@ def test_execute_writes_a_run_directory(tmp_path, quick_pair, capsys, mode, temp
     assert prov["pair"]["weights_sha256"]["target"]
     for name in ("rounds", "requests", "intervals"):
         assert (out / f"{name}.parquet").exists()
+    outputs = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
+    assert sorted(o["request"] for o in outputs) == [0, 1, 2, 3]
+    if temperature == 0:  # lossless: each request's tokens are the target's own greedy ones
+        _, target, _ = request.getfixturevalue("quick_models")
+        for o in outputs:
+            assert o["output"] == greedy_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
     if mode == "star":
         assert 0 < summary["draft_utilization"] <= 1 and summary["mean_accepted_tokens"] >= 1
         assert len(summary["per_target"]) == 2
@@ -61,6 +68,9 @@ def test_execute_bad_input(tmp_path, quick_pair, capsys):
         ({"real": None}, "execute needs a `real:` section"),
         ({"real": {"pair": str(tmp_path / "nothing")}}, "is not a draft/target pair"),
         ({"mode": "one_for_one"}, "one_for_one is not supported by execute yet"),
+        ({"real": {"pair": str(quick_pair), "faults": [{"kind": "kill_target", "target": 2, "at_s": 1}]}},
+         "real.faults.0.target: target 2 out of range"),
+        ({"real": {"pair": str(quick_pair), "temperature": -1}}, "real.temperature"),
     ]:
         g = tmp_path / "bad.yaml"
         g.write_text(yaml.safe_dump({**sc, **change}))
@@ -128,34 +138,43 @@ def test_measured_acceptance_bad_file(tmp_path, capsys):
 
 
 def test_a_killed_target_is_reported_and_the_others_finish(tmp_path, quick_pair):
-    import multiprocessing
-    import threading
-    import time
-
     from starsim import load_scenario
     from starsim.real.execute import execute
 
-    # no request budget: both targets keep decoding until 10 s after the start
-    f = _scenario(tmp_path, quick_pair, max_requests=None, duration_s=10.0,
-                  workload={"kind": "closed", "prompts": 3, "prompt_tokens": 30, "output_tokens": 60})
-    box = {}
-    run = threading.Thread(target=lambda: box.update(res=execute(load_scenario(f))))
-    run.start()
-    victim = None
-    t0 = time.monotonic()
-    while victim is None and time.monotonic() - t0 < 60:
-        victim = next((p for p in multiprocessing.active_children() if p.name == "starsim-target-1"), None)
-        time.sleep(0.05)
-    assert victim is not None
-    time.sleep(4.0)  # loaded, connected and decoding (model loading takes a second or two)
-    victim.kill()
-    run.join(timeout=120)
-    s = box["res"].summary
+    # no request budget: both targets keep decoding until 6 s after the start; target 1 dies at 2 s
+    f = _scenario(tmp_path, quick_pair, max_requests=None, duration_s=6.0,
+                  workload={"kind": "closed", "prompts": 3, "prompt_tokens": 30, "output_tokens": 60},
+                  real={"pair": str(quick_pair), "faults": [{"kind": "kill_target", "target": 1, "at_s": 2.0}]})
+    s = execute(load_scenario(f)).summary
     assert "1" in s["provenance"]["failures"] and "exit code" in s["provenance"]["failures"]["1"]
     assert "0" not in s["provenance"]["failures"]
     per = {t["target"]: t for t in s["per_target"]}
     assert per[0]["requests_completed"] >= 1 and per[1]["requests_completed"] == 0  # its rows died with it
     assert s["requests_unfinished"] == 0  # what target 0 took, it finished
+    assert s["provenance"]["faults"] == [{"kind": "kill_target", "target": 1, "at_s": 2.0}]
+
+
+def test_draft_server_stopped_targets_finish_autoregressively(tmp_path, quick_pair, quick_models):
+    from starsim import load_scenario
+    from starsim.real.execute import execute
+
+    _, target, _ = quick_models
+    f = _scenario(tmp_path, quick_pair, max_requests=None, duration_s=4.0,
+                  workload={"kind": "closed", "prompts": 3, "prompt_tokens": 30, "output_tokens": 60},
+                  real={"pair": str(quick_pair), "faults": [{"kind": "stop_draft", "at_s": 1.5}]})
+    res = execute(load_scenario(f))
+    s = res.summary
+    assert not s["provenance"]["failures"] and s["requests_unfinished"] == 0
+    fallback = {int(k): v for k, v in s["provenance"]["fallback_at_s"].items()}
+    assert sorted(fallback) == [0, 1] and all(1.5 <= t < 3.0 for t in fallback.values())
+    r = res.rounds
+    for i, t in fallback.items():  # the rows say from when: drafted rounds before, plain decode steps after
+        mine = r[r["target"] == i]
+        assert (mine.loc[mine["draft"] >= 0, "t_send"] < t).all()
+        assert (mine.loc[mine["draft"] < 0, "t_verify_start"] >= t).all() and (mine["draft"] < 0).any()
+    assert len(res.outputs) == s["requests_completed"] >= 4
+    for o in res.outputs:  # every request, drafted or not, is exactly the target's own greedy output
+        assert o["output"] == greedy_generate(target, o["prompt"], 60, eos=target.config.eos_token_id)
 
 
 def test_link_emulation_imposes_the_scenario_link(tmp_path, quick_pair):

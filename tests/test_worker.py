@@ -51,9 +51,9 @@ def test_workers_write_records_the_metrics_read(quick_models):
             t.join(timeout=120)
         records = _records(workers, server, clock0)
     for w in workers:
-        for (rid, *_), out in zip(w.requests, w.outputs.values()):
-            prompt = tok.encode(CODE_PROMPTS[(w.index + rid % 10) % 3]).ids
-            assert out == greedy_generate(target, prompt, 32)
+        for o in w.outputs:
+            assert o["prompt"] == tok.encode(CODE_PROMPTS[(w.index + o["request"] % 10) % 3]).ids
+            assert o["output"] == greedy_generate(target, o["prompt"], 32)
     r = records.rounds
     assert len(r) > 0 and (r["draft"] == 0).all()
     # every hop in order on one clock

@@ -169,7 +169,8 @@ def test_scenario_reference_has_every_field_description():
     models = [
         scenario.Scenario, scenario.Device, scenario.Draft, scenario.Tree, scenario.TargetGroup,
         scenario.Link, scenario.LinkDirection, scenario.Payload, scenario.ClosedLoop, scenario.Poisson,
-        scenario.GammaArrivals, scenario.TraceReplay, scenario.Real, distributions.Linear, distributions.Profile,
+        scenario.GammaArrivals, scenario.TraceReplay, scenario.Real, scenario.StopDraft, scenario.KillTarget,
+        distributions.Linear, distributions.Profile,
     ]
     for model in models:
         for name, field in model.model_fields.items():

@@ -15,10 +15,12 @@ scenario's workload draws.
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing as mp
 import queue
 import sysconfig
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ from ..result import Result
 from ..scenario import ClosedLoop, Scenario
 from ..workload import prompt_set
 from .pair import pair_info
+
+log = logging.getLogger("starsim.execute")
 
 
 def _check(scenario: Scenario) -> Path:
@@ -127,6 +131,7 @@ def _target_main(index: int, pair: str, address: str | None, threads: int, promp
         "rounds": worker.rounds if worker else [], "requests": worker.requests if worker else [],
         "intervals": worker.intervals if worker else [],
         "fallback_at": worker.fallback_at if worker else None,
+        "outputs": worker.outputs if worker else [],
     })
 
 
@@ -190,6 +195,7 @@ def _execute(scenario: Scenario) -> Result:
             waiting -= {i for i in waiting if procs[i].exitcode is not None}  # died while loading
     clock0 = shared_clock0.value = time.monotonic()
     go.set()
+    drills = _start_faults(r.faults, server, procs, clock0)
     got: dict[int, dict[str, Any]] = {}
     end_by = clock0 + r.max_wall_s + 60  # a worker finishes its request in progress after the deadline
     while len(got) < len(procs) and time.monotonic() < end_by:
@@ -200,12 +206,13 @@ def _execute(scenario: Scenario) -> Result:
             for i, p in enumerate(procs):  # killed before it reported: its rows are lost, the run goes on
                 if i not in got and p.exitcode not in (None, 0):
                     got[i] = {"index": i, "tag": None, "error": f"process ended with exit code {p.exitcode}",
-                              "rounds": [], "requests": [], "intervals": [], "fallback_at": None}
+                              "rounds": [], "requests": [], "intervals": [], "fallback_at": None, "outputs": []}
     for p in procs:
         p.join(timeout=5)
         if p.is_alive():
             p.kill()
     t_elapsed = time.monotonic() - clock0
+    drills.set()  # drills not yet due are dropped
     if server is not None:
         server.close()
 
@@ -236,6 +243,28 @@ def _execute(scenario: Scenario) -> Result:
         "failures": {str(i): got[i]["error"] for i in sorted(got) if got[i]["error"]},
         "fallback_at_s": {str(i): got[i]["fallback_at"] for i in sorted(got) if got[i]["fallback_at"] is not None},
         "rejected_connections": list(server.rejected) if server else [],
+        "faults": [f.model_dump() for f in r.faults],
         "wall_time_s": time.perf_counter() - wall0,
     }
-    return Result(scenario=scenario, records=records, summary=summary)
+    outputs = sorted((o for i in sorted(got) for o in got[i]["outputs"]), key=lambda o: o["request"])
+    return Result(scenario=scenario, records=records, summary=summary, outputs=outputs)
+
+
+def _start_faults(faults, server, procs, clock0: float) -> threading.Event:
+    """Carry out the scenario's fault drills at their times; returns an event that cancels the rest."""
+    cancel = threading.Event()
+
+    def run() -> None:
+        for f in sorted(faults, key=lambda f: f.at_s):
+            if cancel.wait(max(0.0, clock0 + f.at_s - time.monotonic())):
+                return
+            if f.kind == "stop_draft" and server is not None:
+                log.warning("fault drill: stopping the draft server at %.3f s", time.monotonic() - clock0)
+                server.close()
+            elif f.kind == "kill_target" and procs[f.target].is_alive():
+                log.warning("fault drill: killing target %d at %.3f s", f.target, time.monotonic() - clock0)
+                procs[f.target].kill()
+
+    if faults:
+        threading.Thread(target=run, daemon=True, name="starsim-faults").start()
+    return cancel

@@ -162,8 +162,14 @@ class DraftServer:
         with self.cv:
             self.queue.push(task)
             self.cv.notify()
-        if not task.done.wait(self.timeout_s):
-            task.error = f"no draft within {self.timeout_s} s"
+        give_up = time.monotonic() + self.timeout_s
+        while not task.done.wait(0.2):  # wake up to notice a server that is stopping
+            if self.stop.is_set():
+                task.error = "draft server stopping"
+                break
+            if time.monotonic() > give_up:
+                task.error = f"no draft within {self.timeout_s} s"
+                break
         return task
 
     def _serve(self, conn: socket.socket, peer) -> None:

@@ -37,7 +37,7 @@ class TargetWorker:
         self.rounds: list[tuple] = []
         self.requests: list[tuple] = []
         self.intervals: list[tuple] = []  # (engine, device, kind, target, start, end)
-        self.outputs: dict[int, list[int]] = {}
+        self.outputs: list[dict] = []  # per finished request: request, target, prompt, output (token ids)
         self.fallback_at: float | None = None
 
     def now(self) -> float:
@@ -92,7 +92,7 @@ class TargetWorker:
             r_i += 1
         self.requests.append((rid, self.index, len(prompt), output_tokens, len(out), t_arrival, t_start, t_first,
                               self.now()))
-        self.outputs[rid] = out
+        self.outputs.append({"request": rid, "target": self.index, "prompt": list(prompt), "output": out})
         return out
 
     def close(self) -> None:
