@@ -22,7 +22,8 @@ IDS = RNG.integers(0, 32000, size=5, dtype=np.int32)
 HIDDEN = RNG.standard_normal((5, 16)).astype(np.float16)
 TREE = RNG.integers(0, 32000, size=8, dtype=np.int32)
 PARENTS = np.array([-1, 0, 0, 1, 1, 2, 3, -1], dtype=np.int32)
-PROBS = RNG.random((8, 3)).astype(np.float16)
+PROBS = RNG.random((4, 32000)).astype(np.float16)  # one row per node with children: the root and nodes 0-2
+PROB_NODES = np.array([-1, 0, 1, 2], dtype=np.int32)
 
 MESSAGES = {
     "hello": P.hello({"name": "t-0", "device": "cpu"}, token="secret"),
@@ -30,7 +31,7 @@ MESSAGES = {
     "request": P.draft_request(7, 3, IDS),
     "request_hidden": P.draft_request(7, 3, IDS, HIDDEN),
     "reply": P.draft_reply(7, 3, TREE, PARENTS),
-    "reply_probs": P.draft_reply(7, 3, TREE, PARENTS, PROBS),
+    "reply_probs": P.draft_reply(7, 3, TREE, PARENTS, PROBS, PROB_NODES),
     "bye": P.bye(7, "done"),
     "error": P.error("bad token"),
     "ping": P.ping(1, np.arange(100, dtype=np.uint8)),
@@ -65,7 +66,8 @@ def test_session_message_contents():
     assert req.arrays["token_ids"].dtype == np.int32 and req.arrays["hidden"].dtype == np.float16
     assert req.arrays["hidden"].shape == (5, 16)
     rep = P.decode(MESSAGES["reply_probs"].encode())
-    assert set(rep.arrays) == {"token_ids", "parents", "draft_probs"} and rep.dtypes["parents"] == "int32"
+    assert set(rep.arrays) == {"token_ids", "parents", "draft_probs", "prob_nodes"}
+    assert rep.dtypes["parents"] == "int32" and rep.arrays["draft_probs"].shape == (4, 32000)
     # constructors cast what they may: int64 ids that fit, float32 hidden states -> float16
     req = P.draft_request(1, 1, IDS.astype(np.int64), HIDDEN.astype(np.float32))
     assert req.arrays["token_ids"].dtype == np.int32 and req.arrays["hidden"].dtype == np.float16
@@ -196,6 +198,9 @@ def test_size_limit_is_configurable_both_ways():
         (lambda: P.draft_request(1, 1, [[1, 2]]), "1-D integer"),
         (lambda: P.draft_reply(1, 1, TREE, PARENTS[:4]), "expected 8"),
         (lambda: P.draft_reply(1, 1, TREE, np.full(8, 9, np.int32)), "parents"),
+        (lambda: P.draft_reply(1, 1, TREE, PARENTS, PROBS), "needs prob_nodes"),
+        (lambda: P.draft_reply(1, 1, TREE, PARENTS, PROBS, PROB_NODES[:2]), "with 2 rows"),
+        (lambda: P.draft_reply(1, 1, TREE, PARENTS, PROBS, np.array([-1, 0, 1, 8], np.int32)), "prob_nodes"),
     ],
 )
 def test_unencodable_messages_raise(build, match):

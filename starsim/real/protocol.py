@@ -27,7 +27,17 @@ views of the received buffer (read-only when it is ``bytes``).
 The messages of a StarSD session (target = target worker, server = draft server):
 
 - ``HELLO`` target -> server: ``protocol`` (version), optional shared ``token``, ``target`` info.
-- ``WELCOME`` server -> target: the assigned ``tag``.
+- ``WELCOME`` server -> target: the assigned ``tag``, ``protocol``, the server's ``host_id``
+  (equal for two processes on one boot of one host) and ``features``, the optional messages
+  the server answers (``["clock"]``).
+- ``CLOCK`` (feature ``clock``), target -> server, between WELCOME and the first
+  DRAFT_REQUEST only: ``tag``, ``seq``, ``t_client`` (a finite number, the target's clock at
+  sending); the server answers with a CLOCK that echoes ``seq`` and ``t_client`` and adds
+  ``t_server``, its ``time.monotonic()`` when the probe arrived. The target estimates the
+  offset between the two clocks from these (Cristian's method, see
+  :class:`starsim.real.server.DraftClient`); it sends none when the host ids are equal. A
+  CLOCK that is malformed, of the wrong tag, after a DRAFT_REQUEST or one too many
+  (MAX_CLOCK_PROBES) closes the connection.
 - ``DRAFT_REQUEST`` target -> server: ``tag``, ``seq``, ``token_ids`` int32 [n] (the tokens
   accepted since the last request), optional ``hidden`` float16 [n, hidden_size]; ``start:
   true`` on a request's first round, when ``token_ids`` is the whole context.
@@ -39,6 +49,11 @@ The messages of a StarSD session (target = target worker, server = draft server)
 - ``BYE`` either way: end of session (optional ``reason``); ``ERROR``: a refusal with a ``reason``.
 - ``PING`` / ``ACK`` / ``ECHO``: link calibration (:mod:`starsim.calibrate.link`): a PING's
   payload is answered by a small ACK, an ECHO by the same message back.
+
+Versions: VERSION numbers the frame layout and the meaning of existing messages; a peer
+refuses frames of another version. Messages added since (CLOCK) are negotiated instead:
+a target sends one only when the WELCOME lists its feature, so a target of this version
+still works with a server that predates it (no clock estimate then) and the other way round.
 """
 
 from __future__ import annotations
@@ -86,7 +101,11 @@ ERROR = "ERROR"
 PING = "PING"
 ACK = "ACK"
 ECHO = "ECHO"
-MESSAGE_TYPES = frozenset({HELLO, WELCOME, DRAFT_REQUEST, DRAFT_REPLY, BYE, ERROR, PING, ACK, ECHO})
+CLOCK = "CLOCK"
+MESSAGE_TYPES = frozenset({HELLO, WELCOME, DRAFT_REQUEST, DRAFT_REPLY, BYE, ERROR, PING, ACK, ECHO, CLOCK})
+# optional messages a server answers, listed in its WELCOME's ``features``
+FEATURES = ("clock",)
+MAX_CLOCK_PROBES = 64  # per connection: bounds the handshake a peer can hold a comm thread in
 _RESERVED = frozenset({"type", "arrays"})
 
 
@@ -475,8 +494,26 @@ def hello(target: dict[str, Any] | None = None, token: str | None = None) -> Mes
 
 
 def welcome(tag: int, **info: Any) -> Message:
-    """server -> target: the tag this target's messages carry from now on."""
+    """server -> target: the tag this target's messages carry from now on (and ``info``:
+    ``host_id``, ``features``)."""
     return Message(WELCOME, {"tag": tag, "protocol": VERSION, **info})
+
+
+def clock(tag: int, seq: int, t_client: float, t_server: float | None = None) -> Message:
+    """A clock probe (target -> server, ``t_server`` None) or its answer (server -> target)."""
+    header = {"tag": tag, "seq": seq, "t_client": float(t_client)}
+    if t_server is not None:
+        header["t_server"] = float(t_server)
+    return Message(CLOCK, header)
+
+
+def clock_time(msg: Message, key: str) -> float:
+    """A CLOCK's ``t_client`` or ``t_server``, checked: a finite number, no arrays with it."""
+    value = msg.header.get(key)
+    if msg.arrays or isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ProtocolError(f"CLOCK needs a finite number {key} and no arrays (got {value!r}, "
+                            f"{len(msg.arrays)} arrays)")
+    return float(value)
 
 
 def draft_request(tag: int, seq: int, token_ids, hidden=None) -> Message:

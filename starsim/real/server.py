@@ -11,17 +11,26 @@ A frame that is malformed, oversized, out of order or from the wrong tag gets a 
 and closes that connection; the server keeps serving the others. Nothing from the network
 is unpickled or ``torch.load``-ed: frames are decoded by :mod:`starsim.real.protocol`.
 
-:class:`DraftClient` is the target's side: ``HELLO``/``WELCOME``, then one
-``DRAFT_REQUEST`` per round (the tokens emitted since the last one; ``start: true`` with
-the whole context on a request's first round) answered by a ``DRAFT_REPLY`` tree.
+:class:`DraftClient` is the target's side: ``HELLO``/``WELCOME``, clock probes when the
+server is on another host, then one ``DRAFT_REQUEST`` per round (the tokens emitted since
+the last one; ``start: true`` with the whole context on a request's first round) answered
+by a ``DRAFT_REPLY`` tree.
+
+Clocks: the server stamps replies with its ``time.monotonic()`` (through
+:meth:`DraftServer._now`). Processes on one boot of one host share that clock (equal
+:func:`host_id`); otherwise the client estimates ``clock_offset_s`` = server clock - its
+clock, with the bound ``clock_error_s``, from CLOCK probes at connect (Cristian's method).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +41,22 @@ from . import protocol as P
 from .spec import Drafter, TreeDraft
 
 log = logging.getLogger("starsim.draft_server")
+CLOCK_PROBES = 8
+
+
+@functools.cache
+def host_id() -> str:
+    """Equal for two processes exactly when they share one monotonic clock: hostname + the
+    kernel's boot id (monotonic time restarts at boot). Without a readable boot id, hostname +
+    a per-process uuid: processes then count as on different hosts and measure their offset
+    (never wrongly assumed equal)."""
+    host = socket.gethostname()
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{host}/{boot or 'process-' + uuid.uuid4().hex}"
 
 
 @dataclass
@@ -90,6 +115,7 @@ class DraftServer:
         self._next_tag = 0
         self._threads: list[threading.Thread] = []
         self._conns: set[socket.socket] = set()
+        self.host_id = host_id()
 
     # ------------------------------------------------------------------ life
 
@@ -118,6 +144,11 @@ class DraftServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _now(self) -> float:
+        """The server's clock, for every timestamp it sends (replies, clock probes) or records
+        (``intervals``): one place, so that a test can shift it."""
+        return time.monotonic()
 
     # ------------------------------------------------------------------ threads
 
@@ -148,13 +179,13 @@ class DraftServer:
                 self.drafter.free(task.target)
                 task.done.set()
                 continue
-            task.start = time.monotonic()
+            task.start = self._now()
             try:
                 task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
                                                                 task.seed)
             except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
                 task.error = f"draft failed: {type(e).__name__}: {e}"
-            task.end = time.monotonic()
+            task.end = self._now()
             self.intervals.append((task.target, task.start, task.end, task.new_tokens))
             task.done.set()
 
@@ -187,17 +218,29 @@ class DraftServer:
                 raise P.ProtocolError("bad token")
             with self.cv:
                 tag, self._next_tag = self._next_tag, self._next_tag + 1
-            P.send_message(conn, P.welcome(tag))
+            P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES)))
             conn.settimeout(None)  # a target may think for a while between rounds
+            probes = 0  # clock probes answered; None once the first DRAFT_REQUEST came
             while not self.stop.is_set():
                 msg = P.recv_message(conn, self.max_bytes)
-                t_arrive = time.monotonic()
+                t_arrive = self._now()
                 if msg is None or msg.type == P.BYE:
                     return
+                if msg.type == P.CLOCK and probes is not None:
+                    if msg.tag != tag or not isinstance(msg.seq, int):
+                        raise P.ProtocolError(f"CLOCK needs tag {tag} and an int seq (got {msg.tag}, {msg.seq})")
+                    t_client = P.clock_time(msg, "t_client")
+                    probes += 1
+                    if probes > P.MAX_CLOCK_PROBES:
+                        raise P.ProtocolError(f"more than {P.MAX_CLOCK_PROBES} CLOCK probes")
+                    P.send_message(conn, P.clock(tag, msg.seq, t_client, t_arrive))
+                    continue
                 if msg.type != P.DRAFT_REQUEST:
-                    raise P.ProtocolError(f"expected DRAFT_REQUEST, got {msg.type}")
+                    after = " (clock probes only before the first request)" if msg.type == P.CLOCK else ""
+                    raise P.ProtocolError(f"expected DRAFT_REQUEST, got {msg.type}{after}")
                 if msg.tag != tag:
                     raise P.ProtocolError(f"request for tag {msg.tag} on the connection of tag {tag}")
+                probes = None
                 ids = msg.arrays.get("token_ids")
                 if ids is None or ids.ndim != 1 or ids.size == 0:
                     raise P.ProtocolError("DRAFT_REQUEST needs a non-empty 1-d token_ids")
@@ -211,17 +254,18 @@ class DraftServer:
                     raise P.ProtocolError("the first DRAFT_REQUEST of a request must say start: true")
                 temperature, seed = _sampling(msg.header)
                 self.contexts[tag] = context
-                t_enqueue = time.monotonic()
+                t_enqueue = self._now()
                 task = self._submit(_Task(tag, context, temperature, seed))
                 if task.error:
                     P.send_message(conn, P.error(task.error, tag))
                     raise P.ProtocolError(task.error)
                 tree = task.tree
                 reply = P.draft_reply(tag, msg.seq, tree.tokens, tree.parents, tree.probs, tree.prob_nodes)
-                # the server's timestamps (time.monotonic: one clock for every process of a host)
+                # the server's timestamps, on its own clock (a target on another host maps them
+                # with its clock offset)
                 reply.header.update(t_arrive=t_arrive, t_enqueue=t_enqueue, t_draft_start=task.start,
                                     t_draft_end=task.end, new_tokens=task.new_tokens,
-                                    kv_bytes=len(context) * self.kv_bytes_per_token, t_reply_send=time.monotonic())
+                                    kv_bytes=len(context) * self.kv_bytes_per_token, t_reply_send=self._now())
                 P.send_message(conn, reply, self.max_bytes)
         except (P.ProtocolError, OSError) as e:
             line = f"{peer} tag {tag}: {e}; connection closed"
@@ -237,29 +281,69 @@ class DraftServer:
 
 
 class DraftClient:
-    """A target's connection to a draft server."""
+    """A target's connection to a draft server.
+
+    After connecting: ``same_host`` (the server shares this process's monotonic clock),
+    ``clock_offset_s`` (server clock - this process's ``time.monotonic()``) and
+    ``clock_error_s`` (a bound on the offset's error; None when the server cannot be probed:
+    one that predates CLOCK, whose clock is then assumed equal, as before).
+    """
 
     def __init__(self, address: str, token: str | None = None, timeout_s: float = 60.0, info: dict | None = None,
-                 delay_up=None, delay_down=None):
+                 delay_up=None, delay_down=None, clock_probes: int = CLOCK_PROBES):
         # delay_up / delay_down: ``nbytes -> seconds`` of an emulated link, slept before a
         # request leaves and after a reply arrives (None: the real path only)
+        if not 1 <= clock_probes <= P.MAX_CLOCK_PROBES:
+            raise ValueError(f"clock_probes must be in 1..{P.MAX_CLOCK_PROBES}, got {clock_probes}")
         self.delay_up, self.delay_down = delay_up, delay_down
         host, port = parse_address(address)
         self.sock = socket.create_connection((host, port), timeout=timeout_s)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        P.send_message(self.sock, P.hello(info or {}, token))
-        w = P.recv_message(self.sock)
-        if w is None or w.type != P.WELCOME:
-            raise P.ProtocolError(f"expected WELCOME, got {None if w is None else w.type}: "
-                                  f"{None if w is None else w.header.get('reason')}")
-        self.tag = w.tag
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            P.send_message(self.sock, P.hello(info or {}, token))
+            w = P.recv_message(self.sock)
+            if w is None or w.type != P.WELCOME:
+                raise P.ProtocolError(f"expected WELCOME, got {None if w is None else w.type}: "
+                                      f"{None if w is None else w.header.get('reason')}")
+            self.tag = w.tag
+            self.server_host_id = w.header.get("host_id")
+            self.same_host = self.server_host_id == host_id()
+            if self.same_host:
+                # one clock: the offset is exactly 0; probes would only add their jitter to it
+                self.clock_offset_s, self.clock_error_s = 0.0, 0.0
+            elif "clock" in (w.header.get("features") or ()):
+                self.clock_offset_s, self.clock_error_s = self._probe_clock(clock_probes)
+            else:
+                log.warning("draft server %s cannot be asked for its clock; assuming it equals ours", address)
+                self.clock_offset_s, self.clock_error_s = 0.0, None
+        except BaseException:
+            self.sock.close()
+            raise
         self.seq = 0
         self.bytes_up = self.bytes_down = 0  # frame sizes of the last round
+
+    def _probe_clock(self, k: int) -> tuple[float, float]:
+        """(offset, error bound) from ``k`` probes: the server stamped each between our send
+        (t0) and our receipt (t1), so offset = t_server - (t0 + t1) / 2 is off by at most
+        (t1 - t0) / 2; the fastest probe gives the tightest bound (queueing only adds delay)."""
+        best = (math.inf, 0.0)  # (rtt, offset)
+        for seq in range(k):
+            t0 = time.monotonic()
+            P.send_message(self.sock, P.clock(self.tag, seq, t0))
+            rep = P.recv_message(self.sock)
+            t1 = time.monotonic()
+            if rep is None or rep.type != P.CLOCK or rep.seq != seq or rep.header.get("t_client") != t0:
+                kind = None if rep is None else rep.type
+                raise P.ProtocolError(f"expected the answer to CLOCK probe {seq}, got {kind}")
+            best = min(best, (t1 - t0, P.clock_time(rep, "t_server") - (t0 + t1) / 2))
+        rtt, offset = best
+        return offset, rtt / 2
 
     def draft(self, token_ids: list[int], start: bool = False, temperature: float = 0.0,
               seed: int | None = None) -> tuple[TreeDraft, dict]:
         """Send the tokens since the last request (the whole context when ``start``); returns
-        the tree and the reply's header (draft start/end on the server's monotonic clock).
+        the tree and the reply's header (its times on the server's clock: subtract
+        ``clock_offset_s`` for this process's ``time.monotonic()``).
         ``temperature > 0``: the draft samples its tree with ``seed`` and sends its probabilities."""
         self.seq += 1
         req = P.draft_request(self.tag, self.seq, np.asarray(token_ids, dtype=np.int32))

@@ -1,8 +1,10 @@
 """A target worker: runs requests with a target model, drafts from a draft server, and
 writes the same record rows as the simulator (:mod:`starsim.records`).
 
-Times are ``time.monotonic() - clock0``: one clock for every process of a host, so the
-draft server's timestamps (sent back in each reply) and the worker's line up. If the draft
+Times are ``time.monotonic() - clock0`` on the worker's host. The draft server's timestamps
+(sent back in each reply, on the server's clock) are mapped onto that clock with the
+client's estimated offset (exactly 0 on one host; see :class:`~starsim.real.server.DraftClient`),
+so they line up to within :attr:`TargetWorker.clock_error_s`. If the draft
 server goes away (a refused or broken connection, a timeout), the worker falls back to
 plain autoregressive decoding for the rest of the run and finishes its requests; the
 rows say from when (``draft = -1``, no tree) and :attr:`TargetWorker.fallback_at` holds
@@ -39,6 +41,9 @@ class TargetWorker:
         self.intervals: list[tuple] = []  # (engine, device, kind, target, start, end)
         self.outputs: list[dict] = []  # per finished request: request, target, prompt, output (token ids)
         self.fallback_at: float | None = None
+        # server clock - ours, and its error bound, for the callers' reports (None: no server)
+        self.clock_offset_s: float | None = getattr(client, "clock_offset_s", None)
+        self.clock_error_s: float | None = getattr(client, "clock_error_s", None)
 
     def now(self) -> float:
         return time.monotonic() - self.clock0
@@ -72,9 +77,9 @@ class TargetWorker:
                 t_end = self.now()
                 self._interval("verify", t_arrive, t_end)
                 emitted = r.emitted[: output_tokens - len(out)]
-                # the server's timestamps, on the same host clock
-                srv = [hdr[k] - self.clock0 for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end",
-                                                      "t_reply_send")]
+                # the server's timestamps, moved onto our clock
+                srv = [hdr[k] - self.client.clock_offset_s - self.clock0
+                       for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")]
                 self.rounds.append((
                     self.index, rid, r_i, 0, t_send, *srv, t_arrive, t_arrive, t_end, ctx, int(hdr["new_tokens"]),
                     r.tree_tokens, max(tree.depths, default=0), r.accepted, len(emitted),
