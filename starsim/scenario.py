@@ -47,6 +47,12 @@ class Device(_Model):
 
     type: str = Field("generic", description="free-text label, e.g. A100-80GB or cpu")
     count: int = Field(1, ge=1, description="number of identical units in the pool")
+    torch: str = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda|cuda:\d+)$",
+        description="what `starsim execute` runs this pool's units on: cpu, cuda (unit k on cuda:k) or "
+        "cuda:K (every unit on GPU K)",
+    )
     slots: int = Field(
         1,
         ge=1,
@@ -344,12 +350,58 @@ class KillTarget(_Model):
 Fault = Annotated[StopDraft | KillTarget, Field(discriminator="kind")]
 
 
+def _resolve_dir(v: str | None, info: ValidationInfo) -> str | None:
+    """Relative to the scenario file; checked by the real backend when it runs (a pair may be built later)."""
+    if v is None:
+        return v
+    base = Path((info.context or {}).get("base_dir", "."))
+    p = Path(v).expanduser()
+    return str((p if p.is_absolute() else base / p).resolve())
+
+
+class PretrainedModel(_Model):
+    """A local Hugging Face model (weights on disk; no download)."""
+
+    kind: Literal["pretrained"]
+    path: str = Field(description="model directory (config.json and weights), relative to the scenario file")
+    gguf_file: str | None = Field(None, description="a GGUF file in that directory to load instead (needs `gguf`)")
+
+    _check_path = field_validator("path")(_resolve_dir)
+
+
+class SpecModel(_Model):
+    """A calibration spec's network with random weights: real timing at any scale, no weights needed
+    (acceptance is whatever such a pair measures, near zero)."""
+
+    kind: Literal["spec"]
+    spec: str = Field(description="a model spec name (models/specs, as `starsim calibrate compute --spec`) or file")
+    seed: int = Field(0, ge=0, description="weight initialisation seed")
+
+    @field_validator("spec")
+    @classmethod
+    def _spec_file(cls, v: str, info: ValidationInfo) -> str:
+        return _resolve_dir(v, info) if v.endswith((".yaml", ".yml")) else v  # a file, relative to the scenario
+
+
+ModelSource = Annotated[PretrainedModel | SpecModel, Field(discriminator="kind")]
+
+
 class Real(_Model):
     """The real backend's side of a scenario: which models run, and how."""
 
-    pair: str = Field(
+    pair: str | None = Field(
+        None,
         description="directory of a draft/target pair (target/, draft/, tokenizer.json), e.g. one built by "
-        "`starsim models build-pair`; relative to the scenario file"
+        "`starsim models build-pair`; relative to the scenario file",
+    )
+    target_model: ModelSource | None = Field(None, description="the target, when not from `pair`")
+    draft_model: ModelSource | None = Field(
+        None, description="the draft, when not from `pair` (a spec's draft may be an EAGLE head)"
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="weights and activations; auto: float32 on a CPU, on a GPU the spec's dtype or the "
+        "pretrained model's own",
     )
     threads: int = Field(1, ge=1, description="torch threads of each process (the draft server and every target)")
     temperature: NonNeg = Field(
@@ -370,12 +422,13 @@ class Real(_Model):
         "process, at a time into the run",
     )
 
-    @field_validator("pair")
-    @classmethod
-    def _resolve(cls, v: str, info: ValidationInfo) -> str:
-        base = Path((info.context or {}).get("base_dir", "."))
-        p = Path(v).expanduser()
-        return str((p if p.is_absolute() else base / p).resolve())
+    _check_pair = field_validator("pair")(_resolve_dir)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.pair is None and self.target_model is None:
+            raise ValueError("give real.pair, or real.target_model (and real.draft_model for speculation)")
+        return self
 
 
 class Scenario(_Model):

@@ -44,7 +44,7 @@ def test_execute_writes_a_run_directory(tmp_path, quick_pair, capsys, request, m
     prov = summary["provenance"]
     assert prov["source"] == "real" and prov["mode"] == mode and not prov["failures"]
     assert prov["temperature"] == temperature
-    assert prov["pair"]["weights_sha256"]["target"]
+    assert prov["models"]["target"]["weights_sha256"] and prov["models"]["target"]["devices"] == ["cpu"]
     for name in ("rounds", "requests", "intervals"):
         assert (out / f"{name}.parquet").exists()
     outputs = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
@@ -199,3 +199,45 @@ def test_link_emulation_imposes_the_scenario_link(tmp_path, quick_pair):
     assert main(["execute", str(g), "--out", str(out), "--json"]) == 0
     r = pd.read_parquet(out / "rounds.parquet")
     assert ((r["t_draft_arrive"] - r["t_send"]) < 0.02).mean() > 0.9  # loopback alone is far faster
+
+
+def test_execute_pretrained_and_spec_models(tmp_path, quick_pair, quick_models, capsys):
+    """Models from local HF directories (here the quick pair's, without `pair`), and random-weight
+    networks from a calibration spec with an EAGLE head (target hidden states on the wire)."""
+    from test_spec import EAGLE_SPEC
+
+    _, target, _ = quick_models
+    out = tmp_path / "pre"
+    f = _scenario(tmp_path, quick_pair, real={
+        "target_model": {"kind": "pretrained", "path": str(quick_pair / "target")},
+        "draft_model": {"kind": "pretrained", "path": str(quick_pair / "draft")}})
+    assert main(["execute", f, "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["requests_completed"] == 4 and s["provenance"]["models"]["draft"]["kind"] == "pretrained"
+    for o in map(json.loads, (out / "outputs.jsonl").read_text().splitlines()):
+        assert o["output"] == greedy_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
+
+    (tmp_path / "tiny-eagle.yaml").write_text(EAGLE_SPEC)
+    out = tmp_path / "spec"
+    f = _scenario(tmp_path, quick_pair, real={"target_model": {"kind": "spec", "spec": "tiny-eagle.yaml"},
+                                              "draft_model": {"kind": "spec", "spec": "tiny-eagle.yaml"}})
+    assert main(["execute", f, "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["requests_completed"] == 4 and s["provenance"]["models"]["target"]["kind"] == "spec"
+    outputs = [json.loads(line) for line in (out / "outputs.jsonl").read_text().splitlines()]
+    assert all(len(o["output"]) == 20 and max(o["prompt"]) < 512 for o in outputs)  # random ids, no EOS stop
+    r = __import__("pandas").read_parquet(out / "rounds.parquet")
+    assert (r["bytes_up"] > 64 * 2).all()  # every request carries float16 hidden states of width 64
+    capsys.readouterr()
+
+    (tmp_path / "wide.yaml").write_text(EAGLE_SPEC.replace("vocab_size: 512", "vocab_size: 1000"))
+    for real, msg in [
+        ({"target_model": {"kind": "spec", "spec": "no-such-spec"}}, "no such model spec"),
+        ({"target_model": {"kind": "pretrained", "path": str(tmp_path)}}, "holds no model"),
+        ({"target_model": {"kind": "spec", "spec": "wide.yaml"},
+          "draft_model": {"kind": "pretrained", "path": str(quick_pair / "draft")}}, "vocabulary"),
+        ({"threads": 1}, "give real.pair, or real.target_model"),
+    ]:
+        assert main(["execute", _scenario(tmp_path, quick_pair, real=real)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and msg in err, err

@@ -28,7 +28,7 @@ def server(quick_models):
 
 
 def _remote(client: DraftClient, temperature: float = 0.0):
-    return lambda new, start, seed=None: client.draft(new, start, temperature, seed)[0]
+    return lambda new, start, seed=None, hidden=None: client.draft(new, start, temperature, seed, hidden)[0]
 
 
 def test_targets_over_tcp_are_lossless(quick_models, server):

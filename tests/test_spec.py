@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
@@ -64,3 +65,56 @@ def test_interleaved_tags_keep_their_own_state(quick_models):
             o += v.verify(tree).emitted
     for p, o in zip(prompts, outs):
         assert o[:40] == greedy_generate(target, p, 40)
+
+
+EAGLE_SPEC = """
+name: tiny-eagle
+target: {family: llama, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 2,
+         num_key_value_heads: 2, vocab_size: 512, max_position_embeddings: 1024}
+draft: {kind: eagle, num_hidden_layers: 1}
+tree: {top_k: 3, depth: 3, tokens: 8}
+"""
+
+
+@pytest.fixture(scope="module")
+def eagle_pair(tmp_path_factory):
+    """A random-weight target and EAGLE head (timing-only models: acceptance near zero)."""
+    import torch
+
+    from starsim.calibrate.specs import build_model, load_spec
+
+    f = tmp_path_factory.mktemp("spec") / "tiny-eagle.yaml"
+    f.write_text(EAGLE_SPEC)
+    spec = load_spec(str(f))
+    return build_model(spec, "target", "cpu", torch.float32).lm, build_model(spec, "draft", "cpu", torch.float32)
+
+
+def test_eagle_head_drafts_from_the_targets_hidden_states(eagle_pair):
+    import torch
+
+    target, head = eagle_pair
+    drafter = Drafter(head, 3, 3, 8)
+    assert drafter.needs_hidden and drafter.off == 1
+    prompt = list(range(5, 25))
+    seen = []
+    draft_next = local_drafts(drafter, tag=0)
+
+    def spy(new, start, seed=None, hidden=None):
+        assert hidden is not None and hidden.shape == (len(new), 64) and hidden.dtype == np.float16
+        seen.append((list(new), hidden.copy(), start))
+        return draft_next(new, start, seed, hidden)
+
+    out, rounds = speculative_generate(target, spy, prompt, 30, hidden=True)
+    assert out == greedy_generate(target, prompt, 30)  # lossless whatever the head drafts
+    assert not seen[0][1][0].any()  # no feature before the prompt's first token
+    assert all(len(r.emitted) == r.accepted + 1 for r in rounds) and len(drafter.tags[0].ids) > len(prompt)
+    # the prefix cache holds what a fresh encoding of the whole context gives
+    context = [t for new, _, _ in seen for t in new]
+    feats = [h for _, h, _ in seen]
+    with torch.inference_mode():
+        cached, _, n_cached = drafter.encode(0, context, feats)
+        fresh, _, n_fresh = drafter.encode(1, context, feats)
+    assert n_cached < n_fresh == len(context) - 1  # EAGLE: one position per (feature, next token) pair
+    assert torch.allclose(cached, fresh, atol=1e-4)
+    with pytest.raises(ValueError, match="hidden states"):
+        drafter.draft(2, context)

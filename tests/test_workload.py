@@ -170,6 +170,7 @@ def test_scenario_reference_has_every_field_description():
         scenario.Scenario, scenario.Device, scenario.Draft, scenario.Tree, scenario.TargetGroup,
         scenario.Link, scenario.LinkDirection, scenario.Payload, scenario.ClosedLoop, scenario.Poisson,
         scenario.GammaArrivals, scenario.TraceReplay, scenario.Real, scenario.StopDraft, scenario.KillTarget,
+        scenario.PretrainedModel, scenario.SpecModel,
         distributions.Linear, distributions.Profile,
     ]
     for model in models:

@@ -88,7 +88,7 @@ def cmd_target(args: argparse.Namespace) -> int:
 
     from ..metrics import summarize
     from ..result import dump_json
-    from .execute import held_out_text
+    from .models import prompt_text
     from .server import DraftClient
     from .worker import TargetWorker, assemble_records
 
@@ -101,7 +101,7 @@ def cmd_target(args: argparse.Namespace) -> int:
         client = DraftClient(args.connect, token=args.token)
     except OSError as e:
         raise StarsimError(f"--connect {args.connect}: {e}") from None
-    ids = tok.encode(held_out_text(args.pair)).ids
+    ids = tok.encode(prompt_text(args.pair)).ids
     clock0 = time.monotonic()
     # Server timestamps are on the server's clock: comparable only when both run on one host.
     w = TargetWorker(args.index, model, client, clock0, device=args.device, eos=model.config.eos_token_id,

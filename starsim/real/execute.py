@@ -19,10 +19,8 @@ import logging
 import math
 import multiprocessing as mp
 import queue
-import sysconfig
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,68 +30,49 @@ from ..errors import StarsimError
 from ..metrics import summarize
 from ..result import Result
 from ..scenario import ClosedLoop, Scenario
-from ..workload import prompt_set
+from .models import (
+    build_prompts,
+    check_sources,
+    load_model,
+    resolve_dtype,
+    role_source,
+    source_vocab,
+    tokenizer_encode,
+    torch_device,
+)
 from .pair import pair_info
 
 log = logging.getLogger("starsim.execute")
 
 
-def _check(scenario: Scenario) -> Path:
-    r = scenario.real
-    if r is None:
+def _check(scenario: Scenario) -> None:
+    if scenario.real is None:
         raise StarsimError(f"{scenario.name}: execute needs a `real:` section (real.pair: a draft/target pair "
                            "directory; build one with `starsim models build-pair`)")
-    pair = Path(r.pair)
-    missing = [p for p in ("target", "draft", "tokenizer.json") if not (pair / p).exists()]
-    if missing:
-        raise StarsimError(f"real.pair: {pair} is not a draft/target pair (missing {', '.join(missing)}); "
-                           f"build it with `starsim models build-pair --out {pair}`")
     if scenario.mode == "one_for_one":
         raise StarsimError("mode: one_for_one is not supported by execute yet (star and autoregressive are)")
     if not isinstance(scenario.workload, ClosedLoop):
         raise StarsimError("workload: execute runs closed-loop workloads only, so far")
     if scenario.max_requests is None and scenario.duration_s is None:
         raise StarsimError("execute needs max_requests or duration_s")
-    return pair
+    check_sources(scenario)
 
 
-def held_out_text(pair: Path) -> str:
-    """Standard library sources after the pair's corpus (sorted file names), never trained on."""
-    last = (pair_info(pair).get("corpus") or {}).get("last", "")
-    files = [f for f in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")) if f.name > last]
-    if not files:
-        raise StarsimError(f"no held-out standard library sources after {last!r} for prompts")
-    return "\n".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
-
-
-def build_prompts(scenario: Scenario, tokenizer, text: str) -> list[tuple[list[int], int]]:
-    """The closed loop's prompt set as token ids (prompt, output tokens), deterministic by seed."""
-    lengths = prompt_set(scenario.workload, np.random.default_rng([scenario.seed, 0]))
-    ids = tokenizer.encode(text).ids
-    rng = np.random.default_rng([scenario.seed, 1])
-    out = []
-    for p, o in lengths:
-        p = min(int(p), len(ids) - 1)
-        start = int(rng.integers(0, len(ids) - p))
-        out.append((ids[start:start + p], int(o)))
-    return out
-
-
-def _target_main(index: int, pair: str, address: str | None, threads: int, prompts, repeat: bool, budget,
-                 issued, horizon: float, ready, go, clock0, timeout_s: float, results, link=None,
-                 seed: int = 0, temperature: float = 0.0) -> None:
+def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, address: str | None, threads: int,
+                 prompts, repeat: bool, budget, issued, horizon: float, ready, go, clock0, timeout_s: float,
+                 results, link=None, seed: int = 0, temperature: float = 0.0) -> None:
     """One target process: load the model and connect, wait for the common start, then take
     requests until the budget ends or ``horizon`` seconds have passed."""
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from .models import eos_ids, load_model
     from .server import DraftClient
     from .worker import TargetWorker
 
     torch.set_num_threads(threads)
     error, worker, tag, client, model = None, None, None, None, None
     try:
-        model = AutoModelForCausalLM.from_pretrained(Path(pair) / "target").eval()
+        model = load_model(src, "target", device, dtype)
         delays = {}
         if link is not None:  # the simulator's link model, one random stream per direction
             from ..sim.links import link_time
@@ -111,8 +90,8 @@ def _target_main(index: int, pair: str, address: str | None, threads: int, promp
             raise RuntimeError(error)
         t0 = clock0.value
         deadline = t0 + horizon
-        worker = TargetWorker(index, model, client, t0, device=f"cpu[{index}]",
-                              eos=model.config.eos_token_id, temperature=temperature, seed=seed)
+        worker = TargetWorker(index, model, client, t0, device=unit, eos=eos_ids(model, src),
+                              temperature=temperature, seed=seed)
         served = 0
         while time.monotonic() < deadline and (repeat or served < len(prompts)):
             with issued.get_lock():
@@ -148,20 +127,21 @@ def execute(scenario: Scenario) -> Result:
 
 def _execute(scenario: Scenario) -> Result:
     import torch
-    from tokenizers import Tokenizer
-    from transformers import AutoModelForCausalLM
 
+    from ..sim.devices import place
     from .server import DraftServer
     from .spec import Drafter
     from .worker import assemble_records
 
-    pair = _check(scenario)
+    _check(scenario)
     r = scenario.real
     wall0 = time.perf_counter()
-    tok = Tokenizer.from_file(str(pair / "tokenizer.json"))
-    prompts = build_prompts(scenario, tok, held_out_text(pair))
     instances = scenario.target_instances()
     star = scenario.mode == "star"
+    draft_unit, target_units = place(scenario)
+    target_src = role_source(r, "target")
+    target_dev = [torch_device(scenario, u) for u in target_units]
+    prompts = build_prompts(scenario, tokenizer_encode(r), source_vocab(target_src, "target"))
     tree = scenario.draft.tree
     ctx = mp.get_context("spawn")
     # Rows come back through a multiprocessing queue: pickles between this run's own
@@ -170,8 +150,10 @@ def _execute(scenario: Scenario) -> Result:
     issued = ctx.Value("i", 0)
     server = None
     torch.set_num_threads(r.threads)
+    draft_src = role_source(r, "draft") if star else None
     if star:
-        draft = AutoModelForCausalLM.from_pretrained(pair / "draft").eval()
+        dev = torch_device(scenario, draft_unit)
+        draft = load_model(draft_src, "draft", dev, resolve_dtype(r, draft_src, dev))
         server = DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens), policy=scenario.draft.policy,
                              timeout_s=r.timeout_s).start()
     horizon = min(scenario.duration_s if scenario.duration_s is not None else math.inf, r.max_wall_s)
@@ -180,7 +162,8 @@ def _execute(scenario: Scenario) -> Result:
     procs = []
     for i, _name, group in instances:
         p = ctx.Process(target=_target_main, name=f"starsim-target-{i}", args=(
-            i, str(pair), server.address if server else None, r.threads, prompts, scenario.workload.repeat,
+            i, target_src, target_dev[i], resolve_dtype(r, target_src, target_dev[i]), target_units[i],
+            server.address if server else None, r.threads, prompts, scenario.workload.repeat,
             scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results,
             group.link if r.emulate_link else None, scenario.seed, r.temperature))
         p.start()
@@ -217,18 +200,17 @@ def _execute(scenario: Scenario) -> Result:
         server.close()
 
     tag_to_target = {item["tag"]: i for i, item in got.items() if item["tag"] is not None}
-    draft_rows = [("draft", "cpu[draft]", "draft", tag_to_target.get(tag, -1), s - clock0, e - clock0)
+    draft_rows = [("draft", draft_unit, "draft", tag_to_target.get(tag, -1), s - clock0, e - clock0)
                   for tag, s, e, _ in (server.intervals if server else [])]
     meta = {
         "source": "real", "mode": scenario.mode, "t_end": t_elapsed, "warmup_s": scenario.warmup_s,
         "cooldown_s": scenario.cooldown_s, "window_s": scenario.window_s,
         "draft_engines": ["draft"] if star else [],
-        "targets": [{"index": i, "name": name, "device": f"cpu[{i}]"} for i, name, _ in instances],
-        "draft_device": "cpu[draft]" if star else None,
+        "targets": [{"index": i, "name": name, "device": target_units[i]} for i, name, _ in instances],
+        "draft_device": draft_unit if star else None,
     }
     records = assemble_records([got[i] for i in sorted(got)], meta, draft_rows)
     summary = summarize(records)
-    info = pair_info(pair)
     summary["provenance"] = {
         "source": "real",
         "starsim_version": __version__,
@@ -238,7 +220,9 @@ def _execute(scenario: Scenario) -> Result:
         "seed": scenario.seed,
         "mode": scenario.mode,
         "temperature": r.temperature,
-        "pair": {"path": str(pair), "weights_sha256": info.get("weights_sha256")},
+        "models": {role: _model_provenance(r, role, src, dev) for role, src, dev in
+                   (("target", target_src, sorted(set(target_dev))), ("draft", draft_src, [dev] if star else []))
+                   if src is not None},
         "processes": {"targets": len(procs), "threads_each": r.threads},
         "failures": {str(i): got[i]["error"] for i in sorted(got) if got[i]["error"]},
         "fallback_at_s": {str(i): got[i]["fallback_at"] for i in sorted(got) if got[i]["fallback_at"] is not None},
@@ -268,3 +252,12 @@ def _start_faults(faults, server, procs, clock0: float) -> threading.Event:
     if faults:
         threading.Thread(target=run, daemon=True, name="starsim-faults").start()
     return cancel
+
+
+def _model_provenance(real, role: str, src: dict, devices: list[str]) -> dict[str, Any]:
+    """What ran as ``role``: its source, devices, dtype and, for the offline pair, its weights' digest."""
+    out = {**src, "devices": devices, "dtype": real.dtype}
+    if real.pair is not None and (real.target_model if role == "target" else real.draft_model) is None:
+        out["pair"] = real.pair
+        out["weights_sha256"] = (pair_info(real.pair).get("weights_sha256") or {}).get(role)
+    return out

@@ -65,6 +65,7 @@ class _Task:
     context: list[int]
     temperature: float = 0.0
     seed: int | None = None
+    hidden: list | None = None  # EAGLE: the target's features, one row per context token, in chunks
     done: threading.Event = field(default_factory=threading.Event)
     tree: TreeDraft | None = None
     new_tokens: int = 0
@@ -112,6 +113,7 @@ class DraftServer:
         self.intervals: list[tuple[int, float, float, int]] = []  # (tag, start, end, new tokens): busy time
         self.rejected: list[str] = []  # one line per connection closed for a bad message
         self.contexts: dict[int, list[int]] = {}
+        self.hiddens: dict[int, list[np.ndarray]] = {}  # EAGLE drafts: the features behind each tag's context
         self._next_tag = 0
         self._threads: list[threading.Thread] = []
         self._conns: set[socket.socket] = set()
@@ -182,7 +184,7 @@ class DraftServer:
             task.start = self._now()
             try:
                 task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
-                                                                task.seed)
+                                                                task.seed, task.hidden)
             except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
                 task.error = f"draft failed: {type(e).__name__}: {e}"
             task.end = self._now()
@@ -203,6 +205,17 @@ class DraftServer:
                 break
         return task
 
+    def _hidden(self, msg, n: int, before: list | None) -> list | None:
+        """The context's features after this request, in chunks (EAGLE drafts; a chunk per request,
+        so a round copies only its own rows); None for a token-only draft."""
+        if not self.drafter.needs_hidden:
+            return None
+        h = msg.arrays.get("hidden")
+        width = self.drafter.model.config.hidden_size
+        if h is None or msg.dtypes.get("hidden") != "float16" or h.shape != (n, width):
+            raise P.ProtocolError(f"this draft needs hidden float16 [{n}, {width}] with each DRAFT_REQUEST")
+        return [h] if before is None else [*before, h]
+
     def _serve(self, conn: socket.socket, peer) -> None:
         self._conns.add(conn)
         tag = None
@@ -218,7 +231,9 @@ class DraftServer:
                 raise P.ProtocolError("bad token")
             with self.cv:
                 tag, self._next_tag = self._next_tag, self._next_tag + 1
-            P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES)))
+            P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES),
+                                           needs_hidden=self.drafter.needs_hidden,
+                                           hidden_size=self.drafter.model.config.hidden_size))
             conn.settimeout(None)  # a target may think for a while between rounds
             probes = 0  # clock probes answered; None once the first DRAFT_REQUEST came
             while not self.stop.is_set():
@@ -248,14 +263,18 @@ class DraftServer:
                     raise P.ProtocolError(f"token ids outside the vocabulary (0..{self.vocab_size - 1})")
                 if msg.header.get("start"):
                     context = ids.tolist()
+                    hidden = self._hidden(msg, ids.size, None)
                 elif tag in self.contexts:
                     context = self.contexts[tag] + ids.tolist()
+                    hidden = self._hidden(msg, ids.size, self.hiddens.get(tag))
                 else:
                     raise P.ProtocolError("the first DRAFT_REQUEST of a request must say start: true")
                 temperature, seed = _sampling(msg.header)
                 self.contexts[tag] = context
+                if hidden is not None:
+                    self.hiddens[tag] = hidden
                 t_enqueue = self._now()
-                task = self._submit(_Task(tag, context, temperature, seed))
+                task = self._submit(_Task(tag, context, temperature, seed, hidden))
                 if task.error:
                     P.send_message(conn, P.error(task.error, tag))
                     raise P.ProtocolError(task.error)
@@ -274,6 +293,7 @@ class DraftServer:
         finally:
             if tag is not None:
                 self.contexts.pop(tag, None)
+                self.hiddens.pop(tag, None)
                 if not self.stop.is_set():  # free the tag's draft state on the engine thread
                     self._submit(_Task(tag, None))
             self._conns.discard(conn)
@@ -306,6 +326,7 @@ class DraftClient:
                 raise P.ProtocolError(f"expected WELCOME, got {None if w is None else w.type}: "
                                       f"{None if w is None else w.header.get('reason')}")
             self.tag = w.tag
+            self.needs_hidden = bool(w.header.get("needs_hidden", False))
             self.server_host_id = w.header.get("host_id")
             self.same_host = self.server_host_id == host_id()
             if self.same_host:
@@ -340,13 +361,16 @@ class DraftClient:
         return offset, rtt / 2
 
     def draft(self, token_ids: list[int], start: bool = False, temperature: float = 0.0,
-              seed: int | None = None) -> tuple[TreeDraft, dict]:
+              seed: int | None = None, hidden=None) -> tuple[TreeDraft, dict]:
         """Send the tokens since the last request (the whole context when ``start``); returns
         the tree and the reply's header (its times on the server's clock: subtract
         ``clock_offset_s`` for this process's ``time.monotonic()``).
         ``temperature > 0``: the draft samples its tree with ``seed`` and sends its probabilities."""
         self.seq += 1
-        req = P.draft_request(self.tag, self.seq, np.asarray(token_ids, dtype=np.int32))
+        if self.needs_hidden and hidden is None:
+            raise P.ProtocolError("this draft server's draft is an EAGLE head: send the target's hidden states")
+        req = P.draft_request(self.tag, self.seq, np.asarray(token_ids, dtype=np.int32),
+                              hidden if self.needs_hidden else None)
         if start:
             req.header["start"] = True
         if temperature > 0:

@@ -164,46 +164,91 @@ class _Tag:
     ids: list[int] = field(default_factory=list)  # the tokens whose KV the cache holds
 
 
+def _rows_from(chunks: list[np.ndarray], start: int) -> np.ndarray:
+    """Rows ``start:`` of the chunks stacked, touching only the chunks that hold them."""
+    tail, end = [], sum(map(len, chunks))
+    for c in reversed(chunks):
+        if end <= start:
+            break
+        tail.append(c[max(0, start - (end - len(c))):])
+        end -= len(c)
+    return np.concatenate(tail[::-1])
+
+
 class Drafter:
-    """A draft causal LM serving many tags (targets), one tree at a time."""
+    """A draft model serving many tags (targets), one tree at a time.
+
+    ``model`` is a causal LM (an independent draft, token ids only) or an EAGLE head (a
+    :class:`~starsim.calibrate.specs.Net` with ``fc``), which also needs the target's hidden
+    states: the request's ``hidden[i]`` is the target's last hidden state at the position
+    before token ``i``. The head's cache position ``j`` then holds the pair (feature ``j``,
+    token ``j + 1``), one position fewer than the context; inside the tree a node's input
+    feature is the one the head predicted at its parent.
+    """
 
     def __init__(self, model, top_k: int, depth: int, tokens: int):
-        self.model, self.top_k, self.depth, self.max_nodes = model, top_k, depth, tokens
-        self.device = next(model.parameters()).device
+        from ..calibrate.specs import Net
+
+        self.net = model if isinstance(model, Net) and model.eagle else None
+        self.model = model.lm if isinstance(model, Net) else model  # config, dtype, device
+        self.top_k, self.depth, self.max_nodes = top_k, depth, tokens
+        self.device = next(self.model.parameters()).device
+        self.off = 1 if self.net is not None else 0  # cache positions = context length - off
         self.tags: dict[int, _Tag] = {}
+
+    @property
+    def needs_hidden(self) -> bool:
+        return self.net is not None
 
     def free(self, tag: int) -> None:
         self.tags.pop(tag, None)
 
-    def encode(self, tag: int, context: list[int]):
-        """Bring the tag's cache up to ``context``; returns (logits of the last token, new tokens encoded)."""
+    def _forward(self, st: _Tag, ids, pos, mask=None, hidden=None, last_only=False):
+        """(logits [n, vocab], predicted features [n, hidden] or None) of one forward on the tag's cache."""
+        if self.net is None:
+            kw = {"logits_to_keep": 1} if last_only else {}
+            out = self.model(input_ids=ids, past_key_values=st.cache, position_ids=pos, attention_mask=mask,
+                             use_cache=True, **kw)
+            return out.logits[0], None
+        logits, feats = self.net(ids, st.cache, mask, pos, hidden.to(self.model.dtype), last_only)
+        return logits[0], feats[0]
+
+    def encode(self, tag: int, context: list[int], hidden=None):
+        """Bring the tag's cache up to ``context`` (and, for EAGLE, ``hidden``: chunks of rows,
+        [len(context), hidden_size] in all); returns (root logits, root feature or None, new
+        positions encoded)."""
         import torch
         from transformers import DynamicCache
 
+        if self.net is not None and (hidden is None or sum(map(len, hidden)) != len(context) or len(context) < 2):
+            raise ValueError("an EAGLE draft needs the target's hidden states, one per context token (>= 2)")
         st = self.tags.get(tag)
         if st is None:
             st = self.tags[tag] = _Tag(DynamicCache())
         common = 0
-        for a, b in zip(st.ids, context[:-1]):  # the last token is always re-encoded: its logits are the root's
+        for a, b in zip(st.ids, context[:-1]):  # the last position is always re-encoded: its logits are the root's
             if a != b:
                 break
             common += 1
-        if common < len(st.ids):  # the context diverged from what is cached (a new request)
-            if common:
-                crop_cache(st.cache, common)
+        valid = max(0, common - self.off)
+        if valid < st.cache.get_seq_length():  # the context diverged from what is cached (a new request)
+            if valid:
+                crop_cache(st.cache, valid)
             else:
                 st.cache = DynamicCache()
-            st.ids = st.ids[:common]
-        new = context[common:]
-        ids = torch.tensor([new], device=self.device)
-        pos = torch.arange(common, len(context), device=self.device)[None]
-        out = self.model(input_ids=ids, past_key_values=st.cache, position_ids=pos, use_cache=True, logits_to_keep=1)
+        L = len(context)
+        ids = torch.tensor([context[valid + self.off:]], device=self.device)
+        pos = torch.arange(valid, L - self.off, device=self.device)[None]
+        h = None
+        if self.net is not None:
+            h = torch.as_tensor(_rows_from(hidden, valid + self.off), device=self.device)[None]
+        logits, feats = self._forward(st, ids, pos, hidden=h, last_only=True)
         st.ids = list(context)
-        return out.logits[0, -1], len(new)
+        return logits[-1], None if feats is None else feats[-1], ids.shape[1]
 
-    def draft(self, tag: int, context: list[int], temperature: float = 0.0,
-              seed: int | None = None) -> tuple[TreeDraft, int]:
-        """A tree for the tag's ``context`` (prompt + tokens so far); returns (tree, new tokens encoded).
+    def draft(self, tag: int, context: list[int], temperature: float = 0.0, seed: int | None = None,
+              hidden=None) -> tuple[TreeDraft, int]:
+        """A tree for the tag's ``context`` (prompt + tokens so far); returns (tree, new positions encoded).
 
         Greedy (``temperature == 0``): the EAGLE-2 tree of the module docstring. Sampling:
         level 1 is ``top_k`` children of the root drawn without replacement from ``q``; at
@@ -214,18 +259,21 @@ class Drafter:
         import torch
 
         with torch.inference_mode():
-            root_logits, n_new = self.encode(tag, context)
+            root_logits, root_feat, n_new = self.encode(tag, context, hidden)
+            feats = {-1: root_feat}
             if temperature > 0:
-                tree = self._sampled_tree(tag, len(context), root_logits, temperature, np.random.default_rng(seed))
+                tree = self._sampled_tree(tag, len(context), root_logits, feats, temperature,
+                                          np.random.default_rng(seed))
             else:
-                tree = self._greedy_tree(tag, len(context), root_logits)
-            crop_cache(self.tags[tag].cache, len(context))  # drop the tree: only the context stays cached
+                tree = self._greedy_tree(tag, len(context), root_logits, feats)
+            crop_cache(self.tags[tag].cache, len(context) - self.off)  # drop the tree: the context stays cached
         return tree, n_new
 
     def _level(self, tag: int, L: int, level: int, frontier: list[int], parents: list[int], tokens: list[int],
-               forwarded: list[int], col: dict[int, int]):
+               forwarded: list[int], col: dict[int, int], feats: dict):
         """Forward the ``frontier`` nodes (tree depth ``level``) on top of the cached context and
-        the nodes forwarded before; returns their next-token logits [len(frontier), vocab]."""
+        the nodes forwarded before; returns their next-token logits [len(frontier), vocab] (and
+        keeps an EAGLE head's predicted features in ``feats``)."""
         import torch
 
         rows = []
@@ -237,13 +285,17 @@ class Drafter:
                 anc.append(col[p])
                 p = parents[p]
             rows.append(anc)
-        mask = _rows_mask(L, rows, len(forwarded), self.device)
+        prefix = L - self.off
+        mask = _rows_mask(prefix, rows, len(forwarded), self.device)
         ids = torch.tensor([[tokens[n] for n in frontier]], device=self.device)
-        pos = torch.full((1, len(frontier)), L - 1 + level, device=self.device)
-        return self.model(input_ids=ids, past_key_values=self.tags[tag].cache, attention_mask=mask,
-                          position_ids=pos, use_cache=True).logits[0]
+        pos = torch.full((1, len(frontier)), prefix - 1 + level, device=self.device)
+        hidden = None if self.net is None else torch.stack([feats[parents[n]] for n in frontier])[None]
+        logits, out = self._forward(self.tags[tag], ids, pos, mask, hidden)
+        if out is not None:
+            feats.update(zip(frontier, out))
+        return logits
 
-    def _greedy_tree(self, tag: int, L: int, root_logits) -> TreeDraft:
+    def _greedy_tree(self, tag: int, L: int, root_logits, feats: dict) -> TreeDraft:
         import torch
 
         k = self.top_k
@@ -253,7 +305,7 @@ class Drafter:
         forwarded: list[int] = []  # node index -> its column in the cache after the context
         col: dict[int, int] = {}
         for level in range(1, self.depth):
-            logits = self._level(tag, L, level, frontier, nodes_par, nodes_tok, forwarded, col)
+            logits = self._level(tag, L, level, frontier, nodes_par, nodes_tok, forwarded, col, feats)
             child_scores, child_toks = logits.log_softmax(-1).topk(k, dim=-1)  # [k, k]
             base = torch.tensor([nodes_score[n] for n in frontier], device=self.device)
             cum = (base[:, None] + child_scores).reshape(-1)
@@ -276,7 +328,7 @@ class Drafter:
             depths=[nodes_dep[i] for i in order],
         )
 
-    def _sampled_tree(self, tag: int, L: int, root_logits, temperature: float, rng) -> TreeDraft:
+    def _sampled_tree(self, tag: int, L: int, root_logits, feats: dict, temperature: float, rng) -> TreeDraft:
         import torch
 
         def q16(logits):  # the draft's distribution as it travels (float16), one row per node
@@ -310,7 +362,7 @@ class Drafter:
             slots = min(self.top_k, self.max_nodes - len(tokens))
             if slots <= 0 or not frontier:
                 break
-            rows = q16(self._level(tag, L, level, frontier, parents, tokens, forwarded, col))
+            rows = q16(self._level(tag, L, level, frontier, parents, tokens, forwarded, col, feats))
             # share the slots before drawing: by cumulative log-prob + log of each node's m-th best q
             cand = []
             for j, n in enumerate(frontier):
@@ -332,12 +384,22 @@ class Verifier:
     """A target causal LM decoding one request at a time: greedy at ``temperature == 0``,
     else sampling at that temperature with ``rng`` (a numpy Generator)."""
 
-    def __init__(self, model, temperature: float = 0.0, rng: np.random.Generator | None = None):
+    def __init__(self, model, temperature: float = 0.0, rng: np.random.Generator | None = None,
+                 hidden: bool = False):
         self.model, self.temperature = model, temperature
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.device = next(model.parameters()).device
         self.cache = None
         self.root: int | None = None  # the last emitted token, not yet in the cache
+        # hidden: keep, for an EAGLE draft, the last hidden state before each token emitted
+        # since the last round (float16 [n, hidden_size]; a zero row before a prompt's first token)
+        self.hidden = hidden
+        self.features: np.ndarray | None = None
+
+    def _run(self, **kw):
+        """One forward; keeps the last layer's hidden states when they are wanted."""
+        out = self.model(past_key_values=self.cache, use_cache=True, output_hidden_states=self.hidden, **kw)
+        return out.logits, (out.hidden_states[-1][0] if self.hidden else None)
 
     def _probs(self, logits) -> np.ndarray:
         """The target's distributions (float64 [rows, vocab]) at the sampling temperature."""
@@ -356,9 +418,10 @@ class Verifier:
 
         self.cache = DynamicCache()
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([prompt], device=self.device), past_key_values=self.cache,
-                             use_cache=True, logits_to_keep=1)
-        self.root = self._next(out.logits[0, -1])
+            logits, h = self._run(input_ids=torch.tensor([prompt], device=self.device), logits_to_keep=1)
+        if h is not None:
+            self.features = torch.cat([torch.zeros_like(h[:1]), h]).to(torch.float16).cpu().numpy()
+        self.root = self._next(logits[0, -1])
         return self.root
 
     def step(self) -> int:
@@ -367,9 +430,11 @@ class Verifier:
 
         L = self.cache.get_seq_length()
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([[self.root]], device=self.device), past_key_values=self.cache,
-                             position_ids=torch.tensor([[L]], device=self.device), use_cache=True)
-        self.root = self._next(out.logits[0, -1])
+            logits, h = self._run(input_ids=torch.tensor([[self.root]], device=self.device),
+                                  position_ids=torch.tensor([[L]], device=self.device))
+        if h is not None:
+            self.features = h.to(torch.float16).cpu().numpy()
+        self.root = self._next(logits[0, -1])
         return self.root
 
     def verify(self, tree: TreeDraft) -> RoundResult:
@@ -384,8 +449,8 @@ class Verifier:
         ids = torch.tensor([[self.root, *tree.tokens]], device=self.device)
         pos = torch.tensor([[L] + [L + d for d in tree.depths]], device=self.device)
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, past_key_values=self.cache, attention_mask=mask,
-                                position_ids=pos, use_cache=True).logits[0]
+            logits, h = self._run(input_ids=ids, attention_mask=mask, position_ids=pos)
+            logits = logits[0]
         if self.temperature > 0:
             if T and tree.probs is None:
                 raise ValueError("sampling needs the draft's probabilities with the tree (a greedy draft was sent)")
@@ -406,6 +471,8 @@ class Verifier:
             bonus = pred[0 if cur < 0 else 1 + cur]
         keep = torch.tensor(list(range(L + 1)) + [L + 1 + c for c in path], device=self.device)
         _keep(self.cache, keep)  # the root and the accepted path stay cached
+        if h is not None:  # before each emitted token: the root, then the accepted path
+            self.features = h[keep[L:] - L].to(torch.float16).cpu().numpy()
         emitted = [tree.tokens[c] for c in path] + [bonus]
         self.root = bonus
         return RoundResult(emitted=emitted, accepted=len(path), tree_tokens=T)
@@ -430,33 +497,37 @@ def greedy_generate(model, prompt: list[int], max_new: int, eos: int | None = No
 def local_drafts(drafter: Drafter, tag: int = 0, temperature: float = 0.0):
     """``draft_next`` for :func:`speculative_generate` from a :class:`Drafter` in this process."""
     context: list[int] = []
+    feats: list[np.ndarray] = []
 
-    def draft_next(new: list[int], start: bool, seed: int | None = None) -> TreeDraft:
-        nonlocal context
+    def draft_next(new: list[int], start: bool, seed: int | None = None, hidden=None) -> TreeDraft:
+        nonlocal context, feats
         context = list(new) if start else context + list(new)
-        return drafter.draft(tag, context, temperature, seed)[0]
+        if hidden is not None:
+            feats = [hidden] if start else feats + [hidden]
+        return drafter.draft(tag, context, temperature, seed, feats or None)[0]
 
     return draft_next
 
 
 def speculative_generate(
     target, draft_next, prompt: list[int], max_new: int, eos: int | None = None, temperature: float = 0.0,
-    seed: int = 0,
+    seed: int = 0, hidden: bool = False,
 ) -> tuple[list[int], list[RoundResult]]:
     """Speculative decoding of one request; returns (tokens, rounds).
 
-    ``draft_next(new_tokens, start, seed)`` returns the tree for the context so far, given
-    the tokens emitted since the last call (the whole context, with ``start``, on the first),
-    drawing with ``seed`` when sampling: :func:`local_drafts`, or a draft server's client
-    (:mod:`starsim.real.server`), drafting at the same ``temperature``.
+    ``draft_next(new_tokens, start, seed, hidden)`` returns the tree for the context so far,
+    given the tokens emitted since the last call (the whole context, with ``start``, on the
+    first), drawing with ``seed`` when sampling, and with ``hidden`` (the target's hidden
+    states before those tokens) when the draft is an EAGLE head: :func:`local_drafts`, or a
+    draft server's client (:mod:`starsim.real.server`), drafting at the same ``temperature``.
     """
     rng = np.random.default_rng(seed)
-    v = Verifier(target, temperature, rng)
+    v = Verifier(target, temperature, rng, hidden=hidden)
     out = [v.prefill(prompt)]
     rounds: list[RoundResult] = []
     new, start = prompt + out, True
     while len(out) < max_new and out[-1] != eos:
-        r = v.verify(draft_next(new, start, int(rng.integers(2**63))))
+        r = v.verify(draft_next(new, start, int(rng.integers(2**63)), v.features))
         rounds.append(r)
         new, start = r.emitted, False
         for t in r.emitted:

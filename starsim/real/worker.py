@@ -54,7 +54,7 @@ class TargetWorker:
     def run_request(self, rid: int, prompt: list[int], output_tokens: int, t_arrival: float = 0.0) -> list[int]:
         """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``."""
         rng = np.random.default_rng([self.seed, rid])
-        v = Verifier(self.model, self.temperature, rng)
+        v = Verifier(self.model, self.temperature, rng, hidden=bool(self.client and self.client.needs_hidden))
         t_start = self.now()
         out = [v.prefill(prompt)]
         t_first = self.now()
@@ -65,7 +65,7 @@ class TargetWorker:
             if self.client is not None:
                 t_send = self.now()
                 try:
-                    tree, hdr = self.client.draft(new, start, self.temperature, int(rng.integers(2**63)))
+                    tree, hdr = self.client.draft(new, start, self.temperature, int(rng.integers(2**63)), v.features)
                 except (P.ProtocolError, OSError) as e:
                     self.fallback_at = self.now()
                     log.warning("target %d: draft server lost (%s); decoding autoregressively from %.3f s",
