@@ -79,30 +79,47 @@ def test_execute_bad_input(tmp_path, quick_pair, capsys):
         assert err.startswith("error: ") and "\n" not in err and msg in err, err
 
 
-def test_draft_server_and_target_commands(tmp_path, quick_pair, capsys):
-    """The two commands of a star across machines, here both on loopback."""
+def _serve_and_run(tmp_path, capsys, server_args, target_args, name):
     import signal
     import subprocess
     import sys
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "starsim.cli", "draft-server", "--pair", str(quick_pair), "--bind", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "starsim.cli", "draft-server", "--bind", "127.0.0.1:0",
+                             *server_args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("draft server on 127.0.0.1:"), line
         address = line.split()[3]
-        out = tmp_path / "target"
-        rc = main(["target", "--connect", address, "--pair", str(quick_pair), "--requests", "2",
-                   "--prompt-tokens", "24", "--output-tokens", "16", "--out", str(out)])
+        out = tmp_path / name
+        rc = main(["target", "--connect", address, "--requests", "2", "--prompt-tokens", "24",
+                   "--output-tokens", "16", "--out", str(out), *target_args])
         assert rc == 0
-        assert "target 0 (tag 0): 2 requests" in capsys.readouterr().out
-        assert json.loads((out / "summary.json").read_text())["requests_completed"] == 2
+        assert "target 0 (tag 0, same host): 2 requests" in capsys.readouterr().out
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["requests_completed"] == 2 and summary["provenance"]["clock_offset_s"] == 0.0
     finally:
         proc.send_signal(signal.SIGINT)
         tail, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "served" in tail
+    return line, summary
+
+
+def test_draft_server_and_target_commands(tmp_path, quick_pair, capsys):
+    """The two commands of a star across machines, here both on loopback: the offline pair,
+    and a random-weight spec with an EAGLE head (hidden states travel with each request)."""
+    from test_spec import EAGLE_SPEC
+
+    _serve_and_run(tmp_path, capsys, ["--pair", str(quick_pair)], ["--pair", str(quick_pair)], "pair")
+    spec = tmp_path / "tiny-eagle.yaml"
+    spec.write_text(EAGLE_SPEC)
+    line, summary = _serve_and_run(tmp_path, capsys, ["--spec", str(spec), "--tree", "3,3,8"],
+                                   ["--spec", str(spec)], "spec")
+    assert "EAGLE head" in line and summary["provenance"]["model"]["kind"] == "spec"
+    for args, msg in [(["--spec", "no-such-spec"], "no such model spec"), (["--model", str(tmp_path)], "no target"),
+                      (["--device", "tpu:9"], "--device tpu:9")]:
+        assert main(["target", "--connect", "127.0.0.1:9", "--pair", str(quick_pair), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and msg in err, err
 
 
 def test_measured_acceptance_feeds_the_simulator(tmp_path, quick_pair, capsys):

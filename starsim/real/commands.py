@@ -10,6 +10,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..calibrate.commands import _need_torch, _tree
 from ..errors import StarsimError
 
@@ -47,26 +49,68 @@ def add_parsers(sub) -> None:
     m.set_defaults(func=no_what)
 
 
+def _cli_real(args: argparse.Namespace, role: str):
+    """The command line's model choice as a scenario's ``real:`` section (so one loader and one
+    set of checks serve both): ``--model DIR`` or ``--spec NAME`` for ``role``, else ``--pair``."""
+    from pydantic import ValidationError
+
+    from ..scenario import Real
+
+    key = f"{role}_model"
+    if args.model and args.spec:
+        raise StarsimError("give one of --model and --spec")
+    data: dict = {"dtype": args.dtype}
+    if args.model:
+        data[key] = {"kind": "pretrained", "path": str(Path(args.model).resolve())}
+    elif args.spec:
+        data[key] = {"kind": "spec", "spec": args.spec}
+    else:
+        data["pair"] = str(args.pair.resolve())
+    if role == "draft" and key in data:
+        data["target_model"] = data[key]  # a draft server needs no target; this satisfies the check
+    try:
+        return Real.model_validate(data)
+    except ValidationError as e:
+        raise StarsimError(f"--{role}: {e.errors()[0]['msg']}") from None
+
+
+def _load_role(args: argparse.Namespace, role: str):
+    """(Real section, model source, model) for ``role`` on ``--device``."""
+    from .models import load_model, resolve_dtype, role_source
+
+    real = _cli_real(args, role)
+    src = role_source(real, role)
+    if src["kind"] == "pretrained" and not (Path(src["path"]) / "config.json").is_file():
+        hint = "; build one with `starsim models build-pair`" if real.pair and not args.model else ""
+        raise StarsimError(f"{src['path']}: no {role} model there (no config.json){hint}")
+    try:
+        import torch
+
+        torch.device(args.device)
+    except RuntimeError as e:
+        raise StarsimError(f"--device {args.device}: {e}") from None
+    return real, src, load_model(src, role, args.device, resolve_dtype(real, src, args.device))
+
+
 def cmd_draft_server(args: argparse.Namespace) -> int:
     """Serve drafts until Ctrl-C (for a star across machines)."""
     _need_torch()
     import logging
 
     import torch
-    from transformers import AutoModelForCausalLM
 
     from .server import DraftServer
     from .spec import Drafter
 
-    if not (args.pair / "draft").is_dir():
-        raise StarsimError(f"--pair {args.pair}: no draft/ model there; build one with `starsim models build-pair`")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     tree = _tree(args.tree)
-    model = AutoModelForCausalLM.from_pretrained(args.pair / "draft").eval()
-    server = DraftServer(Drafter(model, tree.top_k, tree.depth, tree.tokens), bind=args.bind, policy=args.policy,
-                         token=args.token).start()
-    print(f"draft server on {server.address} (tree {args.tree}, policy {args.policy}); Ctrl-C to stop", flush=True)
+    _, src, model = _load_role(args, "draft")
+    drafter = Drafter(model, tree.top_k, tree.depth, tree.tokens)
+    server = DraftServer(drafter, bind=args.bind, policy=args.policy, token=args.token).start()
+    kind = "EAGLE head (targets send hidden states)" if drafter.needs_hidden else "causal LM"
+    print(f"draft server on {server.address} ({src.get('path') or src.get('spec')}, {kind}, on {args.device}, "
+          f"tree {args.tree}, policy {args.policy}); Ctrl-C to stop", flush=True)
     try:
         server.stop.wait()
     except KeyboardInterrupt:
@@ -83,33 +127,33 @@ def cmd_target(args: argparse.Namespace) -> int:
     import time
 
     import torch
-    from tokenizers import Tokenizer
-    from transformers import AutoModelForCausalLM
 
     from ..metrics import summarize
     from ..result import dump_json
-    from .models import prompt_text
+    from .models import eos_ids, prompt_text, source_vocab, tokenizer_encode
     from .server import DraftClient
     from .worker import TargetWorker, assemble_records
 
-    if not (args.pair / "target").is_dir():
-        raise StarsimError(f"--pair {args.pair}: no target/ model there; build one with `starsim models build-pair`")
     torch.set_num_threads(args.threads)
-    tok = Tokenizer.from_file(str(args.pair / "tokenizer.json"))
-    model = AutoModelForCausalLM.from_pretrained(args.pair / "target").eval()
+    real, src, model = _load_role(args, "target")
     try:
-        client = DraftClient(args.connect, token=args.token)
+        client = DraftClient(args.connect, token=args.token, timeout_s=args.timeout)
     except OSError as e:
         raise StarsimError(f"--connect {args.connect}: {e}") from None
-    ids = tok.encode(prompt_text(args.pair)).ids
+    encode = tokenizer_encode(real)
+    rng = np.random.default_rng([args.seed, 1])
+    if encode is None:  # a random-weight spec target: random prompt ids
+        prompts = [rng.integers(0, source_vocab(src, "target"), args.prompt_tokens).tolist()
+                   for _ in range(args.requests)]
+    else:
+        ids = encode(prompt_text(real.pair if real.target_model is None else None))
+        step = max(1, (len(ids) - args.prompt_tokens) // max(1, args.requests))
+        prompts = [list(ids[i * step: i * step + args.prompt_tokens]) for i in range(args.requests)]
     clock0 = time.monotonic()
-    # Server timestamps are on the server's clock: comparable only when both run on one host.
-    w = TargetWorker(args.index, model, client, clock0, device=args.device, eos=model.config.eos_token_id,
+    w = TargetWorker(args.index, model, client, clock0, device=args.device, eos=eos_ids(model, src),
                      temperature=args.temperature, seed=args.seed)
-    step = max(1, (len(ids) - args.prompt_tokens) // max(1, args.requests))
-    for rid in range(args.requests):
-        w.run_request(rid, ids[rid * step: rid * step + args.prompt_tokens], args.output_tokens,
-                      t_arrival=time.monotonic() - clock0)
+    for rid, prompt in enumerate(prompts):
+        w.run_request(rid, prompt, args.output_tokens, t_arrival=time.monotonic() - clock0)
     w.close()
     part = {"rounds": w.rounds, "requests": w.requests, "intervals": w.intervals}
     records = assemble_records([part], {
@@ -117,37 +161,54 @@ def cmd_target(args: argparse.Namespace) -> int:
         "draft_engines": [], "draft_device": None,
         "targets": [{"index": args.index, "name": f"target-{args.index}", "device": args.device}]})
     summary = summarize(records)
+    summary["provenance"] = {
+        "source": "real", "role": "target", "model": src, "device": args.device, "draft_server": args.connect,
+        "tag": client.tag, "same_host": client.same_host, "clock_offset_s": w.clock_offset_s,
+        "clock_error_s": w.clock_error_s, "fallback_at_s": w.fallback_at, "temperature": args.temperature,
+    }
     if args.out:
         records.write(args.out)
         dump_json(summary, args.out / "summary.json")
-    print(f"target {args.index} (tag {client.tag}): {summary['requests_completed']} requests, "
+    clock = ("same host" if client.same_host else
+             f"server clock offset {w.clock_offset_s:+.6f} s (+/- {w.clock_error_s * 1e3:.3f} ms)"
+             if w.clock_error_s is not None else "server clock not aligned (old server)")
+    print(f"target {args.index} (tag {client.tag}, {clock}): {summary['requests_completed']} requests, "
           f"{summary['throughput_tokens_per_s']:.1f} tok/s, {summary['mean_accepted_tokens']:.2f} tokens per round"
           + (f"; lost the draft server at {w.fallback_at:.3f} s" if w.fallback_at is not None else ""))
     return 0
 
 
+def _model_args(p: argparse.ArgumentParser, role: str) -> None:
+    p.add_argument("--pair", type=Path, default=DEFAULT_PAIR,
+                   help=f"offline pair directory, its {role}/ is used (default {DEFAULT_PAIR})")
+    p.add_argument("--model", help=f"a local Hugging Face model directory as the {role} (instead of --pair)")
+    p.add_argument("--spec", help=f"a calibration spec's {role} with random weights (timing only; instead of --pair)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:K")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="auto (default): float32 on a CPU, the spec's or checkpoint's on a GPU")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
+
 def add_server_parsers(sub) -> None:
     d = sub.add_parser("draft-server", help="serve draft trees over TCP to targets on other machines (torch)")
-    d.add_argument("--pair", type=Path, default=DEFAULT_PAIR, help=f"pair directory (default {DEFAULT_PAIR})")
+    _model_args(d, "draft")
     d.add_argument("--bind", default="127.0.0.1:7070", help="HOST:PORT (default 127.0.0.1:7070; 0.0.0.0 for all)")
     d.add_argument("--tree", default="4,4,16", help="TOP_K,DEPTH,TOKENS (default 4,4,16)")
     d.add_argument("--policy", default="fifo", help="engine policy (default fifo)")
     d.add_argument("--token", help="shared token targets must present")
-    d.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     d.set_defaults(func=cmd_draft_server)
 
     t = sub.add_parser("target", help="run requests on this machine against a draft server (torch)")
     t.add_argument("--connect", required=True, metavar="HOST:PORT", help="the draft server")
-    t.add_argument("--pair", type=Path, default=DEFAULT_PAIR, help=f"pair directory (default {DEFAULT_PAIR})")
-    t.add_argument("--device", default="cpu", help="cpu (default)")
+    _model_args(t, "target")
     t.add_argument("--requests", type=int, default=8, help="requests to run (default 8)")
     t.add_argument("--prompt-tokens", type=int, default=64, help="prompt length (default 64)")
     t.add_argument("--output-tokens", type=int, default=64, help="tokens to generate per request (default 64)")
     t.add_argument("--index", type=int, default=0, help="this target's index in the records (default 0)")
     t.add_argument("--temperature", type=float, default=0.0,
                    help="0: greedy (default); > 0: speculative sampling at this temperature")
-    t.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    t.add_argument("--seed", type=int, default=0, help="sampling and prompt seed (default 0)")
     t.add_argument("--token", help="the server's shared token")
-    t.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    t.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a draft (default 60)")
     t.add_argument("--out", type=Path, help="write this target's tables and summary here")
     t.set_defaults(func=cmd_target)
