@@ -56,3 +56,17 @@ def test_loads_offline_with_transformers(pairs, monkeypatch):
 def test_corpus_is_the_stdlib_in_sorted_order():
     text, files = stdlib_corpus(50_000)
     assert len(text.encode()) <= 50_000 and files == sorted(files) and all(f.endswith(".py") for f in files)
+
+
+def test_the_stdlib_pair_spec_is_the_default_pair():
+    """models/specs/stdlib-pair.yaml (what calibration times) describes what build-pair trains."""
+    from starsim.calibrate.specs import load_spec
+    from starsim.real.pair import PairSettings, _llama
+
+    spec = load_spec("stdlib-pair")
+    s = PairSettings()
+    for arch, built in ((spec.target, _llama(s.target, s.vocab_size, s.seq_len)),
+                        (spec.draft, _llama(s.draft, s.vocab_size, s.seq_len))):
+        cfg = built.config
+        for key, value in (arch.model_extra or {}).items():
+            assert getattr(cfg, key) == value, key
