@@ -67,7 +67,6 @@ def test_execute_bad_input(tmp_path, quick_pair, capsys):
     for change, msg in [
         ({"real": None}, "execute needs a `real:` section"),
         ({"real": {"pair": str(tmp_path / "nothing")}}, "is not a draft/target pair"),
-        ({"mode": "one_for_one"}, "one_for_one is not supported by execute yet"),
         ({"real": {"pair": str(quick_pair), "faults": [{"kind": "kill_target", "target": 2, "at_s": 1}]}},
          "real.faults.0.target: target 2 out of range"),
         ({"real": {"pair": str(quick_pair), "temperature": -1}}, "real.temperature"),
@@ -258,3 +257,76 @@ def test_execute_pretrained_and_spec_models(tmp_path, quick_pair, quick_models, 
         assert main(["execute", _scenario(tmp_path, quick_pair, real=real)]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and msg in err, err
+
+
+def _sim_and_real(tmp_path, pair, **changes):
+    """The same scenario simulated and executed: (sim Result, real Result)."""
+    from starsim import load_scenario, simulate
+    from starsim.real.execute import execute
+
+    sc = load_scenario(_scenario(tmp_path, pair, **changes))
+    return simulate(sc), execute(sc)
+
+
+def test_execute_open_loop_replays_the_simulated_arrivals(tmp_path, quick_pair, quick_models):
+    """Poisson arrivals: request i arrives when, and with the lengths that, the simulator has it
+    arrive; a request waits for its time (never starts early) and TTFT counts from arrival."""
+    import numpy as np
+
+    _, target, _ = quick_models
+    sim, real = _sim_and_real(tmp_path, quick_pair, max_requests=6, workload={
+        "kind": "poisson", "rate_per_s": 8.0, "prompt_tokens": {"kind": "uniform", "low": 16, "high": 40},
+        "output_tokens": 20})
+    s = real.summary
+    assert not s["provenance"]["failures"] and s["requests_completed"] == 6 and s["requests_unfinished"] == 0
+    a, b = (r.requests.sort_values("request") for r in (real, sim))
+    assert a["request"].tolist() == b["request"].tolist() == list(range(6))
+    assert np.array_equal(a["t_arrival"].to_numpy(), b["t_arrival"].to_numpy())  # bit for bit
+    assert a["prompt_tokens"].tolist() == b["prompt_tokens"].tolist()
+    assert a["output_tokens"].tolist() == b["output_tokens"].tolist()
+    assert (a["t_start"] >= a["t_arrival"]).all() and set(a["target"]) <= {0, 1}
+    assert s["ttft_mean_s"] == pytest.approx((a["t_first_token"] - a["t_arrival"]).mean())
+    for o in real.outputs:  # still lossless
+        assert o["output"] == greedy_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
+
+
+def test_execute_trace_replay_ends_at_duration(tmp_path, quick_pair):
+    """A trace cut by duration_s: the arrivals up to it (the one exactly at it included, as the
+    simulator has it) and no later; the run lasts to duration_s, as a simulation does."""
+    import numpy as np
+
+    rows = "".join(f"2024-05-10 00:00:{k:02d}.000,{24 + k},16\n" for k in range(12))
+    (tmp_path / "trace.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + rows)
+    sim, real = _sim_and_real(tmp_path, quick_pair, max_requests=None, duration_s=2.0, workload={
+        "kind": "trace", "path": str(tmp_path / "trace.csv"), "time_scale": 0.25})
+    s = real.summary
+    assert not s["provenance"]["failures"]
+    a, b = (r.requests.sort_values("request") for r in (real, sim))
+    assert np.array_equal(a["t_arrival"].to_numpy(), 0.25 * np.arange(9))
+    assert np.array_equal(a["t_arrival"].to_numpy(), b["t_arrival"].to_numpy())
+    assert a["prompt_tokens"].tolist() == b["prompt_tokens"].tolist() == list(range(24, 33))
+    assert s["requests_completed"] + s["requests_unfinished"] == 9 and s["t_end_s"] >= 2.0
+
+
+def test_execute_one_for_one(tmp_path, quick_pair, quick_models):
+    """Each target drafts from its own draft, named and placed as the simulator names and places it."""
+    _, target, _ = quick_models
+    sim, real = _sim_and_real(tmp_path, quick_pair, mode="one_for_one")
+    s = real.summary
+    assert not s["provenance"]["failures"] and s["requests_completed"] == 4
+    assert real.records.meta["draft_engines"] == sim.records.meta["draft_engines"] == ["draft-0", "draft-1"]
+    iv = real.records.intervals
+    draft = iv[iv["kind"] == "draft"]
+    sim_iv = sim.records.intervals
+    assert (set(map(tuple, draft[["engine", "device", "target"]].drop_duplicates().to_numpy()))
+            == set(map(tuple, sim_iv.loc[sim_iv["kind"] == "draft", ["engine", "device", "target"]]
+                       .drop_duplicates().to_numpy())))
+    for i in (0, 1):
+        mine = draft[draft["engine"] == f"draft-{i}"]
+        assert len(mine) and (mine["target"] == i).all()
+    r = real.rounds
+    assert (r["draft"] == r["target"]).all()  # the simulator numbers the drafts by target
+    assert 0 < s["draft_utilization"] <= 1 and s["draft_tasks"] == len(draft) and len(s["per_target"]) == 2
+    assert s["provenance"]["processes"]["draft_servers"] == 2
+    for o in real.outputs:
+        assert o["output"] == greedy_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)

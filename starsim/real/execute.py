@@ -1,12 +1,19 @@
 """``starsim execute``: run a scenario for real and record it in the simulator's schema.
 
-This process loads the draft model and runs the :class:`~starsim.real.server.DraftServer`
-(communication threads plus one engine thread); every target instance of the scenario is a
-process of its own (``multiprocessing`` spawn) that loads the target model, connects over
-loopback TCP and runs the closed-loop prompt set like a simulated target: each target goes
-through the prompt set in order, under one run-wide request budget (``max_requests``) and
-no new request after ``duration_s``. Workers send their record rows back when they end;
-:mod:`starsim.metrics` summarizes them exactly as it does a simulation.
+In star mode this process loads the draft model and runs the
+:class:`~starsim.real.server.DraftServer` (communication threads plus one engine thread);
+every target instance of the scenario is a process of its own (``multiprocessing`` spawn)
+that loads the target model and connects over loopback TCP. In one_for_one mode each
+target process also loads its own draft on its own device and serves it to itself over
+loopback (no emulated link), as the simulator co-locates each draft with its target.
+
+Workloads, as the simulator runs them: a closed loop has each target go through the prompt
+set in order, under one run-wide request budget (``max_requests``); an open loop (poisson,
+gamma, trace) replays the simulator's arrivals for the scenario and seed (times and lengths
+of :func:`starsim.workload.arrivals`), request i arriving at its time on the run's clock,
+from one shared queue that the first idle target takes from. No new request starts after
+``duration_s``. Workers send their record rows back when they end; :mod:`starsim.metrics`
+summarizes them exactly as it does a simulation.
 
 Prompt text: Python standard library source the pair never trained on (the sorted
 ``*.py`` files after the last one of the pair's corpus), cut at the prompt lengths the
@@ -30,6 +37,7 @@ from ..errors import StarsimError
 from ..metrics import summarize
 from ..result import Result
 from ..scenario import ClosedLoop, Scenario
+from ..workload import arrivals as workload_arrivals
 from .models import (
     build_prompts,
     check_sources,
@@ -49,30 +57,61 @@ def _check(scenario: Scenario) -> None:
     if scenario.real is None:
         raise StarsimError(f"{scenario.name}: execute needs a `real:` section (real.pair: a draft/target pair "
                            "directory; build one with `starsim models build-pair`)")
-    if scenario.mode == "one_for_one":
-        raise StarsimError("mode: one_for_one is not supported by execute yet (star and autoregressive are)")
-    if not isinstance(scenario.workload, ClosedLoop):
-        raise StarsimError("workload: execute runs closed-loop workloads only, so far")
     if scenario.max_requests is None and scenario.duration_s is None:
         raise StarsimError("execute needs max_requests or duration_s")
     check_sources(scenario)
 
 
+def _open_loop(scenario: Scenario, horizon: float) -> tuple[list[float], list[tuple[int, int]], bool]:
+    """The simulator's open-loop requests for the scenario and seed, in request-id order:
+    arrival times and ``(prompt, output)`` lengths, up to the budget and ``horizon``
+    (inclusive, as in the simulator); and whether ``horizon`` cut the arrivals short."""
+    from ..sim.run import STREAM_WORKLOAD, rng_for
+
+    times: list[float] = []
+    lengths: list[tuple[int, int]] = []
+    now = 0.0
+    for t, p, o in workload_arrivals(scenario.workload, rng_for(scenario.seed, STREAM_WORKLOAD)):
+        if scenario.max_requests is not None and len(times) >= scenario.max_requests:
+            break
+        if t > now:  # the simulator's clock, bit for bit: SimPy's now + (t - now), never back in time
+            now += t - now
+        if now > horizon:
+            return times, lengths, True
+        times.append(now)
+        lengths.append((p, o))
+    return times, lengths, False
+
+
 def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, address: str | None, threads: int,
                  prompts, repeat: bool, budget, issued, horizon: float, ready, go, clock0, timeout_s: float,
-                 results, link=None, seed: int = 0, temperature: float = 0.0) -> None:
+                 results, link=None, seed: int = 0, temperature: float = 0.0, arrivals: list[float] | None = None,
+                 own_draft: dict | None = None) -> None:
     """One target process: load the model and connect, wait for the common start, then take
-    requests until the budget ends or ``horizon`` seconds have passed."""
+    requests until the budget ends or ``horizon`` seconds have passed.
+
+    ``arrivals``: an open loop (request i arrives at ``arrivals[i]`` with ``prompts[i]``);
+    None: the closed loop over ``prompts``. ``own_draft``: one_for_one, this target's draft
+    (source, dtype, tree, policy, stop_draft times), served from this process."""
     import torch
 
     from .models import eos_ids, load_model
-    from .server import DraftClient
+    from .server import DraftClient, DraftServer
+    from .spec import Drafter
     from .worker import TargetWorker
 
     torch.set_num_threads(threads)
-    error, worker, tag, client, model = None, None, None, None, None
+    error, worker, tag, client, model, server = None, None, None, None, None, None
     try:
         model = load_model(src, "target", device, dtype)
+        if own_draft is not None:
+            # one_for_one: the draft lives with its target (the simulator puts it on the target's
+            # unit), so it shares this process's device and threads, never another target's; the
+            # target waits for each tree, so the two never compute at once.
+            draft = load_model(own_draft["src"], "draft", device, own_draft["dtype"])
+            server = DraftServer(Drafter(draft, *own_draft["tree"]), policy=own_draft["policy"],
+                                 timeout_s=timeout_s).start()
+            address = server.address
         delays = {}
         if link is not None:  # the simulator's link model, one random stream per direction
             from ..sim.links import link_time
@@ -90,27 +129,50 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
             raise RuntimeError(error)
         t0 = clock0.value
         deadline = t0 + horizon
+        for at in own_draft["stop_at"] if server is not None else ():  # stop_draft drills: this target's own
+            timer = threading.Timer(max(0.0, t0 + at - time.monotonic()), server.close)
+            timer.daemon = True  # one not yet due is dropped when the process ends
+            timer.start()
         worker = TargetWorker(index, model, client, t0, device=unit, eos=eos_ids(model, src),
                               temperature=temperature, seed=seed)
-        served = 0
-        while time.monotonic() < deadline and (repeat or served < len(prompts)):
+        served, limit = 0, budget if arrivals is None else len(arrivals)  # arrivals: within the budget
+        while time.monotonic() < deadline and (arrivals is not None or repeat or served < len(prompts)):
             with issued.get_lock():
-                if budget is not None and issued.value >= budget:
+                if limit is not None and issued.value >= limit:
                     break
                 rid = issued.value
                 issued.value += 1
-            prompt, output = prompts[served % len(prompts)]
-            worker.run_request(rid, prompt, output, t_arrival=time.monotonic() - t0)
+            if arrivals is None:
+                prompt, output = prompts[served % len(prompts)]
+                t_arrival = time.monotonic() - t0
+            else:
+                # Open loop: whoever asks first gets the next request and waits for it to arrive, as
+                # the simulator's longest-idle target does; one that arrived while all were busy
+                # queued meanwhile (its TTFT counts from arrival).
+                prompt, output = prompts[rid]
+                t_arrival = arrivals[rid]
+                time.sleep(max(0.0, t0 + t_arrival - time.monotonic()))
+            worker.run_request(rid, prompt, output, t_arrival=t_arrival)
             served += 1
         worker.close()
     except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
         error = error or f"{type(e).__name__}: {e}"
+    draft_rows, rejected = [], []
+    if server is not None:
+        server.close()
+        draft_rows = [(f"draft-{index}", unit, "draft", index, s - clock0.value, e - clock0.value)
+                      for _, s, e, _ in server.intervals]
+        rejected = list(server.rejected)
+    rounds = worker.rounds if worker else []
+    if server is not None:  # the simulator numbers one_for_one's draft engines by target
+        rounds = [(*r[:3], index, *r[4:]) if r[3] >= 0 else r for r in rounds]
     results.put({
         "index": index, "tag": tag, "error": error,
-        "rounds": worker.rounds if worker else [], "requests": worker.requests if worker else [],
+        "rounds": rounds, "requests": worker.requests if worker else [],
         "intervals": worker.intervals if worker else [],
         "fallback_at": worker.fallback_at if worker else None,
         "outputs": worker.outputs if worker else [],
+        "draft_intervals": draft_rows, "rejected": rejected,
     })
 
 
@@ -137,11 +199,15 @@ def _execute(scenario: Scenario) -> Result:
     r = scenario.real
     wall0 = time.perf_counter()
     instances = scenario.target_instances()
-    star = scenario.mode == "star"
+    star, own = scenario.mode == "star", scenario.mode == "one_for_one"
     draft_unit, target_units = place(scenario)
     target_src = role_source(r, "target")
     target_dev = [torch_device(scenario, u) for u in target_units]
-    prompts = build_prompts(scenario, tokenizer_encode(r), source_vocab(target_src, "target"))
+    horizon = min(scenario.duration_s if scenario.duration_s is not None else math.inf, r.max_wall_s)
+    arrivals, lengths, cut = None, None, False
+    if not isinstance(scenario.workload, ClosedLoop):
+        arrivals, lengths, cut = _open_loop(scenario, horizon)
+    prompts = build_prompts(scenario, tokenizer_encode(r), source_vocab(target_src, "target"), lengths)
     tree = scenario.draft.tree
     ctx = mp.get_context("spawn")
     # Rows come back through a multiprocessing queue: pickles between this run's own
@@ -150,22 +216,26 @@ def _execute(scenario: Scenario) -> Result:
     issued = ctx.Value("i", 0)
     server = None
     torch.set_num_threads(r.threads)
-    draft_src = role_source(r, "draft") if star else None
+    draft_src = role_source(r, "draft") if star or own else None
     if star:
         dev = torch_device(scenario, draft_unit)
         draft = load_model(draft_src, "draft", dev, resolve_dtype(r, draft_src, dev))
         server = DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens), policy=scenario.draft.policy,
                              timeout_s=r.timeout_s).start()
-    horizon = min(scenario.duration_s if scenario.duration_s is not None else math.inf, r.max_wall_s)
     ready, go = ctx.Queue(), ctx.Event()
     shared_clock0 = ctx.Value("d", 0.0)
     procs = []
+    stop_at = [f.at_s for f in r.faults if f.kind == "stop_draft"]
     for i, _name, group in instances:
+        own_draft = {"src": draft_src, "dtype": resolve_dtype(r, draft_src, target_dev[i]),
+                     "tree": (tree.top_k, tree.depth, tree.tokens), "policy": scenario.draft.policy,
+                     "stop_at": stop_at} if own else None
         p = ctx.Process(target=_target_main, name=f"starsim-target-{i}", args=(
             i, target_src, target_dev[i], resolve_dtype(r, target_src, target_dev[i]), target_units[i],
-            server.address if server else None, r.threads, prompts, scenario.workload.repeat,
+            server.address if server else None, r.threads, prompts, getattr(scenario.workload, "repeat", False),
             scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results,
-            group.link if r.emulate_link else None, scenario.seed, r.temperature))
+            # one_for_one has no wire in the simulator: its loopback gets no emulated link
+            group.link if r.emulate_link and star else None, scenario.seed, r.temperature, arrivals, own_draft))
         p.start()
         procs.append(p)
     # The run's clock starts when every target has loaded its model and connected, so
@@ -189,7 +259,8 @@ def _execute(scenario: Scenario) -> Result:
             for i, p in enumerate(procs):  # killed before it reported: its rows are lost, the run goes on
                 if i not in got and p.exitcode not in (None, 0):
                     got[i] = {"index": i, "tag": None, "error": f"process ended with exit code {p.exitcode}",
-                              "rounds": [], "requests": [], "intervals": [], "fallback_at": None, "outputs": []}
+                              "rounds": [], "requests": [], "intervals": [], "fallback_at": None, "outputs": [],
+                              "draft_intervals": [], "rejected": []}
     for p in procs:
         p.join(timeout=5)
         if p.is_alive():
@@ -202,14 +273,24 @@ def _execute(scenario: Scenario) -> Result:
     tag_to_target = {item["tag"]: i for i, item in got.items() if item["tag"] is not None}
     draft_rows = [("draft", draft_unit, "draft", tag_to_target.get(tag, -1), s - clock0, e - clock0)
                   for tag, s, e, _ in (server.intervals if server else [])]
+    draft_rows += [row for i in sorted(got) for row in got[i]["draft_intervals"]]
+    parts = [got[i] for i in sorted(got)]
+    if arrivals is not None:
+        # Conservation, as in the simulator: a request that arrived but no target took before the
+        # end is in the table, queued (target -1, never started).
+        queued = [(rid, -1, len(prompts[rid][0]), prompts[rid][1], 0, arrivals[rid], math.nan, math.nan, math.nan)
+                  for rid in range(issued.value, len(arrivals)) if arrivals[rid] <= t_elapsed]
+        parts.append({"rounds": [], "requests": queued, "intervals": []})
     meta = {
         "source": "real", "mode": scenario.mode, "t_end": t_elapsed, "warmup_s": scenario.warmup_s,
         "cooldown_s": scenario.cooldown_s, "window_s": scenario.window_s,
-        "draft_engines": ["draft"] if star else [],
+        "draft_engines": ["draft"] if star else [f"draft-{i}" for i, _, _ in instances] if own else [],
         "targets": [{"index": i, "name": name, "device": target_units[i]} for i, name, _ in instances],
         "draft_device": draft_unit if star else None,
     }
-    records = assemble_records([got[i] for i in sorted(got)], meta, draft_rows)
+    records = assemble_records(parts, meta, draft_rows)
+    if cut:  # arrivals would have gone on: the run lasts to its horizon, as a simulation does to duration_s
+        records.meta["t_end"] = max(records.meta["t_end"], horizon)
     summary = summarize(records)
     summary["provenance"] = {
         "source": "real",
@@ -221,12 +302,15 @@ def _execute(scenario: Scenario) -> Result:
         "mode": scenario.mode,
         "temperature": r.temperature,
         "models": {role: _model_provenance(r, role, src, dev) for role, src, dev in
-                   (("target", target_src, sorted(set(target_dev))), ("draft", draft_src, [dev] if star else []))
+                   (("target", target_src, sorted(set(target_dev))),
+                    ("draft", draft_src, [dev] if star else sorted(set(target_dev)) if own else []))
                    if src is not None},
-        "processes": {"targets": len(procs), "threads_each": r.threads},
+        "processes": {"targets": len(procs), "threads_each": r.threads,
+                      "draft_servers": 1 if star else len(procs) if own else 0},
         "failures": {str(i): got[i]["error"] for i in sorted(got) if got[i]["error"]},
         "fallback_at_s": {str(i): got[i]["fallback_at"] for i in sorted(got) if got[i]["fallback_at"] is not None},
-        "rejected_connections": list(server.rejected) if server else [],
+        "rejected_connections": (list(server.rejected) if server else [])
+        + [line for i in sorted(got) for line in got[i]["rejected"]],
         "faults": [f.model_dump() for f in r.faults],
         "wall_time_s": time.perf_counter() - wall0,
     }

@@ -172,10 +172,14 @@ def tokenizer_encode(real: Real):
     return lambda text: tok(text, add_special_tokens=False)["input_ids"]
 
 
-def build_prompts(scenario: Scenario, encode, vocab: int) -> list[tuple[list[int], int]]:
-    """The workload's prompt set as token ids (prompt, output tokens), deterministic by seed:
-    slices of :func:`prompt_text` when there is a tokenizer, random ids otherwise."""
-    lengths = prompt_set(scenario.workload, np.random.default_rng([scenario.seed, 0]))
+def build_prompts(scenario: Scenario, encode, vocab: int,
+                  lengths: list[tuple[int, int]] | None = None) -> list[tuple[list[int], int]]:
+    """Token ids (prompt, output tokens) for each of ``lengths`` in order, deterministic by
+    seed: slices of :func:`prompt_text` when there is a tokenizer, random ids otherwise.
+    ``lengths``: an open loop's requests (``(prompt, output)`` of request i at i); by default
+    the closed loop's prompt set."""
+    if lengths is None:
+        lengths = prompt_set(scenario.workload, np.random.default_rng([scenario.seed, 0]))
     rng = np.random.default_rng([scenario.seed, 1])
     if encode is None:
         return [(rng.integers(0, vocab, int(p)).tolist(), int(o)) for p, o in lengths]
