@@ -113,8 +113,14 @@ def cmd_acceptance(args: argparse.Namespace) -> int:
         "mean_accepted_tokens": s["mean_accepted_tokens"],
         "rounds": s["rounds"],
         "measured_by": {"run_dir": str(args.run_dir.resolve()), "source": records.meta.get("source"),
-                        **{k: prov[k] for k in ("scenario", "scenario_hash", "pair", "seed") if k in prov}},
+                        **{k: prov[k] for k in ("scenario", "scenario_hash", "seed", "temperature", "models")
+                           if k in prov}},
     }
+    scenario_file = args.run_dir / "scenario.yaml"
+    if scenario_file.exists():  # the tree the curve belongs to: a different shape accepts differently
+        tree = ((yaml.safe_load(scenario_file.read_text()) or {}).get("draft") or {}).get("tree")
+        if tree:
+            doc["measured_by"]["tree"] = tree
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"acceptance over {s['rounds']} rounds: {', '.join(f'{a:.3f}' for a in curve)} "
