@@ -111,7 +111,8 @@ def load_model(src: dict[str, Any], role: str, device: str, dtype: str):
     try:
         model = AutoModelForCausalLM.from_pretrained(src["path"], **kw)
     except (OSError, ValueError, ImportError) as e:
-        raise StarsimError(f"real.{role}_model: cannot load {src['path']}: {e}") from None
+        hint = " (GGUF files need `pip install -e '.[gguf]'`)" if src.get("gguf_file") else ""
+        raise StarsimError(f"real.{role}_model: cannot load {src['path']}: {' '.join(str(e).split())}{hint}") from None
     return model.to(device).eval()
 
 
