@@ -303,6 +303,7 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
         # TPOT is averaged over requests, so weight each target by its request rate
         "tpot_mean_s": float(np.average(tpot, weights=request_rate)) if request_rate.sum() > 0 else None,
         "n_targets": n,
+        "target_tokens_per_s_mean": float(np.mean([t["tokens_per_s"] for t in per_target])) if per_target else None,
         "per_target": per_target,
         "assumptions": [
             "mean times only: no variance, no bursts (random times queue more near N*)",

@@ -86,6 +86,23 @@ def cmd_execute(args: argparse.Namespace) -> int:
     return _predict(args, real=True)
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """The validation table: closed form and simulation against a real run, per sweep point."""
+    from .calibrate.commands import _need_torch
+    from .validate import validate
+
+    _need_torch()
+    say = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    v = validate(args.file, args.sweep, args.set, args.out, args.acceptance, say=say)
+    if args.json:
+        print(json.dumps(v.as_dict(), indent=2, allow_nan=False))
+    else:
+        print(v.markdown(), end="")
+        if args.out:
+            print(f"wrote {args.out}/validation.md, validation.csv, validation.json and the run directories")
+    return 0
+
+
 def cmd_acceptance(args: argparse.Namespace) -> int:
     """A run's measured marginal acceptance curve as a file ``acceptance: {kind: measured}`` reads."""
     import yaml
@@ -313,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("run_dir", type=Path, help="a run directory (starsim execute --out, or starsim run --out)")
     m.add_argument("--out", type=Path, help="curve file to write (default RUN_DIR/acceptance.yaml)")
     m.set_defaults(func=cmd_acceptance)
+
+    v = sub.add_parser("validate", help="closed form, simulation and a real run of a scenario, and the errors (torch)")
+    scenario_args(v)
+    v.add_argument("--sweep", metavar="FIELD=V1,V2,...", help="one point per value, e.g. targets.0.count=1,2,3,4")
+    v.add_argument("--out", type=Path, help="write validation.{md,csv,json} and each point's run directories here")
+    v.add_argument("--acceptance", choices=["real", "scenario"], default="real",
+                   help="what the predictions accept: the curve each real run measured (default) or the file's")
+    v.add_argument("--json", action="store_true", help="print validation.json instead of the table")
+    v.set_defaults(func=cmd_validate)
 
     a = sub.add_parser("analyze", help="closed-form predictions (optionally beside the simulation)")
     scenario_args(a)

@@ -228,6 +228,40 @@ def _rows(table: pd.DataFrame, mask: np.ndarray, names: tuple[str, ...]) -> dict
     return {n: table[n].to_numpy()[mask] for n in names}
 
 
+HOPS: tuple[tuple[str, str, str], ...] = (
+    ("link_up_s", "t_send", "t_draft_arrive"),
+    ("parse_s", "t_draft_arrive", "t_enqueue"),
+    ("queue_s", "t_enqueue", "t_draft_start"),
+    ("draft_s", "t_draft_start", "t_draft_end"),
+    ("serialize_s", "t_draft_end", "t_reply_send"),
+    ("link_down_s", "t_reply_send", "t_target_arrive"),
+    ("verify_wait_s", "t_target_arrive", "t_verify_start"),
+    ("verify_s", "t_verify_start", "t_verify_end"),
+)
+"""The hops of a speculative round, in order: (name, from column, to column) of the rounds table."""
+
+
+def hop_means(records: Records) -> dict[str, float | None]:
+    """Mean time of each hop of the speculative rounds in the measurement window (HOPS), the
+    whole round (``round_s``: send to verified), and the target's own time between a round's
+    end and its next send within a request (``between_rounds_s``): where a round's time goes,
+    to set a simulated run beside a real one hop by hop."""
+    r = records.rounds
+    t0, t1 = window_bounds(records.meta)
+    t_ve = r["t_verify_end"].to_numpy()
+    keep = (r["draft"].to_numpy() >= 0) & (t_ve >= t0) & (t_ve <= t1)
+    col = {c: r[c].to_numpy()[keep] for c in {c for _, a, b in HOPS for c in (a, b)}}
+    out = {name: _mean(col[b] - col[a]) for name, a, b in HOPS}
+    out["round_s"] = _mean(col["t_verify_end"] - col["t_send"])
+    # the next round's send, same target and request (rows sorted by target, request, round)
+    key = np.stack([r[c].to_numpy()[keep] for c in ("target", "request", "round")])
+    order = np.lexsort(key[::-1])
+    send, end = col["t_send"][order], col["t_verify_end"][order]
+    same = (key[0][order][1:] == key[0][order][:-1]) & (key[1][order][1:] == key[1][order][:-1])
+    out["between_rounds_s"] = _mean((send[1:] - end[:-1])[same])
+    return out
+
+
 def summarize(records: Records) -> dict[str, Any]:
     """The run summary (the keys of ``summary.json``), from the tables alone."""
     meta = records.meta
@@ -299,5 +333,6 @@ def summarize(records: Records) -> dict[str, Any]:
         "measured_s": _f(span),
         "t_end_s": _f(meta["t_end"]),
         "n_targets": len(meta.get("targets", [])),
+        "target_tokens_per_s_mean": _mean([t["tokens_per_s"] for t in per_target if t["tokens_per_s"] is not None]),
         "per_target": per_target,
     }

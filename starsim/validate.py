@@ -1,0 +1,218 @@
+"""``starsim validate``: the closed form, the simulator and the real backend on one scenario,
+and how far each prediction is from the real run.
+
+For each point of an optional sweep (``--sweep targets.0.count=1,2,3,4``), the real run goes
+first; by default its measured acceptance curve then feeds the simulator and the closed
+form (``acceptance="real"``), so the predictions differ from reality only in time, not in
+what the pair accepts. The table holds, per metric, the three values and each prediction's
+error against the real run (absolute and percent), with the mean absolute percentage
+error (MAPE) over the sweep. The simulator's misses are attributed to components by
+setting the two ``rounds`` tables side by side hop by hop (:func:`starsim.metrics.hop_means`):
+draft time, verify time, link, queueing, the server's parse/serialize and the target's own
+time between rounds.
+
+Everything here compares numbers the metrics module and the closed form computed; no
+metric is computed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from .errors import StarsimError
+from .metrics import hop_means
+
+# (summary key, label, unit, scale from the summary's SI value)
+METRICS: tuple[tuple[str, str, str, float], ...] = (
+    ("draft_utilization", "draft utilization", "%", 100.0),
+    ("draft_idle_gap_mean_s", "draft idle gap, mean", "ms", 1e3),
+    ("draft_idle_gap_p99_s", "draft idle gap, p99", "ms", 1e3),
+    ("draft_idle_ratio_mean", "draft idle ratio (mean of windows)", "%", 100.0),
+    ("throughput_tokens_per_s", "system throughput", "tok/s", 1.0),
+    ("target_tokens_per_s_mean", "per-target throughput, mean", "tok/s", 1.0),
+    ("ttft_mean_s", "TTFT, mean", "ms", 1e3),
+    ("tpot_mean_s", "TPOT, mean", "ms", 1e3),
+    ("draft_queue_wait_mean_s", "draft queue wait, mean", "ms", 1e3),
+)
+
+# the components a round's time is made of, as hop_means names them
+COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("draft time", ("draft_s",)),
+    ("verify time", ("verify_s", "verify_wait_s")),
+    ("link", ("link_up_s", "link_down_s")),
+    ("queueing", ("queue_s",)),
+    ("server parse/serialize", ("parse_s", "serialize_s")),
+    ("target between rounds", ("between_rounds_s",)),
+)
+
+
+def parse_sweep(spec: str | None) -> tuple[str | None, list[str]]:
+    """``"targets.0.count=1,2,3"`` -> ("targets.0.count", ["1", "2", "3"])."""
+    if not spec:
+        return None, [""]
+    field_path, eq, values = spec.partition("=")
+    vals = [v.strip() for v in values.split(",") if v.strip()]
+    if not eq or not field_path.strip() or not vals:
+        raise StarsimError(f"--sweep {spec}: expected FIELD=V1,V2,... (e.g. targets.0.count=1,2,3,4)")
+    return field_path.strip(), vals
+
+
+def _err(pred: float | None, real: float | None) -> tuple[float | None, float | None]:
+    if pred is None or real is None or not (math.isfinite(pred) and math.isfinite(real)):
+        return None, None
+    return pred - real, (100.0 * (pred - real) / abs(real) if real != 0 else None)
+
+
+def compare(real: dict[str, Any], sim: dict[str, Any], analytic: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per metric: the three values (in the metric's display unit) and each
+    prediction's error against the real run."""
+    def get(d, key, scale):
+        v = None if d is None else d.get(key)
+        return None if v is None else float(v) * scale
+
+    rows = []
+    for key, label, unit, scale in METRICS:
+        r, s, a = get(real, key, scale), get(sim, key, scale), get(analytic, key, scale)
+        sim_abs, sim_pct = _err(s, r)
+        an_abs, an_pct = _err(a, r)
+        rows.append({"metric": key, "label": label, "unit": unit, "real": r, "sim": s, "analytic": a,
+                     "sim_err": sim_abs, "sim_err_pct": sim_pct, "analytic_err": an_abs, "analytic_err_pct": an_pct})
+    return rows
+
+
+def components(real_hops: dict[str, float | None], sim_hops: dict[str, float | None]) -> list[dict[str, Any]]:
+    """Per component: mean time per round (ms) real and simulated, the difference, and its
+    share of the round-time difference; largest |difference| first."""
+    rows = []
+    for name, hops in COMPONENTS:
+        r = sum(real_hops.get(h) or 0.0 for h in hops) * 1e3
+        s = sum(sim_hops.get(h) or 0.0 for h in hops) * 1e3
+        rows.append({"component": name, "real_ms": r, "sim_ms": s, "diff_ms": s - r})
+    total = sum(row["diff_ms"] for row in rows)
+    for row in rows:
+        row["share_pct"] = 100.0 * row["diff_ms"] / total if total else None
+    return sorted(rows, key=lambda row: -abs(row["diff_ms"]))
+
+
+def mape(points: list[dict[str, Any]], predictor: str) -> dict[str, float | None]:
+    """Mean absolute percentage error of ``predictor`` (sim | analytic) per metric over the points."""
+    out = {}
+    for key, *_ in METRICS:
+        errs = [abs(row[f"{predictor}_err_pct"]) for p in points for row in p["metrics"]
+                if row["metric"] == key and row[f"{predictor}_err_pct"] is not None]
+        out[key] = sum(errs) / len(errs) if errs else None
+    return out
+
+
+@dataclass
+class Validation:
+    scenario: str
+    sweep_field: str | None
+    acceptance: str
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "sweep_field": self.sweep_field, "acceptance": self.acceptance,
+                "points": self.points, "mape_sim_pct": mape(self.points, "sim"),
+                "mape_analytic_pct": mape(self.points, "analytic")}
+
+    def tidy(self) -> pd.DataFrame:
+        """One row per point and metric (the CSV)."""
+        rows = [{"point": p["point"], **row} for p in self.points for row in p["metrics"]]
+        return pd.DataFrame(rows)
+
+    def markdown(self) -> str:
+        """The validation table as markdown: per point, then MAPE over the sweep and components."""
+
+        def f(v, pct=False):
+            if v is None:
+                return ""
+            return f"{v:+.1f}%" if pct else (f"{v:.4g}")
+
+        out = [f"# Validation: {self.scenario}", ""]
+        if self.sweep_field:
+            fed = "the acceptance each real run measured" if self.acceptance == "real" else "the scenario's acceptance"
+            out.append(f"Sweep over `{self.sweep_field}`; simulator and closed form fed {fed}.")
+            out.append("")
+        head = "| point | metric | unit | real | sim | sim err | closed form | closed-form err |"
+        out += [head, "|" + "---|" * 8]
+        for p in self.points:
+            for row in p["metrics"]:
+                out.append(f"| {p['point']} | {row['label']} | {row['unit']} | {f(row['real'])} | {f(row['sim'])} "
+                           f"| {f(row['sim_err_pct'], True)} | {f(row['analytic'])} "
+                           f"| {f(row['analytic_err_pct'], True)} |")
+        d = self.as_dict()
+        out += ["", "MAPE over the points (%):", "", "| metric | sim | closed form |", "|---|---|---|"]
+        labels = {k: lbl for k, lbl, *_ in METRICS}
+        for key in labels:
+            ms, ma = d["mape_sim_pct"][key], d["mape_analytic_pct"][key]
+            out.append(f"| {labels[key]} | {f(ms)} | {f(ma)} |")
+        out += ["", "Where a round's time goes, real vs simulated (ms per round, largest difference first):", ""]
+        out += ["| point | component | real | sim | sim - real | share of the difference |", "|" + "---|" * 6]
+        for p in self.points:
+            for c in p["components"]:
+                share = "" if c["share_pct"] is None else f"{c['share_pct']:.0f}%"
+                out.append(f"| {p['point']} | {c['component']} | {c['real_ms']:.3f} | {c['sim_ms']:.3f} | "
+                           f"{c['diff_ms']:+.3f} | {share} |")
+        return "\n".join(out) + "\n"
+
+    def write(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "validation.json").write_text(json.dumps(self.as_dict(), indent=2, allow_nan=False) + "\n")
+        self.tidy().to_csv(out / "validation.csv", index=False)
+        (out / "validation.md").write_text(self.markdown())
+
+
+def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | None = None,
+             out: str | Path | None = None, acceptance: str = "real", say=None) -> Validation:
+    """Run the three predictors for each sweep point (see the module docstring); writes each
+    point's real and simulated run directories under ``out`` when given."""
+    from .analytic import analyze
+    from .real.execute import execute
+    from .scenario import load_scenario
+    from .sim import simulate
+
+    if acceptance not in ("real", "scenario"):
+        raise StarsimError(f"--acceptance {acceptance}: expected real or scenario")
+    field_path, values = parse_sweep(sweep)
+    say = say or (lambda msg: None)
+    base = list(overrides or [])
+    first = load_scenario(path, base)
+    v = Validation(scenario=first.name, sweep_field=field_path, acceptance=acceptance)
+    for value in values:
+        point = f"{field_path}={value}" if field_path else "base"
+        sets = base + ([point] if field_path else [])
+        sc = load_scenario(path, sets)
+        say(f"{point}: real run ...")
+        real = execute(sc)
+        if acceptance == "real":
+            curve = real.summary.get("acceptance_marginal") or []
+            if curve:  # the simulator and the closed form get what the pair really accepted
+                measured = yaml.safe_dump({"kind": "marginal", "curve": curve}, default_flow_style=True).strip()
+                sc = load_scenario(path, [*sets, f"acceptance={measured}"])
+        say(f"{point}: simulation and closed form ...")
+        sim = simulate(sc)
+        try:
+            ana = analyze(sc)
+        except (StarsimError, ValueError, ZeroDivisionError):  # a scenario the closed form cannot take
+            ana = None
+        if out is not None:
+            d = Path(out) / point.replace("/", "_")
+            real.write(d / "real")
+            sim.write(d / "sim")
+        v.points.append({
+            "point": point,
+            "metrics": compare(real.summary, sim.summary, ana),
+            "components": components(hop_means(real.records), hop_means(sim.records)),
+            "real_provenance": {k: real.summary["provenance"].get(k) for k in ("wall_time_s", "failures", "models")},
+        })
+    if out is not None:
+        v.write(Path(out))
+    return v

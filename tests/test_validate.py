@@ -1,0 +1,124 @@
+"""`starsim validate`: the table's arithmetic on synthetic numbers, the hop breakdown on a
+synthetic rounds table, and one small real sweep end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import yaml
+from conftest import CONST_STAR
+
+from starsim.errors import StarsimError
+from starsim.metrics import hop_means
+from starsim.records import Recorder
+from starsim.validate import METRICS, Validation, compare, components, mape, parse_sweep
+
+NAN = math.nan
+
+
+def test_errors_are_prediction_minus_real_in_display_units():
+    real = {"draft_utilization": 0.5, "throughput_tokens_per_s": 200.0, "ttft_mean_s": 0.010, "tpot_mean_s": None}
+    sim = {"draft_utilization": 0.6, "throughput_tokens_per_s": 150.0, "ttft_mean_s": 0.012, "tpot_mean_s": 0.004}
+    rows = {r["metric"]: r for r in compare(real, sim, {"draft_utilization": 0.45})}
+    assert [r for r in rows] == [k for k, *_ in METRICS]
+    u = rows["draft_utilization"]
+    assert u["real"] == 50.0 and u["sim"] == pytest.approx(60.0) and u["unit"] == "%"
+    assert u["sim_err"] == pytest.approx(10.0) and u["sim_err_pct"] == pytest.approx(20.0)
+    assert u["analytic_err_pct"] == pytest.approx(-10.0)
+    assert rows["throughput_tokens_per_s"]["sim_err_pct"] == pytest.approx(-25.0)
+    assert rows["ttft_mean_s"]["real"] == pytest.approx(10.0) and rows["ttft_mean_s"]["sim_err"] == pytest.approx(2.0)
+    assert rows["tpot_mean_s"]["sim_err"] is None  # nothing real to compare with
+    assert rows["ttft_mean_s"]["analytic"] is None and rows["ttft_mean_s"]["analytic_err_pct"] is None
+
+
+def test_mape_averages_absolute_percent_errors_over_points():
+    p1 = {"metrics": compare({"draft_utilization": 0.5}, {"draft_utilization": 0.55}, None)}
+    p2 = {"metrics": compare({"draft_utilization": 0.8}, {"draft_utilization": 0.6}, None)}
+    m = mape([p1, p2], "sim")
+    assert m["draft_utilization"] == pytest.approx((10.0 + 25.0) / 2)
+    assert m["throughput_tokens_per_s"] is None
+    assert mape([p1, p2], "analytic")["draft_utilization"] is None
+
+
+def test_components_sum_to_the_round_time_difference():
+    real = {"draft_s": 0.006, "verify_s": 0.010, "verify_wait_s": 0.0, "link_up_s": 0.0005, "link_down_s": 0.0005,
+            "queue_s": 0.001, "parse_s": 0.0001, "serialize_s": 0.0001, "between_rounds_s": 0.0}
+    sim = {**real, "draft_s": 0.004, "verify_s": 0.006, "queue_s": 0.001}
+    rows = components(real, sim)
+    assert rows[0]["component"] == "verify time" and rows[0]["diff_ms"] == pytest.approx(-4.0)
+    assert rows[1]["component"] == "draft time" and rows[1]["share_pct"] == pytest.approx(100 * 2 / 6)
+    assert sum(r["share_pct"] for r in rows) == pytest.approx(100.0)
+    assert {r["component"] for r in rows if r["diff_ms"] == 0} >= {"queueing", "link"}
+
+
+def test_hop_means_on_a_synthetic_rounds_table():
+    rec = Recorder()
+    # one target, one request, two rounds: hops 1,2,3,4,5,6,7,8 ms; next send 0.5 ms after the first ends
+    t, rows = 0.0, []
+    for r in range(2):
+        ts = [t]
+        for ms in range(1, 9):
+            ts.append(ts[-1] + ms / 1e3)
+        rows.append((0, 0, r, 0, *ts, 100, 3, 16, 4, 2, 3, 10, 20, 0))
+        t = ts[-1] + 0.0005
+    rows.append((0, 0, 2, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, t, t + 0.01, 120, 0, 0, 0, 0, 1, 0, 0, 0))
+    rec.rounds += rows
+    records = rec.finish({"t_end": 1.0, "warmup_s": 0.0, "cooldown_s": 0.0, "window_s": 0.2, "targets": [],
+                          "draft_engines": ["draft"]})
+    h = hop_means(records)
+    names = ["link_up_s", "parse_s", "queue_s", "draft_s", "serialize_s", "link_down_s", "verify_wait_s", "verify_s"]
+    for ms, name in enumerate(names, start=1):
+        assert h[name] == pytest.approx(ms / 1e3), name
+    assert h["round_s"] == pytest.approx(36 / 1e3)
+    assert h["between_rounds_s"] == pytest.approx(0.0005)  # the autoregressive row is not a speculative round
+
+
+def test_sweep_spec_and_markdown():
+    assert parse_sweep("targets.0.count=1,2, 4") == ("targets.0.count", ["1", "2", "4"])
+    assert parse_sweep(None) == (None, [""])
+    for bad in ("targets.0.count", "=1,2", "targets.0.count="):
+        with pytest.raises(StarsimError, match="--sweep"):
+            parse_sweep(bad)
+    v = Validation("s", "targets.0.count", "real", [
+        {"point": "targets.0.count=1",
+         "metrics": compare({"draft_utilization": 0.5}, {"draft_utilization": 0.6}, None),
+         "components": components({"draft_s": 0.002}, {"draft_s": 0.001})}])
+    md = v.markdown()
+    assert "| targets.0.count=1 | draft utilization | % | 50 | 60 | +20.0% |" in md
+    assert "| draft utilization | 20 |" in md
+    assert "| targets.0.count=1 | draft time | 2.000 | 1.000 | -1.000 | 100% |" in md
+
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+
+def test_validate_a_small_real_sweep(tmp_path, quick_pair, capsys):
+    from starsim.cli import main
+
+    sc = copy.deepcopy(CONST_STAR)
+    sc["targets"][0]["count"] = 1
+    sc.update(max_requests=3, duration_s=60.0, warmup_s=0.0,
+              workload={"kind": "closed", "prompts": 3, "prompt_tokens": 30, "output_tokens": 16},
+              real={"pair": str(quick_pair), "emulate_link": False})
+    f = tmp_path / "v.yaml"
+    f.write_text(yaml.safe_dump(sc))
+    out = tmp_path / "val"
+    assert main(["validate", str(f), "--sweep", "targets.0.count=1,2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| targets.0.count=2 | system throughput | tok/s |" in text and "MAPE over the points" in text
+    d = json.loads((out / "validation.json").read_text())
+    assert [p["point"] for p in d["points"]] == ["targets.0.count=1", "targets.0.count=2"]
+    assert d["mape_sim_pct"]["draft_utilization"] is not None
+    for p in d["points"]:
+        real = json.loads((out / p["point"] / "real" / "summary.json").read_text())
+        row = next(r for r in p["metrics"] if r["metric"] == "throughput_tokens_per_s")
+        assert row["real"] == pytest.approx(real["throughput_tokens_per_s"])  # the table reports the run
+        sim = json.loads((out / p["point"] / "sim" / "summary.json").read_text())
+        assert sim["provenance"]["source"] == "sim" and real["n_targets"] == int(p["point"][-1])
+    assert (out / "validation.csv").read_text().startswith("point,metric,label,unit,real,sim,analytic")
+    assert main(["validate", str(f), "--sweep", "targets.0.count"]) == 2
+    assert "--sweep" in capsys.readouterr().err
