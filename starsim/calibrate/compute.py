@@ -13,17 +13,20 @@ What is timed (KV caches are prefilled once per context and cropped back after e
 so every call sees exactly ``context`` cached tokens):
 
 - target ``prefill``: a forward over ``tokens`` prompt tokens, empty cache;
-- target ``verify``: a forward over ``tokens`` tree tokens at ``context``, with a tree
-  attention mask (each node sees the context and its ancestors), batch 1;
-- target ``verify_batched``: the same for ``batch`` sequences;
-- draft ``draft_round``: one EAGLE-2 style round at the spec's tree, at a ``context`` that
-  counts the ``tokens`` new ones (as the simulator's does): the cache holds ``context -
-  tokens``; a forward over the new prefix tokens (logits of the last only), then ``depth - 1``
-  steps that each expand the ``top_k`` best frontier nodes (top-k over the children of
-  each), then the best ``tree.tokens`` nodes are kept; the cache is cropped back. With
-  ``tokens == context`` it is a request's first round (empty cache, the whole prompt);
+- target ``verify``: what the real backend runs (:class:`starsim.real.spec.Verifier`): a
+  forward over ``tokens`` tokens (the root and a tree of ``tokens - 1`` nodes) at
+  ``context`` with the tree attention mask, greedy acceptance and the KV compaction, batch 1
+  (the Python around the forward is part of a round's cost, so it is timed too);
+- target ``verify_batched``: the forward alone for ``batch`` sequences;
+- draft ``draft_round``: what the real draft server runs (:class:`starsim.real.spec.Drafter`)
+  at the spec's tree, at a ``context`` that counts the ``tokens`` new ones (as the
+  simulator's does): the cache holds ``context - tokens``; the new tokens are encoded (logits
+  of the last only), ``depth - 1`` levels expand the ``top_k`` best frontier nodes, the best
+  ``tree.tokens`` nodes are kept and the cache is cropped back. With ``tokens == context`` it
+  is a request's first round (empty cache, the whole prompt);
+- draft ``draft_batched``: the same round written as batched tensor code (``draft_round_fn``)
+  for ``batch`` sequences at once;
 - draft ``draft_step``: one such step over a frontier of ``tokens`` nodes at ``context``;
-- draft ``draft_batched``: one round (1 new token) for ``batch`` sequences at once;
 - draft ``draft_idle``: a round (1 new token, middle context) right after an idle gap of
   ``gap_s`` seconds, timed once per repeat with a sleep before it (warm vs cold).
 """
@@ -338,6 +341,55 @@ def draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape, batch: int 
     return fn
 
 
+def code_verify_fn(c: _Ctx, tokens: int, context: int, top_k: int):
+    """``verify`` as the real backend runs it: :meth:`starsim.real.spec.Verifier.verify` on a
+    tree of ``tokens - 1`` nodes after the root (tree-mask forward, greedy acceptance, KV
+    compaction), at ``context`` cached tokens."""
+    from ..real.spec import TreeDraft, Verifier
+
+    cache = c.cache(context, 1)
+    full = _tree_parents(tokens, top_k)  # node 0 is the root
+    parents = [p - 1 for p in full[1:]]  # the tree's nodes, parents counted without the root
+    depths: list[int] = []
+    for p in parents:
+        depths.append(1 if p < 0 else depths[p] + 1)
+    tree = TreeDraft(c.ids(1, tokens - 1)[0].tolist(), parents, depths)
+    v = Verifier(c.net.lm)
+    v.cache = cache
+    root = int(c.ids(1, 1)[0, 0])
+
+    def fn():
+        v.root = root
+        v.verify(tree)
+        crop_cache(cache, context)  # the compacted cache back to the context
+
+    return fn
+
+
+def code_draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape):
+    """``draft_round`` as the real backend runs it: :meth:`starsim.real.spec.Drafter.draft`
+    (prefix-cached encoding of the ``new`` tokens, the EAGLE-2 tree, the crop back), at a
+    ``context`` that counts the new tokens."""
+    from ..real.spec import Drafter
+
+    cached = context - new
+    if cached < 0:
+        raise ValueError(f"new tokens ({new}) exceed the context ({context})")
+    drafter = Drafter(c.net if c.net.eagle else c.net.lm, tree.top_k, tree.depth, tree.tokens)
+    ids = c.ids(1, context)[0].tolist()
+    hidden = [c.hidden(1, context)[0].float().cpu().numpy().astype(np.float16)] if c.net.eagle else None
+    drafter.draft(0, ids, hidden=hidden)  # the tag's state, then cut back to ``cached`` before each call
+
+    def fn():
+        if cached:
+            drafter.tags[0].ids = ids[:cached]  # encode crops the cache to what these ids hold
+        else:
+            drafter.free(0)  # a request's first round: an empty cache
+        drafter.draft(0, ids, hidden=hidden)
+
+    return fn
+
+
 def draft_step_fn(c: _Ctx, width: int, context: int):
     """One depth step: a forward over ``width`` frontier nodes, then the top ``width`` children of each."""
     import torch
@@ -424,7 +476,7 @@ def _jobs(s: Settings, role: str, tree: TreeShape) -> list[tuple[str, tuple, Cal
             add("prefill", (p,), lambda c, p=p: prefill_fn(c, p))
         for t in g.verify_tokens:
             for L in g.contexts:
-                add("verify", (t, L), lambda c, t=t, L=L: verify_fn(c, t, L, 1, tree.top_k))
+                add("verify", (t, L), lambda c, t=t, L=L: code_verify_fn(c, t, L, tree.top_k))
         for b in g.verify_batches:
             for t in g.verify_tokens[-2:]:
                 for L in (g.contexts[0], g.contexts[-1]):
@@ -432,7 +484,7 @@ def _jobs(s: Settings, role: str, tree: TreeShape) -> list[tuple[str, tuple, Cal
     else:
         for n in g.new_tokens:
             for L in (L for L in g.contexts if L >= n):  # the context includes the new tokens
-                add("draft_round", (n, L), lambda c, n=n, L=L: draft_round_fn(c, n, L, tree))
+                add("draft_round", (n, L), lambda c, n=n, L=L: code_draft_round_fn(c, n, L, tree))
         for w in g.widths:
             for L in g.contexts:
                 add("draft_step", (w, L), lambda c, w=w, L=L: draft_step_fn(c, w, L))
