@@ -331,6 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", type=Path, help="curve file to write (default RUN_DIR/acceptance.yaml)")
     m.set_defaults(func=cmd_acceptance)
 
+    from .report.commands import add_parsers as add_report
+
+    add_report(sub)
+
     v = sub.add_parser("validate", help="closed form, simulation and a real run of a scenario, and the errors (torch)")
     scenario_args(v)
     v.add_argument("--sweep", metavar="FIELD=V1,V2,...", help="one point per value, e.g. targets.0.count=1,2,3,4")

@@ -141,16 +141,52 @@ def _engine_intervals(engine, start: np.ndarray, end: np.ndarray, engines: list[
     return [(start[rows], end[rows]) for rows in rows_by(engine, engines)]
 
 
-def idle_ratio_series(records: Records) -> pd.DataFrame:
-    """Idle ratio per window and per draft engine: columns engine, t_start, idle_ratio."""
+def draft_engine_stats(records: Records) -> list[dict[str, Any]]:
+    """Per draft engine (``meta["draft_engines"]`` order), in the measurement window: busy
+    time, utilization, idle gaps, idle ratio per window (:func:`engine_stats`)."""
     meta = records.meta
     t0, t1 = window_bounds(meta)
     engines = meta.get("draft_engines", [])
-    frames = []
-    for eng, (s, e) in zip(engines, _engine_intervals(*_draft_intervals(records.intervals), engines)):
-        st = _engine_stats(s, e, t0, t1, float(meta["window_s"]))
-        edges = st["window_edges"][:-1]
-        frames.append(pd.DataFrame({"engine": eng, "t_start": edges, "idle_ratio": st["idle_ratios"]}))
+    return [_engine_stats(s, e, t0, t1, float(meta["window_s"]))
+            for s, e in _engine_intervals(*_draft_intervals(records.intervals), engines)]
+
+
+def idle_gaps_all(records: Records) -> np.ndarray:
+    """Every draft idle gap in the window, over all draft engines (the summary's idle gaps)."""
+    gaps = [st["gaps"] for st in draft_engine_stats(records)]
+    return np.concatenate(gaps) if gaps else np.empty(0)
+
+
+def draft_task_times(records: Records) -> np.ndarray:
+    """Busy time of each draft task that starts in the window (the summary's draft_task_time_*)."""
+    t0, t1 = window_bounds(records.meta)
+    _, start, end = _draft_intervals(records.intervals)
+    keep = (start >= t0) & (start < t1)
+    return end[keep] - start[keep]
+
+
+def round_times(records: Records) -> np.ndarray:
+    """Send-to-verified time of each speculative round that ends in the window (round_time_*)."""
+    t0, t1 = window_bounds(records.meta)
+    r = records.rounds
+    ve, send, draft = (r[c].to_numpy() for c in ("t_verify_end", "t_send", "draft"))
+    keep = (ve >= t0) & (ve <= t1) & (draft >= 0)
+    return (ve[keep] - send[keep]).astype(float)
+
+
+def jain_index(rates) -> float | None:
+    """Jain's fairness index of per-target rates: 1 when all are equal, 1/N when one gets all."""
+    x = np.asarray([v for v in rates if v is not None], dtype=float)
+    if x.size == 0 or not np.any(x > 0):
+        return None
+    return float(x.sum() ** 2 / (x.size * (x**2).sum()))
+
+
+def idle_ratio_series(records: Records) -> pd.DataFrame:
+    """Idle ratio per window and per draft engine: columns engine, t_start, idle_ratio."""
+    engines = records.meta.get("draft_engines", [])
+    frames = [pd.DataFrame({"engine": eng, "t_start": st["window_edges"][:-1], "idle_ratio": st["idle_ratios"]})
+              for eng, st in zip(engines, draft_engine_stats(records))]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["engine", "t_start", "idle_ratio"])
 
 
@@ -265,24 +301,17 @@ def hop_means(records: Records) -> dict[str, float | None]:
 def summarize(records: Records) -> dict[str, Any]:
     """The run summary (the keys of ``summary.json``), from the tables alone."""
     meta = records.meta
-    rounds, requests, intervals = records.rounds, records.requests, records.intervals
+    rounds, requests = records.rounds, records.requests
     t0, t1 = window_bounds(meta)
     span = t1 - t0
-    window_s = float(meta["window_s"])
 
     # ---- draft engine(s)
     engines = meta.get("draft_engines", [])
-    engine, start, end = _draft_intervals(intervals)
-    utils, gaps, ratios = [], [], []
-    for s, e in _engine_intervals(engine, start, end, engines):
-        st = _engine_stats(s, e, t0, t1, window_s)
-        utils.append(st["utilization"])
-        gaps.append(st["gaps"])
-        ratios.append(st["idle_ratios"])
-    gaps_all = np.concatenate(gaps) if gaps else np.empty(0)
-    ratios_all = np.concatenate(ratios) if ratios else np.empty(0)
-    in_tasks = (start >= t0) & (start < t1)
-    task_time = end[in_tasks] - start[in_tasks]
+    stats = draft_engine_stats(records)
+    utils = [st["utilization"] for st in stats]
+    gaps_all = np.concatenate([st["gaps"] for st in stats]) if stats else np.empty(0)
+    ratios_all = np.concatenate([st["idle_ratios"] for st in stats]) if stats else np.empty(0)
+    task_time = draft_task_times(records)
 
     # ---- rounds and tokens
     t_ve, t_ds, draft = (rounds[c].to_numpy() for c in ("t_verify_end", "t_draft_start", "draft"))
@@ -305,7 +334,8 @@ def summarize(records: Records) -> dict[str, Any]:
     tpot = (finish[dw] - first[dw]) / (generated[dw] - 1)
 
     per_target = _per_target(meta.get("targets", []), rw, waits, req, span, bool(engines))
-    n_rw, n_tasks = len(rw["target"]), int(in_tasks.sum())
+    n_rw, n_tasks = len(rw["target"]), len(task_time)
+    target_rates = [t["tokens_per_s"] for t in per_target]
 
     return {
         "draft_utilization": _mean(utils) if engines else None,
@@ -325,7 +355,7 @@ def summarize(records: Records) -> dict[str, Any]:
         "mean_accepted_tokens": _mean(rw["accepted"][spec] + 1) if spec.any() else (1.0 if n_rw else None),
         "acceptance_marginal": acceptance_marginal(rw["accepted"][spec], rw["depth"][spec]),
         "rounds": n_rw,
-        "round_time_mean_s": _mean(rw["t_verify_end"][spec] - rw["t_send"][spec]),
+        "round_time_mean_s": _mean(round_times(records)),
         "requests_completed": int(done.sum()),
         "requests_unfinished": int(len(done) - done.sum()),
         "ttft_mean_s": _mean(ttft),
@@ -333,6 +363,7 @@ def summarize(records: Records) -> dict[str, Any]:
         "measured_s": _f(span),
         "t_end_s": _f(meta["t_end"]),
         "n_targets": len(meta.get("targets", [])),
-        "target_tokens_per_s_mean": _mean([t["tokens_per_s"] for t in per_target if t["tokens_per_s"] is not None]),
+        "target_tokens_per_s_mean": _mean([r for r in target_rates if r is not None]),
+        "target_tokens_per_s_jain": jain_index(target_rates),
         "per_target": per_target,
     }
