@@ -47,6 +47,13 @@ class Device(_Model):
 
     type: str = Field("generic", description="free-text label, e.g. A100-80GB or cpu")
     count: int = Field(1, ge=1, description="number of identical units in the pool")
+    cores: int | None = Field(
+        None,
+        ge=1,
+        description="the pool's units share this many cores: with k busy tasks on the pool, each runs at "
+        "min(1, cores/k) of its speed (processor sharing; e.g. processes on one CPU host); null: units are "
+        "independent",
+    )
     torch: str = Field(
         "cpu",
         pattern=r"^(cpu|cuda|cuda:\d+)$",

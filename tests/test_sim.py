@@ -182,3 +182,29 @@ def test_core_runs_without_torch(const_star):
 
     repo = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", code], check=True, cwd=repo)
+
+
+def test_shared_cores_are_processor_sharing():
+    import simpy
+
+    from starsim.sim.devices import SharedCores
+
+    def finish_times(cores, jobs):
+        env = simpy.Environment()
+        host, ends = SharedCores(env, cores), {}
+
+        def job(name, at, work):
+            yield env.timeout(at)
+            yield from host.run(work)
+            ends[name] = env.now
+
+        for name, at, work in jobs:
+            env.process(job(name, at, work))
+        env.run()
+        return ends
+
+    assert finish_times(1, [("a", 0, 1.0), ("b", 0, 1.0)]) == pytest.approx({"a": 2.0, "b": 2.0})
+    assert finish_times(2, [(i, 0, 1.0) for i in range(3)]) == pytest.approx({0: 1.5, 1: 1.5, 2: 1.5})
+    assert finish_times(2, [("a", 0, 1.0), ("b", 0, 1.0)]) == pytest.approx({"a": 1.0, "b": 1.0})  # no sharing
+    # a alone for 0.5 s, then both at half speed until a is done at 1.5 s; b alone again until 2.0 s
+    assert finish_times(1, [("a", 0, 1.0), ("b", 0.5, 1.0)]) == pytest.approx({"a": 1.5, "b": 2.0})

@@ -77,7 +77,7 @@ class DraftEngine:
         # ``timeout(d)`` from ``start`` the engine is at ``start + d`` exactly.
         env, policy, kv = self.env, self.policy, self.kv
         timeout, new_event, pop = env.timeout, env.event, policy.pop
-        draft_time, res = self.draft_time, self.unit.resource
+        draft_time, res, host = self.draft_time, self.unit.resource, self.unit.host
         whole_round, warm_cold = self.whole_round, self.warm_cold
         put_interval = self.rec.packed_intervals.append  # packed rows: see Recorder
         key = self.rec.interval_key(self.name, self.unit.name, "draft")
@@ -106,10 +106,15 @@ class DraftEngine:
                     dur *= warm_cold(start - last_end)
             else:
                 dur = encode * new + draft_time(tokens, ctx, depth)
-            yield timeout(dur)
+            if host is None:
+                yield timeout(dur)
+                end = start + dur
+            else:  # a share of the host's cores: the task takes longer while others run
+                yield from host.run(dur)
+                end = env.now
             if res is not None:
                 res.release(req)
-            now = end = last_end = start + dur
+            now = last_end = end
             task.start, task.end, task.new_tokens, task.kv_bytes = start, end, new, ctx * kv_per_token
             put_interval(pack_interval(key, target, start, end))
             task.done.succeed()

@@ -131,8 +131,14 @@ class Target:
 
     def _on_device(self, kind: str, lead: float, dur: float):
         """Wait ``lead`` (no device), then hold the device for ``dur``; returns (start, end)."""
-        env, res = self.env, self.unit.resource
-        if res is None:
+        env, res, host = self.env, self.unit.resource, self.unit.host
+        if host is not None:
+            if lead:
+                yield env.timeout(lead)
+            start = env.now
+            yield from host.run(dur)
+            end = env.now
+        elif res is None:
             t0 = env.now
             yield env.timeout(lead + dur)
             start, end = t0 + lead, env.now
@@ -176,7 +182,7 @@ class Target:
         """Autoregressive baseline: one token per step."""
         env, decode, cur = self.env, self.decode, self.current
         step = decode if decode is not None else self.verify
-        index, free = self.index, self.unit.resource is None
+        index, free = self.index, self.unit.free
         put_interval, put_round, key = self.put_interval, self.put_round, self._key("decode")
         ctx, generated, r = prompt + 1, 1, 0
         while generated < output:
@@ -208,7 +214,7 @@ class Target:
         bytes_up = _BytesUp(self.payload, self.hidden)
         up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
         verify, accept, tokens, depth = self.verify, self.accept, self.tree_tokens, self.depth
-        index, draft_index, free = self.index, engine.index, self.unit.resource is None
+        index, draft_index, free = self.index, engine.index, self.unit.free
         put_interval, put_round, key = self.put_interval, self.put_round, self._key("verify")
         b_down = self.payload.bytes_down(tokens)
         task = Task(index, 0, None)
