@@ -4,12 +4,16 @@ and how far each prediction is from the real run.
 For each point of an optional sweep (``--sweep targets.0.count=1,2,3,4``), the real run goes
 first; by default its measured acceptance curve then feeds the simulator and the closed
 form (``acceptance="real"``), so the predictions differ from reality only in time, not in
-what the pair accepts. The table holds, per metric, the three values and each prediction's
-error against the real run (absolute and percent), with the mean absolute percentage
-error (MAPE) over the sweep. The simulator's misses are attributed to components by
-setting the two ``rounds`` tables side by side hop by hop (:func:`starsim.metrics.hop_means`):
-draft time, verify time, link, queueing, the server's parse/serialize and the target's own
-time between rounds.
+what the pair accepts. Shared machines drift in speed by 10% and more over minutes, so by
+default (``speed=True``) each profile-based time is also scaled by how fast the machine was
+during the real run against during that profile's calibration, both measured on the same
+reference matmul (``provenance.reference_matmul_s`` of the run and of the profile).
+
+The table holds, per metric, the three values and each prediction's error against the
+real run (absolute and percent), with the mean absolute percentage error (MAPE) over the
+sweep. The simulator's misses are attributed to components by setting the two ``rounds``
+tables side by side hop by hop (:func:`starsim.metrics.hop_means`): draft time, verify time,
+link, queueing, the server's parse/serialize and the target's own time between rounds.
 
 Everything here compares numbers the metrics module and the closed form computed; no
 metric is computed twice.
@@ -51,6 +55,49 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("server parse/serialize", ("parse_s", "serialize_s")),
     ("target between rounds", ("between_rounds_s",)),
 )
+
+
+def _profile_fields(scenario) -> list[tuple[str, Any]]:
+    """(field path, Profile spec) of every timing the scenario takes from a profile file."""
+    from .distributions import Profile
+
+    out = []
+    for name in ("time", "round_time"):
+        d = getattr(scenario.draft, name)
+        if isinstance(d, Profile):
+            out.append((f"draft.{name}", d))
+    for i, g in enumerate(scenario.targets):
+        for name in ("verify_time", "prefill_time", "decode_time"):
+            d = getattr(g, name, None)
+            if isinstance(d, Profile):
+                out.append((f"targets.{i}.{name}", d))
+    return out
+
+
+def _mean_ref(ref: dict | None) -> float | None:
+    vals = [v for v in ((ref or {}).get("before"), (ref or {}).get("after")) if isinstance(v, (int, float)) and v > 0]
+    return sum(vals) / len(vals) if vals else None
+
+
+def speed_overrides(scenario, real_summary: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
+    """``--set`` overrides that rescale each profile-based timing by how fast the machine
+    was during the real run against during that profile's calibration (both timed on the
+    same reference matmul with the same threads), and the ratios used. A profile measured
+    with other threads, or without the reference, is left as is."""
+    real_ref = real_summary.get("provenance", {}).get("reference_matmul_s") or {}
+    now = _mean_ref(real_ref)
+    sets, ratios = [], {}
+    if now is None:
+        return sets, ratios
+    for path, prof in _profile_fields(scenario):
+        f = prof.file
+        then = _mean_ref(f.provenance.get("reference_matmul_s"))
+        if then is None or f.device.get("threads") != real_ref.get("threads"):
+            continue
+        ratio = now / then
+        ratios[path] = ratio
+        sets.append(f"{path}.scale={prof.scale * ratio!r}")
+    return sets, ratios
 
 
 def parse_sweep(spec: str | None) -> tuple[str | None, list[str]]:
@@ -149,6 +196,11 @@ class Validation:
                            f"| {f(row['sim_err_pct'], True)} | {f(row['analytic'])} "
                            f"| {f(row['analytic_err_pct'], True)} |")
         d = self.as_dict()
+        ratios = {p["point"]: p.get("speed_ratio") or {} for p in self.points}
+        if any(ratios.values()):
+            out += ["", "Machine speed during each real run against its profiles' calibration (reference matmul; "
+                    "profile times scaled by it):", ""]
+            out += [f"- {pt}: " + ", ".join(f"{k} x{v:.3f}" for k, v in r.items()) for pt, r in ratios.items() if r]
         out += ["", "MAPE over the points (%):", "", "| metric | sim | closed form |", "|---|---|---|"]
         labels = {k: lbl for k, lbl, *_ in METRICS}
         for key in labels:
@@ -171,7 +223,8 @@ class Validation:
 
 
 def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | None = None,
-             out: str | Path | None = None, acceptance: str = "real", say=None) -> Validation:
+             out: str | Path | None = None, acceptance: str = "real", say=None,
+             speed: bool = True) -> Validation:
     """Run the three predictors for each sweep point (see the module docstring); writes each
     point's real and simulated run directories under ``out`` when given."""
     from .analytic import analyze
@@ -192,11 +245,18 @@ def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | 
         sc = load_scenario(path, sets)
         say(f"{point}: real run ...")
         real = execute(sc)
+        curve_set, measured = False, ""
         if acceptance == "real":
             curve = real.summary.get("acceptance_marginal") or []
             if curve:  # the simulator and the closed form get what the pair really accepted
                 measured = yaml.safe_dump({"kind": "marginal", "curve": curve}, default_flow_style=True).strip()
                 sc = load_scenario(path, [*sets, f"acceptance={measured}"])
+                curve_set = True
+        ratios: dict[str, float] = {}
+        if speed:  # the predictions at the machine speed the real run saw
+            extra, ratios = speed_overrides(sc, real.summary)
+            if extra:
+                sc = load_scenario(path, [*sets, *extra] + ([f"acceptance={measured}"] if curve_set else []))
         say(f"{point}: simulation and closed form ...")
         sim = simulate(sc)
         try:
@@ -211,6 +271,7 @@ def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | 
             "point": point,
             "metrics": compare(real.summary, sim.summary, ana),
             "components": components(hop_means(real.records), hop_means(sim.records)),
+            "speed_ratio": ratios,
             "real_provenance": {k: real.summary["provenance"].get(k) for k in ("wall_time_s", "failures", "models")},
         })
     if out is not None:

@@ -122,3 +122,24 @@ def test_validate_a_small_real_sweep(tmp_path, quick_pair, capsys):
     assert (out / "validation.csv").read_text().startswith("point,metric,label,unit,real,sim,analytic")
     assert main(["validate", str(f), "--sweep", "targets.0.count"]) == 2
     assert "--sweep" in capsys.readouterr().err
+
+
+def test_profile_times_follow_the_machine_speed_of_the_real_run():
+    from conftest import REPO
+
+    from starsim import load_scenario
+    from starsim.validate import speed_overrides
+
+    sc = load_scenario(REPO / "scenarios" / "real_cpu_n2.yaml")
+    prof = sc.draft.round_time.file.provenance["reference_matmul_s"]
+    then = (prof["before"] + prof["after"]) / 2
+    threads = sc.draft.round_time.file.device["threads"]
+    slow = {"provenance": {"reference_matmul_s": {"before": 2 * then, "after": 2 * then, "threads": threads}}}
+    sets, ratios = speed_overrides(sc, slow)
+    assert "draft.round_time" in ratios and "targets.0.verify_time" in ratios
+    assert ratios["draft.round_time"] == pytest.approx(2.0)
+    faster = load_scenario(REPO / "scenarios" / "real_cpu_n2.yaml", sets)
+    assert faster.draft.round_time.mean(4, 100) == pytest.approx(2 * sc.draft.round_time.mean(4, 100))
+    other = {"provenance": {"reference_matmul_s": {"before": then, "after": then, "threads": threads + 1}}}
+    assert speed_overrides(sc, other) == ([], {})  # other threads: not comparable, left as is
+    assert speed_overrides(sc, {"provenance": {}}) == ([], {})

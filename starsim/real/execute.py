@@ -246,6 +246,12 @@ def _execute(scenario: Scenario) -> Result:
             waiting.discard(ready.get(timeout=0.5))
         except queue.Empty:
             waiting -= {i for i in waiting if procs[i].exitcode is not None}  # died while loading
+    # The machine's speed on the calibration's reference kernel, before and after the run:
+    # shared machines drift, and `starsim validate` sets it beside the profiles' own.
+    from ..calibrate.compute import REFERENCE, reference_speed
+
+    ref_device = torch_device(scenario, draft_unit) if star else target_dev[0]
+    speed_before = reference_speed(r.threads, ref_device)
     clock0 = shared_clock0.value = time.monotonic()
     go.set()
     drills = _start_faults(r.faults, server, procs, clock0)
@@ -266,6 +272,7 @@ def _execute(scenario: Scenario) -> Result:
         if p.is_alive():
             p.kill()
     t_elapsed = time.monotonic() - clock0
+    speed_after = reference_speed(r.threads, ref_device)
     drills.set()  # drills not yet due are dropped
     if server is not None:
         server.close()
@@ -312,6 +319,8 @@ def _execute(scenario: Scenario) -> Result:
         "rejected_connections": (list(server.rejected) if server else [])
         + [line for i in sorted(got) for line in got[i]["rejected"]],
         "faults": [f.model_dump() for f in r.faults],
+        "reference_matmul_s": {"before": speed_before, "after": speed_after, "what": REFERENCE,
+                               "threads": r.threads, "device": ref_device},
         "wall_time_s": time.perf_counter() - wall0,
     }
     outputs = sorted((o for i in sorted(got) for o in got[i]["outputs"]), key=lambda o: o["request"])
