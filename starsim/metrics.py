@@ -38,6 +38,12 @@ def _mean(a) -> float | None:
     return _f(a.mean()) if a.size else None
 
 
+def cv(a) -> float | None:
+    """Coefficient of variation (std / mean): how steady a time is, whatever its scale."""
+    a = np.asarray(a, dtype=float)
+    return float(a.std() / a.mean()) if a.size and a.mean() > 0 else None
+
+
 def _pct(a, q: float) -> float | None:
     a = np.asarray(a, dtype=float)
     return _f(np.percentile(a, q)) if a.size else None
@@ -348,6 +354,7 @@ def summarize(records: Records) -> dict[str, Any]:
         "draft_task_time_mean_s": _mean(task_time),
         "draft_task_time_p50_s": _pct(task_time, 50),
         "draft_task_time_p99_s": _pct(task_time, 99),
+        "draft_task_time_cv": cv(task_time),
         "draft_queue_wait_mean_s": _mean(wait),
         "draft_queue_wait_p99_s": _pct(wait, 99),
         "draft_kv_bytes_peak": kv_bytes_peak(rounds, requests),
@@ -355,7 +362,8 @@ def summarize(records: Records) -> dict[str, Any]:
         "mean_accepted_tokens": _mean(rw["accepted"][spec] + 1) if spec.any() else (1.0 if n_rw else None),
         "acceptance_marginal": acceptance_marginal(rw["accepted"][spec], rw["depth"][spec]),
         "rounds": n_rw,
-        "round_time_mean_s": _mean(round_times(records)),
+        "round_time_mean_s": _mean(rt := round_times(records)),
+        "round_time_cv": cv(rt),
         "requests_completed": int(done.sum()),
         "requests_unfinished": int(len(done) - done.sum()),
         "ttft_mean_s": _mean(ttft),

@@ -76,3 +76,19 @@ def test_sort_by_is_lexsort():
         if trial % 3 == 0:
             then = np.sort(then)
         assert (_sort_by(key, then) == np.lexsort((then, key))).all()
+
+
+def test_spread_and_fairness_come_from_the_same_rows(const_star):
+    from starsim import simulate, validate_scenario
+    from starsim.metrics import cv, draft_task_times, jain_index, round_times
+
+    const_star["targets"][0]["verify_time"] = {"kind": "uniform", "low": 0.005, "high": 0.015}
+    res = simulate(validate_scenario(const_star))
+    s = res.summary
+    tasks, rounds = draft_task_times(res.records), round_times(res.records)
+    assert len(tasks) == s["draft_tasks"] and s["draft_task_time_cv"] == pytest.approx(0.0, abs=1e-9)  # constant
+    assert s["round_time_mean_s"] == pytest.approx(rounds.mean()) and s["round_time_cv"] == pytest.approx(cv(rounds))
+    assert 0 < s["round_time_cv"] < 1
+    assert jain_index([1.0, 1.0, 1.0]) == pytest.approx(1.0) and jain_index([1.0, 0.0]) == pytest.approx(0.5)
+    assert s["target_tokens_per_s_jain"] == pytest.approx(jain_index([t["tokens_per_s"] for t in s["per_target"]]))
+    assert cv([]) is None

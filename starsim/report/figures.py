@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import StarsimError
+from ..metrics import cv as metrics_cv
 from .data import (
     Run,
     draft_task_times,
@@ -492,7 +493,8 @@ def _box_strip(ax: Axes, runs: list[Run], series: list[np.ndarray]) -> None:
                    rasterized=True, zorder=2)
     labels = []
     for run, s in zip(runs, series):
-        cv = f"CV {s.std() / s.mean():.2f}" if s.size and s.mean() > 0 else "no draft tasks"
+        c = metrics_cv(s)  # the summary's draft_task_time_cv / round_time_cv, from the same rows
+        cv = f"CV {c:.2f}" if c is not None else "no draft tasks"
         labels.append(_tick_label(run, len(runs), cv))
     ax.set_xticks(range(len(runs)), labels, fontsize=8)
     ax.set_xlim(-0.6, len(runs) - 0.4)
