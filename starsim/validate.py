@@ -245,18 +245,17 @@ def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | 
         sc = load_scenario(path, sets)
         say(f"{point}: real run ...")
         real = execute(sc)
-        curve_set, measured = False, ""
-        if acceptance == "real":
-            curve = real.summary.get("acceptance_marginal") or []
-            if curve:  # the simulator and the closed form get what the pair really accepted
-                measured = yaml.safe_dump({"kind": "marginal", "curve": curve}, default_flow_style=True).strip()
-                sc = load_scenario(path, [*sets, f"acceptance={measured}"])
-                curve_set = True
+        extra: list[str] = []  # what the predictions take from this real run
+        curve = real.summary.get("acceptance_marginal") or []
+        if acceptance == "real" and curve:  # the simulator and the closed form get what the pair accepted
+            measured = yaml.safe_dump({"kind": "marginal", "curve": curve}, default_flow_style=True).strip()
+            extra.append(f"acceptance={measured}")
         ratios: dict[str, float] = {}
         if speed:  # the predictions at the machine speed the real run saw
-            extra, ratios = speed_overrides(sc, real.summary)
-            if extra:
-                sc = load_scenario(path, [*sets, *extra] + ([f"acceptance={measured}"] if curve_set else []))
+            scale, ratios = speed_overrides(sc, real.summary)
+            extra += scale
+        if extra:
+            sc = load_scenario(path, [*sets, *extra])
         say(f"{point}: simulation and closed form ...")
         sim = simulate(sc)
         try:

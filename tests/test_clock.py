@@ -22,7 +22,7 @@ from starsim.calibrate.link import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
 from starsim.real import server as server_mod  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer, host_id  # noqa: E402
-from starsim.real.spec import Drafter, greedy_generate, speculative_generate  # noqa: E402
+from starsim.real.spec import Drafter, speculative_generate, target_generate  # noqa: E402
 from starsim.real.worker import TargetWorker  # noqa: E402
 from starsim.records import ROUND_COLUMNS  # noqa: E402
 
@@ -106,7 +106,7 @@ def test_other_host_offset_is_estimated_and_rounds_line_up(quick_models, server,
         w = TargetWorker(0, target, client, clock0)
         assert (w.clock_offset_s, w.clock_error_s) == (client.clock_offset_s, client.clock_error_s)
         ids = tok.encode(CODE_PROMPTS[0]).ids
-        assert w.run_request(0, ids, 32) == greedy_generate(target, ids, 32)
+        assert w.run_request(0, ids, 32) == target_generate(target, ids, 32)
     finally:
         client.close()
     assert w.rounds and all(row[COL["draft"]] == 0 for row in w.rounds)
@@ -191,7 +191,7 @@ def test_bad_clock_probe_closes_that_connection_only(quick_models, server, case)
             assert got == []
         ids = tok.encode(CODE_PROMPTS[0]).ids
         out, _ = speculative_generate(target, lambda new, start, *_: client.draft(new, start)[0], ids, 16)
-        assert out == greedy_generate(target, ids, 16)
+        assert out == target_generate(target, ids, 16)
     finally:
         client.close()
     DraftClient(server.address).close()  # and a new target can still connect

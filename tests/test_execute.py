@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from conftest import CONST_STAR  # noqa: E402
 
 from starsim.cli import main  # noqa: E402
-from starsim.real.spec import greedy_generate  # noqa: E402
+from starsim.real.spec import target_generate  # noqa: E402
 
 SUMMARY_KEYS = {"draft_utilization", "draft_idle_gap_mean_s", "throughput_tokens_per_s", "mean_accepted_tokens",
                 "rounds", "requests_completed", "ttft_mean_s", "tpot_mean_s", "per_target", "provenance"}
@@ -52,7 +52,7 @@ def test_execute_writes_a_run_directory(tmp_path, quick_pair, capsys, request, m
     if temperature == 0:  # lossless: each request's tokens are the target's own greedy ones
         _, target, _ = request.getfixturevalue("quick_models")
         for o in outputs:
-            assert o["output"] == greedy_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
+            assert o["output"] == target_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
     if mode == "star":
         assert 0 < summary["draft_utilization"] <= 1 and summary["mean_accepted_tokens"] >= 1
         assert len(summary["per_target"]) == 2
@@ -190,7 +190,7 @@ def test_draft_server_stopped_targets_finish_autoregressively(tmp_path, quick_pa
         assert (mine.loc[mine["draft"] < 0, "t_verify_start"] >= t).all() and (mine["draft"] < 0).any()
     assert len(res.outputs) == s["requests_completed"] >= 4
     for o in res.outputs:  # every request, drafted or not, is exactly the target's own greedy output
-        assert o["output"] == greedy_generate(target, o["prompt"], 60, eos=target.config.eos_token_id)
+        assert o["output"] == target_generate(target, o["prompt"], 60, eos=target.config.eos_token_id)
 
 
 def test_link_emulation_imposes_the_scenario_link(tmp_path, quick_pair):
@@ -231,7 +231,7 @@ def test_execute_pretrained_and_spec_models(tmp_path, quick_pair, quick_models, 
     s = json.loads((out / "summary.json").read_text())
     assert s["requests_completed"] == 4 and s["provenance"]["models"]["draft"]["kind"] == "pretrained"
     for o in map(json.loads, (out / "outputs.jsonl").read_text().splitlines()):
-        assert o["output"] == greedy_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
+        assert o["output"] == target_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
 
     (tmp_path / "tiny-eagle.yaml").write_text(EAGLE_SPEC)
     out = tmp_path / "spec"
@@ -287,7 +287,7 @@ def test_execute_open_loop_replays_the_simulated_arrivals(tmp_path, quick_pair, 
     assert (a["t_start"] >= a["t_arrival"]).all() and set(a["target"]) <= {0, 1}
     assert s["ttft_mean_s"] == pytest.approx((a["t_first_token"] - a["t_arrival"]).mean())
     for o in real.outputs:  # still lossless
-        assert o["output"] == greedy_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
+        assert o["output"] == target_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
 
 
 def test_execute_trace_replay_ends_at_duration(tmp_path, quick_pair):
@@ -329,4 +329,4 @@ def test_execute_one_for_one(tmp_path, quick_pair, quick_models):
     assert 0 < s["draft_utilization"] <= 1 and s["draft_tasks"] == len(draft) and len(s["per_target"]) == 2
     assert s["provenance"]["processes"]["draft_servers"] == 2
     for o in real.outputs:
-        assert o["output"] == greedy_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
+        assert o["output"] == target_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)

@@ -17,7 +17,7 @@ from conftest import CODE_PROMPTS  # noqa: E402
 from starsim.calibrate.link import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
-from starsim.real.spec import Drafter, greedy_generate, local_drafts, speculative_generate  # noqa: E402
+from starsim.real.spec import Drafter, local_drafts, speculative_generate, target_generate  # noqa: E402
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_targets_over_tcp_are_lossless(quick_models, server):
     assert sorted(results) == [0, 1, 2]
     assert sorted(r[3] for r in results.values()) == [0, 1, 2]  # one tag per connection
     for ids, out, _rounds, _tag in results.values():
-        assert out == greedy_generate(target, ids, 40)
+        assert out == target_generate(target, ids, 40)
     assert len(server.intervals) >= sum(len(r[2]) for r in results.values())
     _wait(lambda: not server.drafter.tags)  # every tag's draft state freed at disconnect
     assert not server.rejected
@@ -65,7 +65,7 @@ def test_sampling_over_tcp_draws_what_the_same_seed_draws_in_process(quick_model
     local, _ = speculative_generate(target, local_drafts(Drafter(draft, 4, 4, 16), temperature=0.9), ids, 32,
                                     temperature=0.9, seed=5)
     assert remote == local  # the draft's draws are seeded by the target, so the wire changes nothing
-    assert remote != greedy_generate(target, ids, 32)
+    assert remote != target_generate(target, ids, 32)
     assert sum(r.accepted for r in rounds) > 0
 
 
@@ -120,7 +120,7 @@ def test_bad_input_closes_that_connection_only(quick_models, server, tmp_path):
     # the good target is still served, and a new one can connect
     ids = tok.encode(CODE_PROMPTS[0]).ids
     out, _ = speculative_generate(target, _remote(client), ids, 24)
-    assert out == greedy_generate(target, ids, 24)
+    assert out == target_generate(target, ids, 24)
     DraftClient(server.address).close()
     client.close()
 

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from conftest import CODE_PROMPTS  # noqa: E402
 
-from starsim.real.spec import Drafter, Verifier, greedy_generate, local_drafts, speculative_generate  # noqa: E402
+from starsim.real.spec import Drafter, Verifier, local_drafts, speculative_generate, target_generate  # noqa: E402
 
 
 @pytest.mark.parametrize("shape", [(4, 4, 16), (2, 3, 6), (6, 2, 8), (1, 5, 5)])
@@ -20,7 +20,7 @@ def test_lossless_greedy(quick_models, shape):
     for p in CODE_PROMPTS:
         ids = tok.encode(p).ids
         out, rounds = speculative_generate(target, local_drafts(drafter), ids, 48)
-        assert out == greedy_generate(target, ids, 48), (p, shape)
+        assert out == target_generate(target, ids, 48), (p, shape)
         assert all(r.tree_tokens <= shape[2] and 0 <= r.accepted <= shape[1] for r in rounds)
         assert sum(len(r.emitted) for r in rounds) + 1 >= len(out)  # every token came from a round or the prefill
 
@@ -30,7 +30,7 @@ def test_target_as_its_own_draft_accepts_the_whole_depth(quick_models):
     drafter = Drafter(target, 4, 4, 16)
     ids = tok.encode(CODE_PROMPTS[0]).ids
     out, rounds = speculative_generate(target, local_drafts(drafter), ids, 41)
-    assert out == greedy_generate(target, ids, 41)
+    assert out == target_generate(target, ids, 41)
     assert [r.accepted for r in rounds[:-1]] == [4] * (len(rounds) - 1)  # the top-1 chain is always kept
 
 
@@ -64,7 +64,7 @@ def test_interleaved_tags_keep_their_own_state(quick_models):
             tree, _ = drafter.draft(tag, p + o)
             o += v.verify(tree).emitted
     for p, o in zip(prompts, outs):
-        assert o[:40] == greedy_generate(target, p, 40)
+        assert o[:40] == target_generate(target, p, 40)
 
 
 EAGLE_SPEC = """
@@ -105,7 +105,7 @@ def test_eagle_head_drafts_from_the_targets_hidden_states(eagle_pair):
         return draft_next(new, start, seed, hidden)
 
     out, rounds = speculative_generate(target, spy, prompt, 30, hidden=True)
-    assert out == greedy_generate(target, prompt, 30)  # lossless whatever the head drafts
+    assert out == target_generate(target, prompt, 30)  # lossless whatever the head drafts
     assert not seen[0][1][0].any()  # no feature before the prompt's first token
     assert all(len(r.emitted) == r.accepted + 1 for r in rounds) and len(drafter.tags[0].ids) > len(prompt)
     # the prefix cache holds what a fresh encoding of the whole context gives

@@ -15,7 +15,7 @@ from conftest import CODE_PROMPTS  # noqa: E402
 
 from starsim.metrics import summarize  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
-from starsim.real.spec import Drafter, greedy_generate  # noqa: E402
+from starsim.real.spec import Drafter, target_generate  # noqa: E402
 from starsim.real.worker import TargetWorker, assemble_records  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def test_workers_write_records_the_metrics_read(quick_models):
     for w in workers:
         for o in w.outputs:
             assert o["prompt"] == tok.encode(CODE_PROMPTS[(w.index + o["request"] % 10) % 3]).ids
-            assert o["output"] == greedy_generate(target, o["prompt"], 32)
+            assert o["output"] == target_generate(target, o["prompt"], 32)
     r = records.rounds
     assert len(r) > 0 and (r["draft"] == 0).all()
     # every hop in order on one clock
@@ -75,10 +75,10 @@ def test_draft_server_gone_targets_finish_autoregressively(quick_models):
     server = DraftServer(Drafter(draft, 4, 4, 16)).start()
     w = TargetWorker(0, target, DraftClient(server.address), clock0)
     ids = tok.encode(CODE_PROMPTS[1]).ids
-    assert w.run_request(0, ids, 16) == greedy_generate(target, ids, 16)
+    assert w.run_request(0, ids, 16) == target_generate(target, ids, 16)
     server.close()
     ids = tok.encode(CODE_PROMPTS[2]).ids
-    assert w.run_request(1, ids, 24) == greedy_generate(target, ids, 24)
+    assert w.run_request(1, ids, 24) == target_generate(target, ids, 24)
     assert w.fallback_at is not None and w.client is None
     late = [row for row in w.rounds if row[1] == 1]
     assert late and all(row[3] == -1 and row[18] == 1 for row in late)  # no draft, one token a step

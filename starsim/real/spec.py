@@ -489,11 +489,6 @@ def target_generate(model, prompt: list[int], max_new: int, eos: int | None = No
     return out
 
 
-def greedy_generate(model, prompt: list[int], max_new: int, eos: int | None = None) -> list[int]:
-    """Plain target-only greedy decoding."""
-    return target_generate(model, prompt, max_new, eos)
-
-
 def local_drafts(drafter: Drafter, tag: int = 0, temperature: float = 0.0):
     """``draft_next`` for :func:`speculative_generate` from a :class:`Drafter` in this process."""
     context: list[int] = []
