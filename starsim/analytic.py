@@ -303,7 +303,8 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
         # TPOT is averaged over requests, so weight each target by its request rate
         "tpot_mean_s": float(np.average(tpot, weights=request_rate)) if request_rate.sum() > 0 else None,
         "n_targets": n,
-        "target_tokens_per_s_mean": float(np.mean([t["tokens_per_s"] for t in per_target])) if per_target else None,
+        # the system's rate shared out: also right when an open loop's offered load caps it
+        "target_tokens_per_s_mean": float(throughput / n) if n and throughput is not None else None,
         "per_target": per_target,
         "assumptions": [
             "mean times only: no variance, no bursts (random times queue more near N*)",

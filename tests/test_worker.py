@@ -82,3 +82,21 @@ def test_draft_server_gone_targets_finish_autoregressively(quick_models):
     assert w.fallback_at is not None and w.client is None
     late = [row for row in w.rounds if row[1] == 1]
     assert late and all(row[3] == -1 and row[18] == 1 for row in late)  # no draft, one token a step
+
+
+def test_a_request_ends_at_end_of_sequence(quick_models):
+    """A model's end-of-sequence ids (one or a list) end a request where the target's own
+    decoding would, in drafted rounds and autoregressive steps alike."""
+    tok, target, draft = quick_models
+    ids = tok.encode(CODE_PROMPTS[0]).ids
+    full = target_generate(target, ids, 40)
+    stop = full[9]  # pretend this token is an end-of-sequence id
+    want = full[: full.index(stop) + 1]
+    with DraftServer(Drafter(draft, 4, 4, 16)) as server:
+        for eos in (stop, [stop, -5]):
+            w = TargetWorker(0, target, DraftClient(server.address), time.monotonic(), eos=eos)
+            assert w.run_request(0, ids, 40) == want
+            assert w.requests[-1][4] == len(want)  # generated tokens
+            w.close()
+    w = TargetWorker(0, target, None, time.monotonic(), eos=frozenset([stop]))
+    assert w.run_request(1, ids, 40) == want

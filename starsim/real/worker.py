@@ -30,9 +30,11 @@ NAN = math.nan
 
 class TargetWorker:
     def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
-                 eos: int | None = None, temperature: float = 0.0, seed: int = 0):
+                 eos=None, temperature: float = 0.0, seed: int = 0):
         self.index, self.model, self.client, self.clock0 = index, model, client, clock0
-        self.device, self.eos = device, eos
+        # end-of-sequence ids: one id, several (some models have a list), or none
+        self.device = device
+        self.eos = frozenset() if eos is None else frozenset([eos] if isinstance(eos, int) else eos)
         # sampling: one random stream per request, so a request's tokens do not depend on
         # which target ran it after which other request
         self.temperature, self.seed = temperature, seed
@@ -60,7 +62,7 @@ class TargetWorker:
         t_first = self.now()
         self._interval("prefill", t_start, t_first)
         new, start, r_i = prompt + out, True, 0
-        while len(out) < output_tokens and out[-1] != self.eos:
+        while len(out) < output_tokens and out[-1] not in self.eos:
             ctx = len(prompt) + len(out)
             if self.client is not None:
                 t_send = self.now()
@@ -71,12 +73,13 @@ class TargetWorker:
                     log.warning("target %d: draft server lost (%s); decoding autoregressively from %.3f s",
                                 self.index, e, self.fallback_at)
                     self.client = None
+                    v.hidden = False  # no draft to feed any more
                     continue
                 t_arrive = self.now()
                 r = v.verify(tree)
                 t_end = self.now()
                 self._interval("verify", t_arrive, t_end)
-                emitted = r.emitted[: output_tokens - len(out)]
+                emitted = self._until_eos(r.emitted[: output_tokens - len(out)])
                 # the server's timestamps, moved onto our clock
                 srv = [hdr[k] - self.client.clock_offset_s - self.clock0
                        for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")]
@@ -99,6 +102,13 @@ class TargetWorker:
                               self.now()))
         self.outputs.append({"request": rid, "target": self.index, "prompt": list(prompt), "output": out})
         return out
+
+    def _until_eos(self, tokens: list[int]) -> list[int]:
+        """``tokens`` up to and including the first end-of-sequence id (the request ends there)."""
+        for j, t in enumerate(tokens):
+            if t in self.eos:
+                return tokens[: j + 1]
+        return tokens
 
     def close(self) -> None:
         if self.client is not None:
