@@ -70,6 +70,8 @@ def test_execute_bad_input(tmp_path, quick_pair, capsys):
         ({"real": {"pair": str(quick_pair), "faults": [{"kind": "kill_target", "target": 2, "at_s": 1}]}},
          "real.faults.0.target: target 2 out of range"),
         ({"real": {"pair": str(quick_pair), "temperature": -1}}, "real.temperature"),
+        ({"devices": {"d": {"type": "draft"}, "g": {"type": "gpu", "count": 16, "torch": "cuda:99"}}},
+         "cuda:99 asked for"),
     ]:
         g = tmp_path / "bad.yaml"
         g.write_text(yaml.safe_dump({**sc, **change}))
@@ -115,7 +117,7 @@ def test_draft_server_and_target_commands(tmp_path, quick_pair, capsys):
                                    ["--spec", str(spec)], "spec")
     assert "EAGLE head" in line and summary["provenance"]["model"]["kind"] == "spec"
     for args, msg in [(["--spec", "no-such-spec"], "no such model spec"), (["--model", str(tmp_path)], "no target"),
-                      (["--device", "tpu:9"], "--device tpu:9")]:
+                      (["--device", "tpu:9"], "--device: tpu:9"), (["--device", "cuda:99"], "cuda:99 asked for")]:
         assert main(["target", "--connect", "127.0.0.1:9", "--pair", str(quick_pair), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and msg in err, err

@@ -76,19 +76,14 @@ def _cli_real(args: argparse.Namespace, role: str):
 
 def _load_role(args: argparse.Namespace, role: str):
     """(Real section, model source, model) for ``role`` on ``--device``."""
-    from .models import load_model, resolve_dtype, role_source
+    from .models import check_device, load_model, resolve_dtype, role_source
 
     real = _cli_real(args, role)
     src = role_source(real, role)
     if src["kind"] == "pretrained" and not (Path(src["path"]) / "config.json").is_file():
         hint = "; build one with `starsim models build-pair`" if real.pair and not args.model else ""
         raise StarsimError(f"{src['path']}: no {role} model there (no config.json){hint}")
-    try:
-        import torch
-
-        torch.device(args.device)
-    except RuntimeError as e:
-        raise StarsimError(f"--device {args.device}: {e}") from None
+    check_device(args.device, "--device")
     return real, src, load_model(src, role, args.device, resolve_dtype(real, src, args.device))
 
 

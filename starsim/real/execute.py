@@ -40,6 +40,7 @@ from ..scenario import ClosedLoop, Scenario
 from ..workload import arrivals as workload_arrivals
 from .models import (
     build_prompts,
+    check_device,
     check_sources,
     load_model,
     resolve_dtype,
@@ -203,6 +204,9 @@ def _execute(scenario: Scenario) -> Result:
     draft_unit, target_units = place(scenario)
     target_src = role_source(r, "target")
     target_dev = [torch_device(scenario, u) for u in target_units]
+    draft_dev = [(draft_unit, torch_device(scenario, draft_unit))] if star else []  # one_for_one: the targets'
+    for unit, dev in sorted({*zip(target_units, target_dev), *draft_dev}):
+        check_device(dev, f"devices: unit {unit}")
     horizon = min(scenario.duration_s if scenario.duration_s is not None else math.inf, r.max_wall_s)
     arrivals, lengths, cut = None, None, False
     if not isinstance(scenario.workload, ClosedLoop):
@@ -225,57 +229,66 @@ def _execute(scenario: Scenario) -> Result:
     ready, go = ctx.Queue(), ctx.Event()
     shared_clock0 = ctx.Value("d", 0.0)
     procs = []
-    stop_at = [f.at_s for f in r.faults if f.kind == "stop_draft"]
-    for i, _name, group in instances:
-        own_draft = {"src": draft_src, "dtype": resolve_dtype(r, draft_src, target_dev[i]),
-                     "tree": (tree.top_k, tree.depth, tree.tokens), "policy": scenario.draft.policy,
-                     "stop_at": stop_at} if own else None
-        p = ctx.Process(target=_target_main, name=f"starsim-target-{i}", args=(
-            i, target_src, target_dev[i], resolve_dtype(r, target_src, target_dev[i]), target_units[i],
-            server.address if server else None, r.threads, prompts, getattr(scenario.workload, "repeat", False),
-            scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results,
-            # one_for_one has no wire in the simulator: its loopback gets no emulated link
-            group.link if r.emulate_link and star else None, scenario.seed, r.temperature, arrivals, own_draft))
-        p.start()
-        procs.append(p)
-    # The run's clock starts when every target has loaded its model and connected, so
-    # start-up is not counted as idle draft time.
-    waiting, give_up = set(range(len(procs))), time.monotonic() + r.max_wall_s
-    while waiting and time.monotonic() < give_up:
-        try:
-            waiting.discard(ready.get(timeout=0.5))
-        except queue.Empty:
-            waiting -= {i for i in waiting if procs[i].exitcode is not None}  # died while loading
-    # The machine's speed on the calibration's reference kernel, before and after the run:
-    # shared machines drift, and `starsim validate` sets it beside the profiles' own.
-    from ..calibrate.compute import REFERENCE, reference_speed
+    try:
+        stop_at = [f.at_s for f in r.faults if f.kind == "stop_draft"]
+        for i, _name, group in instances:
+            own_draft = {"src": draft_src, "dtype": resolve_dtype(r, draft_src, target_dev[i]),
+                         "tree": (tree.top_k, tree.depth, tree.tokens), "policy": scenario.draft.policy,
+                         "stop_at": stop_at} if own else None
+            p = ctx.Process(target=_target_main, name=f"starsim-target-{i}", args=(
+                i, target_src, target_dev[i], resolve_dtype(r, target_src, target_dev[i]), target_units[i],
+                server.address if server else None, r.threads, prompts, getattr(scenario.workload, "repeat", False),
+                scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results,
+                # one_for_one has no wire in the simulator: its loopback gets no emulated link
+                group.link if r.emulate_link and star else None, scenario.seed, r.temperature, arrivals, own_draft))
+            p.start()
+            procs.append(p)
+        # The run's clock starts when every target has loaded its model and connected, so
+        # start-up is not counted as idle draft time.
+        waiting, give_up = set(range(len(procs))), time.monotonic() + r.max_wall_s
+        while waiting and time.monotonic() < give_up:
+            try:
+                waiting.discard(ready.get(timeout=0.5))
+            except queue.Empty:
+                waiting -= {i for i in waiting if procs[i].exitcode is not None}  # died while loading
+        # The machine's speed on the calibration's reference kernel, before and after the run:
+        # shared machines drift, and `starsim validate` sets it beside the profiles' own.
+        from ..calibrate.compute import REFERENCE, reference_speed
 
-    ref_device = torch_device(scenario, draft_unit) if star else target_dev[0]
-    speed_before = reference_speed(r.threads, ref_device)
-    clock0 = shared_clock0.value = time.monotonic()
-    go.set()
-    drills = _start_faults(r.faults, server, procs, clock0)
-    got: dict[int, dict[str, Any]] = {}
-    end_by = clock0 + r.max_wall_s + 60  # a worker finishes its request in progress after the deadline
-    while len(got) < len(procs) and time.monotonic() < end_by:
-        try:
-            item = results.get(timeout=0.5)
-            got[item["index"]] = item
-        except queue.Empty:
-            for i, p in enumerate(procs):  # killed before it reported: its rows are lost, the run goes on
-                if i not in got and p.exitcode not in (None, 0):
-                    got[i] = {"index": i, "tag": None, "error": f"process ended with exit code {p.exitcode}",
-                              "rounds": [], "requests": [], "intervals": [], "fallback_at": None, "outputs": [],
-                              "draft_intervals": [], "rejected": []}
-    for p in procs:
-        p.join(timeout=5)
-        if p.is_alive():
-            p.kill()
-    t_elapsed = time.monotonic() - clock0
-    speed_after = reference_speed(r.threads, ref_device)
-    drills.set()  # drills not yet due are dropped
-    if server is not None:
-        server.close()
+        ref_device = torch_device(scenario, draft_unit) if star else target_dev[0]
+        speed_before = reference_speed(r.threads, ref_device)
+        clock0 = shared_clock0.value = time.monotonic()
+        go.set()
+        drills = _start_faults(r.faults, server, procs, clock0)
+        got: dict[int, dict[str, Any]] = {}
+        end_by = clock0 + r.max_wall_s + 60  # a worker finishes its request in progress after the deadline
+        while len(got) < len(procs) and time.monotonic() < end_by:
+            try:
+                item = results.get(timeout=0.5)
+                got[item["index"]] = item
+            except queue.Empty:
+                for i, p in enumerate(procs):  # killed before it reported: its rows are lost, the run goes on
+                    if i not in got and p.exitcode not in (None, 0):
+                        got[i] = {"index": i, "tag": None, "error": f"process ended with exit code {p.exitcode}",
+                                  "rounds": [], "requests": [], "intervals": [], "fallback_at": None, "outputs": [],
+                                  "draft_intervals": [], "rejected": []}
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+        t_elapsed = time.monotonic() - clock0
+        speed_after = reference_speed(r.threads, ref_device)
+        drills.set()  # drills not yet due are dropped
+        if server is not None:
+            server.close()
+    except BaseException:  # Ctrl-C or a failure here: no target left waiting, no port left open
+        go.set()
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        if server is not None:
+            server.close()
+        raise
 
     tag_to_target = {item["tag"]: i for i, item in got.items() if item["tag"] is not None}
     draft_rows = [("draft", draft_unit, "draft", tag_to_target.get(tag, -1), s - clock0, e - clock0)

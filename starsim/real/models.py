@@ -78,6 +78,21 @@ def torch_device(scenario: Scenario, unit: str) -> str:
     return f"cuda:{k}" if dev == "cuda" else dev
 
 
+def check_device(device: str, what: str) -> None:
+    """A one-line error for a torch device this machine does not have (``what``: where it was asked)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise StarsimError(f"{what}: {device}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StarsimError(f"{what}: {device} asked for, but this torch ({torch.__version__}) sees no CUDA device")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise StarsimError(f"{what}: {device} asked for, but only {torch.cuda.device_count()} CUDA device(s) here")
+
+
 def resolve_dtype(real: Real, src: dict[str, Any], device: str) -> str:
     if real.dtype != "auto":
         return real.dtype
