@@ -294,7 +294,7 @@ def hop_means(records: Records) -> dict[str, float | None]:
     keep = (r["draft"].to_numpy() >= 0) & (t_ve >= t0) & (t_ve <= t1)
     col = {c: r[c].to_numpy()[keep] for c in {c for _, a, b in HOPS for c in (a, b)}}
     out = {name: _mean(col[b] - col[a]) for name, a, b in HOPS}
-    out["round_s"] = _mean(col["t_verify_end"] - col["t_send"])
+    out["round_s"] = _mean(round_times(records))
     # the next round's send, same target and request (rows sorted by target, request, round)
     key = np.stack([r[c].to_numpy()[keep] for c in ("target", "request", "round")])
     order = np.lexsort(key[::-1])

@@ -82,8 +82,9 @@ def _mean_ref(ref: dict | None) -> float | None:
 def speed_overrides(scenario, real_summary: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
     """``--set`` overrides that rescale each profile-based timing by how fast the machine
     was during the real run against during that profile's calibration (both timed on the
-    same reference matmul with the same threads), and the ratios used. A profile measured
-    with other threads, or without the reference, is left as is."""
+    same reference matmul with the same threads on the same device), and the ratios used. A
+    profile measured with other threads, on another device or without the reference, is
+    left as is."""
     real_ref = real_summary.get("provenance", {}).get("reference_matmul_s") or {}
     now = _mean_ref(real_ref)
     sets, ratios = [], {}
@@ -92,8 +93,9 @@ def speed_overrides(scenario, real_summary: dict[str, Any]) -> tuple[list[str], 
     for path, prof in _profile_fields(scenario):
         f = prof.file
         then = _mean_ref(f.provenance.get("reference_matmul_s"))
-        if then is None or f.device.get("threads") != real_ref.get("threads"):
-            continue
+        same_device = f.device.get("torch_device", "cpu") == real_ref.get("device", "cpu")
+        if then is None or f.device.get("threads") != real_ref.get("threads") or not same_device:
+            continue  # timed otherwise: the two references are not comparable
         ratio = now / then
         ratios[path] = ratio
         sets.append(f"{path}.scale={prof.scale * ratio!r}")

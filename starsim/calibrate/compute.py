@@ -345,15 +345,12 @@ def code_verify_fn(c: _Ctx, tokens: int, context: int, top_k: int):
     """``verify`` as the real backend runs it: :meth:`starsim.real.spec.Verifier.verify` on a
     tree of ``tokens - 1`` nodes after the root (tree-mask forward, greedy acceptance, KV
     compaction), at ``context`` cached tokens."""
-    from ..real.spec import TreeDraft, Verifier
+    from ..real.spec import TreeDraft, Verifier, tree_depths
 
     cache = c.cache(context, 1)
     full = _tree_parents(tokens, top_k)  # node 0 is the root
     parents = [p - 1 for p in full[1:]]  # the tree's nodes, parents counted without the root
-    depths: list[int] = []
-    for p in parents:
-        depths.append(1 if p < 0 else depths[p] + 1)
-    tree = TreeDraft(c.ids(1, tokens - 1)[0].tolist(), parents, depths)
+    tree = TreeDraft(c.ids(1, tokens - 1)[0].tolist(), parents, tree_depths(parents))
     v = Verifier(c.net.lm)
     v.cache = cache
     root = int(c.ids(1, 1)[0, 0])
@@ -375,7 +372,7 @@ def code_draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape):
     cached = context - new
     if cached < 0:
         raise ValueError(f"new tokens ({new}) exceed the context ({context})")
-    drafter = Drafter(c.net if c.net.eagle else c.net.lm, tree.top_k, tree.depth, tree.tokens)
+    drafter = Drafter(c.net, tree.top_k, tree.depth, tree.tokens)
     ids = c.ids(1, context)[0].tolist()
     hidden = [c.hidden(1, context)[0].float().cpu().numpy().astype(np.float16)] if c.net.eagle else None
     drafter.draft(0, ids, hidden=hidden)  # the tag's state, then cut back to ``cached`` before each call

@@ -38,7 +38,7 @@ import numpy as np
 from ..calibrate.link import parse_address
 from ..policies import make_policy
 from . import protocol as P
-from .spec import Drafter, TreeDraft
+from .spec import Drafter, TreeDraft, tree_depths
 
 log = logging.getLogger("starsim.draft_server")
 CLOCK_PROBES = 8
@@ -232,8 +232,7 @@ class DraftServer:
             with self.cv:
                 tag, self._next_tag = self._next_tag, self._next_tag + 1
             P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES),
-                                           needs_hidden=self.drafter.needs_hidden,
-                                           hidden_size=self.drafter.model.config.hidden_size))
+                                           needs_hidden=self.drafter.needs_hidden))
             conn.settimeout(None)  # a target may think for a while between rounds
             probes = 0  # clock probes answered; None once the first DRAFT_REQUEST came
             while not self.stop.is_set():
@@ -386,11 +385,9 @@ class DraftClient:
             raise P.ProtocolError(f"expected DRAFT_REPLY {self.seq}, got {kind} ({reason})")
         tokens = rep.arrays["token_ids"].tolist()
         parents = rep.arrays["parents"].tolist()
-        depths: list[int] = []
-        for i, p in enumerate(parents):
-            if p >= i:
-                raise P.ProtocolError("tree nodes must come after their parents")
-            depths.append(1 if p < 0 else depths[p] + 1)
+        if any(p >= i for i, p in enumerate(parents)):
+            raise P.ProtocolError("tree nodes must come after their parents")
+        depths = tree_depths(parents)
         probs, nodes = rep.arrays.get("draft_probs"), rep.arrays.get("prob_nodes")
         if temperature > 0 and tokens:
             if probs is None or nodes is None or probs.ndim != 2 or probs.shape[0] != nodes.shape[0]:

@@ -53,6 +53,14 @@ class TreeDraft:
     prob_nodes: list[int] | None = None
 
 
+def tree_depths(parents: list[int]) -> list[int]:
+    """Each node's depth (1 under the root) from its parent index; parents come first."""
+    depths: list[int] = []
+    for p in parents:
+        depths.append(1 if p < 0 else depths[p] + 1)
+    return depths
+
+
 def normalized(q16: np.ndarray) -> np.ndarray:
     """A float16 distribution as the float64 one both sides sample and accept with."""
     q = np.asarray(q16, dtype=np.float64)

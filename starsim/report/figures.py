@@ -456,7 +456,9 @@ def fairness(runs: list[Run]) -> Figure:
     _grouped_bars(ax_w, runs, lambda t: t.get("queue_wait_mean_s"), 1e3)
     ticks = []
     for run in runs:
-        j = jain_index(t.get("tokens_per_s") for t in run.summary.get("per_target") or [])
+        j = run.summary.get("target_tokens_per_s_jain")
+        if j is None and "target_tokens_per_s_jain" not in run.summary:  # a summary from before the key
+            j = jain_index(t.get("tokens_per_s") for t in run.summary.get("per_target") or [])
         ticks.append(_tick_label(run, len(runs), *([f"Jain {j:.3f}"] if j is not None else [])))
     for ax in (ax_t, ax_w):
         ax.set_xticklabels(ticks, fontsize=8)
@@ -475,7 +477,7 @@ def fairness(runs: list[Run]) -> Figure:
 # --------------------------------------------------------------------------- 6: draft time
 
 
-def _box_strip(ax: Axes, runs: list[Run], series: list[np.ndarray]) -> None:
+def _box_strip(ax: Axes, runs: list[Run], series: list[np.ndarray], cv_key: str, empty: str) -> None:
     import matplotlib.patches as mpatches
     from matplotlib.lines import Line2D
 
@@ -493,8 +495,8 @@ def _box_strip(ax: Axes, runs: list[Run], series: list[np.ndarray]) -> None:
                    rasterized=True, zorder=2)
     labels = []
     for run, s in zip(runs, series):
-        c = metrics_cv(s)  # the summary's draft_task_time_cv / round_time_cv, from the same rows
-        cv = f"CV {c:.2f}" if c is not None else "no draft tasks"
+        c = run.summary[cv_key] if cv_key in run.summary else metrics_cv(s)  # older summaries lack the key
+        cv = f"CV {c:.2f}" if c is not None else empty
         labels.append(_tick_label(run, len(runs), cv))
     ax.set_xticks(range(len(runs)), labels, fontsize=8)
     ax.set_xlim(-0.6, len(runs) - 0.4)
@@ -517,8 +519,8 @@ def draft_time(runs: list[Run]) -> Figure:
     and more stable") and of each target's round time, box and strip per run."""
     fig = _figure(11, 4.8)
     ax_d, ax_r = fig.subplots(1, 2)
-    _box_strip(ax_d, runs, [draft_task_times(r) * 1e3 for r in runs])
-    _box_strip(ax_r, runs, [round_times(r) * 1e3 for r in runs])
+    _box_strip(ax_d, runs, [draft_task_times(r) * 1e3 for r in runs], "draft_task_time_cv", "no draft tasks")
+    _box_strip(ax_r, runs, [round_times(r) * 1e3 for r in runs], "round_time_cv", "no speculative rounds")
     ax_d.set_ylabel("draft engine time per task (ms" + (", log scale)" if ax_d.get_yscale() == "log" else ")"))
     ax_d.set_title("draft time per task", fontsize=10)
     ax_r.set_ylabel("round time, send to verify end (ms" + (", log scale)" if ax_r.get_yscale() == "log" else ")"))

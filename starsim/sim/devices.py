@@ -112,7 +112,9 @@ def build_units(env: simpy.Environment, scenario: Scenario, users: list[str]) ->
             dev = scenario.devices[pool]
             units[name] = DeviceUnit(name, dev.slots)
             if dev.cores is not None:  # the pool's units share its cores
-                units[name].host = hosts.setdefault(pool, SharedCores(env, dev.cores))
+                if pool not in hosts:
+                    hosts[pool] = SharedCores(env, dev.cores)
+                units[name].host = hosts[pool]
         units[name].users += 1
     for u in units.values():
         if u.users > u.slots and u.host is None:
