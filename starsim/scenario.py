@@ -7,8 +7,10 @@ of each field below is the same text, so ``starsim schema`` prints it too.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
+import os
 import re
 import types
 from pathlib import Path
@@ -522,9 +524,45 @@ class Scenario(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
     def digest(self) -> str:
-        """SHA-256 of the resolved scenario (canonical JSON); identifies a run's inputs."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the resolved scenario (canonical JSON); identifies a run's inputs.
+
+        Files the scenario names (profiles, traces, acceptance curves) count by their content,
+        not their resolved path, so the same inputs hash alike in any clone; a directory (a
+        model pair) by its name and the content of its description file; a path not there by
+        its name."""
+        blob = json.dumps(_portable(self.to_dict()), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _portable(value):
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        p = Path(value)
+        if p.is_file():
+            return "file:" + _file_sha256(str(p), *_stamp(p))
+        if p.is_dir():
+            desc = next((p / n for n in ("pair.yaml", "config.json") if (p / n).is_file()), None)
+            return f"dir:{p.name}" + (":" + _file_sha256(str(desc), *_stamp(desc)) if desc else "")
+        return f"path:{p.name}"  # not there (yet): a pair built later, say
+    return value
+
+
+def _stamp(p: Path) -> tuple[int, int]:
+    st = p.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    """A file's content hash (cached per path, modification time and size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- loading

@@ -174,3 +174,23 @@ def test_schema(capsys):
     assert rc == 0
     schema = json.loads(out)
     assert {"draft", "targets", "devices"} <= schema["properties"].keys()
+
+
+def test_scenario_hash_is_the_same_in_any_clone(tmp_path):
+    """Files count by content, not by where the clone put them."""
+    import shutil
+
+    from conftest import REPO
+
+    from starsim import load_scenario
+
+    for d in ("a", "b"):
+        shutil.copytree(REPO / "scenarios", tmp_path / d / "scenarios")
+        shutil.copytree(REPO / "models" / "profiles", tmp_path / d / "models" / "profiles")
+        shutil.copytree(REPO / "models" / "acceptance", tmp_path / d / "models" / "acceptance")
+    a = load_scenario(tmp_path / "a" / "scenarios" / "real_cpu_n2.yaml")
+    b = load_scenario(tmp_path / "b" / "scenarios" / "real_cpu_n2.yaml")
+    assert a.draft.round_time.path != b.draft.round_time.path and a.digest() == b.digest()
+    prof = tmp_path / "b" / "models" / "profiles" / "stdlib-pair.target.cpu-amd-epyc-2-logical.float32.yaml"
+    prof.write_text(prof.read_text() + "\n# changed\n")
+    assert load_scenario(tmp_path / "b" / "scenarios" / "real_cpu_n2.yaml").digest() != a.digest()
