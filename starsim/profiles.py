@@ -61,17 +61,26 @@ FEATURES: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {
     "context": lambda x: x["context"],
     "tokens*context": lambda x: x["tokens"] * x["context"],
     "tokens^2": lambda x: x["tokens"] * x["tokens"],  # prefill: attention is quadratic in the prompt
+    # concave in tokens: a small tree costs more per token than a big one (fixed per-call work
+    # in the Python around a forward, kernels that fill up)
+    "sqrt(tokens)": lambda x: np.sqrt(x["tokens"]),
+    "sqrt(tokens)*context": lambda x: np.sqrt(x["tokens"]) * x["context"],
     "batch": lambda x: x["batch"],
     "batch*context": lambda x: x["batch"] * x["context"],
     "batch*tokens": lambda x: x["batch"] * x["tokens"],
 }
 
 
+def _needs(feature: str) -> set[str]:
+    """The inputs a feature is made of (``sqrt(tokens)*context`` -> tokens, context)."""
+    return {p.replace("sqrt(", "").replace(")", "").replace("^2", "") for p in feature.split("*")}
+
+
 def _candidate_features(inputs: Sequence[str]) -> list[str]:
     have = set(inputs)
     if "context" in have:  # with a context, tokens*context carries the attention term
-        return [f for f in FEATURES if f == "1" or (f != "tokens^2" and set(f.split("*")) <= have)]
-    return [f for f in FEATURES if f == "1" or set(f.replace("^2", "").split("*")) <= have]
+        return [f for f in FEATURES if f == "1" or (f != "tokens^2" and _needs(f) <= have)]
+    return [f for f in FEATURES if f == "1" or (_needs(f) <= have and not f.startswith("sqrt"))]
 
 
 # --------------------------------------------------------------------------- fitting
@@ -80,9 +89,13 @@ def _candidate_features(inputs: Sequence[str]) -> list[str]:
 def _nnls_relative(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     from scipy.optimize import nnls
 
-    w = 1.0 / y
-    coef, _ = nnls(a * w[:, None], np.ones_like(y))
-    return coef
+    m = a / y[:, None]
+    # unit-norm columns: features range over orders of magnitude (1 vs tokens*context) and
+    # some nearly repeat each other (tokens, sqrt(tokens)); scaled, NNLS converges
+    norm = np.linalg.norm(m, axis=0)
+    norm[norm == 0] = 1.0
+    coef, _ = nnls(m / norm, np.ones_like(y), maxiter=50 * m.shape[1])
+    return coef / norm
 
 
 def _mape(pred: np.ndarray, y: np.ndarray) -> float:
@@ -235,6 +248,27 @@ def write_profile(profile: ProfileFile, path: str | Path) -> Path:
     return p
 
 
+def refit(profile: ProfileFile) -> ProfileFile:
+    """The same measurements fitted again (the fit's candidate features may have grown since);
+    ops kept as measured (``draft_idle``) stay as they are."""
+    ops = {name: (build_op(op.inputs, op.rows, fixed=op.fixed) if op.fit is not None else op)
+           for name, op in profile.ops.items()}
+    prov = {**profile.provenance, "refit": {"starsim": _version(), "date": _now()}}
+    return profile.model_copy(update={"ops": ops, "provenance": prov})
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def read_profile(path: str | Path) -> ProfileFile:
     p = Path(path)
     try:
@@ -320,14 +354,16 @@ def op_sampler(
     entry = usage.entry(path, op_name, profile, op) if usage is not None else None
     seen = entry["seen"] if entry is not None else {}
 
-    # Collapse the fit to a + b*tokens + c*context + d*tokens*context (batch = 1 in the
-    # simulator), so one call costs a few multiplications.
+    # Collapse the fit to a + b*tokens + c*context + d*tokens*context + e*tokens^2
+    # + (g + h*context)*sqrt(tokens) (batch = 1 in the simulator): a few multiplications a call.
     terms = dict(zip(feats, coef))
     a = terms.get("1", 0.0) + terms.get("batch", 0.0)
     b = terms.get("tokens", 0.0) + terms.get("batch*tokens", 0.0)
     c = terms.get("context", 0.0) + terms.get("batch*context", 0.0)
     d = terms.get("tokens*context", 0.0)
     e = terms.get("tokens^2", 0.0)
+    g, h = terms.get("sqrt(tokens)", 0.0), terms.get("sqrt(tokens)*context", 0.0)
+    sqrt = math.sqrt
 
     def note(tokens: float, context: float) -> None:
         entry["calls"] += 1
@@ -348,6 +384,8 @@ def op_sampler(
         if entry is not None:
             note(tokens, context)
         m = a + b * tokens + c * context + d * tokens * context + e * tokens * tokens
+        if g or h:
+            m += (g + h * context) * sqrt(tokens)
         return m * draw(mu, sigma) if sigma > 0 else m
 
     return sample

@@ -253,3 +253,24 @@ def test_shipped_cpu_scenarios_stay_inside_their_profiles(n):
     assert set(used) == {"draft_round", "verify", "prefill"}
     assert all(e["device"].startswith("cpu") and e["measured_on"] for e in used.values())
     assert res.summary["rounds"] > 0
+
+
+def test_concave_token_costs_are_fitted_and_sampled_alike():
+    """A fixed cost, a sqrt(tokens) part and a context term: the fit finds the sqrt feature,
+    and the simulator's collapsed sampler gives what Op.predict gives, and refit keeps it."""
+    import numpy as np
+
+    from starsim.profiles import ProfileFile, build_op, op_sampler, refit
+
+    rows = []
+    for t in (1, 4, 8, 16, 32, 64):
+        for c in (16, 256, 1024):
+            y = 0.002 + 0.0009 * np.sqrt(t) + 2e-6 * c
+            rows.append([t, c, y, y * 0.95, y * 1.05, 5])
+    op = build_op(["tokens", "context"], rows)
+    assert "sqrt(tokens)" in op.fit.features and op.fit.mape_pct < 1.0
+    prof = ProfileFile(ops={"verify": op})
+    f = op_sampler("p", "verify", prof, np.random.default_rng(0), noise=False)
+    for t, c in ((17, 130), (3, 900)):
+        assert f(t, c) == pytest.approx(op.predict(tokens=t, context=c), rel=1e-12)
+    assert refit(prof).ops["verify"].fit.features == op.fit.features

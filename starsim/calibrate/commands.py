@@ -136,6 +136,21 @@ def _snippet(profiles, paths) -> str:
     return "\n".join(out)
 
 
+def cmd_refit(args: argparse.Namespace) -> int:
+    """Fit profiles again from their stored measurements, in place (no timing)."""
+    from ..profiles import read_profile, refit, write_profile
+
+    for path in args.profiles:
+        old = read_profile(path)
+        new = refit(old)
+        write_profile(new, path)
+        for name, op in new.ops.items():
+            if op.fit is not None and name in old.ops and old.ops[name].fit is not None:
+                print(f"{path.name} {name}: CV MAPE {old.ops[name].fit.cv_mape_pct:.1f}% -> {op.fit.cv_mape_pct:.1f}%"
+                      f" ({op.fit.form})")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     """Agreement of two profiles of the same spec: per op, the ratio of medians point by point."""
     from ..profiles import read_profile
@@ -228,6 +243,10 @@ def add_parsers(sub) -> None:
                    help="hidden size of the draft requests to serialize (default 4096, Vicuna-7B)")
     k.add_argument("--out", type=Path, help="write the link profile: a .yaml file, or a directory (default name)")
     k.set_defaults(func=cmd_link)
+
+    rf = csub.add_parser("refit", help="fit profiles again from their stored measurements (no timing)")
+    rf.add_argument("profiles", type=Path, nargs="+", help="profile files, rewritten in place")
+    rf.set_defaults(func=cmd_refit)
 
     m = csub.add_parser("compare", help="agreement of two profiles of the same spec, point by point")
     m.add_argument("a", type=Path)

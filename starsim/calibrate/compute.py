@@ -196,6 +196,43 @@ def reference_speed(threads: int, device: str) -> float:
     return float(timer.blocked_autorange(min_run_time=0.2).median)
 
 
+SPOT_OPS = ("verify", "draft_round", "prefill")
+
+
+def spot_check(profile: ProfileFile, op: str, threads: int) -> tuple[float, float]:
+    """Re-time ``op`` of a compute ``profile`` on this machine now, at its grid point of
+    median time, with the profile's own spec, role, device and dtype; returns (seconds now,
+    seconds then). Their ratio says how fast the machine is for this very code, which a
+    reference matmul does not (a shared machine's drift hits memory- and Python-bound code
+    differently)."""
+    import torch
+
+    from .specs import load_spec
+
+    if op not in SPOT_OPS:
+        raise ValueError(f"spot checks time {', '.join(SPOT_OPS)}, not {op}")
+    spec = load_spec(profile.model.get("spec_file") or profile.model["spec"])
+    role, device = profile.model["role"], profile.device.get("torch_device", "cpu")
+    o = profile.ops[op]
+    med = o.column("median_s")
+    row = o.rows[int(np.argsort(med)[len(med) // 2])]
+    x = dict(zip(o.columns, row))
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        net = build_model(spec, role, device, torch_dtype(profile.provenance.get("dtype", "float32")))
+        c = _Ctx(net, device, net.lm.dtype, 0)
+        tree = TreeShape(**o.fixed["tree"]) if "tree" in o.fixed else spec.tree
+        fn = {"verify": lambda: code_verify_fn(c, int(x["tokens"]), int(x["context"]), tree.top_k),
+              "draft_round": lambda: code_draft_round_fn(c, int(x["tokens"]), int(x["context"]), tree),
+              "prefill": lambda: prefill_fn(c, int(x["tokens"]))}[op]()
+        grid = GRIDS["cuda" if device.startswith("cuda") else "cpu"]
+        times, _ = time_call(fn, grid, threads, device, warmup=3)
+    finally:
+        torch.set_num_threads(old)
+    return float(np.median(times)), float(x["median_s"])
+
+
 def summarize_times(passes: list[np.ndarray]) -> tuple[float, float, float, int]:
     """``(median, p10, p90, blocks)`` of one grid point: the lowest of the passes' medians,
     and the spread of all blocks.
