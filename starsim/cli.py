@@ -94,7 +94,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _need_torch()
     say = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     v = validate(args.file, args.sweep, args.set, args.out, args.acceptance, say=say,
-                 speed=not args.no_speed_correction)
+                 speed=args.speed)
     if args.json:
         print(json.dumps(v.as_dict(), indent=2, allow_nan=False))
     else:
@@ -342,8 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, help="write validation.{md,csv,json} and each point's run directories here")
     v.add_argument("--acceptance", choices=["real", "scenario"], default="real",
                    help="what the predictions accept: the curve each real run measured (default) or the file's")
-    v.add_argument("--no-speed-correction", action="store_true",
-                   help="use the profiles as measured, not scaled to the machine's speed during each real run")
+    v.add_argument("--speed", choices=["spot", "matmul", "none"], default="spot",
+                   help="scale profile times to the machine's speed at each run: re-time their ops just before "
+                   "(spot, default), a reference matmul around it (matmul), or not (none)")
     v.add_argument("--json", action="store_true", help="print validation.json instead of the table")
     v.set_defaults(func=cmd_validate)
 

@@ -4,10 +4,11 @@ and how far each prediction is from the real run.
 For each point of an optional sweep (``--sweep targets.0.count=1,2,3,4``), the real run goes
 first; by default its measured acceptance curve then feeds the simulator and the closed
 form (``acceptance="real"``), so the predictions differ from reality only in time, not in
-what the pair accepts. Shared machines drift in speed by 10% and more over minutes, so by
-default (``speed=True``) each profile-based time is also scaled by how fast the machine was
-during the real run against during that profile's calibration, both measured on the same
-reference matmul (``provenance.reference_matmul_s`` of the run and of the profile).
+what the pair accepts. Shared machines drift in speed by 10% and more over minutes, so each
+profile-based time is also scaled by how fast the machine is at the run against at that
+profile's calibration: by default (``speed="spot"``) by re-timing the profile's own op right
+before the run; ``"matmul"``: by a reference matmul timed around the run against the
+profile's (``provenance.reference_matmul_s``); ``"none"``: as measured.
 
 The table holds, per metric, the three values and each prediction's error against the
 real run (absolute and percent), with the mean absolute percentage error (MAPE) over the
@@ -99,6 +100,25 @@ def speed_overrides(scenario, real_summary: dict[str, Any]) -> tuple[list[str], 
         ratio = now / then
         ratios[path] = ratio
         sets.append(f"{path}.scale={prof.scale * ratio!r}")
+    return sets, ratios
+
+
+def spot_overrides(scenario) -> tuple[list[str], dict[str, float]]:
+    """``--set`` overrides that rescale each profile-based timing by re-timing its op on this
+    machine now (:func:`starsim.calibrate.compute.spot_check`, at the profile's grid point of
+    median time, with the profile's threads) against what the profile measured there."""
+    from .calibrate.compute import SPOT_OPS, spot_check
+
+    sets, ratios, seen = [], {}, {}
+    for path, prof in _profile_fields(scenario):
+        if prof.op not in SPOT_OPS:
+            continue
+        key = (prof.path, prof.op)
+        if key not in seen:  # one timing per profile op, whichever fields use it
+            now, then = spot_check(prof.file, prof.op, int(prof.file.device.get("threads") or 1))
+            seen[key] = now / then
+        ratios[path] = seen[key]
+        sets.append(f"{path}.scale={prof.scale * seen[key]!r}")
     return sets, ratios
 
 
@@ -200,8 +220,8 @@ class Validation:
         d = self.as_dict()
         ratios = {p["point"]: p.get("speed_ratio") or {} for p in self.points}
         if any(ratios.values()):
-            out += ["", "Machine speed during each real run against its profiles' calibration (reference matmul; "
-                    "profile times scaled by it):", ""]
+            out += ["", "Machine speed at each real run against its profiles' calibration (profile times scaled "
+                    "by it):", ""]
             out += [f"- {pt}: " + ", ".join(f"{k} x{v:.3f}" for k, v in r.items()) for pt, r in ratios.items() if r]
         out += ["", "MAPE over the points (%):", "", "| metric | sim | closed form |", "|---|---|---|"]
         labels = {k: lbl for k, lbl, *_ in METRICS}
@@ -226,7 +246,7 @@ class Validation:
 
 def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | None = None,
              out: str | Path | None = None, acceptance: str = "real", say=None,
-             speed: bool = True) -> Validation:
+             speed: str = "spot") -> Validation:
     """Run the three predictors for each sweep point (see the module docstring); writes each
     point's real and simulated run directories under ``out`` when given."""
     from .analytic import analyze
@@ -236,6 +256,8 @@ def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | 
 
     if acceptance not in ("real", "scenario"):
         raise StarsimError(f"--acceptance {acceptance}: expected real or scenario")
+    if speed not in ("spot", "matmul", "none"):
+        raise StarsimError(f"--speed {speed}: expected spot, matmul or none")
     field_path, values = parse_sweep(sweep)
     say = say or (lambda msg: None)
     base = list(overrides or [])
@@ -245,6 +267,10 @@ def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | 
         point = f"{field_path}={value}" if field_path else "base"
         sets = base + ([point] if field_path else [])
         sc = load_scenario(path, sets)
+        spot: tuple[list[str], dict[str, float]] = ([], {})
+        if speed == "spot":  # the profiles' own ops, re-timed right before the run
+            say(f"{point}: re-timing the profiles' ops ...")
+            spot = spot_overrides(sc)
         say(f"{point}: real run ...")
         real = execute(sc)
         extra: list[str] = []  # what the predictions take from this real run
@@ -252,10 +278,11 @@ def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | 
         if acceptance == "real" and curve:  # the simulator and the closed form get what the pair accepted
             measured = yaml.safe_dump({"kind": "marginal", "curve": curve}, default_flow_style=True).strip()
             extra.append(f"acceptance={measured}")
-        ratios: dict[str, float] = {}
-        if speed:  # the predictions at the machine speed the real run saw
+        # the predictions at the machine speed the real run saw
+        scale, ratios = spot
+        if speed == "matmul":
             scale, ratios = speed_overrides(sc, real.summary)
-            extra += scale
+        extra += scale
         if extra:
             sc = load_scenario(path, [*sets, *extra])
         say(f"{point}: simulation and closed form ...")

@@ -143,3 +143,20 @@ def test_profile_times_follow_the_machine_speed_of_the_real_run():
     other = {"provenance": {"reference_matmul_s": {"before": then, "after": then, "threads": threads + 1}}}
     assert speed_overrides(sc, other) == ([], {})  # other threads: not comparable, left as is
     assert speed_overrides(sc, {"provenance": {}}) == ([], {})
+
+
+def test_spot_checks_retime_each_profile_op_once():
+    from conftest import REPO
+
+    from starsim import load_scenario
+    from starsim.validate import spot_overrides
+
+    sc = load_scenario(REPO / "scenarios" / "real_cpu_n2.yaml")
+    sets, ratios = spot_overrides(sc)
+    # verify_time and decode_time share one profile op: timed once, the same ratio for both
+    assert set(ratios) == {"draft.round_time", "targets.0.verify_time", "targets.0.prefill_time",
+                           "targets.0.decode_time"}
+    assert ratios["targets.0.verify_time"] == ratios["targets.0.decode_time"] and all(r > 0 for r in ratios.values())
+    scaled = load_scenario(REPO / "scenarios" / "real_cpu_n2.yaml", sets)
+    r = ratios["draft.round_time"]
+    assert scaled.draft.round_time.mean(4, 100) == pytest.approx(r * sc.draft.round_time.mean(4, 100))
