@@ -165,7 +165,7 @@ def target_demand(scenario: Scenario, name: str, g: TargetGroup) -> TargetDemand
             first_up = g.payload.bytes_up(int(p + 1), dr.needs_hidden_states)
             down_bytes = g.payload.bytes_down(tree.tokens)
             per_round = g.link.up.mean_time(up_bytes) + g.link.down.mean_time(down_bytes)
-            per_round += _mean(dr.parse_time) + _mean(dr.serialize_time)
+            per_round += _mean(dr.parse_time) + _mean(dr.serialize_time) + _mean(g.send_time) + _mean(g.receive_time)
             link = r * per_round + (g.link.up.mean_time(first_up) - g.link.up.mean_time(up_bytes) if r else 0.0)
         else:
             link = 0.0

@@ -17,6 +17,7 @@ Operations and what their inputs mean (the simulator calls a spec with
 - ``draft_step``: one depth step: ``tokens`` = frontier width, ``context``.
 - ``draft_batched``: one round for ``batch`` targets at once (new tokens = 1), ``context``.
 - ``draft_idle``: the round time after an idle gap of ``gap_s`` seconds (warm vs cold).
+- ``verify_idle``: the same for the target's verify (a target idles while the draft works).
 
 The fit is ``sum(coef_i * feature_i)`` with non-negative coefficients over a subset of
 features (``1``, ``tokens``, ``context``, ``tokens*context``, ``tokens^2`` (ops without a
@@ -52,6 +53,7 @@ OP_INPUTS: dict[str, tuple[str, ...]] = {
     "draft_step": ("tokens", "context"),
     "draft_batched": ("batch", "context"),
     "draft_idle": ("gap_s",),
+    "verify_idle": ("gap_s",),
 }
 
 # Feature name -> function of the input columns (a dict of arrays).
@@ -391,13 +393,14 @@ def op_sampler(
     return sample
 
 
-def idle_factor(profile: ProfileFile) -> Callable[[float], float] | None:
-    """Warm vs cold: round time after an idle gap, relative to back-to-back rounds.
+def idle_factor(profile: ProfileFile, op_name: str = "draft_idle") -> Callable[[float], float] | None:
+    """Warm vs cold: an op's time after an idle gap, relative to back-to-back calls
+    (``draft_idle``: draft rounds; ``verify_idle``: verifies).
 
     Interpolated linearly in log(1 + gap in ms) between measured gaps; flat beyond them.
-    None when the profile has no ``draft_idle`` measurement.
+    None when the profile has no such measurement.
     """
-    op = profile.ops.get("draft_idle")
+    op = profile.ops.get(op_name)
     if op is None or not op.rows:
         return None
     gaps, med = op.column("gap_s"), op.column("median_s")

@@ -135,8 +135,12 @@ class Draft(_Model):
     tree: Tree = Field(default_factory=Tree)
     policy: str = Field("fifo", description="engine scheduling policy (registry name)")
     kv_bytes_per_token: int = Field(0, ge=0, description="draft KV bytes held per cached token")
-    parse_time: Dist = Field(0.0, description="communication thread: parse one received message")
-    serialize_time: Dist = Field(0.0, description="communication thread: serialize one reply")
+    parse_time: Dist = Field(
+        0.0,
+        description="communication thread: receive and parse one DRAFT_REQUEST (on the draft's host "
+        "cores when its pool has them, beside the engine's work; a plain delay otherwise)",
+    )
+    serialize_time: Dist = Field(0.0, description="communication thread: build and send one reply (as parse_time)")
     needs_hidden_states: bool = Field(
         True, description="the draft needs the target's hidden states (EAGLE): they travel up"
     )
@@ -260,6 +264,36 @@ class TargetGroup(_Model):
     )
     link: Link = Field(default_factory=Link)
     payload: Payload = Field(default_factory=Payload)
+    send_time: Dist = Field(
+        0.0,
+        description="the target's own work per round to build and send a DRAFT_REQUEST (its CPU "
+        "share of the messaging stack): on its device unit, sharing the host's cores when the pool has them",
+    )
+    receive_time: Dist = Field(
+        0.0, description="the target's own work per round to receive and parse a DRAFT_REPLY (as send_time)"
+    )
+    idle_slowdown: bool | None = Field(
+        None,
+        description="scale each verify by the warm/cold curve (verify_idle) of the verify_time profile, "
+        "from the time since this target's last verify; default: on when that profile has the curve",
+    )
+
+    @model_validator(mode="after")
+    def _idle_curve(self):
+        vt = self.verify_time
+        if self.idle_slowdown and not (isinstance(vt, Profile) and "verify_idle" in vt.file.ops):
+            raise ValueError("idle_slowdown needs verify_time to be a profile with a verify_idle measurement")
+        return self
+
+    @property
+    def warm_cold(self):
+        """The verify's idle-gap slowdown factor function, or None when off."""
+        vt = self.verify_time
+        if self.idle_slowdown is False or not isinstance(vt, Profile):
+            return None
+        from .profiles import idle_factor
+
+        return idle_factor(vt.file, "verify_idle")
 
 
 # --------------------------------------------------------------------------- workload

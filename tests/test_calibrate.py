@@ -33,6 +33,7 @@ TINY = compute.Grid(
     verify_batches=[2],
     idle_gaps_s=[0.0, 0.002],
     idle_repeats=2,
+    idle_context=16,
     min_run_time=0.002,
     max_run_time=0.01,
     passes=2,
@@ -59,7 +60,7 @@ def test_every_op_measured_and_fitted(profiles):
             med, p10, p90 = op.column("median_s"), op.column("p10_s"), op.column("p90_s")
             # the time is the lowest pass median; the spread is over every block of every pass
             assert (med > 0).all() and (p10 <= p90).all() and (med <= p90).all(), name
-            if name == "draft_idle":
+            if name in ("draft_idle", "verify_idle"):
                 assert op.fit is None and sorted(op.column("gap_s")) == [0.0, 0.002]
                 continue
             assert op.fit is not None and op.fit.mape_pct >= 0 and op.fit.features[0] == "1"
@@ -149,3 +150,26 @@ def test_cli_quick_calibration_and_compare(tmp_path, capsys, monkeypatch):
     assert main(["calibrate", "compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "median point" in out and "verify" in out and "all points: median |diff|" in out
+
+
+def test_some_ops_update_an_existing_profile(profiles, tmp_path):
+    """--ops measures only the ops named and writes them into the profile file already
+    there: its other ops stay as they were, and its provenance lists the update."""
+    import dataclasses
+    import shutil
+
+    result, paths = profiles
+    shutil.copy(paths["target"], tmp_path / paths["target"].name)
+    spec = load_spec("tiny-cpu")
+    grid = dataclasses.replace(TINY, idle_gaps_s=[0.0, 0.004])
+    settings = compute.Settings(spec=spec, device="cpu", threads=1, grid=grid, seed=4, roles=("target",),
+                                ops=("verify_idle",), extra={"command": "test update"})
+    part = compute.calibrate(settings)
+    assert set(part["target"].ops) == {"verify_idle"}
+    (path,) = compute.save(part, spec, tmp_path, update=True)
+    back = read_profile(path)
+    assert set(back.ops) == set(compute.TARGET_OPS)
+    assert back.ops["verify_idle"].rows == part["target"].ops["verify_idle"].rows
+    assert back.ops["verify"].model_dump() == result["target"].ops["verify"].model_dump()
+    (update,) = back.provenance["updates"]
+    assert update["ops"] == ["verify_idle"] and update["command"] == "test update"

@@ -153,3 +153,24 @@ def test_cli_link_unreachable_peer(capsys):
     assert main(["calibrate", "link", "--quick", "--connect", f"127.0.0.1:{port}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot connect to link peer") and "\n" not in err
+
+
+def test_stack_measures_both_sides(tmp_path, capsys):
+    """`calibrate stack`: a real server process and client; each side's CPU per round is
+    positive and below the round trip, and the file holds the scenario fields."""
+    from starsim.calibrate import stack
+    from starsim.cli import main
+
+    r = stack.measure_stack(rounds=40, warmup=10, passes=2, draft_busy_s=0.0005, target_busy_s=0.0005)
+    per = r["per_round"]
+    assert 0 < per["client_cpu_s"] < per["wall_s"] and 0 < per["server_cpu_s"] < per["wall_s"]
+    assert per["latency_one_way_s"] >= 0 and len(r["passes"]) == 2
+    assert r["scenario"]["draft.parse_time"] == pytest.approx(per["server_cpu_s"] / 2)
+    assert r["scenario"]["targets[].send_time"] == pytest.approx(per["client_cpu_s"] / 2)
+    out = tmp_path / "stack.yaml"
+    assert main(["calibrate", "stack", "--rounds", "30", "--passes", "1", "--draft-busy-ms", "0",
+                 "--target-busy-ms", "0", "--out", str(out)]) == 0
+    back = yaml.safe_load(out.read_text())
+    assert set(back["scenario"]) == {"targets[].send_time", "targets[].receive_time", "draft.parse_time",
+                                     "draft.serialize_time", "targets[].link.latency_s"}
+    assert back["provenance"]["peer_kind"] == "stack" and "client CPU" in capsys.readouterr().out

@@ -236,10 +236,13 @@ def test_blocking_sockets_round_trip_small_and_large():
     sender = threading.Thread(target=lambda: [P.send_message(a, m) for m in (MESSAGES["reply"], large)])
     with a, b:
         sender.start()
-        _same(MESSAGES["reply"], P.recv_message(b))
+        got = P.recv_message(b)
+        _same(MESSAGES["reply"], got)
+        assert got.frame_bytes == len(MESSAGES["reply"].encode())  # its size on the wire
         got = P.recv_message(b)
         sender.join()
         _same(large, got)
+        assert got.frame_bytes == len(large.encode())
         assert got.arrays["hidden"].flags.writeable  # received into a fresh bytearray
         assert got.arrays["hidden"].ctypes.data % P.ALIGN == 0
         # into a reusable body buffer: arrays alias it

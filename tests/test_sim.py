@@ -208,3 +208,65 @@ def test_shared_cores_are_processor_sharing():
     assert finish_times(2, [("a", 0, 1.0), ("b", 0, 1.0)]) == pytest.approx({"a": 1.0, "b": 1.0})  # no sharing
     # a alone for 0.5 s, then both at half speed until a is done at 1.5 s; b alone again until 2.0 s
     assert finish_times(1, [("a", 0, 1.0), ("b", 0.5, 1.0)]) == pytest.approx({"a": 1.5, "b": 2.0})
+
+
+def _message_work(cfg: dict, cores: int, n: int) -> dict:
+    """Every process on one host of ``cores`` cores; each message costs its sender/receiver work."""
+    cfg["devices"] = {"host": {"type": "cpu host", "count": n + 1, "cores": cores}}
+    cfg["draft"].update(device=f"host[{n}]", parse_time=0.0001, serialize_time=0.0002)
+    cfg["targets"][0].update(count=n, device="host", send_time=0.0003, receive_time=0.0002)
+    return cfg
+
+
+def test_message_work_is_part_of_each_round(const_star):
+    """One target on a 2-core host never overlaps the draft: a round is the sum of its parts,
+    each hop stamped where a real run stamps it, and the closed form counts the same parts."""
+    from starsim.analytic import analyze
+    from starsim.metrics import hop_means
+
+    cfg = _message_work(_endless(const_star), cores=2, n=1)
+    r = simulate(validate_scenario(cfg))
+    hops = hop_means(r.records)
+    assert hops["link_up_s"] == pytest.approx(0.0003 + 0.001)  # the target's send work, then the wire
+    assert hops["parse_s"] == pytest.approx(0.0001)
+    assert hops["draft_s"] == pytest.approx(0.004)
+    assert hops["serialize_s"] == pytest.approx(0.0002)
+    assert hops["link_down_s"] == pytest.approx(0.001 + 0.0002)  # the wire, then the target's receive work
+    assert hops["verify_s"] == pytest.approx(0.010)
+    assert hops["round_s"] == pytest.approx(0.0168)
+    a = analyze(validate_scenario(cfg))
+    assert a["throughput_tokens_per_s"] == pytest.approx(r.summary["throughput_tokens_per_s"], rel=1e-3)
+
+
+def test_message_work_competes_for_one_core(const_star):
+    """Four targets and the draft on one core: the core never idles (a round's wire time is
+    short beside the others' work), so throughput is a request's tokens over its CPU work."""
+    cfg = _message_work(const_star, cores=1, n=4)
+    cfg["duration_s"], cfg["warmup_s"] = 60.0, 5.0
+    s = simulate(validate_scenario(cfg)).summary
+    rounds = (401 - 1) / 4  # 3 accepted + 1 per round
+    work = 0.002 + rounds * (0.0003 + 0.0001 + 0.004 + 0.0002 + 0.0002 + 0.010)  # prefill + each round's work
+    assert s["throughput_tokens_per_s"] == pytest.approx(401 / work, rel=0.01)
+
+
+def test_verify_warm_cold_curve(const_star, tmp_path):
+    """A lone target waits for every tree, so every verify pays the verify_idle factor."""
+    from starsim.profiles import ProfileFile, build_op, write_profile
+
+    p = tmp_path / "t.yaml"
+    rows = [(t, c, 0.010, 0.010, 0.010, 5) for t in (1, 16, 64) for c in (16, 10**6)]
+    ops = {"verify": build_op(("tokens", "context"), rows),
+           "verify_idle": build_op(("gap_s",), [(0.0, 0.010, 0.010, 0.010, 5), (0.001, 0.020, 0.020, 0.020, 5)])}
+    write_profile(ProfileFile(model={"name": "t"}, device={"name": "d"}, provenance={}, ops=ops), p)
+    cfg = _endless(const_star)
+    cfg["targets"][0].update(count=1, verify_time={"kind": "profile", "path": str(p), "op": "verify", "noise": False})
+    cold = simulate(validate_scenario(cfg)).summary
+    cfg["targets"][0]["idle_slowdown"] = False
+    warm = simulate(validate_scenario(cfg)).summary
+    # each gap is the draft plus two links (6 ms), past the last measured gap: factor 2
+    assert cold["round_time_mean_s"] == pytest.approx(0.006 + 0.020)
+    assert warm["round_time_mean_s"] == pytest.approx(0.006 + 0.010)
+    cfg["targets"][0]["verify_time"] = 0.010
+    cfg["targets"][0]["idle_slowdown"] = True
+    with pytest.raises(Exception, match="idle_slowdown needs verify_time to be a profile with a verify_idle"):
+        validate_scenario(cfg)

@@ -77,6 +77,15 @@ def cmd_compute(args: argparse.Namespace) -> int:
     bad = [r for r in roles if r not in ("target", "draft")]
     if bad:
         raise StarsimError(f"--roles: unknown role(s) {', '.join(bad)}; expected target and/or draft")
+    from .compute import DRAFT_OPS, TARGET_OPS
+
+    ops = tuple(o.strip() for o in args.ops.split(",") if o.strip()) if args.ops else None
+    if ops is not None:
+        known = {o for r in roles for o in (TARGET_OPS if r == "target" else DRAFT_OPS)}
+        bad = [o for o in ops if o not in known]
+        if bad:
+            raise StarsimError(f"--ops: {', '.join(bad)} not among the ops of --roles {','.join(roles)} "
+                               f"({', '.join(sorted(known))})")
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
     settings = Settings(
         spec=spec,
@@ -87,6 +96,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
         grid=grid,
         seed=args.seed,
         roles=roles,
+        ops=ops,
         progress=say,
         progress_bar=not (args.quiet or args.verbose),
         extra={"command": "starsim calibrate " + shlex.join(sys.argv[2:] if args.argv is None else args.argv),
@@ -97,7 +107,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
     if not profiles:
         print("interrupted before any operation was measured twice: nothing written", file=sys.stderr)
         return 130
-    paths = save(profiles, spec, args.out)
+    paths = save(profiles, spec, args.out, update=ops is not None)
     print(f"{spec.name} on {args.device}: {time.perf_counter() - t0:.1f} s")
     for (role, prof), path in zip(profiles.items(), paths):
         print(f"\n{role}: {path}")
@@ -214,6 +224,18 @@ def cmd_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from . import stack
+
+    result = stack.measure_stack(rounds=args.rounds, passes=args.passes, tree_tokens=args.tree_tokens,
+                                 new_tokens=args.new_tokens, draft_busy_s=args.draft_busy_ms / 1e3,
+                                 target_busy_s=args.target_busy_ms / 1e3)
+    print(stack.format_result(result))
+    if args.out:
+        print(f"\nwrote {stack.write_stack_profile(result, args.out)}")
+    return 0
+
+
 def add_parsers(sub) -> None:
     cal = sub.add_parser("calibrate", help="measure latency profiles on this hardware (torch)")
     csub = cal.add_subparsers(dest="calibrate_command", metavar="WHAT")
@@ -228,6 +250,8 @@ def add_parsers(sub) -> None:
     c.add_argument("--grid", choices=["default", "quick"], default="default", help="quick: a coarse smoke grid")
     c.add_argument("--roles", default="target,draft", help="target,draft (default both)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--ops", help="measure only these ops (comma list, e.g. draft_idle,verify_idle) and write "
+                   "them into the existing profile files, keeping their other ops")
     c.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"profile directory (default {DEFAULT_OUT})")
     c.add_argument("--force", action="store_true", help="calibrate a GPU-sized spec on a CPU anyway")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -243,6 +267,18 @@ def add_parsers(sub) -> None:
                    help="hidden size of the draft requests to serialize (default 4096, Vicuna-7B)")
     k.add_argument("--out", type=Path, help="write the link profile: a .yaml file, or a directory (default name)")
     k.set_defaults(func=cmd_link)
+
+    st = csub.add_parser("stack", help="the real messaging stack's CPU work per round (client and server)")
+    st.add_argument("--rounds", type=int, default=1000, help="round trips per pass (default 1000)")
+    st.add_argument("--passes", type=int, default=3, help="passes; the fastest is kept (default 3)")
+    st.add_argument("--tree-tokens", type=int, default=16, help="nodes in each reply's tree (default 16)")
+    st.add_argument("--new-tokens", type=int, default=3, help="tokens in each request (default 3)")
+    st.add_argument("--draft-busy-ms", type=float, default=5.0,
+                    help="memory-sweeping work in place of each draft (default 5; 0: a tight loop)")
+    st.add_argument("--target-busy-ms", type=float, default=8.0,
+                    help="memory-sweeping work in place of each verify (default 8; 0: a tight loop)")
+    st.add_argument("--out", type=Path, help="write the result as YAML to this file")
+    st.set_defaults(func=cmd_stack)
 
     rf = csub.add_parser("refit", help="fit profiles again from their stored measurements (no timing)")
     rf.add_argument("profiles", type=Path, nargs="+", help="profile files, rewritten in place")

@@ -27,8 +27,9 @@ so every call sees exactly ``context`` cached tokens):
 - draft ``draft_batched``: the same round written as batched tensor code (``draft_round_fn``)
   for ``batch`` sequences at once;
 - draft ``draft_step``: one such step over a frontier of ``tokens`` nodes at ``context``;
-- draft ``draft_idle``: a round (1 new token, middle context) right after an idle gap of
-  ``gap_s`` seconds, timed once per repeat with a sleep before it (warm vs cold).
+- draft ``draft_idle``: a real round (3 new tokens, middle context) right after an idle gap
+  of ``gap_s`` seconds, timed once per repeat with a sleep before it (warm vs cold);
+- target ``verify_idle``: the same for a real verify of a full tree.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Grid:
     verify_batches: list[int]
     idle_gaps_s: list[float]
     idle_repeats: int = 7
+    idle_context: int = 128  # context of the warm/cold curves (a short chat's, mid-request)
     min_run_time: float = 0.1  # seconds of timing per point in the first pass (adaptive repeats inside)
     max_run_time: float = 1.0
     # Passes over the whole grid, each in its own random order: a point's time is the lowest
@@ -84,8 +86,9 @@ GRIDS: dict[str, Grid] = {
         widths=[1, 2, 4, 8],
         batches=[1, 2, 4, 8],
         verify_batches=[2, 4],
-        idle_gaps_s=[0.0, 0.001, 0.01, 0.1, 1.0],
-        idle_repeats=9,
+        # dense where a star's gaps are (a draft round, a verify: milliseconds)
+        idle_gaps_s=[0.0, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.05, 0.2],
+        idle_repeats=25,
         min_run_time=0.08,
         max_run_time=0.6,
     ),
@@ -97,8 +100,8 @@ GRIDS: dict[str, Grid] = {
         widths=[1, 4, 8, 10, 16],
         batches=[1, 2, 4, 8, 16],
         verify_batches=[2, 4, 8],
-        idle_gaps_s=[0.0, 0.001, 0.01, 0.1, 1.0],
-        idle_repeats=10,
+        idle_gaps_s=[0.0, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.05, 0.2],
+        idle_repeats=25,
         min_run_time=0.1,
         max_run_time=0.8,
     ),
@@ -115,6 +118,7 @@ QUICK = Grid(
     verify_batches=[2],
     idle_gaps_s=[0.0, 0.01],
     idle_repeats=2,
+    idle_context=32,
     min_run_time=0.005,
     max_run_time=0.05,
     passes=1,
@@ -137,8 +141,9 @@ class Settings:
     extra: dict = field(default_factory=dict)  # recorded in provenance (e.g. the command line)
 
 
-TARGET_OPS = ("prefill", "verify", "verify_batched")
+TARGET_OPS = ("prefill", "verify", "verify_batched", "verify_idle")
 DRAFT_OPS = ("draft_round", "draft_step", "draft_batched", "draft_idle")
+IDLE_OPS = {"draft": "draft_idle", "target": "verify_idle"}  # each role's warm/cold curve
 
 
 # --------------------------------------------------------------------------- timing
@@ -571,8 +576,9 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
                     bar.update(1)
                     say(f"[{role} pass {p + 1}] {op} {key}: {np.median(t) * 1e3:.3f} ms")
             bar.close()
-            if role == "draft" and (s.ops is None or "draft_idle" in s.ops):
-                idle_rows = _idle_curve(c, s, tree, say)
+            idle_op = IDLE_OPS[role]
+            if s.ops is None or idle_op in s.ops:
+                idle_rows = _idle_curve(c, s, tree, role, say)
         except KeyboardInterrupt:
             # Ctrl-C: keep what was measured; the caller writes it, marked as partial.
             bar.close()
@@ -581,7 +587,7 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
         for (op, key), passes in times.items():
             rows.setdefault(op, []).append((*key, *summarize_times(passes)))
         if idle_rows:
-            rows["draft_idle"] = idle_rows
+            rows[IDLE_OPS[role]] = idle_rows
         fns.clear()
         c.drop()
         speed.append(reference_speed(threads, s.device))
@@ -602,12 +608,13 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
         }
         ops = {}
         for op, r in sorted(rows.items()):
-            if op != "draft_idle" and len(r) < 2:  # nothing to fit on an interrupted run
+            if op not in IDLE_OPS.values() and len(r) < 2:  # nothing to fit on an interrupted run
                 continue
             inputs = OP_INPUTS[op]
-            fixed = {"tree": tree.model_dump()} if op in ("draft_round", "draft_batched", "draft_idle") else {}
-            if op == "draft_idle":
-                fixed["new_tokens"], fixed["context"] = 1, s.grid.contexts[len(s.grid.contexts) // 2]
+            fixed = {"tree": tree.model_dump()} if op in ("draft_round", "draft_batched", *IDLE_OPS.values()) else {}
+            if op in IDLE_OPS.values():
+                key = "new_tokens" if role == "draft" else "tokens"
+                fixed[key], fixed["context"] = _idle_point(s, tree, role)
             ops[op] = build_op(inputs, sorted(r), fixed=fixed)
         if ops:
             out[role] = ProfileFile(kind="compute", model=model, device=device, provenance=prov, ops=ops)
@@ -626,12 +633,27 @@ def _bar(total: int, role: str, show: bool):
     return tqdm(total=total, desc=f"{role} grid", unit="pt", disable=not show, leave=True, file=sys.stderr)
 
 
-def _idle_curve(c: _Ctx, s: Settings, tree: TreeShape, say) -> list[tuple]:
-    """Round time after an idle gap: one timed round per (gap, repeat), in random order."""
+IDLE_NEW_TOKENS = 3  # a draft round after a typical round's emitted tokens (1 + accepted)
+
+
+def _idle_point(s: Settings, tree: TreeShape, role: str) -> tuple[int, int]:
+    """(tokens, context) of the warm/cold curve: the grid's idle context; a draft round's new
+    tokens, or a full tree for a verify."""
+    L = s.grid.idle_context
+    return (IDLE_NEW_TOKENS if role == "draft" else tree.tokens + 1), L
+
+
+def _idle_curve(c: _Ctx, s: Settings, tree: TreeShape, role: str, say) -> list[tuple]:
+    """The real code's op (a draft round, or a verify) right after an idle gap: one timed
+    call per (gap, repeat), gaps in random order.
+
+    A process of a star idles while the others work (the draft between requests, a target
+    while its tree is drafted) and comes back to cold caches and, on a VM, a descheduled
+    vCPU; the curve says how much longer its next call takes."""
     sync = _sync(s.device)
-    L = s.grid.contexts[len(s.grid.contexts) // 2]
-    fn = draft_round_fn(c, 1, L, tree)
-    for _ in range(3):
+    n, L = _idle_point(s, tree, role)
+    fn = code_draft_round_fn(c, n, L, tree) if role == "draft" else code_verify_fn(c, n, L, tree.top_k)
+    for _ in range(5):
         fn()
     sync()
     order = [g for g in s.grid.idle_gaps_s for _ in range(s.grid.idle_repeats)]
@@ -641,7 +663,7 @@ def _idle_curve(c: _Ctx, s: Settings, tree: TreeShape, say) -> list[tuple]:
         if g > 0:
             time.sleep(g)
         else:
-            fn()  # back to back: the round right before is the "busy" state
+            fn()  # back to back: the call right before is the "busy" state
             sync()
         t = time.perf_counter()
         fn()
@@ -651,7 +673,7 @@ def _idle_curve(c: _Ctx, s: Settings, tree: TreeShape, say) -> list[tuple]:
     for g, ts in sorted(seen.items()):
         a = np.asarray(ts)
         rows.append((g, float(np.median(a)), float(np.quantile(a, 0.1)), float(np.quantile(a, 0.9)), len(a)))
-        say(f"[draft idle] gap {g * 1e3:g} ms: {np.median(a) * 1e3:.3f} ms")
+        say(f"[{role} idle] gap {g * 1e3:g} ms: {np.median(a) * 1e3:.3f} ms")
     return rows
 
 
@@ -664,9 +686,19 @@ def profile_path(out_dir: Path, spec: ModelSpec, role: str, device: dict, dtype:
     return out_dir / f"{spec.name}.{role}.{slug[:48].strip('-')}.{dtype}.yaml"
 
 
-def save(profiles: dict[str, ProfileFile], spec: ModelSpec, out_dir: Path) -> list[Path]:
+def save(profiles: dict[str, ProfileFile], spec: ModelSpec, out_dir: Path, update: bool = False) -> list[Path]:
+    """Write each role's profile. ``update``: the measured ops replace theirs in an existing
+    file of the same name, whose other ops stay; its provenance lists each such update."""
+    from ..profiles import read_profile
+
     paths = []
     for role, prof in profiles.items():
         p = profile_path(out_dir, spec, role, prof.device, prof.provenance.get("dtype", ""))
+        if update and p.is_file():
+            old = read_profile(p)
+            note = {k: prof.provenance.get(k) for k in ("date", "command", "reference_matmul_s", "wall_s", "grid")}
+            updates = [*old.provenance.get("updates", []), {"ops": sorted(prof.ops), **note}]
+            prov = {**old.provenance, "updates": updates}
+            prof = old.model_copy(update={"ops": {**old.ops, **prof.ops}, "provenance": prov})
         paths.append(write_profile(prof, p))
     return paths

@@ -126,6 +126,8 @@ class Message:
     header: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)
+    # the frame's size as received (None: built here, not received)
+    frame_bytes: int | None = field(default=None, compare=False)
 
     @property
     def tag(self) -> int | None:
@@ -382,7 +384,9 @@ def recv_message(
         body = memoryview(bytearray(blen))
     if _recv_exact(sock, body) < blen:
         raise ProtocolError(f"truncated frame: stream ended inside a {blen}-byte body")
-    return _decode_parts(header, body)
+    msg = _decode_parts(header, body)
+    msg.frame_bytes = PREFIX_SIZE + hlen + blen
+    return msg
 
 
 def _sendmsg_all(sock: socket.socket, buffers: list) -> None:

@@ -394,7 +394,7 @@ class DraftClient:
                 raise P.ProtocolError("a sampled draft needs draft_probs [rows, vocab] and prob_nodes [rows]")
             if not set(parents) <= set(nodes.tolist()):
                 raise P.ProtocolError("draft_probs has no row for a node that has children")
-        self.bytes_down = len(rep.encode())  # the reply's frame size
+        self.bytes_down = rep.frame_bytes  # the reply's frame size
         if self.delay_down is not None:
             time.sleep(self.delay_down(self.bytes_down))
         return TreeDraft(tokens, parents, depths, probs, None if nodes is None else nodes.tolist()), rep.header

@@ -39,6 +39,11 @@ def ahead_rng_for(seed: int, stream: int, index: int = 0) -> AheadRng:
     return AheadRng(rng_for(seed, stream, index))
 
 
+def _is_zero(spec) -> bool:
+    """A spec that is the constant 0 (a field left at its default)."""
+    return getattr(spec, "kind", None) == "constant" and spec.value == 0
+
+
 def _zero(*_args) -> float:
     return 0.0
 
@@ -136,6 +141,8 @@ def _simulate(scenario: Scenario) -> Result:
                 down=link_time(group.link.down, ahead_rng_for(seed, STREAM_LINK_DOWN, i)) if star else _zero,
                 parse=draft.parse_time.sampler(comm_rng) if star else _zero,
                 serialize=draft.serialize_time.sampler(comm_rng) if star else _zero,
+                send=group.send_time.sampler(comm_rng) if star and not _is_zero(group.send_time) else None,
+                receive=group.receive_time.sampler(comm_rng) if star and not _is_zero(group.receive_time) else None,
                 pause=pause,
                 usage=usage,
             )

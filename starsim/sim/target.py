@@ -66,6 +66,18 @@ class Requests:
         return rid, self.env.now, prompt, output
 
 
+def _zero(*_args) -> float:
+    return 0.0
+
+
+def _work(env: simpy.Environment, host, dur: float):
+    """``dur`` seconds of CPU work: a share of ``host``'s cores, or a plain delay without one."""
+    if host is not None:
+        yield from host.run(dur)
+    elif dur:
+        yield env.timeout(dur)
+
+
 class _BytesUp(dict):
     """``new tokens -> Payload.bytes_up(new, hidden)``, each count computed once: in the
     hot loop a lookup that hits is a C call, not a Python method call."""
@@ -100,6 +112,8 @@ class Target:
         down: Callable[[int], float],
         parse: Sampler,
         serialize: Sampler,
+        send: Sampler | None = None,
+        receive: Sampler | None = None,
         pause: Callable[[], float] | None,
         usage: ProfileUsage | None = None,
     ):
@@ -119,6 +133,10 @@ class Target:
         decode = group.decode_time
         self.decode = timing_sampler(decode, rng, usage) if decode is not None else None
         self.accept = acceptance.sampler(rng, depth)
+        # the target's own message work (None: none) and its verify warm/cold curve (None: off)
+        self.send_cpu, self.receive_cpu = send or _zero, receive or _zero
+        self.has_msg_cpu = send is not None or receive is not None
+        self.warm_cold = group.warm_cold
         self.tree_tokens, self.depth, self.hidden = tree_tokens, depth, hidden
         self.up, self.down, self.parse, self.serialize = up, down, parse, serialize
         self.pause = pause
@@ -208,8 +226,16 @@ class Target:
         (it has at most one outstanding), and clock values computed rather than read back:
         a process resumed by its own ``timeout(d)`` at time ``t`` is at ``t + d`` exactly
         (SimPy schedules it at ``now + delay``), and one resumed by the draft task's done
-        event is at the task's end. The times are the same floats ``env.now`` would give."""
-        env, engine, cur = self.env, self.engine, self.current
+        event is at the task's end. The times are the same floats ``env.now`` would give.
+
+        Message work that competes for cores (the target's own send/receive work, the
+        server's parse/serialize on a host with shared cores) and warm/cold verifies take
+        the general path, :meth:`_speculate_shared`."""
+        engine = self.engine
+        if self.has_msg_cpu or engine.unit.host is not None or self.warm_cold is not None:
+            yield from self._speculate_shared(rid, prompt, output)
+            return
+        env, cur = self.env, self.current
         timeout, new_event, submit = env.timeout, env.event, engine.submit
         bytes_up = _BytesUp(self.payload, self.hidden)
         up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
@@ -254,4 +280,60 @@ class Target:
             r += 1
             cur[4] = generated
             now = ve
+        engine.free(index)
+
+    def _speculate_shared(self, rid: int, prompt: int, output: int):
+        """:meth:`_speculate` where message work competes for cores or verifies warm up.
+
+        A round: the target builds and sends its request (its own work), the wire, the
+        server parses it (the draft host's work), the engine, the server's reply (its work),
+        the wire, the target receives it (its work), the verify (slowed by the idle gap
+        since this target's last verify when the profile has a verify_idle curve). The
+        rounds table stamps arrivals after the receiving side's parse, as a real run does."""
+        env, engine, cur = self.env, self.engine, self.current
+        bytes_up = _BytesUp(self.payload, self.hidden)
+        up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
+        send_cpu, receive_cpu, warm_cold = self.send_cpu, self.receive_cpu, self.warm_cold
+        verify, accept, tokens, depth = self.verify, self.accept, self.tree_tokens, self.depth
+        index, draft_index = self.index, engine.index
+        host, draft_host = self.unit.host, engine.unit.host
+        b_down = self.payload.bytes_down(tokens)
+        task = Task(index, 0, None)
+        ctx = prompt + 1
+        new, generated, r = ctx, 1, 0
+        last_ve = env.now
+        while generated < output:
+            t_send = env.now
+            b_up = bytes_up[new]
+            yield from _work(env, host, send_cpu(0, 0, 0))
+            yield env.timeout(up(b_up))
+            t_arrive = env.now
+            yield from _work(env, draft_host, parse(0, 0, 0))
+            t_enq = env.now
+            done = env.event()
+            task.context, task.done = ctx, done
+            engine.submit(task)
+            yield done
+            t_end = task.end
+            yield from _work(env, draft_host, serialize(0, 0, 0))
+            t_reply = env.now
+            yield env.timeout(down(b_down))
+            yield from _work(env, host, receive_cpu(0, 0, 0))
+            t_back = env.now
+            dur = verify(tokens + 1, ctx, depth)
+            if warm_cold is not None:
+                dur *= warm_cold(t_back - last_ve)
+            vs, ve = yield from self._on_device("verify", 0.0, dur)
+            last_ve = ve
+            k = accept()
+            left = output - generated
+            emitted = k + 1 if k + 1 < left else left
+            self.put_round(pack_round(index, rid, r, draft_index, t_send, t_arrive, t_enq,
+                                      task.start, t_end, t_reply, t_back, vs, ve,
+                                      ctx, task.new_tokens, tokens, depth, k, emitted, b_up, b_down, task.kv_bytes))
+            generated += emitted
+            ctx += emitted
+            new = emitted
+            r += 1
+            cur[4] = generated
         engine.free(index)
