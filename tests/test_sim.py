@@ -254,7 +254,7 @@ def test_verify_warm_cold_curve(const_star, tmp_path):
     from starsim.profiles import ProfileFile, build_op, write_profile
 
     p = tmp_path / "t.yaml"
-    rows = [(t, c, 0.010, 0.010, 0.010, 5) for t in (1, 16, 64) for c in (16, 10**6)]
+    rows = [(t, c, 0.010, 0.010, 0.010, 5) for t in (1, 16, 64) for c in (1, 10**6)]
     ops = {"verify": build_op(("tokens", "context"), rows),
            "verify_idle": build_op(("gap_s",), [(0.0, 0.010, 0.010, 0.010, 5), (0.001, 0.020, 0.020, 0.020, 5)])}
     write_profile(ProfileFile(model={"name": "t"}, device={"name": "d"}, provenance={}, ops=ops), p)
