@@ -94,7 +94,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _need_torch()
     say = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     v = validate(args.file, args.sweep, args.set, args.out, args.acceptance, say=say,
-                 speed=args.speed)
+                 speed=args.speed, repeat=args.repeat)
     if args.json:
         print(json.dumps(v.as_dict(), indent=2, allow_nan=False))
     else:
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--speed", choices=["spot", "matmul", "none"], default="spot",
                    help="scale profile times to the machine's speed at each run: re-time their ops just before "
                    "(spot, default), a reference matmul around it (matmul), or not (none)")
+    v.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="real runs per point: their mean is compared, their run-to-run spread reported (default 1)")
     v.add_argument("--json", action="store_true", help="print validation.json instead of the table")
     v.set_defaults(func=cmd_validate)
 

@@ -12,7 +12,9 @@ profile's (``provenance.reference_matmul_s``); ``"none"``: as measured.
 
 The table holds, per metric, the three values and each prediction's error against the
 real run (absolute and percent), with the mean absolute percentage error (MAPE) over the
-sweep. The simulator's misses are attributed to components by setting the two ``rounds``
+sweep. With ``repeat`` > 1 the real value is the mean of that many runs, and the runs'
+run-to-run spread (CV) sits beside it: on a shared machine that spread is the floor under
+any prediction's error. The simulator's misses are attributed to components by setting the two ``rounds``
 tables side by side hop by hop (:func:`starsim.metrics.hop_means`): draft time, verify time,
 link, queueing, the server's parse/serialize and the target's own time between rounds.
 
@@ -105,8 +107,8 @@ def speed_overrides(scenario, real_summary: dict[str, Any]) -> tuple[list[str], 
 
 def spot_overrides(scenario) -> tuple[list[str], dict[str, float]]:
     """``--set`` overrides that rescale each profile-based timing by re-timing its op on this
-    machine now (:func:`starsim.calibrate.compute.spot_check`, at the profile's grid point of
-    median time, with the profile's threads) against what the profile measured there."""
+    machine now (:func:`starsim.calibrate.compute.spot_check`, at three of the profile's grid
+    points, with the profile's threads) against what the profile measured there."""
     from .calibrate.compute import SPOT_OPS, spot_check
 
     sets, ratios, seen = [], {}, {}
@@ -115,8 +117,7 @@ def spot_overrides(scenario) -> tuple[list[str], dict[str, float]]:
             continue
         key = (prof.path, prof.op)
         if key not in seen:  # one timing per profile op, whichever fields use it
-            now, then = spot_check(prof.file, prof.op, int(prof.file.device.get("threads") or 1))
-            seen[key] = now / then
+            seen[key] = spot_check(prof.file, prof.op, int(prof.file.device.get("threads") or 1))
         ratios[path] = seen[key]
         sets.append(f"{path}.scale={prof.scale * seen[key]!r}")
     return sets, ratios
@@ -186,15 +187,26 @@ class Validation:
     sweep_field: str | None
     acceptance: str
     points: list[dict[str, Any]] = field(default_factory=list)
+    repeat: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "sweep_field": self.sweep_field, "acceptance": self.acceptance,
-                "points": self.points, "mape_sim_pct": mape(self.points, "sim"),
-                "mape_analytic_pct": mape(self.points, "analytic")}
+                "repeat": self.repeat, "points": self.points, "mape_sim_pct": mape(self.points, "sim"),
+                "mape_analytic_pct": mape(self.points, "analytic"), "real_spread_pct": self.mean_spread()}
+
+    def mean_spread(self) -> dict[str, float | None]:
+        """Per metric, the mean over the points of the real runs' run-to-run CV (%)."""
+        out = {}
+        for key, *_ in METRICS:
+            xs = [p["real_spread_pct"][key] for p in self.points
+                  if (p.get("real_spread_pct") or {}).get(key) is not None]
+            out[key] = sum(xs) / len(xs) if xs else None
+        return out
 
     def tidy(self) -> pd.DataFrame:
         """One row per point and metric (the CSV)."""
-        rows = [{"point": p["point"], **row} for p in self.points for row in p["metrics"]]
+        rows = [{"point": p["point"], **row, "real_cv_pct": (p.get("real_spread_pct") or {}).get(row["metric"])}
+                for p in self.points for row in p["metrics"]]
         return pd.DataFrame(rows)
 
     def markdown(self) -> str:
@@ -210,12 +222,20 @@ class Validation:
             fed = "the acceptance each real run measured" if self.acceptance == "real" else "the scenario's acceptance"
             out.append(f"Sweep over `{self.sweep_field}`; simulator and closed form fed {fed}.")
             out.append("")
-        head = "| point | metric | unit | real | sim | sim err | closed form | closed-form err |"
-        out += [head, "|" + "---|" * 8]
+        many = self.repeat > 1
+        if many:
+            out += [f"Real: the mean of {self.repeat} runs per point; real CV: their run-to-run coefficient of "
+                    "variation.", ""]
+        head = "| point | metric | unit | real |" + (" real CV |" if many else "")
+        head += " sim | sim err | closed form | closed-form err |"
+        out += [head, "|" + "---|" * (9 if many else 8)]
         for p in self.points:
+            spread = p.get("real_spread_pct") or {}
             for row in p["metrics"]:
-                out.append(f"| {p['point']} | {row['label']} | {row['unit']} | {f(row['real'])} | {f(row['sim'])} "
-                           f"| {f(row['sim_err_pct'], True)} | {f(row['analytic'])} "
+                cv = f" {f(spread.get(row['metric']))}% |" if many and spread.get(row["metric"]) is not None else (
+                    " |" if many else "")
+                out.append(f"| {p['point']} | {row['label']} | {row['unit']} | {f(row['real'])} |{cv} "
+                           f"{f(row['sim'])} | {f(row['sim_err_pct'], True)} | {f(row['analytic'])} "
                            f"| {f(row['analytic_err_pct'], True)} |")
         d = self.as_dict()
         ratios = {p["point"]: p.get("speed_ratio") or {} for p in self.points}
@@ -223,11 +243,15 @@ class Validation:
             out += ["", "Machine speed at each real run against its profiles' calibration (profile times scaled "
                     "by it):", ""]
             out += [f"- {pt}: " + ", ".join(f"{k} x{v:.3f}" for k, v in r.items()) for pt, r in ratios.items() if r]
-        out += ["", "MAPE over the points (%):", "", "| metric | sim | closed form |", "|---|---|---|"]
+        out += ["", "MAPE over the points (%)" + (", and the real runs' mean run-to-run CV (%)" if many else "")
+                + ":", ""]
+        out += (["| metric | sim | closed form | real CV |", "|---|---|---|---|"] if many
+                else ["| metric | sim | closed form |", "|---|---|---|"])
         labels = {k: lbl for k, lbl, *_ in METRICS}
         for key in labels:
             ms, ma = d["mape_sim_pct"][key], d["mape_analytic_pct"][key]
-            out.append(f"| {labels[key]} | {f(ms)} | {f(ma)} |")
+            tail = f" {f(d['real_spread_pct'][key])} |" if many else ""
+            out.append(f"| {labels[key]} | {f(ms)} | {f(ma)} |{tail}")
         out += ["", "Where a round's time goes, real vs simulated (ms per round, largest difference first):", ""]
         out += ["| point | component | real | sim | sim - real | share of the difference |", "|" + "---|" * 6]
         for p in self.points:
@@ -244,11 +268,41 @@ class Validation:
         (out / "validation.md").write_text(self.markdown())
 
 
+def _mean_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
+    """Key by key mean of the dicts' numeric values (a key missing from one counts without it)."""
+    out: dict[str, list[float]] = {}
+    for d in ds:
+        for k, x in d.items():
+            if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
+                out.setdefault(k, []).append(float(x))
+    return {k: sum(xs) / len(xs) for k, xs in out.items()}
+
+
+def real_spread(summaries: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per metric, the real runs' coefficient of variation (%, population): how much the
+    same scenario moves from run to run on this machine, the floor under any prediction's
+    error. None with one run."""
+    out: dict[str, float | None] = {}
+    for key, *_ in METRICS:
+        xs = [float(s[key]) for s in summaries if isinstance(s.get(key), (int, float)) and math.isfinite(s[key])]
+        if len(xs) < 2:
+            out[key] = None
+            continue
+        m = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+        out[key] = 100.0 * sd / abs(m) if m else None
+    return out
+
+
 def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | None = None,
              out: str | Path | None = None, acceptance: str = "real", say=None,
-             speed: str = "spot") -> Validation:
+             speed: str = "spot", repeat: int = 1) -> Validation:
     """Run the three predictors for each sweep point (see the module docstring); writes each
-    point's real and simulated run directories under ``out`` when given."""
+    point's real and simulated run directories under ``out`` when given.
+
+    ``repeat``: real runs per point. The table's real value is their mean, each metric's
+    run-to-run spread is reported beside it, and spot checks (``speed="spot"``) run before
+    each real run and once after the last, the profiles scaled by their mean."""
     from .analytic import analyze
     from .real.execute import execute
     from .scenario import load_scenario
@@ -258,31 +312,40 @@ def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | 
         raise StarsimError(f"--acceptance {acceptance}: expected real or scenario")
     if speed not in ("spot", "matmul", "none"):
         raise StarsimError(f"--speed {speed}: expected spot, matmul or none")
+    if repeat < 1:
+        raise StarsimError(f"--repeat {repeat}: expected at least 1 real run per point")
     field_path, values = parse_sweep(sweep)
     say = say or (lambda msg: None)
     base = list(overrides or [])
     first = load_scenario(path, base)
-    v = Validation(scenario=first.name, sweep_field=field_path, acceptance=acceptance)
+    v = Validation(scenario=first.name, sweep_field=field_path, acceptance=acceptance, repeat=repeat)
     for value in values:
         point = f"{field_path}={value}" if field_path else "base"
         sets = base + ([point] if field_path else [])
         sc = load_scenario(path, sets)
-        spot: tuple[list[str], dict[str, float]] = ([], {})
-        if speed == "spot":  # the profiles' own ops, re-timed right before the run
-            say(f"{point}: re-timing the profiles' ops ...")
-            spot = spot_overrides(sc)
-        say(f"{point}: real run ...")
-        real = execute(sc)
-        extra: list[str] = []  # what the predictions take from this real run
+        reals, ratio_sets = [], []
+        for i in range(repeat):
+            run = f" {i + 1}/{repeat}" if repeat > 1 else ""
+            if speed == "spot":  # the profiles' own ops, re-timed right before the run
+                say(f"{point}: re-timing the profiles' ops ...")
+                ratio_sets.append(spot_overrides(sc)[1])
+            say(f"{point}: real run{run} ...")
+            reals.append(execute(sc))
+            if speed == "matmul":
+                ratio_sets.append(speed_overrides(sc, reals[-1].summary)[1])
+        if speed == "spot":  # and once after the last
+            say(f"{point}: re-timing the profiles' ops after the run ...")
+            ratio_sets.append(spot_overrides(sc)[1])
+        real = reals[0]
+        extra: list[str] = []  # what the predictions take from the real runs
         curve = real.summary.get("acceptance_marginal") or []
         if acceptance == "real" and curve:  # the simulator and the closed form get what the pair accepted
             measured = yaml.safe_dump({"kind": "marginal", "curve": curve}, default_flow_style=True).strip()
             extra.append(f"acceptance={measured}")
-        # the predictions at the machine speed the real run saw
-        scale, ratios = spot
-        if speed == "matmul":
-            scale, ratios = speed_overrides(sc, real.summary)
-        extra += scale
+        # the predictions at the machine speed the real runs saw
+        ratios = _mean_dicts(ratio_sets)
+        by_path = dict(_profile_fields(sc))
+        extra += [f"{p}.scale={by_path[p].scale * r!r}" for p, r in ratios.items()]
         if extra:
             sc = load_scenario(path, [*sets, *extra])
         say(f"{point}: simulation and closed form ...")
@@ -293,14 +356,19 @@ def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | 
             ana = None
         if out is not None:
             d = Path(out) / point.replace("/", "_")
-            real.write(d / "real")
+            for i, r in enumerate(reals):
+                r.write(d / ("real" if i == 0 else f"real-{i + 1}"))
             sim.write(d / "sim")
+        summaries = [r.summary for r in reals]
+        real_hops = _mean_dicts([hop_means(r.records) for r in reals])
         v.points.append({
             "point": point,
-            "metrics": compare(real.summary, sim.summary, ana),
-            "components": components(hop_means(real.records), hop_means(sim.records)),
+            "metrics": compare(_mean_dicts(summaries) if repeat > 1 else real.summary, sim.summary, ana),
+            "real_spread_pct": real_spread(summaries),
+            "components": components(real_hops, hop_means(sim.records)),
             "speed_ratio": ratios,
-            "real_provenance": {k: real.summary["provenance"].get(k) for k in ("wall_time_s", "failures", "models")},
+            "real_provenance": [{k: r.summary["provenance"].get(k) for k in ("wall_time_s", "failures", "models")}
+                                for r in reals],
         })
     if out is not None:
         v.write(Path(out))

@@ -14,7 +14,7 @@ from conftest import CONST_STAR
 from starsim.errors import StarsimError
 from starsim.metrics import hop_means
 from starsim.records import Recorder
-from starsim.validate import METRICS, Validation, compare, components, mape, parse_sweep
+from starsim.validate import METRICS, Validation, compare, components, mape, parse_sweep, real_spread
 
 NAN = math.nan
 
@@ -92,6 +92,22 @@ def test_sweep_spec_and_markdown():
     assert "| targets.0.count=1 | draft time | 2.000 | 1.000 | -1.000 | 100% |" in md
 
 
+def test_real_spread_is_the_runs_coefficient_of_variation():
+    runs = [{"draft_utilization": 0.5, "throughput_tokens_per_s": 100.0},
+            {"draft_utilization": 0.7, "throughput_tokens_per_s": 100.0}]
+    spread = real_spread(runs)
+    assert spread["draft_utilization"] == pytest.approx(100 * 0.1 / 0.6)  # population sd / mean
+    assert spread["throughput_tokens_per_s"] == 0.0 and spread["ttft_mean_s"] is None
+    assert real_spread(runs[:1])["draft_utilization"] is None  # one run: no spread
+    p = {"point": "base", "metrics": compare({"draft_utilization": 0.6}, {"draft_utilization": 0.66}, None),
+         "real_spread_pct": spread, "components": []}
+    v = Validation("s", None, "real", [p], repeat=2)
+    md = v.markdown()
+    assert "| base | draft utilization | % | 60 | 16.67% | 66 | +10.0% |" in md
+    assert "| draft utilization | 10 |  | 16.67 |" in md  # MAPE beside the real runs' mean CV
+    assert v.as_dict()["real_spread_pct"]["draft_utilization"] == pytest.approx(16.667, abs=1e-3)
+
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
@@ -122,6 +138,15 @@ def test_validate_a_small_real_sweep(tmp_path, quick_pair, capsys):
     assert (out / "validation.csv").read_text().startswith("point,metric,label,unit,real,sim,analytic")
     assert main(["validate", str(f), "--sweep", "targets.0.count"]) == 2
     assert "--sweep" in capsys.readouterr().err
+    # repeated real runs: the table holds their mean, each run keeps its directory
+    out2 = tmp_path / "val2"
+    assert main(["validate", str(f), "--repeat", "2", "--speed", "none", "--out", str(out2), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    runs = [json.loads((out2 / "base" / r / "summary.json").read_text()) for r in ("real", "real-2")]
+    row = next(r for r in d["points"][0]["metrics"] if r["metric"] == "draft_utilization")
+    assert row["real"] == pytest.approx(50 * (runs[0]["draft_utilization"] + runs[1]["draft_utilization"]))
+    assert d["repeat"] == 2 and d["points"][0]["real_spread_pct"]["draft_utilization"] is not None
+    assert main(["validate", str(f), "--repeat", "0"]) == 2
 
 
 def test_profile_times_follow_the_machine_speed_of_the_real_run():

@@ -204,12 +204,13 @@ def reference_speed(threads: int, device: str) -> float:
 SPOT_OPS = ("verify", "draft_round", "prefill")
 
 
-def spot_check(profile: ProfileFile, op: str, threads: int) -> tuple[float, float]:
-    """Re-time ``op`` of a compute ``profile`` on this machine now, at its grid point of
-    median time, with the profile's own spec, role, device and dtype; returns (seconds now,
-    seconds then). Their ratio says how fast the machine is for this very code, which a
-    reference matmul does not (a shared machine's drift hits memory- and Python-bound code
-    differently)."""
+def spot_check(profile: ProfileFile, op: str, threads: int, points: int = 3) -> float:
+    """Re-time ``op`` of a compute ``profile`` on this machine now, with the profile's own
+    spec, role, device and dtype, at ``points`` of its grid points (spread over its range of
+    times, the median first); returns the median of (seconds now / seconds then). It says
+    how fast the machine is for this very code, which a reference matmul does not (a shared
+    machine's drift hits memory- and Python-bound code differently); several points keep
+    one noisy timing from setting it."""
     import torch
 
     from .specs import load_spec
@@ -219,23 +220,30 @@ def spot_check(profile: ProfileFile, op: str, threads: int) -> tuple[float, floa
     spec = load_spec(profile.model.get("spec_file") or profile.model["spec"])
     role, device = profile.model["role"], profile.device.get("torch_device", "cpu")
     o = profile.ops[op]
-    med = o.column("median_s")
-    row = o.rows[int(np.argsort(med)[len(med) // 2])]
-    x = dict(zip(o.columns, row))
+    order = np.argsort(o.column("median_s"))
+    picks = [len(order) // 2] + [int(q * (len(order) - 1)) for q in (0.25, 0.75)][: max(points - 1, 0)]
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
+    ratios = []
     try:
         net = build_model(spec, role, device, torch_dtype(profile.provenance.get("dtype", "float32")))
         c = _Ctx(net, device, net.lm.dtype, 0)
         tree = TreeShape(**o.fixed["tree"]) if "tree" in o.fixed else spec.tree
-        fn = {"verify": lambda: code_verify_fn(c, int(x["tokens"]), int(x["context"]), tree.top_k),
-              "draft_round": lambda: code_draft_round_fn(c, int(x["tokens"]), int(x["context"]), tree),
-              "prefill": lambda: prefill_fn(c, int(x["tokens"]))}[op]()
         grid = GRIDS["cuda" if device.startswith("cuda") else "cpu"]
-        times, _ = time_call(fn, grid, threads, device, warmup=3)
+        for i in dict.fromkeys(picks):  # distinct, the median first
+            x = dict(zip(o.columns, o.rows[int(order[i])]))
+            n, L = int(x["tokens"]), int(x.get("context", 0))
+            if op == "verify":
+                fn = code_verify_fn(c, n, L, tree.top_k)
+            elif op == "draft_round":
+                fn = code_draft_round_fn(c, n, L, tree)
+            else:
+                fn = prefill_fn(c, n)
+            times, _ = time_call(fn, grid, threads, device, warmup=3)
+            ratios.append(float(np.median(times)) / float(x["median_s"]))
     finally:
         torch.set_num_threads(old)
-    return float(np.median(times)), float(x["median_s"])
+    return float(np.median(ratios))
 
 
 def summarize_times(passes: list[np.ndarray]) -> tuple[float, float, float, int]:
