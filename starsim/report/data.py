@@ -113,8 +113,8 @@ def read_runs(paths: list[Path]) -> list[Run]:
 
 def family(run: Run) -> str | None:
     """A key shared by runs of the same scenario at different target counts (None: no
-    scenario file). Names, descriptions, durations, request caps, pool sizes and acceptance
-    are ignored."""
+    scenario file). Names, descriptions, durations, request caps, pool sizes, acceptance and
+    profile scales are ignored."""
     if run.scenario is None:
         return None
     sc = json.loads(json.dumps(run.scenario, default=str))
@@ -127,7 +127,21 @@ def family(run: Run) -> str | None:
     for d in (sc.get("devices") or {}).values():
         if isinstance(d, dict):
             d.pop("count", None)
+    _drop_profile_scales(sc)
     return json.dumps(sc, sort_keys=True)
+
+
+def _drop_profile_scales(node) -> None:
+    """A validation sweep also scales each point's profiles by its run's machine speed: the
+    profile timings' ``scale`` is no part of what the scenario is."""
+    if isinstance(node, dict):
+        if node.get("kind") == "profile":
+            node.pop("scale", None)
+        for v in node.values():
+            _drop_profile_scales(v)
+    elif isinstance(node, list):
+        for v in node:
+            _drop_profile_scales(v)
 
 
 def family_name(run: Run) -> str:
