@@ -41,10 +41,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -144,6 +146,49 @@ def bare_loop(events: int, k: int) -> tuple[float, int]:
     return dt, (int(next(eid)) if eid is not None else -1)
 
 
+def peak_memory(n: int, duration: float) -> dict:
+    """One run of N targets in a fresh Python process: its peak resident memory (ru_maxrss)
+    and its resident memory before the run (imports and the scenario loaded), so the run's
+    own growth shows; with the rounds it kept, the memory per round kept."""
+    cmd = [sys.executable, __file__, "--one", str(n), "--duration", repr(duration)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["mb_per_1k_rounds"] = (r["rss_peak_mb"] - r["rss_before_mb"]) / max(r["rounds"], 1) * 1e3
+    return r
+
+
+def one(n: int, duration: float) -> dict:
+    """The measurement :func:`peak_memory` runs in its fresh process."""
+    import resource
+
+    sc = scenario(n, duration)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
+    t = time.perf_counter()
+    res = starsim.simulate(sc)
+    wall = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"wall_s": wall, "rounds": len(res.records.rounds), "rss_before_mb": before / 1024,
+            "rss_peak_mb": peak / 1024}
+
+
+def closed_form_speed(points: int = 1_000_000, repeat: int = 5) -> float:
+    """Seconds (best of ``repeat``) for ``starsim.analytic.closed_form`` over ``points``
+    random parameter sets (N, draft time, target time, tokens per round)."""
+    import numpy as np
+
+    from starsim.analytic import closed_form
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 1000, points)
+    d, z, m = rng.uniform(1e-3, 1e-2, points), rng.uniform(1e-2, 1e-1, points), rng.uniform(1, 5, points)
+    best = math.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        closed_form(n, d, z, m)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def _median(xs: list):
     return None if any(x is None for x in xs) else statistics.median(xs)
 
@@ -227,16 +272,19 @@ def _ms(x: float | None) -> str:
 def table(rows: list[dict]) -> str:
     head = (
         "| N | rounds | events | events/round | total ms | total min-max ms | sim ms | tables ms | metrics ms "
-        "| rounds/s total | rounds/s sim | bare loop ms | ratio sim | ratio total |"
+        "| rounds/s total | rounds/s sim | bare loop ms | ratio sim | ratio total | peak MB | MB per 1k rounds |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        mem = r.get("memory") or {}
+        peak = f"{mem['rss_peak_mb']:.0f}" if mem else "n/a"
+        per = f"{mem['mb_per_1k_rounds']:.2f}" if mem else "n/a"
         lines.append(
             f"| {r['n_targets']} | {r['rounds']:,} | {r['events']:,} | {r['events_per_round']:.2f} "
             f"| {1e3 * r['total_s']:.0f} | {1e3 * r['total_s_min']:.0f}-{1e3 * r['total_s_max']:.0f} "
             f"| {_ms(r['sim_s'])} | {_ms(r['tables_s'])} "
             f"| {_ms(r['metrics_s'])} | {r['rounds_per_s_total']:,.0f} | {r['rounds_per_s_sim']:,.0f} "
-            f"| {1e3 * r['bare_s']:.0f} | {r['ratio_sim']:.2f}x | {r['ratio_total']:.2f}x |"
+            f"| {1e3 * r['bare_s']:.0f} | {r['ratio_sim']:.2f}x | {r['ratio_total']:.2f}x | {peak} | {per} |"
         )
     return "\n".join(lines)
 
@@ -247,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=300.0, help="simulated seconds per run (default 300)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per N; medians are reported (default 3)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory run (a fresh process per N)")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # peak_memory's child process
     args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.one, args.duration)))
+        return 0
     ns = [int(x) for x in args.targets.split(",") if x.strip()]
     if not ns or min(ns) < 1 or args.repeat < 1 or args.duration <= 0:
         ap.error("need N >= 1, --repeat >= 1, --duration > 0")
@@ -257,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n in ns:
         rows.append(bench(n, args.duration, args.repeat))
+        if not args.no_memory:
+            rows[-1]["memory"] = peak_memory(n, args.duration)
         print(f"N={n}: done", file=sys.stderr, flush=True)
+    cf = closed_form_speed()
 
     info = machine()
     print(
@@ -286,7 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'met' if not slow else 'NOT met for N=' + ','.join(map(str, slow))}; "
         f"<= {TARGET_RATIO:g}x bare loop: {'met' if not heavy else 'NOT met for N=' + ','.join(map(str, heavy))}.\n"
         "- the ratio is per scheduled event: a change that removes SimPy events shrinks the bare loop too, so it "
-        "raises rounds/s without lowering the ratio; read both."
+        "raises rounds/s without lowering the ratio; read both.\n"
+        "- peak MB: the peak resident memory of one run in a fresh process (imports included); MB per 1k rounds: "
+        "its growth over the memory before the run, per thousand rounds kept in the tables.\n"
+        f"- closed form (`starsim.analytic.closed_form`) over 1,000,000 random points: {cf * 1e3:.0f} ms "
+        "(best of 5)."
     )
     print(
         f"\nmachine: {info['cpu']} ({info['cpus']} CPUs), {info['implementation']} {info['python']}, "
@@ -295,13 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"command: python analysis/bench_sim.py --targets {','.join(map(str, ns))} "
-        f"--duration {args.duration:g} --repeat {args.repeat}"
+        f"--duration {args.duration:g} --repeat {args.repeat}{' --no-memory' if args.no_memory else ''}"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
             json.dumps(
-                {"machine": info, "scenario": str(SCENARIO.relative_to(REPO)), "repeat": args.repeat, "results": rows},
+                {"machine": info, "scenario": str(SCENARIO.relative_to(REPO)), "repeat": args.repeat, "results": rows,
+                 "closed_form_1e6_s": cf},
                 indent=2,
             )
             + "\n"

@@ -367,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .calibrate.commands import add_parsers as add_calibrate
     from .real.commands import add_parsers as add_models
     from .real.commands import add_server_parsers
+    from .sweep.commands import add_parsers as add_sweep
 
+    add_sweep(sub)
     add_calibrate(sub)
     add_models(sub)
     add_server_parsers(sub)
