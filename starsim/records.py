@@ -133,10 +133,10 @@ class Recorder:
     """Row buffers for the three tables, turned into DataFrames once by :meth:`finish`.
 
     Rows are appended as tuples in column order (``rec.rounds.append(row)``). A hot path
-    may append them packed instead, as bytes, which keeps no Python objects alive during
-    the run and needs no conversion at the end:
-    ``rec.packed_rounds.append(pack_round(*row))``, and
-    ``rec.packed_intervals.append(pack_interval(key, target, start, end))`` with ``key =
+    may append them packed instead, into one growing byte buffer per table, which keeps no
+    Python object per row alive during the run (memory grows by the row's bytes, 176 for a
+    round) and needs no conversion at the end: ``rec.packed_rounds.extend(pack_round(*row))``,
+    and ``rec.packed_intervals.extend(pack_interval(key, target, start, end))`` with ``key =
     rec.interval_key(engine, device, kind)``. Numbers must then be ints for int columns
     (struct does not cast floats). A table takes its rows one way or the other."""
 
@@ -144,42 +144,47 @@ class Recorder:
         self.rounds: list[tuple] = []
         self.requests: list[tuple] = []
         self.intervals: list[tuple] = []
-        self.packed_rounds: list[bytes] = []
-        self.packed_intervals: list[bytes] = []
+        self.packed_rounds = bytearray()
+        self.packed_intervals = bytearray()
         self._keys: dict[tuple[str, str, str], int] = {}
 
     def interval_key(self, engine: str, device: str, kind: str) -> int:
         """The code of ``(engine, device, kind)`` for :data:`pack_interval`."""
         return self._keys.setdefault((engine, device, kind), len(self._keys))
 
-    def finish(self, meta: dict[str, Any]) -> Records:
-        return Records(
-            rounds=self._rounds(),
-            requests=_frame(sorted(self.requests), REQUEST_COLUMNS),
-            intervals=self._intervals(),
-            meta=meta,
-        )
+    def finish(self, meta: dict[str, Any], release: bool = False) -> Records:
+        """The three tables. ``release``: drop the row buffers as each table is built (the
+        recorder is done), so a run's peak memory holds a table and its buffer only once."""
+        rounds = self._rounds()
+        if release:
+            self.packed_rounds, self.rounds = bytearray(), []
+        intervals = self._intervals()
+        if release:
+            self.packed_intervals, self.intervals = bytearray(), []
+        return Records(rounds=rounds, requests=_frame(sorted(self.requests), REQUEST_COLUMNS),
+                       intervals=intervals, meta=meta)
 
     def _rounds(self) -> pd.DataFrame:
         if not self.packed_rounds:
             return _frame(self.rounds, ROUND_COLUMNS)
         _one_way("rounds", self.rounds)
-        table = np.frombuffer(b"".join(self.packed_rounds), dtype=list(ROUND_COLUMNS))
-        return pd.DataFrame({n: table[n] for n, _ in ROUND_COLUMNS})
+        table = np.frombuffer(self.packed_rounds, dtype=list(ROUND_COLUMNS))
+        # each column copied out of the buffer (contiguous), so the frame holds no view of it
+        return pd.DataFrame({n: np.ascontiguousarray(table[n]) for n, _ in ROUND_COLUMNS}, copy=False)
 
     def _intervals(self) -> pd.DataFrame:
         if not self.packed_intervals:
             return _frame(self.intervals, INTERVAL_COLUMNS)
         _one_way("intervals", self.intervals)
         dtype = [("key", "int64"), ("target", "int64"), ("start", "float64"), ("end", "float64")]
-        table = np.frombuffer(b"".join(self.packed_intervals), dtype=dtype)
+        table = np.frombuffer(self.packed_intervals, dtype=dtype)
         keys = list(self._keys)
         data = {}
         for j, name in enumerate(("engine", "device", "kind")):
             # each key's string converted as a whole column would be, then repeated by code
             data[name] = pd.Series(_strings([k[j] for k in keys]).array.take(table["key"]))
         for name in ("target", "start", "end"):
-            data[name] = table[name]
+            data[name] = np.ascontiguousarray(table[name])
         return pd.DataFrame(data, columns=[c for c, _ in INTERVAL_COLUMNS])
 
 

@@ -83,9 +83,9 @@ def test_packed_rows_give_the_same_tables():
     plain.rounds.extend(rounds)
     plain.intervals.extend(intervals)
     for row in rounds:
-        packed.packed_rounds.append(pack_round(*row))
+        packed.packed_rounds.extend(pack_round(*row))
     for engine, device, kind, target, start, end in intervals:
-        packed.packed_intervals.append(pack_interval(packed.interval_key(engine, device, kind), target, start, end))
+        packed.packed_intervals.extend(pack_interval(packed.interval_key(engine, device, kind), target, start, end))
     a, b = plain.finish({}), packed.finish({})
     for name in ("rounds", "requests", "intervals"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)

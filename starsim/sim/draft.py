@@ -79,7 +79,7 @@ class DraftEngine:
         timeout, new_event, pop = env.timeout, env.event, policy.pop
         draft_time, res, host = self.draft_time, self.unit.resource, self.unit.host
         whole_round, warm_cold = self.whole_round, self.warm_cold
-        put_interval = self.rec.packed_intervals.append  # packed rows: see Recorder
+        put_interval = self.rec.packed_intervals.extend  # packed rows: see Recorder
         key = self.rec.interval_key(self.name, self.unit.name, "draft")
         tree = self.cfg.tree
         tokens, depth = tree.tokens, tree.depth

@@ -182,7 +182,7 @@ def _simulate(scenario: Scenario) -> Result:
         ],
         "draft_device": draft_unit,
     }
-    records = rec.finish(meta)
+    records = rec.finish(meta, release=True)
     summary = summarize(records)
     summary["provenance"] = {
         "source": "sim",

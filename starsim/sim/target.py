@@ -126,7 +126,7 @@ class Target:
         self.requests = requests
         self.rec = rec
         # rows are appended packed (see Recorder): no Python objects kept per row
-        self.put_round, self.put_interval = rec.packed_rounds.append, rec.packed_intervals.append
+        self.put_round, self.put_interval = rec.packed_rounds.extend, rec.packed_intervals.extend
         self.payload: Payload = group.payload
         self.verify = timing_sampler(group.verify_time, rng, usage)
         self.prefill = timing_sampler(group.prefill_time, rng, usage)
