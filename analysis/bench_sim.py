@@ -147,9 +147,9 @@ def bare_loop(events: int, k: int) -> tuple[float, int]:
 
 
 def peak_memory(n: int, duration: float) -> dict:
-    """One run of N targets in a fresh Python process: its peak resident memory (ru_maxrss)
-    and its resident memory before the run (imports and the scenario loaded), so the run's
-    own growth shows; with the rounds it kept, the memory per round kept."""
+    """One run of N targets in a fresh Python process: its peak resident memory and its
+    resident memory before the run (imports and the scenario loaded), so the run's own
+    growth shows; with the rounds it kept, the memory per round kept."""
     cmd = [sys.executable, __file__, "--one", str(n), "--duration", repr(duration)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -157,18 +157,25 @@ def peak_memory(n: int, duration: float) -> dict:
     return r
 
 
+def _status_mb(key: str) -> float:
+    """A ``/proc/self/status`` memory line in MB (VmHWM: this process image's peak resident
+    memory, VmRSS: its resident memory now). Not ru_maxrss: Linux carries that across exec
+    from the parent, which has run the benchmark already."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
 def one(n: int, duration: float) -> dict:
     """The measurement :func:`peak_memory` runs in its fresh process."""
-    import resource
-
     sc = scenario(n, duration)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux
+    before = _status_mb("VmRSS")
     t = time.perf_counter()
     res = starsim.simulate(sc)
     wall = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"wall_s": wall, "rounds": len(res.records.rounds), "rss_before_mb": before / 1024,
-            "rss_peak_mb": peak / 1024}
+    return {"wall_s": wall, "rounds": len(res.records.rounds), "rss_before_mb": before,
+            "rss_peak_mb": _status_mb("VmHWM")}
 
 
 def closed_form_speed(points: int = 1_000_000, repeat: int = 5) -> float:

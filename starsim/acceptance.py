@@ -58,7 +58,9 @@ class _Acceptance(BaseModel):
         if all(a in (0.0, 1.0) for a in curve):
             k = int(sum(curve))  # deterministic: skip the random draw entirely
             return lambda: k
-        draw = rng.random
+        from .distributions import draws
+
+        draw = draws(rng, "random")
         if all(curve[j] >= curve[j + 1] for j in range(len(curve) - 1)):
             # Non-increasing (every curve a validator lets through, bar 1e-12 slack): the
             # leading run of a_j > u is all of them, so k = #{j : -a_j < -u}, found by

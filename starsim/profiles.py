@@ -380,7 +380,12 @@ def op_sampler(
     sigma = 0.0
     if noise and op.noise_cv > 0:
         sigma = math.sqrt(math.log1p(op.noise_cv**2))
-    mu, draw = -sigma * sigma / 2.0, rng.lognormal
+    if sigma > 0:
+        from .distributions import draws
+
+        noise = draws(rng, "lognormal", -sigma * sigma / 2.0, sigma)
+    else:
+        noise = None
 
     def sample(tokens=0.0, context=0.0, depth=0.0):
         if entry is not None:
@@ -388,7 +393,7 @@ def op_sampler(
         m = a + b * tokens + c * context + d * tokens * context + e * tokens * tokens
         if g or h:
             m += (g + h * context) * sqrt(tokens)
-        return m * draw(mu, sigma) if sigma > 0 else m
+        return m * noise() if noise is not None else m
 
     return sample
 

@@ -19,7 +19,6 @@ from ..workload import arrivals, prompt_set
 from .devices import build_units, place
 from .draft import DraftEngine
 from .links import link_time
-from .rng import AheadRng
 from .target import NAN, Requests, Target
 
 # Random streams, one per purpose and instance, all derived from the scenario seed, so
@@ -29,14 +28,6 @@ STREAM_WORKLOAD, STREAM_DRAFT, STREAM_TARGET, STREAM_LINK_UP, STREAM_LINK_DOWN, 
 
 def rng_for(seed: int, stream: int, index: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, stream, index])
-
-
-def ahead_rng_for(seed: int, stream: int, index: int = 0) -> AheadRng:
-    """``rng_for``, drawing ahead in blocks (same values): for the streams that only
-    samplers draw from, one or two of them in a fixed order (draft time, link jitter,
-    parse/serialize, pause); not the target stream, where verify and acceptance draws
-    of different methods interleave."""
-    return AheadRng(rng_for(seed, stream, index))
 
 
 def _is_zero(spec) -> bool:
@@ -97,11 +88,11 @@ def _simulate(scenario: Scenario) -> Result:
     draft = scenario.draft
     usage = ProfileUsage()  # which measured profiles the run used, and where it left their range
     if mode == "star":
-        rng = ahead_rng_for(seed, STREAM_DRAFT)
+        rng = rng_for(seed, STREAM_DRAFT)
         engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng, rec, usage)]
     elif mode == "one_for_one":
         engines = [
-            DraftEngine(env, i, f"draft-{i}", units[tu], draft, ahead_rng_for(seed, STREAM_DRAFT, i), rec, usage)
+            DraftEngine(env, i, f"draft-{i}", units[tu], draft, rng_for(seed, STREAM_DRAFT, i), rec, usage)
             for i, tu in enumerate(target_units)
         ]
     else:
@@ -124,9 +115,9 @@ def _simulate(scenario: Scenario) -> Result:
         star = mode == "star"
         pause = None
         if isinstance(w, ClosedLoop) and w.pause is not None:
-            f = w.pause.sampler(ahead_rng_for(seed, STREAM_PAUSE, i))
+            f = w.pause.sampler(rng_for(seed, STREAM_PAUSE, i))
             pause = lambda f=f: f(0.0, 0.0, 0.0)  # noqa: E731
-        comm_rng = ahead_rng_for(seed, STREAM_COMM, i)
+        comm_rng = rng_for(seed, STREAM_COMM, i)
         targets.append(
             Target(
                 env, i, name, group, units[tu],
@@ -137,8 +128,8 @@ def _simulate(scenario: Scenario) -> Result:
                 depth=draft.tree.depth,
                 hidden=draft.needs_hidden_states,
                 # one_for_one: the draft is in-process on the target's device: no wire, no parsing
-                up=link_time(group.link.up, ahead_rng_for(seed, STREAM_LINK_UP, i)) if star else _zero,
-                down=link_time(group.link.down, ahead_rng_for(seed, STREAM_LINK_DOWN, i)) if star else _zero,
+                up=link_time(group.link.up, rng_for(seed, STREAM_LINK_UP, i)) if star else _zero,
+                down=link_time(group.link.down, rng_for(seed, STREAM_LINK_DOWN, i)) if star else _zero,
                 parse=draft.parse_time.sampler(comm_rng) if star else _zero,
                 serialize=draft.serialize_time.sampler(comm_rng) if star else _zero,
                 send=group.send_time.sampler(comm_rng) if star and not _is_zero(group.send_time) else None,
