@@ -102,7 +102,7 @@ def _ray(tasks: list[tuple[Point, str | None]], analytic: bool, address: str) ->
         raise StarsimError("--ray needs Ray: pip install 'starsim[ray]'") from None
     started = not ray.is_initialized()
     if started:
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "WARNING"}
         if address != "local":
             kw["address"] = address
         ray.init(**kw)
