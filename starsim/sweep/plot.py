@@ -101,7 +101,11 @@ def plot_results(path: str | Path, x: str, y: str, hue: str | None = None, col: 
         if hue is not None:
             ax.legend(fontsize=8)
     axes[0][0].set_ylabel(_label(y))
-    note = f"from {src}"
+    try:  # the table's path as the user would type it from here
+        shown_src = src.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown_src = src
+    note = f"from {shown_src}"
     if averaged:
         note += f"; mean over {', '.join(averaged)}"
     if fixed:
