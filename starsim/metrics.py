@@ -241,19 +241,35 @@ def _per_target(targets: list[dict], rw: dict, waits: dict, req: dict, span: flo
     by_target = zip(rows_by(rw["target"], idx), rows_by(waits["target"], idx), rows_by(req["target"], idx))
     for t, (ri, wi, qi) in zip(targets, by_target):
         fi = int(req["first_in"][qi].sum())
+        tp = req["tpot"][qi]
+        tp = tp[~np.isnan(tp)]
+        slo = t.get("tpot_slo_s")
         out.append(
             {
                 "target": t["index"],
                 "name": t["name"],
                 "device": t["device"],
+                "weight": t.get("weight", 1.0),
                 "tokens_per_s": _f((emitted[ri].sum() + fi) / span) if span > 0 else None,
                 "cycle_mean_s": _mean(cycle[ri]),
                 "queue_wait_mean_s": _mean(wait[wi]),
                 "rounds": len(ri),
                 "requests_completed": int(req["done"][qi].sum()),
+                "tpot_mean_s": _mean(tp),
+                "tpot_slo_s": slo,
+                # the share of its measured requests whose TPOT met the objective
+                "slo_attainment": _f(float(np.mean(tp <= slo))) if slo is not None and tp.size else None,
+                "slo_requests": int(tp.size) if slo is not None else 0,
             }
         )
     return out
+
+
+def slo_attainment(per_target: list[dict]) -> float | None:
+    """Over every measured request of the targets that have a TPOT objective: the share that met it."""
+    met = sum(p["slo_attainment"] * p["slo_requests"] for p in per_target if p.get("slo_attainment") is not None)
+    n = sum(p["slo_requests"] for p in per_target if p.get("slo_attainment") is not None)
+    return _f(met / n) if n else None
 
 
 def acceptance_marginal(accepted: np.ndarray, depth: np.ndarray) -> list[float]:
@@ -338,6 +354,8 @@ def summarize(records: Records) -> dict[str, Any]:
     ttft = ttft[~np.isnan(ttft)]
     dw = done & (arrival >= t0) & (finish <= t1) & (generated > 1)
     tpot = (finish[dw] - first[dw]) / (generated[dw] - 1)
+    req["tpot"] = np.full(len(done), np.nan)  # per request, where it is measured
+    req["tpot"][dw] = tpot
 
     per_target = _per_target(meta.get("targets", []), rw, waits, req, span, bool(engines))
     n_rw, n_tasks = len(rw["target"]), len(task_time)
@@ -373,5 +391,9 @@ def summarize(records: Records) -> dict[str, Any]:
         "n_targets": len(meta.get("targets", [])),
         "target_tokens_per_s_mean": _mean([r for r in target_rates if r is not None]),
         "target_tokens_per_s_jain": jain_index(target_rates),
+        # Jain's index of each target's rate over its weight: 1 when shares follow the weights
+        "target_weighted_jain": jain_index([None if r is None else r / t.get("weight", 1.0)
+                                            for r, t in zip(target_rates, per_target)]),
+        "slo_attainment": slo_attainment(per_target),
         "per_target": per_target,
     }

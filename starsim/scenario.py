@@ -264,6 +264,15 @@ class TargetGroup(_Model):
     )
     link: Link = Field(default_factory=Link)
     payload: Payload = Field(default_factory=Payload)
+    weight: float = Field(
+        1.0, gt=0, allow_inf_nan=False,
+        description="share of the draft under the wfq policy (rounds in proportion to weight under saturation)",
+    )
+    tpot_slo_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="time-per-output-token objective of each request (s/token): the edf policy serves the "
+        "target closest to missing it first; the summary reports each target's attainment",
+    )
     send_time: Dist = Field(
         0.0,
         description="the target's own work per round to build and send a DRAFT_REQUEST (its CPU "

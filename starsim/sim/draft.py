@@ -8,6 +8,8 @@ that, with prefix caching, only tokens not yet cached are encoded.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import simpy
 
@@ -22,12 +24,13 @@ from .devices import DeviceUnit
 class Task:
     """One draft request: target ``target`` wants a tree for a context of ``context`` tokens."""
 
-    __slots__ = ("target", "context", "done", "start", "end", "new_tokens", "kv_bytes")
+    __slots__ = ("target", "context", "done", "start", "end", "new_tokens", "kv_bytes", "deadline")
 
     def __init__(self, target: int, context: int, done: simpy.Event):
         self.target = target
         self.context = context
         self.done = done
+        self.deadline = math.inf  # when the target's next token is due (deadline policies)
 
 
 class DraftEngine:
@@ -43,13 +46,14 @@ class DraftEngine:
         rng: np.random.Generator,
         rec: Recorder,
         usage: ProfileUsage | None = None,
+        weights: dict[int, float] | None = None,
     ):
         self.env = env
         self.index = index
         self.name = name
         self.unit = unit
         self.cfg = cfg
-        self.policy = make_policy(cfg.policy)
+        self.policy = make_policy(cfg.policy, weights)
         # Either a tree cost plus an encode cost per new token, or one measured whole-round
         # model of (new tokens, context), optionally slowed by the idle gap before it.
         spec = cfg.time if cfg.round_time is None else cfg.round_time

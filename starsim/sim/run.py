@@ -89,7 +89,8 @@ def _simulate(scenario: Scenario) -> Result:
     usage = ProfileUsage()  # which measured profiles the run used, and where it left their range
     if mode == "star":
         rng = rng_for(seed, STREAM_DRAFT)
-        engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng, rec, usage)]
+        weights = {i: g.weight for i, _, g in instances}
+        engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng, rec, usage, weights)]
     elif mode == "one_for_one":
         engines = [
             DraftEngine(env, i, f"draft-{i}", units[tu], draft, rng_for(seed, STREAM_DRAFT, i), rec, usage)
@@ -169,7 +170,8 @@ def _simulate(scenario: Scenario) -> Result:
         "window_s": scenario.window_s,
         "draft_engines": [e.name for e in engines],
         "targets": [
-            {"index": i, "name": name, "device": tu} for (i, name, _), tu in zip(instances, target_units)
+            {"index": i, "name": name, "device": tu, "weight": g.weight, "tpot_slo_s": g.tpot_slo_s}
+            for (i, name, g), tu in zip(instances, target_units)
         ],
         "draft_device": draft_unit,
     }

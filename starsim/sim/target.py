@@ -137,6 +137,8 @@ class Target:
         self.send_cpu, self.receive_cpu = send or _zero, receive or _zero
         self.has_msg_cpu = send is not None or receive is not None
         self.warm_cold = group.warm_cold
+        # a deadline policy orders tasks by when this target's next token is due
+        self.slo = group.tpot_slo_s if engine is not None and engine.policy.needs_deadline else None
         self.tree_tokens, self.depth, self.hidden = tree_tokens, depth, hidden
         self.up, self.down, self.parse, self.serialize = up, down, parse, serialize
         self.pause = pause
@@ -240,7 +242,7 @@ class Target:
         bytes_up = _BytesUp(self.payload, self.hidden)
         up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
         verify, accept, tokens, depth = self.verify, self.accept, self.tree_tokens, self.depth
-        index, draft_index, free = self.index, engine.index, self.unit.free
+        index, draft_index, free, slo = self.index, engine.index, self.unit.free, self.slo
         put_interval, put_round, key = self.put_interval, self.put_round, self._key("verify")
         b_down = self.payload.bytes_down(tokens)
         task = Task(index, 0, None)
@@ -256,6 +258,8 @@ class Target:
             t_enq = t_send + hop
             done = new_event()
             task.context, task.done = ctx, done
+            if slo is not None:
+                task.deadline = cur[7] + slo * generated
             submit(task)
             yield done
             t_end = task.end
@@ -312,6 +316,8 @@ class Target:
             t_enq = env.now
             done = env.event()
             task.context, task.done = ctx, done
+            if self.slo is not None:
+                task.deadline = cur[7] + self.slo * generated
             engine.submit(task)
             yield done
             t_end = task.end

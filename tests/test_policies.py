@@ -1,0 +1,83 @@
+"""Draft-server policies: each one's defining property, in the simulator."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+from conftest import CONST_STAR
+
+from starsim import simulate, validate_scenario
+from starsim.errors import ScenarioError
+from starsim.policies import POLICIES, make_policy
+
+
+def _saturated(groups: list[dict], policy: str, duration: float = 60.0) -> dict:
+    """A draft far busier than its targets: 4 ms a round, 1.5 ms on the target side."""
+    sc = copy.deepcopy(CONST_STAR)
+    sc["draft"].update(time=0.004, policy=policy)
+    base = {**sc["targets"][0], "count": 1, "verify_time": 0.0005, "link": {"latency_s": 0.0005}, "prefill_time": 0.0}
+    sc["targets"] = [{**base, **g} for g in groups]
+    sc["devices"]["g"]["count"] = sum(g.get("count", 1) for g in groups)
+    sc.update(duration_s=duration, warmup_s=2.0)
+    return simulate(validate_scenario(sc)).summary
+
+
+def test_registry_and_unknown_policy():
+    assert {"fifo", "round_robin", "wfq", "edf"} <= set(POLICIES)
+    sc = copy.deepcopy(CONST_STAR)
+    sc["draft"]["policy"] = "lottery"
+    with pytest.raises(ScenarioError, match="unknown policy 'lottery'; expected one of: edf, fifo, round_robin, wfq"):
+        validate_scenario(sc)
+
+
+def test_weighted_fair_shares_follow_the_weights():
+    """Saturated draft, weights 1, 1, 2, 4: each target's share of the rounds is its weight's
+    share, within 5%; FIFO splits evenly."""
+    groups = [{"name": "a", "count": 2, "weight": 1.0}, {"name": "b", "weight": 2.0}, {"name": "c", "weight": 4.0}]
+    s = _saturated(groups, "wfq")
+    rounds = [p["rounds"] for p in s["per_target"]]
+    weights = [1, 1, 2, 4]
+    for r, w in zip(rounds, weights):
+        assert r / sum(rounds) == pytest.approx(w / sum(weights), rel=0.05)
+    assert s["target_weighted_jain"] > 0.99 and s["target_tokens_per_s_jain"] < 0.85
+    fifo = _saturated(groups, "fifo")
+    assert fifo["target_tokens_per_s_jain"] > 0.99  # everyone alike, whatever the weights
+    assert s["draft_utilization"] == pytest.approx(1.0, abs=0.01)  # work-conserving
+
+
+def test_round_robin_serves_the_waiting_targets_in_turn():
+    p = make_policy("round_robin")
+    for t in (3, 0, 2):
+        p.push(SimpleNamespace(target=t))
+    assert [p.pop().target for _ in range(2)] == [0, 2]
+    p.push(SimpleNamespace(target=1))  # 1 comes after the last served (2) only on the next turn
+    assert [p.pop().target for _ in range(2)] == [3, 1] and len(p) == 0
+    s = _saturated([{"count": 4}], "round_robin")
+    rounds = [q["rounds"] for q in s["per_target"]]
+    assert max(rounds) - min(rounds) <= 1
+
+
+def test_edf_meets_an_objective_that_fifo_misses():
+    """Three targets share a saturated draft (12 ms a cycle, 4 tokens a round: 3 ms per token
+    under FIFO). One has a 2.5 ms TPOT objective: EDF serves it whenever it waits and meets
+    it on every request; FIFO misses it on every request."""
+    groups = [{"name": "urgent", "tpot_slo_s": 0.0025}, {"name": "bulk", "count": 2}]
+    edf, fifo = _saturated(groups, "edf", 120.0), _saturated(groups, "fifo", 120.0)
+    assert edf["per_target"][0]["slo_attainment"] == 1.0 and edf["slo_attainment"] == 1.0
+    assert fifo["per_target"][0]["slo_attainment"] == 0.0
+    assert fifo["per_target"][0]["tpot_mean_s"] == pytest.approx(0.003, rel=0.02)
+    assert edf["per_target"][0]["tpot_mean_s"] < 0.0025
+    assert edf["per_target"][1]["slo_attainment"] is None  # no objective, nothing to attain
+    assert edf["draft_utilization"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_policy_parameters_are_checked():
+    sc = copy.deepcopy(CONST_STAR)
+    sc["targets"][0].update(weight=0)
+    with pytest.raises(ScenarioError, match="targets.0.weight"):
+        validate_scenario(sc)
+    sc["targets"][0].update(weight=1, tpot_slo_s=-1)
+    with pytest.raises(ScenarioError, match="targets.0.tpot_slo_s"):
+        validate_scenario(sc)
