@@ -131,3 +131,45 @@ def test_shared_token_is_checked(quick_models):
         with pytest.raises(P.ProtocolError, match="bad token"):
             DraftClient(s.address, token="wrong")
         DraftClient(s.address, token="s3cret").close()
+
+
+def test_policy_parameters_reach_the_server():
+    """A target's HELLO carries its weight (wfq), each DRAFT_REQUEST its next token's
+    deadline (edf); the server's queue orders by them. A bad weight closes that connection."""
+    from starsim.calibrate.stack import _FixedDrafter
+
+    gate = threading.Event()
+
+    class Gated(_FixedDrafter):
+        """Blocks in its first draft until the gate opens, so the later requests queue up."""
+
+        def draft(self, *a, **k):
+            gate.wait(5)
+            return super().draft(*a, **k)
+
+    with DraftServer(Gated(64, 4, 2), policy="edf", vocab_size=64) as srv:
+        clients = [DraftClient(srv.address, info={"weight": w}) for w in (1.0, 3.0, 1.0)]
+        assert srv.weights == {0: 1.0, 1: 3.0, 2: 1.0}
+        order, threads = [], []
+
+        def ask(i, due):
+            clients[i].draft([1, 2, 3], start=True, deadline_in_s=due)
+            order.append(i)
+
+        threads.append(threading.Thread(target=ask, args=(0, None)))  # blocks the engine
+        threads[0].start()
+        time.sleep(0.3)
+        for i, due in ((1, 5.0), (2, 0.5)):  # 2 is due sooner: served first once the engine frees
+            threads.append(threading.Thread(target=ask, args=(i, due)))
+            threads[-1].start()
+            time.sleep(0.2)
+        gate.set()
+        for t in threads:
+            t.join(5)
+        assert sorted(order) == [0, 1, 2]
+        assert [tag for tag, *_ in srv.intervals] == [0, 2, 1]  # the engine's order of service
+        for c in clients:
+            c.close()
+        with pytest.raises((P.ProtocolError, OSError)):
+            DraftClient(srv.address, info={"weight": -1})
+        assert any("weight must be a number" in line for line in srv.rejected)

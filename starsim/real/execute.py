@@ -87,13 +87,14 @@ def _open_loop(scenario: Scenario, horizon: float) -> tuple[list[float], list[tu
 def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, address: str | None, threads: int,
                  prompts, repeat: bool, budget, issued, horizon: float, ready, go, clock0, timeout_s: float,
                  results, link=None, seed: int = 0, temperature: float = 0.0, arrivals: list[float] | None = None,
-                 own_draft: dict | None = None) -> None:
+                 own_draft: dict | None = None, qos: dict | None = None) -> None:
     """One target process: load the model and connect, wait for the common start, then take
     requests until the budget ends or ``horizon`` seconds have passed.
 
     ``arrivals``: an open loop (request i arrives at ``arrivals[i]`` with ``prompts[i]``);
     None: the closed loop over ``prompts``. ``own_draft``: one_for_one, this target's draft
-    (source, dtype, tree, policy, stop_draft times), served from this process."""
+    (source, dtype, tree, policy, stop_draft times), served from this process. ``qos``: the
+    target's ``weight`` and ``tpot_slo_s``, told to the draft server for its policy."""
     import torch
 
     from .models import eos_ids, load_model
@@ -119,7 +120,8 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
 
             delays = {"delay_up": link_time(link.up, np.random.default_rng([seed, 3, index])),
                       "delay_down": link_time(link.down, np.random.default_rng([seed, 4, index]))}
-        client = DraftClient(address, timeout_s=timeout_s, **delays) if address else None
+        qos = qos or {}
+        client = DraftClient(address, timeout_s=timeout_s, info={"index": index, **qos}, **delays) if address else None
         tag = client.tag if client else None
     except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
         error = f"{type(e).__name__}: {e}"
@@ -135,7 +137,7 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
             timer.daemon = True  # one not yet due is dropped when the process ends
             timer.start()
         worker = TargetWorker(index, model, client, t0, device=unit, eos=eos_ids(model, src),
-                              temperature=temperature, seed=seed)
+                              temperature=temperature, seed=seed, tpot_slo_s=qos.get("tpot_slo_s"))
         served, limit = 0, budget if arrivals is None else len(arrivals)  # arrivals: within the budget
         while time.monotonic() < deadline and (arrivals is not None or repeat or served < len(prompts)):
             with issued.get_lock():
@@ -240,7 +242,8 @@ def _execute(scenario: Scenario) -> Result:
                 server.address if server else None, r.threads, prompts, getattr(scenario.workload, "repeat", False),
                 scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results,
                 # one_for_one has no wire in the simulator: its loopback gets no emulated link
-                group.link if r.emulate_link and star else None, scenario.seed, r.temperature, arrivals, own_draft))
+                group.link if r.emulate_link and star else None, scenario.seed, r.temperature, arrivals, own_draft,
+                {"weight": group.weight, "tpot_slo_s": group.tpot_slo_s}))
             p.start()
             procs.append(p)
         # The run's clock starts when every target has loaded its model and connected, so
@@ -305,7 +308,8 @@ def _execute(scenario: Scenario) -> Result:
         "source": "real", "mode": scenario.mode, "t_end": t_elapsed, "warmup_s": scenario.warmup_s,
         "cooldown_s": scenario.cooldown_s, "window_s": scenario.window_s,
         "draft_engines": ["draft"] if star else [f"draft-{i}" for i, _, _ in instances] if own else [],
-        "targets": [{"index": i, "name": name, "device": target_units[i]} for i, name, _ in instances],
+        "targets": [{"index": i, "name": name, "device": target_units[i], "weight": g.weight,
+                     "tpot_slo_s": g.tpot_slo_s} for i, name, g in instances],
         "draft_device": draft_unit if star else None,
     }
     records = assemble_records(parts, meta, draft_rows)

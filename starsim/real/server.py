@@ -72,6 +72,7 @@ class _Task:
     start: float = 0.0
     end: float = 0.0
     error: str | None = None
+    deadline: float = math.inf  # on the server's clock: when the target's next token is due (edf)
 
 
 def _sampling(header: dict) -> tuple[float, int | None]:
@@ -82,6 +83,24 @@ def _sampling(header: dict) -> tuple[float, int | None]:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
         raise P.ProtocolError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     return float(t), seed
+
+
+def _weight(info) -> float:
+    """A target's weight for the wfq policy, from its HELLO's ``target`` info (default 1)."""
+    w = (info or {}).get("weight", 1.0) if isinstance(info, dict) else 1.0
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < 1e6 or w != w:
+        raise P.ProtocolError(f"weight must be a number in (0, 1e6), got {w!r}")
+    return float(w)
+
+
+def _deadline_in(header: dict) -> float:
+    """Seconds from now until the target's next token is due (``deadline_in_s``; inf: none)."""
+    d = header.get("deadline_in_s")
+    if d is None:
+        return math.inf
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not -1e6 < d < 1e6:
+        raise P.ProtocolError(f"deadline_in_s must be a number of seconds, got {d!r}")
+    return float(d)
 
 
 class DraftServer:
@@ -107,7 +126,8 @@ class DraftServer:
         host, port = parse_address(bind)
         self.sock = socket.create_server((host, port))
         self.address = f"{host}:{self.sock.getsockname()[1]}"
-        self.queue = make_policy(policy)
+        self.weights: dict[int, float] = {}  # tag -> weight, from each target's HELLO (wfq)
+        self.queue = make_policy(policy, self.weights)
         self.cv = threading.Condition()
         self.stop = threading.Event()
         self.intervals: list[tuple[int, float, float, int]] = []  # (tag, start, end, new tokens): busy time
@@ -229,8 +249,10 @@ class DraftServer:
             if self.token is not None and hello.header.get("token") != self.token:
                 P.send_message(conn, P.error("bad token"))
                 raise P.ProtocolError("bad token")
+            weight = _weight(hello.header.get("target"))
             with self.cv:
                 tag, self._next_tag = self._next_tag, self._next_tag + 1
+                self.weights[tag] = weight
             P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES),
                                            needs_hidden=self.drafter.needs_hidden))
             conn.settimeout(None)  # a target may think for a while between rounds
@@ -273,7 +295,9 @@ class DraftServer:
                 if hidden is not None:
                     self.hiddens[tag] = hidden
                 t_enqueue = self._now()
-                task = self._submit(_Task(tag, context, temperature, seed, hidden))
+                task = _Task(tag, context, temperature, seed, hidden)
+                task.deadline = t_arrive + _deadline_in(msg.header)
+                task = self._submit(task)
                 if task.error:
                     P.send_message(conn, P.error(task.error, tag))
                     raise P.ProtocolError(task.error)
@@ -291,6 +315,7 @@ class DraftServer:
             log.warning(line)
         finally:
             if tag is not None:
+                self.weights.pop(tag, None)
                 self.contexts.pop(tag, None)
                 self.hiddens.pop(tag, None)
                 if not self.stop.is_set():  # free the tag's draft state on the engine thread
@@ -360,11 +385,12 @@ class DraftClient:
         return offset, rtt / 2
 
     def draft(self, token_ids: list[int], start: bool = False, temperature: float = 0.0,
-              seed: int | None = None, hidden=None) -> tuple[TreeDraft, dict]:
+              seed: int | None = None, hidden=None, deadline_in_s: float | None = None) -> tuple[TreeDraft, dict]:
         """Send the tokens since the last request (the whole context when ``start``); returns
         the tree and the reply's header (its times on the server's clock: subtract
         ``clock_offset_s`` for this process's ``time.monotonic()``).
-        ``temperature > 0``: the draft samples its tree with ``seed`` and sends its probabilities."""
+        ``temperature > 0``: the draft samples its tree with ``seed`` and sends its probabilities.
+        ``deadline_in_s``: seconds until this target's next token is due (a deadline policy's key)."""
         self.seq += 1
         if self.needs_hidden and hidden is None:
             raise P.ProtocolError("this draft server's draft is an EAGLE head: send the target's hidden states")
@@ -374,6 +400,8 @@ class DraftClient:
             req.header["start"] = True
         if temperature > 0:
             req.header.update(temperature=float(temperature), seed=seed)
+        if deadline_in_s is not None:
+            req.header["deadline_in_s"] = float(deadline_in_s)
         buffers = req.buffers()
         if self.delay_up is not None:
             time.sleep(self.delay_up(sum(memoryview(b).nbytes for b in buffers)))

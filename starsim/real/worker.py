@@ -30,7 +30,7 @@ NAN = math.nan
 
 class TargetWorker:
     def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
-                 eos=None, temperature: float = 0.0, seed: int = 0):
+                 eos=None, temperature: float = 0.0, seed: int = 0, tpot_slo_s: float | None = None):
         self.index, self.model, self.client, self.clock0 = index, model, client, clock0
         # end-of-sequence ids: one id, several (some models have a list), or none
         self.device = device
@@ -38,6 +38,7 @@ class TargetWorker:
         # sampling: one random stream per request, so a request's tokens do not depend on
         # which target ran it after which other request
         self.temperature, self.seed = temperature, seed
+        self.tpot_slo_s = tpot_slo_s  # a deadline policy on the server needs when the next token is due
         self.rounds: list[tuple] = []
         self.requests: list[tuple] = []
         self.intervals: list[tuple] = []  # (engine, device, kind, target, start, end)
@@ -66,8 +67,11 @@ class TargetWorker:
             ctx = len(prompt) + len(out)
             if self.client is not None:
                 t_send = self.now()
+                # the next token is due when the request would fall behind its TPOT objective
+                due = None if self.tpot_slo_s is None else t_first + self.tpot_slo_s * len(out) - t_send
                 try:
-                    tree, hdr = self.client.draft(new, start, self.temperature, int(rng.integers(2**63)), v.features)
+                    tree, hdr = self.client.draft(new, start, self.temperature, int(rng.integers(2**63)), v.features,
+                                                  deadline_in_s=due)
                 except (P.ProtocolError, OSError) as e:
                     self.fallback_at = self.now()
                     log.warning("target %d: draft server lost (%s); decoding autoregressively from %.3f s",
