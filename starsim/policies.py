@@ -45,7 +45,7 @@ class Policy:
     needs_deadline = False  # tasks must carry ``deadline`` (see the module doc)
 
     def __init__(self, weights: dict[int, float] | None = None) -> None:
-        self.weights = weights or {}
+        self.weights = weights if weights is not None else {}  # by reference: a server adds tags later
 
     def push(self, task: Any) -> None:
         raise NotImplementedError
@@ -69,7 +69,7 @@ class Fifo(deque, Policy):
 
     def __init__(self, weights: dict[int, float] | None = None) -> None:
         deque.__init__(self)
-        self.weights = weights or {}
+        self.weights = weights if weights is not None else {}  # by reference: a server adds tags later
 
 
 @register("round_robin")

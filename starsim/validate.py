@@ -47,6 +47,9 @@ METRICS: tuple[tuple[str, str, str, float], ...] = (
     ("ttft_mean_s", "TTFT, mean", "ms", 1e3),
     ("tpot_mean_s", "TPOT, mean", "ms", 1e3),
     ("draft_queue_wait_mean_s", "draft queue wait, mean", "ms", 1e3),
+    ("target_tokens_per_s_jain", "Jain's index of per-target tok/s", "", 1.0),
+    ("target_weighted_jain", "Jain's index of per-target tok/s / weight", "", 1.0),
+    ("slo_attainment", "requests within their TPOT objective", "%", 100.0),
 )
 
 # the components a round's time is made of, as hop_means names them

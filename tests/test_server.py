@@ -150,6 +150,7 @@ def test_policy_parameters_reach_the_server():
     with DraftServer(Gated(64, 4, 2), policy="edf", vocab_size=64) as srv:
         clients = [DraftClient(srv.address, info={"weight": w}) for w in (1.0, 3.0, 1.0)]
         assert srv.weights == {0: 1.0, 1: 3.0, 2: 1.0}
+        assert srv.queue.weights is srv.weights  # the policy sees tags that connect later
         order, threads = [], []
 
         def ask(i, due):
