@@ -37,7 +37,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 
 Sampler = Callable[[float, float, float], float]
 
-FIRST_BLOCK, MAX_BLOCK = 32, 4096  # values per block: doubling, so a rarely used sampler draws few
+FIRST_BLOCK, MAX_BLOCK = 32, 256  # values per block: a rarely used sampler draws few; 2 KB at most (cache)
 
 
 def draws(rng: np.random.Generator, method: str, *args: Any) -> Callable[[], Any]:
