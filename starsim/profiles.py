@@ -359,6 +359,11 @@ def op_sampler(
     # Collapse the fit to a + b*tokens + c*context + d*tokens*context + e*tokens^2
     # + (g + h*context)*sqrt(tokens) (batch = 1 in the simulator): a few multiplications a call.
     terms = dict(zip(feats, coef))
+    if tuple(op.inputs) == ("batch", "context"):  # draft_batched: the caller's tokens is the batch size
+        terms = {"1": terms.get("1", 0.0), "tokens": terms.get("batch", 0.0),
+                 "context": terms.get("context", 0.0), "tokens*context": terms.get("batch*context", 0.0)}
+        lo_t, hi_t = op.range.get("batch", (-math.inf, math.inf))
+        uses_t = True
     a = terms.get("1", 0.0) + terms.get("batch", 0.0)
     b = terms.get("tokens", 0.0) + terms.get("batch*tokens", 0.0)
     c = terms.get("context", 0.0) + terms.get("batch*context", 0.0)

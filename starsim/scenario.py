@@ -108,6 +108,26 @@ class Tree(_Model):
         return tokens
 
 
+class Batching(_Model):
+    """Batched drafting: the engine drafts for several waiting targets in one forward."""
+
+    max: int = Field(1, ge=1, description="most tasks drafted in one batched forward (1: one at a time, as StarSD)")
+    window_s: NonNeg = Field(
+        0.0, description="with fewer than max tasks waiting, wait up to this long for more before starting"
+    )
+    time: Dist | None = Field(
+        None,
+        description="one batched round: tokens = tasks in the batch, context = the longest context, depth = tree "
+        "depth (e.g. a profile's draft_batched op); required when max > 1",
+    )
+
+    @model_validator(mode="after")
+    def _needs_time(self):
+        if self.max > 1 and self.time is None:
+            raise ValueError("batch.max > 1 needs batch.time, the cost of one batched round")
+        return self
+
+
 class Draft(_Model):
     device: str = Field(description="device reference NAME or NAME[UNIT]")
     time: Dist | None = Field(
@@ -134,6 +154,7 @@ class Draft(_Model):
     prefix_cache: bool = Field(True, description="encode only tokens not yet in the tag's KV cache")
     tree: Tree = Field(default_factory=Tree)
     policy: str = Field("fifo", description="engine scheduling policy (registry name)")
+    batch: Batching = Field(default_factory=Batching, description="batched drafting (max 1: off)")
     kv_bytes_per_token: int = Field(0, ge=0, description="draft KV bytes held per cached token")
     parse_time: Dist = Field(
         0.0,

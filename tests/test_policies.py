@@ -81,3 +81,43 @@ def test_policy_parameters_are_checked():
     sc["targets"][0].update(weight=1, tpot_slo_s=-1)
     with pytest.raises(ScenarioError, match="targets.0.tpot_slo_s"):
         validate_scenario(sc)
+
+
+# --------------------------------------------------------------------------- batched drafting
+
+
+def _batched(n: int, batch: dict | None) -> dict:
+    """Constant times: 6 ms a round alone, 8 ms for a batch; 12 ms on each target's side."""
+    sc = copy.deepcopy(CONST_STAR)
+    sc["draft"]["time"] = 0.006
+    if batch is not None:
+        sc["draft"]["batch"] = batch
+    sc["targets"][0]["count"] = n
+    sc.update(duration_s=60.0, warmup_s=2.0)
+    return simulate(validate_scenario(sc)).summary
+
+
+def test_batched_drafting_matches_its_closed_form():
+    """Four targets in lockstep: one batch of four (8 ms), then all verify (12 ms): a request
+    of 401 tokens (100 rounds of 4, after a 2 ms prefill) takes 2.002 s, so 4 x 401 / 2.002
+    tok/s. One at a time the draft is the bottleneck: 4 x 6 ms a cycle, 4 x 401 / 2.402."""
+    batched = _batched(4, {"max": 4, "window_s": 0.001, "time": 0.008})
+    alone = _batched(4, None)
+    assert batched["throughput_tokens_per_s"] == pytest.approx(4 * 401 / 2.002, rel=2e-3)
+    assert alone["throughput_tokens_per_s"] == pytest.approx(4 * 401 / 2.402, rel=2e-3)
+    assert batched["draft_task_time_mean_s"] == pytest.approx(0.008)  # one busy interval per batch
+
+
+def test_a_batch_of_one_is_a_plain_round():
+    """A lone target never has company: batching changes nothing."""
+    one = _batched(1, {"max": 4, "window_s": 0.0, "time": 0.008})
+    plain = _batched(1, None)
+    for k in ("throughput_tokens_per_s", "draft_utilization", "rounds", "round_time_mean_s"):
+        assert one[k] == pytest.approx(plain[k], rel=1e-12), k
+
+
+def test_batching_needs_its_cost():
+    sc = copy.deepcopy(CONST_STAR)
+    sc["draft"]["batch"] = {"max": 4}
+    with pytest.raises(ScenarioError, match="batch.max > 1 needs batch.time"):
+        validate_scenario(sc)

@@ -127,7 +127,8 @@ CASES = [
     # a device pool named like a timing-spec kind keeps its name in the path
     ("device_pool_named_like_a_kind", _set("devices.linear", {"count": 0}), "devices.linear.count",
      "greater than or equal to 1 (got 0)"),
-    ("unknown_policy", _set("draft.policy", "lifo"), "draft.policy", "unknown policy 'lifo'; expected one of: fifo"),
+    ("unknown_policy", _set("draft.policy", "lifo"), "draft.policy",
+     "unknown policy 'lifo'; expected one of: edf, fifo, round_robin, wfq"),
     ("tree_tokens_exceed_tree", _set("draft.tree", {"top_k": 2, "depth": 2, "tokens": 10}), "draft.tree.tokens",
      "tokens=10 exceeds the 6 nodes a top_k=2, depth=2 tree can have"),
     ("warmup_not_before_end", _set("warmup_s", 300), "warmup_s",

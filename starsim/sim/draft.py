@@ -63,7 +63,11 @@ class DraftEngine:
         self.rec = rec
         self.kv: dict[int, int] = {}  # tag (target index) -> tokens in its draft KV cache
         self._wake: simpy.Event | None = None
-        self.life = self.run()  # the generator of the engine's process
+        b = cfg.batch
+        self.batch_max, self.batch_window = b.max, b.window_s
+        self.batch_time = timing_sampler(b.time, rng, usage) if b.max > 1 else None
+        # the generator of the engine's process
+        self.life = self.run_batched() if b.max > 1 else self.run()
         self.process = env.process(self.life)
 
     def submit(self, task: Task) -> None:
@@ -122,3 +126,69 @@ class DraftEngine:
             task.start, task.end, task.new_tokens, task.kv_bytes = start, end, new, ctx * kv_per_token
             put_interval(pack_interval(key, target, start, end))
             task.done.succeed()
+
+    def _round_cost(self, task: Task, last_end: float, start: float) -> float:
+        """One target's round alone: encode its new tokens and draft its tree (see run)."""
+        ctx, target = task.context, task.target
+        new = ctx - self.kv.get(target, 0) if self.cfg.prefix_cache else ctx
+        task.new_tokens = new
+        self.kv[target] = ctx
+        depth = self.cfg.tree.depth
+        if self.whole_round:
+            dur = self.draft_time(new, ctx, depth)
+            if self.warm_cold is not None:
+                dur *= self.warm_cold(start - last_end)
+            return dur
+        return self.cfg.encode_per_token_s * new + self.draft_time(self.cfg.tree.tokens, ctx, depth)
+
+    def run_batched(self):
+        """The engine with batched drafting: up to ``batch.max`` waiting tasks (in the policy's
+        order) in one forward of ``batch.time(tasks, longest context, depth)``, plus each
+        task's prefix encoding at ``encode_per_token_s``; with fewer waiting, it first waits up
+        to ``batch.window_s`` for more. A batch of one costs a plain round. Every task of a
+        batch starts and ends with it; the draft's busy interval is recorded once per batch
+        (its target: the batch's first task's)."""
+        env, policy, kv, cfg = self.env, self.policy, self.kv, self.cfg
+        bmax, window, batch_time = self.batch_max, self.batch_window, self.batch_time
+        res, host = self.unit.resource, self.unit.host
+        key = self.rec.interval_key(self.name, self.unit.name, "draft")
+        put_interval = self.rec.packed_intervals.extend
+        depth, kv_per_token = cfg.tree.depth, cfg.kv_bytes_per_token
+        last_end = env.now
+        while True:
+            while not policy:
+                self._wake = wake = env.event()
+                yield wake
+            if window > 0 and len(policy) < bmax:
+                until = env.now + window
+                while len(policy) < bmax and env.now < until:
+                    self._wake = wake = env.event()
+                    yield wake | env.timeout(until - env.now)
+                self._wake = None
+            tasks = [policy.pop() for _ in range(min(bmax, len(policy)))]
+            if res is not None:
+                req = res.request()
+                yield req
+            start = env.now
+            if len(tasks) == 1:
+                dur = self._round_cost(tasks[0], last_end, start)
+            else:
+                news = 0
+                for t in tasks:
+                    t.new_tokens = t.context - kv.get(t.target, 0) if cfg.prefix_cache else t.context
+                    kv[t.target] = t.context
+                    news += t.new_tokens
+                dur = batch_time(len(tasks), max(t.context for t in tasks), depth) + cfg.encode_per_token_s * news
+                if self.warm_cold is not None:
+                    dur *= self.warm_cold(start - last_end)
+            if host is None:
+                yield env.timeout(dur)
+            else:
+                yield from host.run(dur)
+            end = last_end = env.now
+            if res is not None:
+                res.release(req)
+            put_interval(pack_interval(key, tasks[0].target, start, end))
+            for t in tasks:
+                t.start, t.end, t.kv_bytes = start, end, t.context * kv_per_token
+                t.done.succeed()
