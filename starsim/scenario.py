@@ -156,6 +156,11 @@ class Draft(_Model):
     policy: str = Field("fifo", description="engine scheduling policy (registry name)")
     batch: Batching = Field(default_factory=Batching, description="batched drafting (max 1: off)")
     kv_bytes_per_token: int = Field(0, ge=0, description="draft KV bytes held per cached token")
+    memory_bytes: int | None = Field(
+        None, ge=1,
+        description="draft KV memory for the tags' caches: when they outgrow it, the least recently used tags "
+        "are evicted and re-encode their whole context on their next round (null: unlimited)",
+    )
     parse_time: Dist = Field(
         0.0,
         description="communication thread: receive and parse one DRAFT_REQUEST (on the draft's host "

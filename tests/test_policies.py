@@ -121,3 +121,27 @@ def test_batching_needs_its_cost():
     sc["draft"]["batch"] = {"max": 4}
     with pytest.raises(ScenarioError, match="batch.max > 1 needs batch.time"):
         validate_scenario(sc)
+
+
+# --------------------------------------------------------------------------- draft memory
+
+
+def _memory(capacity: int | None) -> dict:
+    """Four targets in FIFO turn, contexts 51..450 tokens at 1 kB a token; 10 us to encode one."""
+    sc = copy.deepcopy(CONST_STAR)
+    sc["draft"].update(encode_per_token_s=0.00001, memory_bytes=capacity)
+    sc.update(duration_s=40.0, warmup_s=2.0)
+    return simulate(validate_scenario(sc)).summary
+
+
+def test_draft_memory_evicts_the_least_recently_used_tag():
+    """Room for every tag: nothing is evicted. Room for one full-length context: in FIFO turn
+    a tag is usually gone by its next round (two short contexts still fit together) and
+    re-encodes its whole context, so the draft's rounds take longer and throughput falls."""
+    roomy, tight = _memory(None), _memory(4 * 451 * 1000)
+    assert roomy["draft_evictions"] == 0 and tight["draft_evictions"] == 0  # 4 tags always fit
+    thrash = _memory(451 * 1000)
+    assert thrash["draft_evictions"] >= 0.8 * thrash["rounds"]
+    # a round re-encodes ~250 tokens on average (the mean context) instead of 4
+    assert thrash["draft_task_time_mean_s"] > roomy["draft_task_time_mean_s"] + 0.002
+    assert thrash["throughput_tokens_per_s"] < 0.9 * roomy["throughput_tokens_per_s"]

@@ -61,7 +61,8 @@ class DraftEngine:
         self.whole_round = cfg.round_time is not None
         self.warm_cold = cfg.warm_cold
         self.rec = rec
-        self.kv: dict[int, int] = {}  # tag (target index) -> tokens in its draft KV cache
+        self.kv: dict[int, int] = {}  # tag (target index) -> tokens in its draft KV cache, in use order
+        self.evictions = 0  # tags evicted for memory (draft.memory_bytes)
         self._wake: simpy.Event | None = None
         b = cfg.batch
         self.batch_max, self.batch_window = b.max, b.window_s
@@ -80,6 +81,18 @@ class DraftEngine:
         """End of a target's session: its draft KV cache is released."""
         self.kv.pop(tag, None)
 
+    def _fit_memory(self, tag: int) -> None:
+        """With ``draft.memory_bytes``: ``tag`` was just used (now the most recent); evict the
+        least recently used other tags until the caches fit. ``kv`` keeps use order."""
+        kv = self.kv
+        kv[tag] = kv.pop(tag)  # to the end: most recently used
+        per, cap = self.cfg.kv_bytes_per_token, self.cfg.memory_bytes
+        total = sum(kv.values()) * per
+        while total > cap and len(kv) > 1:
+            old = next(iter(kv))
+            total -= kv.pop(old) * per
+            self.evictions += 1
+
     def run(self):
         # Clock values are computed, not read back (see Target._speculate): after its own
         # ``timeout(d)`` from ``start`` the engine is at ``start + d`` exactly.
@@ -93,6 +106,7 @@ class DraftEngine:
         tokens, depth = tree.tokens, tree.depth
         encode, prefix_cache = self.cfg.encode_per_token_s, self.cfg.prefix_cache
         kv_per_token = self.cfg.kv_bytes_per_token
+        memory = self.cfg.memory_bytes is not None
         now = last_end = env.now
         while True:
             while not policy:  # a Fifo is a deque: C truth test
@@ -108,6 +122,8 @@ class DraftEngine:
             target, ctx = task.target, task.context
             new = ctx - kv.get(target, 0) if prefix_cache else ctx
             kv[target] = ctx
+            if memory:
+                self._fit_memory(target)
             if whole_round:
                 dur = draft_time(new, ctx, depth)
                 if warm_cold is not None:
@@ -133,6 +149,8 @@ class DraftEngine:
         new = ctx - self.kv.get(target, 0) if self.cfg.prefix_cache else ctx
         task.new_tokens = new
         self.kv[target] = ctx
+        if self.cfg.memory_bytes is not None:
+            self._fit_memory(target)
         depth = self.cfg.tree.depth
         if self.whole_round:
             dur = self.draft_time(new, ctx, depth)
@@ -178,6 +196,8 @@ class DraftEngine:
                     t.new_tokens = t.context - kv.get(t.target, 0) if cfg.prefix_cache else t.context
                     kv[t.target] = t.context
                     news += t.new_tokens
+                    if cfg.memory_bytes is not None:
+                        self._fit_memory(t.target)
                 dur = batch_time(len(tasks), max(t.context for t in tasks), depth) + cfg.encode_per_token_s * news
                 if self.warm_cold is not None:
                     dur *= self.warm_cold(start - last_end)

@@ -174,6 +174,7 @@ def _simulate(scenario: Scenario) -> Result:
             for (i, name, g), tu in zip(instances, target_units)
         ],
         "draft_device": draft_unit,
+        "draft_evictions": sum(e.evictions for e in engines),
     }
     records = rec.finish(meta, release=True)
     summary = summarize(records)
