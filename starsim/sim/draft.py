@@ -143,14 +143,19 @@ class DraftEngine:
             put_interval(pack_interval(key, target, start, end))
             task.done.succeed()
 
-    def _round_cost(self, task: Task, last_end: float, start: float) -> float:
-        """One target's round alone: encode its new tokens and draft its tree (see run)."""
+    def _take(self, task: Task) -> int:
+        """Account a task's prefix in its tag's cache (memory limit included); its new tokens.
+        (``run`` does the same inline: it is the hot path.)"""
         ctx, target = task.context, task.target
-        new = ctx - self.kv.get(target, 0) if self.cfg.prefix_cache else ctx
-        task.new_tokens = new
+        new = task.new_tokens = ctx - self.kv.get(target, 0) if self.cfg.prefix_cache else ctx
         self.kv[target] = ctx
         if self.cfg.memory_bytes is not None:
             self._fit_memory(target)
+        return new
+
+    def _round_cost(self, task: Task, last_end: float, start: float) -> float:
+        """One target's round alone: encode its new tokens and draft its tree (see run)."""
+        new, ctx = self._take(task), task.context
         depth = self.cfg.tree.depth
         if self.whole_round:
             dur = self.draft_time(new, ctx, depth)
@@ -166,7 +171,7 @@ class DraftEngine:
         to ``batch.window_s`` for more. A batch of one costs a plain round. Every task of a
         batch starts and ends with it; the draft's busy interval is recorded once per batch
         (its target: the batch's first task's)."""
-        env, policy, kv, cfg = self.env, self.policy, self.kv, self.cfg
+        env, policy, cfg = self.env, self.policy, self.cfg
         bmax, window, batch_time = self.batch_max, self.batch_window, self.batch_time
         res, host = self.unit.resource, self.unit.host
         key = self.rec.interval_key(self.name, self.unit.name, "draft")
@@ -191,13 +196,7 @@ class DraftEngine:
             if len(tasks) == 1:
                 dur = self._round_cost(tasks[0], last_end, start)
             else:
-                news = 0
-                for t in tasks:
-                    t.new_tokens = t.context - kv.get(t.target, 0) if cfg.prefix_cache else t.context
-                    kv[t.target] = t.context
-                    news += t.new_tokens
-                    if cfg.memory_bytes is not None:
-                        self._fit_memory(t.target)
+                news = sum(self._take(t) for t in tasks)
                 dur = batch_time(len(tasks), max(t.context for t in tasks), depth) + cfg.encode_per_token_s * news
                 if self.warm_cold is not None:
                     dur *= self.warm_cold(start - last_end)
