@@ -85,6 +85,13 @@ def _mean_ref(ref: dict | None) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def scale_overrides(scenario, ratios: dict[str, float]) -> list[str]:
+    """``--set`` overrides that multiply each profile timing's ``scale`` by its ratio
+    (``ratios``: field path -> machine speed now / at the profile's calibration)."""
+    by_path = dict(_profile_fields(scenario))
+    return [f"{p}.scale={by_path[p].scale * r!r}" for p, r in ratios.items()]
+
+
 def speed_overrides(scenario, real_summary: dict[str, Any]) -> tuple[list[str], dict[str, float]]:
     """``--set`` overrides that rescale each profile-based timing by how fast the machine
     was during the real run against during that profile's calibration (both timed on the
@@ -93,19 +100,17 @@ def speed_overrides(scenario, real_summary: dict[str, Any]) -> tuple[list[str], 
     left as is."""
     real_ref = real_summary.get("provenance", {}).get("reference_matmul_s") or {}
     now = _mean_ref(real_ref)
-    sets, ratios = [], {}
+    ratios: dict[str, float] = {}
     if now is None:
-        return sets, ratios
+        return [], ratios
     for path, prof in _profile_fields(scenario):
         f = prof.file
         then = _mean_ref(f.provenance.get("reference_matmul_s"))
         same_device = f.device.get("torch_device", "cpu") == real_ref.get("device", "cpu")
         if then is None or f.device.get("threads") != real_ref.get("threads") or not same_device:
             continue  # timed otherwise: the two references are not comparable
-        ratio = now / then
-        ratios[path] = ratio
-        sets.append(f"{path}.scale={prof.scale * ratio!r}")
-    return sets, ratios
+        ratios[path] = now / then
+    return scale_overrides(scenario, ratios), ratios
 
 
 def spot_overrides(scenario) -> tuple[list[str], dict[str, float]]:
@@ -114,7 +119,7 @@ def spot_overrides(scenario) -> tuple[list[str], dict[str, float]]:
     points, with the profile's threads) against what the profile measured there."""
     from .calibrate.compute import SPOT_OPS, spot_check
 
-    sets, ratios, seen = [], {}, {}
+    ratios, seen = {}, {}
     for path, prof in _profile_fields(scenario):
         if prof.op not in SPOT_OPS:
             continue
@@ -122,8 +127,7 @@ def spot_overrides(scenario) -> tuple[list[str], dict[str, float]]:
         if key not in seen:  # one timing per profile op, whichever fields use it
             seen[key] = spot_check(prof.file, prof.op, int(prof.file.device.get("threads") or 1))
         ratios[path] = seen[key]
-        sets.append(f"{path}.scale={prof.scale * seen[key]!r}")
-    return sets, ratios
+    return scale_overrides(scenario, ratios), ratios
 
 
 def parse_sweep(spec: str | None) -> tuple[str | None, list[str]]:
@@ -347,8 +351,7 @@ def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | 
             extra.append(f"acceptance={measured}")
         # the predictions at the machine speed the real runs saw
         ratios = _mean_dicts(ratio_sets)
-        by_path = dict(_profile_fields(sc))
-        extra += [f"{p}.scale={by_path[p].scale * r!r}" for p, r in ratios.items()]
+        extra += scale_overrides(sc, ratios)
         if extra:
             sc = load_scenario(path, [*sets, *extra])
         say(f"{point}: simulation and closed form ...")
