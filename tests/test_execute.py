@@ -332,3 +332,19 @@ def test_execute_one_for_one(tmp_path, quick_pair, quick_models):
     assert s["provenance"]["processes"]["draft_servers"] == 2
     for o in real.outputs:
         assert o["output"] == target_generate(target, o["prompt"], 20, eos=target.config.eos_token_id)
+
+
+def test_execute_pauses_between_a_targets_requests(tmp_path, quick_pair):
+    """A closed loop's pause is slept between a target's requests, as the simulator waits it."""
+    import pandas as pd
+
+    from starsim import load_scenario
+    from starsim.real.execute import execute
+
+    f = _scenario(tmp_path, quick_pair, max_requests=2,
+                  workload={"kind": "closed", "prompts": 2, "prompt_tokens": 30, "output_tokens": 8, "pause": 0.4})
+    sc = load_scenario(f, ["targets.0.count=1"])
+    req = execute(sc).records.requests.sort_values("request")
+    assert isinstance(req, pd.DataFrame) and len(req) == 2
+    gap = req["t_arrival"].iloc[1] - req["t_finish"].iloc[0]
+    assert 0.4 <= gap < 0.6

@@ -87,14 +87,16 @@ def _open_loop(scenario: Scenario, horizon: float) -> tuple[list[float], list[tu
 def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, address: str | None, threads: int,
                  prompts, repeat: bool, budget, issued, horizon: float, ready, go, clock0, timeout_s: float,
                  results, link=None, seed: int = 0, temperature: float = 0.0, arrivals: list[float] | None = None,
-                 own_draft: dict | None = None, qos: dict | None = None) -> None:
+                 own_draft: dict | None = None, qos: dict | None = None, pause=None) -> None:
     """One target process: load the model and connect, wait for the common start, then take
     requests until the budget ends or ``horizon`` seconds have passed.
 
     ``arrivals``: an open loop (request i arrives at ``arrivals[i]`` with ``prompts[i]``);
     None: the closed loop over ``prompts``. ``own_draft``: one_for_one, this target's draft
     (source, dtype, tree, policy, stop_draft times), served from this process. ``qos``: the
-    target's ``weight`` and ``tpot_slo_s``, told to the draft server for its policy."""
+    target's ``weight`` and ``tpot_slo_s``, told to the draft server for its policy.
+    ``pause``: a closed loop's think time between this target's requests (a timing spec),
+    drawn from the simulator's own stream, so both pause alike for one seed."""
     import torch
 
     from .models import eos_ids, load_model
@@ -139,6 +141,11 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
         worker = TargetWorker(index, model, client, t0, device=unit, eos=eos_ids(model, src),
                               temperature=temperature, seed=seed, tpot_slo_s=qos.get("tpot_slo_s"))
         served, limit = 0, budget if arrivals is None else len(arrivals)  # arrivals: within the budget
+        think = None
+        if pause is not None:
+            from ..sim.run import STREAM_PAUSE, rng_for
+
+            think = pause.sampler(rng_for(seed, STREAM_PAUSE, index))
         while time.monotonic() < deadline and (arrivals is not None or repeat or served < len(prompts)):
             with issued.get_lock():
                 if limit is not None and issued.value >= limit:
@@ -147,6 +154,8 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
                 issued.value += 1
             if arrivals is None:
                 prompt, output = prompts[served % len(prompts)]
+                if served and think is not None:  # as the simulator: the request is taken, then the pause
+                    time.sleep(think(0.0, 0.0, 0.0))
                 t_arrival = time.monotonic() - t0
             else:
                 # Open loop: whoever asks first gets the next request and waits for it to arrive, as
@@ -243,7 +252,8 @@ def _execute(scenario: Scenario) -> Result:
                 scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results,
                 # one_for_one has no wire in the simulator: its loopback gets no emulated link
                 group.link if r.emulate_link and star else None, scenario.seed, r.temperature, arrivals, own_draft,
-                {"weight": group.weight, "tpot_slo_s": group.tpot_slo_s}))
+                {"weight": group.weight, "tpot_slo_s": group.tpot_slo_s},
+                getattr(scenario.workload, "pause", None)))
             p.start()
             procs.append(p)
         # The run's clock starts when every target has loaded its model and connected, so
