@@ -14,19 +14,11 @@ cost), a few seconds. Rerun with ``python analysis/beyond_batching.py``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
+from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
 
-REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "runs" / "sweeps" / "batching"
 FIGS = REPO / "analysis" / "figures" / "beyond"
-
-
-def starsim(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "starsim.cli", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:

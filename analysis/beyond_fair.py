@@ -21,24 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from _cli import REPO, starsim  # noqa: E402  (analysis/ is on sys.path when a script runs)
 
-REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "runs" / "beyond"
 FIG = REPO / "analysis" / "figures" / "beyond" / "fair.png"
 POLICIES = ("fifo", "round_robin", "wfq", "edf")
 CASES = (("8 targets (past saturation, N* = 5)", []), ("4 targets (below saturation)", ["targets.1.count=2"]))
-
-
-def starsim(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "starsim.cli", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
 
 
 def simulate(policy: str, sets: list[str], tag: str) -> dict:

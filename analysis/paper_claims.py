@@ -18,17 +18,10 @@ GPU); it shows only what a measured warm/cold profile (draft_idle) puts in. Reru
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
 
-REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs" / "claims"
 FIGS = REPO / "analysis" / "figures"
-
-
-def starsim(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "starsim.cli", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:

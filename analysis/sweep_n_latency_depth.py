@@ -16,19 +16,11 @@ two cores; a rerun reuses the points already there. Rerun with
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
+from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
 
-REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "runs" / "sweeps" / "n-latency-depth"
 FIGS = REPO / "analysis" / "figures" / "sweep"
-
-
-def starsim(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "starsim.cli", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:

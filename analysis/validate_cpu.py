@@ -15,19 +15,13 @@ simulation, the MAPE, and the real runs' own run-to-run spread (on a shared VM t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
+
 OUT = REPO / "runs" / "validate-cpu"
 FIGS = REPO / "analysis" / "figures" / "validate-cpu"
 POINTS = (1, 2, 3, 4)
 REPEAT = 3
-
-
-def starsim(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "starsim.cli", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:

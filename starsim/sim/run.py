@@ -19,7 +19,7 @@ from ..workload import arrivals, prompt_set
 from .devices import build_units, place
 from .draft import DraftEngine
 from .links import link_time
-from .target import NAN, Requests, Target
+from .target import NAN, Requests, Target, _zero
 
 # Random streams, one per purpose and instance, all derived from the scenario seed, so
 # adding a target does not shift the draws of the others.
@@ -33,10 +33,6 @@ def rng_for(seed: int, stream: int, index: int = 0) -> np.random.Generator:
 def _is_zero(spec) -> bool:
     """A spec that is the constant 0 (a field left at its default)."""
     return getattr(spec, "kind", None) == "constant" and spec.value == 0
-
-
-def _zero(*_args) -> float:
-    return 0.0
 
 
 def _arrival_process(env: simpy.Environment, store: simpy.Store, source, budget: int | None, n_targets: int):

@@ -1,0 +1,15 @@
+"""What the analysis scripts share: the repository root, and running the starsim CLI there
+(each README figure is made through the commands a user would type)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def starsim(*args: str) -> None:
+    """``starsim ARGS`` from the repository root, with this Python; output discarded, failure raised."""
+    subprocess.run([sys.executable, "-m", "starsim.cli", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
