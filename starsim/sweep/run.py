@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
 import os
 import signal
 import sys
@@ -83,7 +84,12 @@ def _local(tasks: list[tuple[Point, str | None]], analytic: bool, jobs: int) -> 
         for p, d in tasks:
             yield p, run_point(p.scenario, analytic, d)
         return
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint) as pool:
+    # Workers start from a clean process (forkserver, else spawn), not a fork of this one:
+    # a fork inherits the locks of this process's threads (pyarrow's allocator runs one)
+    # in whatever state they were, and a worker can hang on one for good.
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_ignore_sigint) as pool:
         pending = {pool.submit(run_point, p.scenario, analytic, d): p for p, d in tasks}
         try:
             while pending:
@@ -185,6 +191,9 @@ def run_sweep(sweep: Sweep, out: str | Path, *, analytic: bool = False, jobs: in
             _write_atomic(out / "points" / f"{p.id}.json", json.dumps(doc, allow_nan=False, default=str) + "\n")
             bar.update(1)
     finally:
+        # an interrupt may land here rather than in the executor: close it now (cancel what
+        # has not started, let workers finish their point), not at interpreter exit
+        results.close()
         bar.close()
     table = results_table(sweep, points, out)
     table.to_parquet(out / RESULTS, index=False)
