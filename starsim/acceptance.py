@@ -52,8 +52,9 @@ class _Acceptance(BaseModel):
         """Mean accepted draft tokens per round (bonus token not included)."""
         return float(sum(self.marginal(depth)))
 
-    def sampler(self, rng: np.random.Generator, depth: int):
-        """A closure drawing the accepted draft tokens of one round."""
+    def sampler(self, rng: np.random.Generator, depth: int, clock=None):
+        """A closure drawing the accepted draft tokens of one round (``clock``: a function
+        giving the run's time, for models that change during the run)."""
         curve = self.marginal(depth)
         if all(a in (0.0, 1.0) for a in curve):
             k = int(sum(curve))  # deterministic: skip the random draw entirely
@@ -162,4 +163,44 @@ class Measured(_Acceptance):
         return _fit(self._curve, depth)
 
 
-Acceptance = Annotated[Marginal | Conditional | Geometric | Measured, Field(discriminator="kind")]
+Steady = Annotated[Marginal | Conditional | Geometric | Measured, Field(discriminator="kind")]
+
+
+class Phase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    until_s: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                  description="this phase ends at this time into the run (null: the last phase)")
+    model: Steady = Field(description="the acceptance model during this phase")
+
+
+class Phases(_Acceptance):
+    """Acceptance that changes during the run (drift, a prompt mix that turns hard, a collapse):
+    each phase's model applies until its ``until_s``; the last phase has none. The closed form
+    (``starsim analyze``) uses the first phase."""
+
+    kind: Literal["phases"]
+    phases: list[Phase] = Field(min_length=1)
+
+    @field_validator("phases")
+    @classmethod
+    def _ordered(cls, phases: list[Phase]) -> list[Phase]:
+        ends = [p.until_s for p in phases]
+        if ends[-1] is not None or any(e is None for e in ends[:-1]):
+            raise ValueError("every phase but the last needs until_s, and the last must not have one")
+        if any(b <= a for a, b in zip(ends[:-2], ends[1:-1])):
+            raise ValueError(f"phases must end in increasing order (until_s: {ends[:-1]})")
+        return phases
+
+    def marginal(self, depth):
+        return self.phases[0].model.marginal(depth)
+
+    def sampler(self, rng: np.random.Generator, depth: int, clock=None):
+        samplers = [p.model.sampler(rng, depth) for p in self.phases]
+        if clock is None:
+            return samplers[0]
+        ends = [p.until_s for p in self.phases[:-1]]
+        return lambda: samplers[bisect_left(ends, clock())]()
+
+
+Acceptance = Annotated[Marginal | Conditional | Geometric | Measured | Phases, Field(discriminator="kind")]

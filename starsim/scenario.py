@@ -108,6 +108,17 @@ class Tree(_Model):
         return tokens
 
 
+    def tokens_at(self, depth: int) -> int:
+        """Tree tokens of a round drafted ``depth`` deep (adaptive speculation): the tree's
+        tokens in proportion to depth, at least one per level, at most what ``top_k`` allows."""
+        if depth >= self.depth:
+            return self.tokens
+        if depth <= 0:
+            return 0
+        most = sum(self.top_k**i for i in range(1, depth + 1))
+        return max(depth, min(most, round(self.tokens * depth / self.depth)))
+
+
 class Batching(_Model):
     """Batched drafting: the engine drafts for several waiting targets in one forward."""
 
@@ -126,6 +137,83 @@ class Batching(_Model):
         if self.max > 1 and self.time is None:
             raise ValueError("batch.max > 1 needs batch.time, the cost of one batched round")
         return self
+
+
+class DraftFailure(_Model):
+    """A draft server of the fabric stops serving ``at_s`` seconds into the run."""
+
+    server: int = Field(ge=0, description="the draft server's index (0-based)")
+    at_s: NonNeg = Field(description="seconds after the run's start")
+
+
+class Fabric(_Model):
+    """M-for-N: several draft servers, each target paired with one (see starsim/pairing.py)."""
+
+    servers: int = Field(
+        1, ge=1,
+        description="draft servers, each a draft engine on its own unit of draft.device's pool (NAME[k]: units "
+        "k, k+1, ...; NAME: the pool's next units round-robin, before the targets')",
+    )
+    pairing: str = Field(
+        "static",
+        description="how a target picks its server, at each request's start and when its server fails "
+        "(registry name: static, least_loaded, power_of_two)",
+    )
+    repair_queue: int | None = Field(
+        None, ge=0,
+        description="saturation: a target leaves its server at a request's start when more than this many "
+        "tasks wait in that server's queue (null: never)",
+    )
+    failures: list[DraftFailure] = Field(
+        default_factory=list,
+        description="draft servers that fail during the run: their targets re-pair at once and re-encode their "
+        "context on the new server (simulator and real backend)",
+    )
+
+    @field_validator("pairing")
+    @classmethod
+    def _known_pairing(cls, v: str) -> str:
+        from .pairing import PAIRINGS
+
+        if v not in PAIRINGS:
+            raise ValueError(f"unknown pairing {v!r}; expected one of: {', '.join(sorted(PAIRINGS))}")
+        return v
+
+    @model_validator(mode="after")
+    def _servers_exist(self):
+        for f in self.failures:
+            if f.server >= self.servers:
+                raise ValueError(f"failures: server {f.server} out of range (servers: {self.servers})")
+        return self
+
+
+class Adaptive(_Model):
+    """Adaptive speculation: each round's tree depth (0: no speculation) chosen per target."""
+
+    policy: str = Field(
+        "fixed",
+        description="fixed: every round drafts draft.tree; goodput: the depth (0..tree.depth) with the most "
+        "expected tokens per second of round, from this target's observed acceptance and round times "
+        "(registry name)",
+    )
+    probe_every: int = Field(
+        16, ge=1,
+        description="goodput: after this many rounds without speculation, one round at depth 1 re-measures "
+        "acceptance (else a collapse would be permanent)",
+    )
+    smoothing: float = Field(
+        0.1, gt=0, le=1, allow_inf_nan=False,
+        description="goodput: weight of the newest round in the running estimates (exponential average)",
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        from .adaptive import CONTROLLERS
+
+        if v not in CONTROLLERS:
+            raise ValueError(f"unknown adaptive policy {v!r}; expected one of: {', '.join(sorted(CONTROLLERS))}")
+        return v
 
 
 class Draft(_Model):
@@ -155,6 +243,13 @@ class Draft(_Model):
     tree: Tree = Field(default_factory=Tree)
     policy: str = Field("fifo", description="engine scheduling policy (registry name)")
     batch: Batching = Field(default_factory=Batching, description="batched drafting (max 1: off)")
+    fabric: Fabric = Field(default_factory=Fabric, description="M-for-N draft fabric (servers 1: one draft)")
+    adaptive: Adaptive = Field(default_factory=Adaptive, description="adaptive speculation depth per round")
+    pipeline: bool = Field(
+        False,
+        description="pipelined drafting (PEARL-like): right after a target's tree, the engine drafts its next "
+        "one assuming the whole tree path is accepted; kept on a hit, discarded (wasted draft time) on a miss",
+    )
     kv_bytes_per_token: int = Field(0, ge=0, description="draft KV bytes held per cached token")
     memory_bytes: int | None = Field(
         None, ge=1,
@@ -210,11 +305,13 @@ class Draft(_Model):
 
         return idle_factor(rt.file)
 
-    def mean_round(self, new_tokens: float, context: float) -> float:
-        """Mean engine time of one round that encodes ``new_tokens`` at ``context``."""
+    def mean_round(self, new_tokens: float, context: float, depth: int | None = None) -> float:
+        """Mean engine time of one round that encodes ``new_tokens`` at ``context`` (tree
+        ``depth`` deep: the scenario's tree when None)."""
+        d = self.tree.depth if depth is None else depth
         if self.round_time is not None:
-            return self.round_time.mean(new_tokens, context, self.tree.depth)
-        return self.time.mean(self.tree.tokens, context, self.tree.depth) + self.encode_per_token_s * new_tokens
+            return self.round_time.mean(new_tokens, context, d)
+        return self.time.mean(self.tree.tokens_at(d), context, d) + self.encode_per_token_s * new_tokens
 
 
 # --------------------------------------------------------------------------- targets

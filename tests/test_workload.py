@@ -163,7 +163,7 @@ def test_ref_family_differs_only_in_count():
 
 def test_scenario_reference_has_every_field_description():
     """scenarios/README.md documents every field with the schema's own description text."""
-    from starsim import distributions, scenario
+    from starsim import acceptance, distributions, scenario
 
     doc = (SCENARIOS / "README.md").read_text()
     models = [
@@ -171,6 +171,7 @@ def test_scenario_reference_has_every_field_description():
         scenario.Link, scenario.LinkDirection, scenario.Payload, scenario.ClosedLoop, scenario.Poisson,
         scenario.GammaArrivals, scenario.TraceReplay, scenario.Real, scenario.StopDraft, scenario.KillTarget,
         scenario.PretrainedModel, scenario.SpecModel,
+        scenario.Fabric, scenario.DraftFailure, scenario.Adaptive, acceptance.Phase, acceptance.Phases,
         distributions.Linear, distributions.Profile,
     ]
     for model in models:

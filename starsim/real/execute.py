@@ -212,7 +212,8 @@ def _execute(scenario: Scenario) -> Result:
     wall0 = time.perf_counter()
     instances = scenario.target_instances()
     star, own = scenario.mode == "star", scenario.mode == "one_for_one"
-    draft_unit, target_units = place(scenario)
+    draft_units, target_units = place(scenario)
+    draft_unit = draft_units[0] if draft_units else ""
     target_src = role_source(r, "target")
     target_dev = [torch_device(scenario, u) for u in target_units]
     draft_dev = [(draft_unit, torch_device(scenario, draft_unit))] if star else []  # one_for_one: the targets'

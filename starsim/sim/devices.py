@@ -81,25 +81,31 @@ class SharedCores:
         yield ev
 
 
-def place(scenario: Scenario) -> tuple[str, list[str]]:
-    """Unit names for the draft and for each target (in target order).
+def place(scenario: Scenario) -> tuple[list[str], list[str]]:
+    """Unit names for the draft servers (``draft.fabric.servers`` of them) and for each
+    target (in target order).
 
-    A bare pool name hands out the pool's units round-robin (per pool, in file order);
-    ``NAME[k]`` pins unit k. In one_for_one mode each target's draft sits on the target's
-    unit; in autoregressive mode there is no draft (its unit is still named, unused).
+    A bare pool name hands out the pool's units round-robin (per pool, in file order, the
+    draft servers first); ``NAME[k]`` pins unit k (server j of a fabric: unit k + j, modulo
+    the pool's count). In one_for_one mode each target's draft sits on the target's unit and
+    in autoregressive mode there is none: the list is empty.
     """
     next_unit: Counter = Counter()
 
-    def assign(ref: str) -> str:
+    def assign(ref: str, offset: int = 0) -> str:
         pool, unit = parse_device_ref(ref)
+        count = scenario.devices[pool].count
         if unit is None:
-            unit = next_unit[pool] % scenario.devices[pool].count
+            unit = next_unit[pool] % count
             next_unit[pool] += 1
-        return f"{pool}[{unit}]"
+        return f"{pool}[{(unit + offset) % count}]"
 
-    draft_unit = assign(scenario.draft.device) if scenario.mode == "star" else ""
+    drafts = []
+    if scenario.mode == "star":
+        pinned = parse_device_ref(scenario.draft.device)[1] is not None
+        drafts = [assign(scenario.draft.device, j if pinned else 0) for j in range(scenario.draft.fabric.servers)]
     targets = [assign(g.device) for _, _, g in scenario.target_instances()]
-    return draft_unit, targets
+    return drafts, targets
 
 
 def build_units(env: simpy.Environment, scenario: Scenario, users: list[str]) -> dict[str, DeviceUnit]:

@@ -74,9 +74,10 @@ def _simulate(scenario: Scenario) -> Result:
     rec = Recorder()
     seed, mode = scenario.seed, scenario.mode
     instances = scenario.target_instances()
-    draft_unit, target_units = place(scenario)
+    draft_units, target_units = place(scenario)
+    draft_unit = draft_units[0] if draft_units else ""
 
-    users = [draft_unit] if mode == "star" else []
+    users = list(draft_units)
     for tu in target_units:
         users += [tu, tu] if mode == "one_for_one" else [tu]
     units = build_units(env, scenario, users)
