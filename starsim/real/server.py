@@ -304,10 +304,14 @@ class DraftServer:
                 tree = task.tree
                 reply = P.draft_reply(tag, msg.seq, tree.tokens, tree.parents, tree.probs, tree.prob_nodes)
                 # the server's timestamps, on its own clock (a target on another host maps them
-                # with its clock offset)
+                # with its clock offset); queue_len: tasks waiting in the policy queue now (a
+                # fabric's target leaves a saturated server by it)
+                with self.cv:
+                    waiting = len(self.queue)
                 reply.header.update(t_arrive=t_arrive, t_enqueue=t_enqueue, t_draft_start=task.start,
                                     t_draft_end=task.end, new_tokens=task.new_tokens,
-                                    kv_bytes=len(context) * self.kv_bytes_per_token, t_reply_send=self._now())
+                                    kv_bytes=len(context) * self.kv_bytes_per_token, queue_len=waiting,
+                                    t_reply_send=self._now())
                 P.send_message(conn, reply, self.max_bytes)
         except (P.ProtocolError, OSError) as e:
             line = f"{peer} tag {tag}: {e}; connection closed"
