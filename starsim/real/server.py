@@ -5,7 +5,10 @@ target receives, checks and answers its messages, and one engine thread owns the
 model (a :class:`~starsim.real.spec.Drafter`) and takes tasks from a queue under the
 same policy registry as the simulator (at most one outstanding task per target, since a
 target waits for its reply). A target gets a tag on connect; its draft KV cache lives
-under that tag and is freed when its connection ends, however it ends.
+under that tag and is freed when its connection ends, however it ends. With ``batch_max >
+1`` the engine drafts up to that many waiting tasks at once (:meth:`Drafter.draft_batch`,
+the simulator's ``draft.batch``), after waiting up to ``batch_window_s`` for more when
+fewer are waiting; each batch is one busy interval.
 
 A frame that is malformed, oversized, out of order or from the wrong tag gets a log line
 and closes that connection; the server keeps serving the others. Nothing from the network
@@ -115,8 +118,15 @@ class DraftServer:
         max_bytes: int = P.MAX_MESSAGE_BYTES,
         vocab_size: int | None = None,
         timeout_s: float = 60.0,
+        batch_max: int = 1,
+        batch_window_s: float = 0.0,
     ):
+        if batch_max < 1 or not batch_window_s >= 0:
+            raise ValueError(f"batch_max must be >= 1 and batch_window_s >= 0, got {batch_max}, {batch_window_s}")
         self.drafter, self.token, self.max_bytes, self.timeout_s = drafter, token, max_bytes, timeout_s
+        # batched drafting (the simulator's draft.batch): up to batch_max waiting tasks in one
+        # Drafter.draft_batch; with fewer waiting, wait up to batch_window_s for more first
+        self.batch_max, self.batch_window_s = batch_max, batch_window_s
         cfg = drafter.model.config
         self.vocab_size = vocab_size or cfg.vocab_size
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -196,20 +206,64 @@ class DraftServer:
                     self.cv.wait(0.2)
                 if self.stop.is_set():
                     return
-                task = self.queue.pop()
-            if task.context is None:  # a free request: the tag's session ended
-                self.drafter.free(task.target)
-                task.done.set()
-                continue
-            task.start = self._now()
-            try:
-                task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
-                                                                task.seed, task.hidden)
-            except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
-                task.error = f"draft failed: {type(e).__name__}: {e}"
-            task.end = self._now()
-            self.intervals.append((task.target, task.start, task.end, task.new_tokens))
-            task.done.set()
+                if self.batch_window_s > 0 and len(self.queue) < self.batch_max:
+                    until = time.monotonic() + self.batch_window_s  # fewer waiting than a batch: wait for more
+                    while len(self.queue) < self.batch_max and not self.stop.is_set():
+                        left = until - time.monotonic()
+                        if left <= 0:
+                            break
+                        self.cv.wait(left)
+                    if self.stop.is_set():
+                        return
+                tasks = [self.queue.pop() for _ in range(min(self.batch_max, len(self.queue)))]
+            batch = []
+            for task in tasks:
+                if task.context is None:  # a free request: the tag's session ended
+                    self.drafter.free(task.target)
+                    task.done.set()
+                else:
+                    batch.append(task)
+            if len(batch) == 1:
+                self._draft_one(batch[0])
+            elif batch:
+                self._draft_batch(batch)
+
+    def _draft_one(self, task: _Task) -> None:
+        task.start = self._now()
+        try:
+            task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
+                                                            task.seed, task.hidden)
+        except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
+            task.error = f"draft failed: {type(e).__name__}: {e}"
+        task.end = self._now()
+        self.intervals.append((task.target, task.start, task.end, task.new_tokens))
+        task.done.set()
+
+    def _draft_batch(self, tasks: list[_Task]) -> None:
+        """Several tasks in one :meth:`Drafter.draft_batch`: each gets the batch's start and end,
+        and the draft one busy interval (the first task's tag, the batch's new tokens), as in the
+        simulator. If the batch fails, each task is drafted again alone, so that only a task
+        that fails by itself reports an error (to its own target)."""
+        start = self._now()
+        try:
+            done = self.drafter.draft_batch([(t.target, t.context, t.temperature, t.seed, t.hidden) for t in tasks])
+        except Exception:  # noqa: BLE001 - retried one by one below
+            log.warning("batched draft of %d tasks failed; drafting them one by one", len(tasks), exc_info=True)
+            done = None
+        if done is not None:
+            for t, (tree, new) in zip(tasks, done):
+                t.tree, t.new_tokens = tree, new
+        else:
+            for t in tasks:
+                try:
+                    t.tree, t.new_tokens = self.drafter.draft(t.target, t.context, t.temperature, t.seed, t.hidden)
+                except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
+                    t.error = f"draft failed: {type(e).__name__}: {e}"
+        end = self._now()
+        self.intervals.append((tasks[0].target, start, end, sum(t.new_tokens for t in tasks)))
+        for t in tasks:
+            t.start, t.end = start, end
+            t.done.set()
 
     def _submit(self, task: _Task) -> _Task:
         with self.cv:

@@ -183,6 +183,65 @@ def _rows_from(chunks: list[np.ndarray], start: int) -> np.ndarray:
     return np.concatenate(tail[::-1])
 
 
+def _frontier_rows(frontier: list[int], parents: list[int], forwarded: list[int],
+                   col: dict[int, int]) -> list[list[int]]:
+    """Give the ``frontier`` nodes the next columns after the context (``col``, ``forwarded``);
+    returns each one's visible tree columns: itself and its ancestors."""
+    rows = []
+    for n in frontier:
+        col[n] = len(forwarded)
+        forwarded.append(n)
+        anc, p = [col[n]], parents[n]
+        while p >= 0:
+            anc.append(col[p])
+            p = parents[p]
+        rows.append(anc)
+    return rows
+
+
+class _Greedy:
+    """One tag's greedy EAGLE-2 tree as it grows level by level (see the module docstring):
+    :meth:`Drafter.draft` and :meth:`Drafter.draft_batch` grow it alike, from the same logits."""
+
+    def __init__(self, root_logits, k: int):
+        scores, toks = root_logits.log_softmax(-1).topk(k)
+        self.k, self.device = k, root_logits.device
+        self.tok, self.par, self.dep, self.score = toks.tolist(), [-1] * k, [1] * k, scores.tolist()
+        self.frontier = list(range(k))  # node indices of the current level
+        self.forwarded: list[int] = []  # the nodes forwarded so far, in cache column order
+        self.col: dict[int, int] = {}  # node index -> its column in the cache after the context
+
+    def grow(self, logits, level: int) -> None:
+        """The next level from the frontier's logits [len(frontier), vocab] (tree depth ``level``)."""
+        import torch
+
+        k, frontier = self.k, self.frontier
+        child_scores, child_toks = logits.log_softmax(-1).topk(k, dim=-1)  # [k, k]
+        base = torch.tensor([self.score[n] for n in frontier], device=self.device)
+        cum = (base[:, None] + child_scores).reshape(-1)
+        best = cum.topk(min(k, cum.numel())).indices.tolist()
+        nxt = []
+        for b in best:
+            self.tok.append(int(child_toks.reshape(-1)[b]))
+            self.par.append(frontier[b // k])
+            self.dep.append(level + 1)
+            self.score.append(float(cum[b]))
+            nxt.append(len(self.tok) - 1)
+        self.frontier = nxt
+
+    def tree(self, max_nodes: int) -> TreeDraft:
+        """The best ``max_nodes`` nodes; sorting by (score desc, depth, index) keeps parents first."""
+        score, dep = self.score, self.dep
+        order = sorted(range(len(self.tok)), key=lambda i: (-score[i], dep[i], i))[:max_nodes]
+        order.sort(key=lambda i: (dep[i], i))  # breadth first
+        new_index = {old: new for new, old in enumerate(order)}
+        return TreeDraft(
+            tokens=[self.tok[i] for i in order],
+            parents=[new_index[self.par[i]] if self.par[i] >= 0 else -1 for i in order],
+            depths=[dep[i] for i in order],
+        )
+
+
 class Drafter:
     """A draft model serving many tags (targets), one tree at a time.
 
@@ -277,6 +336,84 @@ class Drafter:
             crop_cache(self.tags[tag].cache, len(context) - self.off)  # drop the tree: the context stays cached
         return tree, n_new
 
+    def draft_batch(self, requests) -> list[tuple[TreeDraft, int]]:
+        """Trees for several tags at once; returns ``(tree, new positions encoded)`` per request,
+        in order, the same as :meth:`draft` would return for each.
+
+        ``requests``: ``(tag, context)`` or ``(tag, context, temperature, seed, hidden)``, at most
+        one per tag. The greedy requests of an independent draft model are batched: each tag's
+        new prefix is encoded on its own cache (:meth:`encode`), then their trees grow together,
+        one forward per tree level over every tag, on a batched copy of their caches (right-
+        padded to the longest context; a boolean mask [B, 1, rows, columns] hides each row's
+        padding and shows it its own context and tree ancestors; positions per row). Requests
+        that cannot be batched (``temperature > 0``, or an EAGLE head, whose inputs differ per
+        node) are drafted one by one, inside the batch, with :meth:`draft`.
+        """
+        import torch
+
+        reqs = [(*r, *(0.0, None, None)[len(r) - 2:]) for r in requests]
+        out: list[tuple[TreeDraft, int] | None] = [None] * len(reqs)
+        batch = [i for i, r in enumerate(reqs) if self.net is None and not r[2] > 0]
+        if len({reqs[i][0] for i in batch}) < len(batch):
+            raise ValueError("draft_batch takes at most one request per tag")
+        if len(batch) == 1:  # a batch of one is a plain round
+            batch = []
+        for i, (tag, context, temperature, seed, hidden) in enumerate(reqs):
+            if i not in batch:
+                out[i] = self.draft(tag, context, temperature, seed, hidden)
+        if batch:
+            with torch.inference_mode():
+                grown = self._greedy_batch([(reqs[i][0], reqs[i][1]) for i in batch])
+            for i, r in zip(batch, grown):
+                out[i] = r
+        return out
+
+    def _greedy_batch(self, reqs: list[tuple[int, list[int]]]) -> list[tuple[TreeDraft, int]]:
+        """Greedy trees of several tags (independent draft model), one forward per level."""
+        import torch
+        from transformers import DynamicCache
+
+        growth, news = [], []
+        for tag, context in reqs:
+            root_logits, _, n_new = self.encode(tag, context)
+            growth.append(_Greedy(root_logits, self.top_k))
+            news.append(n_new)
+        prefix = [len(c) for _, c in reqs]  # cached positions of each tag (off = 0: an independent draft)
+        width = max(prefix)
+        caches = [self.tags[tag].cache for tag, _ in reqs]
+        B, dev = len(reqs), self.device
+        batched = DynamicCache()
+        if self.depth > 1:
+            for li in range(len(caches[0].layers)):
+                kv = []
+                for name in ("keys", "values"):
+                    parts = [getattr(c.layers[li], name) for c in caches]
+                    pad = parts[0].new_zeros(B, *parts[0].shape[1:-2], width, parts[0].shape[-1])
+                    for b, t in enumerate(parts):
+                        pad[b, ..., : t.shape[-2], :] = t[0]
+                    kv.append(pad)
+                batched.update(kv[0], kv[1], li)
+        seen = torch.arange(width)[None, :] < torch.tensor(prefix)[:, None]  # [B, width]: not padding
+        for level in range(1, self.depth):
+            rows = [_frontier_rows(g.frontier, g.par, g.forwarded, g.col) for g in growth]
+            R, W = len(rows[0]), len(growth[0].forwarded)
+            if any(len(r) != R for r in rows):  # every frontier holds top_k nodes
+                raise RuntimeError("draft_batch: the tags' frontiers differ in size")
+            tree_cols = torch.zeros(B, R, W, dtype=torch.bool)
+            for b, rb in enumerate(rows):
+                for r, cols in enumerate(rb):
+                    tree_cols[b, r, cols] = True
+            mask = torch.cat([seen[:, None, :].expand(B, R, width), tree_cols], -1)[:, None].to(dev)
+            ids = torch.tensor([[g.tok[n] for n in g.frontier] for g in growth], device=dev)
+            pos = torch.tensor([[p - 1 + level] * R for p in prefix], device=dev)
+            logits = self.model(input_ids=ids, past_key_values=batched, position_ids=pos, attention_mask=mask,
+                                use_cache=True).logits
+            for b, g in enumerate(growth):
+                g.grow(logits[b], level)
+        for tag, context in reqs:
+            crop_cache(self.tags[tag].cache, len(context) - self.off)  # as draft does (the tree went to the copy)
+        return [(g.tree(self.max_nodes), n) for g, n in zip(growth, news)]
+
     def _level(self, tag: int, L: int, level: int, frontier: list[int], parents: list[int], tokens: list[int],
                forwarded: list[int], col: dict[int, int], feats: dict):
         """Forward the ``frontier`` nodes (tree depth ``level``) on top of the cached context and
@@ -284,15 +421,7 @@ class Drafter:
         keeps an EAGLE head's predicted features in ``feats``)."""
         import torch
 
-        rows = []
-        for n in frontier:
-            col[n] = len(forwarded)
-            forwarded.append(n)
-            anc, p = [col[n]], parents[n]
-            while p >= 0:
-                anc.append(col[p])
-                p = parents[p]
-            rows.append(anc)
+        rows = _frontier_rows(frontier, parents, forwarded, col)
         prefix = L - self.off
         mask = _rows_mask(prefix, rows, len(forwarded), self.device)
         ids = torch.tensor([[tokens[n] for n in frontier]], device=self.device)
@@ -304,37 +433,10 @@ class Drafter:
         return logits
 
     def _greedy_tree(self, tag: int, L: int, root_logits, feats: dict) -> TreeDraft:
-        import torch
-
-        k = self.top_k
-        scores, toks = root_logits.log_softmax(-1).topk(k)
-        nodes_tok, nodes_par, nodes_dep, nodes_score = toks.tolist(), [-1] * k, [1] * k, scores.tolist()
-        frontier = list(range(k))  # node indices of the current level
-        forwarded: list[int] = []  # node index -> its column in the cache after the context
-        col: dict[int, int] = {}
+        g = _Greedy(root_logits, self.top_k)
         for level in range(1, self.depth):
-            logits = self._level(tag, L, level, frontier, nodes_par, nodes_tok, forwarded, col, feats)
-            child_scores, child_toks = logits.log_softmax(-1).topk(k, dim=-1)  # [k, k]
-            base = torch.tensor([nodes_score[n] for n in frontier], device=self.device)
-            cum = (base[:, None] + child_scores).reshape(-1)
-            best = cum.topk(min(k, cum.numel())).indices.tolist()
-            nxt = []
-            for b in best:
-                nodes_tok.append(int(child_toks.reshape(-1)[b]))
-                nodes_par.append(frontier[b // k])
-                nodes_dep.append(level + 1)
-                nodes_score.append(float(cum[b]))
-                nxt.append(len(nodes_tok) - 1)
-            frontier = nxt
-        # keep the best nodes; sorting by (score desc, depth, index) keeps parents first
-        order = sorted(range(len(nodes_tok)), key=lambda i: (-nodes_score[i], nodes_dep[i], i))[: self.max_nodes]
-        order.sort(key=lambda i: (nodes_dep[i], i))  # breadth first
-        new_index = {old: new for new, old in enumerate(order)}
-        return TreeDraft(
-            tokens=[nodes_tok[i] for i in order],
-            parents=[new_index[nodes_par[i]] if nodes_par[i] >= 0 else -1 for i in order],
-            depths=[nodes_dep[i] for i in order],
-        )
+            g.grow(self._level(tag, L, level, g.frontier, g.par, g.tok, g.forwarded, g.col, feats), level)
+        return g.tree(self.max_nodes)
 
     def _sampled_tree(self, tag: int, L: int, root_logits, feats: dict, temperature: float, rng) -> TreeDraft:
         import torch
