@@ -237,7 +237,8 @@ def _execute(scenario: Scenario) -> Result:
         dev = torch_device(scenario, draft_unit)
         draft = load_model(draft_src, "draft", dev, resolve_dtype(r, draft_src, dev))
         server = DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens), policy=scenario.draft.policy,
-                             timeout_s=r.timeout_s).start()
+                             timeout_s=r.timeout_s, batch_max=scenario.draft.batch.max,
+                             batch_window_s=scenario.draft.batch.window_s).start()
     ready, go = ctx.Queue(), ctx.Event()
     shared_clock0 = ctx.Value("d", 0.0)
     procs = []
