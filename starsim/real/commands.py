@@ -102,10 +102,11 @@ def cmd_draft_server(args: argparse.Namespace) -> int:
     tree = _tree(args.tree)
     _, src, model = _load_role(args, "draft")
     drafter = Drafter(model, tree.top_k, tree.depth, tree.tokens)
-    server = DraftServer(drafter, bind=args.bind, policy=args.policy, token=args.token).start()
+    server = DraftServer(drafter, bind=args.bind, policy=args.policy, token=args.token, batch_max=args.batch_max,
+                         batch_window_s=args.batch_window).start()
     kind = "EAGLE head (targets send hidden states)" if drafter.needs_hidden else "causal LM"
     print(f"draft server on {server.address} ({src.get('path') or src.get('spec')}, {kind}, on {args.device}, "
-          f"tree {args.tree}, policy {args.policy}); Ctrl-C to stop", flush=True)
+          f"tree {args.tree}, policy {args.policy}, batches of up to {args.batch_max}); Ctrl-C to stop", flush=True)
     try:
         server.stop.wait()
     except KeyboardInterrupt:
@@ -191,6 +192,10 @@ def add_server_parsers(sub) -> None:
     d.add_argument("--tree", default="4,4,16", help="TOP_K,DEPTH,TOKENS (default 4,4,16)")
     d.add_argument("--policy", default="fifo", help="engine policy (default fifo)")
     d.add_argument("--token", help="shared token targets must present")
+    d.add_argument("--batch-max", type=int, default=1,
+                   help="draft up to this many waiting targets in one batched forward (default 1: one at a time)")
+    d.add_argument("--batch-window", type=float, default=0.0, metavar="SECONDS",
+                   help="with fewer than --batch-max waiting, wait up to this long for more (default 0)")
     d.set_defaults(func=cmd_draft_server)
 
     t = sub.add_parser("target", help="run requests on this machine against a draft server (torch)")
