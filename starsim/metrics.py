@@ -320,6 +320,27 @@ def hop_means(records: Records) -> dict[str, float | None]:
     return out
 
 
+def _beyond(records: Records, rw: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Pipelined drafting (draft time wasted on trees that missed, the hit rate over the whole
+    run), the fabric's re-pairings, and the rounds' speculation depth in the window (0: a
+    round without speculation)."""
+    meta, iv = records.meta, records.intervals
+    pipe = meta.get("pipeline")
+    out: dict[str, Any] = {"draft_wasted_s": None, "draft_wasted_fraction": None, "pipeline_hit_rate": None}
+    if pipe:
+        d = iv[iv["kind"] == "draft"]
+        busy = float((d["end"] - d["start"]).sum())
+        tried = pipe["hits"] + pipe["misses"]
+        out.update(draft_wasted_s=_f(pipe["wasted_s"]),
+                   draft_wasted_fraction=_f(pipe["wasted_s"] / busy) if busy else None,
+                   pipeline_hit_rate=_f(pipe["hits"] / tried) if tried else None)
+    out["fabric_repairs"] = meta.get("fabric_repairs")
+    depth = rw["depth"]
+    out["speculation_depth_mean"] = _mean(depth)
+    out["rounds_without_speculation"] = _f(float(np.mean(depth == 0))) if len(depth) else None
+    return out
+
+
 def summarize(records: Records) -> dict[str, Any]:
     """The run summary (the keys of ``summary.json``), from the tables alone."""
     meta = records.meta
@@ -378,6 +399,7 @@ def summarize(records: Records) -> dict[str, Any]:
         "draft_kv_bytes_peak": kv_bytes_peak(rounds, requests),
         # tags evicted for draft memory (draft.memory_bytes; the simulator counts them)
         "draft_evictions": meta.get("draft_evictions"),
+        **_beyond(records, rw),
         "throughput_tokens_per_s": _f(tokens / span) if span > 0 else None,
         "mean_accepted_tokens": _mean(rw["accepted"][spec] + 1) if spec.any() else (1.0 if n_rw else None),
         "acceptance_marginal": acceptance_marginal(rw["accepted"][spec], rw["depth"][spec]),

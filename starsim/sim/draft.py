@@ -22,15 +22,26 @@ from .devices import DeviceUnit
 
 
 class Task:
-    """One draft request: target ``target`` wants a tree for a context of ``context`` tokens."""
+    """One draft request: target ``target`` wants a tree for a context of ``context`` tokens.
 
-    __slots__ = ("target", "context", "done", "start", "end", "new_tokens", "kv_bytes", "deadline")
+    ``depth``/``tokens``: the tree of this round (None: the scenario's tree; adaptive
+    speculation sets them). ``pre``: a pipelined tree, drafted ahead assuming the target's
+    last tree is accepted whole; ``next``: the pipelined tree the engine started right after
+    this one. ``failed``: the engine's server failed before the tree was sent.
+    """
 
-    def __init__(self, target: int, context: int, done: simpy.Event):
+    __slots__ = ("target", "context", "done", "start", "end", "new_tokens", "kv_bytes", "deadline",
+                 "depth", "tokens", "pre", "next", "failed", "cancelled", "valid", "submitted")
+
+    def __init__(self, target: int, context: int, done: simpy.Event | None):
         self.target = target
         self.context = context
         self.done = done
         self.deadline = math.inf  # when the target's next token is due (deadline policies)
+        self.depth = self.tokens = None
+        self.pre, self.next, self.failed, self.cancelled = False, None, False, False
+        self.start = self.end = None
+        self.valid = self.submitted = 0
 
 
 class DraftEngine:
@@ -47,6 +58,7 @@ class DraftEngine:
         rec: Recorder,
         usage: ProfileUsage | None = None,
         weights: dict[int, float] | None = None,
+        general: bool = False,
     ):
         self.env = env
         self.index = index
@@ -68,10 +80,20 @@ class DraftEngine:
         self.batch_max, self.batch_window = b.max, b.window_s
         self.batch_time = timing_sampler(b.time, rng, usage) if b.max > 1 else None
         # the generator of the engine's process
-        self.life = self.run_batched() if b.max > 1 else self.run()
+        self.running: tuple | list = ()  # the tasks being drafted now (run_general)
+        self.dead = False  # the server failed (draft.fabric.failures)
+        self.wasted_s = 0.0  # draft time of pipelined trees that missed
+        self.pipeline_hits = self.pipeline_misses = 0
+        # the generator of the engine's process: StarSD's loop, or the general one
+        self.general = general or b.max > 1 or cfg.pipeline or cfg.adaptive.policy != "fixed"
+        self.life = self.run_general() if self.general else self.run()
         self.process = env.process(self.life)
 
     def submit(self, task: Task) -> None:
+        if self.dead:  # a failed server answers nothing
+            task.failed = True
+            task.done.succeed()
+            return
         self.policy.push(task)
         if self._wake is not None:
             wake, self._wake = self._wake, None
@@ -147,7 +169,7 @@ class DraftEngine:
         """Account a task's prefix in its tag's cache (memory limit included); its new tokens.
         (``run`` does the same inline: it is the hot path.)"""
         ctx, target = task.context, task.target
-        new = task.new_tokens = ctx - self.kv.get(target, 0) if self.cfg.prefix_cache else ctx
+        new = task.new_tokens = max(0, ctx - self.kv.get(target, 0)) if self.cfg.prefix_cache else ctx
         self.kv[target] = ctx
         if self.cfg.memory_bytes is not None:
             self._fit_memory(target)
@@ -156,47 +178,121 @@ class DraftEngine:
     def _round_cost(self, task: Task, last_end: float, start: float) -> float:
         """One target's round alone: encode its new tokens and draft its tree (see run)."""
         new, ctx = self._take(task), task.context
-        depth = self.cfg.tree.depth
+        depth = self.cfg.tree.depth if task.depth is None else task.depth
         if self.whole_round:
             dur = self.draft_time(new, ctx, depth)
             if self.warm_cold is not None:
                 dur *= self.warm_cold(start - last_end)
             return dur
-        return self.cfg.encode_per_token_s * new + self.draft_time(self.cfg.tree.tokens, ctx, depth)
+        tokens = self.cfg.tree.tokens if task.tokens is None else task.tokens
+        return self.cfg.encode_per_token_s * new + self.draft_time(tokens, ctx, depth)
 
-    def run_batched(self):
-        """The engine with batched drafting: up to ``batch.max`` waiting tasks (in the policy's
-        order) in one forward of ``batch.time(tasks, longest context, depth)``, plus each
-        task's prefix encoding at ``encode_per_token_s``; with fewer waiting, it first waits up
-        to ``batch.window_s`` for more. A batch of one costs a plain round. Every task of a
-        batch starts and ends with it; the draft's busy interval is recorded once per batch
-        (its target: the batch's first task's)."""
+    # ------------------------------------------------------------------ pipelining, failure
+
+    def _follow(self, task: Task) -> Task:
+        """Start drafting ``task``'s target's next tree now, assuming ``task``'s tree is
+        accepted whole (its ``depth`` tokens and the bonus one): the pipelined tree."""
+        depth = self.cfg.tree.depth if task.depth is None else task.depth
+        nxt = Task(task.target, task.context + depth + 1, self.env.event())
+        nxt.depth, nxt.tokens, nxt.pre, nxt.deadline = task.depth, task.tokens, True, task.deadline
+        nxt.submitted = self.env.now
+        task.next = nxt
+        self.submit(nxt)
+        return nxt
+
+    def promote(self, pre: Task) -> None:
+        """A hit: the target accepted its whole tree, so the pipelined ``pre`` is its next
+        tree; the engine pipelines the one after it."""
+        self.pipeline_hits += 1
+        if not self.dead:
+            self._follow(pre)
+
+    def cancel(self, pre: Task, valid: int) -> None:
+        """A miss: ``pre`` assumed tokens the target did not accept. Unstarted, it is dropped
+        from the queue; started or done, its draft time is wasted and its cache is cut back
+        to the ``valid`` tokens the target did accept."""
+        self.pipeline_misses += 1
+        pre.cancelled, pre.valid = True, valid
+        if pre.end is not None:
+            self._waste(pre)
+
+    def _waste(self, task: Task) -> None:
+        self.wasted_s += task.end - task.start
+        if task.target in self.kv:
+            self.kv[task.target] = min(self.kv[task.target], task.valid)
+
+    def fail(self) -> None:
+        """The server goes away now: the tasks it holds (queued or being drafted) fail, its
+        draft caches are lost, its process ends (see run_general)."""
+        self.dead = True
+        now = self.env.now
+        failed = list(self.running)
+        if failed:  # the busy time up to the failure is still busy time
+            self.rec.packed_intervals.extend(
+                pack_interval(self.rec.interval_key(self.name, self.unit.name, "draft"), failed[0].target,
+                              failed[0].start, now))
+        while self.policy:
+            failed.append(self.policy.pop())
+        for t in failed:
+            t.failed = True
+            if not t.done.triggered:
+                t.done.succeed()
+        self.running = ()
+        self.kv.clear()
+        if self._wake is not None:
+            wake, self._wake = self._wake, None
+            wake.succeed()
+
+    def run_general(self):
+        """The engine beyond StarSD's one-tree-at-a-time loop (``run``): batched drafting,
+        per-round tree depths, pipelined trees and server failure.
+
+        Batching: up to ``batch.max`` waiting tasks (in the policy's order) in one forward of
+        ``batch.time(tasks, longest context, deepest tree)``, plus each task's prefix encoding
+        at ``encode_per_token_s``; with fewer waiting, it first waits up to ``batch.window_s``
+        for more. A batch of one costs a plain round. Every task of a batch starts and ends
+        with it; the draft's busy interval is recorded once per batch (its target: the batch's
+        first task's). A pipelined tree cancelled before it starts is dropped unstarted."""
         env, policy, cfg = self.env, self.policy, self.cfg
         bmax, window, batch_time = self.batch_max, self.batch_window, self.batch_time
         res, host = self.unit.resource, self.unit.host
         key = self.rec.interval_key(self.name, self.unit.name, "draft")
         put_interval = self.rec.packed_intervals.extend
-        depth, kv_per_token = cfg.tree.depth, cfg.kv_bytes_per_token
+        kv_per_token, pipeline = cfg.kv_bytes_per_token, cfg.pipeline
         last_end = env.now
         while True:
             while not policy:
                 self._wake = wake = env.event()
                 yield wake
+                if self.dead:
+                    return
             if window > 0 and len(policy) < bmax:
                 until = env.now + window
                 while len(policy) < bmax and env.now < until:
                     self._wake = wake = env.event()
                     yield wake | env.timeout(until - env.now)
+                    if self.dead:
+                        return
                 self._wake = None
-            tasks = [policy.pop() for _ in range(min(bmax, len(policy)))]
+            tasks = []
+            while policy and len(tasks) < bmax:
+                t = policy.pop()
+                if not t.cancelled:
+                    tasks.append(t)
+            if not tasks:
+                continue
             if res is not None:
                 req = res.request()
                 yield req
             start = env.now
+            for t in tasks:
+                t.start = start
+            self.running = tasks
             if len(tasks) == 1:
                 dur = self._round_cost(tasks[0], last_end, start)
             else:
                 news = sum(self._take(t) for t in tasks)
+                depth = max(cfg.tree.depth if t.depth is None else t.depth for t in tasks)
                 dur = batch_time(len(tasks), max(t.context for t in tasks), depth) + cfg.encode_per_token_s * news
                 if self.warm_cold is not None:
                     dur *= self.warm_cold(start - last_end)
@@ -204,10 +300,19 @@ class DraftEngine:
                 yield env.timeout(dur)
             else:
                 yield from host.run(dur)
-            end = last_end = env.now
             if res is not None:
                 res.release(req)
+            if self.dead:  # failed while drafting: fail() has answered these tasks
+                return
+            self.running = ()
+            end = last_end = env.now
             put_interval(pack_interval(key, tasks[0].target, start, end))
             for t in tasks:
-                t.start, t.end, t.kv_bytes = start, end, t.context * kv_per_token
+                t.end, t.kv_bytes = end, t.context * kv_per_token
+                if t.cancelled:
+                    t.end = start + (end - start) / len(tasks)  # its share of the batch is wasted
+                    self._waste(t)
+                    continue
+                if pipeline and not t.pre:
+                    self._follow(t)
                 t.done.succeed()

@@ -18,12 +18,14 @@ from ..scenario import ClosedLoop, Scenario
 from ..workload import arrivals, prompt_set
 from .devices import build_units, place
 from .draft import DraftEngine
+from .fabric import Fabric
 from .links import link_time
 from .target import NAN, Requests, Target, _zero
 
 # Random streams, one per purpose and instance, all derived from the scenario seed, so
 # adding a target does not shift the draws of the others.
-STREAM_WORKLOAD, STREAM_DRAFT, STREAM_TARGET, STREAM_LINK_UP, STREAM_LINK_DOWN, STREAM_COMM, STREAM_PAUSE = range(7)
+(STREAM_WORKLOAD, STREAM_DRAFT, STREAM_TARGET, STREAM_LINK_UP, STREAM_LINK_DOWN, STREAM_COMM, STREAM_PAUSE,
+ STREAM_FABRIC) = range(8)
 
 
 def rng_for(seed: int, stream: int, index: int = 0) -> np.random.Generator:
@@ -84,10 +86,18 @@ def _simulate(scenario: Scenario) -> Result:
 
     draft = scenario.draft
     usage = ProfileUsage()  # which measured profiles the run used, and where it left their range
+    fabric = None
     if mode == "star":
-        rng = rng_for(seed, STREAM_DRAFT)
         weights = {i: g.weight for i, _, g in instances}
-        engines = [DraftEngine(env, 0, "draft", units[draft_unit], draft, rng, rec, usage, weights)]
+        fab = draft.fabric
+        many = fab.servers > 1
+        engines = [
+            DraftEngine(env, j, f"draft-{j}" if many else "draft", units[u], draft, rng_for(seed, STREAM_DRAFT, j), rec,
+                        usage, weights, general=bool(fab.failures))
+            for j, u in enumerate(draft_units)
+        ]
+        if many or fab.failures:
+            fabric = Fabric(env, engines, fab, rng_for(seed, STREAM_FABRIC))
     elif mode == "one_for_one":
         engines = [
             DraftEngine(env, i, f"draft-{i}", units[tu], draft, rng_for(seed, STREAM_DRAFT, i), rec, usage)
@@ -134,6 +144,10 @@ def _simulate(scenario: Scenario) -> Result:
                 receive=group.receive_time.sampler(comm_rng) if star and not _is_zero(group.receive_time) else None,
                 pause=pause,
                 usage=usage,
+                fabric=fabric,
+                controller=_controller(scenario, group) if star and draft.adaptive.policy != "fixed" else None,
+                pipeline=star and draft.pipeline,
+                tree=draft.tree,
             )
         )
     lives += [t.run() for t in targets]
@@ -171,8 +185,15 @@ def _simulate(scenario: Scenario) -> Result:
             for (i, name, g), tu in zip(instances, target_units)
         ],
         "draft_device": draft_unit,
+        "draft_devices": draft_units,
         "draft_evictions": sum(e.evictions for e in engines),
     }
+    if draft.pipeline and mode == "star":
+        meta["pipeline"] = {"hits": sum(e.pipeline_hits for e in engines),
+                            "misses": sum(e.pipeline_misses for e in engines),
+                            "wasted_s": sum(e.wasted_s for e in engines)}
+    if fabric is not None:
+        meta["fabric_repairs"] = fabric.repairs
     records = rec.finish(meta, release=True)
     summary = summarize(records)
     summary["provenance"] = {
@@ -188,6 +209,24 @@ def _simulate(scenario: Scenario) -> Result:
     if usage.entries:
         summary["provenance"]["profiles"] = usage.report()
     return Result(scenario=scenario, records=records, summary=summary)
+
+
+def _controller(scenario: Scenario, group):
+    """A target's adaptive-speculation controller, costing rounds with the scenario's own
+    time models (means): the draft's tree at depth d and the verify of its tokens; depth 0 is
+    one decode step."""
+    from ..adaptive import make_controller
+
+    draft, tree = scenario.draft, scenario.draft.tree
+    step = group.decode_time if group.decode_time is not None else group.verify_time
+
+    def cost(d: int, ctx: float) -> float:
+        if d == 0:
+            return step.mean(1, ctx, 0)
+        return draft.mean_round(1, ctx, d) + group.verify_time.mean(tree.tokens_at(d) + 1, ctx, d)
+
+    a = draft.adaptive
+    return make_controller(a.policy, tree.depth, cost, a.probe_every, a.smoothing)
 
 
 def _events(env: simpy.Environment) -> int | None:

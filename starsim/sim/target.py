@@ -116,6 +116,10 @@ class Target:
         receive: Sampler | None = None,
         pause: Callable[[], float] | None,
         usage: ProfileUsage | None = None,
+        fabric=None,
+        controller=None,
+        pipeline: bool = False,
+        tree=None,
     ):
         self.env = env
         self.index = index
@@ -132,7 +136,13 @@ class Target:
         self.prefill = timing_sampler(group.prefill_time, rng, usage)
         decode = group.decode_time
         self.decode = timing_sampler(decode, rng, usage) if decode is not None else None
-        self.accept = acceptance.sampler(rng, depth)
+        clock = lambda: env.now  # noqa: E731 - acceptance that changes during the run reads it
+        self.accept = acceptance.sampler(rng, depth, clock)
+        # adaptive speculation draws each depth's acceptance from its own curve, on this stream
+        self.accept_at = {depth: self.accept}
+        self._acceptance, self._accept_rng, self._clock = acceptance, rng, clock
+        self.fabric, self.controller, self.pipeline, self.tree = fabric, controller, pipeline, tree
+        self.general = fabric is not None or controller is not None or pipeline
         # the target's own message work (None: none) and its verify warm/cold curve (None: off)
         self.send_cpu, self.receive_cpu = send or _zero, receive or _zero
         self.has_msg_cpu = send is not None or receive is not None
@@ -198,13 +208,14 @@ class Target:
             cur, self.current = self.current, None
             self.rec.requests.append((*cur, self.env.now))
 
-    def _decode(self, rid: int, prompt: int, output: int):
-        """Autoregressive baseline: one token per step."""
+    def _decode(self, rid: int, prompt: int, output: int, ctx: int | None = None, generated: int = 1, r: int = 0):
+        """Autoregressive baseline: one token per step (also the rest of a request whose draft
+        servers are all down: from context ``ctx``, ``generated`` tokens in, round ``r``)."""
         env, decode, cur = self.env, self.decode, self.current
         step = decode if decode is not None else self.verify
         index, free = self.index, self.unit.free
         put_interval, put_round, key = self.put_interval, self.put_round, self._key("decode")
-        ctx, generated, r = prompt + 1, 1, 0
+        ctx = prompt + 1 if ctx is None else ctx
         while generated < output:
             dur = step(1, ctx, 0)
             if free:  # the _on_device fast path, inlined (see _speculate)
@@ -234,7 +245,7 @@ class Target:
         server's parse/serialize on a host with shared cores) and warm/cold verifies take
         the general path, :meth:`_speculate_shared`."""
         engine = self.engine
-        if self.has_msg_cpu or engine.unit.host is not None or self.warm_cold is not None:
+        if self.general or self.has_msg_cpu or engine.unit.host is not None or self.warm_cold is not None:
             yield from self._speculate_shared(rid, prompt, output)
             return
         env, cur = self.env, self.current
@@ -286,60 +297,135 @@ class Target:
             now = ve
         engine.free(index)
 
+    def _accept(self, depth: int) -> int:
+        """Accepted draft tokens of a round ``depth`` deep (adaptive depths: one curve each)."""
+        f = self.accept_at.get(depth)
+        if f is None:
+            f = self.accept_at[depth] = self._acceptance.sampler(self._accept_rng, depth, self._clock)
+        return f()
+
     def _speculate_shared(self, rid: int, prompt: int, output: int):
-        """:meth:`_speculate` where message work competes for cores or verifies warm up.
+        """:meth:`_speculate` where message work competes for cores, verifies warm up, the
+        draft is a fabric of servers, the depth adapts or trees are pipelined.
 
         A round: the target builds and sends its request (its own work), the wire, the
         server parses it (the draft host's work), the engine, the server's reply (its work),
         the wire, the target receives it (its work), the verify (slowed by the idle gap
         since this target's last verify when the profile has a verify_idle curve). The
-        rounds table stamps arrivals after the receiving side's parse, as a real run does."""
-        env, engine, cur = self.env, self.engine, self.current
+        rounds table stamps arrivals after the receiving side's parse, as a real run does.
+
+        Fabric: the target pairs at the request's start; when its server fails under it, it
+        pairs again and sends its whole context to the new server (the round starts over).
+        Adaptive: the controller picks each round's depth; depth 0 is one decode step, with
+        no draft request. Pipelined: the engine drafts the next tree as soon as this one is
+        out, assuming it is accepted whole; on a hit (every draft token accepted, the request
+        goes on) the next round verifies that tree as soon as it is here (its row's hops are
+        the pipelined tree's: queued when the last tree was done); on a miss it is cancelled
+        (draft time spent on it is wasted)."""
+        env, cur = self.env, self.current
+        fabric, ctl = self.fabric, self.controller
+        engine = self.engine if fabric is None else fabric.engine_for(self.index)
         bytes_up = _BytesUp(self.payload, self.hidden)
         up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
         send_cpu, receive_cpu, warm_cold = self.send_cpu, self.receive_cpu, self.warm_cold
-        verify, accept, tokens, depth = self.verify, self.accept, self.tree_tokens, self.depth
-        index, draft_index = self.index, engine.index
-        host, draft_host = self.unit.host, engine.unit.host
-        b_down = self.payload.bytes_down(tokens)
+        verify, tokens, depth = self.verify, self.tree_tokens, self.depth
+        step = self.decode if self.decode is not None else verify
+        index, host = self.index, self.unit.host
         task = Task(index, 0, None)
         ctx = prompt + 1
         new, generated, r = ctx, 1, 0
         last_ve = env.now
+        pre = None  # the pipelined tree for the next round (a hit), if any
         while generated < output:
+            if engine is None:  # every draft server is down: the rest without speculation
+                yield from self._decode(rid, prompt, output, ctx, generated, r)
+                return
+            hit = pre is not None and not pre.failed
+            if hit:  # the pipelined tree's depth (the controller chose it a round ago)
+                d = depth if pre.depth is None else pre.depth
+            else:
+                d = depth if ctl is None else ctl.depth(ctx)
             t_send = env.now
-            b_up = bytes_up[new]
-            yield from _work(env, host, send_cpu(0, 0, 0))
-            yield env.timeout(up(b_up))
-            t_arrive = env.now
-            yield from _work(env, draft_host, parse(0, 0, 0))
-            t_enq = env.now
-            done = env.event()
-            task.context, task.done = ctx, done
-            if self.slo is not None:
-                task.deadline = cur[7] + self.slo * generated
-            engine.submit(task)
-            yield done
-            t_end = task.end
-            yield from _work(env, draft_host, serialize(0, 0, 0))
-            t_reply = env.now
-            yield env.timeout(down(b_down))
-            yield from _work(env, host, receive_cpu(0, 0, 0))
+            if d == 0:  # no speculation this round: one decode step, no draft request
+                vs, ve = yield from self._on_device("decode", 0.0, step(1, ctx, 0))
+                self.put_round(pack_round(index, rid, r, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, vs, ve,
+                                          ctx, 0, 0, 0, 0, 1, 0, 0, 0))
+                ctl.observe(0, 0, ve - t_send, ctx)
+                last_ve = ve
+                generated += 1
+                ctx += 1
+                new += 1  # the draft has not seen it yet
+                r += 1
+                cur[4] = generated
+                continue
+            toks = tokens if d == depth else self.tree.tokens_at(d)
+            draft_host = engine.unit.host
+            b_down = self.payload.bytes_down(toks)
+            if hit:  # the tree was drafted during the last verify
+                t = pre
+                if not t.done.triggered:
+                    yield t.done
+                if t.failed:  # its server failed meanwhile: an ordinary round instead
+                    pre = None
+                    continue
+                b_up = 0
+                t_arrive = t_enq = t.submitted
+                t_reply = t.end + serialize(0, 0, 0)
+                ready = t_reply + down(b_down)
+                if ready > env.now:
+                    yield env.timeout(ready - env.now)
+                yield from _work(env, host, receive_cpu(0, 0, 0))
+            else:
+                t = task
+                b_up = bytes_up[new]
+                yield from _work(env, host, send_cpu(0, 0, 0))
+                yield env.timeout(up(b_up))
+                t_arrive = env.now
+                yield from _work(env, draft_host, parse(0, 0, 0))
+                t_enq = env.now
+                t.context, t.done, t.failed, t.next = ctx, env.event(), False, None
+                if d != depth:
+                    t.depth, t.tokens = d, toks
+                if self.slo is not None:
+                    t.deadline = cur[7] + self.slo * generated
+                engine.submit(t)
+                yield t.done
+                if t.failed:  # the server failed with this request: pair again, resend everything
+                    engine = fabric.after_failure(index) if fabric is not None else None
+                    new = ctx
+                    continue
+                yield from _work(env, draft_host, serialize(0, 0, 0))
+                t_reply = env.now
+                yield env.timeout(down(b_down))
+                yield from _work(env, host, receive_cpu(0, 0, 0))
+            pre = t.next
+            t_end = t.end
             t_back = env.now
-            dur = verify(tokens + 1, ctx, depth)
+            dur = verify(toks + 1, ctx, d)
             if warm_cold is not None:
                 dur *= warm_cold(t_back - last_ve)
             vs, ve = yield from self._on_device("verify", 0.0, dur)
             last_ve = ve
-            k = accept()
+            k = self._accept(d) if d != depth else self.accept()
             left = output - generated
             emitted = k + 1 if k + 1 < left else left
-            self.put_round(pack_round(index, rid, r, draft_index, t_send, t_arrive, t_enq,
-                                      task.start, t_end, t_reply, t_back, vs, ve,
-                                      ctx, task.new_tokens, tokens, depth, k, emitted, b_up, b_down, task.kv_bytes))
+            self.put_round(pack_round(index, rid, r, engine.index, t.submitted if hit else t_send, t_arrive, t_enq,
+                                      t.start, t_end, t_reply, t_back, vs, ve,
+                                      ctx, t.new_tokens, toks, d, k, emitted, b_up, b_down, t.kv_bytes))
+            if ctl is not None:
+                ctl.observe(d, k, ve - t_send, ctx)
+            if pre is not None:
+                if k == d and emitted < left and not pre.failed:
+                    engine.promote(pre)
+                else:
+                    engine.cancel(pre, ctx + k)
+                    pre = None
             generated += emitted
             ctx += emitted
             new = emitted
             r += 1
             cur[4] = generated
-        engine.free(index)
+        if pre is not None:
+            engine.cancel(pre, ctx)
+        if engine is not None:
+            engine.free(index)
