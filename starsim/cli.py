@@ -35,6 +35,28 @@ _ROWS = [
     ("ttft_mean_s", "TTFT, mean", 1e3, "ms"),
     ("tpot_mean_s", "TPOT, mean", 1e3, "ms"),
 ]
+# shown only when the run has them (a feature beyond StarSD that is on)
+_OPTIONAL_ROWS = [
+    ("slo_attainment", "TPOT objective met", 100.0, "%"),
+    ("draft_evictions", "draft tags evicted (memory)", 1.0, ""),
+    ("speculation_depth_mean", "tree depth, mean (adaptive)", 1.0, ""),
+    ("rounds_without_speculation", "rounds without speculation", 100.0, "%"),
+    ("pipeline_hit_rate", "pipelined trees kept", 100.0, "%"),
+    ("draft_wasted_fraction", "draft time wasted (pipelined misses)", 100.0, "%"),
+    ("fabric_repairs", "targets moved to another draft server", 1.0, ""),
+]
+
+
+def _summary_rows(s: dict, sc) -> list[list[str]]:
+    """The terminal table of a run: the usual rows, and those of the features it uses."""
+    d = sc.draft
+    adaptive = d.adaptive.policy != "fixed"
+    on = {"slo_attainment": s.get("slo_attainment") is not None, "draft_evictions": d.memory_bytes is not None,
+          "speculation_depth_mean": adaptive, "rounds_without_speculation": adaptive,
+          "pipeline_hit_rate": d.pipeline, "draft_wasted_fraction": d.pipeline,
+          "fabric_repairs": s.get("fabric_repairs") is not None}
+    rows = _ROWS + [r for r in _OPTIONAL_ROWS if on[r[0]]]
+    return [[lbl, _fmt(s.get(k), scale), u] for k, lbl, scale, u in rows]
 
 
 def _fmt(v: Any, scale: float = 1.0) -> str:
@@ -184,7 +206,7 @@ def _predict(args: argparse.Namespace, real: bool) -> int:
             print(f"{sc.name}: mode {sc.mode}, {s['n_targets']} targets, seed {sc.seed}, "
                   f"{s['t_end_s']:.4g} s simulated ({s['measured_s']:.4g} s measured) in "
                   f"{p['wall_time_s']:.3g} s wall, {p['events_simulated']} events")
-        print(_table(["metric", "value", "unit"], [[lbl, _fmt(s.get(k), sc_), u] for k, lbl, sc_, u in _ROWS]))
+        print(_table(["metric", "value", "unit"], _summary_rows(s, sc)))
         if args.out:
             print(f"wrote {args.out}")
     if res.summary["requests_unfinished"] and sc.duration_s is None:
