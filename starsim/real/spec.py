@@ -31,6 +31,7 @@ position ``L - 1 + d`` (the root is ``L - 1``), as if its path had been decoded 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -199,6 +200,65 @@ def _frontier_rows(frontier: list[int], parents: list[int], forwarded: list[int]
     return rows
 
 
+@functools.cache
+def _slab_layer():
+    """A cache layer over a preallocated [B, heads, capacity, head_dim] buffer: appending a
+    tree level writes its columns in place (a DynamicLayer concatenates, copying the whole
+    batch's cache at every level)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class SlabLayer(DynamicLayer):
+        def __init__(self, keys, values, filled: int):
+            super().__init__()
+            self.buf_k, self.buf_v, self.n = keys, values, filled
+            self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+            self.keys, self.values = keys[..., :filled, :], values[..., :filled, :]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            end = self.n + key_states.shape[-2]
+            self.buf_k[..., self.n:end, :] = key_states
+            self.buf_v[..., self.n:end, :] = value_states
+            self.n = end
+            self.keys, self.values = self.buf_k[..., :end, :], self.buf_v[..., :end, :]
+            return self.keys, self.values
+
+    return SlabLayer
+
+
+def _batched_cache(caches: list, width: int, room: int, keep: list):
+    """One cache for a batch: each tag's cache (batch 1) in a row, right-padded with zeros to
+    ``width`` positions (masked out, but never garbage: 0 x NaN would leak), with ``room``
+    positions after them for the tree. The buffers are views of ``keep``'s (one per layer
+    and K/V), which grow as needed and are reused: fresh ones would cost page faults."""
+    from transformers import DynamicCache
+
+    slab = _slab_layer()
+    layers, B = [], len(caches)
+    for li in range(len(caches[0].layers)):
+        kv = []
+        for j, name in enumerate(("keys", "values")):
+            parts = [getattr(c.layers[li], name) for c in caches]
+            first, i = parts[0], 2 * li + j
+            shape = (B, *first.shape[1:-2], width + room, first.shape[-1])
+            if i >= len(keep):
+                keep.append(None)
+            old = keep[i]
+            if (old is None or old.dtype != first.dtype or old.device != first.device
+                    or any(a < b for a, b in zip(old.shape, shape))):
+                keep[i] = first.new_empty(*(max(a, b) for a, b in zip(old.shape if old is not None else shape,
+                                                                       shape)))
+            buf = keep[i][:B, ..., : width + room, :]
+            for b, t in enumerate(parts):
+                n = t.shape[-2]
+                buf[b, ..., :n, :] = t[0]
+                buf[b, ..., n:width, :] = 0
+            kv.append(buf)
+        layers.append(slab(kv[0], kv[1], width))
+    cache = DynamicCache()
+    cache.layers = layers
+    return cache
+
+
 class _Greedy:
     """One tag's greedy EAGLE-2 tree as it grows level by level (see the module docstring):
     :meth:`Drafter.draft` and :meth:`Drafter.draft_batch` grow it alike, from the same logits."""
@@ -262,6 +322,7 @@ class Drafter:
         self.device = next(self.model.parameters()).device
         self.off = 1 if self.net is not None else 0  # cache positions = context length - off
         self.tags: dict[int, _Tag] = {}
+        self._slabs: list = []  # draft_batch's batched cache buffers, reused (see _batched_cache)
 
     @property
     def needs_hidden(self) -> bool:
@@ -371,7 +432,6 @@ class Drafter:
     def _greedy_batch(self, reqs: list[tuple[int, list[int]]]) -> list[tuple[TreeDraft, int]]:
         """Greedy trees of several tags (independent draft model), one forward per level."""
         import torch
-        from transformers import DynamicCache
 
         growth, news = [], []
         for tag, context in reqs:
@@ -380,19 +440,9 @@ class Drafter:
             news.append(n_new)
         prefix = [len(c) for _, c in reqs]  # cached positions of each tag (off = 0: an independent draft)
         width = max(prefix)
-        caches = [self.tags[tag].cache for tag, _ in reqs]
         B, dev = len(reqs), self.device
-        batched = DynamicCache()
-        if self.depth > 1:
-            for li in range(len(caches[0].layers)):
-                kv = []
-                for name in ("keys", "values"):
-                    parts = [getattr(c.layers[li], name) for c in caches]
-                    pad = parts[0].new_zeros(B, *parts[0].shape[1:-2], width, parts[0].shape[-1])
-                    for b, t in enumerate(parts):
-                        pad[b, ..., : t.shape[-2], :] = t[0]
-                    kv.append(pad)
-                batched.update(kv[0], kv[1], li)
+        batched = _batched_cache([self.tags[tag].cache for tag, _ in reqs], width, self.top_k * (self.depth - 1),
+                                 self._slabs) if self.depth > 1 else None
         seen = torch.arange(width)[None, :] < torch.tensor(prefix)[:, None]  # [B, width]: not padding
         for level in range(1, self.depth):
             rows = [_frontier_rows(g.frontier, g.par, g.forwarded, g.col) for g in growth]
