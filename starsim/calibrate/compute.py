@@ -24,8 +24,12 @@ so every call sees exactly ``context`` cached tokens):
   of the last only), ``depth - 1`` levels expand the ``top_k`` best frontier nodes, the best
   ``tree.tokens`` nodes are kept and the cache is cropped back. With ``tokens == context`` it
   is a request's first round (empty cache, the whole prompt);
-- draft ``draft_batched``: the same round written as batched tensor code (``draft_round_fn``)
-  for ``batch`` sequences at once;
+- draft ``draft_batched``: what the real draft server runs for a batch
+  (:meth:`starsim.real.spec.Drafter.draft_batch`): ``batch`` tags, each with 1 new token at
+  ``context`` (counting it): each tag's token encoded on its own cache, then their trees
+  grown together, one batched forward per level, and the caches cropped back. A batch of 1
+  is a plain ``draft_round``; an EAGLE head's requests are drafted one by one (the real
+  backend batches independent drafts only);
 - draft ``draft_step``: one such step over a frontier of ``tokens`` nodes at ``context``;
 - draft ``draft_idle``: a real round (3 new tokens, middle context) right after an idle gap
   of ``gap_s`` seconds, timed once per repeat with a sleep before it (warm vs cold);
@@ -341,56 +345,6 @@ def prefill_fn(c: _Ctx, tokens: int):
     return fn
 
 
-def draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape, batch: int = 1, steps: int | None = None):
-    """One EAGLE-2 style round (see the module docstring); ``steps`` overrides depth - 1."""
-    import torch
-
-    cached = context - new  # ``context`` counts the new tokens, as the simulator's does
-    if cached < 0:
-        raise ValueError(f"new tokens ({new}) exceed the context ({context})")
-    cache = c.cache(cached, batch) if cached else None
-    ids = c.ids(batch, new)
-    hidden = c.hidden(batch, new) if c.net.eagle else None
-    k, depth = tree.top_k, tree.depth
-    n_steps = depth - 1 if steps is None else steps
-    pos0 = _positions(cached, new, batch, c.device)
-    # Step s's frontier node j sees the context and node j of earlier steps.
-    masks, positions = [], []
-    for s in range(n_steps):
-        base = context
-        t = k
-        m = torch.zeros(t, base + (s + 1) * t, dtype=torch.bool)
-        m[:, :base] = True
-        for prev in range(s + 1):
-            m[torch.arange(t), base + prev * t + torch.arange(t)] = True
-        masks.append(m.expand(batch, 1, t, m.shape[1]).to(c.device))
-        positions.append(_positions(base + s, t, batch, c.device))
-
-    def fn():
-        nonlocal cache
-        if not cached:  # a request's first round: the whole prompt, empty cache
-            cache = new_cache()
-        with torch.inference_mode():
-            logits, h = c.net(ids, cache=cache, positions=pos0, hidden=hidden, last_only=True)
-            scores, frontier = logits[:, -1].log_softmax(-1).topk(k, dim=-1)  # [B, k]
-            all_scores = [scores]
-            h_last = h[:, -1:].expand(batch, k, h.shape[-1]) if h is not None else None
-            for s in range(n_steps):
-                logits, h_new = c.net(frontier, cache=cache, mask=masks[s], positions=positions[s], hidden=h_last)
-                child, child_ids = logits.log_softmax(-1).topk(k, dim=-1)  # [B, k, k]
-                cum = (scores.unsqueeze(-1) + child).reshape(batch, k * k)
-                scores, best = cum.topk(k, dim=-1)
-                frontier = child_ids.reshape(batch, k * k).gather(1, best)
-                all_scores.append(scores)
-                h_last = h_new
-            flat = torch.cat(all_scores, dim=-1)
-            flat.topk(min(tree.tokens, flat.shape[-1]), dim=-1)  # keep the best tree.tokens nodes
-        if cached:
-            crop_cache(cache, cached)
-
-    return fn
-
-
 def code_verify_fn(c: _Ctx, tokens: int, context: int, top_k: int):
     """``verify`` as the real backend runs it: :meth:`starsim.real.spec.Verifier.verify` on a
     tree of ``tokens - 1`` nodes after the root (tree-mask forward, greedy acceptance, KV
@@ -433,6 +387,29 @@ def code_draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape):
         else:
             drafter.free(0)  # a request's first round: an empty cache
         drafter.draft(0, ids, hidden=hidden)
+
+    return fn
+
+
+def code_draft_batched_fn(c: _Ctx, batch: int, context: int, tree: TreeShape):
+    """``draft_batched`` as the real backend runs it: :meth:`starsim.real.spec.Drafter.draft_batch`
+    for ``batch`` tags, each with 1 new token at a ``context`` that counts it (every tag at
+    the same context: the batch's longest, which the simulator charges)."""
+    from ..real.spec import Drafter
+
+    if context < 2:
+        raise ValueError(f"draft_batched needs a context of at least 2 tokens, got {context}")
+    drafter = Drafter(c.net, tree.top_k, tree.depth, tree.tokens)
+    ids = [c.ids(1, context)[0].tolist() for _ in range(batch)]
+    hidden = [[c.hidden(1, context)[0].float().cpu().numpy().astype(np.float16)] if c.net.eagle else None
+              for _ in range(batch)]
+    reqs = [(t, ids[t], 0.0, None, hidden[t]) for t in range(batch)]
+    drafter.draft_batch(reqs)  # every tag's state, then cut back by one token before each call
+
+    def fn():
+        for t in range(batch):
+            drafter.tags[t].ids = ids[t][: context - 1]  # encode crops each cache to these ids
+        drafter.draft_batch(reqs)
 
     return fn
 
@@ -537,7 +514,7 @@ def _jobs(s: Settings, role: str, tree: TreeShape) -> list[tuple[str, tuple, Cal
                 add("draft_step", (w, L), lambda c, w=w, L=L: draft_step_fn(c, w, L))
         for b in g.batches:
             for L in (g.contexts[0], g.contexts[len(g.contexts) // 2], g.contexts[-1]):
-                add("draft_batched", (b, L), lambda c, b=b, L=L: draft_round_fn(c, 1, L, tree, batch=b))
+                add("draft_batched", (b, L), lambda c, b=b, L=L: code_draft_batched_fn(c, b, L, tree))
     return jobs
 
 
