@@ -72,6 +72,8 @@ def _profile_fields(scenario) -> list[tuple[str, Any]]:
         d = getattr(scenario.draft, name)
         if isinstance(d, Profile):
             out.append((f"draft.{name}", d))
+    if isinstance(scenario.draft.batch.time, Profile):  # batched drafting's round
+        out.append(("draft.batch.time", scenario.draft.batch.time))
     for i, g in enumerate(scenario.targets):
         for name in ("verify_time", "prefill_time", "decode_time"):
             d = getattr(g, name, None)

@@ -182,3 +182,20 @@ def test_batches_follow_the_policy_order():
         assert [tag for tag, *_ in srv.intervals] == [0, 2, 1]
         for c in clients:
             c.close()
+
+
+def test_validate_rescales_the_batched_round_like_the_others():
+    """`starsim validate --speed` scales every profile timing by the machine's speed now,
+    the batched round (draft.batch.time) included."""
+    from conftest import REPO
+
+    from starsim import load_scenario
+    from starsim.calibrate.compute import SPOT_OPS
+    from starsim.validate import _profile_fields, scale_overrides
+
+    path = REPO / "scenarios" / "real_cpu_batch.yaml"
+    sc = load_scenario(path)
+    assert sc.draft.batch.max == 4 and "draft.batch.time" in dict(_profile_fields(sc))
+    assert "draft_batched" in SPOT_OPS
+    scaled = load_scenario(path, scale_overrides(sc, {"draft.batch.time": 2.0}))
+    assert scaled.draft.batch.time.mean(4, 100) == pytest.approx(2 * sc.draft.batch.time.mean(4, 100))

@@ -205,7 +205,7 @@ def reference_speed(threads: int, device: str) -> float:
     return float(timer.blocked_autorange(min_run_time=0.2).median)
 
 
-SPOT_OPS = ("verify", "draft_round", "prefill")
+SPOT_OPS = ("verify", "draft_round", "prefill", "draft_batched")
 
 
 def spot_check(profile: ProfileFile, op: str, threads: int, points: int = 3) -> float:
@@ -236,11 +236,13 @@ def spot_check(profile: ProfileFile, op: str, threads: int, points: int = 3) -> 
         grid = GRIDS["cuda" if device.startswith("cuda") else "cpu"]
         for i in dict.fromkeys(picks):  # distinct, the median first
             x = dict(zip(o.columns, o.rows[int(order[i])]))
-            n, L = int(x["tokens"]), int(x.get("context", 0))
+            n, L = int(x["batch"] if op == "draft_batched" else x["tokens"]), int(x.get("context", 0))
             if op == "verify":
                 fn = code_verify_fn(c, n, L, tree.top_k)
             elif op == "draft_round":
                 fn = code_draft_round_fn(c, n, L, tree)
+            elif op == "draft_batched":
+                fn = code_draft_batched_fn(c, n, L, tree)
             else:
                 fn = prefill_fn(c, n)
             times, _ = time_call(fn, grid, threads, device, warmup=3)
