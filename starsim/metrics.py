@@ -196,25 +196,42 @@ def idle_ratio_series(records: Records) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["engine", "t_start", "idle_ratio"])
 
 
-def kv_bytes_peak(rounds: pd.DataFrame, requests: pd.DataFrame) -> int:
-    """Peak over time of the draft KV bytes held over all tags (state freed at request end)."""
+def draft_kv_series(records: Records) -> tuple[np.ndarray, np.ndarray]:
+    """The draft KV bytes held over all tags (of every draft server) over time: ``(times,
+    bytes held just after each change)``. A tag holds its round's ``draft_kv_bytes`` from the
+    round's draft end until its next round, the end of its request (the state is freed) or an
+    eviction for memory (``evict`` intervals, recorded by the simulator)."""
+    rounds, requests, iv = records.rounds, records.requests, records.intervals
     spec = (rounds["draft"] >= 0).to_numpy()
     if not spec.any() or not rounds["draft_kv_bytes"].any():
-        return 0
-    col = {c: rounds[c].to_numpy()[spec] for c in ("request", "round", "draft_kv_bytes", "t_draft_end")}
-    order = _sort_by(col["request"], col["round"])
-    same = col["request"][order]
-    held = col["draft_kv_bytes"][order].astype(np.int64)
-    delta = held.copy()
-    delta[1:] -= np.where(same[1:] == same[:-1], held[:-1], 0)
-    last = np.r_[same[1:] != same[:-1], True]  # each request's last round
-    fin = requests.set_index("request")["t_finish"].reindex(same[last]).to_numpy(float)
+        return np.empty(0), np.empty(0, dtype=np.int64)
+    r = rounds.loc[spec, ["draft", "target", "request", "round", "t_draft_end", "draft_kv_bytes"]]
+    n = int(r["target"].max()) + 1
+    # ``order`` breaks ties in time: a request's end first (a tag's state is gone before
+    # another tag grows), then rounds, then evictions (a tag evicted by the round that starts
+    # when its own round ends held its bytes until then)
+    parts = [pd.DataFrame({"t": r["t_draft_end"].to_numpy(float), "key": (r["draft"] * n + r["target"]).to_numpy(),
+                           "value": r["draft_kv_bytes"].to_numpy(np.int64), "order": 1})]
+    last = r.sort_values(["request", "round"]).groupby("request").tail(1)
+    fin = requests.set_index("request")["t_finish"].reindex(last["request"]).to_numpy(float)
     ok = np.isfinite(fin)
-    times = np.r_[col["t_draft_end"][order].astype(float), fin[ok]]
-    deltas = np.r_[delta, -held[last][ok]]
-    # at equal times apply frees first: a tag's state is gone before another tag grows
-    order = _sort_by(times, deltas)
-    return int(np.cumsum(deltas[order]).max())
+    parts.append(pd.DataFrame({"t": fin[ok], "key": (last["draft"] * n + last["target"]).to_numpy()[ok], "value": 0,
+                               "order": 0}))
+    ev = iv[iv["kind"] == "evict"]
+    if len(ev):
+        index = {name: j for j, name in enumerate(records.meta.get("draft_engines", []))}
+        server = ev["engine"].map(index).fillna(0).to_numpy(np.int64)
+        parts.append(pd.DataFrame({"t": ev["start"].to_numpy(float), "key": server * n + ev["target"].to_numpy(),
+                                   "value": 0, "order": 2}))
+    e = pd.concat(parts, ignore_index=True).sort_values(["t", "order"], kind="stable")
+    delta = e["value"] - e.groupby("key")["value"].shift(fill_value=0)
+    return e["t"].to_numpy(), np.cumsum(delta.to_numpy(np.int64))
+
+
+def kv_bytes_peak(records: Records) -> int:
+    """Peak over time of the draft KV bytes held over all tags (see :func:`draft_kv_series`)."""
+    held = draft_kv_series(records)[1]
+    return int(held.max()) if len(held) else 0
 
 
 def _sort_by(key: np.ndarray, then: np.ndarray) -> np.ndarray:
@@ -396,7 +413,7 @@ def summarize(records: Records) -> dict[str, Any]:
         "draft_task_time_cv": cv(task_time),
         "draft_queue_wait_mean_s": _mean(wait),
         "draft_queue_wait_p99_s": _pct(wait, 99),
-        "draft_kv_bytes_peak": kv_bytes_peak(rounds, requests),
+        "draft_kv_bytes_peak": kv_bytes_peak(records),
         # tags evicted for draft memory (draft.memory_bytes; the simulator counts them)
         "draft_evictions": meta.get("draft_evictions"),
         **_beyond(records, rw),

@@ -52,7 +52,7 @@ def test_kv_peak_frees_at_request_end():
         rec.rounds.append((0, rid, rnd, 0, *([nan] * 4), t, *([nan] * 4), 0, 0, 1, 1, 0, 1, 0, 0, kv))
     rec.requests.extend([(0, 0, 1, 2, 2, 0.0, 0.0, 0.5, 3.0), (1, 0, 1, 2, 1, 3.0, 3.0, 3.5, nan)])
     r = rec.finish({"t_end": 5.0, "window_s": 1.0})
-    assert kv_bytes_peak(r.rounds, r.requests) == 300
+    assert kv_bytes_peak(r) == 300
 
 
 def test_rows_by_matches_boolean_filters():

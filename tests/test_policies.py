@@ -145,3 +145,6 @@ def test_draft_memory_evicts_the_least_recently_used_tag():
     # a round re-encodes ~250 tokens on average (the mean context) instead of 4
     assert thrash["draft_task_time_mean_s"] > roomy["draft_task_time_mean_s"] + 0.002
     assert thrash["throughput_tokens_per_s"] < 0.9 * roomy["throughput_tokens_per_s"]
+    # memory over time (the report's figure 7): evictions keep the held bytes within the
+    # capacity; without a limit the four tags together hold more
+    assert thrash["draft_kv_bytes_peak"] <= 451 * 1000 < roomy["draft_kv_bytes_peak"]

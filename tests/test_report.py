@@ -7,6 +7,7 @@ import base64
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from starsim import load_scenario, simulate
@@ -123,3 +124,27 @@ def test_bad_input_is_one_line(tmp_path, run_dirs, argv, message):
         report_cli(*(a.format(**paths) for a in argv), "--out", tmp_path / "out")
     assert str(e.value) == message.format(**paths)
     assert "\n" not in str(e.value)
+
+
+def test_draft_memory_figure_follows_the_held_bytes(tmp_path):
+    """Figure 7: the memory curve is the metrics' own series, under draft.memory_bytes."""
+    import copy
+
+    from conftest import CONST_STAR
+
+    from starsim import simulate, validate_scenario
+    from starsim.metrics import draft_kv_series
+    from starsim.report import build_report
+
+    sc = copy.deepcopy(CONST_STAR)
+    sc["draft"].update(encode_per_token_s=0.00001, memory_bytes=451 * 1000)
+    sc.update(duration_s=10.0, warmup_s=1.0)
+    res = simulate(validate_scenario(sc))
+    res.write(tmp_path / "run")
+    t, held = draft_kv_series(res.records)
+    assert len(t) and held.max() == res.summary["draft_kv_bytes_peak"] <= 451 * 1000 and held.min() >= 0
+    rep = build_report([tmp_path / "run"], tmp_path / "rep", "png")
+    fig = rep.figures["draft_memory"]
+    line = fig.axes[0].lines[0]
+    assert np.allclose(line.get_ydata(), held / 1e6)
+    assert (tmp_path / "rep" / "fig7_draft_memory.png").is_file()

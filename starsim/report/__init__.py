@@ -1,4 +1,4 @@
-"""The idle-gap report of one or more run directories: six figures (PNG/SVG) and one
+"""The idle-gap report of one or more run directories: seven figures (PNG/SVG) and one
 self-contained HTML page (``starsim report``).
 
     from starsim.report import build_report
@@ -52,6 +52,10 @@ FIGURES = [
      "The distribution of the draft engine's time per task (the paper's claim: faster and more stable with "
      "several targets) and of each target's round time, send to verify end, as box plots over a sample of "
      "the tasks; CV is the coefficient of variation (std / mean)."),
+    ("draft_memory", "fig7_draft_memory", "7. Draft memory over time",
+     "The draft KV cache bytes the draft server(s) hold for all tags over the run: a tag holds its context's "
+     "cache from its round until its request ends (freed) or, with draft.memory_bytes (the dashed line), "
+     "until it is evicted for room; an evicted tag re-encodes its whole context on its next round."),
 ]
 
 
@@ -106,6 +110,7 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, formats: str |
         "scaling": lambda: F.scaling(runs, notes),
         "fairness": lambda: F.fairness(runs),
         "draft_time": lambda: F.draft_time(runs),
+        "draft_memory": lambda: F.draft_memory(runs),
     }
     files: list[Path] = []
     figs: dict[str, Figure] = {}

@@ -1,4 +1,4 @@
-"""The report's six figures, each a function of the runs that returns a matplotlib Figure.
+"""The report's seven figures, each a function of the runs that returns a matplotlib Figure.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot: no global
 figure registry, no GUI backend); :func:`save` writes them with the Agg and SVG canvases
@@ -526,4 +526,39 @@ def draft_time(runs: list[Run]) -> Figure:
     ax_r.set_ylabel("round time, send to verify end (ms" + (", log scale)" if ax_r.get_yscale() == "log" else ")"))
     ax_r.set_title("target round time", fontsize=10)
     fig.suptitle(runs_title("Draft task and round time distributions", runs))
+    return fig
+
+
+# --------------------------------------------------------------------------- 7: draft memory
+
+
+def draft_memory(runs: list[Run]) -> Figure:
+    """Figure 7: the draft KV bytes held over all tags over time (metrics.draft_kv_series),
+    one line per run, with the draft's memory capacity (``draft.memory_bytes``) where set."""
+    from ..metrics import draft_kv_series
+
+    fig = _figure(11, 4.2)
+    ax = fig.subplots()
+    drawn = False
+    for i, run in enumerate(runs):
+        t, held = draft_kv_series(run.records)
+        if not len(t):
+            continue
+        drawn = True
+        color = run_color(i)
+        evicted = run.summary.get("draft_evictions")
+        extra = f", {evicted} evictions" if evicted else ""
+        ax.step(t, held / 1e6, where="post", color=color, lw=1.2,
+                label=f"{run.display}: peak {held.max() / 1e6:.4g} MB{extra}")
+        cap = ((run.scenario or {}).get("draft") or {}).get("memory_bytes")
+        if cap:
+            ax.axhline(cap / 1e6, color=color, ls="--", lw=1, label=f"{run.display}: draft.memory_bytes")
+    if not drawn:
+        _no_data(ax, "no draft KV bytes recorded (kv_bytes_per_token 0, or no draft)")
+    else:
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlabel("time on the run's clock (s)")
+    ax.set_ylabel("draft KV held, all tags (MB)")
+    ax.grid(color="#eeeeee")
+    fig.suptitle(runs_title("Draft memory over time", runs))
     return fig

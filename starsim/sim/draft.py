@@ -114,6 +114,10 @@ class DraftEngine:
             old = next(iter(kv))
             total -= kv.pop(old) * per
             self.evictions += 1
+            # an instant "evict" interval: the report's memory-over-time curve drops the tag here
+            now = self.env.now
+            self.rec.packed_intervals.extend(
+                pack_interval(self.rec.interval_key(self.name, self.unit.name, "evict"), old, now, now))
 
     def run(self):
         # Clock values are computed, not read back (see Target._speculate): after its own
