@@ -139,6 +139,13 @@ class Batching(_Model):
         return self
 
 
+def _registered(what: str, registry: dict, name: str) -> str:
+    """``name`` if the registry has it (policies, pairings, controllers), else the error that lists them."""
+    if name not in registry:
+        raise ValueError(f"unknown {what} {name!r}; expected one of: {', '.join(sorted(registry))}")
+    return name
+
+
 class DraftFailure(_Model):
     """A draft server of the fabric stops serving ``at_s`` seconds into the run."""
 
@@ -175,9 +182,7 @@ class Fabric(_Model):
     def _known_pairing(cls, v: str) -> str:
         from .pairing import PAIRINGS
 
-        if v not in PAIRINGS:
-            raise ValueError(f"unknown pairing {v!r}; expected one of: {', '.join(sorted(PAIRINGS))}")
-        return v
+        return _registered("pairing", PAIRINGS, v)
 
     @model_validator(mode="after")
     def _servers_exist(self):
@@ -211,9 +216,7 @@ class Adaptive(_Model):
     def _known_policy(cls, v: str) -> str:
         from .adaptive import CONTROLLERS
 
-        if v not in CONTROLLERS:
-            raise ValueError(f"unknown adaptive policy {v!r}; expected one of: {', '.join(sorted(CONTROLLERS))}")
-        return v
+        return _registered("adaptive policy", CONTROLLERS, v)
 
 
 class Draft(_Model):
@@ -271,9 +274,7 @@ class Draft(_Model):
     def _known_policy(cls, v: str) -> str:
         from .policies import POLICIES
 
-        if v not in POLICIES:
-            raise ValueError(f"unknown policy {v!r}; expected one of: {', '.join(sorted(POLICIES))}")
-        return v
+        return _registered("policy", POLICIES, v)
 
     @model_validator(mode="after")
     def _round_spec(self):
