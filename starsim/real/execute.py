@@ -2,10 +2,14 @@
 
 In star mode this process loads the draft model and runs the
 :class:`~starsim.real.server.DraftServer` (communication threads plus one engine thread);
-every target instance of the scenario is a process of its own (``multiprocessing`` spawn)
-that loads the target model and connects over loopback TCP. In one_for_one mode each
-target process also loads its own draft on its own device and serves it to itself over
-loopback (no emulated link), as the simulator co-locates each draft with its target.
+with a draft fabric (``draft.fabric.servers`` M > 1) it runs M of them, each with its own
+copy of the draft on its own unit, and every target pairs with one at a time over a load
+board in shared memory (:class:`~starsim.real.worker.FabricClient`); ``draft.fabric.failures``
+close a server at its time, as the ``stop_draft`` drill closes every one. Every target
+instance of the scenario is a process of its own (``multiprocessing`` spawn) that loads
+the target model and connects over loopback TCP. In one_for_one mode each target process
+also loads its own draft on its own device and serves it to itself over loopback (no
+emulated link), as the simulator co-locates each draft with its target.
 
 Workloads, as the simulator runs them: a closed loop has each target go through the prompt
 set in order, under one run-wide request budget (``max_requests``); an open loop (poisson,
@@ -87,7 +91,8 @@ def _open_loop(scenario: Scenario, horizon: float) -> tuple[list[float], list[tu
 def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, address: str | None, threads: int,
                  prompts, repeat: bool, budget, issued, horizon: float, ready, go, clock0, timeout_s: float,
                  results, link=None, seed: int = 0, temperature: float = 0.0, arrivals: list[float] | None = None,
-                 own_draft: dict | None = None, qos: dict | None = None, pause=None) -> None:
+                 own_draft: dict | None = None, qos: dict | None = None, pause=None,
+                 fabric: dict | None = None) -> None:
     """One target process: load the model and connect, wait for the common start, then take
     requests until the budget ends or ``horizon`` seconds have passed.
 
@@ -96,16 +101,18 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
     (source, dtype, tree, policy, stop_draft times), served from this process. ``qos``: the
     target's ``weight`` and ``tpot_slo_s``, told to the draft server for its policy.
     ``pause``: a closed loop's think time between this target's requests (a timing spec),
-    drawn from the simulator's own stream, so both pause alike for one seed."""
+    drawn from the simulator's own stream, so both pause alike for one seed. ``fabric``: several
+    draft servers (``addresses``), the shared load board (``loads``, ``alive``; one lock), the
+    ``pairing`` name and ``repair_queue``: the target pairs with one server at a time."""
     import torch
 
     from .models import eos_ids, load_model
     from .server import DraftClient, DraftServer
     from .spec import Drafter
-    from .worker import TargetWorker
+    from .worker import FabricClient, TargetWorker
 
     torch.set_num_threads(threads)
-    error, worker, tag, client, model, server = None, None, None, None, None, None
+    error, worker, tag, client, model, server, seat = None, None, None, None, None, None, None
     try:
         model = load_model(src, "target", device, dtype)
         if own_draft is not None:
@@ -123,8 +130,19 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
             delays = {"delay_up": link_time(link.up, np.random.default_rng([seed, 3, index])),
                       "delay_down": link_time(link.down, np.random.default_rng([seed, 4, index]))}
         qos = qos or {}
-        client = DraftClient(address, timeout_s=timeout_s, info={"index": index, **qos}, **delays) if address else None
-        tag = client.tag if client else None
+        info = {"index": index, **qos}
+        if fabric is not None:  # a connection to every server now, the pairing at each request's start
+            from ..pairing import make_pairing
+
+            pairing = make_pairing(fabric["pairing"], len(fabric["addresses"]), np.random.default_rng([seed, 5, index]),
+                                   loads=fabric["loads"], alive=fabric["alive"])
+            seat = FabricClient(index, fabric["addresses"], pairing, fabric["loads"].get_lock(),
+                                lambda a: DraftClient(a, timeout_s=timeout_s, info=info, **delays),
+                                repair_queue=fabric["repair_queue"])
+            seat.connect_all()
+        else:
+            client = DraftClient(address, timeout_s=timeout_s, info=info, **delays) if address else None
+            tag = client.tag if client else None
     except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
         error = f"{type(e).__name__}: {e}"
     ready.put(index)
@@ -139,7 +157,7 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
             timer.daemon = True  # one not yet due is dropped when the process ends
             timer.start()
         worker = TargetWorker(index, model, client, t0, device=unit, eos=eos_ids(model, src),
-                              temperature=temperature, seed=seed, tpot_slo_s=qos.get("tpot_slo_s"))
+                              temperature=temperature, seed=seed, tpot_slo_s=qos.get("tpot_slo_s"), fabric=seat)
         served, limit = 0, budget if arrivals is None else len(arrivals)  # arrivals: within the budget
         think = None
         if pause is not None:
@@ -169,6 +187,8 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
         worker.close()
     except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
         error = error or f"{type(e).__name__}: {e}"
+        if seat is not None:
+            seat.close()  # its place on the load board is given back
     draft_rows, rejected = [], []
     if server is not None:
         server.close()
@@ -180,6 +200,9 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
         rounds = [(*r[:3], index, *r[4:]) if r[3] >= 0 else r for r in rounds]
     results.put({
         "index": index, "tag": tag, "error": error,
+        # (server, tag) of each connection to the star's draft servers, and the moves between them
+        "tags": seat.tags if seat is not None else [(0, tag)] if tag is not None and server is None else [],
+        "repairs": seat.repairs if seat is not None else 0,
         "rounds": rounds, "requests": worker.requests if worker else [],
         "intervals": worker.intervals if worker else [],
         "fallback_at": worker.fallback_at if worker else None,
@@ -214,9 +237,12 @@ def _execute(scenario: Scenario) -> Result:
     star, own = scenario.mode == "star", scenario.mode == "one_for_one"
     draft_units, target_units = place(scenario)
     draft_unit = draft_units[0] if draft_units else ""
+    fab = scenario.draft.fabric
+    many = star and len(draft_units) > 1  # the engines are named by server then, as the simulator names them
+    use_fabric = star and (many or bool(fab.failures))
     target_src = role_source(r, "target")
     target_dev = [torch_device(scenario, u) for u in target_units]
-    draft_dev = [(draft_unit, torch_device(scenario, draft_unit))] if star else []  # one_for_one: the targets'
+    draft_dev = [(u, torch_device(scenario, u)) for u in draft_units] if star else []  # one_for_one: the targets'
     for unit, dev in sorted({*zip(target_units, target_dev), *draft_dev}):
         check_device(dev, f"devices: unit {unit}")
     horizon = min(scenario.duration_s if scenario.duration_s is not None else math.inf, r.max_wall_s)
@@ -230,15 +256,30 @@ def _execute(scenario: Scenario) -> Result:
     # processes, never input from the network (that is the protocol's job).
     results = ctx.Queue()
     issued = ctx.Value("i", 0)
-    server = None
+    servers: list = []  # star: one DraftServer per draft unit, each with its own copy of the draft
     torch.set_num_threads(r.threads)
     draft_src = role_source(r, "draft") if star or own else None
-    if star:
-        dev = torch_device(scenario, draft_unit)
-        draft = load_model(draft_src, "draft", dev, resolve_dtype(r, draft_src, dev))
-        server = DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens), policy=scenario.draft.policy,
-                             timeout_s=r.timeout_s, batch_max=scenario.draft.batch.max,
-                             batch_window_s=scenario.draft.batch.window_s).start()
+    try:
+        for unit in draft_units if star else ():
+            dev = torch_device(scenario, unit)
+            draft = load_model(draft_src, "draft", dev, resolve_dtype(r, draft_src, dev))
+            servers.append(DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens),
+                                       policy=scenario.draft.policy, timeout_s=r.timeout_s,
+                                       batch_max=scenario.draft.batch.max,
+                                       batch_window_s=scenario.draft.batch.window_s).start())
+    except BaseException:
+        for s in servers:
+            s.close()
+        raise
+    server = servers[0] if servers else None
+    board, fabric = None, None
+    if use_fabric:
+        # the load board: targets paired with each server, and whether it still serves; one lock
+        loads = ctx.Array("i", len(servers))
+        alive = ctx.Array("b", [1] * len(servers), lock=loads.get_lock())
+        board = (loads, alive)
+        fabric = {"addresses": [s.address for s in servers], "loads": loads, "alive": alive,
+                  "pairing": fab.pairing, "repair_queue": fab.repair_queue}
     ready, go = ctx.Queue(), ctx.Event()
     shared_clock0 = ctx.Value("d", 0.0)
     procs = []
@@ -250,12 +291,13 @@ def _execute(scenario: Scenario) -> Result:
                          "stop_at": stop_at} if own else None
             p = ctx.Process(target=_target_main, name=f"starsim-target-{i}", args=(
                 i, target_src, target_dev[i], resolve_dtype(r, target_src, target_dev[i]), target_units[i],
-                server.address if server else None, r.threads, prompts, getattr(scenario.workload, "repeat", False),
+                server.address if server and not use_fabric else None, r.threads, prompts,
+                getattr(scenario.workload, "repeat", False),
                 scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results,
                 # one_for_one has no wire in the simulator: its loopback gets no emulated link
                 group.link if r.emulate_link and star else None, scenario.seed, r.temperature, arrivals, own_draft,
                 {"weight": group.weight, "tpot_slo_s": group.tpot_slo_s},
-                getattr(scenario.workload, "pause", None)))
+                getattr(scenario.workload, "pause", None), fabric))
             p.start()
             procs.append(p)
         # The run's clock starts when every target has loaded its model and connected, so
@@ -274,7 +316,7 @@ def _execute(scenario: Scenario) -> Result:
         speed_before = reference_speed(r.threads, ref_device)
         clock0 = shared_clock0.value = time.monotonic()
         go.set()
-        drills = _start_faults(r.faults, server, procs, clock0)
+        drills = _start_faults(r.faults, servers, procs, clock0, fab.failures if star else [], board)
         got: dict[int, dict[str, Any]] = {}
         end_by = clock0 + r.max_wall_s + 60  # a worker finishes its request in progress after the deadline
         while len(got) < len(procs) and time.monotonic() < end_by:
@@ -284,7 +326,8 @@ def _execute(scenario: Scenario) -> Result:
             except queue.Empty:
                 for i, p in enumerate(procs):  # killed before it reported: its rows are lost, the run goes on
                     if i not in got and p.exitcode not in (None, 0):
-                        got[i] = {"index": i, "tag": None, "error": f"process ended with exit code {p.exitcode}",
+                        got[i] = {"index": i, "tag": None, "tags": [], "repairs": 0,
+                                  "error": f"process ended with exit code {p.exitcode}",
                                   "rounds": [], "requests": [], "intervals": [], "fallback_at": None, "outputs": [],
                                   "draft_intervals": [], "rejected": []}
         for p in procs:
@@ -294,20 +337,25 @@ def _execute(scenario: Scenario) -> Result:
         t_elapsed = time.monotonic() - clock0
         speed_after = reference_speed(r.threads, ref_device)
         drills.set()  # drills not yet due are dropped
-        if server is not None:
-            server.close()
+        for s in servers:
+            s.close()
     except BaseException:  # Ctrl-C or a failure here: no target left waiting, no port left open
         go.set()
         for p in procs:
             if p.is_alive():
                 p.kill()
-        if server is not None:
-            server.close()
+        for s in servers:
+            s.close()
         raise
 
-    tag_to_target = {item["tag"]: i for i, item in got.items() if item["tag"] is not None}
-    draft_rows = [("draft", draft_unit, "draft", tag_to_target.get(tag, -1), s - clock0, e - clock0)
-                  for tag, s, e, _ in (server.intervals if server else [])]
+    # each server's tags -> targets; its busy intervals as engine "draft" (one server) or "draft-J"
+    tag_to_target: list[dict[int, int]] = [{} for _ in servers]
+    for i, item in got.items():
+        for j, tag in item["tags"]:
+            tag_to_target[j][tag] = i
+    engines = [f"draft-{j}" if many else "draft" for j in range(len(servers))]
+    draft_rows = [(engines[j], draft_units[j], "draft", tag_to_target[j].get(tag, -1), s - clock0, e - clock0)
+                  for j, srv in enumerate(servers) for tag, s, e, _ in srv.intervals]
     draft_rows += [row for i in sorted(got) for row in got[i]["draft_intervals"]]
     parts = [got[i] for i in sorted(got)]
     if arrivals is not None:
@@ -319,11 +367,14 @@ def _execute(scenario: Scenario) -> Result:
     meta = {
         "source": "real", "mode": scenario.mode, "t_end": t_elapsed, "warmup_s": scenario.warmup_s,
         "cooldown_s": scenario.cooldown_s, "window_s": scenario.window_s,
-        "draft_engines": ["draft"] if star else [f"draft-{i}" for i, _, _ in instances] if own else [],
+        "draft_engines": engines if star else [f"draft-{i}" for i, _, _ in instances] if own else [],
         "targets": [{"index": i, "name": name, "device": target_units[i], "weight": g.weight,
                      "tpot_slo_s": g.tpot_slo_s} for i, name, g in instances],
         "draft_device": draft_unit if star else None,
+        "draft_devices": list(draft_units),
     }
+    if use_fabric:  # a target moved to another server (failure or saturation), as the simulator counts
+        meta["fabric_repairs"] = sum(item.get("repairs", 0) for item in got.values())
     records = assemble_records(parts, meta, draft_rows)
     if cut:  # arrivals would have gone on: the run lasts to its horizon, as a simulation does to duration_s
         records.meta["t_end"] = max(records.meta["t_end"], horizon)
@@ -339,13 +390,14 @@ def _execute(scenario: Scenario) -> Result:
         "temperature": r.temperature,
         "models": {role: _model_provenance(r, role, src, dev) for role, src, dev in
                    (("target", target_src, sorted(set(target_dev))),
-                    ("draft", draft_src, [dev] if star else sorted(set(target_dev)) if own else []))
+                    ("draft", draft_src,
+                     sorted({d for _, d in draft_dev}) if star else sorted(set(target_dev)) if own else []))
                    if src is not None},
         "processes": {"targets": len(procs), "threads_each": r.threads,
-                      "draft_servers": 1 if star else len(procs) if own else 0},
+                      "draft_servers": len(servers) if star else len(procs) if own else 0},
         "failures": {str(i): got[i]["error"] for i in sorted(got) if got[i]["error"]},
         "fallback_at_s": {str(i): got[i]["fallback_at"] for i in sorted(got) if got[i]["fallback_at"] is not None},
-        "rejected_connections": (list(server.rejected) if server else [])
+        "rejected_connections": [line for s in servers for line in s.rejected]
         + [line for i in sorted(got) for line in got[i]["rejected"]],
         "faults": [f.model_dump() for f in r.faults],
         "reference_matmul_s": {"before": speed_before, "after": speed_after, "what": REFERENCE,
@@ -356,22 +408,40 @@ def _execute(scenario: Scenario) -> Result:
     return Result(scenario=scenario, records=records, summary=summary, outputs=outputs)
 
 
-def _start_faults(faults, server, procs, clock0: float) -> threading.Event:
-    """Carry out the scenario's fault drills at their times; returns an event that cancels the rest."""
+def _start_faults(faults, servers, procs, clock0: float, failures=(), board=None) -> threading.Event:
+    """Carry out the scenario's fault drills (``real.faults``) and draft server failures
+    (``draft.fabric.failures``) at their times; returns an event that cancels the rest.
+    A failed server is marked down on the fabric's load ``board`` (loads, alive) first, so
+    that its targets, finding their connection closed, pair with a live one."""
     cancel = threading.Event()
+    events = sorted([(f.at_s, f) for f in faults] + [(f.at_s, f) for f in failures], key=lambda e: e[0])
+
+    def stop(js) -> None:
+        if board is not None:
+            loads, alive = board
+            with loads.get_lock():
+                for j in js:
+                    alive[j] = 0
+        for j in js:
+            servers[j].close()
 
     def run() -> None:
-        for f in sorted(faults, key=lambda f: f.at_s):
-            if cancel.wait(max(0.0, clock0 + f.at_s - time.monotonic())):
+        for at, f in events:
+            if cancel.wait(max(0.0, clock0 + at - time.monotonic())):
                 return
-            if f.kind == "stop_draft" and server is not None:
-                log.warning("fault drill: stopping the draft server at %.3f s", time.monotonic() - clock0)
-                server.close()
-            elif f.kind == "kill_target" and procs[f.target].is_alive():
+            kind = getattr(f, "kind", "fail_server")
+            if kind == "stop_draft" and servers:
+                log.warning("fault drill: stopping the draft server%s at %.3f s", "s" if len(servers) > 1 else "",
+                            time.monotonic() - clock0)
+                stop(range(len(servers)))
+            elif kind == "fail_server":
+                log.warning("draft server %d fails at %.3f s", f.server, time.monotonic() - clock0)
+                stop([f.server])
+            elif kind == "kill_target" and procs[f.target].is_alive():
                 log.warning("fault drill: killing target %d at %.3f s", f.target, time.monotonic() - clock0)
                 procs[f.target].kill()
 
-    if faults:
+    if events:
         threading.Thread(target=run, daemon=True, name="starsim-faults").start()
     return cancel
 

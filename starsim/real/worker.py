@@ -9,6 +9,12 @@ server goes away (a refused or broken connection, a timeout), the worker falls b
 plain autoregressive decoding for the rest of the run and finishes its requests; the
 rows say from when (``draft = -1``, no tree) and :attr:`TargetWorker.fallback_at` holds
 the time.
+
+With a draft fabric (``draft.fabric``: several draft servers), a :class:`FabricClient`
+pairs the worker with one server at a time: at a request's start (a failed or, with
+``repair_queue``, saturated server is left then), and at once when its connection fails
+mid-request, when the worker resends its whole context (``start: true``) to the new server,
+which holds none of its state. Only with every server down does it fall back as above.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 
 import numpy as np
 
+from ..pairing import NoDraftServer, Pairing
 from ..records import Recorder, Records
 from . import protocol as P
 from .server import DraftClient
@@ -28,10 +35,131 @@ log = logging.getLogger("starsim.target")
 NAN = math.nan
 
 
+class FabricClient:
+    """A target's side of an M-for-N draft fabric: the server it is paired with (``server``),
+    one connection per server it has used, and its moves away from failed or saturated ones.
+
+    ``pairing`` works over the fabric's load board (shared by every target; ``lock`` guards
+    it); ``connect(address)`` opens a :class:`DraftClient`. Pairing follows the simulator
+    (:class:`starsim.sim.fabric.Fabric`): a target keeps its server between requests unless
+    that one is down or, with ``repair_queue``, its last reply said more than that many tasks
+    were waiting; ``repairs`` counts the moves to another server.
+    """
+
+    def __init__(self, index: int, addresses: list[str], pairing: Pairing, lock, connect,
+                 repair_queue: int | None = None):
+        self.index, self.addresses, self.pairing, self.lock = index, list(addresses), pairing, lock
+        self.connect, self.repair_queue = connect, repair_queue
+        self.clients: dict[int, DraftClient] = {}
+        self.tags: list[tuple[int, int]] = []  # (server, tag) of every connection, for the draft intervals
+        self.server: int | None = None
+        self.waiting: dict[int, int] = {}  # server -> tasks waiting in its queue at its last reply
+        self.repairs = 0
+        self.down = False  # every server down (or unreachable): no speculation from here on
+        self._failed = 0  # connections failed since the last served round
+
+    def connect_all(self) -> None:
+        """Open a connection to every server now (start-up, before the run's clock starts)."""
+        for j in range(len(self.addresses)):
+            self._client(j)
+
+    def _client(self, j: int) -> DraftClient:
+        c = self.clients.get(j)
+        if c is None:
+            c = self.clients[j] = self.connect(self.addresses[j])
+            self.tags.append((j, c.tag))
+        return c
+
+    def _drop(self, j: int | None) -> None:
+        c = self.clients.pop(j, None) if j is not None else None
+        if c is not None:
+            c.close()
+
+    def _pair(self, leave: bool) -> int | None:
+        cur = self.server
+        with self.lock:
+            try:
+                j = self.pairing.pair(self.index, cur, leave=leave and cur is not None)
+            except NoDraftServer:
+                if cur is not None:
+                    self.pairing.unpair(cur)
+                self.server, self.down = None, True
+                return None
+        if cur is not None and j != cur:
+            self.repairs += 1
+            log.info("target %d: draft server %d -> %d", self.index, cur, j)
+        self.server = j
+        return j
+
+    def _connected(self, j: int | None) -> DraftClient | None:
+        """The connection to server ``j``; one that cannot be opened counts as a failure, and
+        the target pairs again (after more failures in a row than servers, it gives up)."""
+        while j is not None:
+            try:
+                return self._client(j)
+            except (P.ProtocolError, OSError) as e:
+                log.warning("target %d: cannot connect to draft server %d (%s)", self.index, j, e)
+                self._drop(j)
+                j = self._give_up() if self._fail() else self._pair(True)
+        return None
+
+    def _fail(self) -> bool:
+        self._failed += 1
+        return self._failed > len(self.addresses)
+
+    def _give_up(self) -> None:
+        with self.lock:
+            if self.server is not None:
+                self.pairing.unpair(self.server)
+        self.server, self.down = None, True
+
+    def begin(self) -> DraftClient | None:
+        """At a request's start: the client of the server to use (None: every server is down)."""
+        if self.down:
+            return None
+        cur = self.server
+        if cur is None:
+            return self._connected(self._pair(False))
+        saturated = self.repair_queue is not None and self.waiting.get(cur, 0) > self.repair_queue
+        with self.lock:
+            alive = bool(self.pairing.alive[cur])
+        if alive and not saturated:
+            return self._connected(cur)
+        return self._connected(self._pair(True))
+
+    def repair(self) -> DraftClient | None:
+        """The connection to the paired server failed mid-request: the client of another live
+        server (the same one, reconnected, when it is the only live one; None: none left)."""
+        self._drop(self.server)
+        if self._fail():
+            self._give_up()
+            return None
+        return self._connected(self._pair(True))
+
+    def served(self, header: dict) -> None:
+        """A reply came from the paired server: note its queue length."""
+        self._failed = 0
+        q = header.get("queue_len", 0)
+        self.waiting[self.server] = q if isinstance(q, int) and not isinstance(q, bool) else 0
+
+    def close(self) -> None:
+        """The session ends: unpair and close every connection."""
+        if self.server is not None:
+            with self.lock:
+                self.pairing.unpair(self.server)
+            self.server = None
+        for j in list(self.clients):
+            self._drop(j)
+
+
 class TargetWorker:
     def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
-                 eos=None, temperature: float = 0.0, seed: int = 0, tpot_slo_s: float | None = None):
+                 eos=None, temperature: float = 0.0, seed: int = 0, tpot_slo_s: float | None = None,
+                 fabric: FabricClient | None = None):
+        # fabric: several draft servers, the client of the paired one taken at each request's
+        # start (``client`` is then None until the first request)
         self.index, self.model, self.client, self.clock0 = index, model, client, clock0
+        self.fabric = fabric
         # end-of-sequence ids: one id, several (some models have a list), or none
         self.device = device
         self.eos = frozenset() if eos is None else frozenset([eos] if isinstance(eos, int) else eos)
@@ -45,8 +173,9 @@ class TargetWorker:
         self.outputs: list[dict] = []  # per finished request: request, target, prompt, output (token ids)
         self.fallback_at: float | None = None
         # server clock - ours, and its error bound, for the callers' reports (None: no server)
-        self.clock_offset_s: float | None = getattr(client, "clock_offset_s", None)
-        self.clock_error_s: float | None = getattr(client, "clock_error_s", None)
+        first = client if fabric is None else next(iter(fabric.clients.values()), None)
+        self.clock_offset_s: float | None = getattr(first, "clock_offset_s", None)
+        self.clock_error_s: float | None = getattr(first, "clock_error_s", None)
 
     def now(self) -> float:
         return time.monotonic() - self.clock0
@@ -57,12 +186,17 @@ class TargetWorker:
     def run_request(self, rid: int, prompt: list[int], output_tokens: int, t_arrival: float = 0.0) -> list[int]:
         """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``."""
         rng = np.random.default_rng([self.seed, rid])
+        if self.fabric is not None:
+            self.client = self.fabric.begin()
+            if self.client is None and self.fallback_at is None:
+                self._lost("every draft server of the fabric is down")
         v = Verifier(self.model, self.temperature, rng, hidden=bool(self.client and self.client.needs_hidden))
         t_start = self.now()
         out = [v.prefill(prompt)]
         t_first = self.now()
         self._interval("prefill", t_start, t_first)
         new, start, r_i = prompt + out, True, 0
+        sent = []  # the features sent this request (EAGLE): a new fabric server gets the whole context's
         while len(out) < output_tokens and out[-1] not in self.eos:
             ctx = len(prompt) + len(out)
             if self.client is not None:
@@ -73,12 +207,22 @@ class TargetWorker:
                     tree, hdr = self.client.draft(new, start, self.temperature, int(rng.integers(2**63)), v.features,
                                                   deadline_in_s=due)
                 except (P.ProtocolError, OSError) as e:
-                    self.fallback_at = self.now()
-                    log.warning("target %d: draft server lost (%s); decoding autoregressively from %.3f s",
-                                self.index, e, self.fallback_at)
-                    self.client = None
+                    if self.fabric is not None:  # another server: it gets the whole context
+                        self.client = self.fabric.repair()
+                        if self.client is not None:
+                            new, start = prompt + out, True
+                            if v.hidden:
+                                v.features, sent = np.concatenate([*sent, v.features]), []
+                            continue
+                    self._lost(e)
                     v.hidden = False  # no draft to feed any more
                     continue
+                if v.hidden:
+                    sent.append(v.features)
+                server = 0
+                if self.fabric is not None:
+                    self.fabric.served(hdr)
+                    server = self.fabric.server
                 t_arrive = self.now()
                 r = v.verify(tree)
                 t_end = self.now()
@@ -88,7 +232,7 @@ class TargetWorker:
                 srv = [hdr[k] - self.client.clock_offset_s - self.clock0
                        for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")]
                 self.rounds.append((
-                    self.index, rid, r_i, 0, t_send, *srv, t_arrive, t_arrive, t_end, ctx, int(hdr["new_tokens"]),
+                    self.index, rid, r_i, server, t_send, *srv, t_arrive, t_arrive, t_end, ctx, int(hdr["new_tokens"]),
                     r.tree_tokens, max(tree.depths, default=0), r.accepted, len(emitted),
                     self.client.bytes_up, self.client.bytes_down, int(hdr["kv_bytes"]),
                 ))
@@ -107,6 +251,12 @@ class TargetWorker:
         self.outputs.append({"request": rid, "target": self.index, "prompt": list(prompt), "output": out})
         return out
 
+    def _lost(self, why) -> None:
+        self.fallback_at = self.now()
+        log.warning("target %d: draft server lost (%s); decoding autoregressively from %.3f s",
+                    self.index, why, self.fallback_at)
+        self.client = None
+
     def _until_eos(self, tokens: list[int]) -> list[int]:
         """``tokens`` up to and including the first end-of-sequence id (the request ends there)."""
         for j, t in enumerate(tokens):
@@ -115,7 +265,9 @@ class TargetWorker:
         return tokens
 
     def close(self) -> None:
-        if self.client is not None:
+        if self.fabric is not None:
+            self.fabric.close()
+        elif self.client is not None:
             self.client.close()
 
 
