@@ -31,7 +31,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     notes = []
     for path in sorted(args.dir.glob("*.yaml")):
-        prof = read_profile(path) if not path.name.startswith("link") else None
+        prof = read_profile(path) if not path.name.startswith(("link", "stack")) else None
         if prof is None or prof.kind != "compute":
             continue
         spec, role = prof.model.get("spec"), prof.model.get("role")
