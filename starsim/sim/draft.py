@@ -253,7 +253,8 @@ class DraftEngine:
 
         Batching: up to ``batch.max`` waiting tasks (in the policy's order) in one forward of
         ``batch.time(tasks, longest context, deepest tree)``, plus each task's prefix encoding
-        at ``encode_per_token_s``; with fewer waiting, it first waits up to ``batch.window_s``
+        at ``encode_per_token_s`` (with ``round_time``: what its new tokens beyond one add to a
+        round, at the mean); with fewer waiting, it first waits up to ``batch.window_s``
         for more. A batch of one costs a plain round. Every task of a batch starts and ends
         with it; the draft's busy interval is recorded once per batch (its target: the batch's
         first task's). A pipelined tree cancelled before it starts is dropped unstarted."""
@@ -298,6 +299,10 @@ class DraftEngine:
                 news = sum(self._take(t) for t in tasks)
                 depth = max(cfg.tree.depth if t.depth is None else t.depth for t in tasks)
                 dur = batch_time(len(tasks), max(t.context for t in tasks), depth) + cfg.encode_per_token_s * news
+                if self.whole_round:  # batch.time is for 1 new token each: the rest encoded as one round would
+                    rt = cfg.round_time
+                    dur += sum(max(0.0, rt.mean(t.new_tokens, t.context, depth) - rt.mean(1, t.context, depth))
+                               for t in tasks if t.new_tokens > 1)
                 if self.warm_cold is not None:
                     dur *= self.warm_cold(start - last_end)
             if host is None:
