@@ -103,3 +103,20 @@ class Goodput(Controller):
 def make_controller(name: str, max_depth: int, cost: Cost, probe_every: int = 16,
                     smoothing: float = 0.1) -> Controller:
     return CONTROLLERS[name](max_depth, cost, probe_every, smoothing)
+
+
+def controller_for(draft, group) -> Controller:
+    """A target's controller (the simulator's and the real backend's alike), costing rounds
+    with the scenario's own time models at their means: the draft's tree ``d`` deep and the
+    verify of its tokens; depth 0 is one decode step. ``draft``: the scenario's ``draft``,
+    ``group``: the target's group."""
+    tree = draft.tree
+    step = group.decode_time if group.decode_time is not None else group.verify_time
+
+    def cost(d: int, ctx: float) -> float:
+        if d == 0:
+            return step.mean(1, ctx, 0)
+        return draft.mean_round(1, ctx, d) + group.verify_time.mean(tree.tokens_at(d) + 1, ctx, d)
+
+    a = draft.adaptive
+    return make_controller(a.policy, tree.depth, cost, a.probe_every, a.smoothing)

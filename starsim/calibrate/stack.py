@@ -43,11 +43,12 @@ class _FixedDrafter:
         self.model = SimpleNamespace(config=cfg, dtype=np.dtype("float32"))
         parents = [-1] + [(i - 1) // top_k for i in range(1, tokens)]
         self.tree = TreeDraft(list(range(1, tokens + 1)), parents, tree_depths(parents))
+        self.depth = max(self.tree.depths)  # a request for a shallower tree gets this one all the same
         self.seen: dict[int, int] = {}
         self.busy = _Busy(busy_s)
         self.busy_cpu_s = 0.0
 
-    def draft(self, tag, context, temperature=0.0, seed=None, hidden=None):
+    def draft(self, tag, context, temperature=0.0, seed=None, hidden=None, depth=None):
         self.busy_cpu_s += self.busy()
         new = len(context) - self.seen.get(tag, 0)
         self.seen[tag] = len(context)

@@ -92,7 +92,7 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
                  prompts, repeat: bool, budget, issued, horizon: float, ready, go, clock0, timeout_s: float,
                  results, link=None, seed: int = 0, temperature: float = 0.0, arrivals: list[float] | None = None,
                  own_draft: dict | None = None, qos: dict | None = None, pause=None,
-                 fabric: dict | None = None) -> None:
+                 fabric: dict | None = None, adaptive: tuple | None = None) -> None:
     """One target process: load the model and connect, wait for the common start, then take
     requests until the budget ends or ``horizon`` seconds have passed.
 
@@ -103,7 +103,9 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
     ``pause``: a closed loop's think time between this target's requests (a timing spec),
     drawn from the simulator's own stream, so both pause alike for one seed. ``fabric``: several
     draft servers (``addresses``), the shared load board (``loads``, ``alive``; one lock), the
-    ``pairing`` name and ``repair_queue``: the target pairs with one server at a time."""
+    ``pairing`` name and ``repair_queue``: the target pairs with one server at a time.
+    ``adaptive``: the scenario's ``draft`` and this target's group, for its adaptive-speculation
+    controller (the simulator's, costing rounds with the same models)."""
     import torch
 
     from .models import eos_ids, load_model
@@ -156,8 +158,14 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
             timer = threading.Timer(max(0.0, t0 + at - time.monotonic()), server.close)
             timer.daemon = True  # one not yet due is dropped when the process ends
             timer.start()
+        controller = None
+        if adaptive is not None:
+            from ..adaptive import controller_for
+
+            controller = controller_for(*adaptive)
         worker = TargetWorker(index, model, client, t0, device=unit, eos=eos_ids(model, src),
-                              temperature=temperature, seed=seed, tpot_slo_s=qos.get("tpot_slo_s"), fabric=seat)
+                              temperature=temperature, seed=seed, tpot_slo_s=qos.get("tpot_slo_s"), fabric=seat,
+                              controller=controller)
         served, limit = 0, budget if arrivals is None else len(arrivals)  # arrivals: within the budget
         think = None
         if pause is not None:
@@ -297,7 +305,8 @@ def _execute(scenario: Scenario) -> Result:
                 # one_for_one has no wire in the simulator: its loopback gets no emulated link
                 group.link if r.emulate_link and star else None, scenario.seed, r.temperature, arrivals, own_draft,
                 {"weight": group.weight, "tpot_slo_s": group.tpot_slo_s},
-                getattr(scenario.workload, "pause", None), fabric))
+                getattr(scenario.workload, "pause", None), fabric,
+                (scenario.draft, group) if star and scenario.draft.adaptive.policy != "fixed" else None))
             p.start()
             procs.append(p)
         # The run's clock starts when every target has loaded its model and connected, so

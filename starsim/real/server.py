@@ -76,6 +76,7 @@ class _Task:
     end: float = 0.0
     error: str | None = None
     deadline: float = math.inf  # on the server's clock: when the target's next token is due (edf)
+    depth: int | None = None  # a shallower tree than the drafter's (adaptive speculation); None: the full one
 
 
 def _sampling(header: dict) -> tuple[float, int | None]:
@@ -94,6 +95,16 @@ def _weight(info) -> float:
     if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < 1e6 or w != w:
         raise P.ProtocolError(f"weight must be a number in (0, 1e6), got {w!r}")
     return float(w)
+
+
+def _depth(header: dict, most: int) -> int | None:
+    """A DRAFT_REQUEST's ``depth`` (adaptive speculation: a tree 1..``most`` deep; None: the full tree)."""
+    d = header.get("depth")
+    if d is None:
+        return None
+    if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= most:
+        raise P.ProtocolError(f"depth must be an integer in 1..{most}, got {d!r}")
+    return d
 
 
 def _deadline_in(header: dict) -> float:
@@ -232,7 +243,7 @@ class DraftServer:
         task.start = self._now()
         try:
             task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
-                                                            task.seed, task.hidden)
+                                                            task.seed, task.hidden, task.depth)
         except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
             task.error = f"draft failed: {type(e).__name__}: {e}"
         task.end = self._now()
@@ -246,7 +257,8 @@ class DraftServer:
         that fails by itself reports an error (to its own target)."""
         start = self._now()
         try:
-            done = self.drafter.draft_batch([(t.target, t.context, t.temperature, t.seed, t.hidden) for t in tasks])
+            done = self.drafter.draft_batch([(t.target, t.context, t.temperature, t.seed, t.hidden, t.depth)
+                                             for t in tasks])
         except Exception:  # noqa: BLE001 - retried one by one below
             log.warning("batched draft of %d tasks failed; drafting them one by one", len(tasks), exc_info=True)
             done = None
@@ -256,7 +268,8 @@ class DraftServer:
         else:
             for t in tasks:
                 try:
-                    t.tree, t.new_tokens = self.drafter.draft(t.target, t.context, t.temperature, t.seed, t.hidden)
+                    t.tree, t.new_tokens = self.drafter.draft(t.target, t.context, t.temperature, t.seed, t.hidden,
+                                                              t.depth)
                 except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
                     t.error = f"draft failed: {type(e).__name__}: {e}"
         end = self._now()
@@ -351,6 +364,7 @@ class DraftServer:
                 t_enqueue = self._now()
                 task = _Task(tag, context, temperature, seed, hidden)
                 task.deadline = t_arrive + _deadline_in(msg.header)
+                task.depth = _depth(msg.header, self.drafter.depth)
                 task = self._submit(task)
                 if task.error:
                     P.send_message(conn, P.error(task.error, tag))
@@ -443,12 +457,14 @@ class DraftClient:
         return offset, rtt / 2
 
     def draft(self, token_ids: list[int], start: bool = False, temperature: float = 0.0,
-              seed: int | None = None, hidden=None, deadline_in_s: float | None = None) -> tuple[TreeDraft, dict]:
+              seed: int | None = None, hidden=None, deadline_in_s: float | None = None,
+              depth: int | None = None) -> tuple[TreeDraft, dict]:
         """Send the tokens since the last request (the whole context when ``start``); returns
         the tree and the reply's header (its times on the server's clock: subtract
         ``clock_offset_s`` for this process's ``time.monotonic()``).
         ``temperature > 0``: the draft samples its tree with ``seed`` and sends its probabilities.
-        ``deadline_in_s``: seconds until this target's next token is due (a deadline policy's key)."""
+        ``deadline_in_s``: seconds until this target's next token is due (a deadline policy's key).
+        ``depth``: a shallower tree than the server's (adaptive speculation)."""
         self.seq += 1
         if self.needs_hidden and hidden is None:
             raise P.ProtocolError("this draft server's draft is an EAGLE head: send the target's hidden states")
@@ -460,6 +476,8 @@ class DraftClient:
             req.header.update(temperature=float(temperature), seed=seed)
         if deadline_in_s is not None:
             req.header["deadline_in_s"] = float(deadline_in_s)
+        if depth is not None:
+            req.header["depth"] = int(depth)
         buffers = req.buffers()
         if self.delay_up is not None:
             time.sleep(self.delay_up(sum(memoryview(b).nbytes for b in buffers)))

@@ -374,9 +374,21 @@ class Drafter:
         st.ids = list(context)
         return logits[-1], None if feats is None else feats[-1], ids.shape[1]
 
+    def shape(self, depth: int | None = None) -> tuple[int, int]:
+        """(levels, most nodes) of a tree ``depth`` deep (adaptive speculation; None: the full
+        tree), as the simulator costs it (:meth:`starsim.scenario.Tree.tokens_at`)."""
+        if depth is None or depth >= self.depth:
+            return self.depth, self.max_nodes
+        if depth < 1:
+            raise ValueError(f"a draft tree is at least 1 deep, got depth {depth}")
+        from ..scenario import Tree
+
+        return depth, Tree.model_construct(top_k=self.top_k, depth=self.depth, tokens=self.max_nodes).tokens_at(depth)
+
     def draft(self, tag: int, context: list[int], temperature: float = 0.0, seed: int | None = None,
-              hidden=None) -> tuple[TreeDraft, int]:
+              hidden=None, depth: int | None = None) -> tuple[TreeDraft, int]:
         """A tree for the tag's ``context`` (prompt + tokens so far); returns (tree, new positions encoded).
+        ``depth``: a shallower tree than the drafter's (:meth:`shape`), for adaptive speculation.
 
         Greedy (``temperature == 0``): the EAGLE-2 tree of the module docstring. Sampling:
         level 1 is ``top_k`` children of the root drawn without replacement from ``q``; at
@@ -389,11 +401,12 @@ class Drafter:
         with torch.inference_mode():
             root_logits, root_feat, n_new = self.encode(tag, context, hidden)
             feats = {-1: root_feat}
+            levels, nodes = self.shape(depth)
             if temperature > 0:
                 tree = self._sampled_tree(tag, len(context), root_logits, feats, temperature,
-                                          np.random.default_rng(seed))
+                                          np.random.default_rng(seed), levels, nodes)
             else:
-                tree = self._greedy_tree(tag, len(context), root_logits, feats)
+                tree = self._greedy_tree(tag, len(context), root_logits, feats, levels, nodes)
             crop_cache(self.tags[tag].cache, len(context) - self.off)  # drop the tree: the context stays cached
         return tree, n_new
 
@@ -401,27 +414,29 @@ class Drafter:
         """Trees for several tags at once; returns ``(tree, new positions encoded)`` per request,
         in order, the same as :meth:`draft` would return for each.
 
-        ``requests``: ``(tag, context)`` or ``(tag, context, temperature, seed, hidden)``, at most
-        one per tag. The greedy requests of an independent draft model are batched: each tag's
+        ``requests``: ``(tag, context)`` or ``(tag, context, temperature, seed, hidden[, depth])``,
+        at most one per tag. The greedy requests of an independent draft model are batched: each tag's
         new prefix is encoded on its own cache (:meth:`encode`), then their trees grow together,
         one forward per tree level over every tag, on a batched copy of their caches (right-
         padded to the longest context; a boolean mask [B, 1, rows, columns] hides each row's
         padding and shows it its own context and tree ancestors; positions per row). Requests
-        that cannot be batched (``temperature > 0``, or an EAGLE head, whose inputs differ per
-        node) are drafted one by one, inside the batch, with :meth:`draft`.
+        that cannot be batched (``temperature > 0``, an EAGLE head, whose inputs differ per
+        node, or a shallower tree than the drafter's) are drafted one by one, inside the batch,
+        with :meth:`draft`.
         """
         import torch
 
-        reqs = [(*r, *(0.0, None, None)[len(r) - 2:]) for r in requests]
+        reqs = [(*r, *(0.0, None, None, None)[len(r) - 2:]) for r in requests]
         out: list[tuple[TreeDraft, int] | None] = [None] * len(reqs)
-        batch = [i for i, r in enumerate(reqs) if self.net is None and not r[2] > 0]
+        batch = [i for i, r in enumerate(reqs)
+                 if self.net is None and not r[2] > 0 and (r[5] is None or r[5] >= self.depth)]
         if len({reqs[i][0] for i in batch}) < len(batch):
             raise ValueError("draft_batch takes at most one request per tag")
         if len(batch) == 1:  # a batch of one is a plain round
             batch = []
-        for i, (tag, context, temperature, seed, hidden) in enumerate(reqs):
+        for i, (tag, context, temperature, seed, hidden, depth) in enumerate(reqs):
             if i not in batch:
-                out[i] = self.draft(tag, context, temperature, seed, hidden)
+                out[i] = self.draft(tag, context, temperature, seed, hidden, depth)
         if batch:
             with torch.inference_mode():
                 grown = self._greedy_batch([(reqs[i][0], reqs[i][1]) for i in batch])
@@ -482,13 +497,14 @@ class Drafter:
             feats.update(zip(frontier, out))
         return logits
 
-    def _greedy_tree(self, tag: int, L: int, root_logits, feats: dict) -> TreeDraft:
+    def _greedy_tree(self, tag: int, L: int, root_logits, feats: dict, levels: int, nodes: int) -> TreeDraft:
         g = _Greedy(root_logits, self.top_k)
-        for level in range(1, self.depth):
+        for level in range(1, levels):
             g.grow(self._level(tag, L, level, g.frontier, g.par, g.tok, g.forwarded, g.col, feats), level)
-        return g.tree(self.max_nodes)
+        return g.tree(nodes)
 
-    def _sampled_tree(self, tag: int, L: int, root_logits, feats: dict, temperature: float, rng) -> TreeDraft:
+    def _sampled_tree(self, tag: int, L: int, root_logits, feats: dict, temperature: float, rng, levels: int,
+                      max_nodes: int) -> TreeDraft:
         import torch
 
         def q16(logits):  # the draft's distribution as it travels (float16), one row per node
@@ -515,11 +531,11 @@ class Drafter:
                 cum.append(base + float(np.log(q[x])))
             return list(range(len(tokens) - drawn.size, len(tokens)))
 
-        frontier = add_children(-1, q16(root_logits[None])[0], min(self.top_k, self.max_nodes), 1)
+        frontier = add_children(-1, q16(root_logits[None])[0], min(self.top_k, max_nodes), 1)
         forwarded: list[int] = []
         col: dict[int, int] = {}
-        for level in range(1, self.depth):
-            slots = min(self.top_k, self.max_nodes - len(tokens))
+        for level in range(1, levels):
+            slots = min(self.top_k, max_nodes - len(tokens))
             if slots <= 0 or not frontier:
                 break
             rows = q16(self._level(tag, L, level, frontier, parents, tokens, forwarded, col, feats))

@@ -155,11 +155,13 @@ class FabricClient:
 class TargetWorker:
     def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
                  eos=None, temperature: float = 0.0, seed: int = 0, tpot_slo_s: float | None = None,
-                 fabric: FabricClient | None = None):
+                 fabric: FabricClient | None = None, controller=None):
         # fabric: several draft servers, the client of the paired one taken at each request's
         # start (``client`` is then None until the first request)
         self.index, self.model, self.client, self.clock0 = index, model, client, clock0
         self.fabric = fabric
+        # adaptive speculation (starsim.adaptive): the depth of each round, 0 = one plain step
+        self.controller = controller
         # end-of-sequence ids: one id, several (some models have a list), or none
         self.device = device
         self.eos = frozenset() if eos is None else frozenset([eos] if isinstance(eos, int) else eos)
@@ -197,15 +199,21 @@ class TargetWorker:
         self._interval("prefill", t_start, t_first)
         new, start, r_i = prompt + out, True, 0
         sent = []  # the features sent this request (EAGLE): a new fabric server gets the whole context's
+        pending = []  # EAGLE features of tokens decoded without speculation, not yet sent (adaptive)
+        ctl = self.controller
         while len(out) < output_tokens and out[-1] not in self.eos:
             ctx = len(prompt) + len(out)
-            if self.client is not None:
+            d = ctl.depth(ctx) if ctl is not None and self.client is not None else None
+            if self.client is not None and d != 0:
                 t_send = self.now()
                 # the next token is due when the request would fall behind its TPOT objective
                 due = None if self.tpot_slo_s is None else t_first + self.tpot_slo_s * len(out) - t_send
+                if pending:
+                    v.features, pending = np.concatenate([*pending, v.features]), []
                 try:
                     tree, hdr = self.client.draft(new, start, self.temperature, int(rng.integers(2**63)), v.features,
-                                                  deadline_in_s=due)
+                                                  deadline_in_s=due, depth=d if d is not None and d < ctl.max_depth
+                                                  else None)
                 except (P.ProtocolError, OSError) as e:
                     if self.fabric is not None:  # another server: it gets the whole context
                         self.client = self.fabric.repair()
@@ -237,13 +245,20 @@ class TargetWorker:
                     self.client.bytes_up, self.client.bytes_down, int(hdr["kv_bytes"]),
                 ))
                 new, start = r.emitted, False
-            else:  # autoregressive: one token per step, no draft
+                if ctl is not None:
+                    ctl.observe(d, r.accepted, t_end - t_send, ctx)
+            else:  # autoregressive (no draft, or adaptive depth 0): one token per step
+                if d == 0 and v.hidden:
+                    pending.append(v.features)  # the draft gets them with the next request
                 t0 = self.now()
                 emitted = [v.step()]
                 t_end = self.now()
                 self._interval("decode", t0, t_end)
                 self.rounds.append((self.index, rid, r_i, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, t0, t_end, ctx, 0,
                                     0, 0, 0, 1, 0, 0, 0))
+                if d == 0:  # the draft sees these tokens with the next request
+                    new = new + emitted
+                    ctl.observe(0, 0, t_end - t0, ctx)
             out += emitted
             r_i += 1
         self.requests.append((rid, self.index, len(prompt), output_tokens, len(out), t_arrival, t_start, t_first,

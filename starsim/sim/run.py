@@ -10,6 +10,7 @@ import numpy as np
 import simpy
 
 from .. import __version__
+from ..adaptive import controller_for
 from ..metrics import summarize
 from ..profiles import ProfileUsage
 from ..records import Recorder
@@ -145,7 +146,7 @@ def _simulate(scenario: Scenario) -> Result:
                 pause=pause,
                 usage=usage,
                 fabric=fabric,
-                controller=_controller(scenario, group) if star and draft.adaptive.policy != "fixed" else None,
+                controller=controller_for(draft, group) if star and draft.adaptive.policy != "fixed" else None,
                 pipeline=star and draft.pipeline,
                 tree=draft.tree,
             )
@@ -209,24 +210,6 @@ def _simulate(scenario: Scenario) -> Result:
     if usage.entries:
         summary["provenance"]["profiles"] = usage.report()
     return Result(scenario=scenario, records=records, summary=summary)
-
-
-def _controller(scenario: Scenario, group):
-    """A target's adaptive-speculation controller, costing rounds with the scenario's own
-    time models (means): the draft's tree at depth d and the verify of its tokens; depth 0 is
-    one decode step."""
-    from ..adaptive import make_controller
-
-    draft, tree = scenario.draft, scenario.draft.tree
-    step = group.decode_time if group.decode_time is not None else group.verify_time
-
-    def cost(d: int, ctx: float) -> float:
-        if d == 0:
-            return step.mean(1, ctx, 0)
-        return draft.mean_round(1, ctx, d) + group.verify_time.mean(tree.tokens_at(d) + 1, ctx, d)
-
-    a = draft.adaptive
-    return make_controller(a.policy, tree.depth, cost, a.probe_every, a.smoothing)
 
 
 def _events(env: simpy.Environment) -> int | None:
