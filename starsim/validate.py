@@ -50,6 +50,9 @@ METRICS: tuple[tuple[str, str, str, float], ...] = (
     ("target_tokens_per_s_jain", "Jain's index of per-target tok/s", "", 1.0),
     ("target_weighted_jain", "Jain's index of per-target tok/s / weight", "", 1.0),
     ("slo_attainment", "requests within their TPOT objective", "%", 100.0),
+    ("speculation_depth_mean", "tree depth per round, mean", "", 1.0),
+    ("rounds_without_speculation", "rounds without speculation", "%", 100.0),
+    ("fabric_repairs", "targets moved to another draft server", "", 1.0),
 )
 
 # the components a round's time is made of, as hop_means names them
@@ -238,9 +241,14 @@ class Validation:
         head = "| point | metric | unit | real |" + (" real CV |" if many else "")
         head += " sim | sim err | closed form | closed-form err |"
         out += [head, "|" + "---|" * (9 if many else 8)]
+        # a metric neither side has (an SLO nobody set, a fabric not used) is left out of the table
+        used = {row["metric"] for p in self.points for row in p["metrics"]
+                if row["real"] is not None or row["sim"] is not None}
         for p in self.points:
             spread = p.get("real_spread_pct") or {}
             for row in p["metrics"]:
+                if row["metric"] not in used:
+                    continue
                 cv = f" {f(spread.get(row['metric']))}% |" if many and spread.get(row["metric"]) is not None else (
                     " |" if many else "")
                 out.append(f"| {p['point']} | {row['label']} | {row['unit']} | {f(row['real'])} |{cv} "
@@ -257,7 +265,7 @@ class Validation:
         out += (["| metric | sim | closed form | real CV |", "|---|---|---|---|"] if many
                 else ["| metric | sim | closed form |", "|---|---|---|"])
         labels = {k: lbl for k, lbl, *_ in METRICS}
-        for key in labels:
+        for key in (k for k in labels if k in used):
             ms, ma = d["mape_sim_pct"][key], d["mape_analytic_pct"][key]
             tail = f" {f(d['real_spread_pct'][key])} |" if many else ""
             out.append(f"| {labels[key]} | {f(ms)} | {f(ma)} |{tail}")
