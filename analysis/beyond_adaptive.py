@@ -9,10 +9,18 @@ Runs, through the CLI:
 
 and draws the collapse run (tokens/s and mean tree depth in 2 s bins, fixed against goodput:
 ``analysis/figures/beyond/adaptive_collapse.png``). Simulated, ASSUMED A100-class times, about
-half a minute. Rerun with ``python analysis/beyond_adaptive.py``.
+half a minute. With ``--real`` it also validates fixed trees against the goodput controller for
+real on this CPU (2 target processes, the offline pair; about two minutes):
+
+    starsim validate scenarios/real_cpu_n2.yaml [--set draft.adaptive.policy=goodput] --out runs/beyond/real-...
+
+Rerun with ``python analysis/beyond_adaptive.py [--real]``.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
 
 import matplotlib
 
@@ -37,7 +45,24 @@ def binned(rounds: pd.DataFrame, t_end: float) -> tuple[np.ndarray, np.ndarray, 
     return edges[:-1] + BIN / 2, tokens, depth
 
 
+def real() -> None:
+    print("\n| real CPU, 2 targets | policy | throughput real | sim | mean depth real | sim | "
+          "rounds without speculation real | sim |")
+    print("|---|---|---|---|---|---|---|---|")
+    for policy in ("fixed", "goodput"):
+        out = RUNS / f"real-{policy}"
+        starsim("validate", "scenarios/real_cpu_n2.yaml", "--set", f"draft.adaptive.policy={policy}", "--out", str(out))
+        v = json.loads((out / "validation.json").read_text())
+        m = {r["metric"]: r for r in v["points"][0]["metrics"]}
+        t, d, z = m["throughput_tokens_per_s"], m["speculation_depth_mean"], m["rounds_without_speculation"]
+        print(f"| | {policy} | {t['real']:.0f} | {t['sim']:.0f} ({t['sim_err_pct']:+.0f}%) | {d['real']:.2f} "
+              f"| {d['sim']:.2f} | {z['real']:.0f}% | {z['sim']:.0f}% |")
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--real", action="store_true", help="also validate fixed vs goodput for real on this CPU")
+    args = ap.parse_args()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, height_ratios=(2, 1))
     print("| policy | tok/s, 0-40 s | 40-80 s (collapsed) | 80-120 s | mean depth | rounds without speculation |")
     print("|---|---|---|---|---|---|")
@@ -80,6 +105,8 @@ def main() -> None:
     print("\nthroughput (tok/s) and mean depth over N (rows), per alpha and policy")
     print(wide.round(2).to_string())
     print(f"wrote {FIGS.relative_to(REPO)}/adaptive_collapse.png, adaptive_load.png")
+    if args.real:
+        real()
 
 
 if __name__ == "__main__":

@@ -12,11 +12,17 @@ Runs, through the CLI:
 
 and draws the failure run (draft rounds per second each server serves, and tokens/s, in 2 s
 bins: ``analysis/figures/beyond/fabric_failure.png``). Simulated, ASSUMED A100-class times,
-under a minute. Rerun with ``python analysis/beyond_fabric.py``.
+under a minute. With ``--real`` it also validates the fabric for real on this CPU (2 draft
+servers, 4 target processes, server 0 stopped at 6 s; about a minute):
+
+    starsim validate scenarios/real_cpu_fabric.yaml --out runs/beyond/real-fabric
+
+Rerun with ``python analysis/beyond_fabric.py [--real]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import matplotlib
@@ -37,7 +43,22 @@ def rate(t: np.ndarray, weights: np.ndarray | None, edges: np.ndarray) -> np.nda
     return np.histogram(t, edges, weights=weights)[0] / BIN
 
 
+def real() -> None:
+    out = RUNS / "real-fabric"
+    starsim("validate", "scenarios/real_cpu_fabric.yaml", "--out", str(out))
+    v = json.loads((out / "validation.json").read_text())
+    print("\n| real CPU, 2 servers, 4 targets, server 0 fails at 6 s | real | sim | sim err |")
+    print("|---|---|---|---|")
+    for row in v["points"][0]["metrics"]:
+        if row["metric"] in ("draft_utilization", "throughput_tokens_per_s", "tpot_mean_s", "fabric_repairs"):
+            print(f"| {row['label']} ({row['unit']}) | {row['real']:.4g} | {row['sim']:.4g} | "
+                  f"{row['sim_err_pct']:+.1f}% |")
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--real", action="store_true", help="also validate the fabric for real on this CPU")
+    args = ap.parse_args()
     FIGS.mkdir(parents=True, exist_ok=True)
     out, one = RUNS / "fabric-failure", RUNS / "fabric-one"
     starsim("run", "scenarios/beyond_fabric.yaml", "--out", str(out))
@@ -87,6 +108,8 @@ def main() -> None:
     table = pd.DataFrame({"sim": sim, "closed form": ana}).unstack("draft.fabric.servers")
     print("\nthroughput (tok/s) over N (rows), per number of draft servers: simulated and closed form")
     print(table.round(0).to_string())
+    if args.real:
+        real()
 
 
 if __name__ == "__main__":
