@@ -47,7 +47,9 @@ FIGURES = [
     ("fairness", "fig5_fairness", "5. Fairness across targets",
      "Per-target tokens per second and mean wait of each target's tasks in the draft queue, one bar per "
      "target, grouped by run; the dashed line is the run's mean and Jain's index (1 = perfectly even) is "
-     "under each group. Uneven bars mean the draft serves some targets better than others."),
+     "under each group (with target weights, also over tokens/s / weight). With TPOT objectives "
+     "(targets[].tpot_slo_s), each target's share of requests that met it is above its bar and the run's "
+     "under the group. Uneven bars mean the draft serves some targets better than others."),
     ("draft_time", "fig6_draft_time", "6. Draft task and round time",
      "The distribution of the draft engine's time per task (the paper's claim: faster and more stable with "
      "several targets) and of each target's round time, send to verify end, as box plots over a sample of "

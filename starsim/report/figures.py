@@ -449,7 +449,9 @@ def _grouped_bars(ax: Axes, runs: list[Run], value: Callable[[dict], float | Non
 
 
 def fairness(runs: list[Run]) -> Figure:
-    """Figure 5: per-target tokens/s and mean draft queue wait, one bar group per run."""
+    """Figure 5: per-target tokens/s and mean draft queue wait, one bar group per run; Jain's
+    index (and, with weights, over rate / weight) under each group, and with TPOT objectives
+    each target's attainment above its bar and the run's under the group."""
     fig = _figure(11, 4.8)
     ax_t, ax_w = fig.subplots(1, 2)
     _grouped_bars(ax_t, runs, lambda t: t.get("tokens_per_s"), 1.0)
@@ -459,13 +461,28 @@ def fairness(runs: list[Run]) -> Figure:
         j = run.summary.get("target_tokens_per_s_jain")
         if j is None and "target_tokens_per_s_jain" not in run.summary:  # a summary from before the key
             j = jain_index(t.get("tokens_per_s") for t in run.summary.get("per_target") or [])
-        ticks.append(_tick_label(run, len(runs), *([f"Jain {j:.3f}"] if j is not None else [])))
+        extra = [f"Jain {j:.3f}"] if j is not None else []
+        per = run.summary.get("per_target") or []
+        wj = run.summary.get("target_weighted_jain")
+        if wj is not None and any(t.get("weight", 1.0) != 1.0 for t in per):
+            extra.append(f"weighted Jain {wj:.3f}")
+        slo = run.summary.get("slo_attainment")
+        if slo is not None:
+            extra.append(f"TPOT objective met {100 * slo:.0f}%")
+        ticks.append(_tick_label(run, len(runs), *extra))
     for ax in (ax_t, ax_w):
         ax.set_xticklabels(ticks, fontsize=8)
         top = ax.get_ylim()[1]
         ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)  # room for the legend above the bars
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8, loc="upper right")
+    for i, run in enumerate(runs):  # each target's TPOT-objective attainment above its bar
+        per = run.summary.get("per_target") or []
+        width = 0.8 / max(len(per), 1)
+        for k, t in enumerate(per):
+            a, rate = t.get("slo_attainment"), t.get("tokens_per_s")
+            if a is not None and rate is not None and len(per) <= 16:
+                ax_t.text(i - 0.4 + width * (k + 0.5), rate, f"{100 * a:.0f}%", ha="center", va="bottom", fontsize=6)
     ax_t.set_ylabel("tokens/s per target")
     ax_t.set_title("per-target throughput (bars: targets, numbered)", fontsize=10)
     ax_w.set_ylabel("mean draft queue wait (ms)")
