@@ -199,19 +199,18 @@ def idle_ratio_series(records: Records) -> pd.DataFrame:
 def draft_kv_series(records: Records) -> tuple[np.ndarray, np.ndarray]:
     """The draft KV bytes held over all tags (of every draft server) over time: ``(times,
     bytes held just after each change)``. A tag holds its round's ``draft_kv_bytes`` from the
-    round's draft end until its next round, the end of its request (the state is freed) or an
-    eviction for memory (``evict`` intervals, recorded by the simulator)."""
+    round's draft start (its cache grows to the context then) until its next round, the end of
+    its request (the state is freed) or an eviction for memory (``evict`` intervals)."""
     rounds, requests, iv = records.rounds, records.requests, records.intervals
     spec = (rounds["draft"] >= 0).to_numpy()
     if not spec.any() or not rounds["draft_kv_bytes"].any():
         return np.empty(0), np.empty(0, dtype=np.int64)
-    r = rounds.loc[spec, ["draft", "target", "request", "round", "t_draft_end", "draft_kv_bytes"]]
+    r = rounds.loc[spec, ["draft", "target", "request", "round", "t_draft_start", "draft_kv_bytes"]]
     n = int(r["target"].max()) + 1
-    # ``order`` breaks ties in time: a request's end first (a tag's state is gone before
-    # another tag grows), then rounds, then evictions (a tag evicted by the round that starts
-    # when its own round ends held its bytes until then)
-    parts = [pd.DataFrame({"t": r["t_draft_end"].to_numpy(float), "key": (r["draft"] * n + r["target"]).to_numpy(),
-                           "value": r["draft_kv_bytes"].to_numpy(np.int64), "order": 1})]
+    # ``order`` breaks ties in time: a request's end and evictions first (a tag's state is
+    # gone before another tag grows: an eviction is made room for the round starting then)
+    parts = [pd.DataFrame({"t": r["t_draft_start"].to_numpy(float), "key": (r["draft"] * n + r["target"]).to_numpy(),
+                           "value": r["draft_kv_bytes"].to_numpy(np.int64), "order": 2})]
     last = r.sort_values(["request", "round"]).groupby("request").tail(1)
     fin = requests.set_index("request")["t_finish"].reindex(last["request"]).to_numpy(float)
     ok = np.isfinite(fin)
@@ -222,10 +221,12 @@ def draft_kv_series(records: Records) -> tuple[np.ndarray, np.ndarray]:
         index = {name: j for j, name in enumerate(records.meta.get("draft_engines", []))}
         server = ev["engine"].map(index).fillna(0).to_numpy(np.int64)
         parts.append(pd.DataFrame({"t": ev["start"].to_numpy(float), "key": server * n + ev["target"].to_numpy(),
-                                   "value": 0, "order": 2}))
+                                   "value": 0, "order": 1}))
     e = pd.concat(parts, ignore_index=True).sort_values(["t", "order"], kind="stable")
     delta = e["value"] - e.groupby("key")["value"].shift(fill_value=0)
-    return e["t"].to_numpy(), np.cumsum(delta.to_numpy(np.int64))
+    t, held = e["t"].to_numpy(), np.cumsum(delta.to_numpy(np.int64))
+    last = np.r_[t[1:] != t[:-1], True]  # what is held once every change at an instant is made
+    return t[last], held[last]
 
 
 def kv_bytes_peak(records: Records) -> int:

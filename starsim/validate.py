@@ -53,6 +53,7 @@ METRICS: tuple[tuple[str, str, str, float], ...] = (
     ("speculation_depth_mean", "tree depth per round, mean", "", 1.0),
     ("rounds_without_speculation", "rounds without speculation", "%", 100.0),
     ("fabric_repairs", "targets moved to another draft server", "", 1.0),
+    ("draft_evictions", "draft tags evicted (memory)", "", 1.0),
 )
 
 # the components a round's time is made of, as hop_means names them

@@ -127,3 +127,38 @@ def test_execute_with_adaptive_speculation(tmp_path, quick_pair, quick_models, d
         assert s["rounds_without_speculation"] > 0.5 and (r.loc[~zero, "draft"] >= 0).all()
     for o in res.outputs:
         assert o["output"] == target_generate(target, o["prompt"], 40, eos=target.config.eos_token_id)
+
+
+def test_draft_memory_for_real_drops_the_least_recently_used_cache(quick_models):
+    """memory_bytes with room for about one context: two targets in turn evict each other's
+    draft cache, each evicted target's next request encodes its whole context again, and the
+    outputs are still the target's own (the server keeps the tokens, only the cache goes)."""
+    tok, target, draft = quick_models
+    a, b = (tok.encode(p).ids for p in CODE_PROMPTS[:2])
+    drafter = Drafter(draft, 4, 4, 16)
+    with DraftServer(drafter, memory_bytes=1) as server:  # less than any cache: only the newest stays
+        ca, cb = DraftClient(server.address), DraftClient(server.address)
+        va, vb = Verifier(target), Verifier(target)
+        ctx = {0: a + [va.prefill(a)], 1: b + [vb.prefill(b)]}
+        news = {0: [], 1: []}
+        sent = {0: list(ctx[0]), 1: list(ctx[1])}
+        for rnd in range(4):
+            for tag, c, v in ((0, ca, va), (1, cb, vb)):
+                tree, hdr = c.draft(sent[tag], start=rnd == 0)
+                news[tag].append(hdr["new_tokens"])
+                emitted = v.verify(tree).emitted
+                ctx[tag] += emitted
+                sent[tag] = emitted
+        ca.close()
+        cb.close()
+        assert len(server.evictions) >= 6 and {t for t, _ in server.evictions} == {0, 1}
+        # each later round re-encodes the whole context (the cache was dropped meanwhile)
+        assert all(n >= len(a) for n in news[0][1:]) and all(n >= len(b) for n in news[1][1:])
+    with DraftServer(Drafter(draft, 4, 4, 16)) as roomy:  # no limit: only the new tokens
+        c = DraftClient(roomy.address)
+        v = Verifier(target)
+        tree, hdr = c.draft(a + [v.prefill(a)], start=True)
+        tree2, hdr2 = c.draft(v.verify(tree).emitted)
+        assert hdr2["new_tokens"] < len(a) and not roomy.evictions
+        c.close()
+    assert ctx[0][len(a):] == target_generate(target, a, len(ctx[0]) - len(a))

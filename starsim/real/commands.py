@@ -32,6 +32,17 @@ def cmd_build_pair(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse turns the error into a usage message, exit 2)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return n
+
+
 def add_parsers(sub) -> None:
     m = sub.add_parser("models", help="build the offline draft/target pair (torch)")
     msub = m.add_subparsers(dest="models_command", metavar="WHAT")
@@ -103,7 +114,7 @@ def cmd_draft_server(args: argparse.Namespace) -> int:
     _, src, model = _load_role(args, "draft")
     drafter = Drafter(model, tree.top_k, tree.depth, tree.tokens)
     server = DraftServer(drafter, bind=args.bind, policy=args.policy, token=args.token, batch_max=args.batch_max,
-                         batch_window_s=args.batch_window).start()
+                         batch_window_s=args.batch_window, memory_bytes=args.memory_bytes).start()
     kind = "EAGLE head (targets send hidden states)" if drafter.needs_hidden else "causal LM"
     print(f"draft server on {server.address} ({src.get('path') or src.get('spec')}, {kind}, on {args.device}, "
           f"tree {args.tree}, policy {args.policy}, batches of up to {args.batch_max}); Ctrl-C to stop", flush=True)
@@ -192,10 +203,13 @@ def add_server_parsers(sub) -> None:
     d.add_argument("--tree", default="4,4,16", help="TOP_K,DEPTH,TOKENS (default 4,4,16)")
     d.add_argument("--policy", default="fifo", help="engine policy (default fifo)")
     d.add_argument("--token", help="shared token targets must present")
-    d.add_argument("--batch-max", type=int, default=1,
+    d.add_argument("--batch-max", type=_at_least_one, default=1,
                    help="draft up to this many waiting targets in one batched forward (default 1: one at a time)")
     d.add_argument("--batch-window", type=float, default=0.0, metavar="SECONDS",
                    help="with fewer than --batch-max waiting, wait up to this long for more (default 0)")
+    d.add_argument("--memory-bytes", type=_at_least_one, default=None, metavar="BYTES",
+                   help="draft KV memory for the targets' caches: least recently used ones are dropped beyond it "
+                        "(and re-encoded on their next request; default: unlimited)")
     d.set_defaults(func=cmd_draft_server)
 
     t = sub.add_parser("target", help="run requests on this machine against a draft server (torch)")

@@ -274,7 +274,8 @@ def _execute(scenario: Scenario) -> Result:
             servers.append(DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens),
                                        policy=scenario.draft.policy, timeout_s=r.timeout_s,
                                        batch_max=scenario.draft.batch.max,
-                                       batch_window_s=scenario.draft.batch.window_s).start())
+                                       batch_window_s=scenario.draft.batch.window_s,
+                                       memory_bytes=scenario.draft.memory_bytes).start())
     except BaseException:
         for s in servers:
             s.close()
@@ -365,6 +366,9 @@ def _execute(scenario: Scenario) -> Result:
     engines = [f"draft-{j}" if many else "draft" for j in range(len(servers))]
     draft_rows = [(engines[j], draft_units[j], "draft", tag_to_target[j].get(tag, -1), s - clock0, e - clock0)
                   for j, srv in enumerate(servers) for tag, s, e, _ in srv.intervals]
+    # tags evicted for draft memory: instant "evict" intervals, as the simulator records them
+    draft_rows += [(engines[j], draft_units[j], "evict", tag_to_target[j].get(tag, -1), t - clock0, t - clock0)
+                   for j, srv in enumerate(servers) for tag, t in srv.evictions]
     draft_rows += [row for i in sorted(got) for row in got[i]["draft_intervals"]]
     parts = [got[i] for i in sorted(got)]
     if arrivals is not None:
@@ -381,6 +385,7 @@ def _execute(scenario: Scenario) -> Result:
                      "tpot_slo_s": g.tpot_slo_s} for i, name, g in instances],
         "draft_device": draft_unit if star else None,
         "draft_devices": list(draft_units),
+        "draft_evictions": sum(len(srv.evictions) for srv in servers),
     }
     if use_fabric:  # a target moved to another server (failure or saturation), as the simulator counts
         meta["fabric_repairs"] = sum(item.get("repairs", 0) for item in got.values())

@@ -131,13 +131,21 @@ class DraftServer:
         timeout_s: float = 60.0,
         batch_max: int = 1,
         batch_window_s: float = 0.0,
+        memory_bytes: int | None = None,
     ):
-        if batch_max < 1 or not batch_window_s >= 0:
-            raise ValueError(f"batch_max must be >= 1 and batch_window_s >= 0, got {batch_max}, {batch_window_s}")
+        if batch_max < 1 or not batch_window_s >= 0 or (memory_bytes is not None and memory_bytes < 1):
+            raise ValueError(f"batch_max must be >= 1, batch_window_s >= 0 and memory_bytes >= 1 or None, got "
+                             f"{batch_max}, {batch_window_s}, {memory_bytes}")
         self.drafter, self.token, self.max_bytes, self.timeout_s = drafter, token, max_bytes, timeout_s
         # batched drafting (the simulator's draft.batch): up to batch_max waiting tasks in one
         # Drafter.draft_batch; with fewer waiting, wait up to batch_window_s for more first
         self.batch_max, self.batch_window_s = batch_max, batch_window_s
+        # draft memory (the simulator's draft.memory_bytes): the tags' draft caches, least
+        # recently used first; over the capacity, the oldest are dropped (a dropped tag's next
+        # request encodes its whole context again)
+        self.memory_bytes = memory_bytes
+        self._held: dict[int, int] = {}  # tag -> cached tokens, in use order
+        self.evictions: list[tuple[int, float]] = []  # (tag, when, on the server's clock)
         cfg = drafter.model.config
         self.vocab_size = vocab_size or cfg.vocab_size
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -231,13 +239,37 @@ class DraftServer:
             for task in tasks:
                 if task.context is None:  # a free request: the tag's session ended
                     self.drafter.free(task.target)
+                    self._held.pop(task.target, None)
                     task.done.set()
                 else:
                     batch.append(task)
+            evicted = []
+            if self.memory_bytes is not None:  # room first, as the simulator evicts at a round's start
+                for task in batch:
+                    evicted += self._fit_memory(task.target, len(task.context))
             if len(batch) == 1:
                 self._draft_one(batch[0])
             elif batch:
                 self._draft_batch(batch)
+            # stamped with the start of the round they made room for (as the simulator's)
+            self.evictions += [(tag, batch[0].start) for tag in evicted]
+
+    def _fit_memory(self, tag: int, tokens: int) -> list[int]:
+        """``tag`` is about to hold ``tokens`` cached tokens (most recently used): drop the least
+        recently used other tags' caches until the caches fit ``memory_bytes`` (engine thread);
+        returns the tags dropped."""
+        held = self._held
+        held.pop(tag, None)
+        held[tag] = tokens
+        per = self.kv_bytes_per_token
+        total = sum(held.values()) * per
+        dropped = []
+        while total > self.memory_bytes and len(held) > 1:
+            old = next(iter(held))
+            total -= held.pop(old) * per
+            self.drafter.free(old)
+            dropped.append(old)
+        return dropped
 
     def _draft_one(self, task: _Task) -> None:
         task.start = self._now()
