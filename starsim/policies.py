@@ -74,26 +74,40 @@ class Fifo(deque, Policy):
 
 @register("round_robin")
 class RoundRobin(Policy):
-    """The waiting targets in turn: the next index after the one served last, wrapping."""
+    """The waiting targets in turn: the next index after the one served last, wrapping. (A
+    target may have more than one task waiting, e.g. a pipelined tree and its round: they
+    are served in its turns, oldest first.)"""
 
     def __init__(self, weights: dict[int, float] | None = None) -> None:
         super().__init__(weights)
-        self.waiting: dict[int, Any] = {}
+        self.waiting: dict[int, deque] = {}
         self.order: list[int] = []  # waiting targets, sorted
         self.last = -1
+        self.count = 0
 
     def push(self, task: Any) -> None:
-        self.waiting[task.target] = task
-        insort(self.order, task.target)
+        q = self.waiting.get(task.target)
+        if q is None:
+            q = self.waiting[task.target] = deque()
+            insort(self.order, task.target)
+        q.append(task)
+        self.count += 1
 
     def pop(self) -> Any:
         i = bisect_right(self.order, self.last)
-        t = self.order.pop(i if i < len(self.order) else 0)
+        i = i if i < len(self.order) else 0
+        t = self.order[i]
+        q = self.waiting[t]
+        task = q.popleft()
+        if not q:
+            del self.waiting[t]
+            self.order.pop(i)
         self.last = t
-        return self.waiting.pop(t)
+        self.count -= 1
+        return task
 
     def __len__(self) -> int:
-        return len(self.order)
+        return self.count
 
 
 @register("wfq")

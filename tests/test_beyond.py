@@ -213,3 +213,12 @@ def test_closed_form_of_a_fabric_matches_the_simulator():
         a, s = analyze(scenario), simulate(scenario).summary
         for k in ("draft_utilization", "throughput_tokens_per_s"):
             assert a[k] == pytest.approx(s[k], rel=0.02), (servers, n, k)
+
+
+@pytest.mark.parametrize("policy", ["fifo", "round_robin", "wfq", "edf"])
+def test_pipelining_works_under_every_policy(policy):
+    """A missed pipelined tree can still be queued when its target's next round is: a
+    policy holds two tasks of one target then (round robin serves them in its turns)."""
+    s = _run(_sc(**{"targets.0.count": 6, "draft.policy": policy, "draft.pipeline": True,
+                    "acceptance.curve": [1, 1, 0.5, 0.2], "duration_s": 10.0})).summary
+    assert s["requests_completed"] > 0 and 0 < s["pipeline_hit_rate"] < 1 and s["draft_wasted_s"] > 0
