@@ -114,7 +114,8 @@ def cmd_draft_server(args: argparse.Namespace) -> int:
     _, src, model = _load_role(args, "draft")
     drafter = Drafter(model, tree.top_k, tree.depth, tree.tokens)
     server = DraftServer(drafter, bind=args.bind, policy=args.policy, token=args.token, batch_max=args.batch_max,
-                         batch_window_s=args.batch_window, memory_bytes=args.memory_bytes).start()
+                         batch_window_s=args.batch_window, memory_bytes=args.memory_bytes,
+                         pipeline=args.pipeline).start()
     kind = "EAGLE head (targets send hidden states)" if drafter.needs_hidden else "causal LM"
     print(f"draft server on {server.address} ({src.get('path') or src.get('spec')}, {kind}, on {args.device}, "
           f"tree {args.tree}, policy {args.policy}, batches of up to {args.batch_max}); Ctrl-C to stop", flush=True)
@@ -210,6 +211,8 @@ def add_server_parsers(sub) -> None:
     d.add_argument("--memory-bytes", type=_at_least_one, default=None, metavar="BYTES",
                    help="draft KV memory for the targets' caches: least recently used ones are dropped beyond it "
                         "(and re-encoded on their next request; default: unlimited)")
+    d.add_argument("--pipeline", action="store_true",
+                   help="pipelined drafting: draft each target's next tree while it verifies (greedy drafts)")
     d.set_defaults(func=cmd_draft_server)
 
     t = sub.add_parser("target", help="run requests on this machine against a draft server (torch)")

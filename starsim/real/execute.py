@@ -275,7 +275,8 @@ def _execute(scenario: Scenario) -> Result:
                                        policy=scenario.draft.policy, timeout_s=r.timeout_s,
                                        batch_max=scenario.draft.batch.max,
                                        batch_window_s=scenario.draft.batch.window_s,
-                                       memory_bytes=scenario.draft.memory_bytes).start())
+                                       memory_bytes=scenario.draft.memory_bytes,
+                                       pipeline=scenario.draft.pipeline).start())
     except BaseException:
         for s in servers:
             s.close()
@@ -387,6 +388,10 @@ def _execute(scenario: Scenario) -> Result:
         "draft_devices": list(draft_units),
         "draft_evictions": sum(len(srv.evictions) for srv in servers),
     }
+    if star and scenario.draft.pipeline:  # as the simulator reports it
+        meta["pipeline"] = {"hits": sum(s.pipeline_hits for s in servers),
+                            "misses": sum(s.pipeline_misses for s in servers),
+                            "wasted_s": sum(s.wasted_s for s in servers)}
     if use_fabric:  # a target moved to another server (failure or saturation), as the simulator counts
         meta["fabric_repairs"] = sum(item.get("repairs", 0) for item in got.values())
     records = assemble_records(parts, meta, draft_rows)

@@ -77,6 +77,44 @@ class _Task:
     error: str | None = None
     deadline: float = math.inf  # on the server's clock: when the target's next token is due (edf)
     depth: int | None = None  # a shallower tree than the drafter's (adaptive speculation); None: the full one
+    # pipelined drafting: a tree drafted ahead (``pre``) for the context plus ``path``, the last
+    # tree's main path; ``taken``: the engine popped it; ``missed``: the target did not accept
+    # that path (its draft time is wasted); ``cancelled``: missed before the engine took it
+    pre: bool = False
+    path: list[int] | None = None
+    taken: bool = False
+    missed: bool = False
+    cancelled: bool = False
+    t_enqueue: float = 0.0
+
+
+def main_path(tree: TreeDraft) -> list[int]:
+    """The tokens of a tree's most likely path: its deepest level's first node (levels are
+    breadth first, best first) and that node's ancestors, root side first."""
+    if not tree.tokens:
+        return []
+    deepest = max(tree.depths)
+    node = tree.depths.index(deepest)
+    path = []
+    while node >= 0:
+        path.append(tree.tokens[node])
+        node = tree.parents[node]
+    return path[::-1]
+
+
+def subtree(tree: TreeDraft, token: int) -> TreeDraft | None:
+    """The part of ``tree`` under its root child ``token`` (None: no such child), rooted there:
+    what a pipelined tree drafted before the bonus token was known offers once it is."""
+    top = next((i for i, (p, t) in enumerate(zip(tree.parents, tree.tokens)) if p < 0 and t == token), None)
+    if top is None:
+        return None
+    keep, index = [], {}
+    for i, p in enumerate(tree.parents):  # parents come first: one pass finds every descendant
+        if p == top or p in index:
+            index[i] = len(keep)
+            keep.append(i)
+    parents = [-1 if tree.parents[i] == top else index[tree.parents[i]] for i in keep]
+    return TreeDraft([tree.tokens[i] for i in keep], parents, [tree.depths[i] - 1 for i in keep])
 
 
 def _sampling(header: dict) -> tuple[float, int | None]:
@@ -132,6 +170,7 @@ class DraftServer:
         batch_max: int = 1,
         batch_window_s: float = 0.0,
         memory_bytes: int | None = None,
+        pipeline: bool = False,
     ):
         if batch_max < 1 or not batch_window_s >= 0 or (memory_bytes is not None and memory_bytes < 1):
             raise ValueError(f"batch_max must be >= 1, batch_window_s >= 0 and memory_bytes >= 1 or None, got "
@@ -146,6 +185,14 @@ class DraftServer:
         self.memory_bytes = memory_bytes
         self._held: dict[int, int] = {}  # tag -> cached tokens, in use order
         self.evictions: list[tuple[int, float]] = []  # (tag, when, on the server's clock)
+        # pipelined drafting (the simulator's draft.pipeline): after a greedy tree, the engine
+        # drafts the next one for the context plus that tree's main path; a target whose next
+        # request is that path and a bonus token among the new tree's root children gets the
+        # subtree under it at once (a hit); otherwise the pipelined tree is dropped (a miss)
+        self.pipeline = pipeline
+        self._pre: dict[int, _Task] = {}  # tag -> its pipelined task
+        self.pipeline_hits = self.pipeline_misses = 0
+        self.wasted_s = 0.0  # draft time of pipelined trees that missed
         cfg = drafter.model.config
         self.vocab_size = vocab_size or cfg.vocab_size
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -235,6 +282,9 @@ class DraftServer:
                     if self.stop.is_set():
                         return
                 tasks = [self.queue.pop() for _ in range(min(self.batch_max, len(self.queue)))]
+                tasks = [t for t in tasks if not t.cancelled]  # pipelined trees nobody needs any more
+                for t in tasks:
+                    t.taken = True
             batch = []
             for task in tasks:
                 if task.context is None:  # a free request: the tag's session ended
@@ -253,6 +303,66 @@ class DraftServer:
                 self._draft_batch(batch)
             # stamped with the start of the round they made room for (as the simulator's)
             self.evictions += [(tag, batch[0].start) for tag in evicted]
+            if self.pipeline:
+                for task in batch:
+                    self._after(task)
+
+    def _pipelinable(self, task: _Task) -> bool:
+        return (task.tree is not None and task.tree.tokens and task.error is None and task.temperature == 0
+                and not self.drafter.needs_hidden)
+
+    def _follow(self, task: _Task) -> None:
+        """Queue ``task``'s target's next tree, for its context plus ``task``'s main path (lock held)."""
+        path = main_path(task.tree)
+        nxt = _Task(task.target, task.context + path, pre=True, path=path, depth=task.depth, deadline=task.deadline)
+        nxt.t_enqueue = self._now()
+        self._pre[task.target] = nxt
+        self.queue.push(nxt)
+        self.cv.notify()
+
+    def _after(self, task: _Task) -> None:
+        """Pipelining, after the engine drafted ``task`` (engine thread): a missed pipelined
+        tree's time is wasted; a plain tree gets its successor queued."""
+        with self.cv:
+            if task.pre:
+                if task.missed:
+                    self.wasted_s += task.end - task.start
+            elif self._pipelinable(task) and task.target in self.contexts:
+                self._follow(task)
+
+    def _take_pipelined(self, tag: int, ids: list[int]) -> tuple[TreeDraft, _Task] | None:
+        """A DRAFT_REQUEST's tokens ``ids`` against the tag's pipelined tree: (the subtree the
+        target gets, the pipelined task) on a hit, None on a miss or without one (comm thread)."""
+        with self.cv:
+            pre = self._pre.pop(tag, None)
+        if pre is None:
+            return None
+        if len(ids) == len(pre.path) + 1 and ids[:-1] == pre.path:  # the whole path accepted
+            give_up = time.monotonic() + self.timeout_s
+            while not pre.done.wait(0.2) and not self.stop.is_set() and time.monotonic() < give_up:
+                pass
+            sub = subtree(pre.tree, ids[-1]) if pre.done.is_set() and pre.tree is not None else None
+            if sub is not None and sub.tokens:
+                with self.cv:
+                    self.pipeline_hits += 1
+                    pre.context = pre.context + ids[-1:]
+                    pre.tree = sub
+                    if self._pipelinable(pre):
+                        self._follow(pre)  # and the next one, from where this one goes
+                return sub, pre
+        with self.cv:
+            self._drop(pre)
+        return None
+
+    def _drop(self, pre: _Task) -> None:
+        """A pipelined tree missed (lock held): dropped if the engine has not taken it, else its
+        draft time is wasted (now, or by :meth:`_after` when it ends)."""
+        self.pipeline_misses += 1
+        pre.missed = True
+        if not pre.taken:
+            pre.cancelled = True  # dropped before it cost anything
+        elif pre.done.is_set():
+            self.wasted_s += pre.end - pre.start
 
     def _fit_memory(self, tag: int, tokens: int) -> list[int]:
         """``tag`` is about to hold ``tokens`` cached tokens (most recently used): drop the least
@@ -394,14 +504,25 @@ class DraftServer:
                 if hidden is not None:
                     self.hiddens[tag] = hidden
                 t_enqueue = self._now()
-                task = _Task(tag, context, temperature, seed, hidden)
-                task.deadline = t_arrive + _deadline_in(msg.header)
-                task.depth = _depth(msg.header, self.drafter.depth)
-                task = self._submit(task)
-                if task.error:
-                    P.send_message(conn, P.error(task.error, tag))
-                    raise P.ProtocolError(task.error)
-                tree = task.tree
+                deadline, depth = t_arrive + _deadline_in(msg.header), _depth(msg.header, self.drafter.depth)
+                hit = None
+                if self.pipeline and not msg.header.get("start"):
+                    hit = self._take_pipelined(tag, ids.tolist())
+                elif self.pipeline:
+                    with self.cv:  # a new request: a pipelined tree of the last one is of no use
+                        old = self._pre.pop(tag, None)
+                        if old is not None:
+                            self._drop(old)
+                if hit is not None:  # drafted while the target verified: the stamps are its
+                    tree, task = hit
+                    t_arrive = t_enqueue = task.t_enqueue
+                else:
+                    task = _Task(tag, context, temperature, seed, hidden, deadline=deadline, depth=depth)
+                    task = self._submit(task)
+                    if task.error:
+                        P.send_message(conn, P.error(task.error, tag))
+                        raise P.ProtocolError(task.error)
+                    tree = task.tree
                 reply = P.draft_reply(tag, msg.seq, tree.tokens, tree.parents, tree.probs, tree.prob_nodes)
                 # the server's timestamps, on its own clock (a target on another host maps them
                 # with its clock offset); queue_len: tasks waiting in the policy queue now (a
@@ -412,6 +533,8 @@ class DraftServer:
                                     t_draft_end=task.end, new_tokens=task.new_tokens,
                                     kv_bytes=len(context) * self.kv_bytes_per_token, queue_len=waiting,
                                     t_reply_send=self._now())
+                if hit is not None:
+                    reply.header["pipelined"] = True
                 P.send_message(conn, reply, self.max_bytes)
         except (P.ProtocolError, OSError) as e:
             line = f"{peer} tag {tag}: {e}; connection closed"
@@ -419,6 +542,10 @@ class DraftServer:
             log.warning(line)
         finally:
             if tag is not None:
+                with self.cv:
+                    old = self._pre.pop(tag, None)
+                    if old is not None:
+                        self._drop(old)
                 self.weights.pop(tag, None)
                 self.contexts.pop(tag, None)
                 self.hiddens.pop(tag, None)

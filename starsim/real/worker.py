@@ -239,6 +239,8 @@ class TargetWorker:
                 # the server's timestamps, moved onto our clock
                 srv = [hdr[k] - self.client.clock_offset_s - self.clock0
                        for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")]
+                if hdr.get("pipelined"):  # the tree was drafted ahead: the round began when it was queued
+                    t_send = min(t_send, srv[1])
                 self.rounds.append((
                     self.index, rid, r_i, server, t_send, *srv, t_arrive, t_arrive, t_end, ctx, int(hdr["new_tokens"]),
                     r.tree_tokens, max(tree.depths, default=0), r.accepted, len(emitted),
