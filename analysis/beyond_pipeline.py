@@ -8,11 +8,19 @@ Runs, through the CLI:
     starsim plot runs/sweeps/pipeline --x targets.0.count --y draft_wasted_fraction \\
         --hue acceptance.alpha --where draft.pipeline=true --out analysis/figures/beyond/pipeline_wasted.png
 
-28 simulated points (ASSUMED A100-class times), a few seconds. Rerun with
-``python analysis/beyond_pipeline.py``.
+28 simulated points (ASSUMED A100-class times), a few seconds. With ``--real`` it also
+validates pipelining on and off for real on this CPU (2 target processes, the offline pair;
+about two minutes):
+
+    starsim validate scenarios/real_cpu_n2.yaml --set draft.pipeline=P --out runs/beyond/real-pipeline-P
+
+Rerun with ``python analysis/beyond_pipeline.py [--real]``.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
 
 import pandas as pd
 from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
@@ -21,7 +29,28 @@ OUT = REPO / "runs" / "sweeps" / "pipeline"
 FIGS = REPO / "analysis" / "figures" / "beyond"
 
 
+def real() -> None:
+    print("\n| real CPU, 2 targets | pipeline | throughput real | sim | hits real | sim "
+          "| draft time wasted real | sim |")
+    print("|---|---|---|---|---|---|---|---|")
+    for on in ("false", "true"):
+        out = REPO / "runs" / "beyond" / f"real-pipeline-{on}"
+        starsim("validate", "scenarios/real_cpu_n2.yaml", "--set", f"draft.pipeline={on}", "--out", str(out))
+        v = json.loads((out / "validation.json").read_text())
+        m = {r["metric"]: r for r in v["points"][0]["metrics"]}
+
+        def pct(row, side):
+            return "" if row[side] is None else f"{row[side]:.0f}%"
+
+        t, h, w = m["throughput_tokens_per_s"], m["pipeline_hit_rate"], m["draft_wasted_fraction"]
+        print(f"| | {on} | {t['real']:.0f} | {t['sim']:.0f} ({t['sim_err_pct']:+.0f}%) | {pct(h, 'real')} "
+              f"| {pct(h, 'sim')} | {pct(w, 'real')} | {pct(w, 'sim')} |")
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--real", action="store_true", help="also validate pipelining on and off for real on this CPU")
+    args = ap.parse_args()
     starsim("sweep", "scenarios/sweeps/pipeline.yaml", "--out", str(OUT), "--quiet")
     starsim("plot", str(OUT), "--x", "targets.0.count", "--y", "throughput_tokens_per_s", "--hue", "draft.pipeline",
             "--col", "acceptance.alpha", "--out", str(FIGS / "pipeline_throughput.png"))
@@ -36,6 +65,8 @@ def main() -> None:
     print("\npipelined: hit rate and wasted share of the draft's busy time")
     print(on.pivot_table(index="targets.0.count", columns="acceptance.alpha",
                          values=["pipeline_hit_rate", "draft_wasted_fraction"]).round(3).to_string())
+    if args.real:
+        real()
 
 
 if __name__ == "__main__":

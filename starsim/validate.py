@@ -54,6 +54,8 @@ METRICS: tuple[tuple[str, str, str, float], ...] = (
     ("rounds_without_speculation", "rounds without speculation", "%", 100.0),
     ("fabric_repairs", "targets moved to another draft server", "", 1.0),
     ("draft_evictions", "draft tags evicted (memory)", "", 1.0),
+    ("pipeline_hit_rate", "pipelined trees kept (hits)", "%", 100.0),
+    ("draft_wasted_fraction", "draft time wasted on missed pipelined trees", "%", 100.0),
 )
 
 # the components a round's time is made of, as hop_means names them
@@ -242,9 +244,9 @@ class Validation:
         head = "| point | metric | unit | real |" + (" real CV |" if many else "")
         head += " sim | sim err | closed form | closed-form err |"
         out += [head, "|" + "---|" * (9 if many else 8)]
-        # a metric neither side has (an SLO nobody set, a fabric not used) is left out of the table
-        used = {row["metric"] for p in self.points for row in p["metrics"]
-                if row["real"] is not None or row["sim"] is not None}
+        # a metric neither side has, or has only as 0 (an SLO nobody set, a feature not used), is
+        # left out of the table
+        used = {row["metric"] for p in self.points for row in p["metrics"] if row["real"] or row["sim"]}
         for p in self.points:
             spread = p.get("real_spread_pct") or {}
             for row in p["metrics"]:
