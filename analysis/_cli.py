@@ -13,3 +13,13 @@ REPO = Path(__file__).resolve().parent.parent
 def starsim(*args: str) -> None:
     """``starsim ARGS`` from the repository root, with this Python; output discarded, failure raised."""
     subprocess.run([sys.executable, "-m", "starsim.cli", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+
+
+def validated(scenario: str, out, *args: str) -> dict:
+    """``starsim validate SCENARIO ARGS --out OUT`` and its one point: ``{"metrics": {name: row},
+    "point": the point's dict}`` from validation.json."""
+    import json
+
+    starsim("validate", scenario, *args, "--out", str(out))
+    point = json.loads((Path(out) / "validation.json").read_text())["points"][0]
+    return {"metrics": {r["metric"]: r for r in point["metrics"]}, "point": point}

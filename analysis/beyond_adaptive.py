@@ -20,7 +20,6 @@ Rerun with ``python analysis/beyond_adaptive.py [--real]``.
 from __future__ import annotations
 
 import argparse
-import json
 
 import matplotlib
 
@@ -28,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from _cli import REPO, starsim  # noqa: E402  (analysis/ is on sys.path when a script runs)
+from _cli import REPO, starsim, validated  # noqa: E402  (analysis/ is on sys.path when a script runs)
 
 RUNS = REPO / "runs" / "beyond"
 SWEEP = REPO / "runs" / "sweeps" / "adaptive"
@@ -51,9 +50,7 @@ def real() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for policy in ("fixed", "goodput"):
         out = RUNS / f"real-{policy}"
-        starsim("validate", "scenarios/real_cpu_n2.yaml", "--set", f"draft.adaptive.policy={policy}", "--out", str(out))
-        v = json.loads((out / "validation.json").read_text())
-        m = {r["metric"]: r for r in v["points"][0]["metrics"]}
+        m = validated("scenarios/real_cpu_n2.yaml", out, "--set", f"draft.adaptive.policy={policy}")["metrics"]
         t, d, z = m["throughput_tokens_per_s"], m["speculation_depth_mean"], m["rounds_without_speculation"]
         print(f"| | {policy} | {t['real']:.0f} | {t['sim']:.0f} ({t['sim_err_pct']:+.0f}%) | {d['real']:.2f} "
               f"| {d['sim']:.2f} | {z['real']:.0f}% | {z['sim']:.0f}% |")

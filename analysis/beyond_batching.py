@@ -22,11 +22,10 @@ Rerun with ``python analysis/beyond_batching.py [--real]``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
-from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
+from _cli import REPO, starsim, validated  # analysis/ is on sys.path when a script runs
 
 OUT = REPO / "runs" / "sweeps" / "batching"
 FIGS = REPO / "analysis" / "figures" / "beyond"
@@ -45,11 +44,8 @@ def rounds_per_batch(run: Path) -> float | None:
 
 def real_point(bmax: int) -> dict:
     out = REAL_OUT / f"real-batch-{bmax}"
-    starsim("validate", REAL_SCENARIO, "--repeat", str(REPEAT), "--set", f"draft.batch.max={bmax}",
-            "--out", str(out))
-    v = json.loads((out / "validation.json").read_text())
-    p = v["points"][0]
-    m = {r["metric"]: r for r in p["metrics"]}
+    got = validated(REAL_SCENARIO, out, "--repeat", str(REPEAT), "--set", f"draft.batch.max={bmax}")
+    p, m = got["point"], got["metrics"]
     runs = sorted(d for d in (out / "base").iterdir() if d.is_dir())
     real = [rounds_per_batch(d) for d in runs if d.name.startswith("real")]
     sim = [rounds_per_batch(d) for d in runs if d.name.startswith("sim")]

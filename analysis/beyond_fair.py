@@ -26,7 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from _cli import REPO, starsim  # noqa: E402  (analysis/ is on sys.path when a script runs)
+from _cli import REPO, starsim, validated  # noqa: E402  (analysis/ is on sys.path when a script runs)
 
 OUT = REPO / "runs" / "beyond"
 FIG = REPO / "analysis" / "figures" / "beyond" / "fair.png"
@@ -86,9 +86,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         for p in ("fifo", "wfq"):
             out = OUT / f"real-{p}"
-            starsim("validate", "scenarios/real_cpu_wfq.yaml", "--set", f"draft.policy={p}", "--out", str(out))
-            v = json.loads((out / "validation.json").read_text())
-            m = {r["metric"]: r for r in v["points"][0]["metrics"]}
+            m = validated("scenarios/real_cpu_wfq.yaml", out, "--set", f"draft.policy={p}")["metrics"]
             j, t = m["target_weighted_jain"], m["throughput_tokens_per_s"]
             print(f"| | {p} | {j['real']:.3f} | {j['sim']:.3f} ({j['sim_err_pct']:+.1f}%) | {t['real']:.0f} "
                   f"| {t['sim']:.0f} ({t['sim_err_pct']:+.0f}%) |")

@@ -20,10 +20,9 @@ Rerun with ``python analysis/beyond_pipeline.py [--real]``.
 from __future__ import annotations
 
 import argparse
-import json
 
 import pandas as pd
-from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
+from _cli import REPO, starsim, validated  # analysis/ is on sys.path when a script runs
 
 OUT = REPO / "runs" / "sweeps" / "pipeline"
 FIGS = REPO / "analysis" / "figures" / "beyond"
@@ -35,9 +34,7 @@ def real() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for on in ("false", "true"):
         out = REPO / "runs" / "beyond" / f"real-pipeline-{on}"
-        starsim("validate", "scenarios/real_cpu_n2.yaml", "--set", f"draft.pipeline={on}", "--out", str(out))
-        v = json.loads((out / "validation.json").read_text())
-        m = {r["metric"]: r for r in v["points"][0]["metrics"]}
+        m = validated("scenarios/real_cpu_n2.yaml", out, "--set", f"draft.pipeline={on}")["metrics"]
 
         def pct(row, side):
             return "" if row[side] is None else f"{row[side]:.0f}%"
