@@ -658,6 +658,14 @@ class Scenario(_Model):
                 problems.append(
                     (path, f"unit {unit} out of range: device {pool!r} has count {self.devices[pool].count}")
                 )
+        if self.mode != "star":  # the draft server's features: there is no shared server otherwise
+            d = self.draft
+            for path, on in (("draft.fabric.servers", d.fabric.servers > 1),
+                             ("draft.fabric.failures", bool(d.fabric.failures)),
+                             ("draft.adaptive.policy", d.adaptive.policy != "fixed"),
+                             ("draft.pipeline", d.pipeline), ("draft.batch.max", d.batch.max > 1)):
+                if on:
+                    problems.append((path, f"needs mode: star (the draft server's feature; mode is {self.mode})"))
         n = sum(g.count for g in self.targets)
         for i, fault in enumerate(self.real.faults if self.real else []):
             if isinstance(fault, KillTarget) and fault.target >= n:

@@ -222,3 +222,13 @@ def test_pipelining_works_under_every_policy(policy):
     s = _run(_sc(**{"targets.0.count": 6, "draft.policy": policy, "draft.pipeline": True,
                     "acceptance.curve": [1, 1, 0.5, 0.2], "duration_s": 10.0})).summary
     assert s["requests_completed"] > 0 and 0 < s["pipeline_hit_rate"] < 1 and s["draft_wasted_s"] > 0
+
+
+def test_draft_server_features_need_a_star():
+    sc = _sc(mode="one_for_one")
+    sc["draft"].update(pipeline=True, fabric={"servers": 2})
+    with pytest.raises(ScenarioError) as e:
+        validate_scenario(sc)
+    lines = str(e.value).splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["draft.fabric.servers", "draft.pipeline"]
+    assert all("needs mode: star" in line for line in lines)
