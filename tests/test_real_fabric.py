@@ -228,8 +228,9 @@ def test_worker_leaves_a_saturated_server_between_requests(quick_models):
     servers = [DraftServer(Drafter(draft, 4, 4, 16)).start() for _ in range(2)]
     try:
         loads, alive = [0, 0], [True, True]
+        seats = [-1]  # the board's target -> server column (a killed target's load is given back by it)
         seat = FabricClient(0, [s.address for s in servers], make_pairing("least_loaded", 2, loads=loads, alive=alive),
-                            threading.Lock(), DraftClient, repair_queue=0)
+                            threading.Lock(), DraftClient, repair_queue=0, seats=seats)
         w = TargetWorker(0, target, None, time.monotonic(), fabric=seat)
         ids = tok.encode(CODE_PROMPTS[0]).ids
         assert w.run_request(0, ids, 16) == target_generate(target, ids, 16)
@@ -238,10 +239,10 @@ def test_worker_leaves_a_saturated_server_between_requests(quick_models):
         assert seat.server == 0 and seat.repairs == 0  # not saturated: it stays
         seat.waiting[0] = 1  # as if the last reply said one task waited behind it
         assert w.run_request(2, ids, 16) == target_generate(target, ids, 16)
-        assert seat.server == 1 and seat.repairs == 1 and loads == [0, 1]
+        assert seat.server == 1 and seat.repairs == 1 and loads == [0, 1] and seats == [1]
         assert {row[3] for row in w.rounds if row[1] == 2} == {1}
         w.close()
-        assert loads == [0, 0] and not seat.clients
+        assert loads == [0, 0] and not seat.clients and seats == [-1]
     finally:
         for s in servers:
             s.close()

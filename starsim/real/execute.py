@@ -140,7 +140,7 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
                                    loads=fabric["loads"], alive=fabric["alive"])
             seat = FabricClient(index, fabric["addresses"], pairing, fabric["loads"].get_lock(),
                                 lambda a: DraftClient(a, timeout_s=timeout_s, info=info, **delays),
-                                repair_queue=fabric["repair_queue"])
+                                repair_queue=fabric["repair_queue"], seats=fabric["seats"])
             seat.connect_all()
         else:
             client = DraftClient(address, timeout_s=timeout_s, info=info, **delays) if address else None
@@ -288,7 +288,8 @@ def _execute(scenario: Scenario) -> Result:
         loads = ctx.Array("i", len(servers))
         alive = ctx.Array("b", [1] * len(servers), lock=loads.get_lock())
         board = (loads, alive)
-        fabric = {"addresses": [s.address for s in servers], "loads": loads, "alive": alive,
+        seats = ctx.Array("i", [-1] * len(instances), lock=loads.get_lock())  # target -> its server (-1: none)
+        fabric = {"addresses": [s.address for s in servers], "loads": loads, "alive": alive, "seats": seats,
                   "pairing": fab.pairing, "repair_queue": fab.repair_queue}
     ready, go = ctx.Queue(), ctx.Event()
     shared_clock0 = ctx.Value("d", 0.0)
@@ -337,6 +338,11 @@ def _execute(scenario: Scenario) -> Result:
             except queue.Empty:
                 for i, p in enumerate(procs):  # killed before it reported: its rows are lost, the run goes on
                     if i not in got and p.exitcode not in (None, 0):
+                        if fabric is not None:  # its load on the board goes with it
+                            with fabric["loads"].get_lock():
+                                j, fabric["seats"][i] = fabric["seats"][i], -1
+                                if j >= 0:
+                                    fabric["loads"][j] -= 1
                         got[i] = {"index": i, "tag": None, "tags": [], "repairs": 0,
                                   "error": f"process ended with exit code {p.exitcode}",
                                   "rounds": [], "requests": [], "intervals": [], "fallback_at": None, "outputs": [],

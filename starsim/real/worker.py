@@ -47,9 +47,12 @@ class FabricClient:
     """
 
     def __init__(self, index: int, addresses: list[str], pairing: Pairing, lock, connect,
-                 repair_queue: int | None = None):
+                 repair_queue: int | None = None, seats=None):
         self.index, self.addresses, self.pairing, self.lock = index, list(addresses), pairing, lock
         self.connect, self.repair_queue = connect, repair_queue
+        # seats[index]: the server this target is paired with (-1: none), on the shared board, so
+        # that the run can give back the load of a target process that was killed
+        self.seats = seats
         self.clients: dict[int, DraftClient] = {}
         self.tags: list[tuple[int, int]] = []  # (server, tag) of every connection, for the draft intervals
         self.server: int | None = None
@@ -57,6 +60,16 @@ class FabricClient:
         self.repairs = 0
         self.down = False  # every server down (or unreachable): no speculation from here on
         self._failed = 0  # connections failed since the last served round
+
+    @property
+    def server(self) -> int | None:
+        return self._server
+
+    @server.setter
+    def server(self, j: int | None) -> None:
+        self._server = j
+        if self.seats is not None:
+            self.seats[self.index] = -1 if j is None else j
 
     def connect_all(self) -> None:
         """Open a connection to every server now (start-up, before the run's clock starts)."""
