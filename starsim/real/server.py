@@ -537,6 +537,8 @@ class DraftServer:
                     reply.header["pipelined"] = True
                 P.send_message(conn, reply, self.max_bytes)
         except (P.ProtocolError, OSError) as e:
+            if self.stop.is_set() and isinstance(e, OSError):
+                return  # this server is going away (close() shut the connection): not a bad message
             line = f"{peer} tag {tag}: {e}; connection closed"
             self.rejected.append(line)
             log.warning(line)
