@@ -158,8 +158,9 @@ class Fabric(_Model):
 
     servers: int = Field(
         1, ge=1,
-        description="draft servers, each a draft engine on its own unit of draft.device's pool (NAME[k]: units "
-        "k, k+1, ...; NAME: the pool's next units round-robin, before the targets')",
+        description="draft servers, each a draft engine on a unit of draft.device's pool (NAME[k]: units "
+        "k, k+1, ...; NAME: the pool's next units round-robin, before the targets'); more servers than units "
+        "share them",
     )
     pairing: str = Field(
         "static",
