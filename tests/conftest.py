@@ -72,3 +72,27 @@ def quick_models(quick_pair):
     target = AutoModelForCausalLM.from_pretrained(quick_pair / "target").eval()
     draft = AutoModelForCausalLM.from_pretrained(quick_pair / "draft").eval()
     return tok, target, draft
+
+
+def serve_targets(server, target, prompts: list[list[int]], n: int) -> dict:
+    """One greedy speculative target per prompt against a real draft ``server``, concurrently
+    (a thread and a connection each); ``{i: (output, rounds)}``."""
+    import threading
+
+    from starsim.real.server import DraftClient
+    from starsim.real.spec import speculative_generate
+
+    results: dict[int, tuple] = {}
+
+    def run(i: int) -> None:
+        client = DraftClient(server.address)
+        drafts = lambda new, start, seed=None, hidden=None: client.draft(new, start, 0.0, seed, hidden)[0]  # noqa: E731
+        results[i] = speculative_generate(target, drafts, prompts[i], n)
+        client.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results

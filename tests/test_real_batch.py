@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import CODE_PROMPTS  # noqa: E402
+from conftest import CODE_PROMPTS, serve_targets  # noqa: E402
 
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
-from starsim.real.spec import Drafter, Verifier, speculative_generate, target_generate  # noqa: E402
+from starsim.real.spec import Drafter, Verifier, target_generate  # noqa: E402
 
 PROMPTS = [*CODE_PROMPTS, "x = 1\nif x:\n    return"]
 
@@ -61,27 +61,6 @@ def test_draft_batch_drafts_sampled_requests_one_by_one(quick_models):
         Drafter(draft, 4, 3, 10).draft_batch([(0, ctx[0]), (0, ctx[1])])
 
 
-def _remote(client: DraftClient):
-    return lambda new, start, seed=None, hidden=None: client.draft(new, start, 0.0, seed, hidden)[0]
-
-
-def _serve(server: DraftServer, target, prompts: list[list[int]], n: int) -> dict:
-    """One target per prompt, concurrently; {i: (output, rounds)}."""
-    results: dict[int, tuple] = {}
-
-    def run(i: int) -> None:
-        client = DraftClient(server.address)
-        results[i] = speculative_generate(target, _remote(client), prompts[i], n)
-        client.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return results
-
-
 def _wait(cond, timeout=10.0):
     t0 = time.monotonic()
     while not cond():
@@ -97,7 +76,7 @@ def test_server_drafts_batches_for_concurrent_targets(quick_models):
     batch_fn = drafter.draft_batch
     drafter.draft_batch = lambda reqs: calls.append(len(reqs)) or batch_fn(reqs)
     with DraftServer(drafter, timeout_s=30, batch_max=4, batch_window_s=0.05) as server:
-        results = _serve(server, target, prompts, 40)
+        results = serve_targets(server, target, prompts, 40)
         assert sorted(results) == [0, 1, 2, 3]
         for i, (out, _) in results.items():
             assert out == target_generate(target, prompts[i], 40)
@@ -121,7 +100,7 @@ def test_server_batch_max_1_drafts_one_task_at_a_time(quick_models):
     drafter.draft_batch = no_batches
     with DraftServer(drafter, timeout_s=30) as server:
         assert (server.batch_max, server.batch_window_s) == (1, 0.0)
-        results = _serve(server, target, prompts, 32)
+        results = serve_targets(server, target, prompts, 32)
         for i, (out, _) in results.items():
             assert out == target_generate(target, prompts[i], 32)
         assert len(server.intervals) == sum(len(r) for _, r in results.values())  # one per round
@@ -139,7 +118,7 @@ def test_a_failed_batch_is_drafted_again_task_by_task(quick_models):
 
     drafter.draft_batch = broken
     with DraftServer(drafter, timeout_s=30, batch_max=3, batch_window_s=0.05) as server:
-        results = _serve(server, target, prompts, 24)
+        results = serve_targets(server, target, prompts, 24)
         for i, (out, _) in results.items():
             assert out == target_generate(target, prompts[i], 24)
         assert not server.rejected

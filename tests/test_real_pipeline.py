@@ -3,17 +3,15 @@ served at once on a hit, dropped on a miss; outputs unchanged."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import CODE_PROMPTS  # noqa: E402
+from conftest import CODE_PROMPTS, serve_targets  # noqa: E402
 
-from starsim.real.server import DraftClient, DraftServer, main_path, subtree  # noqa: E402
-from starsim.real.spec import Drafter, TreeDraft, speculative_generate, target_generate  # noqa: E402
+from starsim.real.server import DraftServer, main_path, subtree  # noqa: E402
+from starsim.real.spec import Drafter, TreeDraft, target_generate  # noqa: E402
 
 
 def test_main_path_and_subtree():
@@ -26,30 +24,13 @@ def test_main_path_and_subtree():
     assert main_path(TreeDraft([], [], [])) == []
 
 
-def _run(server, target, prompts, n):
-    out = {}
-
-    def one(i):
-        c = DraftClient(server.address)
-        out[i] = speculative_generate(target, lambda new, start, seed=None, hidden=None:
-                                      c.draft(new, start, 0.0, seed, hidden)[0], prompts[i], n)
-        c.close()
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    return out
-
-
 def test_pipelined_trees_hit_when_the_target_agrees(quick_models):
     """The draft model as its own target accepts its trees' main paths: most pipelined trees
     hit, and the outputs are the target's own greedy ones."""
     tok, _, draft = quick_models
     prompts = [tok.encode(p).ids for p in CODE_PROMPTS[:2]]
     with DraftServer(Drafter(draft, 4, 4, 16), pipeline=True) as server:
-        got = _run(server, draft, prompts, 40)
+        got = serve_targets(server, draft, prompts, 40)
         for i, (out, _) in got.items():
             assert out == target_generate(draft, prompts[i], 40)
         assert server.pipeline_hits > server.pipeline_misses > 0  # a request's last tree misses
@@ -60,7 +41,7 @@ def test_pipelined_trees_miss_and_waste_without_changing_outputs(quick_models):
     tok, target, draft = quick_models
     prompts = [tok.encode(p).ids for p in CODE_PROMPTS]
     with DraftServer(Drafter(draft, 4, 4, 16), pipeline=True) as server:
-        got = _run(server, target, prompts, 40)
+        got = serve_targets(server, target, prompts, 40)
         for i, (out, _) in got.items():
             assert out == target_generate(target, prompts[i], 40)
         assert server.pipeline_misses > 0 and server.wasted_s > 0
