@@ -8,11 +8,18 @@ Runs, through the CLI:
 
 and draws throughput and evictions per round over the memory capacity, one line per N
 (``analysis/figures/beyond/memory.png``); the report's figure 7 is the memory over time of
-the 256 MB run. Simulated, ASSUMED A100-class times, under a minute. Rerun with
-``python analysis/beyond_memory.py``.
+the 256 MB run. Simulated, ASSUMED A100-class times, under a minute. With ``--real`` it also
+validates a draft memory of 200 kB (about one of two targets' contexts) for real on this CPU
+(about a minute):
+
+    starsim validate scenarios/real_cpu_n2.yaml --set draft.memory_bytes=200000 --out runs/beyond/real-memory
+
+Rerun with ``python analysis/beyond_memory.py [--real]``.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import matplotlib
 
@@ -20,14 +27,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from _cli import REPO, starsim  # noqa: E402  (analysis/ is on sys.path when a script runs)
+from _cli import REPO, starsim, validated  # noqa: E402  (analysis/ is on sys.path when a script runs)
 
 SWEEP = REPO / "runs" / "sweeps" / "memory"
 RUN = REPO / "runs" / "beyond" / "memory"
 FIGS = REPO / "analysis" / "figures" / "beyond"
 
 
+def real() -> None:
+    m = validated("scenarios/real_cpu_n2.yaml", REPO / "runs" / "beyond" / "real-memory",
+                  "--set", "draft.memory_bytes=200000")["metrics"]
+    print("\n| real CPU, 2 targets, 200 kB of draft KV memory | real | sim | sim err |")
+    print("|---|---|---|---|")
+    for key in ("draft_evictions", "draft_utilization", "throughput_tokens_per_s", "tpot_mean_s"):
+        row = m[key]
+        print(f"| {row['label']} ({row['unit']}) | {row['real']:.4g} | {row['sim']:.4g} | {row['sim_err_pct']:+.1f}% |")
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--real", action="store_true", help="also validate a draft memory limit for real on this CPU")
+    args = ap.parse_args()
     starsim("sweep", "scenarios/sweeps/memory.yaml", "--out", str(SWEEP), "--quiet")
     starsim("run", "scenarios/beyond_memory.yaml", "--out", str(RUN))
     starsim("report", str(RUN), "--out", str(FIGS / "memory_report"), "--format", "png")
@@ -58,6 +78,8 @@ def main() -> None:
     print(wide.round(2).to_string())
     print(f"wrote {(FIGS / 'memory.png').relative_to(REPO)} and the report in "
           f"{(FIGS / 'memory_report').relative_to(REPO)}")
+    if args.real:
+        real()
 
 
 if __name__ == "__main__":
