@@ -147,14 +147,15 @@ def _engine_intervals(engine, start: np.ndarray, end: np.ndarray, engines: list[
     return [(start[rows], end[rows]) for rows in rows_by(engine, engines)]
 
 
-def draft_engine_stats(records: Records) -> list[dict[str, Any]]:
+def draft_engine_stats(records: Records, drafts: tuple | None = None) -> list[dict[str, Any]]:
     """Per draft engine (``meta["draft_engines"]`` order), in the measurement window: busy
-    time, utilization, idle gaps, idle ratio per window (:func:`engine_stats`)."""
+    time, utilization, idle gaps, idle ratio per window (:func:`engine_stats`). ``drafts``:
+    the draft intervals (:func:`_draft_intervals`), when the caller has them already."""
     meta = records.meta
     t0, t1 = window_bounds(meta)
     engines = meta.get("draft_engines", [])
-    return [_engine_stats(s, e, t0, t1, float(meta["window_s"]))
-            for s, e in _engine_intervals(*_draft_intervals(records.intervals), engines)]
+    drafts = drafts if drafts is not None else _draft_intervals(records.intervals)
+    return [_engine_stats(s, e, t0, t1, float(meta["window_s"])) for s, e in _engine_intervals(*drafts, engines)]
 
 
 def idle_gaps_all(records: Records) -> np.ndarray:
@@ -163,10 +164,10 @@ def idle_gaps_all(records: Records) -> np.ndarray:
     return np.concatenate(gaps) if gaps else np.empty(0)
 
 
-def draft_task_times(records: Records) -> np.ndarray:
+def draft_task_times(records: Records, drafts: tuple | None = None) -> np.ndarray:
     """Busy time of each draft task that starts in the window (the summary's draft_task_time_*)."""
     t0, t1 = window_bounds(records.meta)
-    _, start, end = _draft_intervals(records.intervals)
+    _, start, end = drafts if drafts is not None else _draft_intervals(records.intervals)
     keep = (start >= t0) & (start < t1)
     return end[keep] - start[keep]
 
@@ -338,16 +339,15 @@ def hop_means(records: Records) -> dict[str, float | None]:
     return out
 
 
-def _beyond(records: Records, rw: dict[str, np.ndarray]) -> dict[str, Any]:
+def _beyond(records: Records, rw: dict[str, np.ndarray], drafts: tuple) -> dict[str, Any]:
     """Pipelined drafting (draft time wasted on trees that missed, the hit rate over the whole
     run), the fabric's re-pairings, and the rounds' speculation depth in the window (0: a
     round without speculation)."""
-    meta, iv = records.meta, records.intervals
+    meta = records.meta
     pipe = meta.get("pipeline")
     out: dict[str, Any] = {"draft_wasted_s": None, "draft_wasted_fraction": None, "pipeline_hit_rate": None}
     if pipe:
-        d = iv[iv["kind"] == "draft"]
-        busy = float((d["end"] - d["start"]).sum())
+        busy = float((drafts[2] - drafts[1]).sum())
         tried = pipe["hits"] + pipe["misses"]
         out.update(draft_wasted_s=_f(pipe["wasted_s"]),
                    draft_wasted_fraction=_f(pipe["wasted_s"] / busy) if busy else None,
@@ -368,11 +368,12 @@ def summarize(records: Records) -> dict[str, Any]:
 
     # ---- draft engine(s)
     engines = meta.get("draft_engines", [])
-    stats = draft_engine_stats(records)
+    drafts = _draft_intervals(records.intervals)  # filtered once, for every draft metric below
+    stats = draft_engine_stats(records, drafts)
     utils = [st["utilization"] for st in stats]
     gaps_all = np.concatenate([st["gaps"] for st in stats]) if stats else np.empty(0)
     ratios_all = np.concatenate([st["idle_ratios"] for st in stats]) if stats else np.empty(0)
-    task_time = draft_task_times(records)
+    task_time = draft_task_times(records, drafts)
 
     # ---- rounds and tokens
     t_ve, t_ds, draft = (rounds[c].to_numpy() for c in ("t_verify_end", "t_draft_start", "draft"))
@@ -417,7 +418,7 @@ def summarize(records: Records) -> dict[str, Any]:
         "draft_kv_bytes_peak": kv_bytes_peak(records),
         # tags evicted for draft memory (draft.memory_bytes; the simulator counts them)
         "draft_evictions": meta.get("draft_evictions"),
-        **_beyond(records, rw),
+        **_beyond(records, rw, drafts),
         "throughput_tokens_per_s": _f(tokens / span) if span > 0 else None,
         "mean_accepted_tokens": _mean(rw["accepted"][spec] + 1) if spec.any() else (1.0 if n_rw else None),
         "acceptance_marginal": acceptance_marginal(rw["accepted"][spec], rw["depth"][spec]),
