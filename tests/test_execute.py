@@ -163,12 +163,17 @@ def test_a_killed_target_is_reported_and_the_others_finish(tmp_path, quick_pair)
     f = _scenario(tmp_path, quick_pair, max_requests=None, duration_s=6.0,
                   workload={"kind": "closed", "prompts": 3, "prompt_tokens": 30, "output_tokens": 60},
                   real={"pair": str(quick_pair), "faults": [{"kind": "kill_target", "target": 1, "at_s": 2.0}]})
-    s = execute(load_scenario(f)).summary
+    res = execute(load_scenario(f))
+    s, req = res.summary, res.requests
     assert "1" in s["provenance"]["failures"] and "exit code" in s["provenance"]["failures"]["1"]
     assert "0" not in s["provenance"]["failures"]
     per = {t["target"]: t for t in s["per_target"]}
     assert per[0]["requests_completed"] >= 1 and per[1]["requests_completed"] == 0  # its rows died with it
-    assert s["requests_unfinished"] == 0  # what target 0 took, it finished
+    # conservation: the request target 1 had taken is in the table, unfinished; target 0 finished its own
+    assert s["requests_unfinished"] == 1
+    lost = req[req["t_finish"].isna()]
+    assert list(lost["target"]) == [1] and int(lost["output_tokens"].iloc[0]) == 60
+    assert req["request"].is_unique  # (the requests target 1 finished died with its process)
     assert s["provenance"]["faults"] == [{"kind": "kill_target", "target": 1, "at_s": 2.0}]
 
 

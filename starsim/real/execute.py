@@ -92,7 +92,7 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
                  prompts, repeat: bool, budget, issued, horizon: float, ready, go, clock0, timeout_s: float,
                  results, link=None, seed: int = 0, temperature: float = 0.0, arrivals: list[float] | None = None,
                  own_draft: dict | None = None, qos: dict | None = None, pause=None,
-                 fabric: dict | None = None, adaptive: tuple | None = None) -> None:
+                 fabric: dict | None = None, adaptive: tuple | None = None, taken=None) -> None:
     """One target process: load the model and connect, wait for the common start, then take
     requests until the budget ends or ``horizon`` seconds have passed.
 
@@ -105,7 +105,9 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
     draft servers (``addresses``), the shared load board (``loads``, ``alive``; one lock), the
     ``pairing`` name and ``repair_queue``: the target pairs with one server at a time.
     ``adaptive``: the scenario's ``draft`` and this target's group, for its adaptive-speculation
-    controller (the simulator's, costing rounds with the same models)."""
+    controller (the simulator's, costing rounds with the same models). ``taken``: a shared row
+    per target, ``(request id, prompt tokens, output tokens, arrival)`` of the request in
+    progress (id -1: none), so that a killed target's request is still in the requests table."""
     import torch
 
     from .models import eos_ids, load_model
@@ -190,7 +192,11 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
                 prompt, output = prompts[rid]
                 t_arrival = arrivals[rid]
                 time.sleep(max(0.0, t0 + t_arrival - time.monotonic()))
+            if taken is not None:
+                taken[4 * index: 4 * index + 4] = [rid, len(prompt), output, t_arrival]
             worker.run_request(rid, prompt, output, t_arrival=t_arrival)
+            if taken is not None:
+                taken[4 * index] = -1
             served += 1
         worker.close()
     except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
@@ -264,6 +270,7 @@ def _execute(scenario: Scenario) -> Result:
     # processes, never input from the network (that is the protocol's job).
     results = ctx.Queue()
     issued = ctx.Value("i", 0)
+    taken = ctx.Array("d", [-1.0, 0.0, 0.0, 0.0] * len(instances))  # see _target_main
     servers: list = []  # star: one DraftServer per draft unit, each with its own copy of the draft
     torch.set_num_threads(r.threads)
     draft_src = role_source(r, "draft") if star or own else None
@@ -309,7 +316,7 @@ def _execute(scenario: Scenario) -> Result:
                 group.link if r.emulate_link and star else None, scenario.seed, r.temperature, arrivals, own_draft,
                 {"weight": group.weight, "tpot_slo_s": group.tpot_slo_s},
                 getattr(scenario.workload, "pause", None), fabric,
-                (scenario.draft, group) if star and scenario.draft.adaptive.policy != "fixed" else None))
+                (scenario.draft, group) if star and scenario.draft.adaptive.policy != "fixed" else None, taken))
             p.start()
             procs.append(p)
         # The run's clock starts when every target has loaded its model and connected, so
@@ -343,9 +350,13 @@ def _execute(scenario: Scenario) -> Result:
                                 j, fabric["seats"][i] = fabric["seats"][i], -1
                                 if j >= 0:
                                     fabric["loads"][j] -= 1
+                        # conservation: the request it had taken is in the table, unfinished
+                        rid, prompt_len, output, arrival = taken[4 * i: 4 * i + 4]
+                        lost = [(int(rid), i, int(prompt_len), int(output), 0, arrival, math.nan, math.nan,
+                                 math.nan)] if rid >= 0 else []
                         got[i] = {"index": i, "tag": None, "tags": [], "repairs": 0,
                                   "error": f"process ended with exit code {p.exitcode}",
-                                  "rounds": [], "requests": [], "intervals": [], "fallback_at": None, "outputs": [],
+                                  "rounds": [], "requests": lost, "intervals": [], "fallback_at": None, "outputs": [],
                                   "draft_intervals": [], "rejected": []}
         for p in procs:
             p.join(timeout=5)
