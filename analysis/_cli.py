@@ -23,3 +23,13 @@ def validated(scenario: str, out, *args: str) -> dict:
     starsim("validate", scenario, *args, "--out", str(out))
     point = json.loads((Path(out) / "validation.json").read_text())["points"][0]
     return {"metrics": {r["metric"]: r for r in point["metrics"]}, "point": point}
+
+
+def error_table(title: str, metrics: dict, keys: tuple[str, ...]) -> str:
+    """A markdown table of ``keys`` from :func:`validated`'s metrics: real, sim and the sim's error."""
+    lines = [f"| {title} | real | sim | sim err |", "|---|---|---|---|"]
+    for key in keys:
+        row = metrics[key]
+        unit = f" ({row['unit']})" if row["unit"] else ""
+        lines.append(f"| {row['label']}{unit} | {row['real']:.4g} | {row['sim']:.4g} | {row['sim_err_pct']:+.1f}% |")
+    return "\n".join(lines)

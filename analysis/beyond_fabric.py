@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from _cli import REPO, starsim, validated  # noqa: E402  (analysis/ is on sys.path when a script runs)
+from _cli import REPO, error_table, starsim, validated  # noqa: E402  (analysis/ is on sys.path when a script runs)
 
 RUNS = REPO / "runs" / "beyond"
 SWEEP = REPO / "runs" / "sweeps" / "fabric"
@@ -46,11 +46,8 @@ def rate(t: np.ndarray, weights: np.ndarray | None, edges: np.ndarray) -> np.nda
 def real() -> None:
     out = RUNS / "real-fabric"
     m = validated("scenarios/real_cpu_fabric.yaml", out)["metrics"]
-    print("\n| real CPU, 2 servers, 4 targets, server 0 fails at 6 s | real | sim | sim err |")
-    print("|---|---|---|---|")
-    for key in ("draft_utilization", "throughput_tokens_per_s", "tpot_mean_s", "fabric_repairs"):
-        row = m[key]
-        print(f"| {row['label']} ({row['unit']}) | {row['real']:.4g} | {row['sim']:.4g} | {row['sim_err_pct']:+.1f}% |")
+    keys = ("draft_utilization", "throughput_tokens_per_s", "tpot_mean_s", "fabric_repairs")
+    print("\n" + error_table("real CPU, 2 servers, 4 targets, server 0 fails at 6 s", m, keys))
 
 
 def main() -> None:

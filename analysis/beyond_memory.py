@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from _cli import REPO, starsim, validated  # noqa: E402  (analysis/ is on sys.path when a script runs)
+from _cli import REPO, error_table, starsim, validated  # noqa: E402  (analysis/ is on sys.path when a script runs)
 
 SWEEP = REPO / "runs" / "sweeps" / "memory"
 RUN = REPO / "runs" / "beyond" / "memory"
@@ -37,11 +37,8 @@ FIGS = REPO / "analysis" / "figures" / "beyond"
 def real() -> None:
     m = validated("scenarios/real_cpu_n2.yaml", REPO / "runs" / "beyond" / "real-memory",
                   "--set", "draft.memory_bytes=200000")["metrics"]
-    print("\n| real CPU, 2 targets, 200 kB of draft KV memory | real | sim | sim err |")
-    print("|---|---|---|---|")
-    for key in ("draft_evictions", "draft_utilization", "throughput_tokens_per_s", "tpot_mean_s"):
-        row = m[key]
-        print(f"| {row['label']} ({row['unit']}) | {row['real']:.4g} | {row['sim']:.4g} | {row['sim_err_pct']:+.1f}% |")
+    keys = ("draft_evictions", "draft_utilization", "throughput_tokens_per_s", "tpot_mean_s")
+    print("\n" + error_table("real CPU, 2 targets, 200 kB of draft KV memory", m, keys))
 
 
 def main() -> None:
