@@ -19,7 +19,8 @@ class Fabric:
         self.repair_queue = cfg.repair_queue
         self.of: dict[int, int] = {}  # target -> the server it is paired with
         self.repairs = 0  # a target moved to another server (failure or saturation)
-        self.failures = [env.process(self._fail_at(f.server, f.at_s)) for f in cfg.failures]
+        for f in cfg.failures:
+            env.process(self._fail_at(f.server, f.at_s))
 
     def _fail_at(self, server: int, at_s: float):
         yield self.env.timeout(at_s)
