@@ -11,6 +11,7 @@ Operations and what their inputs mean (the simulator calls a spec with
 - ``prefill``: ``tokens`` = prompt tokens (target).
 - ``verify``: ``tokens`` = tree tokens incl. the root, ``context`` (target, batch 1).
 - ``verify_batched``: as ``verify`` plus ``batch`` (not used by the simulator yet).
+- ``decode``: one autoregressive step at ``context`` (target; ``targets.decode_time``).
 - ``draft_round``: one whole draft round at the profile's tree shape: ``tokens`` = new
   prefix tokens to encode, ``context`` = context length including them (draft, batch 1).
   Use it as ``draft.round_time``.
@@ -49,6 +50,7 @@ OP_INPUTS: dict[str, tuple[str, ...]] = {
     "prefill": ("tokens",),
     "verify": ("tokens", "context"),
     "verify_batched": ("tokens", "context", "batch"),
+    "decode": ("context",),
     "draft_round": ("tokens", "context"),
     "draft_step": ("tokens", "context"),
     "draft_batched": ("batch", "context"),

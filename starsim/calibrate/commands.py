@@ -143,7 +143,61 @@ def _snippet(profiles, paths) -> str:
         p = by_role["target"]
         out += ["targets:", "  - verify_time: {kind: profile, path: " + str(p) + ", op: verify}",
                 "    prefill_time: {kind: profile, path: " + str(p) + ", op: prefill}"]
+        if "decode" in profiles["target"].ops:
+            out += ["    decode_time: {kind: profile, path: " + str(p) + ", op: decode}"]
     return "\n".join(out)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Profiles priced from a measured GPU kernel database (``aiconfigurator``)."""
+    from . import gpu_db
+
+    gpu_db.require()
+    if args.list:
+        print(gpu_db.listing())
+        return 0
+    if not args.spec or not args.system:
+        raise StarsimError("--spec and --system: required (see --list for systems; models/specs for specs)")
+    from ..profiles import write_profile
+    from .specs import load_spec
+
+    spec = load_spec(args.spec)
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    bad = [r for r in roles if r not in ("target", "draft")]
+    if bad or not roles:
+        raise StarsimError(f"--roles: expected target and/or draft, got {args.roles!r}")
+    for flag, v in (("--tp", args.tp), ("--draft-tp", args.draft_tp)):
+        if v < 1 or v & (v - 1):
+            raise StarsimError(f"{flag}: expected a power of two >= 1, got {v}")
+    grid = gpu_db.QUICK if args.grid == "quick" else gpu_db.Grid()
+    settings = gpu_db.Settings(
+        spec=spec, system=args.system, backend=args.backend, backend_version=args.backend_version, tp=args.tp,
+        draft_tp=args.draft_tp, dtype=args.dtype, overhead_s=args.overhead_us * 1e-6, roles=roles, grid=grid,
+    )
+    # the canonical command (every choice spelled out), so a profile says how to make it again
+    settings.command = "starsim calibrate import aiconfigurator " + shlex.join([
+        "--spec", spec.name, "--system", args.system, "--backend", args.backend,
+        *(["--backend-version", args.backend_version] if args.backend_version else []),
+        "--tp", str(args.tp), "--draft-tp", str(args.draft_tp), "--dtype", args.dtype,
+        "--overhead-us", f"{args.overhead_us:g}", "--roles", ",".join(roles), "--grid", args.grid])
+    t0 = time.perf_counter()
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
+    profiles, warns = gpu_db.import_profiles(settings, say)
+    for w in warns:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"{spec.name} on {args.system} ({args.backend} {profiles[roles[0]].provenance['backend_version']}): "
+          f"{time.perf_counter() - t0:.1f} s")
+    paths = []
+    for role, prof in profiles.items():
+        path = write_profile(prof, gpu_db.profile_path(args.out, spec.name, role, prof))
+        paths.append(path)
+        frac = prof.provenance["measured_fraction"]
+        print(f"\n{role}: {path}  (tp {prof.device['tp']}, overhead {args.overhead_us:g} us per forward)")
+        print(_fit_table(prof))
+        print("  measured rows: " + ", ".join(f"{op} {100 * f:.0f}%" for op, f in frac.items()))
+    print("\nuse in a scenario, e.g.:")
+    print(_snippet(profiles, paths))
+    return 0
 
 
 def cmd_refit(args: argparse.Namespace) -> int:
@@ -279,6 +333,28 @@ def add_parsers(sub) -> None:
                     help="memory-sweeping work in place of each verify (default 8; 0: a tight loop)")
     st.add_argument("--out", type=Path, help="write the result as YAML to this file")
     st.set_defaults(func=cmd_stack)
+
+    im = csub.add_parser("import", help="profiles from a measured GPU kernel database (no GPU needed)")
+    im.add_argument("source", choices=["aiconfigurator"],
+                    help="aiconfigurator: NVIDIA's aiconfigurator-core database (pip install -e '.[gpu-db]')")
+    im.add_argument("--list", action="store_true", help="systems, backends and their data versions, bundled models")
+    im.add_argument("--spec", help="model spec name (models/specs), spec file, or local HF model dir")
+    im.add_argument("--system", help="GPU system, e.g. h100_sxm, h200_sxm, a100_sxm, b200_sxm (see --list)")
+    im.add_argument("--backend", default="vllm", help="serving backend whose kernels were measured: vllm, "
+                    "sglang or trtllm (default vllm)")
+    im.add_argument("--backend-version", help="data version slot: current (default), previous, next or a literal")
+    im.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs of the target (default 1)")
+    im.add_argument("--draft-tp", type=int, default=1, help="tensor-parallel GPUs of the draft (default 1)")
+    im.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "fp8"],
+                    help="weights and activations (float16 is priced with the bfloat16 tables; default bfloat16)")
+    im.add_argument("--overhead-us", type=float, default=0.0,
+                    help="fixed cost per forward pass in microseconds (launches, scheduler, sampler), added to "
+                    "the kernel-only times and recorded in the profile (default 0)")
+    im.add_argument("--roles", default="target,draft", help="target,draft (default both)")
+    im.add_argument("--grid", choices=["default", "quick"], default="default", help="quick: a coarse smoke grid")
+    im.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"profile directory (default {DEFAULT_OUT})")
+    im.add_argument("--verbose", action="store_true", help="one line per op")
+    im.set_defaults(func=cmd_import)
 
     rf = csub.add_parser("refit", help="fit profiles again from their stored measurements (no timing)")
     rf.add_argument("profiles", type=Path, nargs="+", help="profile files, rewritten in place")
