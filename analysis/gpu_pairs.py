@@ -1,0 +1,42 @@
+"""The GPU pairs the project ships profiles and scenarios for: one list, read by
+``import_gpu_profiles.py``, ``gpu_scenarios.py`` and ``gpu_star.py``.
+
+Backends are chosen per pair by table coverage (``starsim calibrate import aiconfigurator``
+warns where a pair's attention heads or contexts lie outside a backend's measured rows):
+vLLM covers Qwen3 (32/8 and 16/8 heads) and Llama-3.1 (8/1 per GPU at TP 8, 32/8) on
+every system here; Vicuna-7B's 32 KV heads (no GQA) have no vLLM decode-attention rows on
+A100, so it uses TensorRT-LLM's, measured to 32k tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Pair:
+    spec: str
+    system: str
+    backend: str
+    tp: int = 1
+    draft_tp: int = 1
+    label: str = ""
+
+    def profile(self, role: str, overhead_us: float = 0.0) -> str:
+        tp = self.tp if role == "target" else self.draft_tp
+        oh = f"-oh{overhead_us:g}us" if overhead_us else ""
+        return f"models/profiles/{self.spec}.{role}.{self.system}-{self.backend}-tp{tp}{oh}.bfloat16.yaml"
+
+    @property
+    def slug(self) -> str:
+        return f"{self.spec}-{self.system}" + (f"-tp{self.tp}" if self.tp > 1 else "")
+
+
+PAIRS = [
+    Pair("qwen3-8b-qwen3-06b", "h100_sxm", "vllm", label="Qwen3-8B / Qwen3-0.6B, H100 SXM"),
+    Pair("qwen3-8b-qwen3-06b", "h200_sxm", "vllm", label="Qwen3-8B / Qwen3-0.6B, H200 SXM"),
+    Pair("qwen3-8b-qwen3-06b", "a100_sxm", "vllm", label="Qwen3-8B / Qwen3-0.6B, A100 SXM"),
+    Pair("llama31-70b-llama31-8b", "h100_sxm", "vllm", tp=8, label="Llama-3.1-70B (TP 8) / Llama-3.1-8B, H100 SXM"),
+    Pair("llama31-70b-llama31-8b", "h200_sxm", "vllm", tp=8, label="Llama-3.1-70B (TP 8) / Llama-3.1-8B, H200 SXM"),
+    Pair("vicuna7b-eagle", "a100_sxm", "trtllm", label="Vicuna-7B / EAGLE head, A100 SXM (StarSD reference)"),
+]
