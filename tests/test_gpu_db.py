@@ -177,3 +177,35 @@ def _tmp():
     from pathlib import Path
 
     return Path(tempfile.mkdtemp(prefix="starsim-test-aic-"))
+
+
+def _published():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "analysis" / "published_speedups.py"
+    spec = importlib.util.spec_from_file_location("published_speedups", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("published_speedups", mod)  # its dataclasses look their module up
+    spec.loader.exec_module(sys.modules["published_speedups"])
+    return sys.modules["published_speedups"]
+
+
+def test_published_acceptance_has_the_published_mean():
+    ps = _published()
+    for tau, depth in ((3.94, 5), (4.98, 6), (4.16, 6)):
+        a = ps.geometric_alpha(tau, depth)
+        assert 1 + sum(a ** j for j in range(1, depth + 1)) == pytest.approx(tau, rel=1e-9)
+    with pytest.raises(ValueError):
+        ps.geometric_alpha(7.0, 5)  # more than depth + 1 tokens per round cannot be
+
+
+def test_published_row_simulates_a_speedup(tmp_path):
+    ps = _published()
+    row = next(r for r in ps.ROWS if r.model.startswith("Vicuna") and r.tree == ps.TREE_EAGLE)
+    r = ps.run_row(row, 0.0, tmp_path)
+    # the simulated tokens per round are the published ones, and a speedup is below them
+    assert r["tokens_per_round"] == pytest.approx(row.tau, rel=0.03)
+    assert 1.0 < r["speedup"] < row.tau
+    # the same profile with no overhead: a round costs draft + verify, the decode step less than a verify
+    assert r["decode_ms"] < r["verify_ms"]
