@@ -3,6 +3,7 @@ from aiconfigurator-core's measured kernel database: one ``starsim calibrate imp
 aiconfigurator`` per pair of ``gpu_pairs.PAIRS``. Needs the gpu-db extra, no GPU.
 
     python analysis/import_gpu_profiles.py [--overhead-us 0]
+    python analysis/import_gpu_profiles.py --table     # the README's table of the shipped profiles
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--overhead-us", type=float, default=0.0, help="per-forward overhead (default 0: kernel only)")
     ap.add_argument("--out", default="models/profiles", help="profile directory (default models/profiles)")
+    ap.add_argument("--table", action="store_true", help="print the README table of the shipped profiles, no import")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
     try:
         import aiconfigurator_core  # noqa: F401
     except ImportError:
@@ -37,6 +42,31 @@ def main(argv=None) -> int:
         if r.returncode:
             return r.returncode
     return 0
+
+
+def table(context: int = 1024) -> str:
+    """Markdown: per shipped pair, a few times from the fits and where they came from."""
+    from starsim.profiles import read_profile
+
+    lines = ["| pair | system, backend (data version) | decode ms | verify 60 tok ms | draft round ms | "
+             "prefill 512 ms | fit CV MAPE | from measured rows |", "|---|---|---|---|---|---|---|---|"]
+    for p in PAIRS:
+        t, d = read_profile(ROOT / p.profile("target")), read_profile(ROOT / p.profile("draft"))
+        ops = {**t.ops, **d.ops}
+        cv = [o.fit.cv_mape_pct for o in ops.values() if o.fit]
+        frac = [*t.provenance["measured_fraction"].values(), *d.provenance["measured_fraction"].values()]
+        tree = d.ops["draft_round"].fixed["tree"]
+        lines.append(
+            f"| {p.label.split(',')[0]} | {p.system}, {p.backend} {t.provenance['backend_version']}"
+            f"{f' (TP {p.tp})' if p.tp > 1 else ''} | {1e3 * t.ops['decode'].predict(context=context):.2f} | "
+            f"{1e3 * t.ops['verify'].predict(tokens=60, context=context):.2f} | "
+            f"{1e3 * d.ops['draft_round'].predict(tokens=3, context=context):.2f} "
+            f"(tree {tree['top_k']}/{tree['depth']}/{tree['tokens']}) | "
+            f"{1e3 * t.ops['prefill'].predict(tokens=512):.1f} | {min(cv):.1f}-{max(cv):.1f}% | "
+            f"{100 * min(frac):.0f}-{100 * max(frac):.0f}% |")
+    return "\n".join(lines) + (f"\n\nTimes from the fits at context {context} (a draft round encodes 3 new tokens); "
+                               "kernel time only (per-forward overhead 0). `python analysis/import_gpu_profiles.py "
+                               "--table`.")
 
 
 if __name__ == "__main__":
