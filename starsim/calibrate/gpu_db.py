@@ -72,7 +72,7 @@ ARCHITECTURES = {
 class Grid:
     """Where each op is priced. Chosen for what a star's rounds ask (see ``GRID_WHY``)."""
 
-    contexts: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 2048, 4096, 8192])
+    contexts: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192])
     verify_tokens: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 26, 32, 48, 60, 64, 96, 128])
     prefill_tokens: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192])
     new_tokens: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 16, 32, 64, 128, 256, 512])
@@ -82,7 +82,8 @@ class Grid:
 
 
 GRID_WHY = (
-    "contexts 64..8192: MT-Bench-like chats (prompts ~100 tokens, answers to ~2k) with room for long ones, "
+    "contexts 16..8192: MT-Bench-like chats (prompts from ~20 to ~100s of tokens, answers to ~2k) with room "
+    "for long ones, "
     "inside every shipped pair's measured attention rows; verify tokens 1..128: a plain decode step (1), "
     "EAGLE's 26-node tree, EAGLE-2's 60, up to Sequoia-size trees, dense where GPU GEMMs change regime "
     "(memory-bound below ~64 rows); new tokens 1..512: a round's 1 + accepted tokens, up to a first round "
