@@ -428,10 +428,18 @@ def coverage(ref: ModelRef, system: str, backend: str, version: str, tp: int, dt
                         f"{system}/{backend}; the grid asks for {need}: extrapolated beyond")
     f = data / "gemm" / backend / version / "gemm_perf.parquet"
     if f.is_file():
-        g = pd.read_parquet(f, columns=["gemm_dtype", "m"])
+        g = pd.read_parquet(f, columns=["gemm_dtype", "m", "device"])
         want = "fp8" if dtype == "fp8" else "bfloat16"
         m = g[g.gemm_dtype == want].m
         out["gemm"] = {"dtype": want, "rows": int(len(m)), "m_range": [int(m.min()), int(m.max())] if len(m) else None}
+        # the GPU the rows were measured on, as the collector named it (e.g. NVIDIA H100 80GB HBM3)
+        out["measured_on"] = sorted(str(d) for d in g.device.dropna().unique())
+        meta = f.parent / "collection_meta.yaml"
+        if meta.is_file():
+            import yaml
+
+            out["collection"] = {k: v for k, v in (yaml.safe_load(meta.read_text()) or {}).items()
+                                 if k in ("schema_version", "provenance", "runtime")}
         if m.empty:
             warn.append(f"{ref.name}: no measured {want} GEMM rows for {backend} {version} on {system}")
     else:
