@@ -637,8 +637,8 @@ def check(args: argparse.Namespace, argv: list[str]) -> int:
     except ImportError as e:
         raise Fail(f"starsim's dependencies are missing ({e.name}): pip install -e '.[torch]', or put wheels "
                    "of them on PYTHONPATH") from None
-    from starsim.calibrate.specs import load_spec
     from starsim.errors import StarsimError
+    from starsim.models.specs import load_spec
     from starsim.profiles import read_profile
 
     try:

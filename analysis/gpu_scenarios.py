@@ -36,7 +36,7 @@ ACCEPTANCE = {
 
 
 def _arch(spec, role):
-    from starsim.calibrate.specs import load_spec
+    from starsim.models.specs import load_spec
 
     s = load_spec(spec)
     a = (s.target if role == "target" else s.draft).model_dump(exclude_none=True)

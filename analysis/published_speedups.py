@@ -182,7 +182,7 @@ workload:
 
 def profiles_for(row: Row, overhead_s: float, work: Path) -> tuple[Path, Path]:
     from starsim.calibrate import gpu_db
-    from starsim.calibrate.specs import TreeShape, load_spec
+    from starsim.models.specs import TreeShape, load_spec
     from starsim.profiles import write_profile
 
     spec = load_spec(row.spec)

@@ -1,13 +1,12 @@
 """starsim: predict, measure and explain one-for-many speculative decoding (StarSD)."""
 
-__version__ = "0.1.0"
-
-from .analytic import analyze  # noqa: E402
-from .metrics import summarize  # noqa: E402
-from .records import Records  # noqa: E402
-from .result import Result  # noqa: E402
-from .scenario import Scenario, load_scenario, validate_scenario  # noqa: E402
-from .sim import simulate  # noqa: E402
+from .analytic import analyze
+from .metrics import summarize
+from .records import Records
+from .result import Result
+from .scenario import Scenario, load_scenario, validate_scenario
+from .sim import simulate
+from .version import __version__
 
 __all__ = [
     "Records",

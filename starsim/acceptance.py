@@ -59,7 +59,7 @@ class _Acceptance(BaseModel):
         if all(a in (0.0, 1.0) for a in curve):
             k = int(sum(curve))  # deterministic: skip the random draw entirely
             return lambda: k
-        from .distributions import draws
+        from .streams import draws
 
         draw = draws(rng, "random")
         if all(curve[j] >= curve[j + 1] for j in range(len(curve) - 1)):

@@ -108,11 +108,11 @@ def _mean_rounds(output: float, acc_marginal: list[float]) -> float:
 
 def _lengths(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
     """Prompt and output lengths the closed form averages over."""
-    from .sim.run import STREAM_WORKLOAD, rng_for  # same draws as the simulator
+    from .streams import Stream, rng_for  # same draws as the simulator
 
     w = scenario.workload
     if isinstance(w, ClosedLoop):
-        pairs = prompt_set(w, rng_for(scenario.seed, STREAM_WORKLOAD))
+        pairs = prompt_set(w, rng_for(scenario.seed, Stream.WORKLOAD))
         return np.array([p for p, _ in pairs], float), np.array([o for _, o in pairs], float)
     if isinstance(w, TraceReplay):
         df = load_azure_trace(w.path).iloc[w.start_row:]

@@ -11,40 +11,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .errors import ScenarioError, StarsimError
+from .metric_display import displays
+from .version import __version__
 
 EXIT_BAD_INPUT = 2
 
-# (summary key, label, unit scale, unit) for the tables printed on the terminal
-_ROWS = [
-    ("draft_utilization", "draft utilization", 100.0, "%"),
-    ("draft_idle_gap_mean_s", "draft idle gap, mean", 1e3, "ms"),
-    ("draft_idle_gap_p50_s", "draft idle gap, p50", 1e3, "ms"),
-    ("draft_idle_gap_p99_s", "draft idle gap, p99", 1e3, "ms"),
-    ("draft_idle_ratio_mean", "draft idle ratio (mean of windows)", 100.0, "%"),
-    ("draft_task_time_mean_s", "draft task time, mean", 1e3, "ms"),
-    ("draft_queue_wait_mean_s", "draft queue wait, mean", 1e3, "ms"),
-    ("draft_tasks_per_s", "draft tasks per second", 1.0, "/s"),
-    ("draft_kv_bytes_peak", "draft KV bytes, peak", 1e-6, "MB"),
-    ("throughput_tokens_per_s", "throughput", 1.0, "tok/s"),
-    ("mean_accepted_tokens", "tokens per round (bonus incl.)", 1.0, ""),
-    ("rounds", "rounds measured", 1.0, ""),
-    ("requests_completed", "requests completed", 1.0, ""),
-    ("requests_unfinished", "requests unfinished at the end", 1.0, ""),
-    ("ttft_mean_s", "TTFT, mean", 1e3, "ms"),
-    ("tpot_mean_s", "TPOT, mean", 1e3, "ms"),
-]
+# the terminal table of a run: these rows, then the features' rows a run uses (metric_display.py)
+_ROWS = displays(
+    "draft_utilization", "draft_idle_gap_mean_s", "draft_idle_gap_p50_s", "draft_idle_gap_p99_s",
+    "draft_idle_ratio_mean", "draft_task_time_mean_s", "draft_queue_wait_mean_s", "draft_tasks_per_s",
+    "draft_kv_bytes_peak", "throughput_tokens_per_s", "mean_accepted_tokens", "rounds", "requests_completed",
+    "requests_unfinished", "ttft_mean_s", "tpot_mean_s",
+)
 # shown only when the run has them (a feature beyond StarSD that is on)
-_OPTIONAL_ROWS = [
-    ("slo_attainment", "TPOT objective met", 100.0, "%"),
-    ("draft_evictions", "draft tags evicted (memory)", 1.0, ""),
-    ("speculation_depth_mean", "tree depth, mean (adaptive)", 1.0, ""),
-    ("rounds_without_speculation", "rounds without speculation", 100.0, "%"),
-    ("pipeline_hit_rate", "pipelined trees kept", 100.0, "%"),
-    ("draft_wasted_fraction", "draft time wasted (pipelined misses)", 100.0, "%"),
-    ("fabric_repairs", "targets moved to another draft server", 1.0, ""),
-]
+_OPTIONAL_ROWS = displays(
+    "slo_attainment", "draft_evictions", "speculation_depth_mean", "rounds_without_speculation",
+    "pipeline_hit_rate", "draft_wasted_fraction", "fabric_repairs",
+)
 
 
 def _summary_rows(s: dict, sc) -> list[list[str]]:
@@ -55,8 +39,8 @@ def _summary_rows(s: dict, sc) -> list[list[str]]:
           "speculation_depth_mean": adaptive, "rounds_without_speculation": adaptive,
           "pipeline_hit_rate": d.pipeline, "draft_wasted_fraction": d.pipeline,
           "fabric_repairs": s.get("fabric_repairs") is not None}
-    rows = _ROWS + [r for r in _OPTIONAL_ROWS if on[r[0]]]
-    return [[lbl, _fmt(s.get(k), scale), u] for k, lbl, scale, u in rows]
+    rows = _ROWS + [r for r in _OPTIONAL_ROWS if on[r.key]]
+    return [[d.label, _fmt(s.get(d.key), d.scale), d.unit] for d in rows]
 
 
 def _fmt(v: Any, scale: float = 1.0) -> str:
@@ -110,10 +94,10 @@ def cmd_execute(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """The validation table: closed form and simulation against a real run, per sweep point."""
-    from .calibrate.commands import _need_torch
+    from .models.specs import need_torch
     from .validate import validate
 
-    _need_torch()
+    need_torch()
     say = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     v = validate(args.file, args.sweep, args.set, args.out, args.acceptance, say=say,
                  speed=args.speed, repeat=args.repeat)
@@ -179,9 +163,9 @@ def _predict(args: argparse.Namespace, real: bool) -> int:
         raise StarsimError(f"--out {args.out}: exists and is not a directory")
     sc = load_scenario(args.file, args.set)
     if real:
-        from .calibrate.commands import _need_torch
+        from .models.specs import need_torch
 
-        _need_torch()
+        need_torch()
         from .real.execute import execute
 
         res = execute(sc)

@@ -25,40 +25,17 @@ block, and served one by one at C speed.
 
 from __future__ import annotations
 
-import array
-import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
+from .streams import draws
+
 Sampler = Callable[[float, float, float], float]
-
-FIRST_BLOCK, MAX_BLOCK = 32, 256  # values per block: a rarely used sampler draws few; 2 KB at most (cache)
-
-
-def draws(rng: np.random.Generator, method: str, *args: Any) -> Callable[[], Any]:
-    """``next()`` of the successive values of ``rng.<method>(*args)``, drawn in blocks.
-
-    A scalar numpy draw costs a microsecond or more in calls around it; a block of them
-    costs about as much as three. The values are a deterministic function of the stream and
-    of the order in which its samplers first need each block, which the simulation fixes;
-    samplers sharing a stream take turns drawing whole blocks."""
-    fill = getattr(rng, method)
-    code = "q" if method == "integers" else "d"
-
-    def blocks() -> Iterator[array.array]:
-        m = FIRST_BLOCK
-        while True:
-            # a flat array.array (8 bytes a value, not a list of float objects): a thousand
-            # targets' blocks stay small enough for the CPU caches
-            yield array.array(code, fill(*args, size=m).astype("int64" if code == "q" else "float64").tobytes())
-            m = min(2 * m, MAX_BLOCK)
-
-    return itertools.chain.from_iterable(blocks()).__next__
 
 NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 

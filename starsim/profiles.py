@@ -262,7 +262,7 @@ def refit(profile: ProfileFile) -> ProfileFile:
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
 
@@ -388,7 +388,7 @@ def op_sampler(
     if noise and op.noise_cv > 0:
         sigma = math.sqrt(math.log1p(op.noise_cv**2))
     if sigma > 0:
-        from .distributions import draws
+        from .streams import draws
 
         noise = draws(rng, "lognormal", -sigma * sigma / 2.0, sigma)
     else:

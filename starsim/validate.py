@@ -34,29 +34,16 @@ import pandas as pd
 import yaml
 
 from .errors import StarsimError
+from .metric_display import displays
 from .metrics import hop_means
 
-# (summary key, label, unit, scale from the summary's SI value)
-METRICS: tuple[tuple[str, str, str, float], ...] = (
-    ("draft_utilization", "draft utilization", "%", 100.0),
-    ("draft_idle_gap_mean_s", "draft idle gap, mean", "ms", 1e3),
-    ("draft_idle_gap_p99_s", "draft idle gap, p99", "ms", 1e3),
-    ("draft_idle_ratio_mean", "draft idle ratio (mean of windows)", "%", 100.0),
-    ("throughput_tokens_per_s", "system throughput", "tok/s", 1.0),
-    ("target_tokens_per_s_mean", "per-target throughput, mean", "tok/s", 1.0),
-    ("ttft_mean_s", "TTFT, mean", "ms", 1e3),
-    ("tpot_mean_s", "TPOT, mean", "ms", 1e3),
-    ("draft_queue_wait_mean_s", "draft queue wait, mean", "ms", 1e3),
-    ("target_tokens_per_s_jain", "Jain's index of per-target tok/s", "", 1.0),
-    ("target_weighted_jain", "Jain's index of per-target tok/s / weight", "", 1.0),
-    ("slo_attainment", "requests within their TPOT objective", "%", 100.0),
-    ("speculation_depth_mean", "tree depth per round, mean", "", 1.0),
-    ("rounds_without_speculation", "rounds without speculation", "%", 100.0),
-    ("fabric_repairs", "targets moved to another draft server", "", 1.0),
-    ("draft_evictions", "draft tags evicted (memory)", "", 1.0),
-    ("pipeline_hit_rate", "pipelined trees kept (hits)", "%", 100.0),
-    ("draft_wasted_fraction", "draft time wasted on missed pipelined trees", "%", 100.0),
-)
+# (summary key, label, unit, scale from the summary's SI value): the metrics validate compares
+METRICS: tuple[tuple[str, str, str, float], ...] = tuple(displays(
+    "draft_utilization", "draft_idle_gap_mean_s", "draft_idle_gap_p99_s", "draft_idle_ratio_mean",
+    "throughput_tokens_per_s", "target_tokens_per_s_mean", "ttft_mean_s", "tpot_mean_s", "draft_queue_wait_mean_s",
+    "target_tokens_per_s_jain", "target_weighted_jain", "slo_attainment", "speculation_depth_mean",
+    "rounds_without_speculation", "fabric_repairs", "draft_evictions", "pipeline_hit_rate", "draft_wasted_fraction",
+))
 
 # the components a round's time is made of, as hop_means names them
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -80,7 +80,7 @@ def serve_targets(server, target, prompts: list[list[int]], n: int) -> dict:
     import threading
 
     from starsim.real.server import DraftClient
-    from starsim.real.spec import speculative_generate
+    from starsim.real.speculation import speculative_generate
 
     results: dict[int, tuple] = {}
 

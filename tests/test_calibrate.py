@@ -18,8 +18,8 @@ from conftest import CONST_STAR  # noqa: E402
 
 from starsim import simulate, validate_scenario  # noqa: E402
 from starsim.calibrate import compute  # noqa: E402
-from starsim.calibrate.specs import list_specs, load_spec  # noqa: E402
 from starsim.cli import main  # noqa: E402
+from starsim.models.specs import list_specs, load_spec  # noqa: E402
 from starsim.profiles import read_profile  # noqa: E402
 
 # Smaller than the quick grid: a few points per op, each timed for a few milliseconds.

@@ -11,6 +11,7 @@ import yaml
 
 from starsim.calibrate import link
 from starsim.errors import StarsimError
+from starsim.net import parse_address
 from starsim.real import protocol as P
 from starsim.scenario import Link
 
@@ -95,7 +96,7 @@ def test_serve_until_stopped(no_leaks):
         while not ready:
             assert t.is_alive(), "serve() ended before it was ready"
             t.join(0.01)
-        host, port = link.parse_address(ready[0])
+        host, port = parse_address(ready[0])
         with socket.create_connection((host, port), timeout=5) as sock:
             payload = np.arange(50, dtype=np.uint8)
             P.send_message(sock, P.echo(4, payload))
@@ -126,10 +127,10 @@ def test_bad_peer_and_arguments(no_leaks):
     with pytest.raises(StarsimError, match="loopback"):
         link.measure(loopback="fork", **TINY)
     with pytest.raises(StarsimError, match="HOST:PORT"):
-        link.parse_address("localhost:http")
-    assert link.parse_address("[::1]:7000") == ("::1", 7000)
-    assert link.parse_address("7000") == ("127.0.0.1", 7000)
-    assert link.parse_address("0.0.0.0:0") == ("0.0.0.0", 0)
+        parse_address("localhost:http")
+    assert parse_address("[::1]:7000") == ("::1", 7000)
+    assert parse_address("7000") == ("127.0.0.1", 7000)
+    assert parse_address("0.0.0.0:0") == ("0.0.0.0", 0)
 
 
 def test_cli_link_quick(tmp_path, capsys, no_leaks):

@@ -18,11 +18,11 @@ pytest.importorskip("transformers")
 
 from conftest import CODE_PROMPTS  # noqa: E402
 
-from starsim.calibrate.link import parse_address  # noqa: E402
+from starsim.net import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
 from starsim.real import server as server_mod  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer, host_id  # noqa: E402
-from starsim.real.spec import Drafter, speculative_generate, target_generate  # noqa: E402
+from starsim.real.speculation import Drafter, speculative_generate, target_generate  # noqa: E402
 from starsim.real.worker import TargetWorker  # noqa: E402
 from starsim.records import ROUND_COLUMNS  # noqa: E402
 

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from conftest import CONST_STAR  # noqa: E402
 
 from starsim.cli import main  # noqa: E402
-from starsim.real.spec import target_generate  # noqa: E402
+from starsim.real.speculation import target_generate  # noqa: E402
 
 SUMMARY_KEYS = {"draft_utilization", "draft_idle_gap_mean_s", "throughput_tokens_per_s", "mean_accepted_tokens",
                 "rounds", "requests_completed", "ttft_mean_s", "tpot_mean_s", "per_target", "provenance"}
@@ -108,7 +108,7 @@ def _serve_and_run(tmp_path, capsys, server_args, target_args, name):
 def test_draft_server_and_target_commands(tmp_path, quick_pair, capsys):
     """The two commands of a star across machines, here both on loopback: the offline pair,
     and a random-weight spec with an EAGLE head (hidden states travel with each request)."""
-    from test_spec import EAGLE_SPEC
+    from test_speculation import EAGLE_SPEC
 
     _serve_and_run(tmp_path, capsys, ["--pair", str(quick_pair)], ["--pair", str(quick_pair)], "pair")
     spec = tmp_path / "tiny-eagle.yaml"
@@ -227,7 +227,7 @@ def test_link_emulation_imposes_the_scenario_link(tmp_path, quick_pair):
 def test_execute_pretrained_and_spec_models(tmp_path, quick_pair, quick_models, capsys):
     """Models from local HF directories (here the quick pair's, without `pair`), and random-weight
     networks from a calibration spec with an EAGLE head (target hidden states on the wire)."""
-    from test_spec import EAGLE_SPEC
+    from test_speculation import EAGLE_SPEC
 
     _, target, _ = quick_models
     out = tmp_path / "pre"

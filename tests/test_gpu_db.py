@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("aiconfigurator_core")
 
 from starsim.calibrate import gpu_db  # noqa: E402
-from starsim.calibrate.specs import load_spec  # noqa: E402
 from starsim.cli import main  # noqa: E402
+from starsim.models.specs import load_spec  # noqa: E402
 from starsim.profiles import read_profile  # noqa: E402
 
 SPEC = "qwen3-8b-qwen3-06b"

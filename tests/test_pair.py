@@ -60,7 +60,7 @@ def test_corpus_is_the_stdlib_in_sorted_order():
 
 def test_the_stdlib_pair_spec_is_the_default_pair():
     """models/specs/stdlib-pair.yaml (what calibration times) describes what build-pair trains."""
-    from starsim.calibrate.specs import load_spec
+    from starsim.models.specs import load_spec
     from starsim.real.pair import PairSettings, _llama
 
     spec = load_spec("stdlib-pair")

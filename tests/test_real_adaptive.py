@@ -14,7 +14,7 @@ from conftest import CODE_PROMPTS  # noqa: E402
 
 from starsim.real import protocol as P  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
-from starsim.real.spec import Drafter, Verifier, target_generate  # noqa: E402
+from starsim.real.speculation import Drafter, Verifier, target_generate  # noqa: E402
 from starsim.real.worker import TargetWorker  # noqa: E402
 from starsim.scenario import Tree  # noqa: E402
 

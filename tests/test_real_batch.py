@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 from conftest import CODE_PROMPTS, serve_targets  # noqa: E402
 
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
-from starsim.real.spec import Drafter, Verifier, target_generate  # noqa: E402
+from starsim.real.speculation import Drafter, Verifier, target_generate  # noqa: E402
 
 PROMPTS = [*CODE_PROMPTS, "x = 1\nif x:\n    return"]
 

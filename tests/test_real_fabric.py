@@ -106,7 +106,7 @@ def _scenario(tmp_path, pair, targets: int, fabric: dict, **changes):
 
 
 def _lossless(res, target, n):
-    from starsim.real.spec import target_generate
+    from starsim.real.speculation import target_generate
 
     for o in res.outputs:  # each request's tokens are the target's own greedy ones
         assert o["output"] == target_generate(target, o["prompt"], n, eos=target.config.eos_token_id)
@@ -169,11 +169,11 @@ def test_worker_moves_mid_request_with_its_hidden_states(tmp_path):
     down it finishes without speculation. Outputs are the target's own greedy ones."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from test_spec import EAGLE_SPEC
+    from test_speculation import EAGLE_SPEC
 
-    from starsim.calibrate.specs import build_model, load_spec
+    from starsim.models.specs import build_model, load_spec
     from starsim.real.server import DraftClient, DraftServer
-    from starsim.real.spec import Drafter, target_generate
+    from starsim.real.speculation import Drafter, target_generate
     from starsim.real.worker import FabricClient, TargetWorker
 
     f = tmp_path / "tiny-eagle.yaml"
@@ -221,7 +221,7 @@ def test_worker_leaves_a_saturated_server_between_requests(quick_models):
     """repair_queue: a reply that says more tasks wait than that makes the target pair again
     (leave=True) at its next request's start."""
     from starsim.real.server import DraftClient, DraftServer
-    from starsim.real.spec import Drafter, target_generate
+    from starsim.real.speculation import Drafter, target_generate
     from starsim.real.worker import FabricClient, TargetWorker
 
     tok, target, draft = quick_models

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 from conftest import CODE_PROMPTS, serve_targets  # noqa: E402
 
 from starsim.real.server import DraftServer, main_path, subtree  # noqa: E402
-from starsim.real.spec import Drafter, TreeDraft, target_generate  # noqa: E402
+from starsim.real.speculation import Drafter, TreeDraft, target_generate  # noqa: E402
 
 
 def test_main_path_and_subtree():

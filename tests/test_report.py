@@ -72,7 +72,8 @@ def test_html_is_self_contained(report, run_dirs):
     for _, _, heading, _ in FIGURES:
         assert heading in html
     # the summary table: one row per run, the key metrics, and the provenance
-    assert 'class=summary' in html and "draft utilization (%)" in html and "TPOT mean (ms)" in html
+    assert 'class=summary' in html and "draft utilization (%)" in html and "TPOT, mean (ms)" in html
+    assert "draft idle ratio (mean of windows) (%)" in html  # a ratio in %, as on the terminal
     for name in ("starsd-ref-n1", "starsd-ref-n4"):
         assert f"<td>{name}</td>" in html
     assert "scenario hash" in html and "starsim report" in html

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from starsim.real.spec import TreeDraft, draw_without_replacement, normalized, sample_tree_path
+from starsim.real.speculation import TreeDraft, draw_without_replacement, normalized, sample_tree_path
 
 
 def _dist(rng, v, sharp=1.0):
@@ -119,7 +119,7 @@ def _ks_pvalue(target, runs, temperature):
 def test_speculative_sampling_matches_the_target_in_distribution(quick_models):
     from conftest import CODE_PROMPTS
 
-    from starsim.real.spec import Drafter, local_drafts, speculative_generate, target_generate
+    from starsim.real.speculation import Drafter, local_drafts, speculative_generate, target_generate
 
     tok, target, draft = quick_models
     temperature = 0.8
@@ -153,7 +153,7 @@ def test_speculative_sampling_matches_the_target_in_distribution(quick_models):
 
 def _accept_everything(drafter, target, prompt, max_new, temperature, seed):
     """A wrong decoder: the sampled draft's first branch is taken whole, never checked."""
-    from starsim.real.spec import target_generate
+    from starsim.real.speculation import target_generate
 
     out = target_generate(target, prompt, 1, temperature=temperature, seed=seed)
     rng = np.random.default_rng(seed)

@@ -14,10 +14,10 @@ pytest.importorskip("transformers")
 
 from conftest import CODE_PROMPTS  # noqa: E402
 
-from starsim.calibrate.link import parse_address  # noqa: E402
+from starsim.net import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
-from starsim.real.spec import Drafter, local_drafts, speculative_generate, target_generate  # noqa: E402
+from starsim.real.speculation import Drafter, local_drafts, speculative_generate, target_generate  # noqa: E402
 
 
 @pytest.fixture

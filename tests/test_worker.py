@@ -15,7 +15,7 @@ from conftest import CODE_PROMPTS  # noqa: E402
 
 from starsim.metrics import summarize  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
-from starsim.real.spec import Drafter, target_generate  # noqa: E402
+from starsim.real.speculation import Drafter, target_generate  # noqa: E402
 from starsim.real.worker import TargetWorker, assemble_records  # noqa: E402
 
 

@@ -15,39 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StarsimError
+from ..models.specs import need_torch, parse_tree
 
 DEFAULT_OUT = Path("models/profiles")
 
 
-def _need_torch() -> None:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise StarsimError(
-            f"calibration needs torch and transformers ({e.name} is missing): "
-            "pip install torch==2.13.0 -e '.[torch]' (CPU-only) or pip install -e '.[torch]'"
-        ) from None
-
-
-def _tree(text: str | None):
-    from .specs import TreeShape
-
-    if text is None:
-        return None
-    try:
-        k, d, t = (int(v) for v in text.split(","))
-        return TreeShape(top_k=k, depth=d, tokens=t)
-    except ValueError:
-        raise StarsimError(f"--tree: expected TOP_K,DEPTH,TOKENS (e.g. 10,5,59), got {text!r}") from None
-
-
 def cmd_compute(args: argparse.Namespace) -> int:
+    from ..models.specs import list_specs, load_spec
     from ..profiles import ProfileFile
-    from .specs import list_specs, load_spec
 
     if args.list:
-        from .specs import SPEC_DIR
+        from ..models.specs import SPEC_DIR
 
         for name in list_specs():
             s = load_spec(name)
@@ -57,7 +35,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
     if not args.spec:
         raise StarsimError("--spec: required (a name from --list, a spec file, or a local HF model dir)")
     spec = load_spec(args.spec)
-    _need_torch()
+    need_torch()
     import torch
 
     from .compute import GRIDS, QUICK, Settings, calibrate, save
@@ -92,7 +70,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         threads=args.threads,
-        tree=_tree(args.tree),
+        tree=parse_tree(args.tree),
         grid=grid,
         seed=args.seed,
         roles=roles,
@@ -158,8 +136,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     if not args.spec or not args.system:
         raise StarsimError("--spec and --system: required (see --list for systems; models/specs for specs)")
+    from ..models.specs import load_spec
     from ..profiles import write_profile
-    from .specs import load_spec
 
     spec = load_spec(args.spec)
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())

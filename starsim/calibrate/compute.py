@@ -1,6 +1,6 @@
 """``starsim calibrate compute``: time the operations the simulator needs on this hardware.
 
-Models come from :mod:`starsim.calibrate.specs` with random weights. Every grid point is
+Models come from :mod:`starsim.models.specs` with random weights. Every grid point is
 timed with ``torch.utils.benchmark`` (warm-up, adaptive repeats, CUDA synchronisation, a
 fixed thread count) in several passes over the grid, each in its own random order, so
 that drift (thermal, frequency, other tenants of a shared machine) spreads over the grid
@@ -13,19 +13,19 @@ What is timed (KV caches are prefilled once per context and cropped back after e
 so every call sees exactly ``context`` cached tokens):
 
 - target ``prefill``: a forward over ``tokens`` prompt tokens, empty cache;
-- target ``verify``: what the real backend runs (:class:`starsim.real.spec.Verifier`): a
+- target ``verify``: what the real backend runs (:class:`starsim.real.speculation.Verifier`): a
   forward over ``tokens`` tokens (the root and a tree of ``tokens - 1`` nodes) at
   ``context`` with the tree attention mask, greedy acceptance and the KV compaction, batch 1
   (the Python around the forward is part of a round's cost, so it is timed too);
 - target ``verify_batched``: the forward alone for ``batch`` sequences;
-- draft ``draft_round``: what the real draft server runs (:class:`starsim.real.spec.Drafter`)
+- draft ``draft_round``: what the real draft server runs (:class:`starsim.real.speculation.Drafter`)
   at the spec's tree, at a ``context`` that counts the ``tokens`` new ones (as the
   simulator's does): the cache holds ``context - tokens``; the new tokens are encoded (logits
   of the last only), ``depth - 1`` levels expand the ``top_k`` best frontier nodes, the best
   ``tree.tokens`` nodes are kept and the cache is cropped back. With ``tokens == context`` it
   is a request's first round (empty cache, the whole prompt);
 - draft ``draft_batched``: what the real draft server runs for a batch
-  (:meth:`starsim.real.spec.Drafter.draft_batch`): ``batch`` tags, each with 1 new token at
+  (:meth:`starsim.real.speculation.Drafter.draft_batch`): ``batch`` tags, each with 1 new token at
   ``context`` (counting it): each tag's token encoded on its own cache, then their trees
   grown together, one batched forward per level, and the caches cropped back. A batch of 1
   is a plain ``draft_round``; an EAGLE head's requests are drafted one by one (the real
@@ -51,10 +51,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from ..models.reference import REFERENCE, reference_speed
+from ..models.specs import ModelSpec, Net, TreeShape, build_model, crop_cache, new_cache, torch_dtype
 from ..profiles import OP_INPUTS, ProfileFile, build_op, write_profile
-from ..real.spec import tree_mask
-from .specs import ModelSpec, Net, TreeShape, build_model, crop_cache, new_cache, torch_dtype
+from ..real.speculation import tree_mask
+from ..version import __version__
 
 
 @dataclass
@@ -186,25 +187,6 @@ def time_call(
     return np.asarray(times, dtype=float), number
 
 
-REFERENCE = "median time of a 512x512 float32 matmul, torch.utils.benchmark, same threads"
-
-
-def reference_speed(threads: int, device: str) -> float:
-    """How fast the machine is right now, on a fixed kernel (see :data:`REFERENCE`).
-
-    Shared machines drift by 10% and more over minutes; two profiles of the same spec
-    taken at different speeds disagree by that much, and this says so (``calibrate compare``).
-    """
-    import torch
-    from torch.utils import benchmark
-
-    a = torch.randn(512, 512, generator=torch.Generator().manual_seed(0)).to(device)
-    timer = benchmark.Timer(stmt="a @ a", globals={"a": a}, num_threads=threads)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    return float(timer.blocked_autorange(min_run_time=0.2).median)
-
-
 SPOT_OPS = ("verify", "draft_round", "prefill", "draft_batched")
 
 
@@ -217,7 +199,7 @@ def spot_check(profile: ProfileFile, op: str, threads: int, points: int = 3) -> 
     one noisy timing from setting it."""
     import torch
 
-    from .specs import load_spec
+    from ..models.specs import load_spec
 
     if op not in SPOT_OPS:
         raise ValueError(f"spot checks time {', '.join(SPOT_OPS)}, not {op}")
@@ -348,10 +330,10 @@ def prefill_fn(c: _Ctx, tokens: int):
 
 
 def code_verify_fn(c: _Ctx, tokens: int, context: int, top_k: int):
-    """``verify`` as the real backend runs it: :meth:`starsim.real.spec.Verifier.verify` on a
+    """``verify`` as the real backend runs it: :meth:`starsim.real.speculation.Verifier.verify` on a
     tree of ``tokens - 1`` nodes after the root (tree-mask forward, greedy acceptance, KV
     compaction), at ``context`` cached tokens."""
-    from ..real.spec import TreeDraft, Verifier, tree_depths
+    from ..real.speculation import TreeDraft, Verifier, tree_depths
 
     cache = c.cache(context, 1)
     full = _tree_parents(tokens, top_k)  # node 0 is the root
@@ -370,10 +352,10 @@ def code_verify_fn(c: _Ctx, tokens: int, context: int, top_k: int):
 
 
 def code_draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape):
-    """``draft_round`` as the real backend runs it: :meth:`starsim.real.spec.Drafter.draft`
+    """``draft_round`` as the real backend runs it: :meth:`starsim.real.speculation.Drafter.draft`
     (prefix-cached encoding of the ``new`` tokens, the EAGLE-2 tree, the crop back), at a
     ``context`` that counts the new tokens."""
-    from ..real.spec import Drafter
+    from ..real.speculation import Drafter
 
     cached = context - new
     if cached < 0:
@@ -394,10 +376,10 @@ def code_draft_round_fn(c: _Ctx, new: int, context: int, tree: TreeShape):
 
 
 def code_draft_batched_fn(c: _Ctx, batch: int, context: int, tree: TreeShape):
-    """``draft_batched`` as the real backend runs it: :meth:`starsim.real.spec.Drafter.draft_batch`
+    """``draft_batched`` as the real backend runs it: :meth:`starsim.real.speculation.Drafter.draft_batch`
     for ``batch`` tags, each with 1 new token at a ``context`` that counts it (every tag at
     the same context: the batch's longest, which the simulator charges)."""
-    from ..real.spec import Drafter
+    from ..real.speculation import Drafter
 
     if context < 2:
         raise ValueError(f"draft_batched needs a context of at least 2 tokens, got {context}")

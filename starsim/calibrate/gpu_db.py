@@ -25,7 +25,7 @@ cached context ``C``, logits for ``L`` tokens each; :meth:`Pricer.forward`):
 Ops written (inputs as in :mod:`starsim.profiles`): target ``prefill``, ``verify``,
 ``verify_batched``, ``decode``; draft ``draft_round`` (the spec's tree: encode the new
 tokens, then ``depth - 1`` levels that forward the ``top_k`` frontier nodes, as
-:class:`starsim.real.spec.Drafter` does), ``draft_step`` (one level of ``width`` nodes),
+:class:`starsim.real.speculation.Drafter` does), ``draft_step`` (one level of ``width`` nodes),
 ``draft_batched`` (``batch`` tags with 1 new token each, encoded one by one, their levels
 batched). The warm/cold curves (``draft_idle``, ``verify_idle``) are not in the database.
 
@@ -453,7 +453,7 @@ def coverage(ref: ModelRef, system: str, backend: str, version: str, tp: int, dt
 
 @dataclass
 class Settings:
-    spec: Any  # a starsim.calibrate.specs.ModelSpec
+    spec: Any  # a starsim.models.specs.ModelSpec
     system: str
     backend: str = "vllm"
     backend_version: str | None = None
@@ -555,7 +555,7 @@ def _rel(path: str | None) -> str | None:
 
 
 def _provenance(s: Settings, version: str, tp: int, cov: dict, measured: dict, warns: list[str]) -> dict:
-    from .. import __version__
+    from ..version import __version__
 
     meta = _system_meta(s.system)
     return {

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StarsimError
+from ..net import format_address, parse_address
 from ..real import protocol
 from ..real.protocol import MAX_MESSAGE_BYTES, Message, ProtocolError
 
@@ -57,26 +58,6 @@ DEFAULT_TREE_TOKENS: tuple[int, ...] = (16, 32, 64)
 DEFAULT_NEW_TOKENS: tuple[int, ...] = (1, 4, 16, 64)
 SCHEMA = 1
 _MIB = float(1 << 20)
-
-
-def parse_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """``"host:port"``, ``"[v6]:port"``, ``":port"`` or ``"port"`` -> (host, port)."""
-    text = text.strip()
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or default_host
-    try:
-        value = int(port)
-    except ValueError:
-        raise StarsimError(f"bad address {text!r}: expected HOST:PORT (e.g. 127.0.0.1:7000)") from None
-    if not 0 <= value <= 65535:
-        raise StarsimError(f"bad address {text!r}: port must be 0..65535")
-    return host, value
-
-
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +95,7 @@ class LinkServer:
             raise StarsimError(f"cannot listen on {bind}: {e}") from None
         self._sock.settimeout(0.2)
         bound = self._sock.getsockname()
-        self.address = _format_address(bound[0], bound[1])
+        self.address = format_address(bound[0], bound[1])
         self.max_bytes = max_bytes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -382,7 +363,7 @@ def measure_serialization(
 def _provenance(peer: str, kind: str) -> dict[str, Any]:
     import msgpack
 
-    from .. import __version__
+    from ..version import __version__
 
     return {
         "hostname": socket.gethostname(),

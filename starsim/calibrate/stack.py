@@ -37,7 +37,7 @@ class _FixedDrafter:
     needs_hidden = False
 
     def __init__(self, vocab_size: int, tokens: int, top_k: int, busy_s: float = 0.0):
-        from ..real.spec import TreeDraft, tree_depths
+        from ..real.speculation import TreeDraft, tree_depths
 
         cfg = SimpleNamespace(vocab_size=vocab_size, hidden_size=128, num_attention_heads=1, num_hidden_layers=1)
         self.model = SimpleNamespace(config=cfg, dtype=np.dtype("float32"))

@@ -10,16 +10,15 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from ..calibrate.commands import _need_torch, _tree
 from ..errors import StarsimError
+from ..models.specs import need_torch, parse_tree
+from ..streams import Stream, rng_for
 
 DEFAULT_PAIR = Path("models/pairs/stdlib-pair")
 
 
 def cmd_build_pair(args: argparse.Namespace) -> int:
-    _need_torch()
+    need_torch()
     from .pair import QUICK, PairSettings, build_pair
 
     settings = dataclasses.replace(QUICK if args.quick else PairSettings(), seed=args.seed)  # QUICK stays as is
@@ -100,17 +99,17 @@ def _load_role(args: argparse.Namespace, role: str):
 
 def cmd_draft_server(args: argparse.Namespace) -> int:
     """Serve drafts until Ctrl-C (for a star across machines)."""
-    _need_torch()
+    need_torch()
     import logging
 
     import torch
 
     from .server import DraftServer
-    from .spec import Drafter
+    from .speculation import Drafter
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    tree = _tree(args.tree)
+    tree = parse_tree(args.tree)
     _, src, model = _load_role(args, "draft")
     drafter = Drafter(model, tree.top_k, tree.depth, tree.tokens)
     server = DraftServer(drafter, bind=args.bind, policy=args.policy, token=args.token, batch_max=args.batch_max,
@@ -131,7 +130,7 @@ def cmd_draft_server(args: argparse.Namespace) -> int:
 
 def cmd_target(args: argparse.Namespace) -> int:
     """One target against a draft server (for a star across machines); prints its summary."""
-    _need_torch()
+    need_torch()
     import time
 
     import torch
@@ -149,7 +148,7 @@ def cmd_target(args: argparse.Namespace) -> int:
     except OSError as e:
         raise StarsimError(f"--connect {args.connect}: {e}") from None
     encode = tokenizer_encode(real)
-    rng = np.random.default_rng([args.seed, 1])
+    rng = rng_for(args.seed, Stream.PROMPT_IDS)
     if encode is None:  # a random-weight spec target: random prompt ids
         prompts = [rng.integers(0, source_vocab(src, "target"), args.prompt_tokens).tolist()
                    for _ in range(args.requests)]

@@ -34,13 +34,12 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
-
-from .. import __version__
 from ..errors import StarsimError
 from ..metrics import summarize
 from ..result import Result
 from ..scenario import ClosedLoop, Scenario
+from ..streams import Stream, rng_for
+from ..version import __version__
 from ..workload import arrivals as workload_arrivals
 from .models import (
     build_prompts,
@@ -71,12 +70,11 @@ def _open_loop(scenario: Scenario, horizon: float) -> tuple[list[float], list[tu
     """The simulator's open-loop requests for the scenario and seed, in request-id order:
     arrival times and ``(prompt, output)`` lengths, up to the budget and ``horizon``
     (inclusive, as in the simulator); and whether ``horizon`` cut the arrivals short."""
-    from ..sim.run import STREAM_WORKLOAD, rng_for
 
     times: list[float] = []
     lengths: list[tuple[int, int]] = []
     now = 0.0
-    for t, p, o in workload_arrivals(scenario.workload, rng_for(scenario.seed, STREAM_WORKLOAD)):
+    for t, p, o in workload_arrivals(scenario.workload, rng_for(scenario.seed, Stream.WORKLOAD)):
         if scenario.max_requests is not None and len(times) >= scenario.max_requests:
             break
         if t > now:  # the simulator's clock, bit for bit: SimPy's now + (t - now), never back in time
@@ -112,7 +110,7 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
 
     from .models import eos_ids, load_model
     from .server import DraftClient, DraftServer
-    from .spec import Drafter
+    from .speculation import Drafter
     from .worker import FabricClient, TargetWorker
 
     torch.set_num_threads(threads)
@@ -129,16 +127,16 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
             address = server.address
         delays = {}
         if link is not None:  # the simulator's link model, one random stream per direction
-            from ..sim.links import link_time
+            from ..placement import link_time
 
-            delays = {"delay_up": link_time(link.up, np.random.default_rng([seed, 3, index])),
-                      "delay_down": link_time(link.down, np.random.default_rng([seed, 4, index]))}
+            delays = {"delay_up": link_time(link.up, rng_for(seed, Stream.LINK_UP, index)),
+                      "delay_down": link_time(link.down, rng_for(seed, Stream.LINK_DOWN, index))}
         qos = qos or {}
         info = {"index": index, **qos}
         if fabric is not None:  # a connection to every server now, the pairing at each request's start
             from ..pairing import make_pairing
 
-            pairing = make_pairing(fabric["pairing"], len(fabric["addresses"]), np.random.default_rng([seed, 5, index]),
+            pairing = make_pairing(fabric["pairing"], len(fabric["addresses"]), rng_for(seed, Stream.PAIRING, index),
                                    loads=fabric["loads"], alive=fabric["alive"])
             seat = FabricClient(index, fabric["addresses"], pairing, fabric["loads"].get_lock(),
                                 lambda a: DraftClient(a, timeout_s=timeout_s, info=info, **delays),
@@ -171,9 +169,8 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
         served, limit = 0, budget if arrivals is None else len(arrivals)  # arrivals: within the budget
         think = None
         if pause is not None:
-            from ..sim.run import STREAM_PAUSE, rng_for
 
-            think = pause.sampler(rng_for(seed, STREAM_PAUSE, index))
+            think = pause.sampler(rng_for(seed, Stream.PAUSE, index))
         while time.monotonic() < deadline and (arrivals is not None or repeat or served < len(prompts)):
             with issued.get_lock():
                 if limit is not None and issued.value >= limit:
@@ -239,9 +236,9 @@ def execute(scenario: Scenario) -> Result:
 def _execute(scenario: Scenario) -> Result:
     import torch
 
-    from ..sim.devices import place
+    from ..placement import place
     from .server import DraftServer
-    from .spec import Drafter
+    from .speculation import Drafter
     from .worker import assemble_records
 
     _check(scenario)
@@ -329,7 +326,7 @@ def _execute(scenario: Scenario) -> Result:
                 waiting -= {i for i in waiting if procs[i].exitcode is not None}  # died while loading
         # The machine's speed on the calibration's reference kernel, before and after the run:
         # shared machines drift, and `starsim validate` sets it beside the profiles' own.
-        from ..calibrate.compute import REFERENCE, reference_speed
+        from ..models.reference import REFERENCE, reference_speed
 
         ref_device = torch_device(scenario, draft_unit) if star else target_dev[0]
         speed_before = reference_speed(r.threads, ref_device)

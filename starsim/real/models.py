@@ -20,10 +20,9 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import StarsimError
 from ..scenario import PretrainedModel, Real, Scenario
+from ..streams import Stream, rng_for
 from ..workload import prompt_set
 from .pair import pair_info
 
@@ -40,7 +39,7 @@ def role_source(real: Real, role: str) -> dict[str, Any] | None:
 
 def check_sources(scenario: Scenario) -> None:
     """Fail early, with the field to fix, on a source that cannot load."""
-    from ..calibrate.specs import load_spec
+    from ..models.specs import load_spec
 
     real = scenario.real
     if real.pair is not None:
@@ -99,7 +98,7 @@ def resolve_dtype(real: Real, src: dict[str, Any], device: str) -> str:
     if not device.startswith("cuda"):
         return "float32"  # half precision on a CPU is slow and not what anyone serves with
     if src["kind"] == "spec":
-        from ..calibrate.specs import load_spec
+        from ..models.specs import load_spec
 
         return load_spec(src["spec"]).dtype.get("cuda", "bfloat16")
     return "auto"  # the checkpoint's own
@@ -107,7 +106,7 @@ def resolve_dtype(real: Real, src: dict[str, Any], device: str) -> str:
 
 def load_model(src: dict[str, Any], role: str, device: str, dtype: str):
     """The model of ``role`` on ``device``: a transformers causal LM, or for an EAGLE draft
-    spec a :class:`~starsim.calibrate.specs.Net` (an LM behind the ``fc`` that mixes in the
+    spec a :class:`~starsim.models.specs.Net` (an LM behind the ``fc`` that mixes in the
     target's hidden states)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -115,7 +114,7 @@ def load_model(src: dict[str, Any], role: str, device: str, dtype: str):
 
     hf_logging.disable_progress_bar()  # one bar per model and process would bury the run's own output
     if src["kind"] == "spec":
-        from ..calibrate.specs import build_model, load_spec, torch_dtype
+        from ..models.specs import build_model, load_spec, torch_dtype
 
         net = build_model(load_spec(src["spec"]), role, device, torch_dtype(dtype), seed=src.get("seed", 0))
         return net if net.eagle else net.lm
@@ -134,7 +133,7 @@ def load_model(src: dict[str, Any], role: str, device: str, dtype: str):
 def source_vocab(src: dict[str, Any], role: str) -> int:
     """The vocabulary size of ``role``'s source, from its config alone (no weights loaded)."""
     if src["kind"] == "spec":
-        from ..calibrate.specs import _hf_config, load_spec
+        from ..models.specs import _hf_config, load_spec
 
         spec = load_spec(src["spec"])
         arch = spec.draft if role == "draft" and spec.draft.kind == "causal_lm" else spec.target  # EAGLE: the target's
@@ -195,8 +194,8 @@ def build_prompts(scenario: Scenario, encode, vocab: int,
     ``lengths``: an open loop's requests (``(prompt, output)`` of request i at i); by default
     the closed loop's prompt set."""
     if lengths is None:
-        lengths = prompt_set(scenario.workload, np.random.default_rng([scenario.seed, 0]))
-    rng = np.random.default_rng([scenario.seed, 1])
+        lengths = prompt_set(scenario.workload, rng_for(scenario.seed, Stream.WORKLOAD))
+    rng = rng_for(scenario.seed, Stream.PROMPT_IDS)
     if encode is None:
         return [(rng.integers(0, vocab, int(p)).tolist(), int(o)) for p, o in lengths]
     real = scenario.real

@@ -30,8 +30,8 @@ from typing import Any
 
 import yaml
 
-from .. import __version__
 from ..errors import StarsimError
+from ..version import __version__
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 :class:`DraftServer` decouples communication from inference: one thread per connected
 target receives, checks and answers its messages, and one engine thread owns the draft
-model (a :class:`~starsim.real.spec.Drafter`) and takes tasks from a queue under the
+model (a :class:`~starsim.real.speculation.Drafter`) and takes tasks from a queue under the
 same policy registry as the simulator (at most one outstanding task per target, since a
 target waits for its reply). A target gets a tag on connect; its draft KV cache lives
 under that tag and is freed when its connection ends, however it ends. With ``batch_max >
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..calibrate.link import parse_address
+from ..net import parse_address
 from ..policies import make_policy
 from . import protocol as P
-from .spec import Drafter, TreeDraft, tree_depths
+from .speculation import Drafter, TreeDraft, tree_depths
 
 log = logging.getLogger("starsim.draft_server")
 CLOCK_PROBES = 8

@@ -29,7 +29,7 @@ from ..pairing import NoDraftServer, Pairing
 from ..records import Recorder, Records
 from . import protocol as P
 from .server import DraftClient
-from .spec import Verifier
+from .speculation import Verifier
 
 log = logging.getLogger("starsim.target")
 NAN = math.nan

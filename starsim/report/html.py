@@ -7,6 +7,7 @@ import base64
 from html import escape
 from typing import Any
 
+from ..metric_display import DISPLAY, header
 from .data import Run
 
 CSS = """
@@ -25,18 +26,18 @@ pre { padding: 0.6em; overflow-x: auto; }
 .note { color: #666; font-size: 0.9em; }
 """
 
-# (summary key, column header, scale, digits format)
+# (summary key, digits format) of the summary table; labels, units and scales from metric_display.py
 SUMMARY_COLUMNS = [
-    ("draft_utilization", "draft utilization (%)", 100.0, "{:.1f}"),
-    ("draft_idle_gap_mean_s", "idle gap mean (ms)", 1e3, "{:.3g}"),
-    ("draft_idle_gap_p99_s", "idle gap p99 (ms)", 1e3, "{:.3g}"),
-    ("draft_idle_ratio_mean", "idle ratio (mean of windows)", 1.0, "{:.3f}"),
-    ("draft_task_time_mean_s", "draft time per task (ms)", 1e3, "{:.3g}"),
-    ("draft_queue_wait_mean_s", "queue wait mean (ms)", 1e3, "{:.3g}"),
-    ("throughput_tokens_per_s", "throughput (tok/s)", 1.0, "{:.4g}"),
-    ("ttft_mean_s", "TTFT mean (ms)", 1e3, "{:.4g}"),
-    ("tpot_mean_s", "TPOT mean (ms)", 1e3, "{:.3g}"),
-    ("measured_s", "measured (s)", 1.0, "{:.4g}"),
+    ("draft_utilization", "{:.1f}"),
+    ("draft_idle_gap_mean_s", "{:.3g}"),
+    ("draft_idle_gap_p99_s", "{:.3g}"),
+    ("draft_idle_ratio_mean", "{:.1f}"),
+    ("draft_task_time_mean_s", "{:.3g}"),
+    ("draft_queue_wait_mean_s", "{:.3g}"),
+    ("throughput_tokens_per_s", "{:.4g}"),
+    ("ttft_mean_s", "{:.4g}"),
+    ("tpot_mean_s", "{:.3g}"),
+    ("measured_s", "{:.4g}"),
 ]
 
 
@@ -50,11 +51,11 @@ def _num(v: Any, scale: float = 1.0, fmt: str = "{:.4g}") -> str:
 
 
 def summary_table(runs: list[Run]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in ["run", "source", "N", *(c[1] for c in SUMMARY_COLUMNS)])
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["run", "source", "N", *(header(k) for k, _ in SUMMARY_COLUMNS)])
     rows = []
     for r in runs:
         cells = [f"<td>{escape(r.label)}</td>", f"<td class=l>{escape(r.source)}</td>", f"<td>{r.n_targets}</td>"]
-        cells += [f"<td>{_num(r.summary.get(k), s, f)}</td>" for k, _, s, f in SUMMARY_COLUMNS]
+        cells += [f"<td>{_num(r.summary.get(k), DISPLAY[k].scale, f)}</td>" for k, f in SUMMARY_COLUMNS]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table class=summary><tr>{head}</tr>\n" + "\n".join(rows) + "</table>"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import simpy
 
 from ..scenario import Scenario, parse_device_ref
@@ -79,33 +77,6 @@ class SharedCores:
         self._next_id += 1
         self._schedule()
         yield ev
-
-
-def place(scenario: Scenario) -> tuple[list[str], list[str]]:
-    """Unit names for the draft servers (``draft.fabric.servers`` of them) and for each
-    target (in target order).
-
-    A bare pool name hands out the pool's units round-robin (per pool, in file order, the
-    draft servers first); ``NAME[k]`` pins unit k (server j of a fabric: unit k + j, modulo
-    the pool's count). In one_for_one mode each target's draft sits on the target's unit and
-    in autoregressive mode there is none: the list is empty.
-    """
-    next_unit: Counter = Counter()
-
-    def assign(ref: str, offset: int = 0) -> str:
-        pool, unit = parse_device_ref(ref)
-        count = scenario.devices[pool].count
-        if unit is None:
-            unit = next_unit[pool] % count
-            next_unit[pool] += 1
-        return f"{pool}[{(unit + offset) % count}]"
-
-    drafts = []
-    if scenario.mode == "star":
-        pinned = parse_device_ref(scenario.draft.device)[1] is not None
-        drafts = [assign(scenario.draft.device, j if pinned else 0) for j in range(scenario.draft.fabric.servers)]
-    targets = [assign(g.device) for _, _, g in scenario.target_instances()]
-    return drafts, targets
 
 
 def build_units(env: simpy.Environment, scenario: Scenario, users: list[str]) -> dict[str, DeviceUnit]:

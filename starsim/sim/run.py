@@ -6,31 +6,22 @@ import gc
 import time
 from contextlib import contextmanager
 
-import numpy as np
 import simpy
 
-from .. import __version__
 from ..adaptive import controller_for
 from ..metrics import summarize
+from ..placement import link_time, place
 from ..profiles import ProfileUsage
 from ..records import Recorder
 from ..result import Result
 from ..scenario import ClosedLoop, Scenario
+from ..streams import Stream, rng_for
+from ..version import __version__
 from ..workload import arrivals, prompt_set
-from .devices import build_units, place
+from .devices import build_units
 from .draft import DraftEngine
 from .fabric import Fabric
-from .links import link_time
 from .target import NAN, Requests, Target, _zero
-
-# Random streams, one per purpose and instance, all derived from the scenario seed, so
-# adding a target does not shift the draws of the others.
-(STREAM_WORKLOAD, STREAM_DRAFT, STREAM_TARGET, STREAM_LINK_UP, STREAM_LINK_DOWN, STREAM_COMM, STREAM_PAUSE,
- STREAM_FABRIC) = range(8)
-
-
-def rng_for(seed: int, stream: int, index: int = 0) -> np.random.Generator:
-    return np.random.default_rng([seed, stream, index])
 
 
 def _is_zero(spec) -> bool:
@@ -93,15 +84,15 @@ def _simulate(scenario: Scenario) -> Result:
         fab = draft.fabric
         many = fab.servers > 1
         engines = [
-            DraftEngine(env, j, f"draft-{j}" if many else "draft", units[u], draft, rng_for(seed, STREAM_DRAFT, j), rec,
+            DraftEngine(env, j, f"draft-{j}" if many else "draft", units[u], draft, rng_for(seed, Stream.DRAFT, j), rec,
                         usage, weights, general=bool(fab.failures))
             for j, u in enumerate(draft_units)
         ]
         if many or fab.failures:
-            fabric = Fabric(env, engines, fab, rng_for(seed, STREAM_FABRIC))
+            fabric = Fabric(env, engines, fab, rng_for(seed, Stream.FABRIC))
     elif mode == "one_for_one":
         engines = [
-            DraftEngine(env, i, f"draft-{i}", units[tu], draft, rng_for(seed, STREAM_DRAFT, i), rec, usage)
+            DraftEngine(env, i, f"draft-{i}", units[tu], draft, rng_for(seed, Stream.DRAFT, i), rec, usage)
             for i, tu in enumerate(target_units)
         ]
     else:
@@ -111,11 +102,11 @@ def _simulate(scenario: Scenario) -> Result:
     store = None
     lives = [e.life for e in engines]  # every process's generator (see the end of the run)
     if isinstance(w, ClosedLoop):
-        requests = Requests(env, scenario.max_requests, prompt_set(w, rng_for(seed, STREAM_WORKLOAD)), w.repeat)
+        requests = Requests(env, scenario.max_requests, prompt_set(w, rng_for(seed, Stream.WORKLOAD)), w.repeat)
     else:
         store = simpy.Store(env)
         requests = Requests(env, scenario.max_requests, store=store)
-        source = arrivals(w, rng_for(seed, STREAM_WORKLOAD))
+        source = arrivals(w, rng_for(seed, Stream.WORKLOAD))
         lives.append(_arrival_process(env, store, source, scenario.max_requests, len(instances)))
         env.process(lives[-1])
 
@@ -124,21 +115,21 @@ def _simulate(scenario: Scenario) -> Result:
         star = mode == "star"
         pause = None
         if isinstance(w, ClosedLoop) and w.pause is not None:
-            f = w.pause.sampler(rng_for(seed, STREAM_PAUSE, i))
+            f = w.pause.sampler(rng_for(seed, Stream.PAUSE, i))
             pause = lambda f=f: f(0.0, 0.0, 0.0)  # noqa: E731
-        comm_rng = rng_for(seed, STREAM_COMM, i)
+        comm_rng = rng_for(seed, Stream.COMM, i)
         targets.append(
             Target(
                 env, i, name, group, units[tu],
                 engines[0] if star else (engines[i] if engines else None),
-                requests, rng_for(seed, STREAM_TARGET, i), rec,
+                requests, rng_for(seed, Stream.TARGET, i), rec,
                 acceptance=scenario.acceptance,
                 tree_tokens=draft.tree.tokens,
                 depth=draft.tree.depth,
                 hidden=draft.needs_hidden_states,
                 # one_for_one: the draft is in-process on the target's device: no wire, no parsing
-                up=link_time(group.link.up, rng_for(seed, STREAM_LINK_UP, i)) if star else _zero,
-                down=link_time(group.link.down, rng_for(seed, STREAM_LINK_DOWN, i)) if star else _zero,
+                up=link_time(group.link.up, rng_for(seed, Stream.LINK_UP, i)) if star else _zero,
+                down=link_time(group.link.down, rng_for(seed, Stream.LINK_DOWN, i)) if star else _zero,
                 parse=draft.parse_time.sampler(comm_rng) if star else _zero,
                 serialize=draft.serialize_time.sampler(comm_rng) if star else _zero,
                 send=group.send_time.sampler(comm_rng) if star and not _is_zero(group.send_time) else None,

@@ -2,6 +2,6 @@
 resumable, into one results table; and ``starsim plot`` over that table."""
 
 from .run import RESULTS, results_table, run_point, run_sweep
-from .spec import Point, Sweep, SweepFile, load_sweep
+from .sweep_file import Point, Sweep, SweepFile, load_sweep
 
 __all__ = ["RESULTS", "Point", "Sweep", "SweepFile", "load_sweep", "results_table", "run_point", "run_sweep"]

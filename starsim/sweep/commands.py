@@ -9,7 +9,7 @@ from pathlib import Path
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .run import RESULTS, run_sweep
-    from .spec import load_sweep
+    from .sweep_file import load_sweep
 
     sweep = load_sweep(args.file)
     out = args.out or Path("runs") / "sweeps" / sweep.spec.name

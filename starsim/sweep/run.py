@@ -34,7 +34,7 @@ import pandas as pd
 
 from ..errors import StarsimError
 from ..scenario import Scenario
-from .spec import Point, Sweep
+from .sweep_file import Point, Sweep
 
 RESULTS = "results.parquet"
 

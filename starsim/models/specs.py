@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..errors import ScenarioError
+from ..errors import ScenarioError, StarsimError
 
 SPEC_DIR = Path(__file__).resolve().parent.parent.parent / "models" / "specs"
 
@@ -115,6 +115,31 @@ def load_spec(name_or_path: str, spec_dir: Path = SPEC_DIR) -> ModelSpec:
     except ValidationError as e:
         raise ScenarioError.from_validation(str(p), e) from None
     return spec
+
+
+def need_torch() -> None:
+    """Torch and transformers, or one line saying how to install them (exit code 2)."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise StarsimError(
+            f"calibration needs torch and transformers ({e.name} is missing): "
+            "pip install torch==2.13.0 -e '.[torch]' (CPU-only) or pip install -e '.[torch]'"
+        ) from None
+
+
+def parse_tree(text: str | None) -> TreeShape | None:
+    """``--tree TOP_K,DEPTH,TOKENS`` (None: the spec's)."""
+    from ..models.specs import TreeShape
+
+    if text is None:
+        return None
+    try:
+        k, d, t = (int(v) for v in text.split(","))
+        return TreeShape(top_k=k, depth=d, tokens=t)
+    except ValueError:
+        raise StarsimError(f"--tree: expected TOP_K,DEPTH,TOKENS (e.g. 10,5,59), got {text!r}") from None
 
 
 # --------------------------------------------------------------------------- building (torch)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..calibrate.specs import crop_cache
+from ..models.specs import crop_cache
 
 
 @dataclass
@@ -306,7 +306,7 @@ class Drafter:
     """A draft model serving many tags (targets), one tree at a time.
 
     ``model`` is a causal LM (an independent draft, token ids only) or an EAGLE head (a
-    :class:`~starsim.calibrate.specs.Net` with ``fc``), which also needs the target's hidden
+    :class:`~starsim.models.specs.Net` with ``fc``), which also needs the target's hidden
     states: the request's ``hidden[i]`` is the target's last hidden state at the position
     before token ``i``. The head's cache position ``j`` then holds the pair (feature ``j``,
     token ``j + 1``), one position fewer than the context; inside the tree a node's input
@@ -314,7 +314,7 @@ class Drafter:
     """
 
     def __init__(self, model, top_k: int, depth: int, tokens: int):
-        from ..calibrate.specs import Net
+        from ..models.specs import Net
 
         self.net = model if isinstance(model, Net) and model.eagle else None
         self.model = model.lm if isinstance(model, Net) else model  # config, dtype, device

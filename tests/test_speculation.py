@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from conftest import CODE_PROMPTS  # noqa: E402
 
-from starsim.real.spec import Drafter, Verifier, local_drafts, speculative_generate, target_generate  # noqa: E402
+from starsim.real.speculation import Drafter, Verifier, local_drafts, speculative_generate, target_generate  # noqa: E402
 
 
 @pytest.mark.parametrize("shape", [(4, 4, 16), (2, 3, 6), (6, 2, 8), (1, 5, 5)])
@@ -81,7 +81,7 @@ def eagle_pair(tmp_path_factory):
     """A random-weight target and EAGLE head (timing-only models: acceptance near zero)."""
     import torch
 
-    from starsim.calibrate.specs import build_model, load_spec
+    from starsim.models.specs import build_model, load_spec
 
     f = tmp_path_factory.mktemp("spec") / "tiny-eagle.yaml"
     f.write_text(EAGLE_SPEC)

@@ -1,0 +1,58 @@
+"""Named random streams: every random draw in starsim comes from one of these, derived from the
+scenario's seed, so adding a target (or a feature) does not shift anyone else's draws.
+
+A stream is ``numpy.random.default_rng([seed, stream, index])``: ``index`` tells instances
+apart (target i, draft server j). NumPy pads a short seed list with zeros, so index 0 of a
+stream is also ``[seed, stream]``.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+from collections.abc import Callable, Iterator
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+
+class Stream(IntEnum):
+    WORKLOAD = 0  # prompt/output lengths and arrival times (one stream)
+    DRAFT = 1  # a draft engine's round times (per engine)
+    TARGET = 2  # a target's verify/prefill/decode times and acceptance draws (per target)
+    LINK_UP = 3  # a target's link jitter, target -> draft (per target)
+    LINK_DOWN = 4  # ... draft -> target (per target)
+    COMM = 5  # the draft server's parse/serialize times for a target (per target)
+    PAUSE = 6  # bursty pauses between a target's requests (per target)
+    FABRIC = 7  # the simulator's pairing choices (one stream)
+    PAIRING = 8  # a real target's own pairing choices (per target: real targets are separate processes)
+    PROMPT_IDS = 9  # the real backend's prompt token ids (text slices or random ids)
+
+
+def rng_for(seed: int, stream: Stream, index: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, int(stream), index])
+
+
+FIRST_BLOCK, MAX_BLOCK = 32, 256  # values per block: a rarely used sampler draws few; 2 KB at most (cache)
+
+
+def draws(rng: np.random.Generator, method: str, *args: Any) -> Callable[[], Any]:
+    """``next()`` of the successive values of ``rng.<method>(*args)``, drawn in blocks.
+
+    A scalar numpy draw costs a microsecond or more in calls around it; a block of them
+    costs about as much as three. The values are a deterministic function of the stream and
+    of the order in which its samplers first need each block, which the simulation fixes;
+    samplers sharing a stream take turns drawing whole blocks."""
+    fill = getattr(rng, method)
+    code = "q" if method == "integers" else "d"
+
+    def blocks() -> Iterator[array.array]:
+        m = FIRST_BLOCK
+        while True:
+            # a flat array.array (8 bytes a value, not a list of float objects): a thousand
+            # targets' blocks stay small enough for the CPU caches
+            yield array.array(code, fill(*args, size=m).astype("int64" if code == "q" else "float64").tobytes())
+            m = min(2 * m, MAX_BLOCK)
+
+    return itertools.chain.from_iterable(blocks()).__next__
