@@ -37,9 +37,9 @@ from typing import Any
 from ..errors import StarsimError
 from ..metrics import summarize
 from ..result import Result
+from ..run_meta import provenance, run_meta
 from ..scenario import ClosedLoop, Scenario
 from ..streams import Stream, rng_for
-from ..version import __version__
 from ..workload import arrivals as workload_arrivals
 from .models import (
     build_prompts,
@@ -392,51 +392,41 @@ def _execute(scenario: Scenario) -> Result:
         queued = [(rid, -1, len(prompts[rid][0]), prompts[rid][1], 0, arrivals[rid], math.nan, math.nan, math.nan)
                   for rid in range(issued.value, len(arrivals)) if arrivals[rid] <= t_elapsed]
         parts.append({"rounds": [], "requests": queued, "intervals": []})
-    meta = {
-        "source": "real", "mode": scenario.mode, "t_end": t_elapsed, "warmup_s": scenario.warmup_s,
-        "cooldown_s": scenario.cooldown_s, "window_s": scenario.window_s,
-        "draft_engines": engines if star else [f"draft-{i}" for i, _, _ in instances] if own else [],
-        "targets": [{"index": i, "name": name, "device": target_units[i], "weight": g.weight,
-                     "tpot_slo_s": g.tpot_slo_s} for i, name, g in instances],
-        "draft_device": draft_unit if star else None,
-        "draft_devices": list(draft_units),
-        "draft_evictions": sum(len(srv.evictions) for srv in servers),
-    }
-    if star and scenario.draft.pipeline:  # as the simulator reports it
-        meta["pipeline"] = {"hits": sum(s.pipeline_hits for s in servers),
-                            "misses": sum(s.pipeline_misses for s in servers),
-                            "wasted_s": sum(s.wasted_s for s in servers)}
-    if use_fabric:  # a target moved to another server (failure or saturation), as the simulator counts
-        meta["fabric_repairs"] = sum(item.get("repairs", 0) for item in got.values())
+    meta = run_meta(
+        scenario, source="real", t_end=t_elapsed,
+        draft_engines=engines if star else [f"draft-{i}" for i, _, _ in instances] if own else [],
+        targets=[(i, name, g, target_units[i]) for i, name, g in instances],
+        draft_device=draft_unit if star else None, draft_devices=draft_units,
+        draft_evictions=sum(len(srv.evictions) for srv in servers),
+        # pipelining and re-pairings (a failure or saturation), as the simulator counts them
+        pipeline=(sum(s.pipeline_hits for s in servers), sum(s.pipeline_misses for s in servers),
+                  sum(s.wasted_s for s in servers)) if star and scenario.draft.pipeline else None,
+        fabric_repairs=sum(item.get("repairs", 0) for item in got.values()) if use_fabric else None,
+    )
     records = assemble_records(parts, meta, draft_rows)
     if cut:  # arrivals would have gone on: the run lasts to its horizon, as a simulation does to duration_s
         records.meta["t_end"] = max(records.meta["t_end"], horizon)
     summary = summarize(records)
-    summary["provenance"] = {
-        "source": "real",
-        "starsim_version": __version__,
-        "torch": str(torch.__version__),
-        "scenario": scenario.name,
-        "scenario_hash": scenario.digest(),
-        "seed": scenario.seed,
-        "mode": scenario.mode,
-        "temperature": r.temperature,
-        "models": {role: _model_provenance(r, role, src, dev) for role, src, dev in
-                   (("target", target_src, sorted(set(target_dev))),
-                    ("draft", draft_src,
-                     sorted({d for _, d in draft_dev}) if star else sorted(set(target_dev)) if own else []))
-                   if src is not None},
-        "processes": {"targets": len(procs), "threads_each": r.threads,
-                      "draft_servers": len(servers) if star else len(procs) if own else 0},
-        "failures": {str(i): got[i]["error"] for i in sorted(got) if got[i]["error"]},
-        "fallback_at_s": {str(i): got[i]["fallback_at"] for i in sorted(got) if got[i]["fallback_at"] is not None},
-        "rejected_connections": [line for s in servers for line in s.rejected]
+    summary["provenance"] = provenance(
+        scenario, "real",
+        torch=str(torch.__version__),
+        temperature=r.temperature,
+        models={role: _model_provenance(r, role, src, dev) for role, src, dev in
+                (("target", target_src, sorted(set(target_dev))),
+                 ("draft", draft_src,
+                  sorted({d for _, d in draft_dev}) if star else sorted(set(target_dev)) if own else []))
+                if src is not None},
+        processes={"targets": len(procs), "threads_each": r.threads,
+                   "draft_servers": len(servers) if star else len(procs) if own else 0},
+        failures={str(i): got[i]["error"] for i in sorted(got) if got[i]["error"]},
+        fallback_at_s={str(i): got[i]["fallback_at"] for i in sorted(got) if got[i]["fallback_at"] is not None},
+        rejected_connections=[line for s in servers for line in s.rejected]
         + [line for i in sorted(got) for line in got[i]["rejected"]],
-        "faults": [f.model_dump() for f in r.faults],
-        "reference_matmul_s": {"before": speed_before, "after": speed_after, "what": REFERENCE,
-                               "threads": r.threads, "device": ref_device},
-        "wall_time_s": time.perf_counter() - wall0,
-    }
+        faults=[f.model_dump() for f in r.faults],
+        reference_matmul_s={"before": speed_before, "after": speed_after, "what": REFERENCE,
+                            "threads": r.threads, "device": ref_device},
+        wall_time_s=time.perf_counter() - wall0,
+    )
     outputs = sorted((o for i in sorted(got) for o in got[i]["outputs"]), key=lambda o: o["request"])
     return Result(scenario=scenario, records=records, summary=summary, outputs=outputs)
 

@@ -14,9 +14,9 @@ from ..placement import link_time, place
 from ..profiles import ProfileUsage
 from ..records import Recorder
 from ..result import Result
+from ..run_meta import provenance, run_meta
 from ..scenario import ClosedLoop, Scenario
 from ..streams import Stream, rng_for
-from ..version import __version__
 from ..workload import arrivals, prompt_set
 from .devices import build_units
 from .draft import DraftEngine
@@ -164,40 +164,18 @@ def _simulate(scenario: Scenario) -> Result:
                 rid, arrival, prompt, output = item
                 rec.requests.append((rid, -1, prompt, output, 0, arrival, NAN, NAN, NAN))
 
-    meta = {
-        "source": "sim",
-        "mode": mode,
-        "t_end": t_end,
-        "warmup_s": scenario.warmup_s,
-        "cooldown_s": scenario.cooldown_s,
-        "window_s": scenario.window_s,
-        "draft_engines": [e.name for e in engines],
-        "targets": [
-            {"index": i, "name": name, "device": tu, "weight": g.weight, "tpot_slo_s": g.tpot_slo_s}
-            for (i, name, g), tu in zip(instances, target_units)
-        ],
-        "draft_device": draft_unit,
-        "draft_devices": draft_units,
-        "draft_evictions": sum(e.evictions for e in engines),
-    }
-    if draft.pipeline and mode == "star":
-        meta["pipeline"] = {"hits": sum(e.pipeline_hits for e in engines),
-                            "misses": sum(e.pipeline_misses for e in engines),
-                            "wasted_s": sum(e.wasted_s for e in engines)}
-    if fabric is not None:
-        meta["fabric_repairs"] = fabric.repairs
+    meta = run_meta(
+        scenario, source="sim", t_end=t_end, draft_engines=[e.name for e in engines],
+        targets=[(i, name, g, tu) for (i, name, g), tu in zip(instances, target_units)],
+        draft_device=draft_unit, draft_devices=draft_units, draft_evictions=sum(e.evictions for e in engines),
+        pipeline=(sum(e.pipeline_hits for e in engines), sum(e.pipeline_misses for e in engines),
+                  sum(e.wasted_s for e in engines)) if draft.pipeline and mode == "star" else None,
+        fabric_repairs=fabric.repairs if fabric is not None else None,
+    )
     records = rec.finish(meta, release=True)
     summary = summarize(records)
-    summary["provenance"] = {
-        "source": "sim",
-        "starsim_version": __version__,
-        "scenario": scenario.name,
-        "scenario_hash": scenario.digest(),
-        "seed": seed,
-        "mode": mode,
-        "events_simulated": _events(env),
-        "wall_time_s": time.perf_counter() - wall0,
-    }
+    summary["provenance"] = provenance(scenario, "sim", events_simulated=_events(env),
+                                       wall_time_s=time.perf_counter() - wall0)
     if usage.entries:
         summary["provenance"]["profiles"] = usage.report()
     return Result(scenario=scenario, records=records, summary=summary)

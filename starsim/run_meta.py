@@ -1,0 +1,53 @@
+"""What a run says about itself, built once for both backends: the records' ``meta`` (the
+clock, the measurement window, the engines and targets the tables refer to, and the feature
+counters the summary reports) and the summary's common provenance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .scenario import Scenario
+from .version import __version__
+
+
+def run_meta(scenario: Scenario, *, source: str, t_end: float, draft_engines: Sequence[str],
+             targets: Iterable[tuple[int, str, Any, str]], draft_device: str | None,
+             draft_devices: Sequence[str], draft_evictions: int,
+             pipeline: tuple[int, int, float] | None = None, fabric_repairs: int | None = None) -> dict[str, Any]:
+    """``targets``: (index, name, target group, device unit) per target instance; ``pipeline``:
+    (hits, misses, wasted seconds) when pipelined drafting is on; ``fabric_repairs``: re-pairings,
+    when a fabric ran."""
+    meta: dict[str, Any] = {
+        "source": source,
+        "mode": scenario.mode,
+        "t_end": t_end,
+        "warmup_s": scenario.warmup_s,
+        "cooldown_s": scenario.cooldown_s,
+        "window_s": scenario.window_s,
+        "draft_engines": list(draft_engines),
+        "targets": [{"index": i, "name": name, "device": unit, "weight": g.weight, "tpot_slo_s": g.tpot_slo_s}
+                    for i, name, g, unit in targets],
+        "draft_device": draft_device,
+        "draft_devices": list(draft_devices),
+        "draft_evictions": draft_evictions,
+    }
+    if pipeline is not None:
+        hits, misses, wasted = pipeline
+        meta["pipeline"] = {"hits": hits, "misses": misses, "wasted_s": wasted}
+    if fabric_repairs is not None:
+        meta["fabric_repairs"] = fabric_repairs
+    return meta
+
+
+def provenance(scenario: Scenario, source: str, **extra: Any) -> dict[str, Any]:
+    """The summary's provenance: what both backends record, then ``extra`` (the backend's own)."""
+    return {
+        "source": source,
+        "starsim_version": __version__,
+        "scenario": scenario.name,
+        "scenario_hash": scenario.digest(),
+        "seed": scenario.seed,
+        "mode": scenario.mode,
+        **extra,
+    }
