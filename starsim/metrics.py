@@ -416,8 +416,8 @@ def summarize(records: Records) -> dict[str, Any]:
         "draft_queue_wait_mean_s": _mean(wait),
         "draft_queue_wait_p99_s": _pct(wait, 99),
         "draft_kv_bytes_peak": kv_bytes_peak(records),
-        # tags evicted for draft memory (draft.memory_bytes; the simulator counts them)
-        "draft_evictions": meta.get("draft_evictions"),
+        # tags evicted for draft memory (draft.memory_bytes): the instant "evict" intervals, whole run
+        "draft_evictions": int((records.intervals["kind"] == "evict").sum()),
         **_beyond(records, rw, drafts),
         "throughput_tokens_per_s": _f(tokens / span) if span > 0 else None,
         "mean_accepted_tokens": _mean(rw["accepted"][spec] + 1) if spec.any() else (1.0 if n_rw else None),

@@ -13,7 +13,7 @@ from .version import __version__
 
 def run_meta(scenario: Scenario, *, source: str, t_end: float, draft_engines: Sequence[str],
              targets: Iterable[tuple[int, str, Any, str]], draft_device: str | None,
-             draft_devices: Sequence[str], draft_evictions: int,
+             draft_devices: Sequence[str],
              pipeline: tuple[int, int, float] | None = None, fabric_repairs: int | None = None) -> dict[str, Any]:
     """``targets``: (index, name, target group, device unit) per target instance; ``pipeline``:
     (hits, misses, wasted seconds) when pipelined drafting is on; ``fabric_repairs``: re-pairings,
@@ -30,7 +30,6 @@ def run_meta(scenario: Scenario, *, source: str, t_end: float, draft_engines: Se
                     for i, name, g, unit in targets],
         "draft_device": draft_device,
         "draft_devices": list(draft_devices),
-        "draft_evictions": draft_evictions,
     }
     if pipeline is not None:
         hits, misses, wasted = pipeline

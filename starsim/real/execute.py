@@ -397,7 +397,6 @@ def _execute(scenario: Scenario) -> Result:
         draft_engines=engines if star else [f"draft-{i}" for i, _, _ in instances] if own else [],
         targets=[(i, name, g, target_units[i]) for i, name, g in instances],
         draft_device=draft_unit if star else None, draft_devices=draft_units,
-        draft_evictions=sum(len(srv.evictions) for srv in servers),
         # pipelining and re-pairings (a failure or saturation), as the simulator counts them
         pipeline=(sum(s.pipeline_hits for s in servers), sum(s.pipeline_misses for s in servers),
                   sum(s.wasted_s for s in servers)) if star and scenario.draft.pipeline else None,

@@ -74,7 +74,6 @@ class DraftEngine:
         self.warm_cold = cfg.warm_cold
         self.rec = rec
         self.kv: dict[int, int] = {}  # tag (target index) -> tokens in its draft KV cache, in use order
-        self.evictions = 0  # tags evicted for memory (draft.memory_bytes)
         self._wake: simpy.Event | None = None
         b = cfg.batch
         self.batch_max, self.batch_window = b.max, b.window_s
@@ -113,7 +112,6 @@ class DraftEngine:
         while total > cap and len(kv) > 1:
             old = next(iter(kv))
             total -= kv.pop(old) * per
-            self.evictions += 1
             # an instant "evict" interval: the report's memory-over-time curve drops the tag here
             now = self.env.now
             self.rec.packed_intervals.extend(

@@ -167,7 +167,7 @@ def _simulate(scenario: Scenario) -> Result:
     meta = run_meta(
         scenario, source="sim", t_end=t_end, draft_engines=[e.name for e in engines],
         targets=[(i, name, g, tu) for (i, name, g), tu in zip(instances, target_units)],
-        draft_device=draft_unit, draft_devices=draft_units, draft_evictions=sum(e.evictions for e in engines),
+        draft_device=draft_unit, draft_devices=draft_units,
         pipeline=(sum(e.pipeline_hits for e in engines), sum(e.pipeline_misses for e in engines),
                   sum(e.wasted_s for e in engines)) if draft.pipeline and mode == "star" else None,
         fabric_repairs=fabric.repairs if fabric is not None else None,
