@@ -45,7 +45,6 @@ import math
 import platform
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,14 +206,6 @@ class ModelRef:
         return h, int(c.get("num_key_value_heads") or h), int(c.get("head_dim") or c["hidden_size"] // h)
 
 
-def bundled_config(hf_id: str) -> dict:
-    p = package_root() / "model_configs" / f"{hf_id.replace('/', '--', 1)}_config.json"
-    if not p.is_file():
-        raise StarsimError(f"model {hf_id!r}: not bundled with {PACKAGE}; see --list, or give a spec "
-                           "(models/specs) whose architecture starsim writes as a config.json")
-    return json.loads(p.read_text())
-
-
 def spec_refs(spec, workdir: Path) -> dict[str, ModelRef]:
     """The target and the draft of a model spec, each written as a config.json under ``workdir``
     (an EAGLE head: the target's width and vocabulary, its own layer count, plus ``fc``)."""
@@ -282,8 +273,6 @@ class Pricer:
         try:
             with _quiet():
                 self.h = engine.EngineHandle.compile(ref.path, system, backend, **kw)
-        except StarsimError:
-            raise
         except Exception as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise StarsimError(f"{ref.name}: the estimator cannot build it on {system}/{backend} {version} "
@@ -628,7 +617,3 @@ def listing() -> str:
     for i in range(0, len(ms), 3):
         lines.append("  " + "  ".join(f"{m:44s}" for m in ms[i:i + 3]).rstrip())
     return "\n".join(lines)
-
-
-def suppress_package_warnings() -> None:
-    warnings.filterwarnings("ignore", module="aiconfigurator_core")

@@ -131,8 +131,6 @@ def need_torch() -> None:
 
 def parse_tree(text: str | None) -> TreeShape | None:
     """``--tree TOP_K,DEPTH,TOKENS`` (None: the spec's)."""
-    from ..models.specs import TreeShape
-
     if text is None:
         return None
     try:
