@@ -12,6 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The GPU scenarios' and the published-speedup runs' workload: MT-Bench-like lengths, closed
+# loop, as starsd_ref_n4.yaml (ASSUMED lengths)
+MTBENCH_LIKE_WORKLOAD = """workload:
+  kind: closed
+  prompts: 80
+  prompt_tokens: {kind: lognormal, mean: 90, cv: 0.6}
+  output_tokens: {kind: lognormal, mean: 400, cv: 0.5}
+  repeat: true
+"""
+
 
 @dataclass(frozen=True)
 class Pair:

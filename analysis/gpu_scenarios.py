@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_pairs import PAIRS, Pair  # noqa: E402
+from gpu_pairs import MTBENCH_LIKE_WORKLOAD, PAIRS, Pair  # noqa: E402
 
 GPU_NAMES = {"h100_sxm": "H100 SXM 80GB", "h200_sxm": "H200 SXM 141GB", "a100_sxm": "A100 SXM 80GB",
              "b200_sxm": "B200 SXM"}
@@ -109,13 +109,7 @@ acceptance:
   kind: marginal
   curve: {curve}
 
-workload:
-  kind: closed
-  prompts: 80
-  prompt_tokens: {{kind: lognormal, mean: 90, cv: 0.6}}
-  output_tokens: {{kind: lognormal, mean: 400, cv: 0.5}}
-  repeat: true
-"""
+{MTBENCH_LIKE_WORKLOAD}"""
 
 
 def main(argv=None) -> int:
