@@ -9,6 +9,7 @@ autoregressive mode) is NaN.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from itertools import starmap
@@ -123,22 +124,101 @@ def _strings(values: list) -> pd.Series:
 
 
 # Packed rows (see Recorder): a round is its 22 numbers; an interval is the code of its
-# (engine, device, kind) key, then target, start, end.
+# (engine, device, kind) key, then target, start, end. Only the row builders below call
+# these (by position, next to the column lists they follow).
 ROUND_STRUCT = struct.Struct("=" + "".join(_STRUCT_CODES[d] for _, d in ROUND_COLUMNS))
 INTERVAL_STRUCT = struct.Struct("=qqdd")
-pack_round, pack_interval = ROUND_STRUCT.pack, INTERVAL_STRUCT.pack
+_pack_round, _pack_interval = ROUND_STRUCT.pack, INTERVAL_STRUCT.pack
+NAN = math.nan
+
+
+def _as_tuple(*values):
+    return values
+
+
+class RoundWriter:
+    """One request's rows of the rounds table, each built by keyword.
+
+    What holds for many rounds is set once, by keyword: the target and the request here, the
+    tree's fields with :meth:`tree` whenever they change (the draft engine, tree tokens and
+    depth, reply bytes). Each round then gives the rest by keyword to :meth:`round` (a
+    speculative round) or :meth:`decode` (one token, no draft: its hops are NaN). The round
+    index counts up from ``first_round``. ``sink``: a :class:`Recorder`'s ``packed_rounds``
+    (a bytearray: rows packed, the simulator) or its ``rounds`` list (tuples, the real backend).
+
+    Why the split: CPython compiles a call with more than 15 keyword arguments into building a
+    dict (about 1 us for a whole row, a tenth of a simulated round); up to 15 stay on its fast
+    call path, so the hot loop names every field at no measurable cost."""
+
+    __slots__ = ("_put", "_make", "target", "request", "next_round", "draft", "tree_tokens", "depth",
+                 "bytes_down")
+
+    def __init__(self, sink: bytearray | list, *, target: int, request: int, first_round: int = 0):
+        if isinstance(sink, bytearray):
+            self._put, self._make = sink.extend, _pack_round
+        else:
+            self._put, self._make = sink.append, _as_tuple
+        self.target, self.request, self.next_round = target, request, first_round
+        self.draft, self.tree_tokens, self.depth, self.bytes_down = -1, 0, 0, 0
+
+    def tree(self, *, draft: int, tree_tokens: int, depth: int, bytes_down: int) -> None:
+        """The draft engine and tree of the rounds that follow."""
+        self.draft, self.tree_tokens, self.depth, self.bytes_down = draft, tree_tokens, depth, bytes_down
+
+    def round(self, *, t_send: float, t_draft_arrive: float, t_enqueue: float, t_draft_start: float,
+              t_draft_end: float, t_reply_send: float, t_target_arrive: float, t_verify_start: float,
+              t_verify_end: float, context_tokens: int, new_tokens: int, accepted: int, emitted: int,
+              bytes_up: int, draft_kv_bytes: int) -> None:
+        """A speculative round (its tree: the last :meth:`tree`)."""
+        r = self.next_round
+        self.next_round = r + 1
+        self._put(self._make(self.target, self.request, r, self.draft, t_send, t_draft_arrive, t_enqueue,
+                             t_draft_start, t_draft_end, t_reply_send, t_target_arrive, t_verify_start, t_verify_end,
+                             context_tokens, new_tokens, self.tree_tokens, self.depth, accepted, emitted, bytes_up,
+                             self.bytes_down, draft_kv_bytes))
+
+    def decode(self, *, t_verify_start: float, t_verify_end: float, context_tokens: int) -> None:
+        """One token without speculation: no draft engine, no hops, one emitted token."""
+        r = self.next_round
+        self.next_round = r + 1
+        self._put(self._make(self.target, self.request, r, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, t_verify_start,
+                             t_verify_end, context_tokens, 0, 0, 0, 0, 1, 0, 0, 0))
+
+
+class RequestRow:
+    """A request's row of the requests table, filled in by name while it runs; :meth:`row`
+    is the finished tuple (``t_finish`` NaN: unfinished)."""
+
+    __slots__ = tuple(name for name, _ in REQUEST_COLUMNS)
+
+    def __init__(self, *, request: int, target: int, prompt_tokens: int, output_tokens: int, t_arrival: float,
+                 generated_tokens: int = 0, t_start: float = NAN, t_first_token: float = NAN,
+                 t_finish: float = NAN):
+        self.request, self.target, self.t_arrival = request, target, t_arrival
+        self.prompt_tokens, self.output_tokens, self.generated_tokens = prompt_tokens, output_tokens, generated_tokens
+        self.t_start, self.t_first_token, self.t_finish = t_start, t_first_token, t_finish
+
+    def row(self) -> tuple:
+        return (self.request, self.target, self.prompt_tokens, self.output_tokens, self.generated_tokens,
+                self.t_arrival, self.t_start, self.t_first_token, self.t_finish)
+
+
+def interval_row(*, engine: str, device: str, kind: str, target: int, start: float, end: float) -> tuple:
+    """A row of the intervals table, as a tuple (for :attr:`Recorder.intervals`)."""
+    return (engine, device, kind, target, start, end)
 
 
 class Recorder:
     """Row buffers for the three tables, turned into DataFrames once by :meth:`finish`.
 
-    Rows are appended as tuples in column order (``rec.rounds.append(row)``). A hot path
-    may append them packed instead, into one growing byte buffer per table, which keeps no
-    Python object per row alive during the run (memory grows by the row's bytes, 176 for a
-    round) and needs no conversion at the end: ``rec.packed_rounds.extend(pack_round(*row))``,
-    and ``rec.packed_intervals.extend(pack_interval(key, target, start, end))`` with ``key =
-    rec.interval_key(engine, device, kind)``. Numbers must then be ints for int columns
-    (struct does not cast floats). A table takes its rows one way or the other."""
+    Rows are built by keyword: rounds with a :class:`RoundWriter`, requests with
+    :class:`RequestRow`, intervals with :func:`interval_row` (tuples) or
+    :meth:`interval_writer`. Rounds and intervals may go packed instead of as tuples, into
+    one growing byte buffer per table, which keeps no Python object per row alive during the
+    run (memory grows by the row's bytes, 176 for a round) and needs no conversion at the
+    end: a ``RoundWriter`` on ``packed_rounds``, an ``interval_writer(packed=True)``.
+    Numbers must then be ints for int columns (struct does not cast floats). A table takes
+    its rows one way or the other."""
 
     def __init__(self) -> None:
         self.rounds: list[tuple] = []
@@ -149,8 +229,23 @@ class Recorder:
         self._keys: dict[tuple[str, str, str], int] = {}
 
     def interval_key(self, engine: str, device: str, kind: str) -> int:
-        """The code of ``(engine, device, kind)`` for :data:`pack_interval`."""
+        """The code of ``(engine, device, kind)`` in the packed intervals."""
         return self._keys.setdefault((engine, device, kind), len(self._keys))
+
+    def interval_writer(self, *, engine: str, device: str, kind: str, packed: bool = True):
+        """``write(target=, start=, end=)``: adds an interval of ``kind`` on ``engine`` and
+        ``device`` (packed, or as a tuple)."""
+        if not packed:
+            append = self.intervals.append
+
+            def write(*, target: int, start: float, end: float) -> None:
+                append(interval_row(engine=engine, device=device, kind=kind, target=target, start=start, end=end))
+            return write
+        key, put, pack = self.interval_key(engine, device, kind), self.packed_intervals.extend, _pack_interval
+
+        def write_packed(*, target: int, start: float, end: float) -> None:
+            put(pack(key, target, start, end))
+        return write_packed
 
     def finish(self, meta: dict[str, Any], release: bool = False) -> Records:
         """The three tables. ``release``: drop the row buffers as each table is built (the

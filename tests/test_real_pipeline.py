@@ -33,7 +33,7 @@ def test_pipelined_trees_hit_when_the_target_agrees(quick_models):
         got = serve_targets(server, draft, prompts, 40)
         for i, (out, _) in got.items():
             assert out == target_generate(draft, prompts[i], 40)
-        assert server.pipeline_hits > server.pipeline_misses > 0  # a request's last tree misses
+        assert server.pipeline_stats.hits > server.pipeline_stats.misses > 0  # a request's last tree misses
         assert not server.rejected
 
 
@@ -44,9 +44,9 @@ def test_pipelined_trees_miss_and_waste_without_changing_outputs(quick_models):
         got = serve_targets(server, target, prompts, 40)
         for i, (out, _) in got.items():
             assert out == target_generate(target, prompts[i], 40)
-        assert server.pipeline_misses > 0 and server.wasted_s > 0
+        assert server.pipeline_stats.misses > 0 and server.pipeline_stats.wasted_s > 0
         busy = sum(e - s for _, s, e, _ in server.intervals)
-        assert server.wasted_s < busy
+        assert server.pipeline_stats.wasted_s < busy
         assert not server.rejected
 
 

@@ -11,11 +11,11 @@ from starsim.records import (
     REQUEST_COLUMNS,
     ROUND_COLUMNS,
     Recorder,
+    RequestRow,
+    RoundWriter,
     _columns,
     _columns_packed,
     _frame,
-    pack_interval,
-    pack_round,
 )
 
 nan = math.nan
@@ -73,22 +73,66 @@ def test_empty():
         _check([], cols)
 
 
+ROUND_FIELDS = [name for name, _ in ROUND_COLUMNS]
+
+
+def _write(writer: RoundWriter, row: tuple) -> None:
+    """``row`` (a full rounds-table tuple) through the writer, every field by name."""
+    f = dict(zip(ROUND_FIELDS, row))
+    assert (f["target"], f["request"], f["round"]) == (writer.target, writer.request, writer.next_round)
+    if f["draft"] < 0:
+        writer.decode(t_verify_start=f["t_verify_start"], t_verify_end=f["t_verify_end"],
+                      context_tokens=f["context_tokens"])
+        return
+    writer.tree(**{k: f[k] for k in ("tree_tokens", "depth", "bytes_down")}, draft=f["draft"])
+    skip = {"target", "request", "round", "draft", "tree_tokens", "depth", "bytes_down"}
+    writer.round(**{k: v for k, v in f.items() if k not in skip})
+
+
+def _rounds(rng) -> list[tuple]:
+    rows = []
+    for i in range(200):
+        req, r = divmod(i, 10)
+        if i % 7 == 3:  # a decode step: no draft, NaN hops, one token
+            rows.append((req % 3, req, r, -1, *[nan] * 7, 0.5 * i, 0.5 * i + 0.1, 100 + i, 0, 0, 0, 0, 1, 0, 0, 0))
+        else:
+            rows.append((req % 3, req, r, i % 2, *rng.random(8).tolist(), nan, 100 + i, 3, 59, 5, 2, 3, 8260,
+                         2000 + i, 131072 * i))
+    return rows
+
+
 def test_packed_rows_give_the_same_tables():
+    """Rows written by keyword (packed for the simulator, tuples for the real backend) give
+    the table of the same rows appended as plain tuples, bit for bit."""
     rng = np.random.default_rng(2)
-    rounds = [(i % 3, i, i // 3, 0, *rng.random(8).tolist(), nan, 100 + i, 3, 59, 5, 2, 3, 8260, 2000, 131072 * i)
-              for i in range(200)]
+    rounds = _rounds(rng)
     intervals = [(f"target-{i % 3}", f"gpu[{i % 3}]", "verify" if i % 4 else "prefill", i % 3, 0.1 * i, 0.2 * i)
                  for i in range(200)]
-    plain, packed = Recorder(), Recorder()
+    plain, packed, tuples = Recorder(), Recorder(), Recorder()
     plain.rounds.extend(rounds)
     plain.intervals.extend(intervals)
-    for row in rounds:
-        packed.packed_rounds.extend(pack_round(*row))
-    for engine, device, kind, target, start, end in intervals:
-        packed.packed_intervals.extend(pack_interval(packed.interval_key(engine, device, kind), target, start, end))
+    for rec, sink, is_packed in ((packed, packed.packed_rounds, True), (tuples, tuples.rounds, False)):
+        writer = None
+        for row in rounds:
+            if writer is None or writer.request != row[1]:
+                writer = RoundWriter(sink, target=row[0], request=row[1])
+            _write(writer, row)
+        for engine, device, kind, target, start, end in intervals:
+            rec.interval_writer(engine=engine, device=device, kind=kind, packed=is_packed)(
+                target=target, start=start, end=end)
+    assert tuples.rounds == rounds and tuples.intervals == intervals
     a, b = plain.finish({}), packed.finish({})
     for name in ("rounds", "requests", "intervals"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)
     packed.rounds.append(rounds[0])
     with pytest.raises(ValueError, match="both"):
         packed.finish({})
+
+
+def test_request_row_by_name():
+    req = RequestRow(request=4, target=1, prompt_tokens=90, output_tokens=400, t_arrival=0.5, t_start=0.75)
+    assert req.row()[:6] == (4, 1, 90, 400, 0, 0.5) and math.isnan(req.row()[-1])
+    req.generated_tokens, req.t_first_token, req.t_finish = 400, 1.0, 9.0
+    assert req.row() == (4, 1, 90, 400, 400, 0.5, 0.75, 1.0, 9.0)
+    assert len(req.row()) == len(REQUEST_COLUMNS)
+    assert RequestRow.__slots__ == tuple(name for name, _ in REQUEST_COLUMNS)

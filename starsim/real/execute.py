@@ -34,8 +34,10 @@ import threading
 import time
 from typing import Any
 
+from ..draft_state import pipeline_totals
 from ..errors import StarsimError
 from ..metrics import summarize
+from ..records import RequestRow, interval_row
 from ..result import Result
 from ..run_meta import provenance, run_meta
 from ..scenario import ClosedLoop, Scenario
@@ -165,7 +167,7 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
             controller = controller_for(*adaptive)
         worker = TargetWorker(index, model, client, t0, device=unit, eos=eos_ids(model, src),
                               temperature=temperature, seed=seed, tpot_slo_s=qos.get("tpot_slo_s"), fabric=seat,
-                              controller=controller)
+                              controller=controller, draft_index=index if server is not None else 0)
         served, limit = 0, budget if arrivals is None else len(arrivals)  # arrivals: within the budget
         think = None
         if pause is not None:
@@ -203,12 +205,10 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
     draft_rows, rejected = [], []
     if server is not None:
         server.close()
-        draft_rows = [(f"draft-{index}", unit, "draft", index, s - clock0.value, e - clock0.value)
-                      for _, s, e, _ in server.intervals]
+        draft_rows = [interval_row(engine=f"draft-{index}", device=unit, kind="draft", target=index,
+                                   start=b.start - clock0.value, end=b.end - clock0.value) for b in server.intervals]
         rejected = list(server.rejected)
     rounds = worker.rounds if worker else []
-    if server is not None:  # the simulator numbers one_for_one's draft engines by target
-        rounds = [(*r[:3], index, *r[4:]) if r[3] >= 0 else r for r in rounds]
     results.put({
         "index": index, "tag": tag, "error": error,
         # (server, tag) of each connection to the star's draft servers, and the moves between them
@@ -349,8 +349,8 @@ def _execute(scenario: Scenario) -> Result:
                                     fabric["loads"][j] -= 1
                         # conservation: the request it had taken is in the table, unfinished
                         rid, prompt_len, output, arrival = taken[4 * i: 4 * i + 4]
-                        lost = [(int(rid), i, int(prompt_len), int(output), 0, arrival, math.nan, math.nan,
-                                 math.nan)] if rid >= 0 else []
+                        lost = [RequestRow(request=int(rid), target=i, prompt_tokens=int(prompt_len),
+                                           output_tokens=int(output), t_arrival=arrival).row()] if rid >= 0 else []
                         got[i] = {"index": i, "tag": None, "tags": [], "repairs": 0,
                                   "error": f"process ended with exit code {p.exitcode}",
                                   "rounds": [], "requests": lost, "intervals": [], "fallback_at": None, "outputs": [],
@@ -379,17 +379,20 @@ def _execute(scenario: Scenario) -> Result:
         for j, tag in item["tags"]:
             tag_to_target[j][tag] = i
     engines = [f"draft-{j}" if many else "draft" for j in range(len(servers))]
-    draft_rows = [(engines[j], draft_units[j], "draft", tag_to_target[j].get(tag, -1), s - clock0, e - clock0)
-                  for j, srv in enumerate(servers) for tag, s, e, _ in srv.intervals]
+    draft_rows = [interval_row(engine=engines[j], device=draft_units[j], kind="draft",
+                               target=tag_to_target[j].get(b.tag, -1), start=b.start - clock0, end=b.end - clock0)
+                  for j, srv in enumerate(servers) for b in srv.intervals]
     # tags evicted for draft memory: instant "evict" intervals, as the simulator records them
-    draft_rows += [(engines[j], draft_units[j], "evict", tag_to_target[j].get(tag, -1), t - clock0, t - clock0)
-                   for j, srv in enumerate(servers) for tag, t in srv.evictions]
+    draft_rows += [interval_row(engine=engines[j], device=draft_units[j], kind="evict",
+                                target=tag_to_target[j].get(ev.tag, -1), start=ev.at - clock0, end=ev.at - clock0)
+                   for j, srv in enumerate(servers) for ev in srv.evictions]
     draft_rows += [row for i in sorted(got) for row in got[i]["draft_intervals"]]
     parts = [got[i] for i in sorted(got)]
     if arrivals is not None:
         # Conservation, as in the simulator: a request that arrived but no target took before the
         # end is in the table, queued (target -1, never started).
-        queued = [(rid, -1, len(prompts[rid][0]), prompts[rid][1], 0, arrivals[rid], math.nan, math.nan, math.nan)
+        queued = [RequestRow(request=rid, target=-1, prompt_tokens=len(prompts[rid][0]), output_tokens=prompts[rid][1],
+                             t_arrival=arrivals[rid]).row()
                   for rid in range(issued.value, len(arrivals)) if arrivals[rid] <= t_elapsed]
         parts.append({"rounds": [], "requests": queued, "intervals": []})
     meta = run_meta(
@@ -398,8 +401,7 @@ def _execute(scenario: Scenario) -> Result:
         targets=[(i, name, g, target_units[i]) for i, name, g in instances],
         draft_device=draft_unit if star else None, draft_devices=draft_units,
         # pipelining and re-pairings (a failure or saturation), as the simulator counts them
-        pipeline=(sum(s.pipeline_hits for s in servers), sum(s.pipeline_misses for s in servers),
-                  sum(s.wasted_s for s in servers)) if star and scenario.draft.pipeline else None,
+        pipeline=pipeline_totals([s.pipeline_stats for s in servers]) if star and scenario.draft.pipeline else None,
         fabric_repairs=sum(item.get("repairs", 0) for item in got.values()) if use_fabric else None,
     )
     records = assemble_records(parts, meta, draft_rows)

@@ -35,9 +35,11 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
+from ..draft_state import DraftCaches, PipelineStats, take_batch
 from ..net import parse_address
 from ..policies import make_policy
 from . import protocol as P
@@ -60,6 +62,23 @@ def host_id() -> str:
     except OSError:
         boot = ""
     return f"{host}/{boot or 'process-' + uuid.uuid4().hex}"
+
+
+class Busy(NamedTuple):
+    """A busy interval of the draft engine, on the server's clock: one task or one batch
+    (``tag``: its first task's; ``new_tokens``: the context tokens it encoded)."""
+
+    tag: int
+    start: float
+    end: float
+    new_tokens: int
+
+
+class Eviction(NamedTuple):
+    """A tag's draft cache dropped for draft memory, ``at`` the start of the round it made room for."""
+
+    tag: int
+    at: float
 
 
 @dataclass
@@ -183,22 +202,25 @@ class DraftServer:
         # recently used first; over the capacity, the oldest are dropped (a dropped tag's next
         # request encodes its whole context again)
         self.memory_bytes = memory_bytes
-        self._held: dict[int, int] = {}  # tag -> cached tokens, in use order
-        self.evictions: list[tuple[int, float]] = []  # (tag, when, on the server's clock)
+        self.evictions: list[Eviction] = []
+        self._dropped: list[int] = []  # tags evicted for the batch being drafted
         # pipelined drafting (the simulator's draft.pipeline): after a greedy tree, the engine
         # drafts the next one for the context plus that tree's main path; a target whose next
         # request is that path and a bonus token among the new tree's root children gets the
         # subtree under it at once (a hit); otherwise the pipelined tree is dropped (a miss)
         self.pipeline = pipeline
         self._pre: dict[int, _Task] = {}  # tag -> its pipelined task
-        self.pipeline_hits = self.pipeline_misses = 0
-        self.wasted_s = 0.0  # draft time of pipelined trees that missed
+        self.pipeline_stats = PipelineStats()
         cfg = drafter.model.config
         self.vocab_size = vocab_size or cfg.vocab_size
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         # K and V of every layer, in the model's dtype: what one cached token costs the draft
         self.kv_bytes_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * drafter.model.dtype.itemsize
+        # which tags' caches to keep under memory_bytes: the simulator's bookkeeping (the
+        # drafter holds the tensors and computes its own new tokens)
+        self.caches = DraftCaches(bytes_per_token=self.kv_bytes_per_token, capacity_bytes=memory_bytes,
+                                  on_evict=self._evict)
         host, port = parse_address(bind)
         self.sock = socket.create_server((host, port))
         self.address = f"{host}:{self.sock.getsockname()[1]}"
@@ -206,7 +228,7 @@ class DraftServer:
         self.queue = make_policy(policy, self.weights)
         self.cv = threading.Condition()
         self.stop = threading.Event()
-        self.intervals: list[tuple[int, float, float, int]] = []  # (tag, start, end, new tokens): busy time
+        self.intervals: list[Busy] = []  # the engine's busy time
         self.rejected: list[str] = []  # one line per connection closed for a bad message
         self.contexts: dict[int, list[int]] = {}
         self.hiddens: dict[int, list[np.ndarray]] = {}  # EAGLE drafts: the features behind each tag's context
@@ -281,28 +303,26 @@ class DraftServer:
                         self.cv.wait(left)
                     if self.stop.is_set():
                         return
-                tasks = [self.queue.pop() for _ in range(min(self.batch_max, len(self.queue)))]
-                tasks = [t for t in tasks if not t.cancelled]  # pipelined trees nobody needs any more
+                tasks = take_batch(self.queue, self.batch_max)  # as the simulator forms a batch
                 for t in tasks:
                     t.taken = True
             batch = []
             for task in tasks:
                 if task.context is None:  # a free request: the tag's session ended
                     self.drafter.free(task.target)
-                    self._held.pop(task.target, None)
+                    self.caches.free(task.target)
                     task.done.set()
                 else:
                     batch.append(task)
-            evicted = []
-            if self.memory_bytes is not None:  # room first, as the simulator evicts at a round's start
-                for task in batch:
-                    evicted += self._fit_memory(task.target, len(task.context))
+            for task in batch:  # room first, as the simulator evicts at a round's start
+                self.caches.take(task.target, len(task.context))
             if len(batch) == 1:
                 self._draft_one(batch[0])
             elif batch:
                 self._draft_batch(batch)
             # stamped with the start of the round they made room for (as the simulator's)
-            self.evictions += [(tag, batch[0].start) for tag in evicted]
+            self.evictions += [Eviction(tag=tag, at=batch[0].start) for tag in self._dropped]
+            self._dropped = []
             if self.pipeline:
                 for task in batch:
                     self._after(task)
@@ -326,7 +346,7 @@ class DraftServer:
         with self.cv:
             if task.pre:
                 if task.missed:
-                    self.wasted_s += task.end - task.start
+                    self.pipeline_stats.wasted_s += task.end - task.start
             elif self._pipelinable(task) and task.target in self.contexts:
                 self._follow(task)
 
@@ -344,7 +364,7 @@ class DraftServer:
             sub = subtree(pre.tree, ids[-1]) if pre.done.is_set() and pre.tree is not None else None
             if sub is not None and sub.tokens:
                 with self.cv:
-                    self.pipeline_hits += 1
+                    self.pipeline_stats.hits += 1
                     pre.context = pre.context + ids[-1:]
                     pre.tree = sub
                     if self._pipelinable(pre):
@@ -357,29 +377,17 @@ class DraftServer:
     def _drop(self, pre: _Task) -> None:
         """A pipelined tree missed (lock held): dropped if the engine has not taken it, else its
         draft time is wasted (now, or by :meth:`_after` when it ends)."""
-        self.pipeline_misses += 1
+        self.pipeline_stats.misses += 1
         pre.missed = True
         if not pre.taken:
             pre.cancelled = True  # dropped before it cost anything
         elif pre.done.is_set():
-            self.wasted_s += pre.end - pre.start
+            self.pipeline_stats.wasted_s += pre.end - pre.start
 
-    def _fit_memory(self, tag: int, tokens: int) -> list[int]:
-        """``tag`` is about to hold ``tokens`` cached tokens (most recently used): drop the least
-        recently used other tags' caches until the caches fit ``memory_bytes`` (engine thread);
-        returns the tags dropped."""
-        held = self._held
-        held.pop(tag, None)
-        held[tag] = tokens
-        per = self.kv_bytes_per_token
-        total = sum(held.values()) * per
-        dropped = []
-        while total > self.memory_bytes and len(held) > 1:
-            old = next(iter(held))
-            total -= held.pop(old) * per
-            self.drafter.free(old)
-            dropped.append(old)
-        return dropped
+    def _evict(self, tag: int) -> None:
+        """``tag``'s draft cache is dropped for draft memory (engine thread)."""
+        self.drafter.free(tag)
+        self._dropped.append(tag)
 
     def _draft_one(self, task: _Task) -> None:
         task.start = self._now()
@@ -389,7 +397,7 @@ class DraftServer:
         except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
             task.error = f"draft failed: {type(e).__name__}: {e}"
         task.end = self._now()
-        self.intervals.append((task.target, task.start, task.end, task.new_tokens))
+        self.intervals.append(Busy(tag=task.target, start=task.start, end=task.end, new_tokens=task.new_tokens))
         task.done.set()
 
     def _draft_batch(self, tasks: list[_Task]) -> None:
@@ -415,7 +423,8 @@ class DraftServer:
                 except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
                     t.error = f"draft failed: {type(e).__name__}: {e}"
         end = self._now()
-        self.intervals.append((tasks[0].target, start, end, sum(t.new_tokens for t in tasks)))
+        self.intervals.append(Busy(tag=tasks[0].target, start=start, end=end,
+                                   new_tokens=sum(t.new_tokens for t in tasks)))
         for t in tasks:
             t.start, t.end = start, end
             t.done.set()

@@ -20,19 +20,17 @@ which holds none of its state. Only with every server down does it fall back as 
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import numpy as np
 
 from ..pairing import NoDraftServer, Pairing
-from ..records import Recorder, Records
+from ..records import Recorder, Records, RequestRow, RoundWriter, interval_row
 from . import protocol as P
 from .server import DraftClient
 from .speculation import Verifier
 
 log = logging.getLogger("starsim.target")
-NAN = math.nan
 
 
 class FabricClient:
@@ -168,11 +166,14 @@ class FabricClient:
 class TargetWorker:
     def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
                  eos=None, temperature: float = 0.0, seed: int = 0, tpot_slo_s: float | None = None,
-                 fabric: FabricClient | None = None, controller=None):
+                 fabric: FabricClient | None = None, controller=None, draft_index: int = 0):
         # fabric: several draft servers, the client of the paired one taken at each request's
         # start (``client`` is then None until the first request)
         self.index, self.model, self.client, self.clock0 = index, model, client, clock0
         self.fabric = fabric
+        # the draft engine the rows name when there is one server (the simulator numbers a
+        # one_for_one run's engines by target); a fabric's rows name the paired server
+        self.draft_index = draft_index
         # adaptive speculation (starsim.adaptive): the depth of each round, 0 = one plain step
         self.controller = controller
         # end-of-sequence ids: one id, several (some models have a list), or none
@@ -182,9 +183,8 @@ class TargetWorker:
         # which target ran it after which other request
         self.temperature, self.seed = temperature, seed
         self.tpot_slo_s = tpot_slo_s  # a deadline policy on the server needs when the next token is due
-        self.rounds: list[tuple] = []
-        self.requests: list[tuple] = []
-        self.intervals: list[tuple] = []  # (engine, device, kind, target, start, end)
+        self.rec = Recorder()  # rows as tuples, built by keyword: sent to the parent as they are
+        self.rounds, self.requests, self.intervals = self.rec.rounds, self.rec.requests, self.rec.intervals
         self.outputs: list[dict] = []  # per finished request: request, target, prompt, output (token ids)
         self.fallback_at: float | None = None
         # server clock - ours, and its error bound, for the callers' reports (None: no server)
@@ -196,7 +196,8 @@ class TargetWorker:
         return time.monotonic() - self.clock0
 
     def _interval(self, kind: str, start: float, end: float) -> None:
-        self.intervals.append((f"target-{self.index}", self.device, kind, self.index, start, end))
+        self.intervals.append(interval_row(engine=f"target-{self.index}", device=self.device, kind=kind,
+                                           target=self.index, start=start, end=end))
 
     def run_request(self, rid: int, prompt: list[int], output_tokens: int, t_arrival: float = 0.0) -> list[int]:
         """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``."""
@@ -206,11 +207,13 @@ class TargetWorker:
             if self.client is None and self.fallback_at is None:
                 self._lost("every draft server of the fabric is down")
         v = Verifier(self.model, self.temperature, rng, hidden=bool(self.client and self.client.needs_hidden))
-        t_start = self.now()
+        req = RequestRow(request=rid, target=self.index, prompt_tokens=len(prompt), output_tokens=output_tokens,
+                         t_arrival=t_arrival, t_start=self.now())
         out = [v.prefill(prompt)]
-        t_first = self.now()
-        self._interval("prefill", t_start, t_first)
-        new, start, r_i = prompt + out, True, 0
+        t_first = req.t_first_token = self.now()
+        self._interval("prefill", req.t_start, t_first)
+        rows = RoundWriter(self.rounds, target=self.index, request=rid)
+        new, start = prompt + out, True
         sent = []  # the features sent this request (EAGLE): a new fabric server gets the whole context's
         pending = []  # EAGLE features of tokens decoded without speculation, not yet sent (adaptive)
         ctl = self.controller
@@ -240,7 +243,7 @@ class TargetWorker:
                     continue
                 if v.hidden:
                     sent.append(v.features)
-                server = 0
+                server = self.draft_index
                 if self.fabric is not None:
                     self.fabric.served(hdr)
                     server = self.fabric.server
@@ -250,15 +253,18 @@ class TargetWorker:
                 self._interval("verify", t_arrive, t_end)
                 emitted = self._until_eos(r.emitted[: output_tokens - len(out)])
                 # the server's timestamps, moved onto our clock
-                srv = [hdr[k] - self.client.clock_offset_s - self.clock0
-                       for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")]
+                srv = {k: hdr[k] - self.client.clock_offset_s - self.clock0
+                       for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")}
                 if hdr.get("pipelined"):  # the tree was drafted ahead: the round began when it was queued
-                    t_send = min(t_send, srv[1])
-                self.rounds.append((
-                    self.index, rid, r_i, server, t_send, *srv, t_arrive, t_arrive, t_end, ctx, int(hdr["new_tokens"]),
-                    r.tree_tokens, max(tree.depths, default=0), r.accepted, len(emitted),
-                    self.client.bytes_up, self.client.bytes_down, int(hdr["kv_bytes"]),
-                ))
+                    t_send = min(t_send, srv["t_enqueue"])
+                rows.tree(draft=server, tree_tokens=r.tree_tokens, depth=max(tree.depths, default=0),
+                          bytes_down=self.client.bytes_down)
+                rows.round(t_send=t_send, t_draft_arrive=srv["t_arrive"], t_enqueue=srv["t_enqueue"],
+                           t_draft_start=srv["t_draft_start"], t_draft_end=srv["t_draft_end"],
+                           t_reply_send=srv["t_reply_send"], t_target_arrive=t_arrive,
+                           t_verify_start=t_arrive, t_verify_end=t_end, context_tokens=ctx,
+                           new_tokens=int(hdr["new_tokens"]), accepted=r.accepted, emitted=len(emitted),
+                           bytes_up=self.client.bytes_up, draft_kv_bytes=int(hdr["kv_bytes"]))
                 new, start = r.emitted, False
                 if ctl is not None:
                     ctl.observe(d, r.accepted, t_end - t_send, ctx)
@@ -269,15 +275,13 @@ class TargetWorker:
                 emitted = [v.step()]
                 t_end = self.now()
                 self._interval("decode", t0, t_end)
-                self.rounds.append((self.index, rid, r_i, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, t0, t_end, ctx, 0,
-                                    0, 0, 0, 1, 0, 0, 0))
+                rows.decode(t_verify_start=t0, t_verify_end=t_end, context_tokens=ctx)
                 if d == 0:  # the draft sees these tokens with the next request
                     new = new + emitted
                     ctl.observe(0, 0, t_end - t0, ctx)
             out += emitted
-            r_i += 1
-        self.requests.append((rid, self.index, len(prompt), output_tokens, len(out), t_arrival, t_start, t_first,
-                              self.now()))
+        req.generated_tokens, req.t_finish = len(out), self.now()
+        self.requests.append(req.row())
         self.outputs.append({"request": rid, "target": self.index, "prompt": list(prompt), "output": out})
         return out
 

@@ -14,9 +14,10 @@ import numpy as np
 import simpy
 
 from ..distributions import timing_sampler
+from ..draft_state import DraftCaches, PipelineStats, take_batch
 from ..policies import make_policy
 from ..profiles import ProfileUsage
-from ..records import Recorder, pack_interval
+from ..records import Recorder
 from ..scenario import Draft
 from .devices import DeviceUnit
 
@@ -73,7 +74,10 @@ class DraftEngine:
         self.whole_round = cfg.round_time is not None
         self.warm_cold = cfg.warm_cold
         self.rec = rec
-        self.kv: dict[int, int] = {}  # tag (target index) -> tokens in its draft KV cache, in use order
+        self.log_draft = rec.interval_writer(engine=name, device=unit.name, kind="draft")
+        # each target's draft KV cache, prefix caching and LRU eviction (shared with the real server)
+        self.caches = DraftCaches(prefix_cache=cfg.prefix_cache, bytes_per_token=cfg.kv_bytes_per_token,
+                                  capacity_bytes=cfg.memory_bytes, on_evict=self._evicted)
         self._wake: simpy.Event | None = None
         b = cfg.batch
         self.batch_max, self.batch_window = b.max, b.window_s
@@ -81,8 +85,7 @@ class DraftEngine:
         # the generator of the engine's process
         self.running: tuple | list = ()  # the tasks being drafted now (run_general)
         self.dead = False  # the server failed (draft.fabric.failures)
-        self.wasted_s = 0.0  # draft time of pipelined trees that missed
-        self.pipeline_hits = self.pipeline_misses = 0
+        self.pipeline_stats = PipelineStats()
         # the generator of the engine's process: StarSD's loop, or the general one
         self.general = general or b.max > 1 or cfg.pipeline or cfg.adaptive.policy != "fixed"
         self.life = self.run_general() if self.general else self.run()
@@ -100,37 +103,24 @@ class DraftEngine:
 
     def free(self, tag: int) -> None:
         """End of a target's session: its draft KV cache is released."""
-        self.kv.pop(tag, None)
+        self.caches.free(tag)
 
-    def _fit_memory(self, tag: int) -> None:
-        """With ``draft.memory_bytes``: ``tag`` was just used (now the most recent); evict the
-        least recently used other tags until the caches fit. ``kv`` keeps use order."""
-        kv = self.kv
-        kv[tag] = kv.pop(tag)  # to the end: most recently used
-        per, cap = self.cfg.kv_bytes_per_token, self.cfg.memory_bytes
-        total = sum(kv.values()) * per
-        while total > cap and len(kv) > 1:
-            old = next(iter(kv))
-            total -= kv.pop(old) * per
-            # an instant "evict" interval: the report's memory-over-time curve drops the tag here
-            now = self.env.now
-            self.rec.packed_intervals.extend(
-                pack_interval(self.rec.interval_key(self.name, self.unit.name, "evict"), old, now, now))
+    def _evicted(self, tag: int) -> None:
+        # an instant "evict" interval: the report's memory-over-time curve drops the tag here
+        now = self.env.now
+        self.rec.interval_writer(engine=self.name, device=self.unit.name, kind="evict")(target=tag, start=now, end=now)
 
     def run(self):
         # Clock values are computed, not read back (see Target._speculate): after its own
         # ``timeout(d)`` from ``start`` the engine is at ``start + d`` exactly.
-        env, policy, kv = self.env, self.policy, self.kv
+        env, policy, take = self.env, self.policy, self.caches.take
         timeout, new_event, pop = env.timeout, env.event, policy.pop
         draft_time, res, host = self.draft_time, self.unit.resource, self.unit.host
         whole_round, warm_cold = self.whole_round, self.warm_cold
-        put_interval = self.rec.packed_intervals.extend  # packed rows: see Recorder
-        key = self.rec.interval_key(self.name, self.unit.name, "draft")
+        log = self.log_draft
         tree = self.cfg.tree
         tokens, depth = tree.tokens, tree.depth
-        encode, prefix_cache = self.cfg.encode_per_token_s, self.cfg.prefix_cache
-        kv_per_token = self.cfg.kv_bytes_per_token
-        memory = self.cfg.memory_bytes is not None
+        encode, kv_per_token = self.cfg.encode_per_token_s, self.cfg.kv_bytes_per_token
         now = last_end = env.now
         while True:
             while not policy:  # a Fifo is a deque: C truth test
@@ -144,10 +134,7 @@ class DraftEngine:
                 now = env.now
             start = now
             target, ctx = task.target, task.context
-            new = ctx - kv.get(target, 0) if prefix_cache else ctx
-            kv[target] = ctx
-            if memory:
-                self._fit_memory(target)
+            new = take(target, ctx)
             if whole_round:
                 dur = draft_time(new, ctx, depth)
                 if warm_cold is not None:
@@ -164,17 +151,12 @@ class DraftEngine:
                 res.release(req)
             now = last_end = end
             task.start, task.end, task.new_tokens, task.kv_bytes = start, end, new, ctx * kv_per_token
-            put_interval(pack_interval(key, target, start, end))
+            log(target=target, start=start, end=end)
             task.done.succeed()
 
     def _take(self, task: Task) -> int:
-        """Account a task's prefix in its tag's cache (memory limit included); its new tokens.
-        (``run`` does the same inline: it is the hot path.)"""
-        ctx, target = task.context, task.target
-        new = task.new_tokens = max(0, ctx - self.kv.get(target, 0)) if self.cfg.prefix_cache else ctx
-        self.kv[target] = ctx
-        if self.cfg.memory_bytes is not None:
-            self._fit_memory(target)
+        """Account a task's prefix in its tag's cache (memory limit included); its new tokens."""
+        new = task.new_tokens = self.caches.take(task.target, task.context)
         return new
 
     def _round_cost(self, task: Task, last_end: float, start: float) -> float:
@@ -205,7 +187,7 @@ class DraftEngine:
     def promote(self, pre: Task) -> None:
         """A hit: the target accepted its whole tree, so the pipelined ``pre`` is its next
         tree; the engine pipelines the one after it."""
-        self.pipeline_hits += 1
+        self.pipeline_stats.hits += 1
         if not self.dead:
             self._follow(pre)
 
@@ -213,15 +195,14 @@ class DraftEngine:
         """A miss: ``pre`` assumed tokens the target did not accept. Unstarted, it is dropped
         from the queue; started or done, its draft time is wasted and its cache is cut back
         to the ``valid`` tokens the target did accept."""
-        self.pipeline_misses += 1
+        self.pipeline_stats.misses += 1
         pre.cancelled, pre.valid = True, valid
         if pre.end is not None:
             self._waste(pre)
 
     def _waste(self, task: Task) -> None:
-        self.wasted_s += task.end - task.start
-        if task.target in self.kv:
-            self.kv[task.target] = min(self.kv[task.target], task.valid)
+        self.pipeline_stats.wasted_s += task.end - task.start
+        self.caches.cut(task.target, task.valid)
 
     def fail(self) -> None:
         """The server goes away now: the tasks it holds (queued or being drafted) fail, its
@@ -230,9 +211,7 @@ class DraftEngine:
         now = self.env.now
         failed = list(self.running)
         if failed:  # the busy time up to the failure is still busy time
-            self.rec.packed_intervals.extend(
-                pack_interval(self.rec.interval_key(self.name, self.unit.name, "draft"), failed[0].target,
-                              failed[0].start, now))
+            self.log_draft(target=failed[0].target, start=failed[0].start, end=now)
         while self.policy:
             failed.append(self.policy.pop())
         for t in failed:
@@ -240,7 +219,7 @@ class DraftEngine:
             if not t.done.triggered:
                 t.done.succeed()
         self.running = ()
-        self.kv.clear()
+        self.caches.clear()
         if self._wake is not None:
             wake, self._wake = self._wake, None
             wake.succeed()
@@ -259,8 +238,7 @@ class DraftEngine:
         env, policy, cfg = self.env, self.policy, self.cfg
         bmax, window, batch_time = self.batch_max, self.batch_window, self.batch_time
         res, host = self.unit.resource, self.unit.host
-        key = self.rec.interval_key(self.name, self.unit.name, "draft")
-        put_interval = self.rec.packed_intervals.extend
+        log = self.log_draft
         kv_per_token, pipeline = cfg.kv_bytes_per_token, cfg.pipeline
         last_end = env.now
         while True:
@@ -277,11 +255,7 @@ class DraftEngine:
                     if self.dead:
                         return
                 self._wake = None
-            tasks = []
-            while policy and len(tasks) < bmax:
-                t = policy.pop()
-                if not t.cancelled:
-                    tasks.append(t)
+            tasks = take_batch(policy, bmax)
             if not tasks:
                 continue
             if res is not None:
@@ -313,7 +287,7 @@ class DraftEngine:
                 return
             self.running = ()
             end = last_end = env.now
-            put_interval(pack_interval(key, tasks[0].target, start, end))
+            log(target=tasks[0].target, start=start, end=end)
             for t in tasks:
                 t.end, t.kv_bytes = end, t.context * kv_per_token
                 if t.cancelled:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import gc
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import simpy
 
 from ..adaptive import controller_for
+from ..draft_state import pipeline_totals
 from ..metrics import summarize
 from ..placement import link_time, place
 from ..profiles import ProfileUsage
-from ..records import Recorder
+from ..records import Recorder, RequestRow
 from ..result import Result
 from ..run_meta import provenance, run_meta
 from ..scenario import ClosedLoop, Scenario
@@ -21,7 +23,7 @@ from ..workload import arrivals, prompt_set
 from .devices import build_units
 from .draft import DraftEngine
 from .fabric import Fabric
-from .target import NAN, Requests, Target, _zero
+from .target import Requests, Target, _zero
 
 
 def _is_zero(spec) -> bool:
@@ -42,10 +44,14 @@ def _arrival_process(env: simpy.Environment, store: simpy.Store, source, budget:
         store.put(None)
 
 
-def simulate(scenario: Scenario) -> Result:
-    """Run the discrete-event simulation of ``scenario``; deterministic for a given seed."""
+def simulate(scenario: Scenario, *, general: bool = False) -> Result:
+    """Run the discrete-event simulation of ``scenario``; deterministic for a given seed.
+
+    ``general``: run every draft engine and target on its general loop, even where the
+    scenario needs none of what only it does (the fast loops are an optimisation, and
+    tests/test_loops.py checks that both give the same tables)."""
     with _gc_paused():
-        return _simulate(scenario)
+        return _simulate(scenario, general)
 
 
 @contextmanager
@@ -62,86 +68,41 @@ def _gc_paused():
             gc.enable()
 
 
-def _simulate(scenario: Scenario) -> Result:
+@dataclass
+class _Model:
+    """What every piece of one simulation is built from (see _simulate)."""
+
+    env: simpy.Environment
+    scenario: Scenario
+    rec: Recorder
+    usage: ProfileUsage  # which measured profiles the run used, and where it left their range
+    units: dict
+    general: bool
+
+
+def _simulate(scenario: Scenario, general: bool = False) -> Result:
+    """Build the model (units, engines, requests, targets), run it, and summarize its tables."""
     wall0 = time.perf_counter()
     env = simpy.Environment()
     rec = Recorder()
-    seed, mode = scenario.seed, scenario.mode
+    mode = scenario.mode
     instances = scenario.target_instances()
     draft_units, target_units = place(scenario)
     draft_unit = draft_units[0] if draft_units else ""
-
     users = list(draft_units)
     for tu in target_units:
         users += [tu, tu] if mode == "one_for_one" else [tu]
-    units = build_units(env, scenario, users)
+    m = _Model(env, scenario, rec, ProfileUsage(), build_units(env, scenario, users), general)
+    usage, draft = m.usage, scenario.draft
 
-    draft = scenario.draft
-    usage = ProfileUsage()  # which measured profiles the run used, and where it left their range
-    fabric = None
-    if mode == "star":
-        weights = {i: g.weight for i, _, g in instances}
-        fab = draft.fabric
-        many = fab.servers > 1
-        engines = [
-            DraftEngine(env, j, f"draft-{j}" if many else "draft", units[u], draft, rng_for(seed, Stream.DRAFT, j), rec,
-                        usage, weights, general=bool(fab.failures))
-            for j, u in enumerate(draft_units)
-        ]
-        if many or fab.failures:
-            fabric = Fabric(env, engines, fab, rng_for(seed, Stream.FABRIC))
-    elif mode == "one_for_one":
-        engines = [
-            DraftEngine(env, i, f"draft-{i}", units[tu], draft, rng_for(seed, Stream.DRAFT, i), rec, usage)
-            for i, tu in enumerate(target_units)
-        ]
-    else:
-        engines = []
-
-    w = scenario.workload
-    store = None
+    engines, fabric = _engines(m, draft_units, target_units)
     lives = [e.life for e in engines]  # every process's generator (see the end of the run)
-    if isinstance(w, ClosedLoop):
-        requests = Requests(env, scenario.max_requests, prompt_set(w, rng_for(seed, Stream.WORKLOAD)), w.repeat)
-    else:
-        store = simpy.Store(env)
-        requests = Requests(env, scenario.max_requests, store=store)
-        source = arrivals(w, rng_for(seed, Stream.WORKLOAD))
-        lives.append(_arrival_process(env, store, source, scenario.max_requests, len(instances)))
-        env.process(lives[-1])
-
-    targets = []
-    for (i, name, group), tu in zip(instances, target_units):
-        star = mode == "star"
-        pause = None
-        if isinstance(w, ClosedLoop) and w.pause is not None:
-            f = w.pause.sampler(rng_for(seed, Stream.PAUSE, i))
-            pause = lambda f=f: f(0.0, 0.0, 0.0)  # noqa: E731
-        comm_rng = rng_for(seed, Stream.COMM, i)
-        targets.append(
-            Target(
-                env, i, name, group, units[tu],
-                engines[0] if star else (engines[i] if engines else None),
-                requests, rng_for(seed, Stream.TARGET, i), rec,
-                acceptance=scenario.acceptance,
-                tree_tokens=draft.tree.tokens,
-                depth=draft.tree.depth,
-                hidden=draft.needs_hidden_states,
-                # one_for_one: the draft is in-process on the target's device: no wire, no parsing
-                up=link_time(group.link.up, rng_for(seed, Stream.LINK_UP, i)) if star else _zero,
-                down=link_time(group.link.down, rng_for(seed, Stream.LINK_DOWN, i)) if star else _zero,
-                parse=draft.parse_time.sampler(comm_rng) if star else _zero,
-                serialize=draft.serialize_time.sampler(comm_rng) if star else _zero,
-                send=group.send_time.sampler(comm_rng) if star and not _is_zero(group.send_time) else None,
-                receive=group.receive_time.sampler(comm_rng) if star and not _is_zero(group.receive_time) else None,
-                pause=pause,
-                usage=usage,
-                fabric=fabric,
-                controller=controller_for(draft, group) if star and draft.adaptive.policy != "fixed" else None,
-                pipeline=star and draft.pipeline,
-                tree=draft.tree,
-            )
-        )
+    requests, store, arrival = _requests(m, len(instances))
+    if arrival is not None:
+        lives.append(arrival)
+        env.process(arrival)
+    targets = [_target(m, i, name, group, tu, engines, requests, fabric)
+               for (i, name, group), tu in zip(instances, target_units)]
     lives += [t.run() for t in targets]
     procs = [env.process(life) for life in lives[-len(targets):]]
     done = env.all_of(procs)
@@ -154,22 +115,13 @@ def _simulate(scenario: Scenario) -> Result:
     for life in lives:
         life.close()
 
-    # Conservation: every request that was issued is in the table, finished or not.
-    for t in targets:
-        if t.current is not None:
-            rec.requests.append((*t.current, NAN))
-    if store is not None:
-        for item in store.items:
-            if item is not None:
-                rid, arrival, prompt, output = item
-                rec.requests.append((rid, -1, prompt, output, 0, arrival, NAN, NAN, NAN))
+    _unfinished(rec, targets, store)
 
     meta = run_meta(
         scenario, source="sim", t_end=t_end, draft_engines=[e.name for e in engines],
         targets=[(i, name, g, tu) for (i, name, g), tu in zip(instances, target_units)],
         draft_device=draft_unit, draft_devices=draft_units,
-        pipeline=(sum(e.pipeline_hits for e in engines), sum(e.pipeline_misses for e in engines),
-                  sum(e.wasted_s for e in engines)) if draft.pipeline and mode == "star" else None,
+        pipeline=pipeline_totals([e.pipeline_stats for e in engines]) if draft.pipeline and mode == "star" else None,
         fabric_repairs=fabric.repairs if fabric is not None else None,
     )
     records = rec.finish(meta, release=True)
@@ -179,6 +131,88 @@ def _simulate(scenario: Scenario) -> Result:
     if usage.entries:
         summary["provenance"]["profiles"] = usage.report()
     return Result(scenario=scenario, records=records, summary=summary)
+
+
+def _engines(m: _Model, draft_units: list[str], target_units: list[str]) -> tuple[list[DraftEngine], Fabric | None]:
+    """The draft engines (star: one per draft unit, with a fabric when there are several or
+    they fail; one_for_one: one per target, on its unit; autoregressive: none)."""
+    sc, draft, seed = m.scenario, m.scenario.draft, m.scenario.seed
+    if sc.mode == "star":
+        weights = {i: g.weight for i, _, g in sc.target_instances()}
+        fab = draft.fabric
+        many = fab.servers > 1
+        engines = [
+            DraftEngine(m.env, j, f"draft-{j}" if many else "draft", m.units[u], draft, rng_for(seed, Stream.DRAFT, j),
+                        m.rec, m.usage, weights, general=m.general or bool(fab.failures))
+            for j, u in enumerate(draft_units)
+        ]
+        fabric = Fabric(m.env, engines, fab, rng_for(seed, Stream.FABRIC)) if many or fab.failures else None
+        return engines, fabric
+    if sc.mode == "one_for_one":
+        return [DraftEngine(m.env, i, f"draft-{i}", m.units[tu], draft, rng_for(seed, Stream.DRAFT, i), m.rec, m.usage,
+                            general=m.general)
+                for i, tu in enumerate(target_units)], None
+    return [], None
+
+
+def _requests(m: _Model, n_targets: int):
+    """Where targets take requests from: the closed loop's prompt set, or an open loop's queue
+    and the generator of its arrival process (to start)."""
+    sc, w = m.scenario, m.scenario.workload
+    if isinstance(w, ClosedLoop):
+        return Requests(m.env, sc.max_requests, prompt_set(w, rng_for(sc.seed, Stream.WORKLOAD)), w.repeat), None, None
+    store = simpy.Store(m.env)
+    source = arrivals(w, rng_for(sc.seed, Stream.WORKLOAD))
+    return (Requests(m.env, sc.max_requests, store=store), store,
+            _arrival_process(m.env, store, source, sc.max_requests, n_targets))
+
+
+def _target(m: _Model, i: int, name: str, group, unit: str, engines: list[DraftEngine], requests: Requests,
+            fabric: Fabric | None) -> Target:
+    """Target instance ``i``, with its own random streams."""
+    sc, draft, seed = m.scenario, m.scenario.draft, m.scenario.seed
+    star, w = sc.mode == "star", sc.workload
+    pause = None
+    if isinstance(w, ClosedLoop) and w.pause is not None:
+        f = w.pause.sampler(rng_for(seed, Stream.PAUSE, i))
+        pause = lambda f=f: f(0.0, 0.0, 0.0)  # noqa: E731
+    comm_rng = rng_for(seed, Stream.COMM, i)
+    return Target(
+        m.env, i, name, group, m.units[unit],
+        engines[0] if star else (engines[i] if engines else None),
+        requests, rng_for(seed, Stream.TARGET, i), m.rec,
+        acceptance=sc.acceptance,
+        tree_tokens=draft.tree.tokens,
+        depth=draft.tree.depth,
+        hidden=draft.needs_hidden_states,
+        # one_for_one: the draft is in-process on the target's device: no wire, no parsing
+        up=link_time(group.link.up, rng_for(seed, Stream.LINK_UP, i)) if star else _zero,
+        down=link_time(group.link.down, rng_for(seed, Stream.LINK_DOWN, i)) if star else _zero,
+        parse=draft.parse_time.sampler(comm_rng) if star else _zero,
+        serialize=draft.serialize_time.sampler(comm_rng) if star else _zero,
+        send=group.send_time.sampler(comm_rng) if star and not _is_zero(group.send_time) else None,
+        receive=group.receive_time.sampler(comm_rng) if star and not _is_zero(group.receive_time) else None,
+        pause=pause,
+        usage=m.usage,
+        fabric=fabric,
+        controller=controller_for(draft, group) if star and draft.adaptive.policy != "fixed" else None,
+        pipeline=star and draft.pipeline,
+        tree=draft.tree,
+        general=m.general,
+    )
+
+
+def _unfinished(rec: Recorder, targets: list[Target], store: simpy.Store | None) -> None:
+    """Conservation: every request that was issued is in the table, finished or not (a target's
+    request in progress; an open loop's arrivals still queued, target -1)."""
+    for t in targets:
+        if t.current is not None:
+            rec.requests.append(t.current.row())
+    for item in store.items if store is not None else ():
+        if item is not None:
+            rid, arrival, prompt, output = item
+            rec.requests.append(RequestRow(request=rid, target=-1, prompt_tokens=prompt, output_tokens=output,
+                                           t_arrival=arrival).row())
 
 
 def _events(env: simpy.Environment) -> int | None:

@@ -8,7 +8,6 @@ hop are still recorded exactly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -17,12 +16,10 @@ import simpy
 from ..acceptance import _Acceptance
 from ..distributions import Sampler, timing_sampler
 from ..profiles import ProfileUsage
-from ..records import pack_interval, pack_round
+from ..records import RequestRow, RoundWriter
 from ..scenario import Payload, TargetGroup
 from .devices import DeviceUnit
 from .draft import DraftEngine, Task
-
-NAN = math.nan
 
 
 class Requests:
@@ -120,6 +117,7 @@ class Target:
         controller=None,
         pipeline: bool = False,
         tree=None,
+        general: bool = False,
     ):
         self.env = env
         self.index = index
@@ -130,7 +128,7 @@ class Target:
         self.requests = requests
         self.rec = rec
         # rows are appended packed (see Recorder): no Python objects kept per row
-        self.put_round, self.put_interval = rec.packed_rounds.extend, rec.packed_intervals.extend
+        self._log: dict = {}  # interval kind -> its writer
         self.payload: Payload = group.payload
         self.verify = timing_sampler(group.verify_time, rng, usage)
         self.prefill = timing_sampler(group.prefill_time, rng, usage)
@@ -142,7 +140,7 @@ class Target:
         self.accept_at = {depth: self.accept}
         self._acceptance, self._accept_rng, self._clock = acceptance, rng, clock
         self.fabric, self.controller, self.pipeline, self.tree = fabric, controller, pipeline, tree
-        self.general = fabric is not None or controller is not None or pipeline
+        self.general = general or fabric is not None or controller is not None or pipeline
         # the target's own message work (None: none) and its verify warm/cold curve (None: off)
         self.send_cpu, self.receive_cpu = send or _zero, receive or _zero
         self.has_msg_cpu = send is not None or receive is not None
@@ -153,9 +151,8 @@ class Target:
         self.up, self.down, self.parse, self.serialize = up, down, parse, serialize
         self.pause = pause
         self.served = 0
-        # [rid, target, prompt, output, generated, arrival, start, first]: the request in
-        # progress, kept so an unfinished one can still be reported at the end.
-        self.current: list | None = None
+        # the request in progress, kept so an unfinished one can still be reported at the end
+        self.current: RequestRow | None = None
 
     # ------------------------------------------------------------------ device use
 
@@ -181,12 +178,15 @@ class Target:
             yield env.timeout(dur)
             res.release(req)
             end = env.now
-        self.put_interval(pack_interval(self._key(kind), self.index, start, end))
+        self.log(kind)(target=self.index, start=start, end=end)
         return start, end
 
-    def _key(self, kind: str) -> int:
-        """The recorder's code for this target's intervals of ``kind``."""
-        return self.rec.interval_key(self.engine_name, self.unit.name, kind)
+    def log(self, kind: str):
+        """The writer of this target's intervals of ``kind`` (see Recorder.interval_writer)."""
+        w = self._log.get(kind)
+        if w is None:
+            w = self._log[kind] = self.rec.interval_writer(engine=self.engine_name, device=self.unit.name, kind=kind)
+        return w
 
     # ------------------------------------------------------------------ life
 
@@ -197,24 +197,26 @@ class Target:
                 return
             rid, arrival, prompt, output = req
             self.served += 1
-            start = self.env.now
-            self.current = [rid, self.index, prompt, output, 0, arrival, start, NAN]
+            self.current = cur = RequestRow(request=rid, target=self.index, prompt_tokens=prompt,
+                                            output_tokens=output, t_arrival=arrival, t_start=self.env.now)
             _, first = yield from self._on_device("prefill", 0.0, self.prefill(prompt, 0, 0))
-            self.current[4], self.current[7] = 1, first
+            cur.generated_tokens, cur.t_first_token = 1, first
+            rows = RoundWriter(self.rec.packed_rounds, target=self.index, request=rid)
             if self.engine is None:
-                yield from self._decode(rid, prompt, output)
+                yield from self._decode(rows, prompt, output)
             else:
-                yield from self._speculate(rid, prompt, output)
-            cur, self.current = self.current, None
-            self.rec.requests.append((*cur, self.env.now))
+                yield from self._speculate(rows, prompt, output)
+            self.current = None
+            cur.t_finish = self.env.now
+            self.rec.requests.append(cur.row())
 
-    def _decode(self, rid: int, prompt: int, output: int, ctx: int | None = None, generated: int = 1, r: int = 0):
+    def _decode(self, rows: RoundWriter, prompt: int, output: int, ctx: int | None = None, generated: int = 1):
         """Autoregressive baseline: one token per step (also the rest of a request whose draft
-        servers are all down: from context ``ctx``, ``generated`` tokens in, round ``r``)."""
+        servers are all down: from context ``ctx``, ``generated`` tokens in)."""
         env, decode, cur = self.env, self.decode, self.current
         step = decode if decode is not None else self.verify
         index, free = self.index, self.unit.free
-        put_interval, put_round, key = self.put_interval, self.put_round, self._key("decode")
+        log, decoded = self.log("decode"), rows.decode
         ctx = prompt + 1 if ctx is None else ctx
         while generated < output:
             dur = step(1, ctx, 0)
@@ -222,17 +224,15 @@ class Target:
                 vs = env.now
                 yield env.timeout(dur)
                 ve = vs + dur
-                put_interval(pack_interval(key, index, vs, ve))
+                log(target=index, start=vs, end=ve)
             else:
                 vs, ve = yield from self._on_device("decode", 0.0, dur)
-            put_round(pack_round(index, rid, r, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, vs, ve,
-                                 ctx, 0, 0, 0, 0, 1, 0, 0, 0))
+            decoded(t_verify_start=vs, t_verify_end=ve, context_tokens=ctx)
             generated += 1
             ctx += 1
-            r += 1
-            cur[4] = generated
+            cur.generated_tokens = generated
 
-    def _speculate(self, rid: int, prompt: int, output: int):
+    def _speculate(self, rows: RoundWriter, prompt: int, output: int):
         """Speculative rounds until the request is done.
 
         The hot loop of the simulator, so: methods bound once, one reusable task per target
@@ -246,7 +246,7 @@ class Target:
         the general path, :meth:`_speculate_shared`."""
         engine = self.engine
         if self.general or self.has_msg_cpu or engine.unit.host is not None or self.warm_cold is not None:
-            yield from self._speculate_shared(rid, prompt, output)
+            yield from self._speculate_shared(rows, prompt, output)
             return
         env, cur = self.env, self.current
         timeout, new_event, submit = env.timeout, env.event, engine.submit
@@ -254,11 +254,12 @@ class Target:
         up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
         verify, accept, tokens, depth = self.verify, self.accept, self.tree_tokens, self.depth
         index, draft_index, free, slo = self.index, engine.index, self.unit.free, self.slo
-        put_interval, put_round, key = self.put_interval, self.put_round, self._key("verify")
+        log, spoke = self.log("verify"), rows.round
         b_down = self.payload.bytes_down(tokens)
+        rows.tree(draft=draft_index, tree_tokens=tokens, depth=depth, bytes_down=b_down)
         task = Task(index, 0, None)
         ctx = prompt + 1  # the prefill's token is part of the context the draft must see
-        new, generated, r = ctx, 1, 0
+        new, generated = ctx, 1
         now = env.now
         while generated < output:
             t_send = now
@@ -270,7 +271,7 @@ class Target:
             done = new_event()
             task.context, task.done = ctx, done
             if slo is not None:
-                task.deadline = cur[7] + slo * generated
+                task.deadline = cur.t_first_token + slo * generated
             submit(task)
             yield done
             t_end = task.end
@@ -280,20 +281,20 @@ class Target:
             if free:  # the _on_device fast path, inlined
                 yield timeout(lead + dur)
                 vs, ve = t_end + lead, t_end + (lead + dur)
-                put_interval(pack_interval(key, index, vs, ve))
+                log(target=index, start=vs, end=ve)
             else:
                 vs, ve = yield from self._on_device("verify", lead, dur)
             k = accept()
             left = output - generated
             emitted = k + 1 if k + 1 < left else left
-            put_round(pack_round(index, rid, r, draft_index, t_send, t_send + t_up, t_enq,
-                                 task.start, t_end, t_end + t_ser, t_end + t_ser + t_down, vs, ve,
-                                 ctx, task.new_tokens, tokens, depth, k, emitted, b_up, b_down, task.kv_bytes))
+            spoke(t_send=t_send, t_draft_arrive=t_send + t_up, t_enqueue=t_enq, t_draft_start=task.start,
+                  t_draft_end=t_end, t_reply_send=t_end + t_ser, t_target_arrive=t_end + t_ser + t_down,
+                  t_verify_start=vs, t_verify_end=ve, context_tokens=ctx, new_tokens=task.new_tokens, accepted=k,
+                  emitted=emitted, bytes_up=b_up, draft_kv_bytes=task.kv_bytes)
             generated += emitted
             ctx += emitted
             new = emitted
-            r += 1
-            cur[4] = generated
+            cur.generated_tokens = generated
             now = ve
         engine.free(index)
 
@@ -304,7 +305,7 @@ class Target:
             f = self.accept_at[depth] = self._acceptance.sampler(self._accept_rng, depth, self._clock)
         return f()
 
-    def _speculate_shared(self, rid: int, prompt: int, output: int):
+    def _speculate_shared(self, rows: RoundWriter, prompt: int, output: int):
         """:meth:`_speculate` where message work competes for cores, verifies warm up, the
         draft is a fabric of servers, the depth adapts or trees are pipelined.
 
@@ -333,12 +334,12 @@ class Target:
         index, host = self.index, self.unit.host
         task = Task(index, 0, None)
         ctx = prompt + 1
-        new, generated, r = ctx, 1, 0
+        new, generated = ctx, 1
         last_ve = env.now
         pre = None  # the pipelined tree for the next round (a hit), if any
         while generated < output:
             if engine is None:  # every draft server is down: the rest without speculation
-                yield from self._decode(rid, prompt, output, ctx, generated, r)
+                yield from self._decode(rows, prompt, output, ctx, generated)
                 return
             hit = pre is not None and not pre.failed
             if hit:  # the pipelined tree's depth (the controller chose it a round ago)
@@ -348,15 +349,13 @@ class Target:
             t_send = env.now
             if d == 0:  # no speculation this round: one decode step, no draft request
                 vs, ve = yield from self._on_device("decode", 0.0, step(1, ctx, 0))
-                self.put_round(pack_round(index, rid, r, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, vs, ve,
-                                          ctx, 0, 0, 0, 0, 1, 0, 0, 0))
+                rows.decode(t_verify_start=vs, t_verify_end=ve, context_tokens=ctx)
                 ctl.observe(0, 0, ve - t_send, ctx)
                 last_ve = ve
                 generated += 1
                 ctx += 1
                 new += 1  # the draft has not seen it yet
-                r += 1
-                cur[4] = generated
+                cur.generated_tokens = generated
                 continue
             toks = tokens if d == depth else self.tree.tokens_at(d)
             draft_host = engine.unit.host
@@ -387,7 +386,7 @@ class Target:
                 if d != depth:
                     t.depth, t.tokens = d, toks
                 if self.slo is not None:
-                    t.deadline = cur[7] + self.slo * generated
+                    t.deadline = cur.t_first_token + self.slo * generated
                 engine.submit(t)
                 yield t.done
                 if t.failed:  # the server failed with this request: pair again, resend everything
@@ -409,9 +408,11 @@ class Target:
             k = self._accept(d) if d != depth else self.accept()
             left = output - generated
             emitted = k + 1 if k + 1 < left else left
-            self.put_round(pack_round(index, rid, r, engine.index, t.submitted if hit else t_send, t_arrive, t_enq,
-                                      t.start, t_end, t_reply, t_back, vs, ve,
-                                      ctx, t.new_tokens, toks, d, k, emitted, b_up, b_down, t.kv_bytes))
+            rows.tree(draft=engine.index, tree_tokens=toks, depth=d, bytes_down=b_down)
+            rows.round(t_send=t.submitted if hit else t_send, t_draft_arrive=t_arrive, t_enqueue=t_enq,
+                       t_draft_start=t.start, t_draft_end=t_end, t_reply_send=t_reply, t_target_arrive=t_back,
+                       t_verify_start=vs, t_verify_end=ve, context_tokens=ctx, new_tokens=t.new_tokens, accepted=k,
+                       emitted=emitted, bytes_up=b_up, draft_kv_bytes=t.kv_bytes)
             if ctl is not None:
                 ctl.observe(d, k, ve - t_send, ctx)
             if pre is not None:
@@ -423,8 +424,7 @@ class Target:
             generated += emitted
             ctx += emitted
             new = emitted
-            r += 1
-            cur[4] = generated
+            cur.generated_tokens = generated
         if pre is not None:
             engine.cancel(pre, ctx)
         if engine is not None:
