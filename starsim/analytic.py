@@ -202,6 +202,60 @@ def _draft_cycle(d: np.ndarray, t: np.ndarray) -> float:
     return hi
 
 
+# what the closed form leaves to the simulator (reported with every analysis)
+ASSUMPTIONS = (
+    "mean times only: no variance, no bursts (random times queue more near N*)",
+    "FIFO draft engine; one outstanding task per target",
+    "no contention between co-located instances (except one_for_one, where draft and "
+    "verify share the target's device)",
+    "per-request work (prefill, pauses, the first round's prompt encode) spread over rounds",
+    "one fixed tree per round, drafted one target at a time: batched drafting, adaptive depth, "
+    "pipelined trees and draft memory limits are the simulator's",
+    "several draft servers: target i on server i mod M, none failing (draft.fabric)",
+)
+
+
+def _cycles(scenario: Scenario, d: np.ndarray, z: np.ndarray):
+    """Each target's round cycle, and the draft's utilization, load, saturation point and (one
+    star of identical targets) exact MVA utilization, for the scenario's mode."""
+    n, t_alone = len(d), d + z
+    if scenario.mode == "star":
+        # M-for-N: target i on server i mod M (static pairing; what least-loaded pairing
+        # makes too when targets arrive in order), each server a star of its own
+        servers = scenario.draft.fabric.servers
+        cycle, utils, loads = np.empty(n), [], []
+        for j in range(min(servers, n)):
+            on = np.arange(j, n, servers)
+            lj = float((d[on] / t_alone[on]).sum())
+            cycle[on] = np.maximum(t_alone[on], _draft_cycle(d[on], t_alone[on]) if lj > 1.0 else 0.0)
+            utils.append(min(1.0, float((d[on] / cycle[on]).sum())))
+            loads.append(lj)
+        utils += [0.0] * (servers - len(utils))  # servers without targets idle
+        load = float(max(loads))
+        identical = np.allclose(d, d[0]) and np.allclose(z, z[0])
+        util_mva = float(mva_utilization(n, d.mean(), z.mean())) if identical and servers == 1 else None
+        return cycle, float(np.mean(utils)), load, n / load if load > 0 else math.inf, util_mva
+    if scenario.mode == "one_for_one":
+        util = float((d / t_alone).mean())  # each draft is private: no queueing, but it shares the target's device
+        return t_alone, util, util, math.inf, None
+    return z.copy(), None, 0.0, math.inf, None
+
+
+def _arrival_rate(scenario: Scenario) -> float | None:
+    """An open loop's requests per second (a trace's own, stretched by ``time_scale``); None
+    for a closed loop or a trace too short to have one."""
+    w = scenario.workload
+    if isinstance(w, (Poisson, GammaArrivals)):
+        return w.rate_per_s
+    if not isinstance(w, TraceReplay):
+        return None
+    t = load_azure_trace(w.path)["t"].to_numpy()[w.start_row:]
+    if w.max_rows:
+        t = t[: w.max_rows]
+    span = (t[-1] - t[0]) * w.time_scale if len(t) > 1 else 0.0
+    return (len(t) - 1) / span if span > 0 else None
+
+
 def analyze(scenario: Scenario) -> dict[str, Any]:
     """Closed-form predictions for a scenario, in the same keys as ``summary.json`` where
     they overlap, plus the saturation point and the per-target latencies."""
@@ -218,50 +272,16 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
     m = np.array([p.tokens_per_round for p in per])
     t_alone = d + z
     mode = scenario.mode
-    w = scenario.workload
-    open_loop = isinstance(w, (Poisson, GammaArrivals, TraceReplay))
-
-    if mode == "star":
-        # M-for-N: target i on server i mod M (static pairing; what least-loaded pairing
-        # makes too when targets arrive in order), each server a star of its own
-        servers = scenario.draft.fabric.servers
-        cycle, utils, loads = np.empty(n), [], []
-        for j in range(min(servers, n)):
-            on = np.arange(j, n, servers)
-            lj = float((d[on] / t_alone[on]).sum())
-            cycle[on] = np.maximum(t_alone[on], _draft_cycle(d[on], t_alone[on]) if lj > 1.0 else 0.0)
-            utils.append(min(1.0, float((d[on] / cycle[on]).sum())))
-            loads.append(lj)
-        utils += [0.0] * (servers - len(utils))  # servers without targets idle
-        util = float(np.mean(utils))
-        load = float(max(loads))
-        n_star = n / load if load > 0 else math.inf
-        identical = np.allclose(d, d[0]) and np.allclose(z, z[0])
-        util_mva = float(mva_utilization(n, d.mean(), z.mean())) if identical and servers == 1 else None
-    elif mode == "one_for_one":
-        cycle = t_alone  # each draft is private: no queueing, but it shares the target's device
-        util = float((d / cycle).mean())
-        n_star, load, util_mva = math.inf, util, None
-    else:
-        cycle = z.copy()
-        util, n_star, load, util_mva = None, math.inf, 0.0, None
+    cycle, util, load, n_star, util_mva = _cycles(scenario, d, z)
 
     tasks_per_s = float((1.0 / cycle).sum()) if mode != "autoregressive" else 0.0
     throughput = float((m / cycle).sum())
     offered = None
-    if open_loop and mode != "autoregressive":
+    if mode != "autoregressive":
         # Open loop: the system can do at most the closed-loop rate; it does the offered rate.
-        tokens_per_req = float(np.mean(_lengths(scenario)[1]))
-        if isinstance(w, (Poisson, GammaArrivals)):
-            rate = w.rate_per_s
-        else:  # trace replay: the trace's own rate, stretched by time_scale
-            t = load_azure_trace(w.path)["t"].to_numpy()[w.start_row:]
-            if w.max_rows:
-                t = t[: w.max_rows]
-            span = (t[-1] - t[0]) * w.time_scale if len(t) > 1 else 0.0
-            rate = (len(t) - 1) / span if span > 0 else None
+        rate = _arrival_rate(scenario)
         if rate is not None:
-            offered = rate * tokens_per_req
+            offered = rate * float(np.mean(_lengths(scenario)[1]))
             if offered < throughput:
                 scale = offered / throughput
                 throughput, tasks_per_s = offered, tasks_per_s * scale
@@ -274,11 +294,11 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
         else:
             idle_gap = max(0.0, 1.0 - util) / tasks_per_s
             idle_gap = 0.0 if idle_gap < 1e-12 else idle_gap  # saturated: no rounding residue
-    # TPOT: a decode round takes the cycle minus the per-request work spread over it
+    # TPOT: a decode round takes the cycle minus the per-request work spread over it (weighted
+    # by request rate below: the summary's TPOT is a mean over requests)
     overhead = np.array([p.overhead_s for p in per])
     m_dec = np.array([max(p.decode_tokens_per_round, 1e-12) for p in per])
     tpot = (cycle - overhead) / m_dec
-    # the summary's TPOT is a mean over requests: weight each target by its request rate
     request_rate = np.array([1.0 / (c * p.rounds_per_request) if p.rounds_per_request else 0.0
                              for c, p in zip(cycle, per)])
     per_target = [
@@ -315,14 +335,5 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
         # the system's rate shared out: also right when an open loop's offered load caps it
         "target_tokens_per_s_mean": float(throughput / n) if n and throughput is not None else None,
         "per_target": per_target,
-        "assumptions": [
-            "mean times only: no variance, no bursts (random times queue more near N*)",
-            "FIFO draft engine; one outstanding task per target",
-            "no contention between co-located instances (except one_for_one, where draft and "
-            "verify share the target's device)",
-            "per-request work (prefill, pauses, the first round's prompt encode) spread over rounds",
-            "one fixed tree per round, drafted one target at a time: batched drafting, adaptive depth, "
-            "pipelined trees and draft memory limits are the simulator's",
-            "several draft servers: target i on server i mod M, none failing (draft.fabric)",
-        ],
+        "assumptions": list(ASSUMPTIONS),
     }

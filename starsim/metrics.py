@@ -360,7 +360,8 @@ def _beyond(records: Records, rw: dict[str, np.ndarray], drafts: tuple) -> dict[
 
 
 def summarize(records: Records) -> dict[str, Any]:
-    """The run summary (the keys of ``summary.json``), from the tables alone."""
+    """The run summary (the keys of ``summary.json``), from the tables alone. (About 80 lines:
+    it lists the summary's keys in order, each computed by a function here.)"""
     meta = records.meta
     rounds, requests = records.rounds, records.requests
     t0, t1 = window_bounds(meta)

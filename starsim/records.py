@@ -169,7 +169,8 @@ class RoundWriter:
               t_draft_end: float, t_reply_send: float, t_target_arrive: float, t_verify_start: float,
               t_verify_end: float, context_tokens: int, new_tokens: int, accepted: int, emitted: int,
               bytes_up: int, draft_kv_bytes: int) -> None:
-        """A speculative round (its tree: the last :meth:`tree`)."""
+        """A speculative round (its tree: the last :meth:`tree`). Fifteen parameters: one per
+        column, by keyword (see the class docstring for why not more)."""
         r = self.next_round
         self.next_round = r + 1
         self._put(self._make(self.target, self.request, r, self.draft, t_send, t_draft_arrive, t_enqueue,

@@ -100,3 +100,29 @@ def test_real_imports_neither_the_simulator_nor_calibration():
 def test_closed_form_imports_no_simulator_internals():
     deps = import_graph()["starsim.analytic"]
     assert not [d for d in deps if d.startswith("starsim.sim")], deps
+
+
+MAX_LINES, MAX_PARAMS = 85, 10  # "about 80 lines", "10 parameters"
+
+
+def _functions():
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs) if p.arg not in ("self", "cls")]
+                yield f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name}", node, len(params)
+
+
+def test_long_functions_and_many_parameters_say_why():
+    """A function over about 80 lines says why in its docstring (its "lines"), and one with over
+    10 parameters too (its "parameters")."""
+    unexplained = []
+    for where, node, params in _functions():
+        doc = (ast.get_docstring(node) or "").lower()
+        lines = node.end_lineno - node.lineno + 1
+        if lines > MAX_LINES and "lines" not in doc:
+            unexplained.append(f"{where}: {lines} lines")
+        if params > MAX_PARAMS and "parameters" not in doc:
+            unexplained.append(f"{where}: {params} parameters")
+    assert not unexplained, unexplained

@@ -101,6 +101,7 @@ def measure_stack(rounds: int = 2000, warmup: int = 200, tree_tokens: int = 16, 
                   new_tokens: int = 3, context: int = 128, vocab_size: int = 4096, passes: int = 3,
                   draft_busy_s: float = 0.005, target_busy_s: float = 0.008) -> dict:
     """Per round of the real stack on this host: each side's CPU time and the wall time.
+    (Ten parameters: each is one knob of the benchmark, every one a CLI flag with a default.)
 
     Between its messages each side does ``*_busy_s`` of memory-sweeping work in place of
     the draft and the verify (its CPU time is taken out of that side's): messaging code

@@ -32,6 +32,7 @@ import multiprocessing as mp
 import queue
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..draft_state import pipeline_totals
@@ -88,13 +89,9 @@ def _open_loop(scenario: Scenario, horizon: float) -> tuple[list[float], list[tu
     return times, lengths, False
 
 
-def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, address: str | None, threads: int,
-                 prompts, repeat: bool, budget, issued, horizon: float, ready, go, clock0, timeout_s: float,
-                 results, link=None, seed: int = 0, temperature: float = 0.0, arrivals: list[float] | None = None,
-                 own_draft: dict | None = None, qos: dict | None = None, pause=None,
-                 fabric: dict | None = None, adaptive: tuple | None = None, taken=None) -> None:
-    """One target process: load the model and connect, wait for the common start, then take
-    requests until the budget ends or ``horizon`` seconds have passed.
+@dataclass
+class TargetJob:
+    """What one target process runs (it crosses the spawn as the process's argument).
 
     ``arrivals``: an open loop (request i arrives at ``arrivals[i]`` with ``prompts[i]``);
     None: the closed loop over ``prompts``. ``own_draft``: one_for_one, this target's draft
@@ -102,124 +99,228 @@ def _target_main(index: int, src: dict, device: str, dtype: str, unit: str, addr
     target's ``weight`` and ``tpot_slo_s``, told to the draft server for its policy.
     ``pause``: a closed loop's think time between this target's requests (a timing spec),
     drawn from the simulator's own stream, so both pause alike for one seed. ``fabric``: several
-    draft servers (``addresses``), the shared load board (``loads``, ``alive``; one lock), the
-    ``pairing`` name and ``repair_queue``: the target pairs with one server at a time.
+    draft servers (``addresses``), the shared load board (``loads``, ``alive``, ``seats``; one
+    lock), the ``pairing`` name and ``repair_queue``: the target pairs with one server at a time.
     ``adaptive``: the scenario's ``draft`` and this target's group, for its adaptive-speculation
-    controller (the simulator's, costing rounds with the same models). ``taken``: a shared row
-    per target, ``(request id, prompt tokens, output tokens, arrival)`` of the request in
-    progress (id -1: none), so that a killed target's request is still in the requests table."""
+    controller (the simulator's, costing rounds with the same models)."""
+
+    index: int
+    src: dict
+    device: str
+    dtype: str
+    unit: str
+    address: str | None
+    threads: int
+    prompts: list
+    repeat: bool
+    budget: int | None
+    horizon: float
+    timeout_s: float
+    link: Any = None
+    seed: int = 0
+    temperature: float = 0.0
+    arrivals: list[float] | None = None
+    own_draft: dict | None = None
+    qos: dict = field(default_factory=dict)
+    pause: Any = None
+    fabric: dict | None = None
+    adaptive: tuple | None = None
+
+
+class InProgress:
+    """Each target's request in progress, in shared memory (request id -1: none), so that the
+    request of a target process that was killed is still in the requests table."""
+
+    FIELDS = ("request", "prompt_tokens", "output_tokens", "t_arrival")
+
+    def __init__(self, ctx, n_targets: int):
+        self.array = ctx.Array("d", [-1.0, 0.0, 0.0, 0.0] * n_targets)
+
+    def take(self, index: int, req: RequestRow) -> None:
+        w = len(self.FIELDS)
+        self.array[w * index: w * index + w] = [getattr(req, f) for f in self.FIELDS]
+
+    def clear(self, index: int) -> None:
+        self.array[len(self.FIELDS) * index] = -1
+
+    def lost(self, index: int) -> RequestRow | None:
+        """The request target ``index`` had taken, unfinished (None: none)."""
+        w = len(self.FIELDS)
+        got = dict(zip(self.FIELDS, self.array[w * index: w * index + w]))
+        if got["request"] < 0:
+            return None
+        return RequestRow(request=int(got["request"]), target=index, prompt_tokens=int(got["prompt_tokens"]),
+                          output_tokens=int(got["output_tokens"]), t_arrival=got["t_arrival"])
+
+
+@dataclass
+class RunShared:
+    """The run's state shared with every target process: the request budget's counter
+    (``issued``), the start barrier (``ready``, ``go``, ``clock0``), the results queue and the
+    requests in progress."""
+
+    issued: Any
+    ready: Any
+    go: Any
+    clock0: Any
+    results: Any
+    taken: InProgress
+
+
+def target_result(index: int, *, error: str | None, tag: int | None = None, tags=(), repairs: int = 0,
+                  rounds=(), requests=(), intervals=(), fallback_at: float | None = None, outputs=(),
+                  draft_intervals=(), rejected=()) -> dict[str, Any]:
+    """What a target process reports (or the run reports for one that died): its rows, its
+    connections' ``(server, tag)`` and re-pairings, its error and fallback time, its outputs, and
+    in one_for_one its own draft's intervals and rejected connections. (Twelve parameters: one
+    per field of the report, by keyword, so that the report is spelled out in one place.)"""
+    return {"index": index, "error": error, "tag": tag, "tags": list(tags), "repairs": repairs,
+            "rounds": list(rounds), "requests": list(requests), "intervals": list(intervals),
+            "fallback_at": fallback_at, "outputs": list(outputs), "draft_intervals": list(draft_intervals),
+            "rejected": list(rejected)}
+
+
+@dataclass
+class _Process:
+    """A target process's pieces, as it builds them."""
+
+    model: Any = None
+    server: Any = None  # one_for_one: its own draft server
+    client: Any = None
+    seat: Any = None  # a fabric's client
+    tag: int | None = None
+    worker: Any = None
+    error: str | None = None
+
+
+def _target_main(job: TargetJob, shared: RunShared) -> None:
+    """One target process: load the model and connect, wait for the common start, then take
+    requests until the budget ends or ``horizon`` seconds have passed; report its rows."""
     import torch
 
-    from .models import eos_ids, load_model
+    torch.set_num_threads(job.threads)
+    p = _Process()
+    try:
+        _connect(job, p)
+    except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
+        p.error = f"{type(e).__name__}: {e}"
+    shared.ready.put(job.index)
+    shared.go.wait()  # every process loaded and connected: the clock starts now for all
+    try:
+        if p.error is not None:
+            raise RuntimeError(p.error)
+        _take_requests(job, shared, p)
+    except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
+        p.error = p.error or f"{type(e).__name__}: {e}"
+        if p.seat is not None:
+            p.seat.close()  # its place on the load board is given back
+    shared.results.put(_report(job, p, shared.clock0.value))
+
+
+def _connect(job: TargetJob, p: _Process) -> None:
+    """Load the target (and in one_for_one its own draft server) and connect to the draft."""
+    from .models import load_model
     from .server import DraftClient, DraftServer
     from .speculation import Drafter
-    from .worker import FabricClient, TargetWorker
+    from .worker import FabricClient
 
-    torch.set_num_threads(threads)
-    error, worker, tag, client, model, server, seat = None, None, None, None, None, None, None
-    try:
-        model = load_model(src, "target", device, dtype)
-        if own_draft is not None:
-            # one_for_one: the draft lives with its target (the simulator puts it on the target's
-            # unit), so it shares this process's device and threads, never another target's; the
-            # target waits for each tree, so the two never compute at once.
-            draft = load_model(own_draft["src"], "draft", device, own_draft["dtype"])
-            server = DraftServer(Drafter(draft, *own_draft["tree"]), policy=own_draft["policy"],
-                                 timeout_s=timeout_s).start()
-            address = server.address
-        delays = {}
-        if link is not None:  # the simulator's link model, one random stream per direction
-            from ..placement import link_time
+    p.model = load_model(job.src, "target", job.device, job.dtype)
+    address = job.address
+    if job.own_draft is not None:
+        # one_for_one: the draft lives with its target (the simulator puts it on the target's
+        # unit), so it shares this process's device and threads, never another target's; the
+        # target waits for each tree, so the two never compute at once.
+        own = job.own_draft
+        draft = load_model(own["src"], "draft", job.device, own["dtype"])
+        p.server = DraftServer(Drafter(draft, *own["tree"]), policy=own["policy"], timeout_s=job.timeout_s).start()
+        address = p.server.address
+    delays = {}
+    if job.link is not None:  # the simulator's link model, one random stream per direction
+        from ..placement import link_time
 
-            delays = {"delay_up": link_time(link.up, rng_for(seed, Stream.LINK_UP, index)),
-                      "delay_down": link_time(link.down, rng_for(seed, Stream.LINK_DOWN, index))}
-        qos = qos or {}
-        info = {"index": index, **qos}
-        if fabric is not None:  # a connection to every server now, the pairing at each request's start
-            from ..pairing import make_pairing
+        delays = {"delay_up": link_time(job.link.up, rng_for(job.seed, Stream.LINK_UP, job.index)),
+                  "delay_down": link_time(job.link.down, rng_for(job.seed, Stream.LINK_DOWN, job.index))}
+    info = {"index": job.index, **job.qos}
+    fab = job.fabric
+    if fab is not None:  # a connection to every server now, the pairing at each request's start
+        from ..pairing import make_pairing
 
-            pairing = make_pairing(fabric["pairing"], len(fabric["addresses"]), rng_for(seed, Stream.PAIRING, index),
-                                   loads=fabric["loads"], alive=fabric["alive"])
-            seat = FabricClient(index, fabric["addresses"], pairing, fabric["loads"].get_lock(),
-                                lambda a: DraftClient(a, timeout_s=timeout_s, info=info, **delays),
-                                repair_queue=fabric["repair_queue"], seats=fabric["seats"])
-            seat.connect_all()
+        pairing = make_pairing(fab["pairing"], len(fab["addresses"]), rng_for(job.seed, Stream.PAIRING, job.index),
+                               loads=fab["loads"], alive=fab["alive"])
+        p.seat = FabricClient(job.index, fab["addresses"], pairing, fab["loads"].get_lock(),
+                              lambda a: DraftClient(a, timeout_s=job.timeout_s, info=info, **delays),
+                              repair_queue=fab["repair_queue"], seats=fab["seats"])
+        p.seat.connect_all()
+    elif address:
+        p.client = DraftClient(address, timeout_s=job.timeout_s, info=info, **delays)
+        p.tag = p.client.tag
+
+
+def _take_requests(job: TargetJob, shared: RunShared, p: _Process) -> None:
+    """The target's requests, from the common start until the budget or the horizon ends."""
+    from .models import eos_ids
+    from .worker import TargetWorker
+
+    t0 = shared.clock0.value
+    deadline = t0 + job.horizon
+    for at in job.own_draft["stop_at"] if p.server is not None else ():  # stop_draft drills: this target's own
+        timer = threading.Timer(max(0.0, t0 + at - time.monotonic()), p.server.close)
+        timer.daemon = True  # one not yet due is dropped when the process ends
+        timer.start()
+    controller = None
+    if job.adaptive is not None:
+        from ..adaptive import controller_for
+
+        controller = controller_for(*job.adaptive)
+    p.worker = worker = TargetWorker(
+        job.index, p.model, p.client, t0, device=job.unit, eos=eos_ids(p.model, job.src),
+        temperature=job.temperature, seed=job.seed, tpot_slo_s=job.qos.get("tpot_slo_s"), fabric=p.seat,
+        controller=controller, draft_index=job.index if p.server is not None else 0)
+    arrivals, prompts = job.arrivals, job.prompts
+    served, limit = 0, job.budget if arrivals is None else len(arrivals)  # arrivals: within the budget
+    think = job.pause.sampler(rng_for(job.seed, Stream.PAUSE, job.index)) if job.pause is not None else None
+    while time.monotonic() < deadline and (arrivals is not None or job.repeat or served < len(prompts)):
+        with shared.issued.get_lock():
+            if limit is not None and shared.issued.value >= limit:
+                break
+            rid = shared.issued.value
+            shared.issued.value += 1
+        if arrivals is None:
+            prompt, output = prompts[served % len(prompts)]
+            if served and think is not None:  # as the simulator: the request is taken, then the pause
+                time.sleep(think(0.0, 0.0, 0.0))
+            t_arrival = time.monotonic() - t0
         else:
-            client = DraftClient(address, timeout_s=timeout_s, info=info, **delays) if address else None
-            tag = client.tag if client else None
-    except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
-        error = f"{type(e).__name__}: {e}"
-    ready.put(index)
-    go.wait()  # every process loaded and connected: the clock starts now for all
-    try:
-        if error is not None:
-            raise RuntimeError(error)
-        t0 = clock0.value
-        deadline = t0 + horizon
-        for at in own_draft["stop_at"] if server is not None else ():  # stop_draft drills: this target's own
-            timer = threading.Timer(max(0.0, t0 + at - time.monotonic()), server.close)
-            timer.daemon = True  # one not yet due is dropped when the process ends
-            timer.start()
-        controller = None
-        if adaptive is not None:
-            from ..adaptive import controller_for
+            # Open loop: whoever asks first gets the next request and waits for it to arrive, as
+            # the simulator's longest-idle target does; one that arrived while all were busy
+            # queued meanwhile (its TTFT counts from arrival).
+            prompt, output = prompts[rid]
+            t_arrival = arrivals[rid]
+            time.sleep(max(0.0, t0 + t_arrival - time.monotonic()))
+        shared.taken.take(job.index, RequestRow(request=rid, target=job.index, prompt_tokens=len(prompt),
+                                                output_tokens=output, t_arrival=t_arrival))
+        worker.run_request(rid, prompt, output, t_arrival=t_arrival)
+        shared.taken.clear(job.index)
+        served += 1
+    worker.close()
 
-            controller = controller_for(*adaptive)
-        worker = TargetWorker(index, model, client, t0, device=unit, eos=eos_ids(model, src),
-                              temperature=temperature, seed=seed, tpot_slo_s=qos.get("tpot_slo_s"), fabric=seat,
-                              controller=controller, draft_index=index if server is not None else 0)
-        served, limit = 0, budget if arrivals is None else len(arrivals)  # arrivals: within the budget
-        think = None
-        if pause is not None:
 
-            think = pause.sampler(rng_for(seed, Stream.PAUSE, index))
-        while time.monotonic() < deadline and (arrivals is not None or repeat or served < len(prompts)):
-            with issued.get_lock():
-                if limit is not None and issued.value >= limit:
-                    break
-                rid = issued.value
-                issued.value += 1
-            if arrivals is None:
-                prompt, output = prompts[served % len(prompts)]
-                if served and think is not None:  # as the simulator: the request is taken, then the pause
-                    time.sleep(think(0.0, 0.0, 0.0))
-                t_arrival = time.monotonic() - t0
-            else:
-                # Open loop: whoever asks first gets the next request and waits for it to arrive, as
-                # the simulator's longest-idle target does; one that arrived while all were busy
-                # queued meanwhile (its TTFT counts from arrival).
-                prompt, output = prompts[rid]
-                t_arrival = arrivals[rid]
-                time.sleep(max(0.0, t0 + t_arrival - time.monotonic()))
-            if taken is not None:
-                taken[4 * index: 4 * index + 4] = [rid, len(prompt), output, t_arrival]
-            worker.run_request(rid, prompt, output, t_arrival=t_arrival)
-            if taken is not None:
-                taken[4 * index] = -1
-            served += 1
-        worker.close()
-    except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
-        error = error or f"{type(e).__name__}: {e}"
-        if seat is not None:
-            seat.close()  # its place on the load board is given back
+def _report(job: TargetJob, p: _Process, clock0: float) -> dict[str, Any]:
     draft_rows, rejected = [], []
-    if server is not None:
-        server.close()
-        draft_rows = [interval_row(engine=f"draft-{index}", device=unit, kind="draft", target=index,
-                                   start=b.start - clock0.value, end=b.end - clock0.value) for b in server.intervals]
-        rejected = list(server.rejected)
-    rounds = worker.rounds if worker else []
-    results.put({
-        "index": index, "tag": tag, "error": error,
+    if p.server is not None:
+        p.server.close()
+        draft_rows = [interval_row(engine=f"draft-{job.index}", device=job.unit, kind="draft", target=job.index,
+                                   start=b.start - clock0, end=b.end - clock0) for b in p.server.intervals]
+        rejected = p.server.rejected
+    w = p.worker
+    return target_result(
+        job.index, error=p.error, tag=p.tag,
         # (server, tag) of each connection to the star's draft servers, and the moves between them
-        "tags": seat.tags if seat is not None else [(0, tag)] if tag is not None and server is None else [],
-        "repairs": seat.repairs if seat is not None else 0,
-        "rounds": rounds, "requests": worker.requests if worker else [],
-        "intervals": worker.intervals if worker else [],
-        "fallback_at": worker.fallback_at if worker else None,
-        "outputs": worker.outputs if worker else [],
-        "draft_intervals": draft_rows, "rejected": rejected,
-    })
+        tags=p.seat.tags if p.seat is not None else [(0, p.tag)] if p.tag is not None and p.server is None else [],
+        repairs=p.seat.repairs if p.seat is not None else 0,
+        rounds=w.rounds if w else (), requests=w.requests if w else (), intervals=w.intervals if w else (),
+        fallback_at=w.fallback_at if w else None, outputs=w.outputs if w else (),
+        draft_intervals=draft_rows, rejected=rejected)
 
 
 def execute(scenario: Scenario) -> Result:
@@ -233,24 +334,37 @@ def execute(scenario: Scenario) -> Result:
         torch.set_num_threads(threads)  # the draft server's setting is this run's, not the caller's
 
 
-def _execute(scenario: Scenario) -> Result:
-    import torch
+@dataclass
+class _Plan:
+    """One real run's layout, from its scenario: units, devices, sources, requests."""
 
+    scenario: Scenario
+    instances: list
+    star: bool
+    own: bool
+    draft_units: list[str]
+    target_units: list[str]
+    target_dev: list[str]
+    draft_dev: list[tuple[str, str]]
+    target_src: dict
+    draft_src: dict | None
+    use_fabric: bool
+    many: bool  # several draft servers: engines are named by server, as the simulator names them
+    horizon: float
+    arrivals: list[float] | None
+    prompts: list
+    cut: bool  # the horizon cut the open loop's arrivals short
+
+
+def _plan(scenario: Scenario) -> _Plan:
     from ..placement import place
-    from .server import DraftServer
-    from .speculation import Drafter
-    from .worker import assemble_records
 
     _check(scenario)
     r = scenario.real
-    wall0 = time.perf_counter()
-    instances = scenario.target_instances()
     star, own = scenario.mode == "star", scenario.mode == "one_for_one"
     draft_units, target_units = place(scenario)
-    draft_unit = draft_units[0] if draft_units else ""
     fab = scenario.draft.fabric
-    many = star and len(draft_units) > 1  # the engines are named by server then, as the simulator names them
-    use_fabric = star and (many or bool(fab.failures))
+    many = star and len(draft_units) > 1
     target_src = role_source(r, "target")
     target_dev = [torch_device(scenario, u) for u in target_units]
     draft_dev = [(u, torch_device(scenario, u)) for u in draft_units] if star else []  # one_for_one: the targets'
@@ -261,175 +375,234 @@ def _execute(scenario: Scenario) -> Result:
     if not isinstance(scenario.workload, ClosedLoop):
         arrivals, lengths, cut = _open_loop(scenario, horizon)
     prompts = build_prompts(scenario, tokenizer_encode(r), source_vocab(target_src, "target"), lengths)
-    tree = scenario.draft.tree
+    return _Plan(scenario, scenario.target_instances(), star, own, draft_units, target_units, target_dev, draft_dev,
+                 target_src, role_source(r, "draft") if star or own else None, star and (many or bool(fab.failures)),
+                 many, horizon, arrivals, prompts, cut)
+
+
+def _start_servers(plan: _Plan) -> list:
+    """Star: one DraftServer per draft unit, each with its own copy of the draft."""
+    from .server import DraftServer
+    from .speculation import Drafter
+
+    sc, r, servers = plan.scenario, plan.scenario.real, []
+    d, tree = sc.draft, sc.draft.tree
+    try:
+        for unit in plan.draft_units if plan.star else ():
+            dev = torch_device(sc, unit)
+            draft = load_model(plan.draft_src, "draft", dev, resolve_dtype(r, plan.draft_src, dev))
+            servers.append(DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens), policy=d.policy,
+                                       timeout_s=r.timeout_s, batch_max=d.batch.max, batch_window_s=d.batch.window_s,
+                                       memory_bytes=d.memory_bytes, pipeline=d.pipeline).start())
+    except BaseException:
+        for srv in servers:
+            srv.close()
+        raise
+    return servers
+
+
+def _fabric_board(ctx, plan: _Plan, servers: list) -> dict | None:
+    """The fabric's load board in shared memory: targets paired with each server, whether it
+    still serves, and each target's server (-1: none); one lock."""
+    if not plan.use_fabric:
+        return None
+    fab = plan.scenario.draft.fabric
+    loads = ctx.Array("i", len(servers))
+    alive = ctx.Array("b", [1] * len(servers), lock=loads.get_lock())
+    seats = ctx.Array("i", [-1] * len(plan.instances), lock=loads.get_lock())
+    return {"addresses": [srv.address for srv in servers], "loads": loads, "alive": alive, "seats": seats,
+            "pairing": fab.pairing, "repair_queue": fab.repair_queue}
+
+
+def _jobs(plan: _Plan, servers: list, fabric: dict | None) -> list[TargetJob]:
+    sc, r = plan.scenario, plan.scenario.real
+    tree = sc.draft.tree
+    stop_at = [f.at_s for f in r.faults if f.kind == "stop_draft"]
+    address = servers[0].address if servers and not plan.use_fabric else None
+    jobs = []
+    for i, _name, group in plan.instances:
+        dev = plan.target_dev[i]
+        own_draft = {"src": plan.draft_src, "dtype": resolve_dtype(r, plan.draft_src, dev),
+                     "tree": (tree.top_k, tree.depth, tree.tokens), "policy": sc.draft.policy,
+                     "stop_at": stop_at} if plan.own else None
+        jobs.append(TargetJob(
+            index=i, src=plan.target_src, device=dev, dtype=resolve_dtype(r, plan.target_src, dev),
+            unit=plan.target_units[i], address=address, threads=r.threads, prompts=plan.prompts,
+            repeat=getattr(sc.workload, "repeat", False), budget=sc.max_requests, horizon=plan.horizon,
+            timeout_s=r.timeout_s,
+            # one_for_one has no wire in the simulator: its loopback gets no emulated link
+            link=group.link if r.emulate_link and plan.star else None, seed=sc.seed, temperature=r.temperature,
+            arrivals=plan.arrivals, own_draft=own_draft, qos={"weight": group.weight, "tpot_slo_s": group.tpot_slo_s},
+            pause=getattr(sc.workload, "pause", None), fabric=fabric,
+            adaptive=(sc.draft, group) if plan.star and sc.draft.adaptive.policy != "fixed" else None))
+    return jobs
+
+
+def _execute(scenario: Scenario) -> Result:
+    """Plan the run, start the draft servers and the target processes, collect their rows, and
+    summarize them as a simulation is summarized."""
+    import torch
+
+    from ..models.reference import reference_speed
+
+    wall0 = time.perf_counter()
+    plan = _plan(scenario)
+    r = scenario.real
     ctx = mp.get_context("spawn")
     # Rows come back through a multiprocessing queue: pickles between this run's own
     # processes, never input from the network (that is the protocol's job).
-    results = ctx.Queue()
-    issued = ctx.Value("i", 0)
-    taken = ctx.Array("d", [-1.0, 0.0, 0.0, 0.0] * len(instances))  # see _target_main
-    servers: list = []  # star: one DraftServer per draft unit, each with its own copy of the draft
+    shared = RunShared(issued=ctx.Value("i", 0), ready=ctx.Queue(), go=ctx.Event(), clock0=ctx.Value("d", 0.0),
+                       results=ctx.Queue(), taken=InProgress(ctx, len(plan.instances)))
     torch.set_num_threads(r.threads)
-    draft_src = role_source(r, "draft") if star or own else None
-    try:
-        for unit in draft_units if star else ():
-            dev = torch_device(scenario, unit)
-            draft = load_model(draft_src, "draft", dev, resolve_dtype(r, draft_src, dev))
-            servers.append(DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens),
-                                       policy=scenario.draft.policy, timeout_s=r.timeout_s,
-                                       batch_max=scenario.draft.batch.max,
-                                       batch_window_s=scenario.draft.batch.window_s,
-                                       memory_bytes=scenario.draft.memory_bytes,
-                                       pipeline=scenario.draft.pipeline).start())
-    except BaseException:
-        for s in servers:
-            s.close()
-        raise
-    server = servers[0] if servers else None
-    board, fabric = None, None
-    if use_fabric:
-        # the load board: targets paired with each server, and whether it still serves; one lock
-        loads = ctx.Array("i", len(servers))
-        alive = ctx.Array("b", [1] * len(servers), lock=loads.get_lock())
-        board = (loads, alive)
-        seats = ctx.Array("i", [-1] * len(instances), lock=loads.get_lock())  # target -> its server (-1: none)
-        fabric = {"addresses": [s.address for s in servers], "loads": loads, "alive": alive, "seats": seats,
-                  "pairing": fab.pairing, "repair_queue": fab.repair_queue}
-    ready, go = ctx.Queue(), ctx.Event()
-    shared_clock0 = ctx.Value("d", 0.0)
+    servers = _start_servers(plan)
+    fabric = _fabric_board(ctx, plan, servers)
     procs = []
     try:
-        stop_at = [f.at_s for f in r.faults if f.kind == "stop_draft"]
-        for i, _name, group in instances:
-            own_draft = {"src": draft_src, "dtype": resolve_dtype(r, draft_src, target_dev[i]),
-                         "tree": (tree.top_k, tree.depth, tree.tokens), "policy": scenario.draft.policy,
-                         "stop_at": stop_at} if own else None
-            p = ctx.Process(target=_target_main, name=f"starsim-target-{i}", args=(
-                i, target_src, target_dev[i], resolve_dtype(r, target_src, target_dev[i]), target_units[i],
-                server.address if server and not use_fabric else None, r.threads, prompts,
-                getattr(scenario.workload, "repeat", False),
-                scenario.max_requests, issued, horizon, ready, go, shared_clock0, r.timeout_s, results,
-                # one_for_one has no wire in the simulator: its loopback gets no emulated link
-                group.link if r.emulate_link and star else None, scenario.seed, r.temperature, arrivals, own_draft,
-                {"weight": group.weight, "tpot_slo_s": group.tpot_slo_s},
-                getattr(scenario.workload, "pause", None), fabric,
-                (scenario.draft, group) if star and scenario.draft.adaptive.policy != "fixed" else None, taken))
+        for job in _jobs(plan, servers, fabric):
+            p = ctx.Process(target=_target_main, name=f"starsim-target-{job.index}", args=(job, shared))
             p.start()
             procs.append(p)
-        # The run's clock starts when every target has loaded its model and connected, so
-        # start-up is not counted as idle draft time.
-        waiting, give_up = set(range(len(procs))), time.monotonic() + r.max_wall_s
-        while waiting and time.monotonic() < give_up:
-            try:
-                waiting.discard(ready.get(timeout=0.5))
-            except queue.Empty:
-                waiting -= {i for i in waiting if procs[i].exitcode is not None}  # died while loading
+        _wait_ready(shared, procs, r.max_wall_s)
         # The machine's speed on the calibration's reference kernel, before and after the run:
         # shared machines drift, and `starsim validate` sets it beside the profiles' own.
-        from ..models.reference import REFERENCE, reference_speed
-
-        ref_device = torch_device(scenario, draft_unit) if star else target_dev[0]
-        speed_before = reference_speed(r.threads, ref_device)
-        clock0 = shared_clock0.value = time.monotonic()
-        go.set()
-        drills = _start_faults(r.faults, servers, procs, clock0, fab.failures if star else [], board)
-        got: dict[int, dict[str, Any]] = {}
-        end_by = clock0 + r.max_wall_s + 60  # a worker finishes its request in progress after the deadline
-        while len(got) < len(procs) and time.monotonic() < end_by:
-            try:
-                item = results.get(timeout=0.5)
-                got[item["index"]] = item
-            except queue.Empty:
-                for i, p in enumerate(procs):  # killed before it reported: its rows are lost, the run goes on
-                    if i not in got and p.exitcode not in (None, 0):
-                        if fabric is not None:  # its load on the board goes with it
-                            with fabric["loads"].get_lock():
-                                j, fabric["seats"][i] = fabric["seats"][i], -1
-                                if j >= 0:
-                                    fabric["loads"][j] -= 1
-                        # conservation: the request it had taken is in the table, unfinished
-                        rid, prompt_len, output, arrival = taken[4 * i: 4 * i + 4]
-                        lost = [RequestRow(request=int(rid), target=i, prompt_tokens=int(prompt_len),
-                                           output_tokens=int(output), t_arrival=arrival).row()] if rid >= 0 else []
-                        got[i] = {"index": i, "tag": None, "tags": [], "repairs": 0,
-                                  "error": f"process ended with exit code {p.exitcode}",
-                                  "rounds": [], "requests": lost, "intervals": [], "fallback_at": None, "outputs": [],
-                                  "draft_intervals": [], "rejected": []}
+        ref_device = torch_device(scenario, plan.draft_units[0]) if plan.star else plan.target_dev[0]
+        speeds = {"before": reference_speed(r.threads, ref_device)}
+        clock0 = shared.clock0.value = time.monotonic()
+        shared.go.set()
+        board = (fabric["loads"], fabric["alive"]) if fabric is not None else None
+        drills = _start_faults(r.faults, servers, procs, clock0,
+                               scenario.draft.fabric.failures if plan.star else [], board)
+        got = _collect(shared, procs, fabric, clock0 + r.max_wall_s + 60)
         for p in procs:
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
         t_elapsed = time.monotonic() - clock0
-        speed_after = reference_speed(r.threads, ref_device)
+        speeds["after"] = reference_speed(r.threads, ref_device)
         drills.set()  # drills not yet due are dropped
-        for s in servers:
-            s.close()
+        for srv in servers:
+            srv.close()
     except BaseException:  # Ctrl-C or a failure here: no target left waiting, no port left open
-        go.set()
+        shared.go.set()
         for p in procs:
             if p.is_alive():
                 p.kill()
-        for s in servers:
-            s.close()
+        for srv in servers:
+            srv.close()
         raise
+    records = _records(plan, servers, got, clock0, t_elapsed, shared.issued.value)
+    summary = summarize(records)
+    summary["provenance"] = _provenance(plan, servers, got, speeds, ref_device, len(procs),
+                                        wall_time_s=time.perf_counter() - wall0)
+    outputs = sorted((o for i in sorted(got) for o in got[i]["outputs"]), key=lambda o: o["request"])
+    return Result(scenario=scenario, records=records, summary=summary, outputs=outputs)
 
-    # each server's tags -> targets; its busy intervals as engine "draft" (one server) or "draft-J"
+
+def _wait_ready(shared: RunShared, procs: list, max_wall_s: float) -> None:
+    """The run's clock starts when every target has loaded its model and connected, so
+    start-up is not counted as idle draft time."""
+    waiting, give_up = set(range(len(procs))), time.monotonic() + max_wall_s
+    while waiting and time.monotonic() < give_up:
+        try:
+            waiting.discard(shared.ready.get(timeout=0.5))
+        except queue.Empty:
+            waiting -= {i for i in waiting if procs[i].exitcode is not None}  # died while loading
+
+
+def _collect(shared: RunShared, procs: list, fabric: dict | None, end_by: float) -> dict[int, dict[str, Any]]:
+    """Every target's report; for one killed before it reported, its load leaves the board and
+    its request in progress is reported unfinished (a worker finishes its request in progress
+    after the deadline, hence ``end_by`` past it)."""
+    got: dict[int, dict[str, Any]] = {}
+    while len(got) < len(procs) and time.monotonic() < end_by:
+        try:
+            item = shared.results.get(timeout=0.5)
+            got[item["index"]] = item
+        except queue.Empty:
+            for i, p in enumerate(procs):  # killed before it reported: its rows are lost, the run goes on
+                if i not in got and p.exitcode not in (None, 0):
+                    if fabric is not None:
+                        with fabric["loads"].get_lock():
+                            j, fabric["seats"][i] = fabric["seats"][i], -1
+                            if j >= 0:
+                                fabric["loads"][j] -= 1
+                    lost = shared.taken.lost(i)
+                    got[i] = target_result(i, error=f"process ended with exit code {p.exitcode}",
+                                           requests=[lost.row()] if lost is not None else [])
+    return got
+
+
+def _records(plan: _Plan, servers: list, got: dict, clock0: float, t_elapsed: float, issued: int):
+    """The run's tables: the targets' rows, the draft servers' busy and evict intervals (engine
+    "draft", or "draft-J" with several servers), and open-loop requests still queued."""
+    from .worker import assemble_records
+
+    sc = plan.scenario
+    # each server's tags -> targets
     tag_to_target: list[dict[int, int]] = [{} for _ in servers]
     for i, item in got.items():
         for j, tag in item["tags"]:
             tag_to_target[j][tag] = i
-    engines = [f"draft-{j}" if many else "draft" for j in range(len(servers))]
-    draft_rows = [interval_row(engine=engines[j], device=draft_units[j], kind="draft",
+    engines = [f"draft-{j}" if plan.many else "draft" for j in range(len(servers))]
+    draft_rows = [interval_row(engine=engines[j], device=plan.draft_units[j], kind="draft",
                                target=tag_to_target[j].get(b.tag, -1), start=b.start - clock0, end=b.end - clock0)
                   for j, srv in enumerate(servers) for b in srv.intervals]
     # tags evicted for draft memory: instant "evict" intervals, as the simulator records them
-    draft_rows += [interval_row(engine=engines[j], device=draft_units[j], kind="evict",
+    draft_rows += [interval_row(engine=engines[j], device=plan.draft_units[j], kind="evict",
                                 target=tag_to_target[j].get(ev.tag, -1), start=ev.at - clock0, end=ev.at - clock0)
                    for j, srv in enumerate(servers) for ev in srv.evictions]
     draft_rows += [row for i in sorted(got) for row in got[i]["draft_intervals"]]
     parts = [got[i] for i in sorted(got)]
+    arrivals, prompts = plan.arrivals, plan.prompts
     if arrivals is not None:
         # Conservation, as in the simulator: a request that arrived but no target took before the
         # end is in the table, queued (target -1, never started).
         queued = [RequestRow(request=rid, target=-1, prompt_tokens=len(prompts[rid][0]), output_tokens=prompts[rid][1],
                              t_arrival=arrivals[rid]).row()
-                  for rid in range(issued.value, len(arrivals)) if arrivals[rid] <= t_elapsed]
+                  for rid in range(issued, len(arrivals)) if arrivals[rid] <= t_elapsed]
         parts.append({"rounds": [], "requests": queued, "intervals": []})
     meta = run_meta(
-        scenario, source="real", t_end=t_elapsed,
-        draft_engines=engines if star else [f"draft-{i}" for i, _, _ in instances] if own else [],
-        targets=[(i, name, g, target_units[i]) for i, name, g in instances],
-        draft_device=draft_unit if star else None, draft_devices=draft_units,
+        sc, source="real", t_end=t_elapsed,
+        draft_engines=engines if plan.star else [f"draft-{i}" for i, _, _ in plan.instances] if plan.own else [],
+        targets=[(i, name, g, plan.target_units[i]) for i, name, g in plan.instances],
+        draft_device=plan.draft_units[0] if plan.star else None, draft_devices=plan.draft_units,
         # pipelining and re-pairings (a failure or saturation), as the simulator counts them
-        pipeline=pipeline_totals([s.pipeline_stats for s in servers]) if star and scenario.draft.pipeline else None,
-        fabric_repairs=sum(item.get("repairs", 0) for item in got.values()) if use_fabric else None,
+        pipeline=pipeline_totals([srv.pipeline_stats for srv in servers])
+        if plan.star and sc.draft.pipeline else None,
+        fabric_repairs=sum(item.get("repairs", 0) for item in got.values()) if plan.use_fabric else None,
     )
     records = assemble_records(parts, meta, draft_rows)
-    if cut:  # arrivals would have gone on: the run lasts to its horizon, as a simulation does to duration_s
-        records.meta["t_end"] = max(records.meta["t_end"], horizon)
-    summary = summarize(records)
-    summary["provenance"] = provenance(
-        scenario, "real",
+    if plan.cut:  # arrivals would have gone on: the run lasts to its horizon, as a simulation does to duration_s
+        records.meta["t_end"] = max(records.meta["t_end"], plan.horizon)
+    return records
+
+
+def _provenance(plan: _Plan, servers: list, got: dict, speeds: dict, ref_device: str, n_procs: int,
+                wall_time_s: float) -> dict[str, Any]:
+    import torch
+
+    from ..models.reference import REFERENCE
+
+    r, star, own = plan.scenario.real, plan.star, plan.own
+    return provenance(
+        plan.scenario, "real",
         torch=str(torch.__version__),
         temperature=r.temperature,
         models={role: _model_provenance(r, role, src, dev) for role, src, dev in
-                (("target", target_src, sorted(set(target_dev))),
-                 ("draft", draft_src,
-                  sorted({d for _, d in draft_dev}) if star else sorted(set(target_dev)) if own else []))
+                (("target", plan.target_src, sorted(set(plan.target_dev))),
+                 ("draft", plan.draft_src,
+                  sorted({d for _, d in plan.draft_dev}) if star else sorted(set(plan.target_dev)) if own else []))
                 if src is not None},
-        processes={"targets": len(procs), "threads_each": r.threads,
-                   "draft_servers": len(servers) if star else len(procs) if own else 0},
+        processes={"targets": n_procs, "threads_each": r.threads,
+                   "draft_servers": len(servers) if star else n_procs if own else 0},
         failures={str(i): got[i]["error"] for i in sorted(got) if got[i]["error"]},
         fallback_at_s={str(i): got[i]["fallback_at"] for i in sorted(got) if got[i]["fallback_at"] is not None},
-        rejected_connections=[line for s in servers for line in s.rejected]
+        rejected_connections=[line for srv in servers for line in srv.rejected]
         + [line for i in sorted(got) for line in got[i]["rejected"]],
         faults=[f.model_dump() for f in r.faults],
-        reference_matmul_s={"before": speed_before, "after": speed_after, "what": REFERENCE,
-                            "threads": r.threads, "device": ref_device},
-        wall_time_s=time.perf_counter() - wall0,
+        reference_matmul_s={**speeds, "what": REFERENCE, "threads": r.threads, "device": ref_device},
+        wall_time_s=wall_time_s,
     )
-    outputs = sorted((o for i in sorted(got) for o in got[i]["outputs"]), key=lambda o: o["request"])
-    return Result(scenario=scenario, records=records, summary=summary, outputs=outputs)
 
 
 def _start_faults(faults, servers, procs, clock0: float, failures=(), board=None) -> threading.Event:

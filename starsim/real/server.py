@@ -191,6 +191,9 @@ class DraftServer:
         memory_bytes: int | None = None,
         pipeline: bool = False,
     ):
+        """Eleven parameters: the drafter and the address, then one per server option (the
+        scenario's draft policy, batching, memory and pipelining; security and limits), each
+        with the default a plain star uses."""
         if batch_max < 1 or not batch_window_s >= 0 or (memory_bytes is not None and memory_bytes < 1):
             raise ValueError(f"batch_max must be >= 1, batch_window_s >= 0 and memory_bytes >= 1 or None, got "
                              f"{batch_max}, {batch_window_s}, {memory_bytes}")
@@ -455,24 +458,14 @@ class DraftServer:
         return [h] if before is None else [*before, h]
 
     def _serve(self, conn: socket.socket, peer) -> None:
+        """One target's connection (its own thread): the handshake, then its messages until
+        BYE, a closed connection or a bad message (logged, and only this connection closed)."""
         self._conns.add(conn)
         tag = None
         try:
-            conn.settimeout(self.timeout_s)
-            hello = P.recv_message(conn, self.max_bytes)
-            if hello is None:
+            tag = self._handshake(conn)
+            if tag is None:
                 return
-            if hello.type != P.HELLO:
-                raise P.ProtocolError(f"expected HELLO first, got {hello.type}")
-            if self.token is not None and hello.header.get("token") != self.token:
-                P.send_message(conn, P.error("bad token"))
-                raise P.ProtocolError("bad token")
-            weight = _weight(hello.header.get("target"))
-            with self.cv:
-                tag, self._next_tag = self._next_tag, self._next_tag + 1
-                self.weights[tag] = weight
-            P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES),
-                                           needs_hidden=self.drafter.needs_hidden))
             conn.settimeout(None)  # a target may think for a while between rounds
             probes = 0  # clock probes answered; None once the first DRAFT_REQUEST came
             while not self.stop.is_set():
@@ -481,13 +474,7 @@ class DraftServer:
                 if msg is None or msg.type == P.BYE:
                     return
                 if msg.type == P.CLOCK and probes is not None:
-                    if msg.tag != tag or not isinstance(msg.seq, int):
-                        raise P.ProtocolError(f"CLOCK needs tag {tag} and an int seq (got {msg.tag}, {msg.seq})")
-                    t_client = P.clock_time(msg, "t_client")
-                    probes += 1
-                    if probes > P.MAX_CLOCK_PROBES:
-                        raise P.ProtocolError(f"more than {P.MAX_CLOCK_PROBES} CLOCK probes")
-                    P.send_message(conn, P.clock(tag, msg.seq, t_client, t_arrive))
+                    probes = self._clock_probe(conn, msg, tag, probes, t_arrive)
                     continue
                 if msg.type != P.DRAFT_REQUEST:
                     after = " (clock probes only before the first request)" if msg.type == P.CLOCK else ""
@@ -495,56 +482,7 @@ class DraftServer:
                 if msg.tag != tag:
                     raise P.ProtocolError(f"request for tag {msg.tag} on the connection of tag {tag}")
                 probes = None
-                ids = msg.arrays.get("token_ids")
-                if ids is None or ids.ndim != 1 or ids.size == 0:
-                    raise P.ProtocolError("DRAFT_REQUEST needs a non-empty 1-d token_ids")
-                if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
-                    raise P.ProtocolError(f"token ids outside the vocabulary (0..{self.vocab_size - 1})")
-                if msg.header.get("start"):
-                    context = ids.tolist()
-                    hidden = self._hidden(msg, ids.size, None)
-                elif tag in self.contexts:
-                    context = self.contexts[tag] + ids.tolist()
-                    hidden = self._hidden(msg, ids.size, self.hiddens.get(tag))
-                else:
-                    raise P.ProtocolError("the first DRAFT_REQUEST of a request must say start: true")
-                temperature, seed = _sampling(msg.header)
-                self.contexts[tag] = context
-                if hidden is not None:
-                    self.hiddens[tag] = hidden
-                t_enqueue = self._now()
-                deadline, depth = t_arrive + _deadline_in(msg.header), _depth(msg.header, self.drafter.depth)
-                hit = None
-                if self.pipeline and not msg.header.get("start"):
-                    hit = self._take_pipelined(tag, ids.tolist())
-                elif self.pipeline:
-                    with self.cv:  # a new request: a pipelined tree of the last one is of no use
-                        old = self._pre.pop(tag, None)
-                        if old is not None:
-                            self._drop(old)
-                if hit is not None:  # drafted while the target verified: the stamps are its
-                    tree, task = hit
-                    t_arrive = t_enqueue = task.t_enqueue
-                else:
-                    task = _Task(tag, context, temperature, seed, hidden, deadline=deadline, depth=depth)
-                    task = self._submit(task)
-                    if task.error:
-                        P.send_message(conn, P.error(task.error, tag))
-                        raise P.ProtocolError(task.error)
-                    tree = task.tree
-                reply = P.draft_reply(tag, msg.seq, tree.tokens, tree.parents, tree.probs, tree.prob_nodes)
-                # the server's timestamps, on its own clock (a target on another host maps them
-                # with its clock offset); queue_len: tasks waiting in the policy queue now (a
-                # fabric's target leaves a saturated server by it)
-                with self.cv:
-                    waiting = len(self.queue)
-                reply.header.update(t_arrive=t_arrive, t_enqueue=t_enqueue, t_draft_start=task.start,
-                                    t_draft_end=task.end, new_tokens=task.new_tokens,
-                                    kv_bytes=len(context) * self.kv_bytes_per_token, queue_len=waiting,
-                                    t_reply_send=self._now())
-                if hit is not None:
-                    reply.header["pipelined"] = True
-                P.send_message(conn, reply, self.max_bytes)
+                self._answer(conn, msg, tag, t_arrive)
         except (P.ProtocolError, OSError) as e:
             if self.stop.is_set() and isinstance(e, OSError):
                 return  # this server is going away (close() shut the connection): not a bad message
@@ -553,17 +491,113 @@ class DraftServer:
             log.warning(line)
         finally:
             if tag is not None:
-                with self.cv:
-                    old = self._pre.pop(tag, None)
-                    if old is not None:
-                        self._drop(old)
-                self.weights.pop(tag, None)
-                self.contexts.pop(tag, None)
-                self.hiddens.pop(tag, None)
-                if not self.stop.is_set():  # free the tag's draft state on the engine thread
-                    self._submit(_Task(tag, None))
+                self._release(tag)
             self._conns.discard(conn)
             conn.close()
+
+    def _handshake(self, conn: socket.socket) -> int | None:
+        """HELLO (with the token, if the server has one) -> WELCOME with a new tag; None: the
+        peer closed before saying anything."""
+        conn.settimeout(self.timeout_s)
+        hello = P.recv_message(conn, self.max_bytes)
+        if hello is None:
+            return None
+        if hello.type != P.HELLO:
+            raise P.ProtocolError(f"expected HELLO first, got {hello.type}")
+        if self.token is not None and hello.header.get("token") != self.token:
+            P.send_message(conn, P.error("bad token"))
+            raise P.ProtocolError("bad token")
+        weight = _weight(hello.header.get("target"))
+        with self.cv:
+            tag, self._next_tag = self._next_tag, self._next_tag + 1
+            self.weights[tag] = weight
+        P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES),
+                                       needs_hidden=self.drafter.needs_hidden))
+        return tag
+
+    def _clock_probe(self, conn: socket.socket, msg, tag: int, probes: int, t_arrive: float) -> int:
+        """Answer a CLOCK probe with the arrival time on this server's clock; probes answered."""
+        if msg.tag != tag or not isinstance(msg.seq, int):
+            raise P.ProtocolError(f"CLOCK needs tag {tag} and an int seq (got {msg.tag}, {msg.seq})")
+        t_client = P.clock_time(msg, "t_client")
+        probes += 1
+        if probes > P.MAX_CLOCK_PROBES:
+            raise P.ProtocolError(f"more than {P.MAX_CLOCK_PROBES} CLOCK probes")
+        P.send_message(conn, P.clock(tag, msg.seq, t_client, t_arrive))
+        return probes
+
+    def _context(self, msg, tag: int) -> tuple[list[int], list[int], list | None]:
+        """A DRAFT_REQUEST's tokens checked and added to the tag's context (a whole new one with
+        ``start``); the tokens, the context and its features (EAGLE), now the tag's."""
+        ids = msg.arrays.get("token_ids")
+        if ids is None or ids.ndim != 1 or ids.size == 0:
+            raise P.ProtocolError("DRAFT_REQUEST needs a non-empty 1-d token_ids")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise P.ProtocolError(f"token ids outside the vocabulary (0..{self.vocab_size - 1})")
+        new = ids.tolist()
+        if msg.header.get("start"):
+            context = new
+            hidden = self._hidden(msg, ids.size, None)
+        elif tag in self.contexts:
+            context = self.contexts[tag] + new
+            hidden = self._hidden(msg, ids.size, self.hiddens.get(tag))
+        else:
+            raise P.ProtocolError("the first DRAFT_REQUEST of a request must say start: true")
+        self.contexts[tag] = context
+        if hidden is not None:
+            self.hiddens[tag] = hidden
+        return new, context, hidden
+
+    def _answer(self, conn: socket.socket, msg, tag: int, t_arrive: float) -> None:
+        """A DRAFT_REQUEST: its tree (the pipelined one on a hit, else drafted now) and the
+        server's timestamps, sent back."""
+        ids, context, hidden = self._context(msg, tag)
+        temperature, seed = _sampling(msg.header)
+        t_enqueue = self._now()
+        deadline, depth = t_arrive + _deadline_in(msg.header), _depth(msg.header, self.drafter.depth)
+        hit = None
+        if self.pipeline and not msg.header.get("start"):
+            hit = self._take_pipelined(tag, ids)
+        elif self.pipeline:
+            with self.cv:  # a new request: a pipelined tree of the last one is of no use
+                old = self._pre.pop(tag, None)
+                if old is not None:
+                    self._drop(old)
+        if hit is not None:  # drafted while the target verified: the stamps are its
+            tree, task = hit
+            t_arrive = t_enqueue = task.t_enqueue
+        else:
+            task = self._submit(_Task(tag, context, temperature, seed, hidden, deadline=deadline, depth=depth))
+            if task.error:
+                P.send_message(conn, P.error(task.error, tag))
+                raise P.ProtocolError(task.error)
+            tree = task.tree
+        reply = P.draft_reply(tag, msg.seq, tree.tokens, tree.parents, tree.probs, tree.prob_nodes)
+        # the server's timestamps, on its own clock (a target on another host maps them
+        # with its clock offset); queue_len: tasks waiting in the policy queue now (a
+        # fabric's target leaves a saturated server by it)
+        with self.cv:
+            waiting = len(self.queue)
+        reply.header.update(t_arrive=t_arrive, t_enqueue=t_enqueue, t_draft_start=task.start,
+                            t_draft_end=task.end, new_tokens=task.new_tokens,
+                            kv_bytes=len(context) * self.kv_bytes_per_token, queue_len=waiting,
+                            t_reply_send=self._now())
+        if hit is not None:
+            reply.header["pipelined"] = True
+        P.send_message(conn, reply, self.max_bytes)
+
+    def _release(self, tag: int) -> None:
+        """The tag's connection ended, however: its pipelined tree, context and weight go, and
+        the engine thread frees its draft state."""
+        with self.cv:
+            old = self._pre.pop(tag, None)
+            if old is not None:
+                self._drop(old)
+        self.weights.pop(tag, None)
+        self.contexts.pop(tag, None)
+        self.hiddens.pop(tag, None)
+        if not self.stop.is_set():
+            self._submit(_Task(tag, None))
 
 
 class DraftClient:

@@ -167,6 +167,10 @@ class TargetWorker:
     def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
                  eos=None, temperature: float = 0.0, seed: int = 0, tpot_slo_s: float | None = None,
                  fabric: FabricClient | None = None, controller=None, draft_index: int = 0):
+        """Twelve parameters: the target's index, model, draft client and clock, then one per
+        option of the run it belongs to (device name, end-of-sequence ids, sampling, TPOT
+        objective, fabric, adaptive controller, draft engine index), each defaulting to a plain
+        star's."""
         # fabric: several draft servers, the client of the paired one taken at each request's
         # start (``client`` is then None until the first request)
         self.index, self.model, self.client, self.clock0 = index, model, client, clock0
@@ -200,7 +204,10 @@ class TargetWorker:
                                            target=self.index, start=start, end=end))
 
     def run_request(self, rid: int, prompt: list[int], output_tokens: int, t_arrival: float = 0.0) -> list[int]:
-        """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``."""
+        """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``.
+
+        About 85 lines, kept as one loop: a round reads in its order (draft request, verify,
+        rows), with its two exits (a lost server: fall back; adaptive depth 0: one plain step)."""
         rng = np.random.default_rng([self.seed, rid])
         if self.fabric is not None:
             self.client = self.fabric.begin()

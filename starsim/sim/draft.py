@@ -61,6 +61,9 @@ class DraftEngine:
         weights: dict[int, float] | None = None,
         general: bool = False,
     ):
+        """Ten parameters: the engine's environment, identity and device, its configuration, its
+        random stream, where it records, and three options of the run (profile usage, wfq
+        weights, the general loop); each is used as it is."""
         self.env = env
         self.index = index
         self.name = name

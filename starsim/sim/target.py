@@ -119,6 +119,9 @@ class Target:
         tree=None,
         general: bool = False,
     ):
+        """Many parameters, on purpose: the run (``_simulate``'s ``_target``) wires each model
+        piece in (its samplers, links, random stream, engine or fabric, controller), so that a
+        target holds no knowledge of the scenario file; all but the first nine are by keyword."""
         self.env = env
         self.index = index
         self.name = name
@@ -322,7 +325,11 @@ class Target:
         out, assuming it is accepted whole; on a hit (every draft token accepted, the request
         goes on) the next round verifies that tree as soon as it is here (its row's hops are
         the pipelined tree's: queued when the last tree was done); on a miss it is cancelled
-        (draft time spent on it is wasted)."""
+        (draft time spent on it is wasted).
+
+        About 120 lines, kept as one loop: a round's hops read in their order, and each hop
+        split into a generator would cost a ``yield from`` per hop (tests/test_loops.py holds it
+        to the fast loop's tables)."""
         env, cur = self.env, self.current
         fabric, ctl = self.fabric, self.controller
         engine = self.engine if fabric is None else fabric.engine_for(self.index)
@@ -378,9 +385,14 @@ class Target:
                 t = task
                 b_up = bytes_up[new]
                 yield from _work(env, host, send_cpu(0, 0, 0))
-                yield env.timeout(up(b_up))
-                t_arrive = env.now
-                yield from _work(env, draft_host, parse(0, 0, 0))
+                t0, t_up = env.now, up(b_up)
+                if draft_host is None:  # the wire and the parse in one wait, summed as _speculate does
+                    yield env.timeout(t_up + parse(0, 0, 0))
+                    t_arrive = t0 + t_up
+                else:
+                    yield env.timeout(t_up)
+                    t_arrive = env.now
+                    yield from _work(env, draft_host, parse(0, 0, 0))
                 t_enq = env.now
                 t.context, t.done, t.failed, t.next = ctx, env.event(), False, None
                 if d != depth:
@@ -393,17 +405,28 @@ class Target:
                     engine = fabric.after_failure(index) if fabric is not None else None
                     new = ctx
                     continue
-                yield from _work(env, draft_host, serialize(0, 0, 0))
-                t_reply = env.now
-                yield env.timeout(down(b_down))
-                yield from _work(env, host, receive_cpu(0, 0, 0))
+                if draft_host is None and not self.has_msg_cpu:
+                    lead = None  # the reply's way back is pure delay: waited with the verify, below
+                else:
+                    lead = 0.0
+                    yield from _work(env, draft_host, serialize(0, 0, 0))
+                    t_reply = env.now
+                    yield env.timeout(down(b_down))
+                    yield from _work(env, host, receive_cpu(0, 0, 0))
             pre = t.next
             t_end = t.end
-            t_back = env.now
+            if not hit and lead is None:
+                # as _speculate sums them: serialize + wire down, then the verify, in one wait
+                t_ser = serialize(0, 0, 0)
+                t_down = down(b_down)
+                lead = t_ser + t_down
+                t_reply, t_back = t_end + t_ser, t_end + t_ser + t_down
+            else:
+                lead, t_back = 0.0, env.now
             dur = verify(toks + 1, ctx, d)
             if warm_cold is not None:
                 dur *= warm_cold(t_back - last_ve)
-            vs, ve = yield from self._on_device("verify", 0.0, dur)
+            vs, ve = yield from self._on_device("verify", lead, dur)
             last_ve = ve
             k = self._accept(d) if d != depth else self.accept()
             left = output - generated
