@@ -39,10 +39,11 @@ class DraftCaches:
         held = self.held
         cached = held.pop(tag, 0)  # popped and set again: the tag is now the most recent
         held[tag] = context
-        new = max(0, context - cached) if self.prefix_cache else context
         if self.capacity_bytes is not None:
             self._fit()
-        return new
+        if not self.prefix_cache:
+            return context
+        return context - cached if context > cached else 0
 
     def _fit(self) -> None:
         held, per, cap = self.held, self.bytes_per_token, self.capacity_bytes
@@ -69,11 +70,11 @@ class DraftCaches:
 
 def take_batch(queue, most: int) -> list:
     """Up to ``most`` tasks from a policy ``queue``, in its order, skipping cancelled ones
-    (pipelined trees nobody needs any more; tasks without ``cancelled`` never are)."""
+    (pipelined trees nobody needs any more)."""
     tasks = []
     while queue and len(tasks) < most:
         t = queue.pop()
-        if not getattr(t, "cancelled", False):
+        if not t.cancelled:
             tasks.append(t)
     return tasks
 

@@ -212,7 +212,7 @@ def draft_kv_series(records: Records) -> tuple[np.ndarray, np.ndarray]:
     # gone before another tag grows: an eviction is made room for the round starting then)
     parts = [pd.DataFrame({"t": r["t_draft_start"].to_numpy(float), "key": (r["draft"] * n + r["target"]).to_numpy(),
                            "value": r["draft_kv_bytes"].to_numpy(np.int64), "order": 2})]
-    last = r.sort_values(["request", "round"]).groupby("request").tail(1)
+    last = r.loc[r.groupby("request")["round"].idxmax()]  # each request's last round, by request
     fin = requests.set_index("request")["t_finish"].reindex(last["request"]).to_numpy(float)
     ok = np.isfinite(fin)
     parts.append(pd.DataFrame({"t": fin[ok], "key": (last["draft"] * n + last["target"]).to_numpy()[ok], "value": 0,

@@ -117,6 +117,9 @@ class DraftEngine:
         # Clock values are computed, not read back (see Target._speculate): after its own
         # ``timeout(d)`` from ``start`` the engine is at ``start + d`` exactly.
         env, policy, take = self.env, self.policy, self.caches.take
+        # Without a memory limit, DraftCaches.take is two dict operations, done inline here (the
+        # hot path; tests/test_loops.py holds this loop to run_general, which calls take).
+        held = self.caches.held if self.cfg.memory_bytes is None and self.cfg.prefix_cache else None
         timeout, new_event, pop = env.timeout, env.event, policy.pop
         draft_time, res, host = self.draft_time, self.unit.resource, self.unit.host
         whole_round, warm_cold = self.whole_round, self.warm_cold
@@ -137,7 +140,12 @@ class DraftEngine:
                 now = env.now
             start = now
             target, ctx = task.target, task.context
-            new = take(target, ctx)
+            if held is not None:
+                cached = held.get(target, 0)
+                held[target] = ctx
+                new = ctx - cached if ctx > cached else 0
+            else:
+                new = take(target, ctx)
             if whole_round:
                 dur = draft_time(new, ctx, depth)
                 if warm_cold is not None:
