@@ -25,6 +25,7 @@ block, and served one by one at C speed.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,13 @@ class _Spec(BaseModel):
     def sampler(self, rng: np.random.Generator) -> Sampler:
         raise NotImplementedError
 
+    def draw0(self, rng: np.random.Generator) -> Callable[[], float]:
+        """The draws of ``sampler(rng)(0, 0, 0)``, as a function of no arguments: the same
+        values in the same order. A kind whose draws ignore the arguments returns its block
+        iterator's ``__next__`` (a C call, where the sampler is a Python frame around it)."""
+        f = self.sampler(rng)
+        return lambda: f(0.0, 0.0, 0.0)
+
     @property
     def is_constant(self) -> bool:
         """True when every draw equals the mean (for the given arguments)."""
@@ -66,6 +74,9 @@ class Constant(_Spec):
         v = self.value
         return lambda tokens=0.0, context=0.0, depth=0.0: v
 
+    def draw0(self, rng):
+        return itertools.repeat(self.value).__next__
+
     @property
     def is_constant(self):
         return True
@@ -81,6 +92,9 @@ class Exponential(_Spec):
     def sampler(self, rng):
         nxt = draws(rng, "exponential", self.mean_)
         return lambda tokens=0.0, context=0.0, depth=0.0: nxt()
+
+    def draw0(self, rng):
+        return draws(rng, "exponential", self.mean_)
 
 
 def _lognormal_params(mean: float, cv: float) -> tuple[float, float]:
@@ -103,6 +117,11 @@ class LogNormal(_Spec):
             return lambda tokens=0.0, context=0.0, depth=0.0: v
         nxt = draws(rng, "lognormal", *_lognormal_params(self.mean_, self.cv))
         return lambda tokens=0.0, context=0.0, depth=0.0: nxt()
+
+    def draw0(self, rng):
+        if self.cv == 0:
+            return itertools.repeat(self.mean_).__next__
+        return draws(rng, "lognormal", *_lognormal_params(self.mean_, self.cv))
 
 
 class Uniform(_Spec):

@@ -45,5 +45,5 @@ def link_time(d: LinkDirection, rng: np.random.Generator) -> Callable[[int], flo
     if d.jitter.is_constant:
         fixed = lat + d.jitter.mean()
         return lambda nbytes: fixed + nbytes * per_byte
-    jitter = d.jitter.sampler(rng)
-    return lambda nbytes: lat + nbytes * per_byte + jitter(0.0, 0.0, 0.0)
+    jitter = d.jitter.draw0(rng)  # a C call for the usual kinds: this runs twice a round
+    return lambda nbytes: lat + nbytes * per_byte + jitter()

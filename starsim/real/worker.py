@@ -26,6 +26,7 @@ import numpy as np
 
 from ..pairing import NoDraftServer, Pairing
 from ..records import Recorder, Records, RequestRow, RoundWriter, interval_row
+from ..streams import Stream, rng_for
 from . import protocol as P
 from .server import DraftClient
 from .speculation import Verifier
@@ -208,7 +209,7 @@ class TargetWorker:
 
         About 85 lines, kept as one loop: a round reads in its order (draft request, verify,
         rows), with its two exits (a lost server: fall back; adaptive depth 0: one plain step)."""
-        rng = np.random.default_rng([self.seed, rid])
+        rng = rng_for(self.seed, Stream.SAMPLING, rid)
         if self.fabric is not None:
             self.client = self.fabric.begin()
             if self.client is None and self.fallback_at is None:

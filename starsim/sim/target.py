@@ -14,7 +14,7 @@ import numpy as np
 import simpy
 
 from ..acceptance import _Acceptance
-from ..distributions import Sampler, timing_sampler
+from ..distributions import timing_sampler
 from ..profiles import ProfileUsage
 from ..records import RequestRow, RoundWriter
 from ..scenario import Payload, TargetGroup
@@ -107,10 +107,10 @@ class Target:
         hidden: bool,
         up: Callable[[int], float],
         down: Callable[[int], float],
-        parse: Sampler,
-        serialize: Sampler,
-        send: Sampler | None = None,
-        receive: Sampler | None = None,
+        parse: Callable[[], float],
+        serialize: Callable[[], float],
+        send: Callable[[], float] | None = None,
+        receive: Callable[[], float] | None = None,
         pause: Callable[[], float] | None,
         usage: ProfileUsage | None = None,
         fabric=None,
@@ -268,7 +268,7 @@ class Target:
             t_send = now
             b_up = bytes_up[new]
             t_up = up(b_up)
-            hop = t_up + parse(0, 0, 0)
+            hop = t_up + parse()
             yield timeout(hop)
             t_enq = t_send + hop
             done = new_event()
@@ -278,7 +278,7 @@ class Target:
             submit(task)
             yield done
             t_end = task.end
-            t_ser = serialize(0, 0, 0)
+            t_ser = serialize()
             t_down = down(b_down)
             lead, dur = t_ser + t_down, verify(tokens + 1, ctx, depth)
             if free:  # the _on_device fast path, inlined
@@ -376,23 +376,23 @@ class Target:
                     continue
                 b_up = 0
                 t_arrive = t_enq = t.submitted
-                t_reply = t.end + serialize(0, 0, 0)
+                t_reply = t.end + serialize()
                 ready = t_reply + down(b_down)
                 if ready > env.now:
                     yield env.timeout(ready - env.now)
-                yield from _work(env, host, receive_cpu(0, 0, 0))
+                yield from _work(env, host, receive_cpu())
             else:
                 t = task
                 b_up = bytes_up[new]
-                yield from _work(env, host, send_cpu(0, 0, 0))
+                yield from _work(env, host, send_cpu())
                 t0, t_up = env.now, up(b_up)
                 if draft_host is None:  # the wire and the parse in one wait, summed as _speculate does
-                    yield env.timeout(t_up + parse(0, 0, 0))
+                    yield env.timeout(t_up + parse())
                     t_arrive = t0 + t_up
                 else:
                     yield env.timeout(t_up)
                     t_arrive = env.now
-                    yield from _work(env, draft_host, parse(0, 0, 0))
+                    yield from _work(env, draft_host, parse())
                 t_enq = env.now
                 t.context, t.done, t.failed, t.next = ctx, env.event(), False, None
                 if d != depth:
@@ -409,15 +409,15 @@ class Target:
                     lead = None  # the reply's way back is pure delay: waited with the verify, below
                 else:
                     lead = 0.0
-                    yield from _work(env, draft_host, serialize(0, 0, 0))
+                    yield from _work(env, draft_host, serialize())
                     t_reply = env.now
                     yield env.timeout(down(b_down))
-                    yield from _work(env, host, receive_cpu(0, 0, 0))
+                    yield from _work(env, host, receive_cpu())
             pre = t.next
             t_end = t.end
             if not hit and lead is None:
                 # as _speculate sums them: serialize + wire down, then the verify, in one wait
-                t_ser = serialize(0, 0, 0)
+                t_ser = serialize()
                 t_down = down(b_down)
                 lead = t_ser + t_down
                 t_reply, t_back = t_end + t_ser, t_end + t_ser + t_down
