@@ -136,28 +136,43 @@ def _as_tuple(*values):
     return values
 
 
-class RoundWriter:
-    """One request's rows of the rounds table, each built by keyword.
+def _interval_tuple(key: tuple[str, str, str], target: int, start: float, end: float) -> tuple:
+    engine, device, kind = key
+    return interval_row(engine=engine, device=device, kind=kind, target=target, start=start, end=end)
 
-    What holds for many rounds is set once, by keyword: the target and the request here, the
-    tree's fields with :meth:`tree` whenever they change (the draft engine, tree tokens and
-    depth, reply bytes). Each round then gives the rest by keyword to :meth:`round` (a
-    speculative round) or :meth:`decode` (one token, no draft: its hops are NaN). The round
-    index counts up from ``first_round``. ``sink``: a :class:`Recorder`'s ``packed_rounds``
-    (a bytearray: rows packed, the simulator) or its ``rounds`` list (tuples, the real backend).
+
+class RoundWriter:
+    """One request's rows of the rounds table, each built by keyword, and with each row the
+    interval its target's device spent on it (``verify`` for a speculative round, ``decode``
+    for a plain step: the row's ``t_verify_start`` to ``t_verify_end``), so that a round and
+    its device time are written in one place for both backends.
+
+    What holds for many rounds is set once, by keyword: the target, the request and the
+    target's engine and device names here, the tree's fields with :meth:`tree` whenever they
+    change (the draft engine, tree tokens and depth, reply bytes). Each round then gives the
+    rest by keyword to :meth:`round` (a speculative round) or :meth:`decode` (one token, no
+    draft: its hops are NaN). The round index counts up from ``first_round``. ``packed``:
+    rows go into the recorder's byte buffers (the simulator), else as tuples (the real
+    backend, whose rows cross a process boundary as they are).
 
     Why the split: CPython compiles a call with more than 15 keyword arguments into building a
     dict (about 1 us for a whole row, a tenth of a simulated round); up to 15 stay on its fast
     call path, so the hot loop names every field at no measurable cost."""
 
-    __slots__ = ("_put", "_make", "target", "request", "next_round", "draft", "tree_tokens", "depth",
-                 "bytes_down")
+    __slots__ = ("_put", "_make", "_put_interval", "_make_interval", "_verify", "_decode", "target", "request",
+                 "next_round", "draft", "tree_tokens", "depth", "bytes_down")
 
-    def __init__(self, sink: bytearray | list, *, target: int, request: int, first_round: int = 0):
-        if isinstance(sink, bytearray):
-            self._put, self._make = sink.extend, _pack_round
+    def __init__(self, rec: Recorder, *, target: int, request: int, engine: str, device: str, packed: bool = True,
+                 first_round: int = 0):
+        if packed:
+            self._put, self._make = rec.packed_rounds.extend, _pack_round
+            self._put_interval, self._make_interval = rec.packed_intervals.extend, _pack_interval
+            self._verify, self._decode = rec.interval_key(engine, device, "verify"), rec.interval_key(engine, device,
+                                                                                                      "decode")
         else:
-            self._put, self._make = sink.append, _as_tuple
+            self._put, self._make = rec.rounds.append, _as_tuple
+            self._put_interval, self._make_interval = rec.intervals.append, _interval_tuple
+            self._verify, self._decode = (engine, device, "verify"), (engine, device, "decode")
         self.target, self.request, self.next_round = target, request, first_round
         self.draft, self.tree_tokens, self.depth, self.bytes_down = -1, 0, 0, 0
 
@@ -169,19 +184,22 @@ class RoundWriter:
               t_draft_end: float, t_reply_send: float, t_target_arrive: float, t_verify_start: float,
               t_verify_end: float, context_tokens: int, new_tokens: int, accepted: int, emitted: int,
               bytes_up: int, draft_kv_bytes: int) -> None:
-        """A speculative round (its tree: the last :meth:`tree`). Fifteen parameters: one per
-        column, by keyword (see the class docstring for why not more)."""
+        """A speculative round (its tree: the last :meth:`tree`) and its verify interval.
+        Fifteen parameters: one per column, by keyword (see the class docstring for why not more)."""
         r = self.next_round
         self.next_round = r + 1
+        self._put_interval(self._make_interval(self._verify, self.target, t_verify_start, t_verify_end))
         self._put(self._make(self.target, self.request, r, self.draft, t_send, t_draft_arrive, t_enqueue,
                              t_draft_start, t_draft_end, t_reply_send, t_target_arrive, t_verify_start, t_verify_end,
                              context_tokens, new_tokens, self.tree_tokens, self.depth, accepted, emitted, bytes_up,
                              self.bytes_down, draft_kv_bytes))
 
     def decode(self, *, t_verify_start: float, t_verify_end: float, context_tokens: int) -> None:
-        """One token without speculation: no draft engine, no hops, one emitted token."""
+        """One token without speculation (no draft engine, no hops, one emitted token) and its
+        decode interval."""
         r = self.next_round
         self.next_round = r + 1
+        self._put_interval(self._make_interval(self._decode, self.target, t_verify_start, t_verify_end))
         self._put(self._make(self.target, self.request, r, -1, NAN, NAN, NAN, NAN, NAN, NAN, NAN, t_verify_start,
                              t_verify_end, context_tokens, 0, 0, 0, 0, 1, 0, 0, 0))
 

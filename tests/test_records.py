@@ -103,24 +103,28 @@ def _rounds(rng) -> list[tuple]:
 
 def test_packed_rows_give_the_same_tables():
     """Rows written by keyword (packed for the simulator, tuples for the real backend) give
-    the table of the same rows appended as plain tuples, bit for bit."""
+    the table of the same rows appended as plain tuples, bit for bit; a round writer adds
+    each round's device interval (verify, or decode for a plain step) with its row."""
     rng = np.random.default_rng(2)
     rounds = _rounds(rng)
-    intervals = [(f"target-{i % 3}", f"gpu[{i % 3}]", "verify" if i % 4 else "prefill", i % 3, 0.1 * i, 0.2 * i)
-                 for i in range(200)]
+    prefills = [(f"target-{i % 3}", f"gpu[{i % 3}]", "prefill", i % 3, 0.1 * i, 0.2 * i) for i in range(20)]
+    device = {t: f"gpu[{t}]" for t in range(3)}
     plain, packed, tuples = Recorder(), Recorder(), Recorder()
     plain.rounds.extend(rounds)
-    plain.intervals.extend(intervals)
-    for rec, sink, is_packed in ((packed, packed.packed_rounds, True), (tuples, tuples.rounds, False)):
+    plain.intervals.extend(prefills)
+    plain.intervals.extend((f"target-{r[0]}", device[r[0]], "decode" if r[3] < 0 else "verify", r[0], r[11], r[12])
+                           for r in rounds)
+    for rec, is_packed in ((packed, True), (tuples, False)):
+        for engine, dev, kind, target, start, end in prefills:
+            rec.interval_writer(engine=engine, device=dev, kind=kind, packed=is_packed)(
+                target=target, start=start, end=end)
         writer = None
         for row in rounds:
             if writer is None or writer.request != row[1]:
-                writer = RoundWriter(sink, target=row[0], request=row[1])
+                writer = RoundWriter(rec, target=row[0], request=row[1], engine=f"target-{row[0]}",
+                                     device=device[row[0]], packed=is_packed)
             _write(writer, row)
-        for engine, device, kind, target, start, end in intervals:
-            rec.interval_writer(engine=engine, device=device, kind=kind, packed=is_packed)(
-                target=target, start=start, end=end)
-    assert tuples.rounds == rounds and tuples.intervals == intervals
+    assert tuples.rounds == rounds and tuples.intervals == plain.intervals
     a, b = plain.finish({}), packed.finish({})
     for name in ("rounds", "requests", "intervals"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True)

@@ -220,7 +220,8 @@ class TargetWorker:
         out = [v.prefill(prompt)]
         t_first = req.t_first_token = self.now()
         self._interval("prefill", req.t_start, t_first)
-        rows = RoundWriter(self.rounds, target=self.index, request=rid)
+        rows = RoundWriter(self.rec, target=self.index, request=rid, engine=f"target-{self.index}",
+                           device=self.device, packed=False)
         new, start = prompt + out, True
         sent = []  # the features sent this request (EAGLE): a new fabric server gets the whole context's
         pending = []  # EAGLE features of tokens decoded without speculation, not yet sent (adaptive)
@@ -258,7 +259,6 @@ class TargetWorker:
                 t_arrive = self.now()
                 r = v.verify(tree)
                 t_end = self.now()
-                self._interval("verify", t_arrive, t_end)
                 emitted = self._until_eos(r.emitted[: output_tokens - len(out)])
                 # the server's timestamps, moved onto our clock
                 srv = {k: hdr[k] - self.client.clock_offset_s - self.clock0
@@ -282,7 +282,6 @@ class TargetWorker:
                 t0 = self.now()
                 emitted = [v.step()]
                 t_end = self.now()
-                self._interval("decode", t0, t_end)
                 rows.decode(t_verify_start=t0, t_verify_end=t_end, context_tokens=ctx)
                 if d == 0:  # the draft sees these tokens with the next request
                     new = new + emitted

@@ -131,7 +131,6 @@ class Target:
         self.requests = requests
         self.rec = rec
         # rows are appended packed (see Recorder): no Python objects kept per row
-        self._log: dict = {}  # interval kind -> its writer
         self.payload: Payload = group.payload
         self.verify = timing_sampler(group.verify_time, rng, usage)
         self.prefill = timing_sampler(group.prefill_time, rng, usage)
@@ -159,8 +158,9 @@ class Target:
 
     # ------------------------------------------------------------------ device use
 
-    def _on_device(self, kind: str, lead: float, dur: float):
-        """Wait ``lead`` (no device), then hold the device for ``dur``; returns (start, end)."""
+    def _hold(self, lead: float, dur: float):
+        """Wait ``lead`` (no device), then hold the device for ``dur``; returns (start, end). (A
+        round's device interval is written with its row: see RoundWriter.)"""
         env, res, host = self.env, self.unit.resource, self.unit.host
         if host is not None:
             if lead:
@@ -181,15 +181,14 @@ class Target:
             yield env.timeout(dur)
             res.release(req)
             end = env.now
-        self.log(kind)(target=self.index, start=start, end=end)
         return start, end
 
-    def log(self, kind: str):
-        """The writer of this target's intervals of ``kind`` (see Recorder.interval_writer)."""
-        w = self._log.get(kind)
-        if w is None:
-            w = self._log[kind] = self.rec.interval_writer(engine=self.engine_name, device=self.unit.name, kind=kind)
-        return w
+    def _prefill(self, prompt: int):
+        """The request's prefill on the device, recorded as a ``prefill`` interval; returns (start, end)."""
+        start, end = yield from self._hold(0.0, self.prefill(prompt, 0, 0))
+        self.rec.interval_writer(engine=self.engine_name, device=self.unit.name, kind="prefill")(
+            target=self.index, start=start, end=end)
+        return start, end
 
     # ------------------------------------------------------------------ life
 
@@ -202,9 +201,9 @@ class Target:
             self.served += 1
             self.current = cur = RequestRow(request=rid, target=self.index, prompt_tokens=prompt,
                                             output_tokens=output, t_arrival=arrival, t_start=self.env.now)
-            _, first = yield from self._on_device("prefill", 0.0, self.prefill(prompt, 0, 0))
+            _, first = yield from self._prefill(prompt)
             cur.generated_tokens, cur.t_first_token = 1, first
-            rows = RoundWriter(self.rec.packed_rounds, target=self.index, request=rid)
+            rows = RoundWriter(self.rec, target=self.index, request=rid, engine=self.engine_name, device=self.unit.name)
             if self.engine is None:
                 yield from self._decode(rows, prompt, output)
             else:
@@ -218,18 +217,17 @@ class Target:
         servers are all down: from context ``ctx``, ``generated`` tokens in)."""
         env, decode, cur = self.env, self.decode, self.current
         step = decode if decode is not None else self.verify
-        index, free = self.index, self.unit.free
-        log, decoded = self.log("decode"), rows.decode
+        free = self.unit.free
+        decoded = rows.decode
         ctx = prompt + 1 if ctx is None else ctx
         while generated < output:
             dur = step(1, ctx, 0)
-            if free:  # the _on_device fast path, inlined (see _speculate)
+            if free:  # the _hold fast path, inlined (see _speculate)
                 vs = env.now
                 yield env.timeout(dur)
                 ve = vs + dur
-                log(target=index, start=vs, end=ve)
             else:
-                vs, ve = yield from self._on_device("decode", 0.0, dur)
+                vs, ve = yield from self._hold(0.0, dur)
             decoded(t_verify_start=vs, t_verify_end=ve, context_tokens=ctx)
             generated += 1
             ctx += 1
@@ -257,7 +255,7 @@ class Target:
         up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
         verify, accept, tokens, depth = self.verify, self.accept, self.tree_tokens, self.depth
         index, draft_index, free, slo = self.index, engine.index, self.unit.free, self.slo
-        log, spoke = self.log("verify"), rows.round
+        spoke = rows.round
         b_down = self.payload.bytes_down(tokens)
         rows.tree(draft=draft_index, tree_tokens=tokens, depth=depth, bytes_down=b_down)
         task = Task(index, 0, None)
@@ -281,12 +279,11 @@ class Target:
             t_ser = serialize()
             t_down = down(b_down)
             lead, dur = t_ser + t_down, verify(tokens + 1, ctx, depth)
-            if free:  # the _on_device fast path, inlined
+            if free:  # the _hold fast path, inlined
                 yield timeout(lead + dur)
                 vs, ve = t_end + lead, t_end + (lead + dur)
-                log(target=index, start=vs, end=ve)
             else:
-                vs, ve = yield from self._on_device("verify", lead, dur)
+                vs, ve = yield from self._hold(lead, dur)
             k = accept()
             left = output - generated
             emitted = k + 1 if k + 1 < left else left
@@ -355,7 +352,7 @@ class Target:
                 d = depth if ctl is None else ctl.depth(ctx)
             t_send = env.now
             if d == 0:  # no speculation this round: one decode step, no draft request
-                vs, ve = yield from self._on_device("decode", 0.0, step(1, ctx, 0))
+                vs, ve = yield from self._hold(0.0, step(1, ctx, 0))
                 rows.decode(t_verify_start=vs, t_verify_end=ve, context_tokens=ctx)
                 ctl.observe(0, 0, ve - t_send, ctx)
                 last_ve = ve
@@ -426,7 +423,7 @@ class Target:
             dur = verify(toks + 1, ctx, d)
             if warm_cold is not None:
                 dur *= warm_cold(t_back - last_ve)
-            vs, ve = yield from self._on_device("verify", lead, dur)
+            vs, ve = yield from self._hold(lead, dur)
             last_ve = ve
             k = self._accept(d) if d != depth else self.accept()
             left = output - generated
