@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def no_options(doc: str) -> None:
+    """For a script that takes no options: ``--help`` prints its docstring and starts no work."""
+    argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+
+
 def starsim(*args: str) -> None:
-    """``starsim ARGS`` from the repository root, with this Python; output discarded, failure raised."""
-    subprocess.run([sys.executable, "-m", "starsim.cli", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    """``starsim ARGS`` from the repository root, with this Python; output discarded. A failure
+    (a missing pair, a bad scenario) ends the script with one line after the command's own
+    message, not a traceback."""
+    r = subprocess.run([sys.executable, "-m", "starsim.cli", *args], cwd=REPO, stdout=subprocess.DEVNULL)
+    if r.returncode:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: `starsim {' '.join(args[:2])} ...` failed with exit code "
+                         f"{r.returncode} (its message is above)")
 
 
 def validated(scenario: str, out, *args: str) -> dict:

@@ -18,13 +18,14 @@ GPU); it shows only what a measured warm/cold profile (draft_idle) puts in. Reru
 
 from __future__ import annotations
 
-from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
+from _cli import REPO, no_options, starsim  # analysis/ is on sys.path when a script runs
 
 RUNS = REPO / "runs" / "claims"
 FIGS = REPO / "analysis" / "figures"
 
 
 def main() -> None:
+    no_options(__doc__)
     for n in (1, 2, 4, 8):
         starsim("run", f"scenarios/starsd_ref_n{n}.yaml", "--out", str(RUNS / f"n{n}"), "--no-trace")
     starsim("run", "scenarios/starsd_ref_bursty.yaml", "--out", str(RUNS / "bursty"), "--no-trace")

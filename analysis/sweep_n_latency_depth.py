@@ -17,13 +17,14 @@ two cores; a rerun reuses the points already there. Rerun with
 from __future__ import annotations
 
 import pandas as pd
-from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
+from _cli import REPO, no_options, starsim  # analysis/ is on sys.path when a script runs
 
 OUT = REPO / "runs" / "sweeps" / "n-latency-depth"
 FIGS = REPO / "analysis" / "figures" / "sweep"
 
 
 def main() -> None:
+    no_options(__doc__)
     starsim("sweep", "scenarios/sweeps/n_latency_depth.yaml", "--out", str(OUT), "--quiet")
     base = ["plot", str(OUT), "--x", "targets.0.count", "--hue", "targets.0.link.latency_s"]
     starsim(*base, "--y", "draft_utilization", "--col", "draft.tree.depth", "--out", str(FIGS / "utilization.png"))

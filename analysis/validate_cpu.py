@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
+from _cli import REPO, no_options, starsim  # analysis/ is on sys.path when a script runs
 
 OUT = REPO / "runs" / "validate-cpu"
 FIGS = REPO / "analysis" / "figures" / "validate-cpu"
@@ -25,6 +25,7 @@ REPEAT = 3
 
 
 def main() -> None:
+    no_options(__doc__)
     starsim("validate", "scenarios/real_cpu_n2.yaml", "--sweep", f"targets.0.count={','.join(map(str, POINTS))}",
             "--repeat", str(REPEAT), "--out", str(OUT))
     runs = [str(OUT / f"targets.0.count={n}" / kind) for kind in ("real", "sim") for n in POINTS]
