@@ -235,7 +235,8 @@ class Recorder:
     :meth:`interval_writer`. Rounds and intervals may go packed instead of as tuples, into
     one growing byte buffer per table, which keeps no Python object per row alive during the
     run (memory grows by the row's bytes, 176 for a round) and needs no conversion at the
-    end: a ``RoundWriter`` on ``packed_rounds``, an ``interval_writer(packed=True)``.
+    end: a ``RoundWriter(packed=True)`` (which also writes each round's verify or decode
+    interval), an ``interval_writer(packed=True)``.
     Numbers must then be ints for int columns (struct does not cast floats). A table takes
     its rows one way or the other."""
 

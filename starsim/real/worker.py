@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from ..pairing import NoDraftServer, Pairing
-from ..records import Recorder, Records, RequestRow, RoundWriter, interval_row
+from ..records import Recorder, Records, RequestRow, RoundWriter
 from ..streams import Stream, rng_for
 from . import protocol as P
 from .server import DraftClient
@@ -200,10 +200,6 @@ class TargetWorker:
     def now(self) -> float:
         return time.monotonic() - self.clock0
 
-    def _interval(self, kind: str, start: float, end: float) -> None:
-        self.intervals.append(interval_row(engine=f"target-{self.index}", device=self.device, kind=kind,
-                                           target=self.index, start=start, end=end))
-
     def run_request(self, rid: int, prompt: list[int], output_tokens: int, t_arrival: float = 0.0) -> list[int]:
         """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``.
 
@@ -219,7 +215,8 @@ class TargetWorker:
                          t_arrival=t_arrival, t_start=self.now())
         out = [v.prefill(prompt)]
         t_first = req.t_first_token = self.now()
-        self._interval("prefill", req.t_start, t_first)
+        self.rec.interval_writer(engine=f"target-{self.index}", device=self.device, kind="prefill",
+                                 packed=False)(target=self.index, start=req.t_start, end=t_first)
         rows = RoundWriter(self.rec, target=self.index, request=rid, engine=f"target-{self.index}",
                            device=self.device, packed=False)
         new, start = prompt + out, True
