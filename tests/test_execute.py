@@ -85,8 +85,10 @@ def _serve_and_run(tmp_path, capsys, server_args, target_args, name):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "starsim.cli", "draft-server", "--bind", "127.0.0.1:0",
-                             *server_args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    # stderr kept, and faulthandler on: a server that does not stop is made to show its threads
+    err = (tmp_path / f"{name}-server.err").open("w+")
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "starsim.cli", "draft-server", "--bind",
+                             "127.0.0.1:0", *server_args], stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith("draft server on 127.0.0.1:"), line
@@ -100,8 +102,15 @@ def _serve_and_run(tmp_path, capsys, server_args, target_args, name):
         assert summary["requests_completed"] == 2 and summary["provenance"]["clock_offset_s"] == 0.0
     finally:
         proc.send_signal(signal.SIGINT)
-        tail, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "served" in tail
+        try:
+            tail, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to stderr
+            proc.communicate(timeout=30)
+            err.seek(0)
+            pytest.fail("the draft server did not stop within 30 s of SIGINT; its stderr:\n" + err.read()[-6000:])
+    err.seek(0)
+    assert proc.returncode == 0 and "served" in tail, err.read()[-3000:]
     return line, summary
 
 
