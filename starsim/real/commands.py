@@ -119,7 +119,10 @@ def cmd_draft_server(args: argparse.Namespace) -> int:
     print(f"draft server on {server.address} ({src.get('path') or src.get('spec')}, {kind}, on {args.device}, "
           f"tree {args.tree}, policy {args.policy}, batches of up to {args.batch_max}); Ctrl-C to stop", flush=True)
     try:
-        server.stop.wait()
+        # a timed wait: Ctrl-C is seen within a second even when the kernel hands SIGINT to
+        # another thread (an untimed wait would then never wake to run Python's handler)
+        while not server.stop.wait(1.0):
+            pass
     except KeyboardInterrupt:
         pass
     finally:
