@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -37,6 +36,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from .errors import ScenarioError
+from .yaml_files import read_yaml
 
 Prob = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
@@ -145,14 +147,15 @@ class Measured(_Acceptance):
         p = Path(self.path).expanduser()
         p = p if p.is_absolute() else base / p
         try:
-            data = yaml.safe_load(p.read_text())
+            data = read_yaml(p, "acceptance curve")
+        except ScenarioError as e:
+            raise ValueError(f"acceptance curve file {p}: {e.problems[0][1]}") from None
+        try:
             curve = Marginal(curve=data["marginal"]).curve
-        except OSError as e:
-            raise ValueError(f"cannot read acceptance curve file {p}: {e.strerror or e}") from None
         except ValidationError as e:
             why = "; ".join(err["msg"] for err in e.errors())
             raise ValueError(f"{p} is not an acceptance curve file: marginal: {why}") from None
-        except (yaml.YAMLError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             why = " ".join(str(e).split())  # one line, whatever the YAML error printed
             raise ValueError(f"{p} is not an acceptance curve file (`marginal:` list expected): {why}") from None
         object.__setattr__(self, "path", str(p.resolve()))

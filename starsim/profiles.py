@@ -43,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ScenarioError
+from .yaml_files import read_yaml
 
 PROFILE_FORMAT = 1
 
@@ -275,10 +276,9 @@ def _now() -> str:
 
 def read_profile(path: str | Path) -> ProfileFile:
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ScenarioError(str(p), [("", f"cannot read profile: {e}")]) from None
+    data = read_yaml(p, "profile")
+    if not isinstance(data, dict):
+        raise ScenarioError(str(p), [("", f"expected a mapping at the top level, got {type(data).__name__}")])
     try:
         return ProfileFile.model_validate(data)
     except ValidationError as e:

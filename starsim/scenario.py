@@ -16,7 +16,6 @@ import types
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +29,7 @@ from pydantic import (
 from .acceptance import Acceptance, Marginal
 from .distributions import Dist, Profile
 from .errors import ScenarioError
+from .yaml_files import parse_yaml, read_yaml
 
 NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -744,37 +744,6 @@ def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a key given twice in one mapping (PyYAML would
-    silently keep the last one, hiding a mistake)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: set = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=deep)
-                try:
-                    dup = key in seen
-                    seen.add(key)
-                except TypeError:  # unhashable key: the base class reports it
-                    continue
-                if dup:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
-                    )
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """One line: ``line L, column C: what is wrong`` (PyYAML's own text spans several)."""
-    mark = getattr(e, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    return f"{where}{problem}"
-
-
 def apply_override(data: dict, path: str, value: Any, source: str = "--set") -> None:
     """Set ``a.b.0.c`` in a nested dict/list, creating missing mapping keys."""
     parts = path.split(".")
@@ -811,9 +780,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not path:
         raise ScenarioError("--set", [("", f"expected FIELD=VALUE, got {text!r}")])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ScenarioError("--set", [(path, f"value {raw!r} is not valid YAML: {_yaml_problem(e)}")]) from None
+        value = parse_yaml(raw, "--set") if raw.strip() else ""
+    except ScenarioError as e:
+        problem = e.problems[0][1].removeprefix("broken YAML: ")
+        raise ScenarioError("--set", [(path, f"value {raw!r} is not valid YAML: {problem}")]) from None
     return path, value
 
 
@@ -993,18 +963,7 @@ def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None
     """
     p = Path(path)
     source = str(path)
-    if p.is_dir():
-        raise ScenarioError(source, [("", "is a directory, not a scenario file")])
-    if not p.is_file():
-        raise ScenarioError(source, [("", "file not found")])
-    try:
-        data = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as e:
-        raise ScenarioError(source, [("", f"broken YAML: {_yaml_problem(e)}")]) from None
-    except UnicodeDecodeError:
-        raise ScenarioError(source, [("", "not a UTF-8 text file")]) from None
-    except OSError as e:
-        raise ScenarioError(source, [("", f"cannot read: {e.strerror or e}")]) from None
+    data = read_yaml(p, "scenario")
     if data is None:
         raise ScenarioError(source, [("", "the file is empty")])
     items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]

@@ -20,10 +20,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ScenarioError, StarsimError
+from ..yaml_files import read_yaml
 
 SPEC_DIR = Path(__file__).resolve().parent.parent.parent / "models" / "specs"
 
@@ -107,11 +107,11 @@ def load_spec(name_or_path: str, spec_dir: Path = SPEC_DIR) -> ModelSpec:
     if not p.is_file():
         known = ", ".join(list_specs(spec_dir))
         raise ScenarioError(str(name_or_path), [("", f"no such model spec; known specs: {known}")])
+    data = read_yaml(p, "model spec")
+    if not isinstance(data, dict):
+        raise ScenarioError(str(p), [("", f"expected a mapping at the top level, got {type(data).__name__}")])
     try:
-        data = yaml.safe_load(p.read_text())
         spec = ModelSpec.model_validate({**data, "path": str(p.resolve())})
-    except yaml.YAMLError as e:
-        raise ScenarioError(str(p), [("", f"not valid YAML: {e}")]) from None
     except ValidationError as e:
         raise ScenarioError.from_validation(str(p), e) from None
     return spec

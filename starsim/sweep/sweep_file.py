@@ -29,11 +29,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ScenarioError
 from ..scenario import Scenario, load_scenario
+from ..yaml_files import read_yaml
 
 
 class SweepFile(BaseModel):
@@ -146,12 +146,7 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file (not yet its points: see :meth:`Sweep.points`)."""
     p = Path(path)
     source = str(path)
-    if not p.is_file():
-        raise ScenarioError(source, [("", "file not found")])
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ScenarioError(source, [("", f"broken YAML: {e}")]) from None
+    data = read_yaml(p, "sweep")
     if not isinstance(data, dict):
         raise ScenarioError(source, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
     try:
