@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from starsim.cli import main
 from starsim.errors import ScenarioError
-from starsim.yaml_files import MAX_DEPTH, MAX_INT_DIGITS, MAX_VALUES, parse_yaml, read_yaml
+from starsim.yaml_files import MAX_ALIAS_VALUES, MAX_BYTES, MAX_DEPTH, MAX_INT_DIGITS, MAX_NODES, parse_yaml, read_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 REF = REPO / "scenarios" / "starsd_ref_n4.yaml"
@@ -38,7 +38,7 @@ def _problem(text: str) -> str:
 
 def test_an_alias_bomb_is_refused_in_time_linear_in_the_file():
     line = _problem(_laughs(9))  # 10^9 values when expanded
-    assert line.startswith("f.yaml: broken YAML: line ") and f"more than {MAX_VALUES:,} values" in line
+    assert line.startswith("f.yaml: broken YAML: line ") and f"by more than {MAX_ALIAS_VALUES:,} values" in line
 
 
 def test_aliases_that_expand_little_are_kept():
@@ -57,6 +57,18 @@ def test_deep_nesting_is_refused(text):
 def test_nesting_within_the_bound_is_kept():
     depth = MAX_DEPTH - 2
     assert parse_yaml("[" * depth + "1" + "]" * depth) is not None
+
+
+def test_too_many_values_are_refused_while_parsing():
+    assert f"more than {MAX_NODES:,} values" in _problem("[" + "1," * MAX_NODES + "1]")
+
+
+def test_a_large_file_is_refused_before_it_is_read(tmp_path, capsys):
+    f = tmp_path / "log.csv"
+    f.write_text("t,tokens\n" + "0.5,17\n" * (MAX_BYTES // 7))
+    assert main(["check", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"a scenario file is at most {MAX_BYTES / 1e6:g} MB" in err, err
 
 
 def test_a_huge_integer_is_refused():
@@ -126,7 +138,7 @@ def test_the_other_files_are_read_within_the_bounds(tmp_path):
     for read in (read_profile, load_sweep, lambda p: load_spec(str(p))):
         with pytest.raises(ScenarioError) as e:
             read(bomb)
-        assert f"more than {MAX_VALUES:,} values" in str(e.value)
+        assert f"by more than {MAX_ALIAS_VALUES:,} values" in str(e.value)
 
 
 def test_a_gzipped_profile_through_the_cli(tmp_path):
