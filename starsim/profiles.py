@@ -36,11 +36,11 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ScenarioError
 from .yaml_files import read_yaml
@@ -183,13 +183,25 @@ class _M(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class OpFit(_M):
     form: str
     features: list[str]
-    coef: list[float]
+    coef: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]]  # a time is never negative, NaN or inf
     mape_pct: float
     cv_mape_pct: float
     candidates_cv_mape_pct: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_features(self) -> OpFit:
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown fit feature {unknown[0]!r}; known: {', '.join(FEATURES)}")
+        if len(self.coef) != len(self.features):
+            raise ValueError(f"{len(self.coef)} coef for {len(self.features)} features")
+        return self
 
 
 class Op(_M):
@@ -201,10 +213,10 @@ class Op(_M):
         description="row layout: the inputs, then median_s (the point's time: the lowest of its passes' "
         "median block times), p10_s and p90_s (over every timed block), n (blocks)"
     )
-    rows: list[list[float]]
+    rows: list[list[Finite]]
     fit: OpFit | None = None
-    noise_cv: float = Field(0.0, ge=0, description="typical spread, as a lognormal cv from p10/p90")
-    range: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    noise_cv: float = Field(0.0, ge=0, allow_inf_nan=False, description="typical spread, a lognormal cv from p10/p90")
+    range: dict[str, tuple[Finite, Finite]] = Field(default_factory=dict)
 
     def column(self, name: str) -> np.ndarray:
         i = self.columns.index(name)

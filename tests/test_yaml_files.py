@@ -4,6 +4,7 @@ a traceback before its schema is checked; each bound fails with one line naming 
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,28 @@ def test_a_gzipped_profile_through_the_cli(tmp_path):
     f.write_bytes(gzip.compress(REF.read_bytes()))
     p = subprocess.run([sys.executable, "-m", "starsim.cli", "check", str(f)], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "a gzip file" in p.stderr
+
+
+PROFILE = REPO / "models" / "profiles" / "stdlib-pair.draft.cpu-amd-epyc-2-logical.float32.yaml"
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda op: op["fit"]["coef"].__setitem__(0, float("nan")), "ops.draft_round.fit.coef.0"),
+    (lambda op: op["fit"]["coef"].__setitem__(0, -1e-3), "greater than or equal to 0"),
+    (lambda op: op["fit"]["features"].__setitem__(0, "tokens^3"), "unknown fit feature 'tokens^3'"),
+    (lambda op: op["rows"][0].__setitem__(-2, float("inf")), "ops.draft_round.rows.0"),
+    (lambda op: op.__setitem__("noise_cv", float("nan")), "ops.draft_round.noise_cv"),
+])
+def test_a_profile_with_a_number_out_of_range_is_an_error(tmp_path, capsys, mutate, expected):
+    """A NaN coefficient ran and reported 0% utilization; a negative one crashed mid-run."""
+    data = yaml.safe_load(PROFILE.read_text())
+    mutate(data["ops"]["draft_round"])
+    prof = tmp_path / "p.yaml"
+    prof.write_text(yaml.safe_dump(data))
+    sc = yaml.safe_load((REPO / "scenarios" / "real_cpu_batch.yaml").read_text())
+    text = json.dumps(sc).replace(str(Path("..") / "models" / "profiles" / PROFILE.name), str(prof))
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    assert main(["check", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(prof) in err and expected in err and "Traceback" not in err, err
