@@ -36,6 +36,15 @@ Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 MODES = ("star", "one_for_one", "autoregressive")
 
+# Sizes a run is refused above, before any work: each is far beyond a real deployment and
+# below what exhausts a workstation (a simulated round keeps ~0.7 kB; 1,000 targets for one
+# simulated hour take ~15 s and 0.6 GB).
+MAX_UNITS = 100_000  # targets in all, and units of a device pool
+MAX_TREE_TOP_K, MAX_TREE_DEPTH, MAX_TREE_TOKENS = 1_000, 64, 4_096
+MAX_DURATION_S = 1e6  # 11.6 simulated days
+MAX_WINDOWS = 10_000_000  # duration_s / window_s: the idle-ratio series has one value per window
+MIN_WINDOW_S = 1e-6
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
@@ -48,7 +57,7 @@ class Device(_Model):
     """A pool of identical accelerators. Instances placed on the same unit share it."""
 
     type: str = Field("generic", description="free-text label, e.g. A100-80GB or cpu")
-    count: int = Field(1, ge=1, description="number of identical units in the pool")
+    count: int = Field(1, ge=1, le=MAX_UNITS, description="number of identical units in the pool")
     cores: int | None = Field(
         None,
         ge=1,
@@ -89,9 +98,9 @@ class Tree(_Model):
     """EAGLE-2 style token tree: ``top_k`` children per node, ``depth`` steps, then the
     best ``tokens`` nodes are kept (the root is not counted)."""
 
-    top_k: int = Field(10, ge=1)
-    depth: int = Field(5, ge=1)
-    tokens: int = Field(59, ge=1)
+    top_k: int = Field(10, ge=1, le=MAX_TREE_TOP_K)
+    depth: int = Field(5, ge=1, le=MAX_TREE_DEPTH)
+    tokens: int = Field(59, ge=1, le=MAX_TREE_TOKENS)
 
     @field_validator("tokens")
     @classmethod
@@ -100,7 +109,12 @@ class Tree(_Model):
         top_k, depth = info.data.get("top_k"), info.data.get("depth")
         if top_k is None or depth is None:  # already reported
             return tokens
-        most = sum(top_k**i for i in range(1, depth + 1))
+        most, level = 0, 1
+        for _ in range(depth):  # stops once past tokens: top_k**depth may have hundreds of digits
+            level *= top_k
+            most += level
+            if most >= tokens:
+                break
         if tokens > most:
             raise ValueError(f"tokens={tokens} exceeds the {most} nodes a top_k={top_k}, depth={depth} tree can have")
         if tokens < depth:
@@ -376,7 +390,7 @@ class Payload(_Model):
 
 class TargetGroup(_Model):
     name: str | None = Field(None, description="group label; instances are NAME-0, NAME-1, ...")
-    count: int = Field(1, ge=1)
+    count: int = Field(1, ge=1, le=MAX_UNITS)
     device: str = Field(description="device reference; a pool's units are assigned round-robin")
     verify_time: Dist = Field(
         description="one tree verification; tokens = tree tokens + 1 (root), context = context length"
@@ -639,6 +653,17 @@ class Scenario(_Model):
             finite = (isinstance(w, ClosedLoop) and not w.repeat) or isinstance(w, TraceReplay)
             if not finite:
                 problems.append(("duration_s", "give duration_s and/or max_requests (the run must end)"))
+        if self.duration_s is not None and self.duration_s > MAX_DURATION_S:
+            problems.append(("duration_s", f"at most {MAX_DURATION_S:g} s (11.6 simulated days; a longer run's rows "
+                                           f"would not fit in memory), got {self.duration_s:g}"))
+        elif self.duration_s is not None and self.duration_s / self.window_s > MAX_WINDOWS:
+            problems.append(("window_s", f"duration_s / window_s is {self.duration_s / self.window_s:.3g} idle-ratio "
+                                         f"windows; at most {MAX_WINDOWS:g} (a longer window_s)"))
+        if self.window_s < MIN_WINDOW_S:
+            problems.append(("window_s", f"at least {MIN_WINDOW_S:g} s, got {self.window_s:g}"))
+        total = sum(g.count for g in self.targets)
+        if total > MAX_UNITS:
+            problems.append(("targets", f"{total} targets in all; at most {MAX_UNITS:,}"))
         if self.duration_s is not None and self.warmup_s + self.cooldown_s >= self.duration_s:
             problems.append(
                 ("warmup_s", f"warmup_s + cooldown_s ({self.warmup_s + self.cooldown_s}) must be "

@@ -1,0 +1,54 @@
+"""Sizes a run is refused above (issue 16): decided when the scenario is checked, before any
+work, each with one line that says the limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from starsim import load_scenario, validate_scenario
+from starsim.cli import main
+from starsim.errors import ScenarioError
+from starsim.scenario import MAX_DURATION_S, MAX_TREE_DEPTH, MAX_UNITS, MAX_WINDOWS
+
+REF = Path(__file__).resolve().parent.parent / "scenarios" / "starsd_ref_n4.yaml"
+
+
+@pytest.mark.parametrize("override, field, says", [
+    ("targets.0.count=1000000000", "targets.0.count", f"less than or equal to {MAX_UNITS}"),
+    ("devices.gpu.count=1000000", "devices.gpu.count", f"less than or equal to {MAX_UNITS}"),
+    ("draft.tree.depth=1000000", "draft.tree.depth", f"less than or equal to {MAX_TREE_DEPTH}"),
+    ("duration_s=1e12", "duration_s", f"at most {MAX_DURATION_S:g} s"),
+    ("window_s=1e-300", "window_s", "at least 1e-06 s"),
+    ("window_s=0.00001", "window_s", f"at most {MAX_WINDOWS:g}"),
+])
+def test_sizes_over_the_limits_exit_2_with_the_limit(capsys, override, field, says):
+    assert main(["check", str(REF), "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f": {field}: " in err and says in err, err
+
+
+def test_many_groups_count_together():
+    data = yaml.safe_load(REF.read_text())
+    data["targets"] = [{**data["targets"][0], "count": MAX_UNITS}] * 2
+    with pytest.raises(ScenarioError) as e:
+        validate_scenario(data, base_dir=REF.parent)
+    assert f"{2 * MAX_UNITS} targets in all; at most {MAX_UNITS:,}" in str(e.value)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(top_k=st.integers(-5, 10**6), depth=st.integers(-5, 10**7), tokens=st.integers(-5, 10**7))
+def test_any_tree_is_checked_at_once(top_k, depth, tokens):
+    """The tree-size check stops as soon as it is past ``tokens`` (it summed top_k**i to depth:
+    depth 1e6 hung), so every shape validates or fails, quickly."""
+    try:
+        sc = load_scenario(REF, {"draft.tree": {"top_k": top_k, "depth": depth, "tokens": tokens}})
+    except ScenarioError as e:
+        assert all(f.startswith("draft.tree") for f, _ in e.problems), e.problems
+    else:
+        t = sc.draft.tree
+        assert t.depth <= t.tokens <= sum(t.top_k**i for i in range(1, t.depth + 1))
