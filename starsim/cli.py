@@ -16,6 +16,7 @@ from .metric_display import displays
 from .version import __version__
 
 EXIT_BAD_INPUT = 2
+MAX_N_ROWS = 10_000  # analyze --n: rows of a printed table
 
 # the terminal table of a run: these rows, then the features' rows a run uses (metric_display.py)
 _ROWS = displays(
@@ -66,11 +67,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def _parse_ns(text: str) -> list[int]:
     """``"1-8"`` or ``"1,2,4,8"`` -> list of ints."""
+    from .scenario import MAX_UNITS
+
     out: list[int] = []
     try:
         for part in text.split(","):
             if "-" in part:
                 a, b = part.split("-", 1)
+                if int(b) - int(a) + 1 + len(out) > MAX_N_ROWS:  # before building the range
+                    raise ScenarioError("--n", [("", f"more than {MAX_N_ROWS:,} target counts in {text!r}")])
                 out += list(range(int(a), int(b) + 1))
             else:
                 out.append(int(part))
@@ -78,6 +83,9 @@ def _parse_ns(text: str) -> list[int]:
         raise ScenarioError("--n", [("", f"expected e.g. 1-8 or 1,2,4,8, got {text!r}")]) from None
     if not out or min(out) < 1:
         raise ScenarioError("--n", [("", f"target counts must be >= 1, got {text!r}")])
+    if len(out) > MAX_N_ROWS or max(out) > MAX_UNITS:
+        raise ScenarioError("--n", [("", f"at most {MAX_N_ROWS:,} target counts, each at most {MAX_UNITS:,}; "
+                                         f"got {len(out):,} up to {max(out):,}")])
     return out
 
 

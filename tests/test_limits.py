@@ -52,3 +52,25 @@ def test_any_tree_is_checked_at_once(top_k, depth, tokens):
     else:
         t = sc.draft.tree
         assert t.depth <= t.tokens <= sum(t.top_k**i for i in range(1, t.depth + 1))
+
+
+@pytest.mark.parametrize("ns, says", [("1-1000000000", "more than 10,000 target counts"),
+                                      ("1,200000", "each at most 100,000")])
+def test_analyze_n_is_bounded_before_the_table_is_built(capsys, ns, says):
+    assert main(["analyze", str(REF), "--n", ns]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --n: ") and says in err and "\n" not in err, err
+
+
+def test_a_sweep_of_too_many_points_is_refused(tmp_path, capsys):
+    from starsim.sweep.sweep_file import MAX_POINTS
+
+    axes = {f: list(range(1, 11)) for f in ("seed", "max_requests", "targets.0.count", "devices.gpu.count")}
+    axes |= {"duration_s": [float(x) for x in range(100, 110)], "warmup_s": [0.0, 1.0] * 5}
+    f = tmp_path / "big.yaml"
+    f.write_text(yaml.safe_dump({"base": str(REF), "grid": axes}))
+    out = tmp_path / "out"
+    assert main(["sweep", str(f), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"makes 1,000,000 points; at most {MAX_POINTS:,}" in err.replace("make ", "makes "), err
+    assert not out.exists()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import ScenarioError
 from ..scenario import Scenario, load_scenario
 from ..yaml_files import read_yaml
+
+MAX_POINTS = 100_000
 
 
 class SweepFile(BaseModel):
@@ -77,6 +80,11 @@ class SweepFile(BaseModel):
             if k in seen:
                 raise ValueError(f"field {k!r} is swept twice ({seen[k]} and {where})")
             seen[k] = where
+        sizes = [len(v) for v in self.grid.values()] + [len(next(iter(g.values()))) for g in self.zip]
+        points = math.prod(sizes)
+        if points > MAX_POINTS:
+            raise ValueError(f"the grid and zip groups make {points:,} points; at most {MAX_POINTS:,} in one sweep "
+                             "(each point is a whole simulation)")
         return self
 
     @property
