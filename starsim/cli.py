@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScenarioError, StarsimError
+from .flags import seconds
 from .metric_display import displays
 from .version import __version__
 
@@ -165,8 +166,6 @@ def _predict(args: argparse.Namespace, real: bool) -> int:
     """``run`` (simulate) and ``execute`` (for real): one scenario in, one run directory out."""
     from .scenario import load_scenario
 
-    if args.trace_s < 0:
-        raise StarsimError(f"--trace-s: must be >= 0, got {args.trace_s}")
     if args.out and args.out.exists() and not args.out.is_dir():
         raise StarsimError(f"--out {args.out}: exists and is not a directory")
     sc = load_scenario(args.file, args.set)
@@ -330,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", type=Path, help="write the run directory here")
         sp.add_argument("--csv", action="store_true", help="tables as CSV instead of Parquet")
         sp.add_argument("--no-trace", action="store_true", help="do not write trace.json")
-        sp.add_argument("--trace-s", type=float, default=20.0, help="seconds of trace.json after warm-up (default 20)")
+        sp.add_argument("--trace-s", type=seconds, default=20.0,
+                        help="seconds of trace.json after warm-up (default 20)")
         sp.add_argument("--json", action="store_true", help="print summary.json instead of a table")
 
     r = sub.add_parser("run", help="simulate a scenario (SimPy) and summarize it")

@@ -42,8 +42,11 @@ def _read_csv(path: str | Path, need: list[str]) -> pd.DataFrame:
     return df
 
 
+MAX_TOKENS = 10_000_000  # per request: beyond any model's context (1e30 overflowed int64 and became 1)
+
+
 def _counts(df: pd.DataFrame, col: str, path: str | Path) -> np.ndarray:
-    """A column of token counts as int64 (truncated), clipped to >= 1; a bad cell names its line."""
+    """A column of token counts as int64 (truncated), 0 raised to 1; a bad cell names its line."""
     vals = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
     bad = ~np.isfinite(vals)
     if bad.any():
@@ -51,6 +54,10 @@ def _counts(df: pd.DataFrame, col: str, path: str | Path) -> np.ndarray:
         cell = df[col].iloc[i]
         got = "an empty cell" if pd.isna(cell) else repr(cell)
         raise _bad(path, f"line {i + 2}: {col} must be a number, got {got}")
+    out = (vals < 0) | (vals > MAX_TOKENS)
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise _bad(path, f"line {i + 2}: {col} must be a token count in 0..{MAX_TOKENS:,}, got {df[col].iloc[i]!r}")
     return np.maximum(vals.astype("int64"), 1)
 
 

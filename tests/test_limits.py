@@ -74,3 +74,26 @@ def test_a_sweep_of_too_many_points_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert f"makes 1,000,000 points; at most {MAX_POINTS:,}" in err.replace("make ", "makes "), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["1e30", "-5"])
+def test_trace_token_counts_out_of_range_name_their_line(tmp_path, value):
+    from starsim.workload import load_azure_trace
+
+    f = tmp_path / "t.csv"
+    f.write_text(f"TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,10,20\n"
+                 f"2023-11-16 18:15:47.0,{value},20\n")
+    with pytest.raises(ScenarioError) as e:
+        load_azure_trace(f)
+    assert "line 3: ContextTokens must be a token count in 0..10,000,000" in str(e.value)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", str(REF), "--trace-s", "nan"], "argument --trace-s: must be a finite number, got 'nan'"),
+    (["run", str(REF), "--trace-s", "-1"], "argument --trace-s: must be >= 0, got '-1'"),
+    (["report", "nowhere", "--from", "inf"], "argument --from: must be a finite number"),
+])
+def test_number_flags_are_finite_and_in_range(capsys, args, says):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and says in capsys.readouterr().err

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StarsimError
+from ..flags import number
 from ..models.specs import need_torch, parse_tree
 
 DEFAULT_OUT = Path("models/profiles")
@@ -305,9 +306,9 @@ def add_parsers(sub) -> None:
     st.add_argument("--passes", type=int, default=3, help="passes; the fastest is kept (default 3)")
     st.add_argument("--tree-tokens", type=int, default=16, help="nodes in each reply's tree (default 16)")
     st.add_argument("--new-tokens", type=int, default=3, help="tokens in each request (default 3)")
-    st.add_argument("--draft-busy-ms", type=float, default=5.0,
+    st.add_argument("--draft-busy-ms", type=number(0.0), default=5.0,
                     help="memory-sweeping work in place of each draft (default 5; 0: a tight loop)")
-    st.add_argument("--target-busy-ms", type=float, default=8.0,
+    st.add_argument("--target-busy-ms", type=number(0.0), default=8.0,
                     help="memory-sweeping work in place of each verify (default 8; 0: a tight loop)")
     st.add_argument("--out", type=Path, help="write the result as YAML to this file")
     st.set_defaults(func=cmd_stack)
@@ -325,7 +326,7 @@ def add_parsers(sub) -> None:
     im.add_argument("--draft-tp", type=int, default=1, help="tensor-parallel GPUs of the draft (default 1)")
     im.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "fp8"],
                     help="weights and activations (float16 is priced with the bfloat16 tables; default bfloat16)")
-    im.add_argument("--overhead-us", type=float, default=0.0,
+    im.add_argument("--overhead-us", type=number(0.0), default=0.0,
                     help="fixed cost per forward pass in microseconds (launches, scheduler, sampler), added to "
                     "the kernel-only times and recorded in the profile (default 0)")
     im.add_argument("--roles", default="target,draft", help="target,draft (default both)")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import StarsimError
+from ..flags import number, seconds
 from ..models.specs import need_torch, parse_tree
 from ..streams import Stream, rng_for
 
@@ -208,7 +209,7 @@ def add_server_parsers(sub) -> None:
     d.add_argument("--token", help="shared token targets must present")
     d.add_argument("--batch-max", type=_at_least_one, default=1,
                    help="draft up to this many waiting targets in one batched forward (default 1: one at a time)")
-    d.add_argument("--batch-window", type=float, default=0.0, metavar="SECONDS",
+    d.add_argument("--batch-window", type=seconds, default=0.0, metavar="SECONDS",
                    help="with fewer than --batch-max waiting, wait up to this long for more (default 0)")
     d.add_argument("--memory-bytes", type=_at_least_one, default=None, metavar="BYTES",
                    help="draft KV memory for the targets' caches: least recently used ones are dropped beyond it "
@@ -224,10 +225,11 @@ def add_server_parsers(sub) -> None:
     t.add_argument("--prompt-tokens", type=int, default=64, help="prompt length (default 64)")
     t.add_argument("--output-tokens", type=int, default=64, help="tokens to generate per request (default 64)")
     t.add_argument("--index", type=int, default=0, help="this target's index in the records (default 0)")
-    t.add_argument("--temperature", type=float, default=0.0,
+    t.add_argument("--temperature", type=number(0.0), default=0.0,
                    help="0: greedy (default); > 0: speculative sampling at this temperature")
     t.add_argument("--seed", type=int, default=0, help="sampling and prompt seed (default 0)")
     t.add_argument("--token", help="the server's shared token")
-    t.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a draft (default 60)")
+    t.add_argument("--timeout", type=number(0.0, above=True), default=60.0,
+                   help="seconds to wait for a draft (default 60)")
     t.add_argument("--out", type=Path, help="write this target's tables and summary here")
     t.set_defaults(func=cmd_target)

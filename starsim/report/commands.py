@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..flags import seconds
+
 DEFAULT_MULTI_OUT = Path("report")
 
 
@@ -32,7 +34,7 @@ def add_parsers(sub) -> None:
     r.add_argument("--out", type=Path,
                    help=f"output directory (default RUN_DIR/report for one run, ./{DEFAULT_MULTI_OUT} for several)")
     r.add_argument("--format", default="png,svg", help="figure files: png, svg or png,svg (default png,svg)")
-    r.add_argument("--from", dest="t_from", type=float, metavar="S",
+    r.add_argument("--from", dest="t_from", type=seconds, metavar="S",
                    help="timeline start, seconds on the run's clock (default: the end of warm-up)")
-    r.add_argument("--to", dest="t_to", type=float, metavar="S", help="timeline end (default: 0.5 s after --from)")
+    r.add_argument("--to", dest="t_to", type=seconds, metavar="S", help="timeline end (default: 0.5 s after --from)")
     r.set_defaults(func=cmd_report)
