@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScenarioError, StarsimError
-from .flags import seconds
+from .flags import output_dir, seconds
 from .metric_display import displays
 from .version import __version__
 
@@ -124,20 +124,16 @@ def cmd_acceptance(args: argparse.Namespace) -> int:
     import yaml
 
     from .metrics import summarize
-    from .records import Records
+    from .report.data import read_run
 
-    try:
-        records = Records.read(args.run_dir)
-    except (OSError, ValueError) as e:
-        raise StarsimError(f"{args.run_dir}: not a run directory ({e})") from None
+    run = read_run(args.run_dir)  # the run directory checked as report checks it
+    records = run.records
     s = summarize(records)
     curve = s["acceptance_marginal"]
     if not curve:
         raise StarsimError(f"{args.run_dir}: no speculative rounds in the measurement window")
-    prov = {}
-    summary_file = args.run_dir / "summary.json"
-    if summary_file.exists():
-        prov = json.loads(summary_file.read_text()).get("provenance", {})
+    prov = run.summary.get("provenance")
+    prov = prov if isinstance(prov, dict) else {}
     out = args.out or args.run_dir / "acceptance.yaml"
     doc = {
         "kind": "acceptance_curve",
@@ -149,11 +145,12 @@ def cmd_acceptance(args: argparse.Namespace) -> int:
                         **{k: prov[k] for k in ("scenario", "scenario_hash", "seed", "temperature", "models")
                            if k in prov}},
     }
-    scenario_file = args.run_dir / "scenario.yaml"
-    if scenario_file.exists():  # the tree the curve belongs to: a different shape accepts differently
-        tree = ((yaml.safe_load(scenario_file.read_text()) or {}).get("draft") or {}).get("tree")
-        if tree:
-            doc["measured_by"]["tree"] = tree
+    draft = (run.scenario or {}).get("draft")
+    tree = draft.get("tree") if isinstance(draft, dict) else None
+    if tree:  # the tree the curve belongs to: a different shape accepts differently
+        doc["measured_by"]["tree"] = tree
+    if out.is_dir():
+        raise StarsimError(f"--out {out}: is a directory; give the file to write, e.g. {out / 'acceptance.yaml'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"acceptance over {s['rounds']} rounds: {', '.join(f'{a:.3f}' for a in curve)} "
@@ -166,8 +163,7 @@ def _predict(args: argparse.Namespace, real: bool) -> int:
     """``run`` (simulate) and ``execute`` (for real): one scenario in, one run directory out."""
     from .scenario import load_scenario
 
-    if args.out and args.out.exists() and not args.out.is_dir():
-        raise StarsimError(f"--out {args.out}: exists and is not a directory")
+    output_dir(args.out)
     sc = load_scenario(args.file, args.set)
     if real:
         from .models.specs import need_torch

@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
+
+from .errors import StarsimError
 
 
 def number(lo: float = -math.inf, hi: float = math.inf, *, above: bool = False) -> Callable[[str], float]:
@@ -31,3 +34,26 @@ def number(lo: float = -math.inf, hi: float = math.inf, *, above: bool = False) 
 
 
 seconds = number(0.0)  # a duration or a time on a run's clock
+
+
+def output_dir(out: Path | None, flag: str = "--out") -> Path | None:
+    """``out`` if it can be a folder to write into (absent, or a folder); a one-line error if
+    it is a file, before any work."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise StarsimError(f"{flag} {out}: exists and is not a directory")
+    return out
+
+
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".eps", ".ps", ".tif", ".tiff")
+
+
+def output_image(out: Path | None, flag: str = "--out") -> Path | None:
+    """``out`` if it names an image matplotlib writes (checked before drawing)."""
+    if out is None:
+        return out
+    if out.is_dir():
+        raise StarsimError(f"{flag} {out}: is a directory; give the image file to write, e.g. {out / 'plot.png'}")
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise StarsimError(f"{flag} {out}: an image is written as one of {', '.join(IMAGE_SUFFIXES)}, "
+                           f"not {out.suffix or 'a name without a suffix'}")
+    return out

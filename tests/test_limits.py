@@ -97,3 +97,57 @@ def test_number_flags_are_finite_and_in_range(capsys, args, says):
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    assert main(["run", str(REF), "--set", "duration_s=20", "--set", "warmup_s=1", "--set", "cooldown_s=1",
+                 "--out", str(out), "--no-trace"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda d: (d / "summary.json").write_text((d / "summary.json").read_text()[:100]), "summary.json: cannot read"),
+    (lambda d: (d / "summary.json").write_text("[1, 2]"), "summary.json: expected a JSON object"),
+])
+@pytest.mark.parametrize("command", ["report", "acceptance"])
+def test_a_damaged_run_directory_is_one_line(tmp_path, capsys, run_dir, damage, says, command):
+    import shutil
+
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    damage(d)
+    capsys.readouterr()
+    assert main([command, str(d), "--out", str(tmp_path / "out.file")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and says in err, err
+
+
+def test_a_broken_scenario_copy_does_not_stop_report_or_acceptance(tmp_path, capsys, run_dir):
+    import shutil
+
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    (d / "scenario.yaml").write_text("draft: [\n")
+    assert main(["acceptance", str(d), "--out", str(tmp_path / "acc.yaml")]) == 0
+    assert main(["report", str(d), "--out", str(tmp_path / "report")]) == 0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["acceptance", "{run}", "--out", "{tmp}"], "is a directory; give the file to write"),
+    (["sweep", "{sweep}", "--out", "{file}"], "exists and is not a directory"),
+    (["run", str(REF), "--out", "{file}"], "exists and is not a directory"),
+    (["plot", "{results}", "--x", "seed", "--y", "rounds", "--out", "{tmp}/x.json"], "an image is written as one of"),
+])
+def test_output_paths_are_checked_before_work(tmp_path, capsys, run_dir, args, says):
+    (tmp_path / "afile").write_text("keep me")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"base": str(REF), "grid": {"seed": [1]}}))
+    (tmp_path / "results.parquet").write_bytes(b"")
+    fill = {"run": str(run_dir), "tmp": str(tmp_path), "sweep": str(sweep), "file": str(tmp_path / "afile"),
+            "results": str(tmp_path / "results.parquet")}
+    assert main([a.format(**fill) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and says in err, err
+    assert (tmp_path / "afile").read_text() == "keep me"

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .. import metrics
 from ..errors import StarsimError
 from ..metrics import summarize, window_bounds
 from ..records import Records
+from ..yaml_files import read_yaml
 
 
 @dataclass
@@ -83,13 +83,15 @@ def read_run(path: Path) -> Run:
     try:
         summary = json.loads(summary_file.read_text()) if summary_file.is_file() else summarize(records)
     except (OSError, ValueError) as e:
-        raise StarsimError(f"{summary_file}: cannot read: {e}") from None
+        raise StarsimError(f"{summary_file}: cannot read: {str(e).splitlines()[0] if str(e) else e}") from None
+    if not isinstance(summary, dict):
+        raise StarsimError(f"{summary_file}: expected a JSON object (a run's summary), got {type(summary).__name__}")
     scenario = None
     scenario_file = path / "scenario.yaml"
     if scenario_file.is_file():
         try:
-            scenario = yaml.safe_load(scenario_file.read_text())
-        except (OSError, yaml.YAMLError):
+            scenario = read_yaml(scenario_file, "scenario")
+        except StarsimError:  # a run's copy of its scenario only labels and groups runs
             scenario = None
         if not isinstance(scenario, dict):
             scenario = None

@@ -6,13 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..flags import output_dir, output_image
+
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .run import RESULTS, run_sweep
     from .sweep_file import load_sweep
 
     sweep = load_sweep(args.file)
-    out = args.out or Path("runs") / "sweeps" / sweep.spec.name
+    out = output_dir(args.out) or Path("runs") / "sweeps" / sweep.spec.name
     say = None if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
         table = run_sweep(sweep, out, analytic=args.analytic, jobs=args.jobs, ray=args.ray,
@@ -29,7 +31,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_results
 
     dest = plot_results(args.results, args.x, args.y, hue=args.hue, col=args.col, where=args.where,
-                        out=args.out, logx=args.logx, logy=args.logy)
+                        out=output_image(args.out), logx=args.logx, logy=args.logy)
     print(f"wrote {dest}")
     return 0
 
