@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
+from .errors import StarsimError
 from .streams import draws
 
 Sampler = Callable[[float, float, float], float]
@@ -260,7 +261,18 @@ Dist = Annotated[
 DIST_KINDS = ("constant", "exponential", "lognormal", "uniform", "empirical", "linear", "profile")
 
 
+MAX_LENGTH = 10_000_000  # tokens in one prompt or output
+
+
 def length_sampler(spec: _Spec, rng: np.random.Generator, minimum: int = 1) -> Callable[[], int]:
     """A sampler of token counts: draws are rounded and clipped to ``minimum``."""
     f = spec.sampler(rng)
-    return lambda: max(minimum, int(round(f(0.0, 0.0, 0.0))))
+
+    def draw() -> int:
+        x = f(0.0, 0.0, 0.0)
+        if not x <= MAX_LENGTH:  # NaN too: a length past any context is a mistake in the spec
+            raise StarsimError(f"the workload drew a length of {x:.3g} tokens; a request's prompt or output is at "
+                               f"most {MAX_LENGTH:,} tokens (check prompt_tokens / output_tokens)")
+        return max(minimum, int(round(x)))
+
+    return draw

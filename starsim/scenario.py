@@ -44,6 +44,9 @@ MAX_TREE_TOP_K, MAX_TREE_DEPTH, MAX_TREE_TOKENS = 1_000, 64, 4_096
 MAX_DURATION_S = 1e6  # 11.6 simulated days
 MAX_WINDOWS = 10_000_000  # duration_s / window_s: the idle-ratio series has one value per window
 MIN_WINDOW_S = 1e-6
+MAX_PROMPTS = 1_000_000  # a closed loop's prompt set is drawn up front
+MAX_RATE_PER_S = 1e6  # open-loop arrivals
+MAX_KV_BYTES_PER_TOKEN = 2**30  # 1 GiB (a 405B model holds ~0.5 MB): times 10M tokens still fits int64
 
 
 class _Model(BaseModel):
@@ -268,7 +271,9 @@ class Draft(_Model):
         description="pipelined drafting (PEARL-like): right after a target's tree, the engine drafts its next "
         "one assuming the whole tree path is accepted; kept on a hit, discarded (wasted draft time) on a miss",
     )
-    kv_bytes_per_token: int = Field(0, ge=0, description="draft KV bytes held per cached token")
+    kv_bytes_per_token: int = Field(
+        0, ge=0, le=MAX_KV_BYTES_PER_TOKEN, description="draft KV bytes held per cached token"
+    )
     memory_bytes: int | None = Field(
         None, ge=1,
         description="draft KV memory for the tags' caches: when they outgrow it, the least recently used tags "
@@ -469,7 +474,7 @@ class ClosedLoop(_Lengths):
     """Each target walks a prompt set in order, one request at a time (the reference setup)."""
 
     kind: Literal["closed"] = "closed"
-    prompts: int = Field(80, ge=1, description="size of the prompt set")
+    prompts: int = Field(80, ge=1, le=MAX_PROMPTS, description="size of the prompt set")
     lengths_file: str | None = Field(
         None,
         description="CSV with columns prompt_tokens,output_tokens (one row per prompt); "
@@ -488,7 +493,7 @@ class ClosedLoop(_Lengths):
 
 class Poisson(_Lengths):
     kind: Literal["poisson"]
-    rate_per_s: Pos
+    rate_per_s: Pos = Field(le=MAX_RATE_PER_S)
 
 
 class GammaArrivals(_Lengths):
@@ -496,7 +501,7 @@ class GammaArrivals(_Lengths):
     (cv = 1 is Poisson; cv > 1 is bursty)."""
 
     kind: Literal["gamma"]
-    rate_per_s: Pos
+    rate_per_s: Pos = Field(le=MAX_RATE_PER_S)
     cv: Pos = 1.0
 
 
