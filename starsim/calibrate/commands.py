@@ -326,7 +326,7 @@ def add_parsers(sub) -> None:
     im.add_argument("--draft-tp", type=int, default=1, help="tensor-parallel GPUs of the draft (default 1)")
     im.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "fp8"],
                     help="weights and activations (float16 is priced with the bfloat16 tables; default bfloat16)")
-    im.add_argument("--overhead-us", type=number(0.0), default=0.0,
+    im.add_argument("--overhead-us", type=float, default=0.0,
                     help="fixed cost per forward pass in microseconds (launches, scheduler, sampler), added to "
                     "the kernel-only times and recorded in the profile (default 0)")
     im.add_argument("--roles", default="target,draft", help="target,draft (default both)")
