@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScenarioError, StarsimError
-from .flags import output_dir, seconds
+from .flags import output_dir, output_file, seconds
 from .metric_display import displays
 from .version import __version__
 
@@ -149,8 +149,7 @@ def cmd_acceptance(args: argparse.Namespace) -> int:
     tree = draft.get("tree") if isinstance(draft, dict) else None
     if tree:  # the tree the curve belongs to: a different shape accepts differently
         doc["measured_by"]["tree"] = tree
-    if out.is_dir():
-        raise StarsimError(f"--out {out}: is a directory; give the file to write, e.g. {out / 'acceptance.yaml'}")
+    output_file(out, "acceptance.yaml")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     print(f"acceptance over {s['rounds']} rounds: {', '.join(f'{a:.3f}' for a in curve)} "

@@ -47,12 +47,17 @@ def output_dir(out: Path | None, flag: str = "--out") -> Path | None:
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".eps", ".ps", ".tif", ".tiff")
 
 
+def output_file(out: Path | None, example: str, flag: str = "--out") -> Path | None:
+    """``out`` if it can be a file to write (not a folder); ``example``: a file name to suggest."""
+    if out is not None and out.is_dir():
+        raise StarsimError(f"{flag} {out}: is a directory; give the file to write, e.g. {out / example}")
+    return out
+
+
 def output_image(out: Path | None, flag: str = "--out") -> Path | None:
     """``out`` if it names an image matplotlib writes (checked before drawing)."""
-    if out is None:
+    if output_file(out, "plot.png", flag) is None:
         return out
-    if out.is_dir():
-        raise StarsimError(f"{flag} {out}: is a directory; give the image file to write, e.g. {out / 'plot.png'}")
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise StarsimError(f"{flag} {out}: an image is written as one of {', '.join(IMAGE_SUFFIXES)}, "
                            f"not {out.suffix or 'a name without a suffix'}")

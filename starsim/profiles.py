@@ -43,7 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ScenarioError
-from .yaml_files import read_yaml
+from .yaml_files import read_mapping
 
 PROFILE_FORMAT = 1
 
@@ -288,9 +288,7 @@ def _now() -> str:
 
 def read_profile(path: str | Path) -> ProfileFile:
     p = Path(path)
-    data = read_yaml(p, "profile")
-    if not isinstance(data, dict):
-        raise ScenarioError(str(p), [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    data = read_mapping(p, "profile")
     try:
         return ProfileFile.model_validate(data)
     except ValidationError as e:

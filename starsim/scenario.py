@@ -809,11 +809,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     path = path.strip()
     if not path:
         raise ScenarioError("--set", [("", f"expected FIELD=VALUE, got {text!r}")])
-    try:
-        value = parse_yaml(raw, "--set") if raw.strip() else ""
-    except ScenarioError as e:
-        problem = e.problems[0][1].removeprefix("broken YAML: ")
-        raise ScenarioError("--set", [(path, f"value {raw!r} is not valid YAML: {problem}")]) from None
+    value = parse_yaml(raw, "--set", field=path, prefix=f"value {raw!r} is not valid YAML") if raw.strip() else ""
     return path, value
 
 

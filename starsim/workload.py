@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .distributions import length_sampler
+from .distributions import MAX_LENGTH, length_sampler
 from .errors import ScenarioError
 from .scenario import ClosedLoop, GammaArrivals, Poisson, TraceReplay
 
@@ -42,9 +42,6 @@ def _read_csv(path: str | Path, need: list[str]) -> pd.DataFrame:
     return df
 
 
-MAX_TOKENS = 10_000_000  # per request: beyond any model's context (1e30 overflowed int64 and became 1)
-
-
 def _counts(df: pd.DataFrame, col: str, path: str | Path) -> np.ndarray:
     """A column of token counts as int64 (truncated), 0 raised to 1; a bad cell names its line."""
     vals = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float)
@@ -54,10 +51,10 @@ def _counts(df: pd.DataFrame, col: str, path: str | Path) -> np.ndarray:
         cell = df[col].iloc[i]
         got = "an empty cell" if pd.isna(cell) else repr(cell)
         raise _bad(path, f"line {i + 2}: {col} must be a number, got {got}")
-    out = (vals < 0) | (vals > MAX_TOKENS)
+    out = (vals < 0) | (vals > MAX_LENGTH)  # 1e30 overflowed int64 and quietly became 1
     if out.any():
         i = int(np.flatnonzero(out)[0])
-        raise _bad(path, f"line {i + 2}: {col} must be a token count in 0..{MAX_TOKENS:,}, got {df[col].iloc[i]!r}")
+        raise _bad(path, f"line {i + 2}: {col} must be a token count in 0..{MAX_LENGTH:,}, got {df[col].iloc[i]!r}")
     return np.maximum(vals.astype("int64"), 1)
 
 

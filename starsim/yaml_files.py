@@ -132,14 +132,15 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return f"{where}{problem}"
 
 
-def parse_yaml(text: str, source: str = "<yaml>") -> Any:
-    """``text`` parsed within the bounds; :class:`ScenarioError` naming ``source`` if not."""
+def parse_yaml(text: str, source: str = "<yaml>", *, field: str = "", prefix: str = "broken YAML") -> Any:
+    """``text`` parsed within the bounds; if not, :class:`ScenarioError` naming ``source``
+    and ``field``: ``prefix: line L, column C: what is wrong``."""
     try:
         return yaml.load(text, Loader=_BoundedLoader)
     except yaml.YAMLError as e:
-        raise ScenarioError(source, [("", f"broken YAML: {yaml_problem(e)}")]) from None
+        raise ScenarioError(source, [(field, f"{prefix}: {yaml_problem(e)}")]) from None
     except RecursionError:  # a bound above should come first; kept so that no input gives a traceback
-        raise ScenarioError(source, [("", f"broken YAML: nested too deeply (at most {MAX_DEPTH} levels)")]) from None
+        raise ScenarioError(source, [(field, f"{prefix}: nested too deeply (at most {MAX_DEPTH} levels)")]) from None
 
 
 def read_yaml(path: str | Path, what: str = "file", max_bytes: int = MAX_BYTES) -> Any:
@@ -168,3 +169,11 @@ def read_yaml(path: str | Path, what: str = "file", max_bytes: int = MAX_BYTES) 
     if "\x00" in text:
         raise ScenarioError(source, [("", f"a binary file (a {what} file is YAML text)")])
     return parse_yaml(text, source)
+
+
+def read_mapping(path: str | Path, what: str = "file") -> dict:
+    """:func:`read_yaml` for a file whose top level must be a mapping (profiles, sweeps, specs)."""
+    data = read_yaml(path, what)
+    if not isinstance(data, dict):
+        raise ScenarioError(str(path), [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    return data

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ScenarioError, StarsimError
-from ..yaml_files import read_yaml
+from ..yaml_files import read_mapping
 
 SPEC_DIR = Path(__file__).resolve().parent.parent.parent / "models" / "specs"
 
@@ -107,9 +107,7 @@ def load_spec(name_or_path: str, spec_dir: Path = SPEC_DIR) -> ModelSpec:
     if not p.is_file():
         known = ", ".join(list_specs(spec_dir))
         raise ScenarioError(str(name_or_path), [("", f"no such model spec; known specs: {known}")])
-    data = read_yaml(p, "model spec")
-    if not isinstance(data, dict):
-        raise ScenarioError(str(p), [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    data = read_mapping(p, "model spec")
     try:
         spec = ModelSpec.model_validate({**data, "path": str(p.resolve())})
     except ValidationError as e:

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ScenarioError
 from ..scenario import Scenario, load_scenario
-from ..yaml_files import read_yaml
+from ..yaml_files import read_mapping
 
 MAX_POINTS = 100_000
 
@@ -154,9 +154,7 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file (not yet its points: see :meth:`Sweep.points`)."""
     p = Path(path)
     source = str(path)
-    data = read_yaml(p, "sweep")
-    if not isinstance(data, dict):
-        raise ScenarioError(source, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    data = read_mapping(p, "sweep")
     try:
         spec = SweepFile.model_validate(data)
     except ValidationError as err:
