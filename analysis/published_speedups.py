@@ -110,6 +110,8 @@ def host_step_overhead_s() -> float:
     import torch
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
+    from starsim.models.specs import cache_kw
+
     torch.manual_seed(0)
     old = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -121,13 +123,14 @@ def host_step_overhead_s() -> float:
         medians = []
         with torch.inference_mode():
             cache = DynamicCache()
-            m(input_ids=torch.randint(0, 512, (1, 256)), past_key_values=cache, use_cache=True)
+            kv = cache_kw(m)
+            m(input_ids=torch.randint(0, 512, (1, 256)), use_cache=True, **{kv: cache})
             x = torch.randint(0, 512, (1, 1))
             for _ in range(5):
                 ts = []
                 for _ in range(100):
                     t = time.perf_counter()
-                    out = m(input_ids=x, past_key_values=cache, use_cache=True)
+                    out = m(input_ids=x, use_cache=True, **{kv: cache})
                     int(out.logits[0, -1].topk(10).indices[0])  # the host reads the draft's choice
                     cache.crop(-1)
                     ts.append(time.perf_counter() - t)

@@ -16,6 +16,8 @@ Draft kinds:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -228,7 +230,7 @@ class Net:
         """
         import torch
 
-        kw = {"past_key_values": cache, "use_cache": True, "attention_mask": mask, "position_ids": positions}
+        kw = {cache_kw(self.lm): cache, "use_cache": True, "attention_mask": mask, "position_ids": positions}
         if last_only:
             kw["logits_to_keep"] = 1
         if self.fc is None:
@@ -244,6 +246,18 @@ def new_cache():
     from transformers import DynamicCache
 
     return DynamicCache()
+
+
+def cache_kw(model) -> str:
+    """The name ``model.forward`` takes its KV cache by: ``cache`` (transformers >= 5.2x,
+    where ``past_key_values`` is deprecated and goes in 5.40) or ``past_key_values`` (older)."""
+    return _cache_kw(type(model))
+
+
+@functools.cache
+def _cache_kw(cls) -> str:
+    # inspect follows the deprecation decorator's __wrapped__ to the real signature
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def crop_cache(cache, length: int) -> None:

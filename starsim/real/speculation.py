@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models.specs import crop_cache
+from ..models.specs import cache_kw, crop_cache
 
 
 @dataclass
@@ -335,8 +335,8 @@ class Drafter:
         """(logits [n, vocab], predicted features [n, hidden] or None) of one forward on the tag's cache."""
         if self.net is None:
             kw = {"logits_to_keep": 1} if last_only else {}
-            out = self.model(input_ids=ids, past_key_values=st.cache, position_ids=pos, attention_mask=mask,
-                             use_cache=True, **kw)
+            kw[cache_kw(self.model)] = st.cache
+            out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, **kw)
             return out.logits[0], None
         logits, feats = self.net(ids, st.cache, mask, pos, hidden.to(self.model.dtype), last_only)
         return logits[0], feats[0]
@@ -471,8 +471,8 @@ class Drafter:
             mask = torch.cat([seen[:, None, :].expand(B, R, width), tree_cols], -1)[:, None].to(dev)
             ids = torch.tensor([[g.tok[n] for n in g.frontier] for g in growth], device=dev)
             pos = torch.tensor([[p - 1 + level] * R for p in prefix], device=dev)
-            logits = self.model(input_ids=ids, past_key_values=batched, position_ids=pos, attention_mask=mask,
-                                use_cache=True).logits
+            logits = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True,
+                                **{cache_kw(self.model): batched}).logits
             for b, g in enumerate(growth):
                 g.grow(logits[b], level)
         for tag, context in reqs:
@@ -574,7 +574,8 @@ class Verifier:
 
     def _run(self, **kw):
         """One forward; keeps the last layer's hidden states when they are wanted."""
-        out = self.model(past_key_values=self.cache, use_cache=True, output_hidden_states=self.hidden, **kw)
+        kw[cache_kw(self.model)] = self.cache
+        out = self.model(use_cache=True, output_hidden_states=self.hidden, **kw)
         return out.logits, (out.hidden_states[-1][0] if self.hidden else None)
 
     def _probs(self, logits) -> np.ndarray:
