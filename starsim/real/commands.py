@@ -115,7 +115,8 @@ def cmd_draft_server(args: argparse.Namespace) -> int:
     drafter = Drafter(model, tree.top_k, tree.depth, tree.tokens)
     server = DraftServer(drafter, bind=args.bind, policy=args.policy, token=args.token, batch_max=args.batch_max,
                          batch_window_s=args.batch_window, memory_bytes=args.memory_bytes,
-                         pipeline=args.pipeline).start()
+                         pipeline=args.pipeline, max_targets=args.max_targets, max_pending=args.max_pending,
+                         handshake_timeout_s=args.handshake_timeout).start()
     kind = "EAGLE head (targets send hidden states)" if drafter.needs_hidden else "causal LM"
     print(f"draft server on {server.address} ({src.get('path') or src.get('spec')}, {kind}, on {args.device}, "
           f"tree {args.tree}, policy {args.policy}, batches of up to {args.batch_max}); Ctrl-C to stop", flush=True)
@@ -201,6 +202,8 @@ def _model_args(p: argparse.ArgumentParser, role: str) -> None:
 
 
 def add_server_parsers(sub) -> None:
+    from .server import HANDSHAKE_TIMEOUT_S, MAX_PENDING, MAX_TARGETS
+
     d = sub.add_parser("draft-server", help="serve draft trees over TCP to targets on other machines (torch)")
     _model_args(d, "draft")
     d.add_argument("--bind", default="127.0.0.1:7070", help="HOST:PORT (default 127.0.0.1:7070; 0.0.0.0 for all)")
@@ -216,6 +219,14 @@ def add_server_parsers(sub) -> None:
                         "(and re-encoded on their next request; default: unlimited)")
     d.add_argument("--pipeline", action="store_true",
                    help="pipelined drafting: draft each target's next tree while it verifies (greedy drafts)")
+    d.add_argument("--max-targets", type=_at_least_one, default=MAX_TARGETS, metavar="N",
+                   help=f"targets served at once, a thread each; more are refused (default {MAX_TARGETS})")
+    d.add_argument("--max-pending", type=_at_least_one, default=MAX_PENDING, metavar="N",
+                   help=f"connections waiting for their handshake (no thread each); more are closed at once "
+                        f"(default {MAX_PENDING})")
+    d.add_argument("--handshake-timeout", type=number(0.0, 3600.0, above=True), default=HANDSHAKE_TIMEOUT_S,
+                   metavar="SECONDS", help=f"close a connection that has not sent its HELLO this long after "
+                                           f"connecting (default {HANDSHAKE_TIMEOUT_S:g})")
     d.set_defaults(func=cmd_draft_server)
 
     t = sub.add_parser("target", help="run requests on this machine against a draft server (torch)")

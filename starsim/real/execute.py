@@ -382,7 +382,7 @@ def _plan(scenario: Scenario) -> _Plan:
 
 def _start_servers(plan: _Plan) -> list:
     """Star: one DraftServer per draft unit, each with its own copy of the draft."""
-    from .server import DraftServer
+    from .server import MAX_TARGETS, DraftServer
     from .speculation import Drafter
 
     sc, r, servers = plan.scenario, plan.scenario.real, []
@@ -393,7 +393,8 @@ def _start_servers(plan: _Plan) -> list:
             draft = load_model(plan.draft_src, "draft", dev, resolve_dtype(r, plan.draft_src, dev))
             servers.append(DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens), policy=d.policy,
                                        timeout_s=r.timeout_s, batch_max=d.batch.max, batch_window_s=d.batch.window_s,
-                                       memory_bytes=d.memory_bytes, pipeline=d.pipeline).start())
+                                       memory_bytes=d.memory_bytes, pipeline=d.pipeline,
+                                       max_targets=max(MAX_TARGETS, len(plan.target_units))).start())
     except BaseException:
         for srv in servers:
             srv.close()

@@ -11,7 +11,16 @@ the simulator's ``draft.batch``), after waiting up to ``batch_window_s`` for mor
 fewer are waiting; each batch is one busy interval.
 
 A frame that is malformed, oversized, out of order or from the wrong tag gets a log line
-and closes that connection; the server keeps serving the others. Nothing from the network
+and closes that connection; the server keeps serving the others.
+
+Floods: a new connection holds no thread until its HELLO is in. One door thread reads the
+HELLOs of up to ``max_pending`` connections at once (non-blocking, at most MAX_HELLO_BYTES
+each) and closes any that has not sent its whole HELLO ``handshake_timeout_s`` after it
+connected; connections beyond ``max_pending`` are closed at once. A target that completes
+its handshake gets a thread, up to ``max_targets`` of them; beyond that its HELLO is answered
+by ERROR "draft server full". So the server runs at most ``max_targets + 2`` threads (the
+door, the engine and one per target) and buffers at most ``max_pending x MAX_HELLO_BYTES``
+for handshakes, whatever arrives. Nothing from the network
 is unpickled or ``torch.load``-ed: frames are decoded by :mod:`starsim.real.protocol`.
 
 :class:`DraftClient` is the target's side: ``HELLO``/``WELCOME``, clock probes when the
@@ -27,13 +36,16 @@ clock, with the bound ``clock_error_s``, from CLOCK probes at connect (Cristian'
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
+import selectors
 import socket
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -47,6 +59,13 @@ from .speculation import Drafter, TreeDraft, tree_depths
 
 log = logging.getLogger("starsim.draft_server")
 CLOCK_PROBES = 8
+# Connection limits (see DraftServer): a HELLO frame is small (a token and a target's info);
+# a connection that has not completed its handshake holds no thread, only this much buffer.
+MAX_HELLO_BYTES = 16 * 1024
+MAX_TARGETS = 256
+MAX_PENDING = 1024
+HANDSHAKE_TIMEOUT_S = 5.0
+MAX_REJECTED_LINES = 1000  # the newest rejection lines kept (a flood must not grow them without bound)
 
 
 @functools.cache
@@ -105,6 +124,17 @@ class _Task:
     missed: bool = False
     cancelled: bool = False
     t_enqueue: float = 0.0
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A connection whose HELLO is not all in yet (the door thread reads it)."""
+
+    conn: socket.socket
+    peer: object
+    deadline: float  # monotonic: closed unheard after this
+    buf: bytearray = field(default_factory=bytearray)
+    need: int = P.PREFIX_SIZE  # bytes of the frame known so far to be due: the prefix, then all of it
 
 
 def main_path(tree: TreeDraft) -> list[int]:
@@ -190,14 +220,21 @@ class DraftServer:
         batch_window_s: float = 0.0,
         memory_bytes: int | None = None,
         pipeline: bool = False,
+        max_targets: int = MAX_TARGETS,
+        max_pending: int = MAX_PENDING,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
     ):
-        """Eleven parameters: the drafter and the address, then one per server option (the
+        """Fourteen parameters: the drafter and the address, then one per server option (the
         scenario's draft policy, batching, memory and pipelining; security and limits), each
         with the default a plain star uses."""
         if batch_max < 1 or not batch_window_s >= 0 or (memory_bytes is not None and memory_bytes < 1):
             raise ValueError(f"batch_max must be >= 1, batch_window_s >= 0 and memory_bytes >= 1 or None, got "
                              f"{batch_max}, {batch_window_s}, {memory_bytes}")
+        if max_targets < 1 or max_pending < 1 or not 0 < handshake_timeout_s < math.inf:
+            raise ValueError(f"max_targets and max_pending must be >= 1 and handshake_timeout_s a positive number, "
+                             f"got {max_targets}, {max_pending}, {handshake_timeout_s}")
         self.drafter, self.token, self.max_bytes, self.timeout_s = drafter, token, max_bytes, timeout_s
+        self.max_targets, self.max_pending, self.handshake_timeout_s = max_targets, max_pending, handshake_timeout_s
         # batched drafting (the simulator's draft.batch): up to batch_max waiting tasks in one
         # Drafter.draft_batch; with fewer waiting, wait up to batch_window_s for more first
         self.batch_max, self.batch_window_s = batch_max, batch_window_s
@@ -232,18 +269,23 @@ class DraftServer:
         self.cv = threading.Condition()
         self.stop = threading.Event()
         self.intervals: list[Busy] = []  # the engine's busy time
-        self.rejected: list[str] = []  # one line per connection closed for a bad message
+        self.rejected: deque[str] = deque(maxlen=MAX_REJECTED_LINES)  # a line per connection closed for a bad message
+        # connections closed unheard: over max_pending or max_targets (refused), or no HELLO
+        # within handshake_timeout_s (timed_out)
+        self.refused = self.timed_out = 0
         self.contexts: dict[int, list[int]] = {}
         self.hiddens: dict[int, list[np.ndarray]] = {}  # EAGLE drafts: the features behind each tag's context
         self._next_tag = 0
-        self._threads: list[threading.Thread] = []
+        self._threads: list[threading.Thread] = []  # the door's and the engine's
+        self._comm: set[threading.Thread] = set()  # one per connected target, gone when it ends
+        self._pending: dict[socket.socket, _Pending] = {}  # the door thread's: handshakes under way
         self._conns: set[socket.socket] = set()
         self.host_id = host_id()
 
     # ------------------------------------------------------------------ life
 
     def start(self) -> DraftServer:
-        for fn in (self._accept_loop, self._engine_loop):
+        for fn in (self._door_loop, self._engine_loop):
             t = threading.Thread(target=fn, daemon=True, name=f"draft-{fn.__name__}")
             t.start()
             self._threads.append(t)
@@ -259,8 +301,22 @@ class DraftServer:
                 c.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        for t in self._threads:
-            t.join(timeout=5)
+        with self.cv:
+            threads = self._threads + list(self._comm)
+        for t in threads:
+            if t.ident is not None:  # a comm thread admitted a moment ago may not have started
+                t.join(timeout=5)
+
+    @property
+    def connected(self) -> int:
+        """Targets connected now (each holds one comm thread)."""
+        with self.cv:
+            return len(self._comm)
+
+    @property
+    def pending(self) -> int:
+        """Connections whose handshake is under way now (no thread each)."""
+        return len(self._pending)
 
     def __enter__(self) -> DraftServer:
         return self.start()
@@ -275,19 +331,152 @@ class DraftServer:
 
     # ------------------------------------------------------------------ threads
 
-    def _accept_loop(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.stop.is_set():
+    def _door_loop(self) -> None:
+        """Accept connections and read their HELLOs without a thread each (see the module
+        docstring): a connection gets its comm thread once its handshake is done."""
+        self.sock.setblocking(False)
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ, None)
+        pending = self._pending
+        try:
+            while not self.stop.is_set():
+                for key, _ in sel.select(0.2):
+                    if key.data is None:
+                        if not self._accept(sel, pending):
+                            return
+                    else:
+                        self._read_hello(sel, pending, key.data)
+                now = time.monotonic()
+                for p in [p for p in pending.values() if p.deadline <= now]:
+                    self._forget(sel, pending, p)
+                    self.timed_out += 1
+                    self._tell(p.conn, f"no HELLO within {self.handshake_timeout_s:g} s")
+                    p.conn.close()
+                    if self.timed_out == 1 or self.timed_out % 100 == 0:
+                        log.warning("closed %d connections that sent no HELLO within %g s",
+                                    self.timed_out, self.handshake_timeout_s)
+        finally:
+            for p in pending.values():
+                p.conn.close()
+            sel.close()
+
+    def _accept(self, sel, pending: dict) -> bool:
+        """Take every connection waiting on the listening socket; False: the socket is closed."""
+        while True:
             try:
                 conn, peer = self.sock.accept()
-            except TimeoutError:
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("cannot accept a connection now (%s); %d waiting for a handshake", e, len(pending))
+                    time.sleep(0.05)  # the connection waits in the backlog until a descriptor frees
+                    return True
+                return not self.sock.fileno() < 0 and not self.stop.is_set()
+            if len(pending) >= self.max_pending:
+                self._refuse(conn, f"draft server busy: {self.max_pending} connections waiting for a handshake")
                 continue
-            except OSError:
+            conn.setblocking(False)
+            p = _Pending(conn, peer, time.monotonic() + self.handshake_timeout_s)
+            pending[conn] = p
+            sel.register(conn, selectors.EVENT_READ, p)
+
+    def _forget(self, sel, pending: dict, p: _Pending) -> None:
+        sel.unregister(p.conn)
+        del pending[p.conn]
+
+    def _read_hello(self, sel, pending: dict, p: _Pending) -> None:
+        """Read what a pending connection sent (never past its HELLO frame: what follows is its
+        comm thread's); on a whole HELLO, admit it."""
+        try:
+            data = p.conn.recv(p.need - len(p.buf))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._forget(sel, pending, p)
+            self._reject(p.conn, p.peer, None, e)
+            return
+        if not data:  # closed before a whole HELLO: nothing said, nothing to log
+            self._forget(sel, pending, p)
+            p.conn.close()
+            return
+        p.buf += data
+        try:
+            if p.need == P.PREFIX_SIZE and len(p.buf) == P.PREFIX_SIZE:
+                hlen, blen = P.parse_prefix(p.buf, MAX_HELLO_BYTES)
+                p.need += hlen + blen
+            if len(p.buf) < p.need:
                 return
+            self._forget(sel, pending, p)
+            hello = P.decode(p.buf, MAX_HELLO_BYTES)
+        except P.ProtocolError as e:
+            if p.conn in pending:
+                self._forget(sel, pending, p)
+            self._reject(p.conn, p.peer, None, e)
+            return
+        self._admit(p.conn, p.peer, hello)
+
+    def _admit(self, conn: socket.socket, peer, hello) -> None:
+        """A whole HELLO: check it (token, weight), then WELCOME with a new tag and the target's
+        comm thread, or ERROR "draft server full" beyond max_targets."""
+        try:
+            conn.settimeout(self.handshake_timeout_s)
+            if hello.type != P.HELLO:
+                raise P.ProtocolError(f"expected HELLO first, got {hello.type}")
+            if self.token is not None and hello.header.get("token") != self.token:
+                P.send_message(conn, P.error("bad token"))
+                raise P.ProtocolError("bad token")
+            weight = _weight(hello.header.get("target"))
+        except (P.ProtocolError, OSError) as e:
+            self._reject(conn, peer, None, e)
+            return
+        with self.cv:
+            full = len(self._comm) >= self.max_targets
+            if not full:
+                tag, self._next_tag = self._next_tag, self._next_tag + 1
+                self.weights[tag] = weight
+                t = threading.Thread(target=self._serve, args=(conn, peer, tag), daemon=True,
+                                     name=f"draft-comm-{tag}")
+                self._comm.add(t)
+                self._conns.add(conn)
+        if full:
+            self._refuse(conn, f"draft server full: {self.max_targets} targets connected")
+            return
+        try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            t = threading.Thread(target=self._serve, args=(conn, peer), daemon=True, name=f"draft-comm-{peer}")
-            t.start()
-            self._threads.append(t)
+            P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES),
+                                           needs_hidden=self.drafter.needs_hidden))
+        except OSError as e:
+            with self.cv:
+                self._comm.discard(t)
+                self._conns.discard(conn)
+                self.weights.pop(tag, None)
+            self._reject(conn, peer, tag, e)
+            return
+        t.start()
+
+    def _tell(self, conn: socket.socket, reason: str) -> None:
+        """An ERROR to a connection being closed unheard, if its send buffer takes it at once."""
+        try:
+            conn.setblocking(False)
+            conn.send(P.error(reason).encode())
+        except OSError:
+            pass
+
+    def _refuse(self, conn: socket.socket, reason: str) -> None:
+        """Close a connection over a limit, telling it why."""
+        self.refused += 1
+        if self.refused == 1 or self.refused % 100 == 0:
+            log.warning("%s: refused %d connections so far", reason, self.refused)
+        self._tell(conn, reason)
+        conn.close()
+
+    def _reject(self, conn: socket.socket, peer, tag: int | None, e: Exception) -> None:
+        """Close a connection for a bad message (or a broken socket), with a line in ``rejected``."""
+        line = f"{peer} tag {tag}: {e}; connection closed"
+        self.rejected.append(line)
+        log.warning(line)
+        conn.close()
 
     def _engine_loop(self) -> None:
         # The only thread that touches the draft model: tasks and frees come through the queue.
@@ -457,15 +646,10 @@ class DraftServer:
             raise P.ProtocolError(f"this draft needs hidden float16 [{n}, {width}] with each DRAFT_REQUEST")
         return [h] if before is None else [*before, h]
 
-    def _serve(self, conn: socket.socket, peer) -> None:
-        """One target's connection (its own thread): the handshake, then its messages until
-        BYE, a closed connection or a bad message (logged, and only this connection closed)."""
-        self._conns.add(conn)
-        tag = None
+    def _serve(self, conn: socket.socket, peer, tag: int) -> None:
+        """One target's connection after its WELCOME (its own thread): its messages until BYE,
+        a closed connection or a bad message (logged, and only this connection closed)."""
         try:
-            tag = self._handshake(conn)
-            if tag is None:
-                return
             conn.settimeout(None)  # a target may think for a while between rounds
             probes = 0  # clock probes answered; None once the first DRAFT_REQUEST came
             while not self.stop.is_set():
@@ -484,36 +668,14 @@ class DraftServer:
                 probes = None
                 self._answer(conn, msg, tag, t_arrive)
         except (P.ProtocolError, OSError) as e:
-            if self.stop.is_set() and isinstance(e, OSError):
-                return  # this server is going away (close() shut the connection): not a bad message
-            line = f"{peer} tag {tag}: {e}; connection closed"
-            self.rejected.append(line)
-            log.warning(line)
+            if not (self.stop.is_set() and isinstance(e, OSError)):  # close() shut it: not a bad message
+                self._reject(conn, peer, tag, e)
         finally:
-            if tag is not None:
-                self._release(tag)
-            self._conns.discard(conn)
+            self._release(tag)
             conn.close()
-
-    def _handshake(self, conn: socket.socket) -> int | None:
-        """HELLO (with the token, if the server has one) -> WELCOME with a new tag; None: the
-        peer closed before saying anything."""
-        conn.settimeout(self.timeout_s)
-        hello = P.recv_message(conn, self.max_bytes)
-        if hello is None:
-            return None
-        if hello.type != P.HELLO:
-            raise P.ProtocolError(f"expected HELLO first, got {hello.type}")
-        if self.token is not None and hello.header.get("token") != self.token:
-            P.send_message(conn, P.error("bad token"))
-            raise P.ProtocolError("bad token")
-        weight = _weight(hello.header.get("target"))
-        with self.cv:
-            tag, self._next_tag = self._next_tag, self._next_tag + 1
-            self.weights[tag] = weight
-        P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES),
-                                       needs_hidden=self.drafter.needs_hidden))
-        return tag
+            with self.cv:
+                self._conns.discard(conn)
+                self._comm.discard(threading.current_thread())
 
     def _clock_probe(self, conn: socket.socket, msg, tag: int, probes: int, t_arrive: float) -> int:
         """Answer a CLOCK probe with the arrival time on this server's clock; probes answered."""
