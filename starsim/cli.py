@@ -289,10 +289,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     import yaml
 
     from .scenario import load_scenario
+    from .sim.run import check_work
 
     sc = load_scenario(args.file, args.set)
+    rounds = check_work(sc)  # a horizon too full to simulate is refused here too
     print(yaml.safe_dump(sc.to_dict(), sort_keys=False), end="")
-    print(f"# ok: {sc.n_targets} targets, mode {sc.mode}, hash {sc.digest()[:12]}", file=sys.stderr)
+    work = f", about {rounds:,.0f} rounds to simulate" if rounds else ""
+    print(f"# ok: {sc.n_targets} targets, mode {sc.mode}, hash {sc.digest()[:12]}{work}", file=sys.stderr)
     return 0
 
 

@@ -26,7 +26,6 @@ block, and served one by one at C speed.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,11 +34,12 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
 
 from .errors import StarsimError
-from .streams import draws
+from .streams import MAX_CV, draws, lognormal_params
 
 Sampler = Callable[[float, float, float], float]
 
 NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Cv = Annotated[float, Field(ge=0, le=MAX_CV, allow_inf_nan=False)]
 
 
 class _Spec(BaseModel):
@@ -98,16 +98,10 @@ class Exponential(_Spec):
         return draws(rng, "exponential", self.mean_)
 
 
-def _lognormal_params(mean: float, cv: float) -> tuple[float, float]:
-    # Parametrised by mean and cv because that is what people measure; convert once.
-    sigma2 = math.log1p(cv * cv)
-    return math.log(mean) - sigma2 / 2.0, math.sqrt(sigma2)
-
-
 class LogNormal(_Spec):
     kind: Literal["lognormal"]
     mean_: float = Field(alias="mean", gt=0, allow_inf_nan=False)
-    cv: NonNeg
+    cv: Cv
 
     def mean(self, tokens=0.0, context=0.0, depth=0.0):
         return self.mean_
@@ -116,13 +110,13 @@ class LogNormal(_Spec):
         if self.cv == 0:
             v = self.mean_
             return lambda tokens=0.0, context=0.0, depth=0.0: v
-        nxt = draws(rng, "lognormal", *_lognormal_params(self.mean_, self.cv))
+        nxt = draws(rng, "lognormal", *lognormal_params(self.mean_, self.cv))
         return lambda tokens=0.0, context=0.0, depth=0.0: nxt()
 
     def draw0(self, rng):
         if self.cv == 0:
             return itertools.repeat(self.mean_).__next__
-        return draws(rng, "lognormal", *_lognormal_params(self.mean_, self.cv))
+        return draws(rng, "lognormal", *lognormal_params(self.mean_, self.cv))
 
 
 class Uniform(_Spec):
@@ -166,7 +160,7 @@ class Linear(_Spec):
     c: NonNeg = 0.0
     d: NonNeg = 0.0
     e: NonNeg = 0.0
-    cv: NonNeg = Field(0.0, description="multiplicative lognormal noise, mean 1")
+    cv: Cv = Field(0.0, description="multiplicative lognormal noise, mean 1")
 
     def mean(self, tokens=0.0, context=0.0, depth=0.0):
         return self.a + self.b * tokens + self.c * context + self.d * tokens * context + self.e * depth
@@ -177,7 +171,7 @@ class Linear(_Spec):
             return lambda tokens=0.0, context=0.0, depth=0.0: (
                 a + b * tokens + c * context + d * tokens * context + e * depth
             )
-        nxt = draws(rng, "lognormal", *_lognormal_params(1.0, self.cv))
+        nxt = draws(rng, "lognormal", *lognormal_params(1.0, self.cv))
         return lambda tokens=0.0, context=0.0, depth=0.0: (
             a + b * tokens + c * context + d * tokens * context + e * depth
         ) * nxt()

@@ -43,6 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ScenarioError
+from .streams import MAX_CV, draws, lognormal_params
 from .yaml_files import read_mapping
 
 PROFILE_FORMAT = 1
@@ -215,7 +216,8 @@ class Op(_M):
     )
     rows: list[list[Finite]]
     fit: OpFit | None = None
-    noise_cv: float = Field(0.0, ge=0, allow_inf_nan=False, description="typical spread, a lognormal cv from p10/p90")
+    noise_cv: float = Field(0.0, ge=0, le=MAX_CV, allow_inf_nan=False,
+                            description="typical spread, a lognormal cv from p10/p90")
     range: dict[str, tuple[Finite, Finite]] = Field(default_factory=dict)
 
     def column(self, name: str) -> np.ndarray:
@@ -394,13 +396,8 @@ def op_sampler(
                 lo, hi = seen.get(name, (v, v))
                 seen[name] = (min(lo, v), max(hi, v))
 
-    sigma = 0.0
     if noise and op.noise_cv > 0:
-        sigma = math.sqrt(math.log1p(op.noise_cv**2))
-    if sigma > 0:
-        from .streams import draws
-
-        noise = draws(rng, "lognormal", -sigma * sigma / 2.0, sigma)
+        noise = draws(rng, "lognormal", *lognormal_params(1.0, op.noise_cv))  # mean 1: the fit is the mean
     else:
         noise = None
 

@@ -46,7 +46,9 @@ MAX_WINDOWS = 10_000_000  # duration_s / window_s: the idle-ratio series has one
 MIN_WINDOW_S = 1e-6
 MAX_PROMPTS = 1_000_000  # a closed loop's prompt set is drawn up front
 MAX_RATE_PER_S = 1e6  # open-loop arrivals
-MAX_KV_BYTES_PER_TOKEN = 2**30  # 1 GiB (a 405B model holds ~0.5 MB): times 10M tokens still fits int64
+# 1 GiB per token (a 405B model's KV holds ~0.5 MB) and per message header: times 10M tokens
+# still fits the 64-bit byte counts of the tables
+MAX_BYTES_PER_TOKEN = 2**30
 
 
 class _Model(BaseModel):
@@ -272,7 +274,7 @@ class Draft(_Model):
         "one assuming the whole tree path is accepted; kept on a hit, discarded (wasted draft time) on a miss",
     )
     kv_bytes_per_token: int = Field(
-        0, ge=0, le=MAX_KV_BYTES_PER_TOKEN, description="draft KV bytes held per cached token"
+        0, ge=0, le=MAX_BYTES_PER_TOKEN, description="draft KV bytes held per cached token"
     )
     memory_bytes: int | None = Field(
         None, ge=1,
@@ -377,10 +379,10 @@ class Payload(_Model):
     """Message sizes, following the protocol: up = accepted token ids (+ hidden states),
     down = tree token ids + parent indices + tree mask."""
 
-    header_bytes: int = Field(64, ge=0)
-    token_bytes: int = Field(4, ge=0, description="bytes per token id")
+    header_bytes: int = Field(64, ge=0, le=MAX_BYTES_PER_TOKEN)
+    token_bytes: int = Field(4, ge=0, le=MAX_BYTES_PER_TOKEN, description="bytes per token id")
     hidden_bytes_per_token: int = Field(
-        0, ge=0, description="hidden state bytes per token sent up (e.g. 4096 x fp16 = 8192)"
+        0, ge=0, le=MAX_BYTES_PER_TOKEN, description="hidden state bytes per token sent up (e.g. 4096 x fp16 = 8192)"
     )
     tree_mask: bool = Field(True, description="send the tokens x tokens tree mask (1 bit each)")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import itertools
+import math
 from collections.abc import Callable, Iterator
 from enum import IntEnum
 from typing import Any
@@ -36,6 +37,18 @@ def rng_for(seed: int, stream: Stream, index: int = 0) -> np.random.Generator:
 
 
 FIRST_BLOCK, MAX_BLOCK = 32, 256  # values per block: a rarely used sampler draws few; 2 KB at most (cache)
+
+
+# A lognormal's cv: beyond 100 its median is under 1% of its mean and, far beyond, draws
+# round to 0 s (rounds that take no time, without end): no measured latency spreads so.
+MAX_CV = 100.0
+
+
+def lognormal_params(mean: float, cv: float) -> tuple[float, float]:
+    """numpy's (mu, sigma) of the lognormal with this mean and coefficient of variation
+    (std / mean): latencies are measured, and so given, as mean and cv."""
+    sigma2 = math.log1p(cv * cv)
+    return math.log(mean) - sigma2 / 2.0, math.sqrt(sigma2)
 
 
 def draws(rng: np.random.Generator, method: str, *args: Any) -> Callable[[], Any]:

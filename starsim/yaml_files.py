@@ -18,6 +18,7 @@ Each bound fails with one line naming the file and what the limit is:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,14 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 _BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-3 and 2E6, without a dot, as strings, and
+# latencies are written so. This pattern adds them (PyYAML copies the resolver table into
+# this class first: yaml.SafeLoader itself is unchanged).
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _check_expansion(root: yaml.Node) -> None:

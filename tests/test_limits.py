@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from starsim import load_scenario, validate_scenario
 from starsim.cli import main
 from starsim.errors import ScenarioError
-from starsim.scenario import MAX_DURATION_S, MAX_TREE_DEPTH, MAX_UNITS, MAX_WINDOWS
+from starsim.scenario import MAX_BYTES_PER_TOKEN, MAX_DURATION_S, MAX_TREE_DEPTH, MAX_UNITS, MAX_WINDOWS
+from starsim.sim.run import MAX_ROUNDS, check_work
+from starsim.streams import MAX_CV
 
 REF = Path(__file__).resolve().parent.parent / "scenarios" / "starsd_ref_n4.yaml"
 
@@ -25,6 +27,9 @@ REF = Path(__file__).resolve().parent.parent / "scenarios" / "starsd_ref_n4.yaml
     ("duration_s=1e12", "duration_s", f"at most {MAX_DURATION_S:g} s"),
     ("window_s=1e-300", "window_s", "at least 1e-06 s"),
     ("window_s=0.00001", "window_s", f"at most {MAX_WINDOWS:g}"),
+    ("draft.time.cv=1e300", "draft.time.cv", f"less than or equal to {MAX_CV:g}"),
+    ("targets.0.payload.hidden_bytes_per_token=" + "1" + "0" * 30, "targets.0.payload.hidden_bytes_per_token",
+     f"less than or equal to {MAX_BYTES_PER_TOKEN}"),
 ])
 def test_sizes_over_the_limits_exit_2_with_the_limit(capsys, override, field, says):
     assert main(["check", str(REF), "--set", override]) == 2
@@ -151,3 +156,37 @@ def test_output_paths_are_checked_before_work(tmp_path, capsys, run_dir, args, s
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and says in err, err
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+TINY = ["--set", "draft.time=1e-9", "--set", "targets.0.verify_time.value=1e-9", "--set", "targets.0.prefill_time=0",
+        "--set", "targets.0.link.latency_s=0"]
+CONST = REF.parent / "const_star.yaml"
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_a_horizon_too_full_of_rounds_is_refused_before_work(tmp_path, capsys, command):
+    """Times of a nanosecond fill 200 s with 2e11 rounds (before, the run never ended); times
+    of 0 s make the rate infinite. Both are one line that says the estimate and the limit."""
+    out = ["--out", str(tmp_path / "run")] if command == "run" else []
+    for times in (TINY, [t.replace("1e-9", "0") for t in TINY]):
+        assert main([command, str(CONST), *times, *out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"at most {MAX_ROUNDS:,}" in err and "rounds" in err, err
+        assert "warning" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_work_estimate_is_the_rounds_the_simulator_runs():
+    """check_work's closed-form count against the rounds a run records (random times, 4 targets)."""
+    from starsim import simulate
+
+    sc = load_scenario(REF, ["duration_s=60", "warmup_s=0", "cooldown_s=0"])
+    est = check_work(sc)
+    ran = simulate(sc).summary["rounds"]
+    assert est == pytest.approx(ran, rel=0.05), (est, ran)
+
+
+def test_yaml_reads_exponent_floats_without_a_dot(tmp_path):
+    """1e-3 is a float (YAML 1.2), not the string PyYAML's YAML 1.1 makes of it."""
+    sc = load_scenario(CONST, ["draft.time=4e-3", "duration_s=2E2"])
+    assert sc.draft.time.mean() == 0.004 and sc.duration_s == 200.0

@@ -77,6 +77,7 @@ PREFIX_SIZE = PREFIX.size  # 12
 ALIGN = 8
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
+MAX_NDIM = 32  # dimensions of an array on the wire (numpy's own limit is 64)
 # Frames up to this size are joined into one buffer before sending (one segment, one syscall);
 # larger ones go out with sendmsg straight from the arrays' memory.
 JOIN_BELOW_BYTES = 64 * 1024
@@ -275,7 +276,7 @@ def _unpack_header(raw) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a map, got {type(header).__name__}")
     msg_type = header.get("type")
-    if msg_type not in MESSAGE_TYPES:
+    if not isinstance(msg_type, str) or msg_type not in MESSAGE_TYPES:
         raise ProtocolError(f"unknown message type {msg_type!r}")
     for key in ("tag", "seq"):
         value = header.get(key)
@@ -296,14 +297,19 @@ def _layout(msg_type: str, descriptors: Any) -> tuple[list[tuple[str, str, tuple
         if not isinstance(name, str) or name in seen:
             raise ProtocolError(f"{msg_type}: array name {name!r} is not a string or is repeated")
         seen.add(name)
-        if wire not in WIRE_DTYPES:
+        if not isinstance(wire, str) or wire not in WIRE_DTYPES:
             raise ProtocolError(f"{msg_type}: array {name!r} has unknown dtype {wire!r}; allowed {sorted(WIRE_DTYPES)}")
         if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                                   for s in shape):
             raise ProtocolError(f"{msg_type}: array {name!r} shape must be a list of non-negative ints, got {shape!r}")
-        count = 1
+        count = spread = 1
         for s in shape:
             count *= s
+            spread *= max(s, 1)
+        # numpy refuses a shape whose non-zero extents overflow, even for an empty array
+        if len(shape) > MAX_NDIM or spread > 2**32:
+            raise ProtocolError(f"{msg_type}: array {name!r} shape {shape[:8]!r} has over {MAX_NDIM} dimensions "
+                                f"or extents beyond any frame")
         nbytes = count * WIRE_DTYPES[wire].itemsize
         if nbytes:
             offset += _pad(offset)

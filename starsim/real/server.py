@@ -344,8 +344,14 @@ class DraftServer:
                     if key.data is None:
                         if not self._accept(sel, pending):
                             return
-                    else:
+                        continue
+                    try:
                         self._read_hello(sel, pending, key.data)
+                    except Exception as e:  # noqa: BLE001 - a bug met by one handshake must not close the door
+                        log.exception("handshake of %s", key.data.peer)
+                        if key.data.conn in pending:
+                            self._forget(sel, pending, key.data)
+                        self._reject(key.data.conn, key.data.peer, None, f"internal error: {type(e).__name__}: {e}")
                 now = time.monotonic()
                 for p in [p for p in pending.values() if p.deadline <= now]:
                     self._forget(sel, pending, p)
@@ -417,8 +423,8 @@ class DraftServer:
         self._admit(p.conn, p.peer, hello)
 
     def _admit(self, conn: socket.socket, peer, hello) -> None:
-        """A whole HELLO: check it (token, weight), then WELCOME with a new tag and the target's
-        comm thread, or ERROR "draft server full" beyond max_targets."""
+        """A whole HELLO: check it (token, weight), then a new tag and the target's comm thread
+        (which sends the WELCOME), or ERROR "draft server full" beyond max_targets."""
         try:
             conn.settimeout(self.handshake_timeout_s)
             if hello.type != P.HELLO:
@@ -442,17 +448,6 @@ class DraftServer:
         if full:
             self._refuse(conn, f"draft server full: {self.max_targets} targets connected")
             return
-        try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES),
-                                           needs_hidden=self.drafter.needs_hidden))
-        except OSError as e:
-            with self.cv:
-                self._comm.discard(t)
-                self._conns.discard(conn)
-                self.weights.pop(tag, None)
-            self._reject(conn, peer, tag, e)
-            return
         t.start()
 
     def _tell(self, conn: socket.socket, reason: str) -> None:
@@ -471,7 +466,7 @@ class DraftServer:
         self._tell(conn, reason)
         conn.close()
 
-    def _reject(self, conn: socket.socket, peer, tag: int | None, e: Exception) -> None:
+    def _reject(self, conn: socket.socket, peer, tag: int | None, e: Exception | str) -> None:
         """Close a connection for a bad message (or a broken socket), with a line in ``rejected``."""
         line = f"{peer} tag {tag}: {e}; connection closed"
         self.rejected.append(line)
@@ -647,9 +642,12 @@ class DraftServer:
         return [h] if before is None else [*before, h]
 
     def _serve(self, conn: socket.socket, peer, tag: int) -> None:
-        """One target's connection after its WELCOME (its own thread): its messages until BYE,
+        """One target's connection after its HELLO (its own thread): the WELCOME, then its messages until BYE,
         a closed connection or a bad message (logged, and only this connection closed)."""
         try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES),
+                                           needs_hidden=self.drafter.needs_hidden))
             conn.settimeout(None)  # a target may think for a while between rounds
             probes = 0  # clock probes answered; None once the first DRAFT_REQUEST came
             while not self.stop.is_set():
@@ -670,6 +668,9 @@ class DraftServer:
         except (P.ProtocolError, OSError) as e:
             if not (self.stop.is_set() and isinstance(e, OSError)):  # close() shut it: not a bad message
                 self._reject(conn, peer, tag, e)
+        except Exception as e:  # noqa: BLE001 - a bug met by one connection closes that one only
+            log.exception("serving %s tag %s", peer, tag)
+            self._reject(conn, peer, tag, f"internal error: {type(e).__name__}: {e}")
         finally:
             self._release(tag)
             conn.close()
@@ -692,8 +693,8 @@ class DraftServer:
         """A DRAFT_REQUEST's tokens checked and added to the tag's context (a whole new one with
         ``start``); the tokens, the context and its features (EAGLE), now the tag's."""
         ids = msg.arrays.get("token_ids")
-        if ids is None or ids.ndim != 1 or ids.size == 0:
-            raise P.ProtocolError("DRAFT_REQUEST needs a non-empty 1-d token_ids")
+        if ids is None or ids.ndim != 1 or ids.size == 0 or msg.dtypes.get("token_ids") not in ("int32", "int64"):
+            raise P.ProtocolError("DRAFT_REQUEST needs a non-empty 1-d int32 token_ids")
         if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
             raise P.ProtocolError(f"token ids outside the vocabulary (0..{self.vocab_size - 1})")
         new = ids.tolist()

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gc
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import simpy
 
 from ..adaptive import controller_for
+from ..analytic import analyze
 from ..draft_state import pipeline_totals
+from ..errors import StarsimError
 from ..metrics import summarize
 from ..placement import link_time, place
 from ..profiles import ProfileUsage
@@ -50,8 +54,33 @@ def simulate(scenario: Scenario, *, general: bool = False) -> Result:
     ``general``: run every draft engine and target on its general loop, even where the
     scenario needs none of what only it does (the fast loops are an optimisation, and
     tests/test_loops.py checks that both give the same tables)."""
+    check_work(scenario)
     with _gc_paused():
         return _simulate(scenario, general)
+
+
+# About half an hour of simulation at the ~60,000 rounds per second analysis/bench_sim.py
+# measures; far beyond any scenario shipped (the largest holds about 50,000).
+MAX_ROUNDS = 100_000_000
+
+
+def check_work(scenario: Scenario) -> float:
+    """The rounds a run's horizon will hold, by the closed form's rate (what the simulator
+    does on average), refused beyond MAX_ROUNDS before any work: rounds that take (nearly)
+    no time would otherwise fill a short horizon without end. A run without duration_s ends
+    with its requests, so its work is bounded by their tokens instead (0 returned)."""
+    if scenario.duration_s is None:
+        return 0.0
+    with np.errstate(all="ignore"):  # times of 0 s: an infinite rate, refused below
+        a = analyze(scenario)
+    rate = a["draft_tasks_per_s"] if a["draft_tasks_per_s"] is not None else a["throughput_tokens_per_s"]
+    rounds = rate * scenario.duration_s
+    if not rounds <= MAX_ROUNDS:  # also NaN: times that sum to 0
+        raise StarsimError(
+            f"{scenario.name}: duration_s {scenario.duration_s:g} s would hold about {rounds:.3g} rounds "
+            f"({rate:.3g} per second by the closed form); at most {MAX_ROUNDS:,}: shorten duration_s, or check "
+            f"the times (a round of {1 / rate if rate else math.inf:.3g} s)")
+    return rounds
 
 
 @contextmanager
