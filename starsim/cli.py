@@ -128,7 +128,9 @@ def cmd_acceptance(args: argparse.Namespace) -> int:
 
     run = read_run(args.run_dir)  # the run directory checked as report checks it
     records = run.records
-    s = summarize(records)
+    # from the tables, not a stored summary (which another version may have written); read_run
+    # already did so when the directory has no summary.json
+    s = summarize(records) if run.summary_stored else run.summary
     curve = s["acceptance_marginal"]
     if not curve:
         raise StarsimError(f"{args.run_dir}: no speculative rounds in the measurement window")
@@ -309,8 +311,16 @@ def cmd_schema(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line refusals: ``error: starsim run: argument --x: ...``
+    and exit 2, without the usage block (``--help`` still shows it). Subcommands inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="starsim",
         description="Predict, measure and explain one-for-many speculative decoding (StarSD).",
     )

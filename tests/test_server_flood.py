@@ -50,6 +50,11 @@ def _fds(n: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
 def _connect(server: DraftServer) -> socket.socket:
     return socket.create_connection(parse_address(server.address), timeout=10)
 
@@ -64,6 +69,7 @@ def test_a_thousand_idle_connections_hold_no_thread_and_a_real_target_is_served(
     base = threading.active_count()
     with DraftServer(Drafter(draft, 4, 4, 16), handshake_timeout_s=3.0, timeout_s=30) as server:
         assert threading.active_count() == base + 2  # the door and the engine
+        rss0 = _rss_mb()
         idle = [_connect(server) for _ in range(IDLE - 50)]
         for _ in range(50):  # half-open: a prefix cut short, or a header that never ends
             s = _connect(server)
@@ -71,6 +77,8 @@ def test_a_thousand_idle_connections_hold_no_thread_and_a_real_target_is_served(
             idle.append(s)
         _wait(lambda: server.pending == IDLE)
         assert threading.active_count() == base + 2
+        # both ends of 1,000 connections and their handshake buffers (16 KiB each at most)
+        assert _rss_mb() - rss0 < 64, (rss0, _rss_mb())
         client = DraftClient(server.address)  # a real target, in the middle of the flood
         assert server.connected == 1 and threading.active_count() == base + 3
         _lossless(target, tok, client)

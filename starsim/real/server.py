@@ -262,7 +262,10 @@ class DraftServer:
         self.caches = DraftCaches(bytes_per_token=self.kv_bytes_per_token, capacity_bytes=memory_bytes,
                                   on_evict=self._evict)
         host, port = parse_address(bind)
-        self.sock = socket.create_server((host, port))
+        # a deep accept queue (the kernel caps it at net.core.somaxconn): with Python's default
+        # of 128, a burst of connects overflows it while the door waits for the GIL, and each
+        # dropped SYN costs its client a retransmit of a second or more
+        self.sock = socket.create_server((host, port), backlog=4096)
         self.address = f"{host}:{self.sock.getsockname()[1]}"
         self.weights: dict[int, float] = {}  # tag -> weight, from each target's HELLO (wfq)
         self.queue = make_policy(policy, self.weights)

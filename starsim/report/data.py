@@ -33,6 +33,7 @@ class Run:
     scenario: dict[str, Any] | None  # scenario.yaml as a dict; None when the directory has none
     name: str                        # scenario name (or the directory's name)
     label: str = ""                  # unique among the runs of one report
+    summary_stored: bool = True      # False: no summary.json, ``summary`` was computed from the tables
 
     @property
     def source(self) -> str:
@@ -96,7 +97,8 @@ def read_run(path: Path) -> Run:
         if not isinstance(scenario, dict):
             scenario = None
     name = str((summary.get("provenance") or {}).get("scenario") or (scenario or {}).get("name") or path.name)
-    return Run(path=path, records=records, summary=summary, scenario=scenario, name=name)
+    return Run(path=path, records=records, summary=summary, scenario=scenario, name=name,
+               summary_stored=summary_file.is_file())
 
 
 def read_runs(paths: list[Path]) -> list[Run]:
