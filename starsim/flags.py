@@ -36,6 +36,21 @@ def number(lo: float = -math.inf, hi: float = math.inf, *, above: bool = False) 
 seconds = number(0.0)  # a duration or a time on a run's clock
 
 
+def cpu_list(text: str) -> frozenset[int]:
+    """CPU cores as the kernel lists them (``1``, ``0,2``, ``0-3,8``), for ``add_argument(type=...)``."""
+    cores: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            a, b = int(lo), int(hi or lo)
+            if not 0 <= a <= b <= 4095:
+                raise ValueError
+            cores.update(range(a, b + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected cores like 1, 0,2 or 0-3 (each 0..4095), got {text!r}") from None
+    return frozenset(cores)
+
+
 def output_dir(out: Path | None, flag: str = "--out") -> Path | None:
     """``out`` if it can be a folder to write into (absent, or a folder); a one-line error if
     it is a file, before any work."""

@@ -42,6 +42,8 @@ MODES = ("star", "one_for_one", "autoregressive")
 MAX_UNITS = 100_000  # targets in all, and units of a device pool
 MAX_TREE_TOP_K, MAX_TREE_DEPTH, MAX_TREE_TOKENS = 1_000, 64, 4_096
 MAX_DURATION_S = 1e6  # 11.6 simulated days
+MAX_CPU = 4095  # a core number (Linux's default NR_CPUS ceiling is 8192; none has more cores)
+Core = Annotated[int, Field(ge=0, le=MAX_CPU)]
 MAX_WINDOWS = 10_000_000  # duration_s / window_s: the idle-ratio series has one value per window
 MIN_WINDOW_S = 1e-6
 MAX_PROMPTS = 1_000_000  # a closed loop's prompt set is drawn up front
@@ -82,6 +84,27 @@ class Device(_Model):
         description="tasks one unit runs at once without slowing down; co-located work "
         "beyond this queues (contention, not free parallelism)",
     )
+    cpus: list[Core | list[Core]] | None = Field(
+        None,
+        description="the CPU cores each unit's processes run on in `starsim execute` (and `calibrate --cpus`): "
+        "one entry per unit, a core or a list of cores, e.g. [0] or [[0, 1]]; the roles on one unit then also "
+        "take turns on it, first come first served, as the simulator has them. null: the OS places them",
+    )
+
+    @model_validator(mode="after")
+    def _cpus_per_unit(self):
+        if self.cpus is not None and len(self.cpus) != self.count:
+            raise ValueError(f"cpus: one entry per unit ({self.count}), got {len(self.cpus)}")
+        if self.cpus is not None and any(isinstance(c, list) and not c for c in self.cpus):
+            raise ValueError("cpus: a unit's list of cores is empty")
+        return self
+
+    def unit_cpus(self, unit: int) -> frozenset[int] | None:
+        """The cores unit ``unit`` is declared on (None: not declared)."""
+        if self.cpus is None:
+            return None
+        c = self.cpus[unit]
+        return frozenset(c if isinstance(c, list) else [c])
 
 
 _DEVICE_REF = re.compile(r"^(?P<pool>[A-Za-z_][\w\-.]*)(\[(?P<unit>\d+)\])?$")

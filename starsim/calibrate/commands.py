@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import StarsimError
-from ..flags import number
+from ..flags import cpu_list, number
 from ..models.specs import need_torch, parse_tree
 
 DEFAULT_OUT = Path("models/profiles")
@@ -65,6 +65,12 @@ def cmd_compute(args: argparse.Namespace) -> int:
         if bad:
             raise StarsimError(f"--ops: {', '.join(bad)} not among the ops of --roles {','.join(roles)} "
                                f"({', '.join(sorted(known))})")
+    extra = {}
+    if args.cpus is not None:  # before torch starts its threads: they inherit the cores
+        from ..real.resources import check_cpus, pin
+
+        check_cpus(args.cpus, f"--cpus {','.join(map(str, sorted(args.cpus)))}")
+        extra["cpus"] = pin(args.cpus)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
     settings = Settings(
         spec=spec,
@@ -79,7 +85,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
         progress=say,
         progress_bar=not (args.quiet or args.verbose),
         extra={"command": "starsim calibrate " + shlex.join(sys.argv[2:] if args.argv is None else args.argv),
-               "grid_name": args.grid},
+               "grid_name": args.grid, **extra},
     )
     t0 = time.perf_counter()
     profiles: dict[str, ProfileFile] = calibrate(settings)
@@ -279,6 +285,9 @@ def add_parsers(sub) -> None:
     c.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: the spec's for the device")
     c.add_argument("--threads", type=int, help="CPU threads (default: all logical CPUs)")
+    c.add_argument("--cpus", type=cpu_list, metavar="LIST",
+                   help="run on these cores only, e.g. 1 or 0-3 (as a scenario's devices.POOL.cpus places a role: "
+                        "time on the placement you will run)")
     c.add_argument("--tree", help="draft tree TOP_K,DEPTH,TOKENS (default: the spec's)")
     c.add_argument("--grid", choices=["default", "quick"], default="default", help="quick: a coarse smoke grid")
     c.add_argument("--roles", default="target,draft", help="target,draft (default both)")

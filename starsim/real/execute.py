@@ -32,6 +32,7 @@ import multiprocessing as mp
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ from ..metrics import summarize
 from ..records import RequestRow, interval_row
 from ..result import Result
 from ..run_meta import provenance, run_meta
-from ..scenario import ClosedLoop, Scenario
+from ..scenario import ClosedLoop, Scenario, parse_device_ref
 from ..streams import Stream, rng_for
 from ..workload import arrivals as workload_arrivals
 from .models import (
@@ -56,6 +57,7 @@ from .models import (
     torch_device,
 )
 from .pair import pair_info
+from .resources import FREE, UnitLock, check_cpus, pin
 
 log = logging.getLogger("starsim.execute")
 
@@ -125,6 +127,8 @@ class TargetJob:
     pause: Any = None
     fabric: dict | None = None
     adaptive: tuple | None = None
+    cpus: frozenset[int] | None = None  # the unit's declared cores (None: the OS places the process)
+    unit_lock: Any = None  # resources.UnitLock: the unit is shared, its roles take turns (None: not shared)
 
 
 class InProgress:
@@ -169,15 +173,16 @@ class RunShared:
 
 def target_result(index: int, *, error: str | None, tag: int | None = None, tags=(), repairs: int = 0,
                   rounds=(), requests=(), intervals=(), fallback_at: float | None = None, outputs=(),
-                  draft_intervals=(), rejected=()) -> dict[str, Any]:
+                  draft_intervals=(), rejected=(), affinity=None) -> dict[str, Any]:
     """What a target process reports (or the run reports for one that died): its rows, its
-    connections' ``(server, tag)`` and re-pairings, its error and fallback time, its outputs, and
-    in one_for_one its own draft's intervals and rejected connections. (Twelve parameters: one
-    per field of the report, by keyword, so that the report is spelled out in one place.)"""
+    connections' ``(server, tag)`` and re-pairings, its error and fallback time, its outputs,
+    in one_for_one its own draft's intervals and rejected connections, and the cores it ran on.
+    (Thirteen parameters: one per field of the report, by keyword, so that the report is
+    spelled out in one place.)"""
     return {"index": index, "error": error, "tag": tag, "tags": list(tags), "repairs": repairs,
             "rounds": list(rounds), "requests": list(requests), "intervals": list(intervals),
             "fallback_at": fallback_at, "outputs": list(outputs), "draft_intervals": list(draft_intervals),
-            "rejected": list(rejected)}
+            "rejected": list(rejected), "affinity": affinity}
 
 
 @dataclass
@@ -191,6 +196,7 @@ class _Process:
     tag: int | None = None
     worker: Any = None
     error: str | None = None
+    affinity: list[int] | None = None  # the cores it ran on
 
 
 def _target_main(job: TargetJob, shared: RunShared) -> None:
@@ -198,9 +204,11 @@ def _target_main(job: TargetJob, shared: RunShared) -> None:
     requests until the budget ends or ``horizon`` seconds have passed; report its rows."""
     import torch
 
-    torch.set_num_threads(job.threads)
     p = _Process()
     try:
+        # first: torch's threads, started below, inherit the cores (see resources)
+        p.affinity = pin(job.cpus)
+        torch.set_num_threads(job.threads)
         _connect(job, p)
     except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
         p.error = f"{type(e).__name__}: {e}"
@@ -232,7 +240,8 @@ def _connect(job: TargetJob, p: _Process) -> None:
         # target waits for each tree, so the two never compute at once.
         own = job.own_draft
         draft = load_model(own["src"], "draft", job.device, own["dtype"])
-        p.server = DraftServer(Drafter(draft, *own["tree"]), policy=own["policy"], timeout_s=job.timeout_s).start()
+        p.server = DraftServer(Drafter(draft, *own["tree"]), policy=own["policy"], timeout_s=job.timeout_s,
+                               cpus=job.cpus, unit=job.unit_lock or FREE).start()
         address = p.server.address
     delays = {}
     if job.link is not None:  # the simulator's link model, one random stream per direction
@@ -275,7 +284,7 @@ def _take_requests(job: TargetJob, shared: RunShared, p: _Process) -> None:
     p.worker = worker = TargetWorker(
         job.index, p.model, p.client, t0, device=job.unit, eos=eos_ids(p.model, job.src),
         temperature=job.temperature, seed=job.seed, tpot_slo_s=job.qos.get("tpot_slo_s"), fabric=p.seat,
-        controller=controller, draft_index=job.index if p.server is not None else 0)
+        controller=controller, draft_index=job.index if p.server is not None else 0, unit=job.unit_lock or FREE)
     arrivals, prompts = job.arrivals, job.prompts
     served, limit = 0, job.budget if arrivals is None else len(arrivals)  # arrivals: within the budget
     think = job.pause.sampler(rng_for(job.seed, Stream.PAUSE, job.index)) if job.pause is not None else None
@@ -320,7 +329,7 @@ def _report(job: TargetJob, p: _Process, clock0: float) -> dict[str, Any]:
         repairs=p.seat.repairs if p.seat is not None else 0,
         rounds=w.rounds if w else (), requests=w.requests if w else (), intervals=w.intervals if w else (),
         fallback_at=w.fallback_at if w else None, outputs=w.outputs if w else (),
-        draft_intervals=draft_rows, rejected=rejected)
+        draft_intervals=draft_rows, rejected=rejected, affinity=p.affinity)
 
 
 def execute(scenario: Scenario) -> Result:
@@ -354,6 +363,7 @@ class _Plan:
     arrivals: list[float] | None
     prompts: list
     cut: bool  # the horizon cut the open loop's arrivals short
+    cpus: dict[str, frozenset[int] | None]  # unit -> its declared cores (None: not declared)
 
 
 def _plan(scenario: Scenario) -> _Plan:
@@ -368,8 +378,13 @@ def _plan(scenario: Scenario) -> _Plan:
     target_src = role_source(r, "target")
     target_dev = [torch_device(scenario, u) for u in target_units]
     draft_dev = [(u, torch_device(scenario, u)) for u in draft_units] if star else []  # one_for_one: the targets'
+    cpus = {}
     for unit, dev in sorted({*zip(target_units, target_dev), *draft_dev}):
         check_device(dev, f"devices: unit {unit}")
+        pool, k = parse_device_ref(unit)
+        cpus[unit] = scenario.devices[pool].unit_cpus(k)
+        if cpus[unit] is not None:
+            check_cpus(cpus[unit], f"devices.{pool}.cpus (unit {unit})")
     horizon = min(scenario.duration_s if scenario.duration_s is not None else math.inf, r.max_wall_s)
     arrivals, lengths, cut = None, None, False
     if not isinstance(scenario.workload, ClosedLoop):
@@ -377,10 +392,18 @@ def _plan(scenario: Scenario) -> _Plan:
     prompts = build_prompts(scenario, tokenizer_encode(r), source_vocab(target_src, "target"), lengths)
     return _Plan(scenario, scenario.target_instances(), star, own, draft_units, target_units, target_dev, draft_dev,
                  target_src, role_source(r, "draft") if star or own else None, star and (many or bool(fab.failures)),
-                 many, horizon, arrivals, prompts, cut)
+                 many, horizon, arrivals, prompts, cut, cpus)
 
 
-def _start_servers(plan: _Plan) -> list:
+def _unit_locks(ctx, plan: _Plan) -> dict[str, UnitLock]:
+    """A lock for each unit that more than one role uses (the star's draft servers and the
+    targets; a one_for_one target's own draft counts too), with its pool's ``slots``."""
+    users = Counter(plan.target_units) + Counter(plan.draft_units if plan.star else plan.target_units)
+    return {u: UnitLock(ctx, plan.scenario.devices[parse_device_ref(u)[0]].slots)
+            for u, n in sorted(users.items()) if n > 1}
+
+
+def _start_servers(plan: _Plan, locks: dict) -> list:
     """Star: one DraftServer per draft unit, each with its own copy of the draft."""
     from .server import MAX_TARGETS, DraftServer
     from .speculation import Drafter
@@ -394,7 +417,8 @@ def _start_servers(plan: _Plan) -> list:
             servers.append(DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens), policy=d.policy,
                                        timeout_s=r.timeout_s, batch_max=d.batch.max, batch_window_s=d.batch.window_s,
                                        memory_bytes=d.memory_bytes, pipeline=d.pipeline,
-                                       max_targets=max(MAX_TARGETS, len(plan.target_units))).start())
+                                       max_targets=max(MAX_TARGETS, len(plan.target_units)),
+                                       cpus=plan.cpus[unit], unit=locks.get(unit, FREE)).start())
     except BaseException:
         for srv in servers:
             srv.close()
@@ -415,7 +439,7 @@ def _fabric_board(ctx, plan: _Plan, servers: list) -> dict | None:
             "pairing": fab.pairing, "repair_queue": fab.repair_queue}
 
 
-def _jobs(plan: _Plan, servers: list, fabric: dict | None) -> list[TargetJob]:
+def _jobs(plan: _Plan, servers: list, fabric: dict | None, locks: dict) -> list[TargetJob]:
     sc, r = plan.scenario, plan.scenario.real
     tree = sc.draft.tree
     stop_at = [f.at_s for f in r.faults if f.kind == "stop_draft"]
@@ -435,7 +459,8 @@ def _jobs(plan: _Plan, servers: list, fabric: dict | None) -> list[TargetJob]:
             link=group.link if r.emulate_link and plan.star else None, seed=sc.seed, temperature=r.temperature,
             arrivals=plan.arrivals, own_draft=own_draft, qos={"weight": group.weight, "tpot_slo_s": group.tpot_slo_s},
             pause=getattr(sc.workload, "pause", None), fabric=fabric,
-            adaptive=(sc.draft, group) if plan.star and sc.draft.adaptive.policy != "fixed" else None))
+            adaptive=(sc.draft, group) if plan.star and sc.draft.adaptive.policy != "fixed" else None,
+            cpus=plan.cpus[plan.target_units[i]], unit_lock=locks.get(plan.target_units[i])))
     return jobs
 
 
@@ -455,11 +480,12 @@ def _execute(scenario: Scenario) -> Result:
     shared = RunShared(issued=ctx.Value("i", 0), ready=ctx.Queue(), go=ctx.Event(), clock0=ctx.Value("d", 0.0),
                        results=ctx.Queue(), taken=InProgress(ctx, len(plan.instances)))
     torch.set_num_threads(r.threads)
-    servers = _start_servers(plan)
+    locks = _unit_locks(ctx, plan)
+    servers = _start_servers(plan, locks)
     fabric = _fabric_board(ctx, plan, servers)
     procs = []
     try:
-        for job in _jobs(plan, servers, fabric):
+        for job in _jobs(plan, servers, fabric, locks):
             p = ctx.Process(target=_target_main, name=f"starsim-target-{job.index}", args=(job, shared))
             p.start()
             procs.append(p)
@@ -494,7 +520,7 @@ def _execute(scenario: Scenario) -> Result:
     records = _records(plan, servers, got, clock0, t_elapsed, shared.issued.value)
     summary = summarize(records)
     summary["provenance"] = _provenance(plan, servers, got, speeds, ref_device, len(procs),
-                                        wall_time_s=time.perf_counter() - wall0)
+                                        wall_time_s=time.perf_counter() - wall0, shared_units=sorted(locks))
     outputs = sorted((o for i in sorted(got) for o in got[i]["outputs"]), key=lambda o: o["request"])
     return Result(scenario=scenario, records=records, summary=summary, outputs=outputs)
 
@@ -579,7 +605,7 @@ def _records(plan: _Plan, servers: list, got: dict, clock0: float, t_elapsed: fl
 
 
 def _provenance(plan: _Plan, servers: list, got: dict, speeds: dict, ref_device: str, n_procs: int,
-                wall_time_s: float) -> dict[str, Any]:
+                wall_time_s: float, shared_units: list[str]) -> dict[str, Any]:
     import torch
 
     from ..models.reference import REFERENCE
@@ -595,7 +621,12 @@ def _provenance(plan: _Plan, servers: list, got: dict, speeds: dict, ref_device:
                   sorted({d for _, d in plan.draft_dev}) if star else sorted(set(plan.target_dev)) if own else []))
                 if src is not None},
         processes={"targets": n_procs, "threads_each": r.threads,
-                   "draft_servers": len(servers) if star else n_procs if own else 0},
+                   "draft_servers": len(servers) if star else n_procs if own else 0,
+                   # the cores each role ran on (read by the role itself) and the units whose
+                   # roles took turns (declared resources: starsim.real.resources)
+                   "cpus": {**{f"draft-{j}": srv.affinity for j, srv in enumerate(servers)},
+                            **{f"target-{i}": got[i].get("affinity") for i in sorted(got)}},
+                   "shared_units": shared_units},
         failures={str(i): got[i]["error"] for i in sorted(got) if got[i]["error"]},
         fallback_at_s={str(i): got[i]["fallback_at"] for i in sorted(got) if got[i]["fallback_at"] is not None},
         rejected_connections=[line for srv in servers for line in srv.rejected]

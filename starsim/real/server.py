@@ -55,6 +55,7 @@ from ..draft_state import DraftCaches, PipelineStats, take_batch
 from ..net import parse_address
 from ..policies import make_policy
 from . import protocol as P
+from .resources import FREE, pin
 from .speculation import Drafter, TreeDraft, tree_depths
 
 log = logging.getLogger("starsim.draft_server")
@@ -223,10 +224,12 @@ class DraftServer:
         max_targets: int = MAX_TARGETS,
         max_pending: int = MAX_PENDING,
         handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        cpus: frozenset[int] | None = None,
+        unit=FREE,
     ):
-        """Fourteen parameters: the drafter and the address, then one per server option (the
-        scenario's draft policy, batching, memory and pipelining; security and limits), each
-        with the default a plain star uses."""
+        """Sixteen parameters: the drafter and the address, then one per server option (the
+        scenario's draft policy, batching, memory and pipelining; security and limits; the
+        declared cores and the unit's turns), each with the default a plain star uses."""
         if batch_max < 1 or not batch_window_s >= 0 or (memory_bytes is not None and memory_bytes < 1):
             raise ValueError(f"batch_max must be >= 1, batch_window_s >= 0 and memory_bytes >= 1 or None, got "
                              f"{batch_max}, {batch_window_s}, {memory_bytes}")
@@ -235,6 +238,10 @@ class DraftServer:
                              f"got {max_targets}, {max_pending}, {handshake_timeout_s}")
         self.drafter, self.token, self.max_bytes, self.timeout_s = drafter, token, max_bytes, timeout_s
         self.max_targets, self.max_pending, self.handshake_timeout_s = max_targets, max_pending, handshake_timeout_s
+        # declared resources (starsim.real.resources): every thread of this server runs on
+        # ``cpus``; ``unit`` is held around each draft (other roles on the draft's unit wait)
+        self.cpus, self.unit = cpus, unit
+        self.affinity: list[int] = []  # the engine's cores, as it runs
         # batched drafting (the simulator's draft.batch): up to batch_max waiting tasks in one
         # Drafter.draft_batch; with fewer waiting, wait up to batch_window_s for more first
         self.batch_max, self.batch_window_s = batch_max, batch_window_s
@@ -337,6 +344,7 @@ class DraftServer:
     def _door_loop(self) -> None:
         """Accept connections and read their HELLOs without a thread each (see the module
         docstring): a connection gets its comm thread once its handshake is done."""
+        pin(self.cpus)
         self.sock.setblocking(False)
         sel = selectors.DefaultSelector()
         sel.register(self.sock, selectors.EVENT_READ, None)
@@ -478,6 +486,7 @@ class DraftServer:
 
     def _engine_loop(self) -> None:
         # The only thread that touches the draft model: tasks and frees come through the queue.
+        self.affinity = pin(self.cpus)
         while True:
             with self.cv:
                 while not self.queue and not self.stop.is_set():
@@ -580,13 +589,14 @@ class DraftServer:
         self._dropped.append(tag)
 
     def _draft_one(self, task: _Task) -> None:
-        task.start = self._now()
-        try:
-            task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
-                                                            task.seed, task.hidden, task.depth)
-        except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
-            task.error = f"draft failed: {type(e).__name__}: {e}"
-        task.end = self._now()
+        with self.unit:
+            task.start = self._now()
+            try:
+                task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
+                                                                task.seed, task.hidden, task.depth)
+            except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
+                task.error = f"draft failed: {type(e).__name__}: {e}"
+            task.end = self._now()
         self.intervals.append(Busy(tag=task.target, start=task.start, end=task.end, new_tokens=task.new_tokens))
         task.done.set()
 
@@ -595,7 +605,18 @@ class DraftServer:
         and the draft one busy interval (the first task's tag, the batch's new tokens), as in the
         simulator. If the batch fails, each task is drafted again alone, so that only a task
         that fails by itself reports an error (to its own target)."""
-        start = self._now()
+        with self.unit:
+            start = self._now()
+            self._batch(tasks)
+            end = self._now()
+        self.intervals.append(Busy(tag=tasks[0].target, start=start, end=end,
+                                   new_tokens=sum(t.new_tokens for t in tasks)))
+        for t in tasks:
+            t.start, t.end = start, end
+            t.done.set()
+
+    def _batch(self, tasks: list[_Task]) -> None:
+        """Draft ``tasks`` in one batch; if it fails, one by one (see :meth:`_draft_batch`)."""
         try:
             done = self.drafter.draft_batch([(t.target, t.context, t.temperature, t.seed, t.hidden, t.depth)
                                              for t in tasks])
@@ -605,19 +626,13 @@ class DraftServer:
         if done is not None:
             for t, (tree, new) in zip(tasks, done):
                 t.tree, t.new_tokens = tree, new
-        else:
-            for t in tasks:
-                try:
-                    t.tree, t.new_tokens = self.drafter.draft(t.target, t.context, t.temperature, t.seed, t.hidden,
-                                                              t.depth)
-                except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
-                    t.error = f"draft failed: {type(e).__name__}: {e}"
-        end = self._now()
-        self.intervals.append(Busy(tag=tasks[0].target, start=start, end=end,
-                                   new_tokens=sum(t.new_tokens for t in tasks)))
+            return
         for t in tasks:
-            t.start, t.end = start, end
-            t.done.set()
+            try:
+                t.tree, t.new_tokens = self.drafter.draft(t.target, t.context, t.temperature, t.seed, t.hidden,
+                                                          t.depth)
+            except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
+                t.error = f"draft failed: {type(e).__name__}: {e}"
 
     def _submit(self, task: _Task) -> _Task:
         with self.cv:
@@ -648,6 +663,7 @@ class DraftServer:
         """One target's connection after its HELLO (its own thread): the WELCOME, then its messages until BYE,
         a closed connection or a bad message (logged, and only this connection closed)."""
         try:
+            pin(self.cpus)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             P.send_message(conn, P.welcome(tag, host_id=self.host_id, features=list(P.FEATURES),
                                            needs_hidden=self.drafter.needs_hidden))

@@ -28,6 +28,7 @@ from ..pairing import NoDraftServer, Pairing
 from ..records import Recorder, Records, RequestRow, RoundWriter
 from ..streams import Stream, rng_for
 from . import protocol as P
+from .resources import FREE
 from .server import DraftClient
 from .speculation import Verifier
 
@@ -167,11 +168,14 @@ class FabricClient:
 class TargetWorker:
     def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
                  eos=None, temperature: float = 0.0, seed: int = 0, tpot_slo_s: float | None = None,
-                 fabric: FabricClient | None = None, controller=None, draft_index: int = 0):
-        """Twelve parameters: the target's index, model, draft client and clock, then one per
+                 fabric: FabricClient | None = None, controller=None, draft_index: int = 0, unit=FREE):
+        """Thirteen parameters: the target's index, model, draft client and clock, then one per
         option of the run it belongs to (device name, end-of-sequence ids, sampling, TPOT
-        objective, fabric, adaptive controller, draft engine index), each defaulting to a plain
-        star's."""
+        objective, fabric, adaptive controller, draft engine index, the unit's turns), each
+        defaulting to a plain star's."""
+        # unit: held around each prefill, verify and decode step (a resources.UnitLock when
+        # other roles share this target's unit: they take turns, as in the simulator)
+        self.unit = unit
         # fabric: several draft servers, the client of the paired one taken at each request's
         # start (``client`` is then None until the first request)
         self.index, self.model, self.client, self.clock0 = index, model, client, clock0
@@ -213,10 +217,12 @@ class TargetWorker:
         v = Verifier(self.model, self.temperature, rng, hidden=bool(self.client and self.client.needs_hidden))
         req = RequestRow(request=rid, target=self.index, prompt_tokens=len(prompt), output_tokens=output_tokens,
                          t_arrival=t_arrival, t_start=self.now())
-        out = [v.prefill(prompt)]
-        t_first = req.t_first_token = self.now()
+        with self.unit:
+            t_prefill = self.now()
+            out = [v.prefill(prompt)]
+            t_first = req.t_first_token = self.now()
         self.rec.interval_writer(engine=f"target-{self.index}", device=self.device, kind="prefill",
-                                 packed=False)(target=self.index, start=req.t_start, end=t_first)
+                                 packed=False)(target=self.index, start=t_prefill, end=t_first)
         rows = RoundWriter(self.rec, target=self.index, request=rid, engine=f"target-{self.index}",
                            device=self.device, packed=False)
         new, start = prompt + out, True
@@ -254,8 +260,10 @@ class TargetWorker:
                     self.fabric.served(hdr)
                     server = self.fabric.server
                 t_arrive = self.now()
-                r = v.verify(tree)
-                t_end = self.now()
+                with self.unit:  # the verify starts when the unit is this target's
+                    t_verify = self.now()
+                    r = v.verify(tree)
+                    t_end = self.now()
                 emitted = self._until_eos(r.emitted[: output_tokens - len(out)])
                 # the server's timestamps, moved onto our clock
                 srv = {k: hdr[k] - self.client.clock_offset_s - self.clock0
@@ -267,7 +275,7 @@ class TargetWorker:
                 rows.round(t_send=t_send, t_draft_arrive=srv["t_arrive"], t_enqueue=srv["t_enqueue"],
                            t_draft_start=srv["t_draft_start"], t_draft_end=srv["t_draft_end"],
                            t_reply_send=srv["t_reply_send"], t_target_arrive=t_arrive,
-                           t_verify_start=t_arrive, t_verify_end=t_end, context_tokens=ctx,
+                           t_verify_start=t_verify, t_verify_end=t_end, context_tokens=ctx,
                            new_tokens=int(hdr["new_tokens"]), accepted=r.accepted, emitted=len(emitted),
                            bytes_up=self.client.bytes_up, draft_kv_bytes=int(hdr["kv_bytes"]))
                 new, start = r.emitted, False
@@ -276,9 +284,10 @@ class TargetWorker:
             else:  # autoregressive (no draft, or adaptive depth 0): one token per step
                 if d == 0 and v.hidden:
                     pending.append(v.features)  # the draft gets them with the next request
-                t0 = self.now()
-                emitted = [v.step()]
-                t_end = self.now()
+                with self.unit:
+                    t0 = self.now()
+                    emitted = [v.step()]
+                    t_end = self.now()
                 rows.decode(t_verify_start=t0, t_verify_end=t_end, context_tokens=ctx)
                 if d == 0:  # the draft sees these tokens with the next request
                     new = new + emitted

@@ -1,0 +1,89 @@
+"""The resources a real run uses, as its scenario declares them: the CPU cores each role's
+process and threads run on (a device pool's ``cpus``) and the turns that roles placed on one
+unit take on it.
+
+The simulator gives each unit to one task at a time (``slots`` at once), first come first
+served, and lets the roles of different units run in parallel. A real run on a shared host
+has neither unless it is made to: the OS spreads every thread over every core as it likes.
+:func:`pin` puts the calling thread on its unit's cores (threads and processes it starts
+later inherit them), and :class:`UnitLock` is the unit itself: a first-come-first-served
+semaphore of ``slots`` places, shared by every process of the run, held around each
+prefill, verify, decode step and draft on that unit.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import StarsimError
+
+
+def available_cpus() -> frozenset[int]:
+    """The cores this thread may run on (all of the machine's, unless a cgroup or a parent narrowed them)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return frozenset(range(os.cpu_count() or 1))
+    return frozenset(os.sched_getaffinity(0))
+
+
+def check_cpus(cpus: frozenset[int], what: str) -> None:
+    """One line if ``cpus`` cannot be used here (before any process starts)."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise StarsimError(f"{what}: declared cpus need Linux (os.sched_setaffinity); remove cpus to let the OS "
+                           f"place the processes")
+    missing = cpus - available_cpus()
+    if missing:
+        raise StarsimError(f"{what}: cores {sorted(missing)} are not available here (this process may use "
+                           f"{sorted(available_cpus())})")
+
+
+def pin(cpus: frozenset[int] | None) -> list[int]:
+    """Run the calling thread (and what it starts from now on) on ``cpus``; None: leave it.
+    Returns the cores it runs on now, for the run's provenance."""
+    if cpus is not None:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except (AttributeError, OSError) as e:
+            raise StarsimError(f"cannot run on cores {sorted(cpus)}: {e}") from None
+    return sorted(available_cpus())
+
+
+class UnitLock:
+    """A device unit shared by several roles: at most ``slots`` of them hold it at once, in
+    the order they asked (tickets), across the run's processes. Pass it to a process when
+    starting it (it holds multiprocessing objects of ``ctx``)."""
+
+    def __init__(self, ctx, slots: int = 1):
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.slots = slots
+        self._cv = ctx.Condition()
+        self._next = ctx.RawValue("q", 0)  # the next ticket to hand out
+        self._done = ctx.RawValue("q", 0)  # holders that have left
+
+    def __enter__(self) -> UnitLock:
+        with self._cv:
+            ticket = self._next.value
+            self._next.value += 1
+            # ticket t enters once all but slots - 1 of the earlier ones have left: first come,
+            # first served, and never more than slots inside (holders leave in any order)
+            while ticket >= self._done.value + self.slots:
+                self._cv.wait(1.0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._cv:
+            self._done.value += 1
+            self._cv.notify_all()
+
+
+class _Free:
+    """A unit nobody shares: holding it costs nothing."""
+
+    def __enter__(self) -> _Free:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+FREE = _Free()

@@ -1,0 +1,130 @@
+"""Declared resources in `starsim execute` (issue 17): each role runs on the cores its device
+pool declares (``cpus``), and the roles placed on one unit take turns on it, first come first
+served, as the simulator has them."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import multiprocessing as mp
+import os
+import time
+
+import pytest
+import yaml
+from conftest import CONST_STAR
+
+from starsim import load_scenario, validate_scenario
+from starsim.cli import main
+from starsim.errors import ScenarioError
+from starsim.real.resources import UnitLock
+
+TWO_CORES = hasattr(os, "sched_getaffinity") and {0, 1} <= os.sched_getaffinity(0)
+
+
+def _hold(lock, log, i, ready, start):
+    ready.put(i)
+    start.wait()
+    time.sleep(0.1 * i)  # ask in index order
+    with lock:
+        t0 = time.monotonic()
+        time.sleep(0.15)
+        log.put((i, t0, time.monotonic()))
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_unit_lock_serves_in_order_and_holds_at_most_slots(slots):
+    ctx = mp.get_context("spawn")
+    lock, log, ready, start = UnitLock(ctx, slots), ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_hold, args=(lock, log, i, ready, start)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for _ in procs:  # every process started (spawning takes a while each)
+        ready.get(timeout=60)
+    start.set()
+    rows = sorted(log.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(10)
+    entered = [i for i, _, _ in sorted(rows, key=lambda r: r[1])]
+    assert entered == [0, 1, 2, 3]  # first come, first served
+    for _, t0, _ in rows:  # holders at each entry, itself included
+        assert sum(a <= t0 < b for _, a, b in rows) <= slots
+
+
+def test_cpus_are_one_entry_per_unit():
+    sc = copy.deepcopy(CONST_STAR)
+    sc["devices"]["g"]["cpus"] = [1]
+    with pytest.raises(ScenarioError, match=r"devices.g: cpus: one entry per unit \(16\), got 1"):
+        validate_scenario(sc, source="x")
+    sc["devices"]["g"]["cpus"] = [[1, 2]] * 15 + [[]]
+    with pytest.raises(ScenarioError, match="empty"):
+        validate_scenario(sc, source="x")
+    sc["devices"]["g"]["cpus"] = [0] * 15 + [5000]
+    with pytest.raises(ScenarioError, match="devices.g.cpus.15"):
+        validate_scenario(sc, source="x")
+    sc["devices"]["g"]["cpus"] = [[0, 1]] + list(range(15))
+    assert validate_scenario(sc, source="x").devices["g"].unit_cpus(0) == frozenset({0, 1})
+
+
+def _declared(tmp_path, pair, cores=(0, 1)) -> str:
+    """Draft on core ``cores[0]``, two targets sharing one unit on core ``cores[1]``."""
+    sc = copy.deepcopy(CONST_STAR)
+    sc["devices"] = {"dcore": {"type": "cpu core", "cpus": [cores[0]]},
+                     "tcore": {"type": "cpu core", "cpus": [cores[1]]}}
+    sc["draft"]["device"] = "dcore"
+    sc["targets"][0].update(count=2, device="tcore")
+    sc.update(max_requests=4, duration_s=60.0, warmup_s=0.0,
+              workload={"kind": "closed", "prompts": 3, "prompt_tokens": 30, "output_tokens": 24},
+              real={"pair": str(pair)})
+    f = tmp_path / "declared.yaml"
+    f.write_text(yaml.safe_dump(sc))
+    return str(f)
+
+
+def test_an_unavailable_core_is_one_line(tmp_path, quick_pair, capsys):
+    assert main(["execute", _declared(tmp_path, quick_pair, cores=(0, 4095)), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "devices.tcore.cpus (unit tcore[0]): cores [4095] are not available" in err, err
+
+
+@pytest.mark.skipif(not TWO_CORES, reason="needs cores 0 and 1")
+def test_execute_runs_each_role_on_its_cores_and_shared_units_take_turns(tmp_path, quick_pair):
+    from starsim.real.execute import execute
+
+    res = execute(load_scenario(_declared(tmp_path, quick_pair)))
+    prov = res.summary["provenance"]
+    assert not prov["failures"], prov["failures"]
+    # read by each role itself: the draft server's engine, each target process
+    assert prov["processes"]["cpus"] == {"draft-0": [0], "target-0": [1], "target-1": [1]}
+    assert prov["processes"]["shared_units"] == ["tcore[0]"]
+    assert res.summary["requests_completed"] == 4
+    iv = res.intervals
+    on = iv[iv["device"] == "tcore[0]"].sort_values("start")
+    assert set(on["kind"]) >= {"verify", "prefill"} and set(on["target"]) == {0, 1}
+    assert (on["start"].to_numpy()[1:] >= on["end"].to_numpy()[:-1] - 1e-9).all()  # never two at once
+
+
+@pytest.mark.skipif(not TWO_CORES, reason="needs core 0")
+def test_calibrate_times_on_the_declared_cores(tmp_path):
+    from starsim.profiles import read_profile
+
+    assert main(["calibrate", "compute", "--spec", "tiny-cpu", "--roles", "draft", "--ops", "draft_round",
+                 "--grid", "quick", "--threads", "1", "--cpus", "0", "--out", str(tmp_path), "--quiet"]) == 0
+    (path,) = tmp_path.glob("*.yaml")
+    assert read_profile(path).provenance["cpus"] == [0]
+
+
+def test_bad_cpus_flag_is_one_line(tmp_path, capsys):
+    for text, says in (("x", "expected cores like 1, 0,2 or 0-3"), ("4095", "cores [4095] are not available")):
+        with pytest.raises(SystemExit) if text == "x" else contextlib.nullcontext():  # argparse exits itself
+            code = main(["calibrate", "compute", "--spec", "tiny-cpu", "--cpus", text, "--out", str(tmp_path)])
+            assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and says in err, err
+
+
+def test_the_shipped_declared_scenario_is_valid():
+    from pathlib import Path
+
+    sc = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "real_cpu_declared_n2.yaml")
+    assert sc.devices["dcore"].unit_cpus(0) == frozenset({0}) and sc.devices["tcore"].unit_cpus(0) == frozenset({1})
