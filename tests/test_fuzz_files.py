@@ -18,7 +18,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_fuzz_scenarios import STRANGE, _paths, _wall
+from test_fuzz_scenarios import _wall, mutate
 
 from starsim.cli import main
 from starsim.errors import ScenarioError, StarsimError
@@ -41,18 +41,8 @@ def mutated(draw, files: list[Path]):
     """(file, field path, mutated data): one value replaced, one key deleted or one added."""
     path = draw(st.sampled_from(files))
     data = copy.deepcopy(_load(path))
-    field = draw(st.sampled_from(_paths(data)))
-    parent = data
-    for k in field[:-1]:
-        parent = parent[k]
-    how = draw(st.sampled_from(["replace", "replace", "replace", "delete", "extra_key"]))
-    if how == "delete":
-        del parent[field[-1]]
-    elif how == "extra_key" and isinstance(parent, dict):
-        parent["unknown_field_" + draw(st.text("abc", min_size=1, max_size=3))] = 1
-    else:
-        parent[field[-1]] = draw(st.sampled_from(STRANGE) | st.floats() | st.integers())
-    return path, ".".join(map(str, field)), data
+    field, _how = mutate(draw, data)
+    return path, field, data
 
 
 @functools.cache

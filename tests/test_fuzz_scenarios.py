@@ -56,10 +56,10 @@ STRANGE = [None, True, 0, -1, 1, 2**63, -(2**63), 10**30, 0.0, -0.0, 1e-300, 1e3
            "", "x", "1e9", "nan", [], [0], [math.nan], {}, {"kind": "nope"}, {"kind": "constant", "value": -1}]
 
 
-@st.composite
-def mutants(draw):
-    name = draw(st.sampled_from(SHIPPED))
-    data = copy.deepcopy(BASES[name])
+def mutate(draw, data) -> tuple[str, str]:
+    """Change ``data`` in place at one drawn field: its value replaced by a strange one, the
+    key deleted, or an unknown key added beside it; (field path, how). The other fuzz tests
+    (tests/test_fuzz_files.py) mutate their files with it too."""
     path = draw(st.sampled_from(_paths(data)))
     parent = data
     for k in path[:-1]:
@@ -71,7 +71,15 @@ def mutants(draw):
         parent["unknown_field_" + draw(st.text("abc", min_size=1, max_size=3))] = 1
     else:
         parent[path[-1]] = draw(st.sampled_from(STRANGE) | st.floats() | st.integers())
-    return name, ".".join(map(str, path)), how, data
+    return ".".join(map(str, path)), how
+
+
+@st.composite
+def mutants(draw):
+    name = draw(st.sampled_from(SHIPPED))
+    data = copy.deepcopy(BASES[name])
+    path, how = mutate(draw, data)
+    return name, path, how, data
 
 
 @contextmanager
