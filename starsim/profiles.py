@@ -224,6 +224,15 @@ class Op(_M):
         i = self.columns.index(name)
         return np.asarray([r[i] for r in self.rows], dtype=float)
 
+    def normalized(self) -> np.ndarray | None:
+        """Each row's time at the op's median reference speed (``median_s x median(ref_s) /
+        ref_s``): what the row would have read had the machine run as fast throughout; None
+        without a reference column (profiles before drift normalization)."""
+        if "ref_s" not in self.columns:
+            return None
+        ref = self.column("ref_s")
+        return self.column("median_s") * float(np.median(ref)) / ref
+
     def predict(self, **inputs: float) -> float:
         if self.fit is None:
             raise ValueError("this operation has no fit")
@@ -241,10 +250,12 @@ class ProfileFile(_M):
 
 
 def build_op(
-    inputs: Sequence[str], rows: Sequence[Sequence[float]], fixed: dict | None = None, fit: bool = True
+    inputs: Sequence[str], rows: Sequence[Sequence[float]], fixed: dict | None = None, fit: bool = True,
+    reference: bool = False,
 ) -> Op:
-    """An :class:`Op` from rows ``(*inputs, median_s, p10_s, p90_s, n)``, fitted."""
-    columns = [*inputs, "median_s", "p10_s", "p90_s", "n"]
+    """An :class:`Op` from rows ``(*inputs, median_s, p10_s, p90_s, n)``, fitted; with
+    ``reference``, each row ends with ``ref_s``, the reference kernel's time beside it."""
+    columns = [*inputs, "median_s", "p10_s", "p90_s", "n", *(["ref_s"] if reference else [])]
     op = Op(inputs=list(inputs), fixed=fixed or {}, columns=columns, rows=[[float(v) for v in r] for r in rows])
     med, p10, p90 = op.column("median_s"), op.column("p10_s"), op.column("p90_s")
     op.range = {name: (float(op.column(name).min()), float(op.column(name).max())) for name in inputs}
@@ -255,7 +266,9 @@ def build_op(
         op.noise_cv = round(math.sqrt(math.expm1(sigma * sigma)), 4)
     if fit and "gap_s" not in inputs:
         x = {name: op.column(name) for name in inputs}
-        op.fit = OpFit(**fit_op(inputs, x, med).to_dict())
+        # fitted at the median reference speed: the drift within the calibration taken out
+        y = op.normalized() if reference else med
+        op.fit = OpFit(**fit_op(inputs, x, y).to_dict())
     return op
 
 

@@ -149,7 +149,43 @@ def test_cli_quick_calibration_and_compare(tmp_path, capsys, monkeypatch):
     assert yaml.safe_load(a.read_text())["provenance"]["command"].startswith("starsim calibrate")
     assert main(["calibrate", "compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
-    assert "median point" in out and "verify" in out and "all points: median |diff|" in out
+    assert "median point" in out and "verify" in out and "raw" in out and "normalized" in out
+    ops = yaml.safe_load(a.read_text())["ops"]
+    assert "ref_s" in ops["verify"]["columns"]  # each point keeps the reference timed beside it
+    assert all(r[-1] > 0 for r in ops["verify"]["rows"])
+
+
+def test_normalization_removes_synthetic_drift():
+    """Two calibrations of one machine, the second run while the machine slowed down by 0-30%
+    from point to point: raw they disagree by up to 30%, normalized by the reference timed
+    beside each point they agree (the drift hits the op and the reference alike)."""
+    import numpy as np
+
+    from starsim.calibrate.compare import agreement
+    from starsim.profiles import ProfileFile, build_op
+
+    rng = np.random.default_rng(0)
+    pts = [(t, c) for t in (1, 4, 16, 64) for c in (128, 512, 2048)]
+    true = {p: 1e-3 * (1 + 0.05 * p[0] + 1e-4 * p[1]) for p in pts}
+
+    def profile(drift):
+        rows = []
+        for p in pts:
+            d = drift(p)
+            rows.append((*p, true[p] * d, true[p] * d * 0.9, true[p] * d * 1.1, 10, 2.7e-3 * d))
+        return ProfileFile(ops={"verify": build_op(["tokens", "context"], rows, reference=True)})
+
+    a = profile(lambda p: 1.0)
+    slow = {p: 1.0 + 0.3 * rng.random() for p in pts}
+    b = profile(lambda p: slow[p])
+    (row,) = agreement(a, b)
+    assert row.raw_max_abs_pct > 15 and row.raw_median_abs_pct > 5
+    assert row.norm_max_abs_pct < 1e-9 and abs(row.norm_pct) < 1e-9
+    # the fit is normalized too: B's fit predicts A's times at B's median reference speed
+    scale = float(np.median([slow[p] for p in pts]))
+    for p in pts:
+        at = dict(zip(["tokens", "context"], p))
+        assert b.ops["verify"].predict(**at) == pytest.approx(a.ops["verify"].predict(**at) * scale, rel=1e-6)
 
 
 def test_some_ops_update_an_existing_profile(profiles, tmp_path):

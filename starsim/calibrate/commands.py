@@ -201,42 +201,21 @@ def cmd_refit(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Agreement of two profiles of the same spec: per op, the ratio of medians point by point."""
+    """Agreement of two profiles of the same spec: per op, point by point, raw and normalized
+    for the machine's speed beside each point (see :mod:`starsim.calibrate.compare`)."""
     from ..profiles import read_profile
+    from .compare import agreement, format_agreement
 
     a, b = read_profile(args.a), read_profile(args.b)
-    rows = []
-    all_diffs = []
-    for name, op in a.ops.items():
-        other = b.ops.get(name)
-        if other is None:
-            continue
-        k = len(op.inputs)
-        ma = {tuple(r[:k]): r[k] for r in op.rows}
-        mb = {tuple(r[:k]): r[k] for r in other.rows}
-        common = sorted(set(ma) & set(mb))
-        if not common:
-            continue
-        d = np.array([100.0 * (mb[c] - ma[c]) / ma[c] for c in common])
-        # The "median grid point": the point whose first-run time is the median of the op's points.
-        order = sorted(common, key=lambda c: ma[c])
-        mid = order[len(order) // 2]
-        mid_diff = 100.0 * (mb[mid] - ma[mid]) / ma[mid]
-        all_diffs.extend(np.abs(d))
-        fit_diff = float("nan")
-        if op.fit is not None and other.fit is not None:  # the fits smooth out one point's noise
-            at = dict(zip(op.inputs, mid))
-            fit_diff = 100.0 * (other.predict(**at) - op.predict(**at)) / op.predict(**at)
-        rows.append((name, len(common), mid, mid_diff, fit_diff, float(np.median(np.abs(d))), float(np.max(np.abs(d)))))
+    rows = agreement(a, b)
     print(f"A: {args.a} ({a.provenance.get('date')})\nB: {args.b} ({b.provenance.get('date')})")
-    print(f"  {'op':16s} {'points':>6s} {'median point':>20s} {'B vs A there':>12s} {'fits there':>10s} "
-          f"{'median |diff|':>13s} {'max':>7s}")
-    for name, n, mid, md, fd, med, mx in rows:
-        fit = f"{fd:+9.2f}%" if fd == fd else f"{'-':>10s}"
-        print(f"  {name:16s} {n:6d} {str(tuple(int(v) if v == int(v) else v for v in mid)):>20s} "
-              f"{md:+11.2f}% {fit} {med:12.2f}% {mx:6.1f}%")
-    if all_diffs:
-        print(f"all points: median |diff| {np.median(all_diffs):.2f}%, p90 {np.quantile(all_diffs, 0.9):.2f}%")
+    print(format_agreement(rows))
+    mids = [abs(r.raw_pct) for r in rows]
+    norms = [abs(r.norm_pct) for r in rows if r.norm_pct is not None]
+    if rows:
+        print(f"median point, over ops: |B vs A| raw {np.median(mids):.2f}% (max {max(mids):.2f}%)"
+              + (f", normalized {np.median(norms):.2f}% (max {max(norms):.2f}%)" if norms else
+                 ", normalized: - (a profile without per-point reference times; recalibrate to get them)"))
     ra, rb = a.provenance.get("reference_matmul_s"), b.provenance.get("reference_matmul_s")
     if ra and rb:  # how much of the difference is the machine's speed at the time
         ta, tb = (ra["before"] + ra["after"]) / 2, (rb["before"] + rb["after"]) / 2

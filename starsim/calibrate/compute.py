@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..models.reference import REFERENCE, reference_speed
+from ..models.reference import REF_BLOCK_S, REFERENCE, reference_speed
 from ..models.specs import ModelSpec, Net, TreeShape, build_model, crop_cache, new_cache, torch_dtype
 from ..profiles import OP_INPUTS, ProfileFile, build_op, write_profile
 from ..real.speculation import tree_mask
@@ -206,7 +206,9 @@ def spot_check(profile: ProfileFile, op: str, threads: int, points: int = 3) -> 
     spec = load_spec(profile.model.get("spec_file") or profile.model["spec"])
     role, device = profile.model["role"], profile.device.get("torch_device", "cpu")
     o = profile.ops[op]
-    order = np.argsort(o.column("median_s"))
+    # against what the fit holds: the row at the op's median reference speed, when it has one
+    then = o.normalized() if "ref_s" in o.columns else o.column("median_s")
+    order = np.argsort(then)
     picks = [len(order) // 2] + [int(q * (len(order) - 1)) for q in (0.25, 0.75)][: max(points - 1, 0)]
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -228,10 +230,22 @@ def spot_check(profile: ProfileFile, op: str, threads: int, points: int = 3) -> 
             else:
                 fn = prefill_fn(c, n)
             times, _ = time_call(fn, grid, threads, device, warmup=3)
-            ratios.append(float(np.median(times)) / float(x["median_s"]))
+            ratios.append(float(np.median(times)) / float(then[int(order[i])]))
     finally:
         torch.set_num_threads(old)
     return float(np.median(ratios))
+
+
+REF_WINDOW = 9  # reference timings per rolling median: ~9 grid points, seconds on a CPU grid
+
+
+def smooth_reference(times: list[float]) -> np.ndarray:
+    """The machine's speed at each of a calibration's reference timings (in time order): the
+    rolling median of REF_WINDOW of them around it. One 20 ms timing is noisy; a shared
+    machine's drift moves over tens of seconds to minutes, which the window still follows."""
+    x = np.asarray(times, dtype=float)
+    half = REF_WINDOW // 2
+    return np.array([np.median(x[max(0, i - half):i + half + 1]) for i in range(len(x))])
 
 
 def summarize_times(passes: list[np.ndarray]) -> tuple[float, float, float, int]:
@@ -528,6 +542,8 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
         speed = [reference_speed(threads, s.device)]
         fns: dict[tuple, Callable[[], object]] = {}
         times: dict[tuple, list[np.ndarray]] = {}  # (op, key) -> the blocks of each pass
+        refs: dict[tuple, list[int]] = {}  # (op, key) -> where in ``beside`` its passes' references are
+        beside: list[float] = []  # the reference kernel's time beside each pass, in time order
         numbers: dict[tuple, int] = {}  # (op, key) -> calls per block, from the first pass
         total = len(jobs) * s.grid.passes
         idle_rows: list[tuple] = []
@@ -542,6 +558,9 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
                     first = p == 0
                     # a long call's cold start is small beside it: warm up short ones only
                     warm = first or times[op, key][0].min() < 0.05
+                    # the machine's speed right now, beside this pass (drift normalization)
+                    refs.setdefault((op, key), []).append(len(beside))
+                    beside.append(reference_speed(threads, s.device, REF_BLOCK_S))
                     t, numbers[op, key] = time_call(fns[op, key], s.grid, threads, s.device, warmup=int(warm),
                                                     number=None if first else numbers[op, key])
                     times.setdefault((op, key), []).append(t)
@@ -556,8 +575,11 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
             bar.close()
             interrupted = True
         rows: dict[str, list] = {}
+        speed_then = smooth_reference(beside)
         for (op, key), passes in times.items():
-            rows.setdefault(op, []).append((*key, *summarize_times(passes)))
+            # the machine's speed at the pass whose median the row keeps (the lowest)
+            ref = speed_then[refs[op, key][int(np.argmin([np.median(t) for t in passes]))]]
+            rows.setdefault(op, []).append((*key, *summarize_times(passes), ref))
         if idle_rows:
             rows[IDLE_OPS[role]] = idle_rows
         fns.clear()
@@ -566,6 +588,8 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
         device, prov = _provenance(s, net, role, dtype_name, threads)
         prov["wall_s"] = round(time.perf_counter() - t0, 1)
         prov["reference_matmul_s"] = {"before": speed[0], "after": speed[1], "what": REFERENCE}
+        if beside:  # what the fits are normalized to (ops' rows carry their own, ref_s)
+            prov["reference_matmul_s"]["median_beside_s"] = float(np.median(beside))
         if interrupted:
             done = sum(map(len, times.values()))
             prov["interrupted"] = f"stopped by the user after {done} of {total} timings ({len(times)} grid points)"
@@ -587,7 +611,7 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
             if op in IDLE_OPS.values():
                 key = "new_tokens" if role == "draft" else "tokens"
                 fixed[key], fixed["context"] = _idle_point(s, tree, role)
-            ops[op] = build_op(inputs, sorted(r), fixed=fixed)
+            ops[op] = build_op(inputs, sorted(r), fixed=fixed, reference=op not in IDLE_OPS.values())
         if ops:
             out[role] = ProfileFile(kind="compute", model=model, device=device, provenance=prov, ops=ops)
         del net, c

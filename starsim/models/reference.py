@@ -7,11 +7,16 @@ from __future__ import annotations
 REFERENCE = "median time of a 512x512 float32 matmul, torch.utils.benchmark, same threads"
 
 
-def reference_speed(threads: int, device: str) -> float:
+# calibration times the reference beside every grid point's pass: short, so it can
+REF_BLOCK_S = 0.02
+
+
+def reference_speed(threads: int, device: str, min_run_time: float = 0.2) -> float:
     """How fast the machine is right now, on a fixed kernel (see :data:`REFERENCE`).
 
     Shared machines drift by 10% and more over minutes; two profiles of the same spec
-    taken at different speeds disagree by that much, and this says so (``calibrate compare``).
+    taken at different speeds disagree by that much, and this says so (``calibrate compare``)
+    and corrects for it (each profile row keeps the reference timed beside it, ``ref_s``).
     """
     import torch
     from torch.utils import benchmark
@@ -20,4 +25,4 @@ def reference_speed(threads: int, device: str) -> float:
     timer = benchmark.Timer(stmt="a @ a", globals={"a": a}, num_threads=threads)
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
-    return float(timer.blocked_autorange(min_run_time=0.2).median)
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
