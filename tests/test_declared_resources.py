@@ -128,3 +128,25 @@ def test_the_shipped_declared_scenario_is_valid():
 
     sc = load_scenario(Path(__file__).resolve().parent.parent / "scenarios" / "real_cpu_declared_n2.yaml")
     assert sc.devices["dcore"].unit_cpus(0) == frozenset({0}) and sc.devices["tcore"].unit_cpus(0) == frozenset({1})
+
+
+@pytest.mark.skipif(not TWO_CORES, reason="needs core 1")
+def test_a_draft_co_located_with_a_target_takes_turns_with_it(tmp_path, quick_pair):
+    """The draft server on the target's unit (the simulator's co-located draft): the server's
+    engine, in this process, and the target process take turns on the unit's one core."""
+    from starsim.real.execute import execute
+
+    sc = yaml.safe_load(open(_declared(tmp_path, quick_pair)))
+    sc["draft"]["device"] = "tcore"
+    sc["targets"][0]["count"] = 1
+    sc["max_requests"] = 3
+    f = tmp_path / "colocated.yaml"
+    f.write_text(yaml.safe_dump(sc))
+    res = execute(load_scenario(f))
+    prov = res.summary["provenance"]
+    assert prov["processes"]["cpus"] == {"draft-0": [1], "target-0": [1]}
+    assert prov["processes"]["shared_units"] == ["tcore[0]"]
+    iv = res.intervals
+    on = iv[iv["device"] == "tcore[0]"].sort_values("start")
+    assert {"draft", "verify", "prefill"} <= set(on["kind"])
+    assert (on["start"].to_numpy()[1:] >= on["end"].to_numpy()[:-1] - 1e-9).all()  # never at once

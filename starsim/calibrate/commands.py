@@ -66,11 +66,11 @@ def cmd_compute(args: argparse.Namespace) -> int:
             raise StarsimError(f"--ops: {', '.join(bad)} not among the ops of --roles {','.join(roles)} "
                                f"({', '.join(sorted(known))})")
     extra = {}
-    if args.cpus is not None:  # before torch starts its threads: they inherit the cores
-        from ..real.resources import check_cpus, pin
+    if args.cpus is not None:
+        from ..real.resources import check_cpus
 
         check_cpus(args.cpus, f"--cpus {','.join(map(str, sorted(args.cpus)))}")
-        extra["cpus"] = pin(args.cpus)
+        extra["cpus"] = sorted(args.cpus)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
     settings = Settings(
         spec=spec,
@@ -88,7 +88,10 @@ def cmd_compute(args: argparse.Namespace) -> int:
                "grid_name": args.grid, **extra},
     )
     t0 = time.perf_counter()
-    profiles: dict[str, ProfileFile] = calibrate(settings)
+    from ..real.resources import pinned
+
+    with pinned(args.cpus):  # before torch starts its threads: they inherit the cores
+        profiles: dict[str, ProfileFile] = calibrate(settings)
     if not profiles:
         print("interrupted before any operation was measured twice: nothing written", file=sys.stderr)
         return 130

@@ -14,6 +14,8 @@ prefill, verify, decode step and draft on that unit.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..errors import StarsimError
 
@@ -45,6 +47,18 @@ def pin(cpus: frozenset[int] | None) -> list[int]:
         except (AttributeError, OSError) as e:
             raise StarsimError(f"cannot run on cores {sorted(cpus)}: {e}") from None
     return sorted(available_cpus())
+
+
+@contextmanager
+def pinned(cpus: frozenset[int] | None) -> Iterator[list[int]]:
+    """:func:`pin` for a block, then the calling thread's cores as they were (a command run
+    in-process, as the tests run them, must not leave its caller pinned)."""
+    before = available_cpus()
+    try:
+        yield pin(cpus)
+    finally:
+        if cpus is not None:
+            pin(before)
 
 
 class UnitLock:
