@@ -65,12 +65,7 @@ def cmd_compute(args: argparse.Namespace) -> int:
         if bad:
             raise StarsimError(f"--ops: {', '.join(bad)} not among the ops of --roles {','.join(roles)} "
                                f"({', '.join(sorted(known))})")
-    extra = {}
-    if args.cpus is not None:
-        from ..real.resources import check_cpus
-
-        check_cpus(args.cpus, f"--cpus {','.join(map(str, sorted(args.cpus)))}")
-        extra["cpus"] = sorted(args.cpus)
+    extra = _placement(args.cpus)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
     settings = Settings(
         spec=spec,
@@ -107,6 +102,16 @@ def cmd_compute(args: argparse.Namespace) -> int:
         print(f"interrupted: {partial[0]}; what was measured is written (provenance.interrupted)", file=sys.stderr)
         return 130
     return 0
+
+
+def _placement(cpus: frozenset[int] | None) -> dict:
+    """``--cpus`` checked before any work, as the profile's provenance records it."""
+    if cpus is None:
+        return {}
+    from ..real.resources import check_cpus
+
+    check_cpus(cpus, f"--cpus {','.join(map(str, sorted(cpus)))}")
+    return {"cpus": sorted(cpus)}
 
 
 def _fit_table(prof) -> str:
