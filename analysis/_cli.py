@@ -11,6 +11,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def status_mb(key: str) -> float:
+    """A ``/proc/self/status`` memory line in MB (VmHWM: this process image's peak resident
+    memory, VmRSS: its resident memory now). Not ru_maxrss: Linux carries that across exec
+    from the parent, which may have run a benchmark already."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
 def no_options(doc: str) -> None:
     """For a script that takes no options: ``--help`` prints its docstring and starts no work."""
     argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc,

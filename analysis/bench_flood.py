@@ -21,17 +21,8 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+from _cli import status_mb  # analysis/ is on sys.path when a script runs
 
 
 def main() -> int:
@@ -83,7 +74,7 @@ def main() -> int:
     def step(label: str) -> None:
         time.sleep(0.3)  # let the door take what is waiting
         r, threads = probe()
-        rows.append((label, threads, _rss_mb(), server.pending, server.refused, server.timed_out, r))
+        rows.append((label, threads, status_mb("VmRSS"), server.pending, server.refused, server.timed_out, r))
 
     probe()  # warm-up
     step("no flood")

@@ -54,6 +54,7 @@ from importlib import metadata
 from pathlib import Path
 
 import simpy
+from _cli import status_mb  # analysis/ is on sys.path when a script runs
 
 import starsim
 import starsim.sim.run as sim_run
@@ -157,25 +158,15 @@ def peak_memory(n: int, duration: float) -> dict:
     return r
 
 
-def _status_mb(key: str) -> float:
-    """A ``/proc/self/status`` memory line in MB (VmHWM: this process image's peak resident
-    memory, VmRSS: its resident memory now). Not ru_maxrss: Linux carries that across exec
-    from the parent, which has run the benchmark already."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {key} in /proc/self/status")
-
-
 def one(n: int, duration: float) -> dict:
     """The measurement :func:`peak_memory` runs in its fresh process."""
     sc = scenario(n, duration)
-    before = _status_mb("VmRSS")
+    before = status_mb("VmRSS")
     t = time.perf_counter()
     res = starsim.simulate(sc)
     wall = time.perf_counter() - t
     return {"wall_s": wall, "rounds": len(res.records.rounds), "rss_before_mb": before,
-            "rss_peak_mb": _status_mb("VmHWM")}
+            "rss_peak_mb": status_mb("VmHWM")}
 
 
 def closed_form_speed(points: int = 1_000_000, repeat: int = 5) -> float:

@@ -38,16 +38,19 @@ seconds = number(0.0)  # a duration or a time on a run's clock
 
 def cpu_list(text: str) -> frozenset[int]:
     """CPU cores as the kernel lists them (``1``, ``0,2``, ``0-3,8``), for ``add_argument(type=...)``."""
+    from .scenario import MAX_CPU  # the bound a scenario's devices.POOL.cpus has
+
     cores: set[int] = set()
     try:
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
             a, b = int(lo), int(hi or lo)
-            if not 0 <= a <= b <= 4095:
+            if not 0 <= a <= b <= MAX_CPU:
                 raise ValueError
             cores.update(range(a, b + 1))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected cores like 1, 0,2 or 0-3 (each 0..4095), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected cores like 1, 0,2 or 0-3 (each 0..{MAX_CPU}), got {text!r}") from None
     return frozenset(cores)
 
 

@@ -224,14 +224,18 @@ class Op(_M):
         i = self.columns.index(name)
         return np.asarray([r[i] for r in self.rows], dtype=float)
 
+    @property
+    def reference_s(self) -> float | None:
+        """The op's median reference time (``ref_s``): the machine speed its fit is normalized
+        to; None without a reference column (profiles before drift normalization)."""
+        return float(np.median(self.column("ref_s"))) if "ref_s" in self.columns else None
+
     def normalized(self) -> np.ndarray | None:
-        """Each row's time at the op's median reference speed (``median_s x median(ref_s) /
+        """Each row's time at the op's median reference speed (``median_s x reference_s /
         ref_s``): what the row would have read had the machine run as fast throughout; None
-        without a reference column (profiles before drift normalization)."""
-        if "ref_s" not in self.columns:
-            return None
-        ref = self.column("ref_s")
-        return self.column("median_s") * float(np.median(ref)) / ref
+        without a reference column."""
+        ref = self.reference_s
+        return None if ref is None else self.column("median_s") * ref / self.column("ref_s")
 
     def predict(self, **inputs: float) -> float:
         if self.fit is None:

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -102,9 +101,8 @@ def speed_overrides(scenario, real_summary: dict[str, Any]) -> tuple[list[str], 
     for path, prof in _profile_fields(scenario):
         f = prof.file
         op = f.ops.get(prof.op)
-        if op is not None and "ref_s" in op.columns:  # the speed its fit is normalized to
-            then = float(np.median(op.column("ref_s")))
-        else:  # a profile before drift normalization: the reference around its calibration
+        then = op.reference_s if op is not None else None  # the speed its fit is normalized to
+        if then is None:  # a profile before drift normalization: the reference around its calibration
             then = _mean_ref(f.provenance.get("reference_matmul_s"))
         same_device = f.device.get("torch_device", "cpu") == real_ref.get("device", "cpu")
         if then is None or f.device.get("threads") != real_ref.get("threads") or not same_device:

@@ -74,6 +74,16 @@ def quick_models(quick_pair):
     return tok, target, draft
 
 
+def wait_for(cond, timeout: float = 10.0) -> None:
+    """Poll ``cond`` until it holds (a server's threads catch up), failing after ``timeout`` s."""
+    import time
+
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "condition not reached"
+        time.sleep(0.02)
+
+
 def serve_targets(server, target, prompts: list[list[int]], n: int) -> dict:
     """One greedy speculative target per prompt against a real draft ``server``, concurrently
     (a thread and a connection each); ``{i: (output, rounds)}``."""

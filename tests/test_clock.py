@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import CODE_PROMPTS  # noqa: E402
+from conftest import CODE_PROMPTS, wait_for  # noqa: E402
 
 from starsim.net import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
@@ -35,13 +35,6 @@ def server(quick_models):
     _, _, draft = quick_models
     with DraftServer(Drafter(draft, 4, 4, 16), timeout_s=30) as s:
         yield s
-
-
-def _wait(cond, timeout=10.0):
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, "condition not reached"
-        time.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +173,7 @@ def test_bad_clock_probe_closes_that_connection_only(quick_models, server, case)
     client = DraftClient(server.address)  # a good target, connected throughout
     try:
         got = _session(server, BAD_PROBES[case])
-        _wait(lambda: len(server.rejected) == 1)
+        wait_for(lambda: len(server.rejected) == 1)
         assert "CLOCK" in server.rejected[0] or "clock" in server.rejected[0], server.rejected
         if case == "too many":  # every probe within the limit was answered
             assert [m.seq for m in got] == list(range(P.MAX_CLOCK_PROBES))

@@ -128,6 +128,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from conftest import CODE_PROMPTS  # noqa: E402
+from test_server import _raw  # noqa: E402
 
 from starsim.net import parse_address  # noqa: E402
 from starsim.real.server import DraftClient, DraftServer  # noqa: E402
@@ -141,26 +142,11 @@ def live(quick_models):
         yield server
 
 
-def _send(server: DraftServer, data: bytes) -> None:
-    """Send ``data`` on a fresh connection and read until the server closes it (it must, or
-    answer: a stream that ends inside a frame, or after a request, is closed)."""
-    with socket.create_connection(parse_address(server.address), timeout=10) as s:
-        try:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-            while s.recv(65536):
-                pass
-        except TimeoutError:
-            raise AssertionError(f"the server kept a connection open 10 s after {data[:64]!r}") from None
-        except OSError:
-            pass  # closed on the first bad bytes, before all were sent or read
-
-
 @settings(FUZZ, max_examples=max(EXAMPLES // 3, 20))
 @given(first=st.booleans(), frame=frames())
 def test_a_live_server_closes_bad_connections_and_keeps_serving(live, quick_models, first, frame):
     hello = P.hello().encode() if first else b""  # after a good HELLO the frame reaches a comm thread
-    _send(live, hello + frame)
+    _raw(live, hello + frame)  # the server must close (or answer) it: a timeout fails
 
 
 ids_arrays = hnp.arrays(st.sampled_from([np.int32, np.int64, np.float16, np.uint8]),

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import CODE_PROMPTS  # noqa: E402
+from conftest import CODE_PROMPTS, wait_for  # noqa: E402
 
 from starsim.net import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
@@ -52,7 +52,7 @@ def test_targets_over_tcp_are_lossless(quick_models, server):
     for ids, out, _rounds, _tag in results.values():
         assert out == target_generate(target, ids, 40)
     assert len(server.intervals) >= sum(len(r[2]) for r in results.values())
-    _wait(lambda: not server.drafter.tags)  # every tag's draft state freed at disconnect
+    wait_for(lambda: not server.drafter.tags)  # every tag's draft state freed at disconnect
     assert not server.rejected
 
 
@@ -67,13 +67,6 @@ def test_sampling_over_tcp_draws_what_the_same_seed_draws_in_process(quick_model
     assert remote == local  # the draft's draws are seeded by the target, so the wire changes nothing
     assert remote != target_generate(target, ids, 32)
     assert sum(r.accepted for r in rounds) > 0
-
-
-def _wait(cond, timeout=10.0):
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, "condition not reached"
-        time.sleep(0.02)
 
 
 def _raw(server: DraftServer, data: bytes) -> bytes:
@@ -113,7 +106,7 @@ def test_bad_input_closes_that_connection_only(quick_models, server, tmp_path):
     ]
     for data in bad:
         _raw(server, data)
-    _wait(lambda: len(server.rejected) >= len(bad))
+    wait_for(lambda: len(server.rejected) >= len(bad))
     assert not _Boom.path.exists()
     assert any("magic" in r or "version" in r or "frame" in r for r in server.rejected)
     assert any("over" in r or "limit" in r or "large" in r for r in server.rejected)

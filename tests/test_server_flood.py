@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from conftest import CODE_PROMPTS  # noqa: E402
+from conftest import CODE_PROMPTS, wait_for  # noqa: E402
 
 from starsim.net import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
@@ -22,13 +22,6 @@ from starsim.real.server import DraftClient, DraftServer  # noqa: E402
 from starsim.real.speculation import Drafter, speculative_generate, target_generate  # noqa: E402
 
 IDLE = 1000
-
-
-def _wait(cond, timeout=20.0):
-    t0 = time.monotonic()
-    while not cond():
-        assert time.monotonic() - t0 < timeout, "condition not reached"
-        time.sleep(0.02)
 
 
 def _remote(client: DraftClient):
@@ -75,7 +68,7 @@ def test_a_thousand_idle_connections_hold_no_thread_and_a_real_target_is_served(
             s = _connect(server)
             s.sendall(P.hello().encode()[:7] if len(idle) % 2 else P.PREFIX.pack(P.MAGIC, P.VERSION, 100, 0))
             idle.append(s)
-        _wait(lambda: server.pending == IDLE)
+        wait_for(lambda: server.pending == IDLE, timeout=20)
         assert threading.active_count() == base + 2
         # both ends of 1,000 connections and their handshake buffers (16 KiB each at most)
         assert _rss_mb() - rss0 < 64, (rss0, _rss_mb())
@@ -83,9 +76,9 @@ def test_a_thousand_idle_connections_hold_no_thread_and_a_real_target_is_served(
         assert server.connected == 1 and threading.active_count() == base + 3
         _lossless(target, tok, client)
         client.close()
-        _wait(lambda: server.connected == 0)
+        wait_for(lambda: server.connected == 0, timeout=20)
         assert threading.active_count() == base + 2
-        _wait(lambda: server.pending == 0)  # the silent ones timed out
+        wait_for(lambda: server.pending == 0, timeout=20)  # the silent ones timed out
         assert server.timed_out == IDLE and server.refused == 0
         assert not server.rejected  # timing out is not a bad message
         for s in idle[:20]:  # each was told why before it was closed
@@ -101,7 +94,7 @@ def test_over_max_pending_is_closed_at_once_and_the_door_reopens(quick_models):
     _, _, draft = quick_models
     with DraftServer(Drafter(draft, 2, 2, 4), max_pending=8, handshake_timeout_s=1.0) as server:
         socks = [_connect(server) for _ in range(20)]
-        _wait(lambda: server.pending == 8 and server.refused == 12)
+        wait_for(lambda: server.pending == 8 and server.refused == 12, timeout=20)
         with pytest.raises((P.ProtocolError, OSError)):  # no room for a handshake now
             DraftClient(server.address, timeout_s=5).close()
         told = 0
@@ -112,7 +105,7 @@ def test_over_max_pending_is_closed_at_once_and_the_door_reopens(quick_models):
             except OSError:
                 pass
         assert told >= 12
-        _wait(lambda: server.pending == 0)
+        wait_for(lambda: server.pending == 0, timeout=20)
         DraftClient(server.address).close()  # room again once the silent ones timed out
         for s in socks:
             s.close()
@@ -126,7 +119,7 @@ def test_over_max_targets_is_refused_with_a_reason(quick_models):
             DraftClient(server.address)
         assert server.refused == 1 and server.connected == 2
         a.close()
-        _wait(lambda: server.connected == 1)
+        wait_for(lambda: server.connected == 1, timeout=20)
         c = DraftClient(server.address)
         assert c.tag == 2  # the refused one took no tag
         b.close()
@@ -201,7 +194,7 @@ def test_churn_bursts_kills_and_slow_readers(quick_models):
             for t in threads:
                 t.join(60)
         assert not errors, errors
-        _wait(lambda: server.connected == 0 and not server.drafter.tags and not server.contexts)
+        wait_for(lambda: server.connected == 0 and not server.drafter.tags and not server.contexts, timeout=20)
         assert not server.weights
         assert threading.active_count() == base + 2
         client = DraftClient(server.address)  # and it serves as before

@@ -207,7 +207,7 @@ def spot_check(profile: ProfileFile, op: str, threads: int, points: int = 3) -> 
     role, device = profile.model["role"], profile.device.get("torch_device", "cpu")
     o = profile.ops[op]
     # against what the fit holds: the row at the op's median reference speed, when it has one
-    then = o.normalized() if "ref_s" in o.columns else o.column("median_s")
+    then = o.normalized() if o.reference_s is not None else o.column("median_s")
     order = np.argsort(then)
     picks = [len(order) // 2] + [int(q * (len(order) - 1)) for q in (0.25, 0.75)][: max(points - 1, 0)]
     old = torch.get_num_threads()
@@ -588,7 +588,7 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
         device, prov = _provenance(s, net, role, dtype_name, threads)
         prov["wall_s"] = round(time.perf_counter() - t0, 1)
         prov["reference_matmul_s"] = {"before": speed[0], "after": speed[1], "what": REFERENCE}
-        if beside:  # what the fits are normalized to (ops' rows carry their own, ref_s)
+        if beside:  # over the whole calibration (each op's fit is normalized to its own reference_s)
             prov["reference_matmul_s"]["median_beside_s"] = float(np.median(beside))
         if interrupted:
             done = sum(map(len, times.values()))

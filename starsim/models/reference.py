@@ -7,7 +7,8 @@ from __future__ import annotations
 REFERENCE = "median time of a 512x512 float32 matmul, torch.utils.benchmark, same threads"
 
 
-# calibration times the reference beside every grid point's pass: short, so it can
+# calibration times the reference beside every grid point's pass: short, so that doing so
+# adds little to a calibration
 REF_BLOCK_S = 0.02
 
 

@@ -128,7 +128,7 @@ class TargetJob:
     fabric: dict | None = None
     adaptive: tuple | None = None
     cpus: frozenset[int] | None = None  # the unit's declared cores (None: the OS places the process)
-    unit_lock: Any = None  # resources.UnitLock: the unit is shared, its roles take turns (None: not shared)
+    unit_lock: Any = FREE  # resources.UnitLock: the unit is shared, its roles take turns (FREE: not shared)
 
 
 class InProgress:
@@ -241,7 +241,7 @@ def _connect(job: TargetJob, p: _Process) -> None:
         own = job.own_draft
         draft = load_model(own["src"], "draft", job.device, own["dtype"])
         p.server = DraftServer(Drafter(draft, *own["tree"]), policy=own["policy"], timeout_s=job.timeout_s,
-                               cpus=job.cpus, unit=job.unit_lock or FREE).start()
+                               cpus=job.cpus, unit=job.unit_lock).start()
         address = p.server.address
     delays = {}
     if job.link is not None:  # the simulator's link model, one random stream per direction
@@ -284,7 +284,7 @@ def _take_requests(job: TargetJob, shared: RunShared, p: _Process) -> None:
     p.worker = worker = TargetWorker(
         job.index, p.model, p.client, t0, device=job.unit, eos=eos_ids(p.model, job.src),
         temperature=job.temperature, seed=job.seed, tpot_slo_s=job.qos.get("tpot_slo_s"), fabric=p.seat,
-        controller=controller, draft_index=job.index if p.server is not None else 0, unit=job.unit_lock or FREE)
+        controller=controller, draft_index=job.index if p.server is not None else 0, unit=job.unit_lock)
     arrivals, prompts = job.arrivals, job.prompts
     served, limit = 0, job.budget if arrivals is None else len(arrivals)  # arrivals: within the budget
     think = job.pause.sampler(rng_for(job.seed, Stream.PAUSE, job.index)) if job.pause is not None else None
@@ -460,7 +460,7 @@ def _jobs(plan: _Plan, servers: list, fabric: dict | None, locks: dict) -> list[
             arrivals=plan.arrivals, own_draft=own_draft, qos={"weight": group.weight, "tpot_slo_s": group.tpot_slo_s},
             pause=getattr(sc.workload, "pause", None), fabric=fabric,
             adaptive=(sc.draft, group) if plan.star and sc.draft.adaptive.policy != "fixed" else None,
-            cpus=plan.cpus[plan.target_units[i]], unit_lock=locks.get(plan.target_units[i])))
+            cpus=plan.cpus[plan.target_units[i]], unit_lock=locks.get(plan.target_units[i], FREE)))
     return jobs
 
 

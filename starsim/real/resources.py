@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from ..errors import StarsimError
 
@@ -90,14 +90,4 @@ class UnitLock:
             self._cv.notify_all()
 
 
-class _Free:
-    """A unit nobody shares: holding it costs nothing."""
-
-    def __enter__(self) -> _Free:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
-FREE = _Free()
+FREE = nullcontext()  # a unit nobody shares: holding it costs nothing

@@ -348,24 +348,24 @@ class DraftServer:
         self.sock.setblocking(False)
         sel = selectors.DefaultSelector()
         sel.register(self.sock, selectors.EVENT_READ, None)
-        pending = self._pending
+        pending = self._pending  # this thread's alone: the connections whose HELLO it reads
         try:
             while not self.stop.is_set():
                 for key, _ in sel.select(0.2):
                     if key.data is None:
-                        if not self._accept(sel, pending):
+                        if not self._accept(sel):
                             return
                         continue
                     try:
-                        self._read_hello(sel, pending, key.data)
+                        self._read_hello(sel, key.data)
                     except Exception as e:  # noqa: BLE001 - a bug met by one handshake must not close the door
                         log.exception("handshake of %s", key.data.peer)
                         if key.data.conn in pending:
-                            self._forget(sel, pending, key.data)
+                            self._forget(sel, key.data)
                         self._reject(key.data.conn, key.data.peer, None, f"internal error: {type(e).__name__}: {e}")
                 now = time.monotonic()
                 for p in [p for p in pending.values() if p.deadline <= now]:
-                    self._forget(sel, pending, p)
+                    self._forget(sel, p)
                     self.timed_out += 1
                     self._tell(p.conn, f"no HELLO within {self.handshake_timeout_s:g} s")
                     p.conn.close()
@@ -377,7 +377,7 @@ class DraftServer:
                 p.conn.close()
             sel.close()
 
-    def _accept(self, sel, pending: dict) -> bool:
+    def _accept(self, sel) -> bool:
         """Take every connection waiting on the listening socket; False: the socket is closed."""
         while True:
             try:
@@ -386,23 +386,24 @@ class DraftServer:
                 return True
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("cannot accept a connection now (%s); %d waiting for a handshake", e, len(pending))
+                    log.warning("cannot accept a connection now (%s); %d waiting for a handshake", e,
+                                len(self._pending))
                     time.sleep(0.05)  # the connection waits in the backlog until a descriptor frees
                     return True
                 return not self.sock.fileno() < 0 and not self.stop.is_set()
-            if len(pending) >= self.max_pending:
+            if len(self._pending) >= self.max_pending:
                 self._refuse(conn, f"draft server busy: {self.max_pending} connections waiting for a handshake")
                 continue
             conn.setblocking(False)
             p = _Pending(conn, peer, time.monotonic() + self.handshake_timeout_s)
-            pending[conn] = p
+            self._pending[conn] = p
             sel.register(conn, selectors.EVENT_READ, p)
 
-    def _forget(self, sel, pending: dict, p: _Pending) -> None:
+    def _forget(self, sel, p: _Pending) -> None:
         sel.unregister(p.conn)
-        del pending[p.conn]
+        del self._pending[p.conn]
 
-    def _read_hello(self, sel, pending: dict, p: _Pending) -> None:
+    def _read_hello(self, sel, p: _Pending) -> None:
         """Read what a pending connection sent (never past its HELLO frame: what follows is its
         comm thread's); on a whole HELLO, admit it."""
         try:
@@ -410,11 +411,11 @@ class DraftServer:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
-            self._forget(sel, pending, p)
+            self._forget(sel, p)
             self._reject(p.conn, p.peer, None, e)
             return
         if not data:  # closed before a whole HELLO: nothing said, nothing to log
-            self._forget(sel, pending, p)
+            self._forget(sel, p)
             p.conn.close()
             return
         p.buf += data
@@ -424,11 +425,11 @@ class DraftServer:
                 p.need += hlen + blen
             if len(p.buf) < p.need:
                 return
-            self._forget(sel, pending, p)
+            self._forget(sel, p)
             hello = P.decode(p.buf, MAX_HELLO_BYTES)
         except P.ProtocolError as e:
-            if p.conn in pending:
-                self._forget(sel, pending, p)
+            if p.conn in self._pending:
+                self._forget(sel, p)
             self._reject(p.conn, p.peer, None, e)
             return
         self._admit(p.conn, p.peer, hello)
