@@ -12,6 +12,12 @@ simulation, the MAPE, and the real runs' own run-to-run spread (on a shared VM t
 5-12% between runs, the floor under any prediction's error). Needs the offline pair
 (`starsim models build-pair`) and about fifteen minutes. Rerun with
 ``python analysis/validate_cpu.py``.
+
+``--beyond``: instead, the policies beyond StarSD on the same declared cores, two real runs
+each (about four minutes): batched drafting (real_cpu_declared_batch.yaml), the M-for-N
+fabric with a failure (real_cpu_declared_fabric.yaml) and a draft memory that holds about one
+context (real_cpu_declared_n2.yaml with ``--set draft.memory_bytes=200000``); the table goes
+to analysis/figures/validate-cpu/beyond.md.
 """
 
 from __future__ import annotations
@@ -19,12 +25,36 @@ from __future__ import annotations
 import argparse
 import json
 
-from _cli import REPO, starsim  # analysis/ is on sys.path when a script runs
+from _cli import REPO, starsim, validated  # analysis/ is on sys.path when a script runs
 
 OUT = REPO / "runs" / "validate-cpu"
 FIGS = REPO / "analysis" / "figures" / "validate-cpu"
 POINTS = (1, 2, 3, 4, 8)
 REPEAT = 3
+BEYOND = (  # (what, scenario, extra validate arguments)
+    ("batched drafting (up to 4), 6 targets", "scenarios/real_cpu_declared_batch.yaml", ()),
+    ("fabric: 2 drafts, 4 targets, one draft fails at 6 s", "scenarios/real_cpu_declared_fabric.yaml", ()),
+    ("draft memory for about one context, 2 targets", "scenarios/real_cpu_declared_n2.yaml",
+     ("--set", "draft.memory_bytes=200000")),
+)
+
+
+def beyond() -> None:
+    """The BEYOND runs, two real runs each, as one table (printed, and kept in beyond.md)."""
+    lines = ["| run | real tok/s (CV) | sim tok/s | sim err | real util (CV) | sim util | sim err |",
+             "|---|---|---|---|---|---|---|"]
+    for i, (what, scenario, extra) in enumerate(BEYOND):
+        v = validated(scenario, OUT / f"beyond-{i}", "--repeat", "2", *extra)
+        m, cv = v["metrics"], v["point"]["real_spread_pct"]
+        t, u = m["throughput_tokens_per_s"], m["draft_utilization"]
+        lines.append(f"| {what} | {t['real']:.0f} ({cv['throughput_tokens_per_s']:.1f}%) | {t['sim']:.0f} | "
+                     f"{t['sim_err_pct']:+.1f}% | {u['real']:.1f}% ({cv['draft_utilization']:.1f}%) | "
+                     f"{u['sim']:.1f}% | {u['sim_err_pct']:+.1f}% |")
+    table = "\n".join(lines)
+    FIGS.mkdir(parents=True, exist_ok=True)
+    (FIGS / "beyond.md").write_text(f"# Beyond StarSD on declared cores: real vs simulated\n\n"
+                                    f"`python analysis/validate_cpu.py --beyond`\n\n{table}\n")
+    print(table)
 
 
 def main() -> None:
@@ -32,7 +62,12 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", default="scenarios/real_cpu_declared_n2.yaml",
                     help="the real scenario (default: scenarios/real_cpu_declared_n2.yaml)")
+    ap.add_argument("--beyond", action="store_true",
+                    help="the batched, fabric and memory-limited runs instead of the N sweep")
     args = ap.parse_args()
+    if args.beyond:
+        beyond()
+        return
     starsim("validate", args.scenario, "--sweep", f"targets.0.count={','.join(map(str, POINTS))}",
             "--repeat", str(REPEAT), "--out", str(OUT))
     runs = [str(OUT / f"targets.0.count={n}" / kind) for kind in ("real", "sim") for n in POINTS]

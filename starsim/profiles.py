@@ -433,15 +433,23 @@ def idle_factor(profile: ProfileFile, op_name: str = "draft_idle") -> Callable[[
     """Warm vs cold: an op's time after an idle gap, relative to back-to-back calls
     (``draft_idle``: draft rounds; ``verify_idle``: verifies).
 
-    Interpolated linearly in log(1 + gap in ms) between measured gaps; flat beyond them.
-    None when the profile has no such measurement.
+    The measured times are first made non-decreasing in the gap (an isotonic least-squares
+    fit): a longer idle gap cannot make the same code faster, and on a shared machine one
+    noisy point (the back-to-back one above all, which every factor is relative to) would
+    otherwise speed up or slow down every op near it. Interpolated linearly in log(1 + gap
+    in ms) between measured gaps; flat beyond them. None when the profile has no such
+    measurement.
     """
+    from scipy.optimize import isotonic_regression
+
     op = profile.ops.get(op_name)
     if op is None or not op.rows:
         return None
     gaps, med = op.column("gap_s"), op.column("median_s")
-    order = np.argsort(gaps)
-    gaps, med = gaps[order], med[order]
+    order = np.argsort(gaps, kind="stable")
+    gaps, med = gaps[order], isotonic_regression(med[order]).x
+    if not med[0] > 0:  # nothing to be relative to
+        return lambda _gap_s: 1.0
     base = float(med[0])
     xs = np.log1p(gaps * 1e3)
     fs = med / base

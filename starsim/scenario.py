@@ -69,8 +69,8 @@ class Device(_Model):
         None,
         ge=1,
         description="the pool's units share this many cores: with k busy tasks on the pool, each runs at "
-        "min(1, cores/k) of its speed (processor sharing; e.g. processes on one CPU host); null: units are "
-        "independent",
+        "min(1, cores/k) of its speed (processor sharing; e.g. processes on one CPU host); roles placed on "
+        "one unit still take turns on it (slots); null: units are independent",
     )
     torch: str = Field(
         "cpu",

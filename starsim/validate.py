@@ -36,6 +36,8 @@ import yaml
 from .errors import StarsimError
 from .metric_display import displays
 from .metrics import hop_means
+from .real.resources import pinned
+from .scenario import parse_device_ref
 
 # (summary key, label, unit, scale from the summary's SI value): the metrics validate compares
 METRICS: tuple[tuple[str, str, str, float], ...] = tuple(displays(
@@ -111,6 +113,15 @@ def speed_overrides(scenario, real_summary: dict[str, Any]) -> tuple[list[str], 
     return scale_overrides(scenario, ratios), ratios
 
 
+def role_cpus(scenario, path: str) -> frozenset[int] | None:
+    """The cores the role of profile field ``path`` is declared on (``draft.*``: the draft's
+    device, ``targets.I.*``: group I's; a pool's unit 0 when the reference names no unit);
+    None where the scenario declares none."""
+    ref = scenario.draft.device if path.startswith("draft.") else scenario.targets[int(path.split(".")[1])].device
+    pool, unit = parse_device_ref(ref)
+    return scenario.devices[pool].unit_cpus(unit or 0)
+
+
 def spot_overrides(scenario) -> tuple[list[str], dict[str, float]]:
     """``--set`` overrides that rescale each profile-based timing by re-timing its op on this
     machine now (:func:`starsim.calibrate.compute.spot_check`, at three of the profile's grid
@@ -121,9 +132,11 @@ def spot_overrides(scenario) -> tuple[list[str], dict[str, float]]:
     for path, prof in _profile_fields(scenario):
         if prof.op not in SPOT_OPS:
             continue
-        key = (prof.path, prof.op)
-        if key not in seen:  # one timing per profile op, whichever fields use it
-            seen[key] = spot_check(prof.file, prof.op, int(prof.file.device.get("threads") or 1))
+        cpus = role_cpus(scenario, path)
+        key = (prof.path, prof.op, cpus)
+        if key not in seen:  # one timing per profile op and placement, whichever fields use it
+            with pinned(cpus):  # where the run runs that role: another core may be another speed
+                seen[key] = spot_check(prof.file, prof.op, int(prof.file.device.get("threads") or 1))
         ratios[path] = seen[key]
     return scale_overrides(scenario, ratios), ratios
 

@@ -8,6 +8,7 @@ import contextlib
 import copy
 import multiprocessing as mp
 import os
+import threading
 import time
 
 import pytest
@@ -49,6 +50,34 @@ def test_a_unit_lock_serves_in_order_and_holds_at_most_slots(slots):
     assert entered == [0, 1, 2, 3]  # first come, first served
     for _, t0, _ in rows:  # holders at each entry, itself included
         assert sum(a <= t0 < b for _, a, b in rows) <= slots
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_unit_lock_reuses_its_wake_ups_without_losing_or_doubling_a_turn(slots):
+    # many more tickets than semaphores (users + slots): the ring is reused thousands of
+    # times; a lost wake-up would hang a thread, a doubled one would let slots + 1 in
+    users, rounds = 5, 400
+    lock = UnitLock(mp.get_context("spawn"), slots, users=users)
+    inside, peak, guard = [0], [0], threading.Lock()
+
+    def role():
+        for _ in range(rounds):
+            with lock:
+                with guard:
+                    inside[0] += 1
+                    peak[0] = max(peak[0], inside[0])
+                time.sleep(0)  # let another role ask meanwhile
+                with guard:
+                    inside[0] -= 1
+
+    threads = [threading.Thread(target=role) for _ in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert peak[0] == slots and inside[0] == 0
+    assert lock._next.value == lock._done.value == users * rounds
 
 
 def test_cpus_are_one_entry_per_unit():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -98,6 +99,28 @@ def test_colocated_targets_contend_for_their_device(const_star):
     cfg["devices"]["g"]["slots"] = 2  # a unit that runs two at once is free parallelism again
     slots = simulate(validate_scenario(cfg))
     assert slots.summary["throughput_tokens_per_s"] == pytest.approx(alone.summary["throughput_tokens_per_s"])
+
+
+def test_a_shared_unit_on_host_cores_still_takes_turns(const_star):
+    # two targets on the one unit of a pool with one core (a CPU core, as a declared real
+    # run has it): they take turns on the unit (FIFO), they do not run at half speed
+    # together; the cycle is the one of the GPU case above, 2 x 10 ms of verify
+    cfg = _endless(const_star)
+    cfg["targets"][0]["count"] = 2
+    cfg["devices"]["g"].update(count=1, cores=1)
+    r = simulate(validate_scenario(cfg))
+    v = r.intervals[r.intervals["kind"] == "verify"].sort_values("start")
+    assert (v["start"].to_numpy()[1:] >= v["end"].to_numpy()[:-1] - 1e-12).all()  # never overlap
+    assert np.allclose(v["end"] - v["start"], 0.010)  # each alone on the core: its own time
+    gpu = copy.deepcopy(cfg)
+    del gpu["devices"]["g"]["cores"]
+    ratio = r.summary["throughput_tokens_per_s"] / simulate(validate_scenario(gpu)).summary["throughput_tokens_per_s"]
+    assert ratio == pytest.approx(1.0, rel=1e-9)
+    # message work holds no turn: it shares the core with whoever verifies
+    cfg["targets"][0]["send_time"] = 0.001
+    r = simulate(validate_scenario(cfg))
+    v = r.intervals[r.intervals["kind"] == "verify"]
+    assert (v["end"] - v["start"]).max() > 0.010 + 1e-6
 
 
 def test_same_seed_same_tables_other_seed_differs(const_star):

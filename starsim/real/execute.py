@@ -399,7 +399,7 @@ def _unit_locks(ctx, plan: _Plan) -> dict[str, UnitLock]:
     """A lock for each unit that more than one role uses (the star's draft servers and the
     targets; a one_for_one target's own draft counts too), with its pool's ``slots``."""
     users = Counter(plan.target_units) + Counter(plan.draft_units if plan.star else plan.target_units)
-    return {u: UnitLock(ctx, plan.scenario.devices[parse_device_ref(u)[0]].slots)
+    return {u: UnitLock(ctx, plan.scenario.devices[parse_device_ref(u)[0]].slots, users=n)
             for u, n in sorted(users.items()) if n > 1}
 
 

@@ -64,30 +64,71 @@ def pinned(cpus: frozenset[int] | None) -> Iterator[list[int]]:
 class UnitLock:
     """A device unit shared by several roles: at most ``slots`` of them hold it at once, in
     the order they asked (tickets), across the run's processes. Pass it to a process when
-    starting it (it holds multiprocessing objects of ``ctx``)."""
+    starting it (it holds multiprocessing objects of ``ctx``).
 
-    def __init__(self, ctx, slots: int = 1):
+    Each waiting ticket sleeps on its own semaphore (``users`` of them, one per role that can
+    wait at once), and a holder leaving wakes only the ticket it lets in: a condition's
+    notify_all would wake every waiter on the unit's core at each hand-over, and their
+    re-checks would take that core from the role that just got it."""
+
+    def __init__(self, ctx, slots: int = 1, users: int = 64):
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
+        if users < 1:
+            raise ValueError(f"users must be >= 1, got {users}")
         self.slots = slots
-        self._cv = ctx.Condition()
+        self._mutex = ctx.Lock()
         self._next = ctx.RawValue("q", 0)  # the next ticket to hand out
         self._done = ctx.RawValue("q", 0)  # holders that have left
+        # a ticket waits at most for the users ahead of it: tickets users + slots apart
+        # never wait at once, so they can share a semaphore
+        self._wake = [ctx.Semaphore(0) for _ in range(users + slots)]
 
     def __enter__(self) -> UnitLock:
-        with self._cv:
+        with self._mutex:
             ticket = self._next.value
             self._next.value += 1
-            # ticket t enters once all but slots - 1 of the earlier ones have left: first come,
-            # first served, and never more than slots inside (holders leave in any order)
-            while ticket >= self._done.value + self.slots:
-                self._cv.wait(1.0)
+            # first come, first served, and never more than slots inside (holders leave in any order)
+            wait = ticket >= self._done.value + self.slots
+        if wait:
+            self._wake[ticket % len(self._wake)].acquire()
         return self
 
     def __exit__(self, *exc) -> None:
-        with self._cv:
+        with self._mutex:
             self._done.value += 1
-            self._cv.notify_all()
+            # the ticket this departure lets in: it asked while the unit was full, so it waits
+            # (or is about to) on its semaphore, unless nobody holds that ticket yet
+            let_in = self._done.value + self.slots - 1
+            if let_in < self._next.value:
+                self._wake[let_in % len(self._wake)].release()
 
 
 FREE = nullcontext()  # a unit nobody shares: holding it costs nothing
+
+
+class Turn:
+    """A role's hold on its unit that may span blocks: ``take`` (if not held), ``give`` (if
+    held), given back at the end of a ``with``. A target takes its unit for a verify and gives
+    it back once its next request is sent: on a CPU core the Python that turns a verify into
+    that request runs on the same core, and left to the OS's time slices (milliseconds) it
+    would wait behind the next role's verify."""
+
+    def __init__(self, unit=FREE):
+        self.unit, self.held = unit, False
+
+    def take(self) -> None:
+        if not self.held:
+            self.unit.__enter__()
+            self.held = True
+
+    def give(self) -> None:
+        if self.held:
+            self.held = False
+            self.unit.__exit__(None, None, None)
+
+    def __enter__(self) -> Turn:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.give()

@@ -845,13 +845,14 @@ class DraftClient:
 
     def draft(self, token_ids: list[int], start: bool = False, temperature: float = 0.0,
               seed: int | None = None, hidden=None, deadline_in_s: float | None = None,
-              depth: int | None = None) -> tuple[TreeDraft, dict]:
+              depth: int | None = None, sent=None) -> tuple[TreeDraft, dict]:
         """Send the tokens since the last request (the whole context when ``start``); returns
         the tree and the reply's header (its times on the server's clock: subtract
         ``clock_offset_s`` for this process's ``time.monotonic()``).
         ``temperature > 0``: the draft samples its tree with ``seed`` and sends its probabilities.
         ``deadline_in_s``: seconds until this target's next token is due (a deadline policy's key).
-        ``depth``: a shallower tree than the server's (adaptive speculation)."""
+        ``depth``: a shallower tree than the server's (adaptive speculation).
+        ``sent``: called once the request is out, before waiting for the reply."""
         self.seq += 1
         if self.needs_hidden and hidden is None:
             raise P.ProtocolError("this draft server's draft is an EAGLE head: send the target's hidden states")
@@ -869,6 +870,8 @@ class DraftClient:
         if self.delay_up is not None:
             time.sleep(self.delay_up(sum(memoryview(b).nbytes for b in buffers)))
         self.bytes_up = P.send_buffers(self.sock, buffers)
+        if sent is not None:
+            sent()
         rep = P.recv_message(self.sock)
         if rep is None or rep.type != P.DRAFT_REPLY or rep.seq != self.seq:
             kind = None if rep is None else rep.type

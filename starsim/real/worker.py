@@ -28,7 +28,7 @@ from ..pairing import NoDraftServer, Pairing
 from ..records import Recorder, Records, RequestRow, RoundWriter
 from ..streams import Stream, rng_for
 from . import protocol as P
-from .resources import FREE
+from .resources import FREE, Turn
 from .server import DraftClient
 from .speculation import Verifier
 
@@ -207,7 +207,10 @@ class TargetWorker:
     def run_request(self, rid: int, prompt: list[int], output_tokens: int, t_arrival: float = 0.0) -> list[int]:
         """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``.
 
-        About 85 lines, kept as one loop: a round reads in its order (draft request, verify,
+        The unit is this target's from each verify's start until its next request is out
+        (resources.Turn), and around the prefill and each plain step.
+
+        About 90 lines, kept as one loop: a round reads in its order (draft request, verify,
         rows), with its two exits (a lost server: fall back; adaptive depth 0: one plain step)."""
         rng = rng_for(self.seed, Stream.SAMPLING, rid)
         if self.fabric is not None:
@@ -217,82 +220,85 @@ class TargetWorker:
         v = Verifier(self.model, self.temperature, rng, hidden=bool(self.client and self.client.needs_hidden))
         req = RequestRow(request=rid, target=self.index, prompt_tokens=len(prompt), output_tokens=output_tokens,
                          t_arrival=t_arrival, t_start=self.now())
-        with self.unit:
+        with Turn(self.unit) as turn:  # given back here if the request ends with an exception
+            turn.take()
             t_prefill = self.now()
             out = [v.prefill(prompt)]
             t_first = req.t_first_token = self.now()
-        self.rec.interval_writer(engine=f"target-{self.index}", device=self.device, kind="prefill",
-                                 packed=False)(target=self.index, start=t_prefill, end=t_first)
-        rows = RoundWriter(self.rec, target=self.index, request=rid, engine=f"target-{self.index}",
-                           device=self.device, packed=False)
-        new, start = prompt + out, True
-        sent = []  # the features sent this request (EAGLE): a new fabric server gets the whole context's
-        pending = []  # EAGLE features of tokens decoded without speculation, not yet sent (adaptive)
-        ctl = self.controller
-        while len(out) < output_tokens and out[-1] not in self.eos:
-            ctx = len(prompt) + len(out)
-            d = ctl.depth(ctx) if ctl is not None and self.client is not None else None
-            if self.client is not None and d != 0:
-                t_send = self.now()
-                # the next token is due when the request would fall behind its TPOT objective
-                due = None if self.tpot_slo_s is None else t_first + self.tpot_slo_s * len(out) - t_send
-                if pending:
-                    v.features, pending = np.concatenate([*pending, v.features]), []
-                try:
-                    tree, hdr = self.client.draft(new, start, self.temperature, int(rng.integers(2**63)), v.features,
-                                                  deadline_in_s=due, depth=d if d is not None and d < ctl.max_depth
-                                                  else None)
-                except (P.ProtocolError, OSError) as e:
-                    if self.fabric is not None:  # another server: it gets the whole context
-                        self.client = self.fabric.repair()
-                        if self.client is not None:
-                            new, start = prompt + out, True
-                            if v.hidden:
-                                v.features, sent = np.concatenate([*sent, v.features]), []
-                            continue
-                    self._lost(e)
-                    v.hidden = False  # no draft to feed any more
-                    continue
-                if v.hidden:
-                    sent.append(v.features)
-                server = self.draft_index
-                if self.fabric is not None:
-                    self.fabric.served(hdr)
-                    server = self.fabric.server
-                t_arrive = self.now()
-                with self.unit:  # the verify starts when the unit is this target's
+            self.rec.interval_writer(engine=f"target-{self.index}", device=self.device, kind="prefill",
+                                     packed=False)(target=self.index, start=t_prefill, end=t_first)
+            rows = RoundWriter(self.rec, target=self.index, request=rid, engine=f"target-{self.index}",
+                               device=self.device, packed=False)
+            new, start = prompt + out, True
+            sent = []  # the features sent this request (EAGLE): a new fabric server gets the whole context's
+            pending = []  # EAGLE features of tokens decoded without speculation, not yet sent (adaptive)
+            ctl = self.controller
+            while len(out) < output_tokens and out[-1] not in self.eos:
+                ctx = len(prompt) + len(out)
+                d = ctl.depth(ctx) if ctl is not None and self.client is not None else None
+                if self.client is not None and d != 0:
+                    t_send = self.now()
+                    # the next token is due when the request would fall behind its TPOT objective
+                    due = None if self.tpot_slo_s is None else t_first + self.tpot_slo_s * len(out) - t_send
+                    if pending:
+                        v.features, pending = np.concatenate([*pending, v.features]), []
+                    try:
+                        shallower = d if d is not None and d < ctl.max_depth else None
+                        tree, hdr = self.client.draft(new, start, self.temperature, int(rng.integers(2**63)),
+                                                      v.features, deadline_in_s=due, depth=shallower, sent=turn.give)
+                    except (P.ProtocolError, OSError) as e:
+                        turn.give()
+                        if self.fabric is not None:  # another server: it gets the whole context
+                            self.client = self.fabric.repair()
+                            if self.client is not None:
+                                new, start = prompt + out, True
+                                if v.hidden:
+                                    v.features, sent = np.concatenate([*sent, v.features]), []
+                                continue
+                        self._lost(e)
+                        v.hidden = False  # no draft to feed any more
+                        continue
+                    if v.hidden:
+                        sent.append(v.features)
+                    server = self.draft_index
+                    if self.fabric is not None:
+                        self.fabric.served(hdr)
+                        server = self.fabric.server
+                    t_arrive = self.now()
+                    turn.take()  # the verify starts when the unit is this target's
                     t_verify = self.now()
                     r = v.verify(tree)
                     t_end = self.now()
-                emitted = self._until_eos(r.emitted[: output_tokens - len(out)])
-                # the server's timestamps, moved onto our clock
-                srv = {k: hdr[k] - self.client.clock_offset_s - self.clock0
-                       for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")}
-                if hdr.get("pipelined"):  # the tree was drafted ahead: the round began when it was queued
-                    t_send = min(t_send, srv["t_enqueue"])
-                rows.tree(draft=server, tree_tokens=r.tree_tokens, depth=max(tree.depths, default=0),
-                          bytes_down=self.client.bytes_down)
-                rows.round(t_send=t_send, t_draft_arrive=srv["t_arrive"], t_enqueue=srv["t_enqueue"],
-                           t_draft_start=srv["t_draft_start"], t_draft_end=srv["t_draft_end"],
-                           t_reply_send=srv["t_reply_send"], t_target_arrive=t_arrive,
-                           t_verify_start=t_verify, t_verify_end=t_end, context_tokens=ctx,
-                           new_tokens=int(hdr["new_tokens"]), accepted=r.accepted, emitted=len(emitted),
-                           bytes_up=self.client.bytes_up, draft_kv_bytes=int(hdr["kv_bytes"]))
-                new, start = r.emitted, False
-                if ctl is not None:
-                    ctl.observe(d, r.accepted, t_end - t_send, ctx)
-            else:  # autoregressive (no draft, or adaptive depth 0): one token per step
-                if d == 0 and v.hidden:
-                    pending.append(v.features)  # the draft gets them with the next request
-                with self.unit:
+                    emitted = self._until_eos(r.emitted[: output_tokens - len(out)])
+                    # the server's timestamps, moved onto our clock
+                    srv = {k: hdr[k] - self.client.clock_offset_s - self.clock0
+                           for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")}
+                    if hdr.get("pipelined"):  # the tree was drafted ahead: the round began when it was queued
+                        t_send = min(t_send, srv["t_enqueue"])
+                    rows.tree(draft=server, tree_tokens=r.tree_tokens, depth=max(tree.depths, default=0),
+                              bytes_down=self.client.bytes_down)
+                    rows.round(t_send=t_send, t_draft_arrive=srv["t_arrive"], t_enqueue=srv["t_enqueue"],
+                               t_draft_start=srv["t_draft_start"], t_draft_end=srv["t_draft_end"],
+                               t_reply_send=srv["t_reply_send"], t_target_arrive=t_arrive,
+                               t_verify_start=t_verify, t_verify_end=t_end, context_tokens=ctx,
+                               new_tokens=int(hdr["new_tokens"]), accepted=r.accepted, emitted=len(emitted),
+                               bytes_up=self.client.bytes_up, draft_kv_bytes=int(hdr["kv_bytes"]))
+                    new, start = r.emitted, False
+                    if ctl is not None:
+                        ctl.observe(d, r.accepted, t_end - t_send, ctx)
+                else:  # autoregressive (no draft, or adaptive depth 0): one token per step
+                    if d == 0 and v.hidden:
+                        pending.append(v.features)  # the draft gets them with the next request
+                    turn.take()
                     t0 = self.now()
                     emitted = [v.step()]
                     t_end = self.now()
-                rows.decode(t_verify_start=t0, t_verify_end=t_end, context_tokens=ctx)
-                if d == 0:  # the draft sees these tokens with the next request
-                    new = new + emitted
-                    ctl.observe(0, 0, t_end - t0, ctx)
-            out += emitted
+                    turn.give()
+                    rows.decode(t_verify_start=t0, t_verify_end=t_end, context_tokens=ctx)
+                    if d == 0:  # the draft sees these tokens with the next request
+                        new = new + emitted
+                        ctl.observe(0, 0, t_end - t0, ctx)
+                out += emitted
         req.generated_tokens, req.t_finish = len(out), self.now()
         self.requests.append(req.row())
         self.outputs.append({"request": rid, "target": self.index, "prompt": list(prompt), "output": out})

@@ -10,7 +10,8 @@ from ..scenario import Scenario, parse_device_ref
 class DeviceUnit:
     """One accelerator. ``resource`` is None when nobody competes for it (no SimPy
     request/release on the hot path); otherwise co-located work queues FIFO for a slot.
-    ``host``: the pool's shared cores, when the pool has ``cores`` (processor sharing)."""
+    ``host``: the pool's shared cores, when the pool has ``cores`` (processor sharing): the
+    work of whoever holds a slot, and message work, which holds none, share them."""
 
     def __init__(self, name: str, slots: int):
         self.name = name
@@ -94,6 +95,6 @@ def build_units(env: simpy.Environment, scenario: Scenario, users: list[str]) ->
                 units[name].host = hosts[pool]
         units[name].users += 1
     for u in units.values():
-        if u.users > u.slots and u.host is None:
+        if u.users > u.slots:  # turns on the unit; with a host, whoever holds it runs on a share of the cores
             u.resource = simpy.Resource(env, capacity=u.slots)
     return units

@@ -165,9 +165,14 @@ class Target:
         if host is not None:
             if lead:
                 yield env.timeout(lead)
+            req = None if res is None else res.request()
+            if req is not None:
+                yield req
             start = env.now
             yield from host.run(dur)
             end = env.now
+            if req is not None:
+                res.release(req)
         elif res is None:
             t0 = env.now
             yield env.timeout(lead + dur)
