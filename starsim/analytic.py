@@ -32,17 +32,35 @@ from .scenario import ClosedLoop, GammaArrivals, Poisson, Scenario, TargetGroup,
 from .workload import load_azure_trace, prompt_set
 
 
-def closed_form(n, d, z, tokens_per_round=1.0) -> dict[str, np.ndarray]:
+def closed_form(n, d, z, tokens_per_round=1.0, batch_times=None) -> dict[str, np.ndarray]:
     """Identical targets, closed loop, mean times. All arguments broadcast as numpy arrays.
 
     ``n`` targets, ``d`` draft seconds per round, ``z`` target-side seconds per round
     (network + verify + amortized prefill), ``tokens_per_round`` emitted per round.
+
+    ``batch_times``: batched drafting, shape ``(..., K)``: a batch of k tasks takes
+    ``batch_times[..., k - 1]`` (k = 1 is a plain round, ``d``). With batches of at most k
+    the draft serves the n targets in ``floor(n / k)`` full batches and one of the rest a
+    cycle, and a target's cycle is at least a full batch plus its side:
+    ``max(floor(n / k) B(k) + B(n mod k), B(k) + z)``, at the best k <= n (the plain
+    star's bound is k = 1).
     """
     n, d, z, m = (np.asarray(x, dtype=float) for x in (n, d, z, tokens_per_round))
     t_alone = d + z
     with np.errstate(divide="ignore", invalid="ignore"):
         util = np.minimum(1.0, n * d / t_alone)
         cycle = np.maximum(t_alone, n * d)
+        if batch_times is not None:
+            b = np.asarray(batch_times, dtype=float)
+            b0 = np.concatenate([np.zeros(b.shape[:-1] + (1,)), b], axis=-1)  # B(0) = 0: no partial batch
+            for k in range(2, b.shape[-1] + 1):
+                bk = b[..., k - 1]
+                full, rest = np.floor(n / k), n - k * np.floor(n / k)
+                part = np.take_along_axis(b0, np.broadcast_to(rest, bk.shape).astype(int)[..., None], -1)[..., 0]
+                busy = full * bk + part
+                ck = np.where(k <= n, np.maximum(busy, bk + z), np.inf)
+                util = np.where(ck < cycle, np.minimum(1.0, busy / ck), util)
+                cycle = np.minimum(cycle, ck)
         n_star = t_alone / d
         tasks_per_s = n / cycle
         idle_gap = (1.0 - util) / tasks_per_s
@@ -125,6 +143,13 @@ def _lengths(scenario: Scenario) -> tuple[np.ndarray, np.ndarray]:
             o = np.minimum(o, w.max_output_tokens)
         return p, o
     return (np.array([max(1.0, w.prompt_tokens.mean())]), np.array([max(1.0, w.output_tokens.mean())]))
+
+
+def mean_context(scenario: Scenario) -> float:
+    """The mean context of a round over the workload's requests: each request's context grows
+    linearly from its prompt + 1 to its prompt + output."""
+    prompts, outputs = _lengths(scenario)
+    return float(np.mean(prompts + 1 + (outputs - 1) / 2.0))
 
 
 def _mean(spec: Dist, tokens=0.0, context=0.0, depth=0.0) -> float:

@@ -387,11 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schema)
 
     from .calibrate.commands import add_parsers as add_calibrate
+    from .plan.commands import add_parsers as add_plan
     from .real.commands import add_parsers as add_models
     from .real.commands import add_server_parsers
     from .sweep.commands import add_parsers as add_sweep
 
     add_sweep(sub)
+    add_plan(sub)
     add_calibrate(sub)
     add_models(sub)
     add_server_parsers(sub)

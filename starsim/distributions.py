@@ -202,10 +202,17 @@ class Profile(_Spec):
             p = base / p
         if not p.is_file():
             raise ValueError(f"profile file not found: {p}")
-        try:
-            prof = read_profile(p)
-        except ScenarioError as e:
-            raise ValueError(f"bad profile file: {'; '.join(e.lines())}") from None
+        cache = (info.context or {}).get("profiles")  # the caller's, for many scenarios on one profile
+        st = p.stat()
+        key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+        prof = None if cache is None else cache.get(key)
+        if prof is None:
+            try:
+                prof = read_profile(p)
+            except ScenarioError as e:
+                raise ValueError(f"bad profile file: {'; '.join(e.lines())}") from None
+            if cache is not None:
+                cache[key] = prof
         if self.op not in prof.ops:
             raise ValueError(f"op {self.op!r} is not in profile {p} (it has: {', '.join(prof.ops) or 'none'})")
         if prof.ops[self.op].fit is None:
@@ -219,7 +226,10 @@ class Profile(_Spec):
         return self._file
 
     def mean(self, tokens=0.0, context=0.0, depth=0.0):
-        return self.scale * self._file.ops[self.op].predict(tokens=tokens, context=context, batch=1)
+        op = self._file.ops[self.op]
+        if tuple(op.inputs) == ("batch", "context"):  # draft_batched: tokens is the batch size, as op_sampler has it
+            return self.scale * op.predict(batch=tokens, context=context)
+        return self.scale * op.predict(tokens=tokens, context=context, batch=1)
 
     def sampler(self, rng, usage=None):
         from .profiles import op_sampler

@@ -429,7 +429,10 @@ def summarize(records: Records) -> dict[str, Any]:
         "requests_completed": int(done.sum()),
         "requests_unfinished": int(len(done) - done.sum()),
         "ttft_mean_s": _mean(ttft),
+        "ttft_p99_s": _pct(ttft, 99),
         "tpot_mean_s": _mean(tpot),
+        "tpot_p50_s": _pct(tpot, 50),  # over the requests: a plan's objectives are on these
+        "tpot_p99_s": _pct(tpot, 99),
         "measured_s": _f(span),
         "t_end_s": _f(meta["t_end"]),
         "n_targets": len(meta.get("targets", [])),

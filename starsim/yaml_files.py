@@ -186,3 +186,17 @@ def read_mapping(path: str | Path, what: str = "file") -> dict:
     if not isinstance(data, dict):
         raise ScenarioError(str(path), [("", f"expected a mapping at the top level, got {type(data).__name__}")])
     return data
+
+
+def file_problems(err, model) -> list[tuple[str, str]]:
+    """(field path, message) for each problem of a pydantic ``ValidationError`` on a file
+    model (sweeps, plans); an unknown key lists the keys allowed there."""
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key" + (f"; allowed at the top level: {', '.join(model.model_fields)}"
+                                   if len(e["loc"]) == 1 else "")
+        problems.append((loc, msg))
+    return problems

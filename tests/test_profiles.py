@@ -6,6 +6,7 @@ import copy
 import itertools
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +288,17 @@ def test_concave_token_costs_are_fitted_and_sampled_alike():
     for t, c in ((17, 130), (3, 900)):
         assert f(t, c) == pytest.approx(op.predict(tokens=t, context=c), rel=1e-12)
     assert refit(prof).ops["verify"].fit.features == op.fit.features
+
+
+def test_a_batched_ops_mean_is_its_samplers_mean():
+    # draft_batched takes (batch, context): the caller's tokens is the batch size, for the
+    # mean (the planner's closed form) as for the sampler (the simulator)
+    from starsim.distributions import Profile
+
+    profiles = Path(__file__).resolve().parent.parent / "models" / "profiles"
+    path = profiles / "qwen3-8b-qwen3-06b.draft.h200_sxm-vllm-tp1.bfloat16.yaml"
+    spec = Profile(kind="profile", path=str(path), op="draft_batched", noise=False)
+    f = spec.sampler(np.random.default_rng(0))
+    for b, ctx in ((1, 100), (4, 300), (8, 2000)):
+        assert spec.mean(b, ctx, 5) == pytest.approx(f(b, ctx, 5), rel=1e-12)
+    assert spec.mean(4, 300, 5) > spec.mean(1, 300, 5)

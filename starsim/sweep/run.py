@@ -129,6 +129,16 @@ def _ray(tasks: list[tuple[Point, str | None]], analytic: bool, address: str) ->
             ray.shutdown()
 
 
+def execute_points(points: list[Point], workers: int | None = None, ray: str | None = None,
+                   analytic: bool = False) -> Iterator[tuple[Point, dict]]:
+    """Simulate (or solve) ``points`` on the local pool (``workers``, default all CPUs) or
+    on Ray; (point, record) as each finishes: ``record["summary"]`` holds its scalars."""
+    tasks = [(p, None) for p in points]
+    if ray is not None:
+        return _ray(tasks, analytic, ray)
+    return _local(tasks, analytic, min(workers or os.cpu_count() or 1, max(len(tasks), 1)))
+
+
 # --------------------------------------------------------------------------- the sweep
 
 

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ScenarioError
 from ..scenario import Scenario, load_scenario
-from ..yaml_files import read_mapping
+from ..yaml_files import file_problems, read_mapping
 
 MAX_POINTS = 100_000
 
@@ -158,14 +158,7 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
         spec = SweepFile.model_validate(data)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            loc = ".".join(str(x) for x in e["loc"])
-            msg = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "extra_forbidden":
-                msg = f"unknown key; allowed: {', '.join(SweepFile.model_fields)}"
-            problems.append((loc, msg))
-        raise ScenarioError(source, problems) from None
+        raise ScenarioError(source, file_problems(err, SweepFile)) from None
     sweep = Sweep(p, spec)
     if not sweep.base.is_file():
         raise ScenarioError(source, [("base", f"scenario file not found: {sweep.base}")])

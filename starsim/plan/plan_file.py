@@ -1,0 +1,181 @@
+"""The plan file: a deployment question, typed and validated like a scenario.
+
+```yaml
+name: qwen3-8b-h100
+base: ../gpu/qwen3-8b-qwen3-06b-h100_sxm.yaml   # workload, acceptance, links, payload
+set: {duration_s: 30}                            # on the base, for every candidate's simulation
+targets:                                         # the target's GPU options (profiles)
+  - {name: h100, gpu: H100 SXM, gpus: 1, set: {}}
+drafts:                                          # the draft candidates (model, GPU, profile, tree)
+  - {name: h100, gpu: H100 SXM, gpus: 1, set: {}}
+  - {name: a100, gpu: A100 SXM, gpus: 1, set: {draft.round_time.path: ...}}
+space:
+  targets: [8, 16, 32]                           # target instances in the fleet
+  drafts: [1, 2, 4, 8]                           # draft servers sharing them (M for N)
+  grid: {draft.batch.max: [1, 4]}                # any other scenario fields, every combination
+objectives: {tpot_p50_s: 0.012, tpot_p99_s: 0.02, ttft_p99_s: 1.0}
+rank: throughput_per_gpu                         # or throughput_per_cost (cost_per_gpu_hour needed)
+cost_per_gpu_hour: {H100 SXM: 2.5, A100 SXM: 1.4}   # what the user pays: given, never assumed
+baselines: [autoregressive, one_for_one]
+```
+
+A candidate is one target option, one draft option, a fleet size, a number of drafts and a
+point of the grid: the base scenario with those overrides (option ``set``, then the grid's,
+then the fleet's). Every option is validated as a scenario before anything runs, so a bad
+field path stops the plan at once with the plan file, the option and what was expected.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ScenarioError
+from ..yaml_files import file_problems, read_mapping
+
+MAX_CANDIDATES = 1_000_000  # the closed form takes ~1 us each; the options' scenarios dominate
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Option(_M):
+    """A target GPU option or a draft candidate: a named bundle of scenario overrides."""
+
+    name: str = Field(min_length=1, description="label in the plan's tables")
+    gpu: str = Field(min_length=1, description="GPU type label (the key of cost_per_gpu_hour)")
+    gpus: int = Field(1, ge=1, le=4096, description="GPUs one instance uses (tensor parallel ranks)")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides on the base scenario for this option")
+
+
+class Space(_M):
+    targets: list[int] = Field(min_length=1, description="fleet sizes: target instances in all (\"A-B\": a range)")
+    drafts: list[int] = Field([1], min_length=1,
+                              description="draft servers sharing the fleet (M for N; \"A-B\": a range)")
+    grid: dict[str, list[Any]] = Field(default_factory=dict,
+                                       description="other scenario fields -> values, every combination")
+
+    @field_validator("targets", "drafts", mode="before")
+    @classmethod
+    def _ranges(cls, v: Any) -> Any:
+        """``"1-16"`` in a list stands for 1, 2, ..., 16."""
+        if not isinstance(v, list):
+            return v
+        out: list[Any] = []
+        for x in v:
+            if isinstance(x, str) and re.fullmatch(r"\s*\d+\s*-\s*\d+\s*", x):
+                a, b = (int(y) for y in x.split("-"))
+                if not 1 <= a <= b <= 4096:
+                    raise ValueError(f"range {x!r}: expected A-B with 1 <= A <= B <= 4096")
+                out += range(a, b + 1)
+            else:
+                out.append(x)
+        return out
+
+    @field_validator("targets", "drafts")
+    @classmethod
+    def _counts(cls, v: list[int]) -> list[int]:
+        if any(not isinstance(x, int) or isinstance(x, bool) or not 1 <= x <= 4096 for x in v):
+            raise ValueError("each value must be an integer in 1..4096")
+        if len(set(v)) != len(v):
+            raise ValueError("values repeat")
+        return sorted(v)
+
+    @field_validator("grid")
+    @classmethod
+    def _axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for k, vals in v.items():
+            if not vals:
+                raise ValueError(f"axis {k!r} has no values")
+            if k in ("targets.0.count", "draft.fabric.servers", "mode"):
+                raise ValueError(f"axis {k!r}: the plan sets it (space.targets, space.drafts, baselines)")
+        return v
+
+
+class Objectives(_M):
+    tpot_p50_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="median time per output token")
+    tpot_p99_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="99th percentile of it")
+    ttft_p99_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="99th percentile time to first token")
+
+    @model_validator(mode="after")
+    def _some(self):
+        if self.tpot_p50_s is None and self.tpot_p99_s is None and self.ttft_p99_s is None:
+            raise ValueError("give at least one objective: tpot_p50_s, tpot_p99_s or ttft_p99_s")
+        return self
+
+    def items(self) -> list[tuple[str, float]]:
+        """(summary key, bound) of each objective given."""
+        return [(k, v) for k, v in self.model_dump().items() if v is not None]
+
+
+class Confirm(_M):
+    batch: int = Field(8, ge=1, le=1024, description="candidates simulated per step, best closed-form bound first")
+    max_sims: int = Field(64, ge=1, le=100_000, description="at most this many simulations in the search")
+    slack: float = Field(0.05, ge=0, le=10, allow_inf_nan=False,
+                         description="margin on the closed form's bounds before a candidate is pruned")
+    keep: int = Field(5, ge=1, le=1000, description="the search goes on until no bound left can enter the top "
+                      "`keep` configurations it confirmed (classes of identical stars count once)")
+    frontier: int = Field(12, ge=0, le=1000, description="closed-form frontier points simulated besides the best")
+
+
+class PlanFile(_M):
+    name: str = Field("plan", min_length=1)
+    description: str = ""
+    base: str = Field(description="the base scenario, relative to the plan file")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides on the base for every candidate")
+    targets: list[Option] = Field(min_length=1, description="the target's GPU options")
+    drafts: list[Option] = Field(min_length=1, description="the draft candidates")
+    space: Space
+    objectives: Objectives
+    rank: Literal["throughput_per_gpu", "throughput_per_cost"] = "throughput_per_gpu"
+    cost_per_gpu_hour: dict[str, float] = Field(default_factory=dict,
+                                                description="GPU label -> what one GPU-hour costs (given)")
+    baselines: list[Literal["autoregressive", "one_for_one"]] = ["autoregressive", "one_for_one"]
+    confirm: Confirm = Field(default_factory=Confirm)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for what, opts in (("targets", self.targets), ("drafts", self.drafts)):
+            names = [o.name for o in opts]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what}: option names repeat: {names}")
+        for k, v in self.cost_per_gpu_hour.items():
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"cost_per_gpu_hour.{k}: expected a positive number, got {v!r}")
+        if self.rank == "throughput_per_cost":
+            missing = sorted({o.gpu for o in self.targets + self.drafts} - set(self.cost_per_gpu_hour))
+            if missing:
+                raise ValueError(f"rank throughput_per_cost: cost_per_gpu_hour has no price for {missing}")
+        n = self.size()
+        if n > MAX_CANDIDATES:
+            raise ValueError(f"the space has {n:,} candidates; at most {MAX_CANDIDATES:,}")
+        return self
+
+    def size(self) -> int:
+        """Candidates before pruning (fleet sizes with fewer targets than drafts are skipped)."""
+        fleets = sum(1 for t, m in itertools.product(self.space.targets, self.space.drafts) if m <= t)
+        return len(self.targets) * len(self.drafts) * fleets * math.prod(len(v) for v in self.space.grid.values())
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        keys = list(self.space.grid)
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(self.space.grid[k] for k in keys))]
+
+
+def load_plan(path: str | Path) -> tuple[PlanFile, Path]:
+    """The plan file and its base scenario's path; every problem named with the file and field."""
+    p = Path(path)
+    data = read_mapping(p, "plan")
+    try:
+        plan = PlanFile.model_validate(data)
+    except ValidationError as e:
+        raise ScenarioError(str(p), file_problems(e, PlanFile)) from None
+    base = (p.parent / plan.base).resolve()
+    if not base.is_file():
+        raise ScenarioError(str(p), [("base", f"no scenario file at {base}")])
+    return plan, base
