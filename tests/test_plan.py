@@ -130,3 +130,17 @@ def test_the_command_prints_the_answer(tmp_path, capsys):
     assert "chosen:" in out and "limit:" in out and "vs autoregressive" in out
     a = json.loads((tmp_path / "o" / "plan.json").read_text())
     assert a["chosen"]["scenario"].endswith("chosen.yaml")
+
+
+def test_an_open_loop_plan_bounds_tpot_from_below(tmp_path):
+    # at a light arrival rate the stars never saturate: the TPOT bound is a round alone
+    p = _const_plan(tmp_path)
+    base = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    base["workload"] = {"kind": "poisson", "rate_per_s": 5.0, "prompt_tokens": 50, "output_tokens": 60}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    plan, base_path = load_plan(p)
+    from starsim.plan.run import search
+
+    df = search(plan, base_path, families(plan, base_path), 1, None, lambda m: None, None)
+    sim = df[df["status"] == "simulated"]
+    assert len(sim) and (sim["cf_tpot_s"] <= sim["tpot_mean_s"] * 1.02).all()

@@ -32,7 +32,7 @@ import pandas as pd
 
 from ..analytic import closed_form, mean_context, target_demand
 from ..errors import ScenarioError
-from ..scenario import Scenario, load_scenario, parse_device_ref
+from ..scenario import ClosedLoop, Scenario, load_scenario, parse_device_ref
 from ..sweep.run import execute_points
 from ..sweep.sweep_file import Point
 from .plan_file import Option, PlanFile
@@ -112,6 +112,9 @@ def bounds(plan: PlanFile, fams: list[Family]) -> pd.DataFrame:
     x_hi = closed_form(lo + 1, col["d"], col["z"], col["tokens_per_round"], batch)
     throughput = (M - hi_count) * x_lo["throughput_tokens_per_s"] + hi_count * x_hi["throughput_tokens_per_s"]
     worst_cycle = np.where(hi_count > 0, x_hi["cycle_s"], x_lo["cycle_s"])
+    # an open loop may run below saturation: its bound on TPOT is a round alone, not the saturated cycle
+    closed = np.array([isinstance(x.scenario.workload, ClosedLoop) for x in fams])[f]
+    tpot = np.where(closed, worst_cycle, col["d"] + col["z"]) / col["decode_tokens_per_round"]
     tg = np.array([x.target.gpus for x in fams])[f]
     dg = np.array([x.draft.gpus for x in fams])[f]
     gpus = T * tg + M * dg
@@ -121,7 +124,7 @@ def bounds(plan: PlanFile, fams: list[Family]) -> pd.DataFrame:
     df = pd.DataFrame({
         "family": f, "target_option": [fams[i].target.name for i in f], "draft_option": [fams[i].draft.name for i in f],
         "targets": T.astype(int), "drafts": M.astype(int), "gpus": gpus.astype(int),
-        "cf_throughput_tokens_per_s": throughput, "cf_tpot_s": worst_cycle / col["decode_tokens_per_round"],
+        "cf_throughput_tokens_per_s": throughput, "cf_tpot_s": tpot,
         "cf_draft_utilization": np.where(hi_count > 0, x_hi["draft_utilization"], x_lo["draft_utilization"]),
         "stars": _stars(fams, f, lo, hi_count, M), "hi_count": hi_count.astype(int),
     })
