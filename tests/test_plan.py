@@ -144,3 +144,14 @@ def test_an_open_loop_plan_bounds_tpot_from_below(tmp_path):
     df = search(plan, base_path, families(plan, base_path), 1, None, lambda m: None, None)
     sim = df[df["status"] == "simulated"]
     assert len(sim) and (sim["cf_tpot_s"] <= sim["tpot_mean_s"] * 1.02).all()
+
+
+def test_a_plan_ranked_by_cost_prefers_the_cheaper_gpu(tmp_path):
+    # two draft GPUs as fast as each other, one at a tenth of the price: per cost, the cheap one
+    p = _const_plan(tmp_path, rank="throughput_per_cost", cost_per_gpu_hour={"G": 2.0, "C": 0.2})
+    data = yaml.safe_load(p.read_text())
+    data["drafts"] = [{"name": "dear", "gpu": "G"}, {"name": "cheap", "gpu": "C"}]
+    p.write_text(yaml.safe_dump(data))
+    plan, base = load_plan(p)
+    a = run_plan(plan, p, base, tmp_path / "out", workers=1, progress=False)
+    assert a["chosen"]["draft_option"] == "cheap"

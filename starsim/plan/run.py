@@ -49,11 +49,14 @@ def _compose(df: pd.DataFrame, i: int, stars: dict[str, dict], plan: PlanFile) -
         df.at[i, k] = None if any(v is None for v in vals) else max(vals)
     df.at[i, "draft_utilization"] = sum(c * (p.get("draft_utilization") or 0.0) for c, p in zip(counts, parts)) / m
     df.at[i, "meets"] = all(meets(p, plan)[0] for p in parts)
-    price = df.at[i, "gpus"] if plan.rank == "throughput_per_gpu" else \
-        df.at[i, "cf_throughput_tokens_per_s"] / df.at[i, "cf_throughput_per_cost"]  # what the candidate pays
-    df.at[i, "score"] = x / price
+    df.at[i, "score"] = x / _per(df.loc[i], plan)
     df.at[i, "status"] = "simulated"
     return True
+
+
+def _per(row: pd.Series, plan: PlanFile) -> float:
+    """What the ranking divides throughput by: the candidate's GPUs, or what they cost an hour."""
+    return float(row["gpus"] if plan.rank == "throughput_per_gpu" else row["price_per_hour"])
 
 
 def _simulate_stars(need: dict[str, tuple[Family, int]], base, plan, workers, ray, bar, stars) -> None:
@@ -222,11 +225,10 @@ def _choose(df, ok, fams, plan, plan_path, base, out, workers, ray) -> dict[str,
     (out / "chosen.yaml").write_text(f"# starsim plan {plan_path}: the chosen configuration ({_label(row)})\n"
                                      + yaml.safe_dump(sc.to_dict(), sort_keys=False))
     (_, own), = simulate_all([("chosen", sc)], workers, ray)
-    price = row["score"] and row["throughput_tokens_per_s"] / row["score"]
     return {"row": i, "target_option": row["target_option"], "draft_option": row["draft_option"],
             "targets": int(row["targets"]), "drafts": int(row["drafts"]), "gpus": int(row["gpus"]),
             "grid": fam.grid, **{k: _num(own.get(k)) for k in SIM_KEYS},
-            "score": (own.get("throughput_tokens_per_s") or 0.0) / price if price else None,
+            "score": (own.get("throughput_tokens_per_s") or 0.0) / _per(row, plan),
             "meets_in_its_own_run": meets(own, plan)[0],
             "composed_throughput_tokens_per_s": _num(row["throughput_tokens_per_s"]),
             **why(df, i, fam, plan), "scenario": str(out / "chosen.yaml")}

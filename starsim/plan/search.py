@@ -128,6 +128,7 @@ def bounds(plan: PlanFile, fams: list[Family]) -> pd.DataFrame:
         "cf_draft_utilization": np.where(hi_count > 0, x_hi["draft_utilization"], x_lo["draft_utilization"]),
         "stars": _stars(fams, f, lo, hi_count, M), "hi_count": hi_count.astype(int),
     })
+    df["price_per_hour"] = price if cost else np.nan  # what the candidate's GPUs cost, as given
     df["cf_throughput_per_gpu"] = throughput / gpus
     df["cf_throughput_per_cost"] = throughput / price if cost else np.nan
     for key in plan.space.grid:
