@@ -39,17 +39,25 @@ BEYOND = (  # (what, scenario, extra validate arguments)
 )
 
 
+def header(first: str) -> list[str]:
+    return [f"| {first} | real tok/s (CV) | sim tok/s | sim err | real util (CV) | sim util | sim err |",
+            "|---|---|---|---|---|---|---|"]
+
+
+def row(label: str, metrics: dict, cv: dict) -> str:
+    """One table row: throughput and draft utilization, real (with its CV) and simulated."""
+    t, u = metrics["throughput_tokens_per_s"], metrics["draft_utilization"]
+    return (f"| {label} | {t['real']:.0f} ({cv['throughput_tokens_per_s']:.1f}%) | {t['sim']:.0f} | "
+            f"{t['sim_err_pct']:+.1f}% | {u['real']:.1f}% ({cv['draft_utilization']:.1f}%) | "
+            f"{u['sim']:.1f}% | {u['sim_err_pct']:+.1f}% |")
+
+
 def beyond() -> None:
     """The BEYOND runs, two real runs each, as one table (printed, and kept in beyond.md)."""
-    lines = ["| run | real tok/s (CV) | sim tok/s | sim err | real util (CV) | sim util | sim err |",
-             "|---|---|---|---|---|---|---|"]
+    lines = header("run")
     for i, (what, scenario, extra) in enumerate(BEYOND):
         v = validated(scenario, OUT / f"beyond-{i}", "--repeat", "2", *extra)
-        m, cv = v["metrics"], v["point"]["real_spread_pct"]
-        t, u = m["throughput_tokens_per_s"], m["draft_utilization"]
-        lines.append(f"| {what} | {t['real']:.0f} ({cv['throughput_tokens_per_s']:.1f}%) | {t['sim']:.0f} | "
-                     f"{t['sim_err_pct']:+.1f}% | {u['real']:.1f}% ({cv['draft_utilization']:.1f}%) | "
-                     f"{u['sim']:.1f}% | {u['sim_err_pct']:+.1f}% |")
+        lines.append(row(what, v["metrics"], v["point"]["real_spread_pct"]))
     table = "\n".join(lines)
     FIGS.mkdir(parents=True, exist_ok=True)
     (FIGS / "beyond.md").write_text(f"# Beyond StarSD on declared cores: real vs simulated\n\n"
@@ -74,14 +82,9 @@ def main() -> None:
     starsim("report", *runs, "--out", str(FIGS), "--format", "png")
     (FIGS / "validation.md").write_text((OUT / "validation.md").read_text())  # the README table's source
     v = json.loads((OUT / "validation.json").read_text())
-    print("| N | real tok/s (CV) | sim tok/s | sim err | real util (CV) | sim util | sim err |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n".join(header("N")))
     for p in v["points"]:
-        m, cv = {row["metric"]: row for row in p["metrics"]}, p["real_spread_pct"]
-        t, u = m["throughput_tokens_per_s"], m["draft_utilization"]
-        print(f"| {p['point'].split('=')[1]} | {t['real']:.0f} ({cv['throughput_tokens_per_s']:.1f}%) | "
-              f"{t['sim']:.0f} | {t['sim_err_pct']:+.1f}% | {u['real']:.1f}% ({cv['draft_utilization']:.1f}%) "
-              f"| {u['sim']:.1f}% | {u['sim_err_pct']:+.1f}% |")
+        print(row(p["point"].split("=")[1], {r["metric"]: r for r in p["metrics"]}, p["real_spread_pct"]))
     ms, ma, rs = v["mape_sim_pct"], v["mape_analytic_pct"], v["real_spread_pct"]
     print(f"\nMAPE, simulator: utilization {ms['draft_utilization']:.1f}%, throughput "
           f"{ms['throughput_tokens_per_s']:.1f}%; closed form: {ma['draft_utilization']:.1f}%, "

@@ -203,9 +203,11 @@ class Profile(_Spec):
         if not p.is_file():
             raise ValueError(f"profile file not found: {p}")
         cache = (info.context or {}).get("profiles")  # the caller's, for many scenarios on one profile
-        st = p.stat()
-        key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
-        prof = None if cache is None else cache.get(key)
+        key = prof = None
+        if cache is not None:
+            st = p.stat()
+            key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+            prof = cache.get(key)
         if prof is None:
             try:
                 prof = read_profile(p)
@@ -227,7 +229,7 @@ class Profile(_Spec):
 
     def mean(self, tokens=0.0, context=0.0, depth=0.0):
         op = self._file.ops[self.op]
-        if tuple(op.inputs) == ("batch", "context"):  # draft_batched: tokens is the batch size, as op_sampler has it
+        if op.takes_batch:  # as op_sampler has it
             return self.scale * op.predict(batch=tokens, context=context)
         return self.scale * op.predict(tokens=tokens, context=context, batch=1)
 

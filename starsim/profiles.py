@@ -225,6 +225,11 @@ class Op(_M):
         return np.asarray([r[i] for r in self.rows], dtype=float)
 
     @property
+    def takes_batch(self) -> bool:
+        """``draft_batched``'s inputs (batch, context): a caller's ``tokens`` is the batch size."""
+        return tuple(self.inputs) == ("batch", "context")
+
+    @property
     def reference_s(self) -> float | None:
         """The op's median reference time (``ref_s``): the machine speed its fit is normalized
         to; None without a reference column (profiles before drift normalization)."""
@@ -390,7 +395,7 @@ def op_sampler(
     # Collapse the fit to a + b*tokens + c*context + d*tokens*context + e*tokens^2
     # + (g + h*context)*sqrt(tokens) (batch = 1 in the simulator): a few multiplications a call.
     terms = dict(zip(feats, coef))
-    if tuple(op.inputs) == ("batch", "context"):  # draft_batched: the caller's tokens is the batch size
+    if op.takes_batch:
         terms = {"1": terms.get("1", 0.0), "tokens": terms.get("batch", 0.0),
                  "context": terms.get("context", 0.0), "tokens*context": terms.get("batch*context", 0.0)}
         lo_t, hi_t = op.range.get("batch", (-math.inf, math.inf))

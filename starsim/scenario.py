@@ -60,6 +60,11 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------- devices
 
 
+# the draft server's features, which only mode star has (the validator's order)
+SERVER_ONLY = ("draft.fabric.servers", "draft.fabric.failures", "draft.adaptive.policy", "draft.pipeline",
+               "draft.batch.max")
+
+
 class Device(_Model):
     """A pool of identical accelerators. Instances placed on the same unit share it."""
 
@@ -716,10 +721,8 @@ class Scenario(_Model):
                 )
         if self.mode != "star":  # the draft server's features: there is no shared server otherwise
             d = self.draft
-            for path, on in (("draft.fabric.servers", d.fabric.servers > 1),
-                             ("draft.fabric.failures", bool(d.fabric.failures)),
-                             ("draft.adaptive.policy", d.adaptive.policy != "fixed"),
-                             ("draft.pipeline", d.pipeline), ("draft.batch.max", d.batch.max > 1)):
+            for path, on in zip(SERVER_ONLY, (d.fabric.servers > 1, bool(d.fabric.failures),
+                                              d.adaptive.policy != "fixed", d.pipeline, d.batch.max > 1)):
                 if on:
                     problems.append((path, f"needs mode: star (the draft server's feature; mode is {self.mode})"))
         n = sum(g.count for g in self.targets)

@@ -59,6 +59,12 @@ def _per(row: pd.Series, plan: PlanFile) -> float:
     return float(row["gpus"] if plan.rank == "throughput_per_gpu" else row["price_per_hour"])
 
 
+def _stars_of(df: pd.DataFrame, i: int, fams: list[Family]) -> dict[str, tuple[Family, int]]:
+    """Candidate ``i``'s stars: key -> (family, targets), the ``lo`` star first, then ``lo + 1``'s if any."""
+    fam, n = fams[int(df.at[i, "family"])], int(df.at[i, "targets"]) // int(df.at[i, "drafts"])
+    return {key: (fam, k) for key, k in zip(df.at[i, "stars"].split(";"), (n, n + 1))}
+
+
 def _simulate_stars(need: dict[str, tuple[Family, int]], base, plan, workers, ray, bar, stars) -> None:
     jobs = [(key, candidate_scenario(fam, base, plan, n, 1)) for key, (fam, n) in need.items()]
     stars.update(simulate_all(jobs, workers, ray, bar))
@@ -87,22 +93,17 @@ def search(plan: PlanFile, base: Path, fams: list[Family], workers, ray, say, ba
                 pos = len(order)  # sorted: no bound left can enter the top `keep`
                 break
             pos += 1
-            fam, n = fams[int(df.at[i, "family"])], int(df.at[i, "targets"]) // int(df.at[i, "drafts"])
-            for key, k in zip(df.at[i, "stars"].split(";"), (n, n + 1)):  # lo, then lo + 1 if any
+            for key, job in _stars_of(df, i, fams).items():
                 if key not in stars and len(stars) + len(need) < plan.confirm.max_sims:
-                    need.setdefault(key, (fam, k))
+                    need.setdefault(key, job)
         if not need:
             break
         _simulate_stars(need, base, plan, workers, ray, bar, stars)
         pending = [i for i in pending if not _compose(df, i, stars, plan)]
     df.attrs["capped"] = pos < len(order) and len(stars) >= plan.confirm.max_sims
     front = _pareto(df[df["cf_feasible"]], rank, "cf_tpot_s")
-    need = {}
-    for i in _thin(front, plan.confirm.frontier):
-        n = int(df.at[i, "targets"]) // int(df.at[i, "drafts"])
-        for key, k in zip(df.at[i, "stars"].split(";"), (n, n + 1)):
-            if key not in stars:
-                need[key] = (fams[int(df.at[i, "family"])], k)
+    need = {key: job for i in _thin(front, plan.confirm.frontier)
+            for key, job in _stars_of(df, i, fams).items() if key not in stars}
     if need:
         say(f"simulating {len(need)} more stars of the closed-form frontier")
         _simulate_stars(need, base, plan, workers, ray, bar, stars)

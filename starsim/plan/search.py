@@ -32,13 +32,10 @@ import pandas as pd
 
 from ..analytic import closed_form, mean_context, target_demand
 from ..errors import ScenarioError
-from ..scenario import ClosedLoop, Scenario, load_scenario, parse_device_ref
+from ..scenario import SERVER_ONLY, ClosedLoop, Scenario, load_scenario, parse_device_ref
 from ..sweep.run import execute_points
 from ..sweep.sweep_file import Point
 from .plan_file import Option, PlanFile
-
-# the draft server's features (scenario.py refuses them outside mode star)
-SERVER_ONLY = ("draft.fabric", "draft.adaptive", "draft.pipeline", "draft.batch.max", "draft.policy")
 
 
 @dataclass
@@ -170,8 +167,9 @@ def candidate_scenario(fam: Family, base: Path, plan: PlanFile, targets: int, dr
     fabric, target i on server i mod M), pools grown to hold them."""
     sc = fam.scenario
     over: dict[str, Any] = {**plan.set, **fam.overrides, "targets.0.count": targets}
-    if mode != "star":  # a baseline has no draft server: the grid's server features do not apply
-        over = {k: v for k, v in over.items() if not k.startswith(SERVER_ONLY)}
+    if mode != "star":  # a baseline has no draft server: the server's features do not apply
+        over = {k: v for k, v in over.items()
+                if not any(k == f or k.startswith(f + ".") or f.startswith(k + ".") for f in SERVER_ONLY)}
     t_pool, _ = parse_device_ref(sc.targets[0].device)
     d_pool, d_unit = parse_device_ref(sc.draft.device)
     need = {t_pool: targets}

@@ -129,14 +129,21 @@ def _ray(tasks: list[tuple[Point, str | None]], analytic: bool, address: str) ->
             ray.shutdown()
 
 
+def _executor(tasks: list[tuple[Point, str | None]], analytic: bool, workers: int | None,
+              ray: str | None) -> tuple[Iterator[tuple[Point, dict]], str]:
+    """The tasks' results as each finishes, on Ray or the local pool (``workers``, default
+    all CPUs), and the executor's name."""
+    if ray is not None:
+        return _ray(tasks, analytic, ray), f"ray ({ray})"
+    n = workers or os.cpu_count() or 1
+    return _local(tasks, analytic, min(n, max(len(tasks), 1))), f"local ({n} workers)"
+
+
 def execute_points(points: list[Point], workers: int | None = None, ray: str | None = None,
                    analytic: bool = False) -> Iterator[tuple[Point, dict]]:
     """Simulate (or solve) ``points`` on the local pool (``workers``, default all CPUs) or
     on Ray; (point, record) as each finishes: ``record["summary"]`` holds its scalars."""
-    tasks = [(p, None) for p in points]
-    if ray is not None:
-        return _ray(tasks, analytic, ray)
-    return _local(tasks, analytic, min(workers or os.cpu_count() or 1, max(len(tasks), 1)))
+    return _executor([(p, None) for p in points], analytic, workers, ray)[0]
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -187,13 +194,7 @@ def run_sweep(sweep: Sweep, out: str | Path, *, analytic: bool = False, jobs: in
                 "fields": sweep.spec.fields, "points": len(points), "analytic": analytic}
     _write_atomic(out / "sweep.json", json.dumps(manifest, indent=2) + "\n")
     tasks = [(p, str(out / "runs" / p.id) if keep_runs and not analytic else None) for p in todo]
-    if ray is not None:
-        results = _ray(tasks, analytic, ray)
-        executor = f"ray ({ray})"
-    else:
-        n = jobs or os.cpu_count() or 1
-        results = _local(tasks, analytic, min(n, max(len(tasks), 1)))
-        executor = f"local ({n} workers)"
+    results, executor = _executor(tasks, analytic, jobs, ray)
     bar = tqdm(total=len(todo), desc=sweep.spec.name, unit="pt", disable=not progress, file=sys.stderr)
     try:
         for p, rec in results:
