@@ -13,17 +13,29 @@ Semantics (read this before writing a curve):
   ``a_j = c_1 * ... * c_j``.
 - ``geometric`` with ``alpha`` is the conditional curve with every ``c_j = alpha``.
 
+- A **ranked** table (tree-aware) gives, per depth ``d``, ``q[d][r] = P(the target's token
+  after an accepted node at depth d-1 is the draft's (r+1)-th ranked candidate there)``
+  (conditional on reaching that node; each row sums to at most 1, the rest is "none of the
+  draft's candidates"). A tree's marginal curve then follows from its shape: the EAGLE-2
+  tree is grown with each node's path probability (the product of ``q`` along it) as its
+  score, ``top_k`` nodes a level, and its best ``tokens`` nodes kept; since the target's
+  token at a node matches at most one child, ``a_j`` is the sum of the kept depth-j nodes'
+  path probabilities (:func:`tree_marginal`). The marginal kinds above are the given-tree
+  case: one tree, measured.
+
 The number accepted is drawn **per round** (not averaged), with one uniform ``u``:
 ``k = #{j : a_j > u}``, which has exactly the marginal probabilities above. Positions
 beyond the tree depth are never accepted; a curve shorter than the depth means zero
-acceptance past its end.
+acceptance past its end (:meth:`_Acceptance.notices` says so in one line, as it says when
+a curve is longer than the tree or was measured on another tree).
 """
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import numpy as np
 from pydantic import (
@@ -43,21 +55,38 @@ from .yaml_files import read_yaml
 Prob = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
+class Shape(NamedTuple):
+    """A round's tree: ``top_k`` children per node, ``depth`` levels, ``tokens`` nodes kept
+    (``scenario.Tree.shape`` gives it, for adaptive depths too)."""
+
+    top_k: int
+    depth: int
+    tokens: int
+
+    def label(self) -> str:
+        return f"(top_k {self.top_k}, depth {self.depth}, {self.tokens} tokens)"
+
+
 class _Acceptance(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def marginal(self, depth: int) -> list[float]:
-        """The marginal curve ``a_1..a_depth`` (zero-padded or truncated to ``depth``)."""
+    def marginal(self, shape: Shape) -> list[float]:
+        """The marginal curve ``a_1..a_depth`` of a round drafting tree ``shape``."""
         raise NotImplementedError
 
-    def mean_accepted(self, depth: int) -> float:
+    def mean_accepted(self, shape: Shape) -> float:
         """Mean accepted draft tokens per round (bonus token not included)."""
-        return float(sum(self.marginal(depth)))
+        return float(sum(self.marginal(shape)))
 
-    def sampler(self, rng: np.random.Generator, depth: int, clock=None):
+    def notices(self, shape: Shape) -> list[str]:
+        """One line per thing a user may not expect of this model on tree ``shape`` (a curve
+        cut to the tree's depth, zero acceptance past a curve's end, another tree's curve)."""
+        return []
+
+    def sampler(self, rng: np.random.Generator, shape: Shape, clock=None):
         """A closure drawing the accepted draft tokens of one round (``clock``: a function
         giving the run's time, for models that change during the run)."""
-        curve = self.marginal(depth)
+        curve = self.marginal(shape)
         if all(a in (0.0, 1.0) for a in curve):
             k = int(sum(curve))  # deterministic: skip the random draw entirely
             return lambda: k
@@ -88,6 +117,21 @@ def _fit(curve: list[float], depth: int) -> list[float]:
     return [float(x) for x in curve[:depth]] + [0.0] * max(0, depth - len(curve))
 
 
+def _span(a: int, b: int) -> str:
+    return f"depth {a}" if a == b else f"depths {a}-{b}"
+
+
+def _depth_notices(field: str, entries: int, depth: int) -> list[str]:
+    """A per-depth curve of ``entries`` on a tree ``depth`` deep: what is cut or assumed."""
+    if entries > depth:
+        return [f"{field} has {entries} entries and the tree is {depth} deep: the entries for "
+                f"{_span(depth + 1, entries)} are not used (was the curve measured on a deeper tree?)"]
+    if entries < depth:
+        return [f"{field} has {entries} entries and the tree is {depth} deep: {_span(entries + 1, depth)} "
+                "get no acceptance (give a longer curve, or kind: ranked, which follows the tree)"]
+    return []
+
+
 class Marginal(_Acceptance):
     """``curve[j-1] = P(accepted >= j)``; must be non-increasing."""
 
@@ -106,8 +150,11 @@ class Marginal(_Acceptance):
                 )
         return curve
 
-    def marginal(self, depth):
-        return _fit(self.curve, depth)
+    def marginal(self, shape):
+        return _fit(self.curve, shape.depth)
+
+    def notices(self, shape):
+        return _depth_notices("acceptance.curve", len(self.curve), shape.depth)
 
 
 class Conditional(_Acceptance):
@@ -116,12 +163,15 @@ class Conditional(_Acceptance):
     kind: Literal["conditional"]
     curve: list[Prob] = Field(min_length=1)
 
-    def marginal(self, depth):
+    def marginal(self, shape):
         out, p = [], 1.0
         for c in self.curve:
             p *= c
             out.append(p)
-        return _fit(out, depth)
+        return _fit(out, shape.depth)
+
+    def notices(self, shape):
+        return _depth_notices("acceptance.curve", len(self.curve), shape.depth)
 
 
 class Geometric(_Acceptance):
@@ -130,16 +180,97 @@ class Geometric(_Acceptance):
     kind: Literal["geometric"]
     alpha: Prob
 
-    def marginal(self, depth):
-        return [self.alpha**j for j in range(1, depth + 1)]
+    def marginal(self, shape):
+        return [self.alpha**j for j in range(1, shape.depth + 1)]
+
+
+@functools.lru_cache(maxsize=1024)
+def tree_marginal(ranked: tuple[tuple[float, ...], ...], shape: Shape) -> tuple[float, ...]:
+    """The marginal curve of tree ``shape`` under a ranked table (module docstring).
+
+    The tree is grown as the real drafter grows an EAGLE-2 tree (``real/speculation.py``'s
+    ``_Greedy``), with each node's path probability as its score: the root's ``top_k``
+    children, then at each level the best ``top_k`` of the frontier's children, and at the
+    end the best ``tokens`` nodes (ties: the shallower first, so a kept node's parent is
+    kept). Depths past the table use its last row; ranks past a row's end are never
+    accepted. Nodes of zero probability add nothing and are left out.
+    """
+    k, depth_n, tokens = shape
+    if depth_n < 1 or tokens < 1:
+        return tuple([0.0] * max(depth_n, 0))
+
+    def row(d: int) -> np.ndarray:
+        return np.asarray(ranked[min(d, len(ranked)) - 1][:k], dtype=float)
+
+    front = row(1)
+    front = front[front > 0]
+    levels = [front]
+    for d in range(2, depth_n + 1):
+        cand = np.outer(front, row(d)).ravel()
+        cand = cand[cand > 0]
+        if cand.size > k:
+            cand = cand[np.argpartition(-cand, k - 1)[:k]]
+        front = cand
+        levels.append(front)
+    values = np.concatenate(levels)
+    depths = np.concatenate([np.full(len(v), d) for d, v in enumerate(levels, start=1)])
+    keep = np.lexsort((depths, -values))[:tokens]
+    curve = np.bincount(depths[keep] - 1, weights=values[keep], minlength=depth_n)
+    return tuple(float(a) for a in curve)
+
+
+def _ranked_rows(rows: list[list[float]]) -> list[list[float]]:
+    for d, row in enumerate(rows):
+        total = sum(row)
+        if total > 1 + 1e-9:
+            raise ValueError(f"row {d} (depth {d + 1}) sums to {total:.6g} > 1: at most one candidate "
+                             "matches the target's token, so the ranks' probabilities add up to at most 1")
+    return rows
+
+
+def _ranked_notices(field: str, rows: list[list[float]], shape: Shape) -> list[str]:
+    out = []
+    if len(rows) < shape.depth:
+        out.append(f"{field} has {len(rows)} rows and the tree is {shape.depth} deep: "
+                   f"{_span(len(rows) + 1, shape.depth)} use the last row (extrapolated)")
+    short = [d + 1 for d, r in enumerate(rows[: shape.depth]) if len(r) < shape.top_k]
+    if short:
+        out.append(f"{field}: top_k is {shape.top_k} but depth(s) {', '.join(map(str, short))} give fewer ranks; "
+                   "the ranks past a row's end are taken as never accepted")
+    return out
+
+
+class Ranked(_Acceptance):
+    """Tree-aware acceptance: ``ranked[d-1][r]`` = P(the target's token after an accepted
+    node at depth ``d-1`` is the draft's ``(r+1)``-th ranked candidate there), conditional on
+    reaching that node. Any tree's marginal curve follows (:func:`tree_marginal`)."""
+
+    kind: Literal["ranked"]
+    ranked: list[Annotated[list[Prob], Field(min_length=1)]] = Field(
+        min_length=1, description="one row per depth (1 first), one probability per rank (the draft's best first)")
+
+    @field_validator("ranked")
+    @classmethod
+    def _sums(cls, rows: list[list[float]]) -> list[list[float]]:
+        return _ranked_rows(rows)
+
+    def marginal(self, shape):
+        return list(tree_marginal(tuple(map(tuple, self.ranked)), Shape(*shape)))
+
+    def notices(self, shape):
+        return _ranked_notices("acceptance.ranked", self.ranked, shape)
 
 
 class Measured(_Acceptance):
-    """The marginal curve a real run measured: a file written by ``starsim acceptance RUN_DIR``."""
+    """What a real run measured: a file written by ``starsim acceptance RUN_DIR``. Its
+    ``marginal`` curve belongs to the tree it was measured on (``measured_by.tree``); where
+    the file also holds a ``ranked`` table (greedy runs), the model follows any tree."""
 
     kind: Literal["measured"]
     path: str = Field(description="acceptance curve file (relative to the scenario file)")
     _curve: list[float] = PrivateAttr(default_factory=list)
+    _ranked: list[list[float]] | None = PrivateAttr(default=None)
+    _tree: Shape | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _load(self, info: ValidationInfo):
@@ -152,21 +283,40 @@ class Measured(_Acceptance):
             raise ValueError(f"acceptance curve file {p}: {e.problems[0][1]}") from None
         try:
             curve = Marginal(curve=data["marginal"]).curve
+            ranked = Ranked(kind="ranked", ranked=data["ranked"]).ranked if data.get("ranked") else None
         except ValidationError as e:
-            why = "; ".join(err["msg"] for err in e.errors())
-            raise ValueError(f"{p} is not an acceptance curve file: marginal: {why}") from None
-        except (KeyError, TypeError) as e:
+            why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"]
+                            for err in e.errors())
+            raise ValueError(f"{p} is not an acceptance curve file: {why}") from None
+        except (KeyError, TypeError, AttributeError) as e:
             why = " ".join(str(e).split())  # one line, whatever the YAML error printed
             raise ValueError(f"{p} is not an acceptance curve file (`marginal:` list expected): {why}") from None
+        tree = (data.get("measured_by") or {}).get("tree") if isinstance(data.get("measured_by"), dict) else None
+        try:
+            self._tree = Shape(int(tree["top_k"]), int(tree["depth"]), int(tree["tokens"])) if tree else None
+        except (KeyError, TypeError, ValueError):
+            self._tree = None  # an older or hand-written file: no tree to compare with
         object.__setattr__(self, "path", str(p.resolve()))
-        self._curve = curve
+        self._curve, self._ranked = curve, ranked
         return self
 
-    def marginal(self, depth):
-        return _fit(self._curve, depth)
+    def marginal(self, shape):
+        if self._ranked is not None:
+            return list(tree_marginal(tuple(map(tuple, self._ranked)), Shape(*shape)))
+        return _fit(self._curve, shape.depth)
+
+    def notices(self, shape):
+        name = Path(self.path).name
+        if self._ranked is not None:
+            return _ranked_notices(f"{name}: ranked", self._ranked, shape)
+        if self._tree is not None and tuple(self._tree) != tuple(shape):
+            return [f"{name} was measured on tree {self._tree.label()} and this round drafts "
+                    f"{Shape(*shape).label()}: a marginal curve does not follow the tree (measure on this tree, "
+                    "or with `starsim acceptance` on a greedy real run, whose file holds the tree-aware ranked table)"]
+        return _depth_notices(f"{name}: marginal", len(self._curve), shape.depth)
 
 
-Steady = Annotated[Marginal | Conditional | Geometric | Measured, Field(discriminator="kind")]
+Steady = Annotated[Marginal | Conditional | Geometric | Ranked | Measured, Field(discriminator="kind")]
 
 
 class Phase(BaseModel):
@@ -195,15 +345,18 @@ class Phases(_Acceptance):
             raise ValueError(f"phases must end in increasing order (until_s: {ends[:-1]})")
         return phases
 
-    def marginal(self, depth):
-        return self.phases[0].model.marginal(depth)
+    def marginal(self, shape):
+        return self.phases[0].model.marginal(shape)
 
-    def sampler(self, rng: np.random.Generator, depth: int, clock=None):
-        samplers = [p.model.sampler(rng, depth) for p in self.phases]
+    def notices(self, shape):
+        return list(dict.fromkeys(n for p in self.phases for n in p.model.notices(shape)))
+
+    def sampler(self, rng: np.random.Generator, shape: Shape, clock=None):
+        samplers = [p.model.sampler(rng, shape) for p in self.phases]
         if clock is None:
             return samplers[0]
         ends = [p.until_s for p in self.phases[:-1]]
         return lambda: samplers[bisect_left(ends, clock())]()
 
 
-Acceptance = Annotated[Marginal | Conditional | Geometric | Measured | Phases, Field(discriminator="kind")]
+Acceptance = Annotated[Marginal | Conditional | Geometric | Ranked | Measured | Phases, Field(discriminator="kind")]

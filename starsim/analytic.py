@@ -159,7 +159,7 @@ def _mean(spec: Dist, tokens=0.0, context=0.0, depth=0.0) -> float:
 def target_demand(scenario: Scenario, name: str, g: TargetGroup) -> TargetDemand:
     dr = scenario.draft
     tree = dr.tree
-    marg = scenario.acceptance.marginal(tree.depth)
+    marg = scenario.acceptance.marginal(tree.shape())
     prompts, outputs = _lengths(scenario)
     mode = scenario.mode
     w = scenario.workload
@@ -352,7 +352,7 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
         "throughput_tokens_per_s": throughput,
         "offered_tokens_per_s": offered,
         "draft_tasks_per_s": tasks_per_s if mode != "autoregressive" else None,
-        "mean_accepted_tokens": float(1.0 + sum(scenario.acceptance.marginal(scenario.draft.tree.depth)))
+        "mean_accepted_tokens": float(1.0 + sum(scenario.acceptance.marginal(scenario.draft.tree.shape())))
         if mode != "autoregressive" else 1.0,
         # TPOT is averaged over requests, so weight each target by its request rate
         "tpot_mean_s": float(np.average(tpot, weights=request_rate)) if request_rate.sum() > 0 else None,

@@ -197,6 +197,7 @@ def _predict(args: argparse.Namespace, real: bool) -> int:
         print(_table(["metric", "value", "unit"], _summary_rows(s, sc)))
         if args.out:
             print(f"wrote {args.out}")
+    _say_notices(res.summary["provenance"]["notices"])
     if res.summary["requests_unfinished"] and sc.duration_s is None:
         print(f"warning: {res.summary['requests_unfinished']} requests unfinished", file=sys.stderr)
     for i, err in res.summary["provenance"].get("failures", {}).items():
@@ -205,6 +206,12 @@ def _predict(args: argparse.Namespace, real: bool) -> int:
         print(f"warning: target {i} lost the draft server at {t:.3f} s and finished autoregressively",
               file=sys.stderr)
     return 0
+
+
+def _say_notices(lines: list[str], prefix: str = "note: ") -> None:
+    """Notices (``starsim.notices``) on stderr, one line each."""
+    for line in lines:
+        print(f"{prefix}{line}", file=sys.stderr)
 
 
 def _analyze_rows(a: dict, s: dict | None) -> list[list[str]]:
@@ -227,8 +234,26 @@ def _analyze_rows(a: dict, s: dict | None) -> list[list[str]]:
     return rows
 
 
+def _why_apart(n: int, a: dict, s: dict, units: str, tolerance: float = 0.03) -> str | None:
+    """Why the closed form's utilization is more than ``tolerance`` from the simulator's at N
+    targets, in one line (None when it is not)."""
+    u_a, u_s = a["draft_utilization"], s["draft_utilization"]
+    if not u_s or abs(u_a - u_s) <= tolerance * u_s:
+        return None
+    err = f"N = {n}: U {100 * (u_a - u_s) / u_s:+.1f}%"
+    if units == "shared":
+        return f"{err}: targets share units, which the closed form does not model"
+    n_star, mva = a["n_saturation"], a.get("draft_utilization_mva")
+    if mva is not None and 0.5 * n_star <= n <= 2 * n_star:
+        return (f"{err}, at the knee (N* = {n_star:.3g}): the file's times vary, so rounds queue near N*, which "
+                f"the closed form's mean times do not; the simulator ({100 * u_s:.1f}%) lies between it "
+                f"({100 * u_a:.1f}%, constant times) and MVA ({100 * mva:.1f}%, exponential draft times)")
+    return f"{err}: beyond the closed form's assumptions (see `starsim analyze` without --n)"
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analytic import analyze
+    from .notices import own_units, shared_units
     from .scenario import load_scenario
     from .sim import simulate
 
@@ -240,20 +265,34 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         headers = ["N", "U analytic", "N*", "gap ms", "tok/s", "cycle ms"]
         if args.compare:
             headers += ["U sim", "U err", "tok/s sim", "tok/s err"]
-        rows, out = [], []
+        headers.insert(1, "units")
+        rows, out, grown, kept, whys = [], [], {}, [], []
         for n in ns:
-            sc = load_scenario(args.file, [*args.set, f"targets.0.count={n}"])
+            sets = [*args.set, f"targets.0.count={n}"]
+            sc = load_scenario(args.file, sets)
+            more = own_units(sc)
+            if more and not args.keep_pool:  # the closed form gives each target its own unit: so does the simulator
+                sc = load_scenario(args.file, [*sets, *(f"{k}={v}" for k, v in more.items())])
+                grown.update({k: max(v, grown.get(k, 0)) for k, v in more.items()})
+            elif more:
+                kept.append(n)
             a = analyze(sc)
-            row = [str(n), _fmt(a["draft_utilization"], 100), _fmt(a["n_saturation"]),
+            units = "shared" if shared_units(sc) else "own"
+            row = [str(n), units, _fmt(a["draft_utilization"], 100), _fmt(a["n_saturation"]),
                    _fmt(a["draft_idle_gap_mean_s"], 1e3), _fmt(a["throughput_tokens_per_s"]),
                    _fmt(a["per_target"][0]["cycle_s"], 1e3)]
-            rec = {"n": n, "analytic": a}
+            rec = {"n": n, "units": units, "overrides": sets[len(args.set):] + [f"{k}={v}" for k, v in more.items()
+                                                                                 if not args.keep_pool],
+                   "analytic": a}
             if args.compare:
                 s = simulate(sc).summary
                 rec["sim"] = s
                 for k in ("draft_utilization", "throughput_tokens_per_s"):
                     scale = 100 if k == "draft_utilization" else 1
                     row += [_fmt(s[k], scale), f"{100 * (a[k] - s[k]) / s[k]:+.2f}%" if s[k] else "-"]
+                why = _why_apart(n, a, s, units)
+                if why:
+                    whys.append(why)
             rows.append(row)
             out.append(rec)
         if args.json:
@@ -261,6 +300,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         else:
             print(f"{base.name}: closed form vs N (U in %, N* = saturating number of targets)")
             print(_table(headers, rows))
+        for why in whys:
+            print(f"# {why}", file=sys.stderr)
+        if grown:
+            print(f"# units: one per target, as the closed form assumes: {', '.join(grown)} raised up to "
+                  f"{max(grown.values())} where N outgrows the file's pool (--keep-pool keeps the file's pool)",
+                  file=sys.stderr)
+        if kept:
+            print(f"# units: the file's pool (--keep-pool): at N = {', '.join(map(str, kept))} targets share units, "
+                  "which the simulator takes turns on and the closed form does not model (each target its own)",
+                  file=sys.stderr)
         return 0
 
     a = analyze(base)
@@ -290,6 +339,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     import yaml
 
+    from .notices import notices
     from .scenario import load_scenario
     from .sim.run import check_work
 
@@ -298,6 +348,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(yaml.safe_dump(sc.to_dict(), sort_keys=False), end="")
     work = f", about {rounds:,.0f} rounds to simulate" if rounds else ""
     print(f"# ok: {sc.n_targets} targets, mode {sc.mode}, hash {sc.digest()[:12]}{work}", file=sys.stderr)
+    _say_notices(notices(sc), "# note: ")
     return 0
 
 
@@ -375,7 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="closed-form predictions (optionally beside the simulation)")
     scenario_args(a)
     a.add_argument("--compare", action="store_true", help="also simulate and show the difference")
-    a.add_argument("--n", help="a table over target counts, e.g. 1-8 or 1,2,4,8 (one target group)")
+    a.add_argument("--n", help="a table over target counts, e.g. 1-8 or 1,2,4,8 (one target group); where N "
+                   "outgrows the file's pool, the pool grows to one unit per target (as the closed form assumes)")
+    a.add_argument("--keep-pool", action="store_true",
+                   help="with --n: keep the file's pool, so targets past it share units in the simulator")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_analyze)
 

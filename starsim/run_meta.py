@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .notices import notices
 from .scenario import Scenario
 from .version import __version__
 
@@ -48,5 +49,6 @@ def provenance(scenario: Scenario, source: str, **extra: Any) -> dict[str, Any]:
         "scenario_hash": scenario.digest(),
         "seed": scenario.seed,
         "mode": scenario.mode,
+        "notices": notices(scenario),  # what the numbers rest on that the user may not expect
         **extra,
     }

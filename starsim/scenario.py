@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from .acceptance import Acceptance, Marginal
+from .acceptance import Acceptance, Marginal, Shape
 from .distributions import Dist, Profile
 from .errors import ScenarioError
 from .yaml_files import parse_yaml, read_yaml
@@ -164,6 +164,11 @@ class Tree(_Model):
             return 0
         most = sum(self.top_k**i for i in range(1, depth + 1))
         return max(depth, min(most, round(self.tokens * depth / self.depth)))
+
+    def shape(self, depth: int | None = None) -> Shape:
+        """The tree of a round drafted ``depth`` deep (None: the whole tree), as acceptance sees it."""
+        d = self.depth if depth is None else depth
+        return Shape(self.top_k, d, self.tokens_at(d))
 
 
 class Batching(_Model):

@@ -116,7 +116,7 @@ class Target:
         fabric=None,
         controller=None,
         pipeline: bool = False,
-        tree=None,
+        tree,
         general: bool = False,
     ):
         """Many parameters, on purpose: the run (``_simulate``'s ``_target``) wires each model
@@ -137,7 +137,7 @@ class Target:
         decode = group.decode_time
         self.decode = timing_sampler(decode, rng, usage) if decode is not None else None
         clock = lambda: env.now  # noqa: E731 - acceptance that changes during the run reads it
-        self.accept = acceptance.sampler(rng, depth, clock)
+        self.accept = acceptance.sampler(rng, tree.shape(depth), clock)
         # adaptive speculation draws each depth's acceptance from its own curve, on this stream
         self.accept_at = {depth: self.accept}
         self._acceptance, self._accept_rng, self._clock = acceptance, rng, clock
@@ -307,7 +307,7 @@ class Target:
         """Accepted draft tokens of a round ``depth`` deep (adaptive depths: one curve each)."""
         f = self.accept_at.get(depth)
         if f is None:
-            f = self.accept_at[depth] = self._acceptance.sampler(self._accept_rng, depth, self._clock)
+            f = self.accept_at[depth] = self._acceptance.sampler(self._accept_rng, self.tree.shape(depth), self._clock)
         return f()
 
     def _speculate_shared(self, rows: RoundWriter, prompt: int, output: int):
