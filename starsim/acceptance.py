@@ -184,38 +184,53 @@ class Geometric(_Acceptance):
         return [self.alpha**j for j in range(1, shape.depth + 1)]
 
 
+Table = tuple[tuple[float, ...], ...]
+
+
+def _rows(table: Table, k: int, depth_n: int) -> list[np.ndarray]:
+    """Rows 1..depth_n of a per-depth table, each ``k`` wide: past the table its last row,
+    past a row's end zeros."""
+    out = []
+    for d in range(1, depth_n + 1):
+        row = np.zeros(k)
+        given = table[min(d, len(table)) - 1][:k]
+        row[: len(given)] = given
+        out.append(row)
+    return out
+
+
 @functools.lru_cache(maxsize=1024)
-def tree_marginal(ranked: tuple[tuple[float, ...], ...], shape: Shape) -> tuple[float, ...]:
+def tree_marginal(ranked: Table, shape: Shape, confidence: Table | None = None) -> tuple[float, ...]:
     """The marginal curve of tree ``shape`` under a ranked table (module docstring).
 
     The tree is grown as the real drafter grows an EAGLE-2 tree (``real/speculation.py``'s
-    ``_Greedy``), with each node's path probability as its score: the root's ``top_k``
-    children, then at each level the best ``top_k`` of the frontier's children, and at the
-    end the best ``tokens`` nodes (ties: the shallower first, so a kept node's parent is
-    kept). Depths past the table use its last row; ranks past a row's end are never
-    accepted. Nodes of zero probability add nothing and are left out.
+    ``_Greedy``), each node scored by the product along its path of the draft's ``confidence``
+    in its rank at its depth (where none is given, the ranked table itself: a draft whose
+    confidence is its acceptance): the root's ``top_k`` children, then at each level the best
+    ``top_k`` of the frontier's children, and at the end the best ``tokens`` nodes (ties: the
+    shallower first, so a kept node's parent is kept). A node's value is its path's product
+    of ``ranked``; ``a_j`` sums the kept depth-j values. Depths past a table use its last row;
+    ranks past a row's end are never accepted (nor chosen, under a confidence table).
     """
     k, depth_n, tokens = shape
     if depth_n < 1 or tokens < 1:
         return tuple([0.0] * max(depth_n, 0))
-
-    def row(d: int) -> np.ndarray:
-        return np.asarray(ranked[min(d, len(ranked)) - 1][:k], dtype=float)
-
-    front = row(1)
-    front = front[front > 0]
-    levels = [front]
+    q = _rows(ranked, k, depth_n)
+    with np.errstate(divide="ignore"):
+        lc = [np.log(r) for r in (_rows(confidence, k, depth_n) if confidence is not None else q)]
+    score, value = lc[0], q[0]
+    scores, values, depths = [score], [value], [np.full(k, 1)]
     for d in range(2, depth_n + 1):
-        cand = np.outer(front, row(d)).ravel()
-        cand = cand[cand > 0]
-        if cand.size > k:
-            cand = cand[np.argpartition(-cand, k - 1)[:k]]
-        front = cand
-        levels.append(front)
-    values = np.concatenate(levels)
-    depths = np.concatenate([np.full(len(v), d) for d, v in enumerate(levels, start=1)])
-    keep = np.lexsort((depths, -values))[:tokens]
-    curve = np.bincount(depths[keep] - 1, weights=values[keep], minlength=depth_n)
+        cand_s = (score[:, None] + lc[d - 1][None, :]).ravel()
+        cand_v = (value[:, None] * q[d - 1][None, :]).ravel()
+        best = np.argsort(-cand_s, kind="stable")[:k]  # the level's frontier, as the drafter's topk
+        score, value = cand_s[best], cand_v[best]
+        scores.append(score)
+        values.append(value)
+        depths.append(np.full(len(best), d))
+    all_s, all_v, all_d = np.concatenate(scores), np.concatenate(values), np.concatenate(depths)
+    keep = np.lexsort((all_d, -all_s))[:tokens]
+    curve = np.bincount(all_d[keep] - 1, weights=all_v[keep], minlength=depth_n)
     return tuple(float(a) for a in curve)
 
 
@@ -240,14 +255,24 @@ def _ranked_notices(field: str, rows: list[list[float]], shape: Shape) -> list[s
     return out
 
 
+def _table(rows) -> Table | None:
+    return None if rows is None else tuple(map(tuple, rows))
+
+
 class Ranked(_Acceptance):
     """Tree-aware acceptance: ``ranked[d-1][r]`` = P(the target's token after an accepted
     node at depth ``d-1`` is the draft's ``(r+1)``-th ranked candidate there), conditional on
-    reaching that node. Any tree's marginal curve follows (:func:`tree_marginal`)."""
+    reaching that node; ``confidence[d-1][r]``: the draft's own probability for that candidate
+    (a geometric mean over its trees), which decides which nodes a tree keeps. Any tree's
+    marginal curve follows (:func:`tree_marginal`)."""
 
     kind: Literal["ranked"]
     ranked: list[Annotated[list[Prob], Field(min_length=1)]] = Field(
         min_length=1, description="one row per depth (1 first), one probability per rank (the draft's best first)")
+    confidence: list[Annotated[list[Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]],
+                               Field(min_length=1)]] | None = Field(
+        None, description="the draft's probability of its r-th candidate, per depth (null: the tree is grown by "
+        "`ranked` itself, as if the draft's confidence were the acceptance)")
 
     @field_validator("ranked")
     @classmethod
@@ -255,7 +280,7 @@ class Ranked(_Acceptance):
         return _ranked_rows(rows)
 
     def marginal(self, shape):
-        return list(tree_marginal(tuple(map(tuple, self.ranked)), Shape(*shape)))
+        return list(tree_marginal(_table(self.ranked), Shape(*shape), _table(self.confidence)))
 
     def notices(self, shape):
         return _ranked_notices("acceptance.ranked", self.ranked, shape)
@@ -263,13 +288,19 @@ class Ranked(_Acceptance):
 
 class Measured(_Acceptance):
     """What a real run measured: a file written by ``starsim acceptance RUN_DIR``. Its
-    ``marginal`` curve belongs to the tree it was measured on (``measured_by.tree``); where
-    the file also holds a ``ranked`` table (greedy runs), the model follows any tree."""
+    ``marginal`` curve belongs to the tree it was measured on (``measured_by.tree``) and is
+    used as it is there. Where the file also holds a ``ranked`` table (greedy runs: see
+    :class:`Ranked`), another tree's curve is the tree-aware model's, anchored on the
+    measured tree: each depth's ``a_j`` is scaled by the measured curve over the model's on
+    the measured tree (the last depth's ratio past it). The model grows one mean tree, where
+    a real draft grows a tree per round from that round's confidence; the ratio carries what
+    that costs at each depth (on the stdlib pair, the unanchored model is 5% high on its own
+    tree)."""
 
     kind: Literal["measured"]
     path: str = Field(description="acceptance curve file (relative to the scenario file)")
     _curve: list[float] = PrivateAttr(default_factory=list)
-    _ranked: list[list[float]] | None = PrivateAttr(default=None)
+    _ranked: Ranked | None = PrivateAttr(default=None)
     _tree: Shape | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -283,7 +314,8 @@ class Measured(_Acceptance):
             raise ValueError(f"acceptance curve file {p}: {e.problems[0][1]}") from None
         try:
             curve = Marginal(curve=data["marginal"]).curve
-            ranked = Ranked(kind="ranked", ranked=data["ranked"]).ranked if data.get("ranked") else None
+            ranked = (Ranked(kind="ranked", ranked=data["ranked"], confidence=data.get("confidence"))
+                      if data.get("ranked") else None)
         except ValidationError as e:
             why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" if err["loc"] else err["msg"]
                             for err in e.errors())
@@ -300,15 +332,29 @@ class Measured(_Acceptance):
         self._curve, self._ranked = curve, ranked
         return self
 
+    def _follows(self, shape) -> bool:
+        """Whether a round of tree ``shape`` takes the ranked model (another tree than the
+        one measured) rather than the measured curve itself."""
+        return self._ranked is not None and self._tree is not None and tuple(self._tree) != tuple(shape)
+
     def marginal(self, shape):
-        if self._ranked is not None:
-            return list(tree_marginal(tuple(map(tuple, self._ranked)), Shape(*shape)))
-        return _fit(self._curve, shape.depth)
+        if not self._follows(shape):
+            return _fit(self._curve, shape.depth)
+        model = self._ranked.marginal(shape)
+        on_measured = self._ranked.marginal(self._tree)
+        ratios = [m / x if x > 0 else 1.0 for m, x in zip(_fit(self._curve, self._tree.depth), on_measured)]
+        out, prev = [], 1.0
+        for j, a in enumerate(model):
+            prev = min(prev, 1.0, a * ratios[min(j, len(ratios) - 1)])  # a marginal curve: non-increasing
+            out.append(prev)
+        return out
 
     def notices(self, shape):
         name = Path(self.path).name
-        if self._ranked is not None:
-            return _ranked_notices(f"{name}: ranked", self._ranked, shape)
+        if self._follows(shape):
+            return [f"{name}: measured on tree {self._tree.label()}; this round drafts {Shape(*shape).label()}, "
+                    "so its curve is the file's tree-aware (ranked) model, anchored on the measured tree",
+                    *_ranked_notices(f"{name}: ranked", self._ranked.ranked, shape)]
         if self._tree is not None and tuple(self._tree) != tuple(shape):
             return [f"{name} was measured on tree {self._tree.label()} and this round drafts "
                     f"{Shape(*shape).label()}: a marginal curve does not follow the tree (measure on this tree, "

@@ -15,10 +15,12 @@ from .version import __version__
 def run_meta(scenario: Scenario, *, source: str, t_end: float, draft_engines: Sequence[str],
              targets: Iterable[tuple[int, str, Any, str]], draft_device: str | None,
              draft_devices: Sequence[str],
-             pipeline: tuple[int, int, float] | None = None, fabric_repairs: int | None = None) -> dict[str, Any]:
+             pipeline: tuple[int, int, float] | None = None, fabric_repairs: int | None = None,
+             accepted_ranks: dict[str, Any] | None = None) -> dict[str, Any]:
     """``targets``: (index, name, target group, device unit) per target instance; ``pipeline``:
     (hits, misses, wasted seconds) when pipelined drafting is on; ``fabric_repairs``: re-pairings,
-    when a fabric ran."""
+    when a fabric ran; ``accepted_ranks``: the draft's ranked candidates the targets took, per
+    depth (a real greedy star: ``starsim.real.speculation.RankCounts``), for ``starsim acceptance``."""
     meta: dict[str, Any] = {
         "source": source,
         "mode": scenario.mode,
@@ -37,6 +39,8 @@ def run_meta(scenario: Scenario, *, source: str, t_end: float, draft_engines: Se
         meta["pipeline"] = {"hits": hits, "misses": misses, "wasted_s": wasted}
     if fabric_repairs is not None:
         meta["fabric_repairs"] = fabric_repairs
+    if accepted_ranks is not None:
+        meta["accepted_ranks"] = accepted_ranks
     return meta
 
 

@@ -19,27 +19,29 @@ from starsim.scenario import load_scenario
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _eagle2_tree(q, shape: Shape) -> list[tuple[int, ...]]:
+def _at(table, d, r):
+    """Depth d (1-based), rank r (0-based); past the table: its last row; past a row: 0."""
+    row = table[min(d, len(table)) - 1]
+    return row[r] if r < len(row) else 0.0
+
+
+def _eagle2_tree(q, shape: Shape, conf=None) -> list[tuple[int, ...]]:
     """The kept nodes as rank paths, grown the long way: every path's score is the product of
-    ``q`` along it; level 1 is the root's top_k; each next level the best top_k children of
-    the level before; then the best ``tokens`` of all (shallower first on ties)."""
+    the draft's confidence (``q`` where none) along it; level 1 is the root's top_k; each next
+    level the best top_k children of the level before (the first in order on ties, as a stable
+    sort); then the best ``tokens`` of all (shallower first on ties)."""
     k, depth, tokens = shape
-
-    def p(d, r):  # depth d (1-based), rank r (0-based); past the table: its last row
-        row = q[min(d, len(q)) - 1]
-        return row[r] if r < len(row) else 0.0
-
-    score = {(r,): p(1, r) for r in range(k)}
+    c = conf or q
+    score = {(r,): _at(c, 1, r) for r in range(k)}
     level = list(score)
     for d in range(2, depth + 1):
         kids = [(*n, r) for n in level for r in range(k)]
-        for c in kids:
-            score[c] = score[c[:-1]] * p(d, c[-1])
-        level = sorted(kids, key=lambda c: -score[c])[:k]
-        for c in set(kids) - set(level):
-            del score[c]
-    kept = sorted(score, key=lambda n: (-score[n], len(n)))[:tokens]
-    return [n for n in kept if score[n] > 0]
+        for kid in kids:
+            score[kid] = score[kid[:-1]] * _at(c, d, kid[-1])
+        level = sorted(kids, key=lambda n: -score[n])[:k]
+        for kid in set(kids) - set(level):
+            del score[kid]
+    return sorted(score, key=lambda n: (-score[n], len(n)))[:tokens]
 
 
 def _enumerate(q, shape: Shape, nodes: list[tuple[int, ...]]) -> list[float]:
@@ -77,15 +79,19 @@ def _table_and_tree(draw):
         w = draw(st.lists(st.floats(0, 1), min_size=width + 1, max_size=width + 1))
         total = sum(w) or 1.0
         q.append([x / total for x in w[:width]])  # the last share is "none of the candidates"
-    return q, Shape(k, depth, tokens)
+    conf = None
+    if draw(st.booleans()):  # the draft's own confidence, which need not follow q
+        conf = [sorted(draw(st.lists(st.floats(0.01, 1), min_size=1, max_size=4)), reverse=True)
+                for _ in range(draw(st.integers(1, 3)))]
+    return q, Shape(k, depth, tokens), conf
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(_table_and_tree())
 def test_tree_marginal_equals_brute_force_enumeration(case):
-    q, shape = case
-    got = tree_marginal(tuple(map(tuple, q)), shape)
-    want = _enumerate(q, shape, _eagle2_tree(q, shape))
+    q, shape, conf = case
+    got = tree_marginal(tuple(map(tuple, q)), shape, None if conf is None else tuple(map(tuple, conf)))
+    want = _enumerate(q, shape, _eagle2_tree(q, shape, conf))
     assert got == pytest.approx(want, abs=1e-12)
     assert all(a >= b - 1e-12 for a, b in zip(got, got[1:]))  # a marginal curve: non-increasing
 
@@ -160,9 +166,17 @@ def test_a_measured_file_follows_the_tree_with_its_ranked_table_and_says_so_with
                and "(top_k 10, depth 5, 59 tokens)" in n for n in lines)
     sc["acceptance"] = {"kind": "measured", "path": "ranked.yaml"}
     tree_aware = load_scenario(_write(tmp_path, "b.yaml", sc))
-    want = Ranked(kind="ranked", ranked=ranked).marginal(Shape(10, 5, 59))
+    model = Ranked(kind="ranked", ranked=ranked)
+    # anchored: each depth scaled by the measured curve over the model's on the measured tree
+    ratio = [m / x for m, x in zip(base["marginal"], model.marginal(Shape(4, 4, 16)))]
+    want, prev = [], 1.0
+    for j, a in enumerate(model.marginal(Shape(10, 5, 59))):
+        prev = min(prev, 1.0, a * ratio[min(j, 3)])
+        want.append(prev)
     assert tree_aware.acceptance.marginal(tree_aware.draft.tree.shape()) == pytest.approx(want)
-    assert not any("was measured on tree" in n for n in notices(tree_aware))
+    assert any("anchored on the measured tree" in n for n in notices(tree_aware))
+    # on the tree it was measured on, the file's own curve
+    assert tree_aware.acceptance.marginal(Shape(4, 4, 16)) == base["marginal"]
 
 
 def test_the_simulator_draws_what_the_tree_implies(tmp_path):

@@ -141,6 +141,11 @@ def test_measured_acceptance_feeds_the_simulator(tmp_path, quick_pair, capsys):
     assert main(["acceptance", str(out)]) == 0
     curve = yaml.safe_load((out / "acceptance.yaml").read_text())
     assert curve["marginal"] == [round(a, 6) for a in measured] and curve["measured_by"]["source"] == "real"
+    # tree-aware: the ranks the targets took, per depth (the run's greedy rounds, its last ones unseen)
+    reached, ranked = curve["ranked_reached"], curve["ranked"]
+    assert reached == sorted(reached, reverse=True) and all(sum(row) <= 1 + 1e-6 for row in ranked)
+    assert len(ranked) <= 4 and all(len(row) == 10 for row in ranked)  # the draft's best 10 (speculation.RANKS)
+    assert len(curve["confidence"]) == 4 and all(row == sorted(row, reverse=True) for row in curve["confidence"])
     # a simulation fed the measured curve draws it back (long run: sampling noise is small)
     from starsim import simulate, validate_scenario
 

@@ -10,7 +10,14 @@ pytest.importorskip("transformers")
 
 from conftest import CODE_PROMPTS  # noqa: E402
 
-from starsim.real.speculation import Drafter, Verifier, local_drafts, speculative_generate, target_generate  # noqa: E402
+from starsim.real.speculation import (  # noqa: E402
+    RANKS,
+    Drafter,
+    Verifier,
+    local_drafts,
+    speculative_generate,
+    target_generate,
+)
 
 
 @pytest.mark.parametrize("shape", [(4, 4, 16), (2, 3, 6), (6, 2, 8), (1, 5, 5)])
@@ -118,3 +125,52 @@ def test_eagle_head_drafts_from_the_targets_hidden_states(eagle_pair):
     assert torch.allclose(cached, fresh, atol=1e-4)
     with pytest.raises(ValueError, match="hidden states"):
         drafter.draft(2, context)
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 16), (3, 3, 5), (1, 4, 4)])
+def test_ranks_the_target_took_match_its_rounds(quick_models, shape):
+    """The drafter reads off each round's emitted tokens which of its ranked candidates the
+    target took (``acceptance: {kind: ranked}``): a node at depth j was reached (and its
+    candidates ranked) in every round that accepted >= j tokens, j below the depth; the last
+    round of a request is never seen (no next context). Hits never exceed what was reached."""
+    tok, target, draft = quick_models
+    drafter = Drafter(draft, *shape)
+    accepted = []
+    for tag, p in enumerate(CODE_PROMPTS):
+        draft_next = local_drafts(drafter, tag=tag)
+        _, rounds = speculative_generate(target, draft_next, tok.encode(p).ids, 40)
+        accepted += [r.accepted for r in rounds[:-1]]
+    got = drafter.ranks
+    depth = shape[1]
+    want = [sum(a >= j for a in accepted) for j in range(depth)]
+    assert got.reached == want[: len(got.reached)] and not any(want[len(got.reached):])  # counts grow as reached
+    assert all(sum(h) <= n and len(h) == RANKS for n, h in zip(got.reached, got.hits))
+    # the rank-0 child is always kept (its score is its level's best), so every hit there is accepted
+    assert got.hits[0][0] <= got.reached[1] if len(got.reached) > 1 else got.hits[0][0] == 0
+    # the confidence: every expanded node of an observed round, its candidates' log-probabilities best first
+    assert got.expanded[0] == got.reached[0] and all(n == shape[0] * got.reached[0] for n in got.expanded[1:])
+    assert all(row == sorted(row, reverse=True) and row[0] <= 0 for row in got.logp)
+
+
+def test_batched_and_single_drafts_count_the_same_ranks(quick_models):
+    tok, target, draft = quick_models
+    prompts = [tok.encode(p).ids for p in CODE_PROMPTS[:2]]
+    counts = []
+    for batched in (False, True):
+        drafter = Drafter(draft, 4, 3, 10)
+        verifiers = [Verifier(target) for _ in prompts]
+        ctxs = [ids + [v.prefill(ids)] for ids, v in zip(prompts, verifiers)]
+        for _ in range(6):
+            if batched:
+                trees = [t for t, _ in drafter.draft_batch([(i, c) for i, c in enumerate(ctxs)])]
+            else:
+                trees = [drafter.draft(i, c)[0] for i, c in enumerate(ctxs)]
+            for i, (v, tree) in enumerate(zip(verifiers, trees)):
+                ctxs[i] = ctxs[i] + v.verify(tree).emitted
+        counts.append(drafter.ranks.as_dict())
+    single, batched = counts
+    assert single["reached"][0] == 2 * 5
+    for key in ("reached", "hits", "expanded"):
+        assert single[key] == batched[key]
+    # the batched forward's logits differ from one tag's in the last bits
+    assert np.allclose(np.concatenate(single["logp"]), np.concatenate(batched["logp"]), rtol=1e-4, atol=1e-4)

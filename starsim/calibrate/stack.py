@@ -48,7 +48,7 @@ class _FixedDrafter:
         self.busy = _Busy(busy_s)
         self.busy_cpu_s = 0.0
 
-    def draft(self, tag, context, temperature=0.0, seed=None, hidden=None, depth=None):
+    def draft(self, tag, context, temperature=0.0, seed=None, hidden=None, depth=None, observe=True):
         self.busy_cpu_s += self.busy()
         new = len(context) - self.seen.get(tag, 0)
         self.seen[tag] = len(context)

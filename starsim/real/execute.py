@@ -58,6 +58,7 @@ from .models import (
 )
 from .pair import pair_info
 from .resources import FREE, UnitLock, check_cpus, pin
+from .speculation import RankCounts
 
 log = logging.getLogger("starsim.execute")
 
@@ -597,11 +598,21 @@ def _records(plan: _Plan, servers: list, got: dict, clock0: float, t_elapsed: fl
         pipeline=pipeline_totals([srv.pipeline_stats for srv in servers])
         if plan.star and sc.draft.pipeline else None,
         fabric_repairs=sum(item.get("repairs", 0) for item in got.values()) if plan.use_fabric else None,
+        accepted_ranks=_accepted_ranks(servers) if plan.star and sc.real.temperature == 0 else None,
     )
     records = assemble_records(parts, meta, draft_rows)
     if plan.cut:  # arrivals would have gone on: the run lasts to its horizon, as a simulation does to duration_s
         records.meta["t_end"] = max(records.meta["t_end"], plan.horizon)
     return records
+
+
+def _accepted_ranks(servers: list) -> dict[str, Any]:
+    """The ranks the targets took, over every draft server (greedy rounds, the whole run: the
+    counts are not cut to the measurement window)."""
+    total = RankCounts()
+    for srv in servers:
+        total.merge(srv.drafter.ranks)
+    return total.as_dict()
 
 
 def _provenance(plan: _Plan, servers: list, got: dict, speeds: dict, ref_device: str, n_procs: int,

@@ -594,7 +594,7 @@ class DraftServer:
             task.start = self._now()
             try:
                 task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
-                                                                task.seed, task.hidden, task.depth)
+                                                                task.seed, task.hidden, task.depth, not task.pre)
             except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
                 task.error = f"draft failed: {type(e).__name__}: {e}"
             task.end = self._now()
@@ -619,8 +619,8 @@ class DraftServer:
     def _batch(self, tasks: list[_Task]) -> None:
         """Draft ``tasks`` in one batch; if it fails, one by one (see :meth:`_draft_batch`)."""
         try:
-            done = self.drafter.draft_batch([(t.target, t.context, t.temperature, t.seed, t.hidden, t.depth)
-                                             for t in tasks])
+            done = self.drafter.draft_batch([(t.target, t.context, t.temperature, t.seed, t.hidden, t.depth,
+                                              not t.pre) for t in tasks])
         except Exception:  # noqa: BLE001 - retried one by one below
             log.warning("batched draft of %d tasks failed; drafting them one by one", len(tasks), exc_info=True)
             done = None
@@ -631,7 +631,7 @@ class DraftServer:
         for t in tasks:
             try:
                 t.tree, t.new_tokens = self.drafter.draft(t.target, t.context, t.temperature, t.seed, t.hidden,
-                                                          t.depth)
+                                                          t.depth, not t.pre)
             except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
                 t.error = f"draft failed: {type(e).__name__}: {e}"
 

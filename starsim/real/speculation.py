@@ -259,27 +259,107 @@ def _batched_cache(caches: list, width: int, room: int, keep: list):
     return cache
 
 
+RANKS = 10  # candidates ranked at each expanded node for RankCounts, whatever the tree's top_k
+
+
+@dataclass
+class RankCounts:
+    """What greedy rounds show of the draft's ranked candidates (``acceptance: {kind: ranked}``):
+    ``reached[d-1]``: how often the target's token after an accepted node at depth ``d-1`` (the
+    root is depth 0) was seen where the draft had ranked that node's candidates;
+    ``hits[d-1][r]``: how often it was the draft's ``(r+1)``-th candidate (of its best
+    :data:`RANKS`, whether or not the tree kept it). ``hits / reached`` estimates the ranked
+    table. ``expanded[d-1]`` and ``logp[d-1][r]``: the expanded nodes at depth ``d-1`` of those
+    rounds' trees and the sum of their ``(r+1)``-th candidate's log-probability under the
+    draft: its confidence, which decides the tree's shape."""
+
+    reached: list[int] = field(default_factory=list)
+    hits: list[list[int]] = field(default_factory=list)
+    expanded: list[int] = field(default_factory=list)
+    logp: list[list[float]] = field(default_factory=list)
+
+    @staticmethod
+    def _room(counts: list, rows: list, depth: int, width: int, zero) -> None:
+        while len(counts) < depth:
+            counts.append(0)
+            rows.append([])
+        rows[depth - 1].extend([zero] * (width - len(rows[depth - 1])))
+
+    def add(self, depth: int, rank: int | None, width: int) -> None:
+        self._room(self.reached, self.hits, depth, width, 0)
+        self.reached[depth - 1] += 1
+        if rank is not None:
+            self.hits[depth - 1][rank] += 1
+
+    def add_node(self, depth: int, logp: list[float]) -> None:
+        """An expanded node at ``depth - 1`` whose candidates have log-probabilities ``logp``."""
+        self._room(self.expanded, self.logp, depth, len(logp), 0.0)
+        self.expanded[depth - 1] += 1
+        row = self.logp[depth - 1]
+        for r, x in enumerate(logp):
+            row[r] += x
+
+    def merge(self, other: RankCounts) -> None:
+        for mine, theirs, (counts, rows), zero in ((self.reached, self.hits, (other.reached, other.hits), 0),
+                                                   (self.expanded, self.logp, (other.expanded, other.logp), 0.0)):
+            for d, (n, row) in enumerate(zip(counts, rows), start=1):
+                self._room(mine, theirs, d, len(row), zero)
+                mine[d - 1] += n
+                for r, x in enumerate(row):
+                    theirs[d - 1][r] += x
+
+    def as_dict(self) -> dict:
+        return {"reached": list(self.reached), "hits": [list(r) for r in self.hits],
+                "expanded": list(self.expanded), "logp": [list(r) for r in self.logp]}
+
+
 class _Greedy:
     """One tag's greedy EAGLE-2 tree as it grows level by level (see the module docstring):
-    :meth:`Drafter.draft` and :meth:`Drafter.draft_batch` grow it alike, from the same logits."""
+    :meth:`Drafter.draft` and :meth:`Drafter.draft_batch` grow it alike, from the same logits.
+    It keeps each expanded node's best :data:`RANKS` candidates and their log-probabilities, so
+    the next round's tokens can say which rank the target took at each depth (:meth:`observe`)."""
 
     def __init__(self, root_logits, k: int):
-        scores, toks = root_logits.log_softmax(-1).topk(k)
+        lp, toks = root_logits.log_softmax(-1).topk(min(max(k, RANKS), root_logits.shape[-1]))
         self.k, self.device = k, root_logits.device
-        self.tok, self.par, self.dep, self.score = toks.tolist(), [-1] * k, [1] * k, scores.tolist()
+        self.tok, self.par, self.dep, self.score = toks[:k].tolist(), [-1] * k, [1] * k, lp[:k].tolist()
         self.frontier = list(range(k))  # node indices of the current level
         self.forwarded: list[int] = []  # the nodes forwarded so far, in cache column order
         self.col: dict[int, int] = {}  # node index -> its column in the cache after the context
+        # node (-1: the root) -> its ranked candidates and their log-probabilities, best first
+        self.cands: dict[int, tuple[list[int], list[float]]] = {-1: (toks.tolist(), lp.tolist())}
+        self.child: dict[tuple[int, int], int] = {(-1, t): i for i, t in enumerate(self.tok)}
+        self.kept: set[int] = set()
+
+    def observe(self, emitted: list[int], counts: RankCounts) -> None:
+        """Count the ranks the target took along the path its round emitted (accepted tokens,
+        then the bonus): at each reached node whose candidates the draft ranked; and the
+        draft's confidence at every node it expanded."""
+        for n, (_, lp) in self.cands.items():
+            counts.add_node(1 if n < 0 else self.dep[n] + 1, lp)
+        node = -1
+        for depth, tok in enumerate(emitted, start=1):
+            ranked = self.cands.get(node)
+            if ranked is None:  # a leaf: the draft ranked nothing after it
+                return
+            cands = ranked[0]
+            counts.add(depth, cands.index(tok) if tok in cands else None, len(cands))
+            node = self.child.get((node, tok), -2)
+            if node not in self.kept:  # the bonus: the round ended here
+                return
 
     def grow(self, logits, level: int) -> None:
         """The next level from the frontier's logits [len(frontier), vocab] (tree depth ``level``)."""
         import torch
 
         k, frontier = self.k, self.frontier
-        child_scores, child_toks = logits.log_softmax(-1).topk(k, dim=-1)  # [k, k]
+        ranked_lp, ranked = logits.log_softmax(-1).topk(min(max(k, RANKS), logits.shape[-1]), dim=-1)
+        child_scores, child_toks = ranked_lp[:, :k], ranked[:, :k]  # [k, k]
         base = torch.tensor([self.score[n] for n in frontier], device=self.device)
         cum = (base[:, None] + child_scores).reshape(-1)
         best = cum.topk(min(k, cum.numel())).indices.tolist()
+        for n, toks, lp in zip(frontier, ranked.tolist(), ranked_lp.tolist()):
+            self.cands[n] = (toks, lp)
         nxt = []
         for b in best:
             self.tok.append(int(child_toks.reshape(-1)[b]))
@@ -287,12 +367,14 @@ class _Greedy:
             self.dep.append(level + 1)
             self.score.append(float(cum[b]))
             nxt.append(len(self.tok) - 1)
+            self.child[(self.par[-1], self.tok[-1])] = nxt[-1]
         self.frontier = nxt
 
     def tree(self, max_nodes: int) -> TreeDraft:
         """The best ``max_nodes`` nodes; sorting by (score desc, depth, index) keeps parents first."""
         score, dep = self.score, self.dep
         order = sorted(range(len(self.tok)), key=lambda i: (-score[i], dep[i], i))[:max_nodes]
+        self.kept = set(order)
         order.sort(key=lambda i: (dep[i], i))  # breadth first
         new_index = {old: new for new, old in enumerate(order)}
         return TreeDraft(
@@ -323,6 +405,10 @@ class Drafter:
         self.off = 1 if self.net is not None else 0  # cache positions = context length - off
         self.tags: dict[int, _Tag] = {}
         self._slabs: list = []  # draft_batch's batched cache buffers, reused (see _batched_cache)
+        # greedy rounds' ranked acceptance: each tag's last greedy tree (and the context it was
+        # drafted for) is held against the tokens the tag's next context adds
+        self.ranks = RankCounts()
+        self._last: dict[int, tuple[list[int], _Greedy]] = {}
 
     @property
     def needs_hidden(self) -> bool:
@@ -330,6 +416,14 @@ class Drafter:
 
     def free(self, tag: int) -> None:
         self.tags.pop(tag, None)
+        self._last.pop(tag, None)
+
+    def _observe(self, tag: int, context: list[int]) -> None:
+        """The ranks the target took in the tag's last greedy round, read off the tokens its new
+        context adds to the one that round was drafted for (nothing if it is another request)."""
+        last = self._last.pop(tag, None)
+        if last is not None and len(context) > len(last[0]) and context[: len(last[0])] == last[0]:
+            last[1].observe(context[len(last[0]):], self.ranks)
 
     def _forward(self, st: _Tag, ids, pos, mask=None, hidden=None, last_only=False):
         """(logits [n, vocab], predicted features [n, hidden] or None) of one forward on the tag's cache."""
@@ -386,7 +480,7 @@ class Drafter:
         return depth, Tree.model_construct(top_k=self.top_k, depth=self.depth, tokens=self.max_nodes).tokens_at(depth)
 
     def draft(self, tag: int, context: list[int], temperature: float = 0.0, seed: int | None = None,
-              hidden=None, depth: int | None = None) -> tuple[TreeDraft, int]:
+              hidden=None, depth: int | None = None, observe: bool = True) -> tuple[TreeDraft, int]:
         """A tree for the tag's ``context`` (prompt + tokens so far); returns (tree, new positions encoded).
         ``depth``: a shallower tree than the drafter's (:meth:`shape`), for adaptive speculation.
 
@@ -395,9 +489,14 @@ class Drafter:
         each next level the ``top_k`` child slots go to the previous level's nodes whose
         cumulative log-probability plus the log of their m-th largest ``q`` is highest, then
         each node draws its share; at most ``tokens`` nodes in all. ``seed`` fixes the draws.
+
+        ``observe``: this is the context a target sent (not a pipelined guess), so its new
+        tokens tell which ranks the target took in the tag's last greedy round (:attr:`ranks`).
         """
         import torch
 
+        if observe:
+            self._observe(tag, context)
         with torch.inference_mode():
             root_logits, root_feat, n_new = self.encode(tag, context, hidden)
             feats = {-1: root_feat}
@@ -406,7 +505,10 @@ class Drafter:
                 tree = self._sampled_tree(tag, len(context), root_logits, feats, temperature,
                                           np.random.default_rng(seed), levels, nodes)
             else:
-                tree = self._greedy_tree(tag, len(context), root_logits, feats, levels, nodes)
+                grown = self._greedy_tree(tag, len(context), root_logits, feats, levels)
+                tree = grown.tree(nodes)
+                if observe:
+                    self._last[tag] = (list(context), grown)
             crop_cache(self.tags[tag].cache, len(context) - self.off)  # drop the tree: the context stays cached
         return tree, n_new
 
@@ -414,8 +516,8 @@ class Drafter:
         """Trees for several tags at once; returns ``(tree, new positions encoded)`` per request,
         in order, the same as :meth:`draft` would return for each.
 
-        ``requests``: ``(tag, context)`` or ``(tag, context, temperature, seed, hidden[, depth])``,
-        at most one per tag. The greedy requests of an independent draft model are batched: each tag's
+        ``requests``: ``(tag, context)`` or ``(tag, context, temperature, seed, hidden[, depth[,
+        observe]])``, at most one per tag. The greedy requests of an independent draft model are batched: each tag's
         new prefix is encoded on its own cache (:meth:`encode`), then their trees grow together,
         one forward per tree level over every tag, on a batched copy of their caches (right-
         padded to the longest context; a boolean mask [B, 1, rows, columns] hides each row's
@@ -426,7 +528,7 @@ class Drafter:
         """
         import torch
 
-        reqs = [(*r, *(0.0, None, None, None)[len(r) - 2:]) for r in requests]
+        reqs = [(*r, *(0.0, None, None, None, True)[len(r) - 2:]) for r in requests]
         out: list[tuple[TreeDraft, int] | None] = [None] * len(reqs)
         batch = [i for i, r in enumerate(reqs)
                  if self.net is None and not r[2] > 0 and (r[5] is None or r[5] >= self.depth)]
@@ -434,29 +536,32 @@ class Drafter:
             raise ValueError("draft_batch takes at most one request per tag")
         if len(batch) == 1:  # a batch of one is a plain round
             batch = []
-        for i, (tag, context, temperature, seed, hidden, depth) in enumerate(reqs):
+        for i, (tag, context, temperature, seed, hidden, depth, observe) in enumerate(reqs):
             if i not in batch:
-                out[i] = self.draft(tag, context, temperature, seed, hidden, depth)
+                out[i] = self.draft(tag, context, temperature, seed, hidden, depth, observe)
         if batch:
             with torch.inference_mode():
-                grown = self._greedy_batch([(reqs[i][0], reqs[i][1]) for i in batch])
+                grown = self._greedy_batch([(reqs[i][0], reqs[i][1], reqs[i][6]) for i in batch])
             for i, r in zip(batch, grown):
                 out[i] = r
         return out
 
-    def _greedy_batch(self, reqs: list[tuple[int, list[int]]]) -> list[tuple[TreeDraft, int]]:
-        """Greedy trees of several tags (independent draft model), one forward per level."""
+    def _greedy_batch(self, reqs: list[tuple[int, list[int], bool]]) -> list[tuple[TreeDraft, int]]:
+        """Greedy trees of several tags (independent draft model), one forward per level;
+        ``(tag, context, observe)`` each (see :meth:`draft`)."""
         import torch
 
         growth, news = [], []
-        for tag, context in reqs:
+        for tag, context, observe in reqs:
+            if observe:
+                self._observe(tag, context)
             root_logits, _, n_new = self.encode(tag, context)
             growth.append(_Greedy(root_logits, self.top_k))
             news.append(n_new)
-        prefix = [len(c) for _, c in reqs]  # cached positions of each tag (off = 0: an independent draft)
+        prefix = [len(c) for _, c, _ in reqs]  # cached positions of each tag (off = 0: an independent draft)
         width = max(prefix)
         B, dev = len(reqs), self.device
-        batched = _batched_cache([self.tags[tag].cache for tag, _ in reqs], width, self.top_k * (self.depth - 1),
+        batched = _batched_cache([self.tags[tag].cache for tag, _, _ in reqs], width, self.top_k * (self.depth - 1),
                                  self._slabs) if self.depth > 1 else None
         seen = torch.arange(width)[None, :] < torch.tensor(prefix)[:, None]  # [B, width]: not padding
         for level in range(1, self.depth):
@@ -475,8 +580,10 @@ class Drafter:
                                 **{cache_kw(self.model): batched}).logits
             for b, g in enumerate(growth):
                 g.grow(logits[b], level)
-        for tag, context in reqs:
+        for (tag, context, observe), g in zip(reqs, growth):
             crop_cache(self.tags[tag].cache, len(context) - self.off)  # as draft does (the tree went to the copy)
+            if observe:
+                self._last[tag] = (list(context), g)
         return [(g.tree(self.max_nodes), n) for g, n in zip(growth, news)]
 
     def _level(self, tag: int, L: int, level: int, frontier: list[int], parents: list[int], tokens: list[int],
@@ -497,11 +604,11 @@ class Drafter:
             feats.update(zip(frontier, out))
         return logits
 
-    def _greedy_tree(self, tag: int, L: int, root_logits, feats: dict, levels: int, nodes: int) -> TreeDraft:
+    def _greedy_tree(self, tag: int, L: int, root_logits, feats: dict, levels: int) -> _Greedy:
         g = _Greedy(root_logits, self.top_k)
         for level in range(1, levels):
             g.grow(self._level(tag, L, level, g.frontier, g.par, g.tok, g.forwarded, g.col, feats), level)
-        return g.tree(nodes)
+        return g
 
     def _sampled_tree(self, tag: int, L: int, root_logits, feats: dict, temperature: float, rng, levels: int,
                       max_nodes: int) -> TreeDraft:
