@@ -137,8 +137,42 @@ workload: {{kind: closed, prompts: 8, prompt_tokens: 100, output_tokens: 200, re
 def test_cli_list(capsys):
     assert main(["calibrate", "import", "aiconfigurator", "--list"]) == 0
     out = capsys.readouterr().out
-    for want in ("h100_sxm", "h200_sxm", "a100_sxm", "vllm", "Qwen/Qwen3-8B", "meta-llama/Meta-Llama-3.1-70B"):
+    for want in ("h100_sxm", "h200_sxm", "a100_sxm", "vllm", "Qwen/Qwen3-8B", "meta-llama/Meta-Llama-3.1-70B",
+                 "--spec NAME", SPEC, "vicuna7b-eagle", "--target NAME --draft NAME"):
         assert want in out
+
+
+def test_trees_as_an_axis_one_draft_profile_each(tmp_path, capsys):
+    """--tree prices the draft's rounds for other trees (several in one call), each profile
+    named and fixed to its tree, the target once; a scenario on one of them runs, and the
+    snippet carries the tree the profile requires."""
+    rc = main(["calibrate", "import", "aiconfigurator", "--spec", SPEC, "--system", "h100_sxm", "--grid", "quick",
+               "--out", str(tmp_path), "--tree", "4,4,20;10,5,59", "--tree", "6,3,18"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    names = sorted(p.name for p in tmp_path.glob("*.yaml"))
+    assert names == sorted([f"{SPEC}.target.h100_sxm-vllm-tp1.bfloat16.yaml",
+                            f"{SPEC}.draft.h100_sxm-vllm-tp1.bfloat16.yaml",  # the spec's own tree: no tag
+                            f"{SPEC}.draft.h100_sxm-vllm-tp1-tree4-4-20.bfloat16.yaml",
+                            f"{SPEC}.draft.h100_sxm-vllm-tp1-tree6-3-18.bfloat16.yaml"])
+    small = read_profile(tmp_path / f"{SPEC}.draft.h100_sxm-vllm-tp1-tree4-4-20.bfloat16.yaml")
+    big = read_profile(tmp_path / f"{SPEC}.draft.h100_sxm-vllm-tp1.bfloat16.yaml")
+    assert dict(small.ops["draft_round"].fixed["tree"]) == {"top_k": 4, "depth": 4, "tokens": 20}
+    assert "--tree 4,4,20" in small.provenance["command"]
+    assert small.ops["draft_round"].predict(tokens=20, context=512, depth=4) < big.ops["draft_round"].predict(
+        tokens=59, context=512, depth=5)  # fewer levels and nodes: a cheaper round
+    assert "tree: {top_k: 4, depth: 4, tokens: 20}" in out and "tree: {top_k: 6, depth: 3, tokens: 18}" in out
+
+
+def test_bundled_configs_pair_without_a_spec_file(tmp_path, capsys):
+    rc = main(["calibrate", "import", "aiconfigurator", "--target", "Qwen/Qwen3-8B", "--draft", "eagle",
+               "--system", "h200_sxm", "--grid", "quick", "--roles", "draft", "--out", str(tmp_path)])
+    assert rc == 0
+    (path,) = tmp_path.glob("*.yaml")
+    assert path.name == "qwen3-8b-eagle.draft.h200_sxm-vllm-tp1.bfloat16.yaml"
+    prof = read_profile(path)
+    assert prof.model["kind"] == "eagle" and "--target Qwen/Qwen3-8B --draft eagle" in prof.provenance["command"]
+    assert "tree: {top_k: 10, depth: 5, tokens: 59}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -149,7 +183,13 @@ def test_cli_list(capsys):
     (["--spec", SPEC, "--system", "a100_sxm", "--dtype", "fp8", "--grid", "quick"], "cannot be priced"),
     (["--spec", SPEC, "--system", "h100_sxm", "--tp", "3"], "--tp: expected a power of two"),
     (["--spec", SPEC, "--system", "h100_sxm", "--overhead-us", "-5"], "--overhead-us: expected"),
-    (["--spec", SPEC], "--spec and --system: required"),
+    (["--spec", SPEC], "--system: required"),
+    ([], "--spec (or --target and --draft) and --system: required"),
+    (["--target", "Qwen/Qwen3-8B", "--system", "h100_sxm"], "--target and --draft go together"),
+    (["--spec", SPEC, "--target", "Qwen/Qwen3-8B", "--draft", "eagle", "--system", "h100_sxm"], "not both"),
+    (["--target", "Qwen/Qwen3-8X", "--draft", "eagle", "--system", "h100_sxm"], "did you mean Qwen/Qwen3-8B"),
+    (["--spec", SPEC, "--system", "h100_sxm", "--tree", "4,4,400"], "--tree 4,4,400: tokens=400 exceeds the 340"),
+    (["--spec", SPEC, "--system", "h100_sxm", "--tree", "4,4"], "--tree: expected TOP_K,DEPTH,TOKENS"),
 ])
 def test_bad_input_one_line_exit_2(argv, msg, capsys):
     assert main(["calibrate", "import", "aiconfigurator", *argv]) == 2

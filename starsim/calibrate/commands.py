@@ -127,11 +127,13 @@ def _fit_table(prof) -> str:
     return "\n".join(lines)
 
 
-def _snippet(profiles, paths) -> str:
+def _snippet(profiles, paths, tree=None) -> str:
     by_role = dict(zip(profiles, paths))
     out = []
     if "draft" in by_role:
         out += ["draft:", f"  round_time: {{kind: profile, path: {by_role['draft']}, op: draft_round}}"]
+        if tree is not None:  # the profile prices this tree; a scenario must draft the same one
+            out += [f"  tree: {{top_k: {tree.top_k}, depth: {tree.depth}, tokens: {tree.tokens}}}"]
     if "target" in by_role:
         p = by_role["target"]
         out += ["targets:", "  - verify_time: {kind: profile, path: " + str(p) + ", op: verify}",
@@ -139,6 +141,47 @@ def _snippet(profiles, paths) -> str:
         if "decode" in profiles["target"].ops:
             out += ["    decode_time: {kind: profile, path: " + str(p) + ", op: decode}"]
     return "\n".join(out)
+
+
+def _import_trees(texts: list[str] | None) -> list:
+    """``--tree K,D,T`` (repeatable; ``;`` separates several in one): each checked as a
+    scenario's ``draft.tree`` is (tokens within what top-k and depth can hold)."""
+    from pydantic import ValidationError
+
+    from ..models.specs import parse_tree
+    from ..scenario import Tree
+
+    trees = []
+    for text in texts or []:
+        for part in (p.strip() for p in text.split(";")):
+            if not part:
+                continue
+            t = parse_tree(part)
+            try:
+                Tree(top_k=t.top_k, depth=t.depth, tokens=t.tokens)
+            except ValidationError as e:
+                raise StarsimError(f"--tree {part}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+            if t not in trees:
+                trees.append(t)
+    return trees
+
+
+def _import_spec(args: argparse.Namespace):
+    """The pair to price: ``--spec``, or two bundled configs (``--target``/``--draft``)."""
+    from . import gpu_db
+
+    if args.spec and (args.target or args.draft):
+        raise StarsimError("give --spec, or --target and --draft, not both")
+    if args.target or args.draft:
+        if not (args.target and args.draft):
+            raise StarsimError("--target and --draft go together (bundled config names, see --list; --draft eagle "
+                               "for a one-layer EAGLE head)")
+        return gpu_db.bundled_spec(args.target, args.draft)
+    if not args.spec:
+        raise StarsimError("--spec (or --target and --draft) and --system: required (see --list)")
+    from ..models.specs import load_spec
+
+    return load_spec(args.spec)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -149,12 +192,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.list:
         print(gpu_db.listing())
         return 0
-    if not args.spec or not args.system:
-        raise StarsimError("--spec and --system: required (see --list for systems; models/specs for specs)")
-    from ..models.specs import load_spec
+    spec = _import_spec(args)
+    if not args.system:
+        raise StarsimError("--system: required (see --list for systems)")
     from ..profiles import write_profile
 
-    spec = load_spec(args.spec)
+    trees = _import_trees(args.tree)
     roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
     bad = [r for r in roles if r not in ("target", "draft")]
     if bad or not roles:
@@ -163,33 +206,55 @@ def cmd_import(args: argparse.Namespace) -> int:
         if v < 1 or v & (v - 1):
             raise StarsimError(f"{flag}: expected a power of two >= 1, got {v}")
     grid = gpu_db.QUICK if args.grid == "quick" else gpu_db.Grid()
-    settings = gpu_db.Settings(
-        spec=spec, system=args.system, backend=args.backend, backend_version=args.backend_version, tp=args.tp,
-        draft_tp=args.draft_tp, dtype=args.dtype, overhead_s=args.overhead_us * 1e-6, roles=roles, grid=grid,
-    )
-    # the canonical command (every choice spelled out), so a profile says how to make it again
-    settings.command = "starsim calibrate import aiconfigurator " + shlex.join([
-        "--spec", spec.name, "--system", args.system, "--backend", args.backend,
-        *(["--backend-version", args.backend_version] if args.backend_version else []),
-        "--tp", str(args.tp), "--draft-tp", str(args.draft_tp), "--dtype", args.dtype,
-        "--overhead-us", f"{args.overhead_us:g}", "--roles", ",".join(roles), "--grid", args.grid])
+    pair = (["--spec", spec.name] if args.spec else ["--target", args.target, "--draft", args.draft])
+    # the target once; the draft once per tree (its rounds are priced for one tree)
+    jobs = [(roles, None)] if not trees else (
+        [(("target",), None)] if "target" in roles else []) + ([(("draft",), t) for t in trees] if "draft" in roles
+                                                               else [])
     t0 = time.perf_counter()
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
-    profiles, warns = gpu_db.import_profiles(settings, say)
-    for w in warns:
-        print(f"warning: {w}", file=sys.stderr)
-    print(f"{spec.name} on {args.system} ({args.backend} {profiles[roles[0]].provenance['backend_version']}): "
-          f"{time.perf_counter() - t0:.1f} s")
-    paths = []
-    for role, prof in profiles.items():
-        path = write_profile(prof, gpu_db.profile_path(args.out, spec.name, role, prof))
-        paths.append(path)
+    written = []
+    for job_roles, tree in jobs:
+        settings = gpu_db.Settings(
+            spec=spec, system=args.system, backend=args.backend, backend_version=args.backend_version, tp=args.tp,
+            draft_tp=args.draft_tp, dtype=args.dtype, overhead_s=args.overhead_us * 1e-6, roles=job_roles,
+            grid=grid, tree=tree,
+        )
+        # the canonical command (every choice spelled out), so a profile says how to make it again
+        settings.command = "starsim calibrate import aiconfigurator " + shlex.join([
+            *pair, "--system", args.system, "--backend", args.backend,
+            *(["--backend-version", args.backend_version] if args.backend_version else []),
+            "--tp", str(args.tp), "--draft-tp", str(args.draft_tp), "--dtype", args.dtype,
+            "--overhead-us", f"{args.overhead_us:g}", "--roles", ",".join(job_roles), "--grid", args.grid,
+            *(["--tree", f"{tree.top_k},{tree.depth},{tree.tokens}"] if tree is not None else [])])
+        profiles, warns = gpu_db.import_profiles(settings, say)
+        for w in warns:
+            print(f"warning: {w}", file=sys.stderr)
+        for role, prof in profiles.items():
+            tag = tree if tree is not None and tree != spec.tree else None
+            path = write_profile(prof, gpu_db.profile_path(args.out, spec.name, role, prof, tag))
+            written.append((role, prof, path, tree))
+    version = written[0][1].provenance["backend_version"]
+    print(f"{spec.name} on {args.system} ({args.backend} {version}): {time.perf_counter() - t0:.1f} s")
+    for role, prof, path, _ in written:
         frac = prof.provenance["measured_fraction"]
-        print(f"\n{role}: {path}  (tp {prof.device['tp']}, overhead {args.overhead_us:g} us per forward)")
+        shape = prof.ops["draft_round"].fixed.get("tree") if "draft_round" in prof.ops else None
+        on = f", tree {shape['top_k']},{shape['depth']},{shape['tokens']}" if shape else ""
+        print(f"\n{role}: {path}  (tp {prof.device['tp']}{on}, overhead {args.overhead_us:g} us per forward)")
         print(_fit_table(prof))
         print("  measured rows: " + ", ".join(f"{op} {100 * f:.0f}%" for op, f in frac.items()))
-    print("\nuse in a scenario, e.g.:")
-    print(_snippet(profiles, paths))
+    target = [(prof, path) for role, prof, path, _ in written if role == "target"]
+    drafts = [(prof, path, tree or spec.tree) for role, prof, path, tree in written if role == "draft"]
+    for draft in drafts or [None]:  # one snippet per draft profile (a target alone: one)
+        paths = [path for _, path in target]
+        profs = {"target": target[0][0]} if target else {}
+        if draft is not None:
+            profs["draft"] = draft[0]
+            paths.append(draft[1])
+        tree = draft[2] if draft is not None else None
+        print("\nuse in a scenario, e.g.:" if len(drafts) < 2 else f"\nfor tree {tree.top_k},{tree.depth},"
+              f"{tree.tokens}, e.g.:")
+        print(_snippet(profs, paths, tree))
     return 0
 
 
@@ -313,7 +378,14 @@ def add_parsers(sub) -> None:
     im.add_argument("source", choices=["aiconfigurator"],
                     help="aiconfigurator: NVIDIA's aiconfigurator-core database (pip install -e '.[gpu-db]')")
     im.add_argument("--list", action="store_true", help="systems, backends and their data versions, bundled models")
-    im.add_argument("--spec", help="model spec name (models/specs), spec file, or local HF model dir")
+    im.add_argument("--spec", help="model spec name (models/specs, see --list), spec file, or local HF model dir")
+    im.add_argument("--target", help="instead of --spec: a bundled model config to verify with (see --list), "
+                    "e.g. Qwen/Qwen3-8B")
+    im.add_argument("--draft", help="with --target: a bundled model config to draft with, or eagle (a one-layer "
+                    "EAGLE head at the target's width)")
+    im.add_argument("--tree", action="append", metavar="K,D,T",
+                    help="price the draft's rounds for this tree TOP_K,DEPTH,TOKENS instead of the spec's; "
+                    "repeat (or separate with ;) for several trees, one draft profile each")
     im.add_argument("--system", help="GPU system, e.g. h100_sxm, h200_sxm, a100_sxm, b200_sxm (see --list)")
     im.add_argument("--backend", default="vllm", help="serving backend whose kernels were measured: vllm, "
                     "sglang or trtllm (default vllm)")

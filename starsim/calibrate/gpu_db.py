@@ -151,6 +151,39 @@ def bundled_models() -> list[str]:
     return sorted(n.replace("--", "/", 1) for n in names)
 
 
+def bundled_config(name: str) -> Path:
+    """The config.json the package bundles for HF id ``name`` (``--target``/``--draft``)."""
+    path = package_root() / "model_configs" / f"{name.replace('/', '--', 1)}_config.json"
+    if not path.is_file():
+        import difflib
+
+        near = difflib.get_close_matches(name, bundled_models(), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; see --list"
+        raise StarsimError(f"{name!r} is not one of the model configs {PACKAGE} {package_version()} bundles{hint}")
+    return path
+
+
+def bundled_spec(target: str, draft: str, tree=None):
+    """A model spec pairing two bundled configs (``draft``: a bundled HF id, or ``eagle`` for a
+    one-layer EAGLE head at the target's width), without a spec file."""
+    from ..models.specs import Arch, ModelSpec, TreeShape
+
+    t_cfg = bundled_config(target)
+    if draft == "eagle":
+        d_arch = Arch(hf_config=str(t_cfg), kind="eagle", num_hidden_layers=1)
+    else:
+        d_arch = Arch(hf_config=str(bundled_config(draft)))
+    slug = lambda n: n.split("/")[-1].lower().replace(".", "")  # noqa: E731 - Qwen/Qwen3-0.6B -> qwen3-06b
+    return ModelSpec(
+        name=f"{slug(target)}-{'eagle' if draft == 'eagle' else slug(draft)}",
+        description=f"{target} verified, {draft if draft != 'eagle' else 'a one-layer EAGLE head'} drafting",
+        source=f"{PACKAGE} {package_version()}'s bundled config.json of each (starsim calibrate import "
+               f"aiconfigurator --target {target} --draft {draft})",
+        target=Arch(hf_config=str(t_cfg)), draft=d_arch,
+        tree=tree or TreeShape(top_k=10, depth=5, tokens=59),
+    )
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """The estimator logs a line per fallback table it loads; those are about models we don't price."""
@@ -453,6 +486,11 @@ class Settings:
     roles: tuple[str, ...] = ("target", "draft")
     grid: Grid = field(default_factory=Grid)
     command: str | None = None
+    tree: Any = None  # a draft round's tree (a models.specs.TreeShape); None: the spec's
+
+    @property
+    def draft_tree(self):
+        return self.tree or self.spec.tree
 
 
 def _op_rows(pricer: Pricer, op: str, g: Grid, tree) -> list[tuple[tuple, Priced]]:
@@ -507,7 +545,7 @@ def import_profiles(s: Settings, say: Callable[[str], None] | None = None) -> tu
             ops, measured = {}, {}
             for op in (TARGET_OPS if role == "target" else DRAFT_OPS):
                 try:
-                    rows = _op_rows(pricer, op, s.grid, s.spec.tree)
+                    rows = _op_rows(pricer, op, s.grid, s.draft_tree)
                 except Exception as e:  # the estimator refuses a shape (e.g. fp8 on a GPU without it)
                     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                     raise StarsimError(f"{ref.name}: {op} cannot be priced on {s.system}/{s.backend} {version} "
@@ -516,7 +554,7 @@ def import_profiles(s: Settings, say: Callable[[str], None] | None = None) -> tu
                 measured[op] = round(sum(p.measured_s for _, p in rows) / tot, 4) if tot > 0 else 0.0
                 fixed: dict[str, Any] = {"per_forward_overhead_s": s.overhead_s, "forwards": OP_FORWARDS[op]}
                 if op in ("draft_round", "draft_batched"):
-                    fixed["tree"] = s.spec.tree.model_dump()
+                    fixed["tree"] = s.draft_tree.model_dump()
                 ops[op] = build_op(OP_INPUTS[op], [(*k, p.s, p.s, p.s, 1) for k, p in rows], fixed=fixed)
                 say(f"{role} {op}: {len(rows)} points, CV MAPE {ops[op].fit.cv_mape_pct:.2f}%, "
                     f"{100 * measured[op]:.0f}% of kernel time from measured rows")
@@ -589,11 +627,14 @@ def _system_meta(system: str) -> dict:
         return {}
 
 
-def profile_path(out_dir: Path, spec_name: str, role: str, prof) -> Path:
-    """``<spec>.<role>.<system>-<backend>-tp<N>[-oh<us>us].<dtype>.yaml``."""
+def profile_path(out_dir: Path, spec_name: str, role: str, prof, tree=None) -> Path:
+    """``<spec>.<role>.<system>-<backend>-tp<N>[-oh<us>us][-tree<K>-<D>-<T>].<dtype>.yaml`` (``tree``:
+    a draft priced on another tree than its spec's)."""
     d, prov = prof.device, prof.provenance
     oh = prov.get("per_forward_overhead_s", 0.0)
     tag = f"-oh{oh * 1e6:g}us" if oh else ""
+    if tree is not None:
+        tag += f"-tree{tree.top_k}-{tree.depth}-{tree.tokens}"
     dtype = prov.get("dtype", "bfloat16").split(" ")[0]
     return out_dir / f"{spec_name}.{role}.{d['system']}-{d['backend']}-tp{d['tp']}{tag}.{dtype}.yaml"
 
@@ -611,8 +652,12 @@ def listing() -> str:
                 cur = None
             parts.append(f"{b} " + ",".join(v + ("*" if v == cur else "") for v in vs))
         lines.append(f"  {sysname:22s} {'; '.join(parts)}")
-    lines.append(f"\nbundled model configs ({PACKAGE} {package_version()}); --spec names the pair to price "
-                 "(models/specs, a spec file, or a local HF model dir):")
+    from ..models.specs import list_specs
+
+    lines.append("\nstarsim's model specs (--spec NAME; also a spec file or a local HF model dir):")
+    lines.append("  " + "  ".join(list_specs()))
+    lines.append(f"\nbundled model configs ({PACKAGE} {package_version()}): pair two with --target NAME --draft "
+                 "NAME (or --draft eagle, a one-layer EAGLE head), no spec file needed:")
     ms = bundled_models()
     for i in range(0, len(ms), 3):
         lines.append("  " + "  ".join(f"{m:44s}" for m in ms[i:i + 3]).rstrip())
