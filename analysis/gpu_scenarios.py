@@ -81,7 +81,7 @@ window_s: 0.2
 
 devices:
   draft_gpu: {{type: {gpu} (draft)}}
-  gpu: {{type: {unit}, count: {pool}}}
+  gpu: {{type: {unit}, count: {pool}{f", gpus: {p.tp}" if p.tp > 1 else ""}}}
 
 draft:
   device: draft_gpu

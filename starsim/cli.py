@@ -207,8 +207,10 @@ def _predict(args: argparse.Namespace, real: bool) -> int:
             res.write(args.out, csv=args.csv, trace=not args.no_trace, trace_s=args.trace_s)
         except OSError as e:
             raise StarsimError(f"--out {args.out}: cannot write: {e.strerror or e}") from None
+    alt = None if real else _alternatives(sc, args, res.summary)
     if args.json:
-        print(json.dumps(res.summary, indent=2, sort_keys=True))
+        print(json.dumps(res.summary if alt is None else {**res.summary, "alternatives": alt}, indent=2,
+                         sort_keys=True))
     else:
         s = res.summary
         p = s["provenance"]
@@ -220,6 +222,7 @@ def _predict(args: argparse.Namespace, real: bool) -> int:
                   f"{s['t_end_s']:.4g} s simulated ({s['measured_s']:.4g} s measured) in "
                   f"{p['wall_time_s']:.3g} s wall, {p['events_simulated']} events")
         print(_table(["metric", "value", "unit"], _summary_rows(s, sc)))
+        _print_alternatives(alt, sc, args)
         if args.out:
             print(f"wrote {args.out}")
     _say_notices(res.summary["provenance"]["notices"])
@@ -231,6 +234,37 @@ def _predict(args: argparse.Namespace, real: bool) -> int:
         print(f"warning: target {i} lost the draft server at {t:.3f} s and finished autoregressively",
               file=sys.stderr)
     return 0
+
+
+def _alternatives(sc, args: argparse.Namespace, own: dict | None) -> dict | None:
+    """The file as a star, decoding alone and with a draft per target (``starsim.alternatives``):
+    closed form, or simulated with ``--baselines``; ``own``: this file's simulated summary."""
+    from .alternatives import alternatives, variants
+
+    if sc.mode == "star" and sc.draft.fabric.failures:
+        return None  # a failing fabric is a study of failure, not a deployment to compare
+    try:
+        simulated = {sc.mode: own} if own is not None else {}
+        if getattr(args, "baselines", False):
+            from .sim import simulate
+
+            for mode, variant in variants(sc).items():
+                if mode not in simulated:
+                    simulated[mode] = simulate(variant).summary
+        return alternatives(sc, simulated)
+    except StarsimError as e:  # the file cannot be read as another mode (one line says why)
+        print(f"note: no alternatives for this file: {e}", file=sys.stderr)
+        return None
+
+
+def _print_alternatives(alt: dict | None, sc, args: argparse.Namespace) -> None:
+    from .alternatives import lines
+
+    if alt is None:
+        return
+    how = "simulated" if getattr(args, "baselines", False) else "closed form; --baselines simulates them"
+    print(f"\nalternatives (the same file as each mode, per GPU; {how}):")
+    print("\n".join(lines(alt, sc.mode)))
 
 
 def _say_notices(lines: list[str], prefix: str = "note: ") -> None:
@@ -276,71 +310,84 @@ def _why_apart(n: int, a: dict, s: dict, units: str, tolerance: float = 0.03) ->
     return f"{err}: beyond the closed form's assumptions (see `starsim analyze` without --n)"
 
 
-def cmd_analyze(args: argparse.Namespace) -> int:
+def _analyze_over_n(args: argparse.Namespace, base) -> int:
+    """``analyze --n``: the closed form (and the simulator, with --compare) over target counts,
+    each target on its own unit unless --keep-pool."""
     from .analytic import analyze
     from .notices import own_units, shared_units
     from .scenario import load_scenario
     from .sim import simulate
 
+    if len(base.targets) != 1:
+        raise ScenarioError(args.file, [("targets", "--n needs exactly one target group")])
+    ns = _parse_ns(args.n)
+    headers = ["N", "U analytic", "N*", "gap ms", "tok/s", "cycle ms"]
+    if args.compare:
+        headers += ["U sim", "U err", "tok/s sim", "tok/s err"]
+    headers.insert(1, "units")
+    rows, out, grown, kept, whys = [], [], {}, [], []
+    for n in ns:
+        sets = [*args.set, f"targets.0.count={n}"]
+        sc = load_scenario(args.file, sets)
+        more = own_units(sc)
+        if more and not args.keep_pool:  # the closed form gives each target its own unit: so does the simulator
+            sc = load_scenario(args.file, [*sets, *(f"{k}={v}" for k, v in more.items())])
+            grown.update({k: max(v, grown.get(k, 0)) for k, v in more.items()})
+        elif more:
+            kept.append(n)
+        a = analyze(sc)
+        units = "shared" if shared_units(sc) else "own"
+        row = [str(n), units, _fmt(a["draft_utilization"], 100), _fmt(a["n_saturation"]),
+               _fmt(a["draft_idle_gap_mean_s"], 1e3), _fmt(a["throughput_tokens_per_s"]),
+               _fmt(a["per_target"][0]["cycle_s"], 1e3)]
+        rec = {"n": n, "units": units, "overrides": sets[len(args.set):] + [f"{k}={v}" for k, v in more.items()
+                                                                             if not args.keep_pool],
+               "analytic": a}
+        if args.compare:
+            s = simulate(sc).summary
+            rec["sim"] = s
+            for k in ("draft_utilization", "throughput_tokens_per_s"):
+                scale = 100 if k == "draft_utilization" else 1
+                row += [_fmt(s[k], scale), f"{100 * (a[k] - s[k]) / s[k]:+.2f}%" if s[k] else "-"]
+            why = _why_apart(n, a, s, units)
+            if why:
+                whys.append(why)
+        rows.append(row)
+        out.append(rec)
+    if args.json:
+        print(json.dumps(out, indent=2, sort_keys=True, default=str))
+    else:
+        print(f"{base.name}: closed form vs N (U in %, N* = saturating number of targets)")
+        print(_table(headers, rows))
+    for why in whys:
+        print(f"# {why}", file=sys.stderr)
+    if grown:
+        print(f"# units: one per target, as the closed form assumes: {', '.join(grown)} raised up to "
+              f"{max(grown.values())} where N outgrows the file's pool (--keep-pool keeps the file's pool)",
+              file=sys.stderr)
+    if kept:
+        print(f"# units: the file's pool (--keep-pool): at N = {', '.join(map(str, kept))} targets share units, "
+              "which the simulator takes turns on and the closed form does not model (each target its own)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analytic import analyze
+    from .notices import notices
+    from .scenario import load_scenario
+    from .sim import simulate
+
     base = load_scenario(args.file, args.set)
     if args.n:
-        if len(base.targets) != 1:
-            raise ScenarioError(args.file, [("targets", "--n needs exactly one target group")])
-        ns = _parse_ns(args.n)
-        headers = ["N", "U analytic", "N*", "gap ms", "tok/s", "cycle ms"]
-        if args.compare:
-            headers += ["U sim", "U err", "tok/s sim", "tok/s err"]
-        headers.insert(1, "units")
-        rows, out, grown, kept, whys = [], [], {}, [], []
-        for n in ns:
-            sets = [*args.set, f"targets.0.count={n}"]
-            sc = load_scenario(args.file, sets)
-            more = own_units(sc)
-            if more and not args.keep_pool:  # the closed form gives each target its own unit: so does the simulator
-                sc = load_scenario(args.file, [*sets, *(f"{k}={v}" for k, v in more.items())])
-                grown.update({k: max(v, grown.get(k, 0)) for k, v in more.items()})
-            elif more:
-                kept.append(n)
-            a = analyze(sc)
-            units = "shared" if shared_units(sc) else "own"
-            row = [str(n), units, _fmt(a["draft_utilization"], 100), _fmt(a["n_saturation"]),
-                   _fmt(a["draft_idle_gap_mean_s"], 1e3), _fmt(a["throughput_tokens_per_s"]),
-                   _fmt(a["per_target"][0]["cycle_s"], 1e3)]
-            rec = {"n": n, "units": units, "overrides": sets[len(args.set):] + [f"{k}={v}" for k, v in more.items()
-                                                                                 if not args.keep_pool],
-                   "analytic": a}
-            if args.compare:
-                s = simulate(sc).summary
-                rec["sim"] = s
-                for k in ("draft_utilization", "throughput_tokens_per_s"):
-                    scale = 100 if k == "draft_utilization" else 1
-                    row += [_fmt(s[k], scale), f"{100 * (a[k] - s[k]) / s[k]:+.2f}%" if s[k] else "-"]
-                why = _why_apart(n, a, s, units)
-                if why:
-                    whys.append(why)
-            rows.append(row)
-            out.append(rec)
-        if args.json:
-            print(json.dumps(out, indent=2, sort_keys=True, default=str))
-        else:
-            print(f"{base.name}: closed form vs N (U in %, N* = saturating number of targets)")
-            print(_table(headers, rows))
-        for why in whys:
-            print(f"# {why}", file=sys.stderr)
-        if grown:
-            print(f"# units: one per target, as the closed form assumes: {', '.join(grown)} raised up to "
-                  f"{max(grown.values())} where N outgrows the file's pool (--keep-pool keeps the file's pool)",
-                  file=sys.stderr)
-        if kept:
-            print(f"# units: the file's pool (--keep-pool): at N = {', '.join(map(str, kept))} targets share units, "
-                  "which the simulator takes turns on and the closed form does not model (each target its own)",
-                  file=sys.stderr)
-        return 0
-
+        return _analyze_over_n(args, base)
     a = analyze(base)
     s = simulate(base).summary if args.compare else None
+    alt = _alternatives(base, args, s)
     if args.json:
-        print(json.dumps({"analytic": a, "sim": s} if s else a, indent=2, sort_keys=True, default=str))
+        out = {"analytic": a, "sim": s} if s else a
+        print(json.dumps(out if alt is None else {**out, "alternatives": alt}, indent=2, sort_keys=True,
+                         default=str))
         return 0
     print(f"{base.name}: closed form, mode {base.mode}, {a['n_targets']} targets")
     headers = ["metric", "closed form"] + (["simulated", "closed vs sim"] if s else []) + ["unit"]
@@ -358,6 +405,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
           _fmt(p["tpot_s"], 1e3), _fmt(p["tokens_per_s"])] for p in a["per_target"]],
     ))
     print("assumptions: " + "; ".join(a["assumptions"]))
+    _print_alternatives(alt, base, args)
+    _say_notices(notices(base))
     return 0
 
 
@@ -395,34 +444,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="starsim",
-        description="Predict, measure and explain one-for-many speculative decoding (StarSD).",
-    )
-    p.add_argument("--version", action="version", version=f"starsim {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+def _scenario_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("file", help="scenario YAML")
+    sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a field, e.g. --set targets.0.count=8 (repeatable)")
 
-    def scenario_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("file", help="scenario YAML")
-        sp.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a field, e.g. --set targets.0.count=8 (repeatable)")
 
-    def run_args(sp: argparse.ArgumentParser) -> None:  # what run and execute both write
-        scenario_args(sp)
-        sp.add_argument("--out", type=Path, help="write the run directory here")
-        sp.add_argument("--csv", action="store_true", help="tables as CSV instead of Parquet")
-        sp.add_argument("--no-trace", action="store_true", help="do not write trace.json")
-        sp.add_argument("--trace-s", type=seconds, default=20.0,
-                        help="seconds of trace.json after warm-up (default 20)")
-        sp.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+def _run_args(sp: argparse.ArgumentParser) -> None:  # what run and execute both write
+    _scenario_args(sp)
+    sp.add_argument("--out", type=Path, help="write the run directory here")
+    sp.add_argument("--csv", action="store_true", help="tables as CSV instead of Parquet")
+    sp.add_argument("--no-trace", action="store_true", help="do not write trace.json")
+    sp.add_argument("--trace-s", type=seconds, default=20.0,
+                    help="seconds of trace.json after warm-up (default 20)")
+    sp.add_argument("--json", action="store_true", help="print summary.json instead of a table")
 
-    r = sub.add_parser("run", help="simulate a scenario (SimPy) and summarize it")
-    run_args(r)
+
+BASELINES_HELP = ("simulate the file's alternatives too (autoregressive and one_for_one, or the star; same seed), "
+                  "not only their closed form")
+
+
+def _run_parsers(sub) -> None:
+    """run, execute, acceptance and validate: a scenario's runs."""
+    r = sub.add_parser("run", help="simulate a scenario (SimPy) and summarize it, beside its alternatives")
+    _run_args(r)
+    r.add_argument("--baselines", action="store_true", help=BASELINES_HELP)
     r.set_defaults(func=cmd_run)
 
     x = sub.add_parser("execute", help="run a scenario for real: draft server + target processes over TCP (torch)")
-    run_args(x)
+    _run_args(x)
     x.set_defaults(func=cmd_execute)
 
     m = sub.add_parser("acceptance", help="write the per-position acceptance a run measured, for scenarios")
@@ -430,12 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", type=Path, help="curve file to write (default RUN_DIR/acceptance.yaml)")
     m.set_defaults(func=cmd_acceptance)
 
-    from .report.commands import add_parsers as add_report
-
-    add_report(sub)
-
     v = sub.add_parser("validate", help="closed form, simulation and a real run of a scenario, and the errors (torch)")
-    scenario_args(v)
+    _scenario_args(v)
     v.add_argument("--sweep", metavar="FIELD=V1,V2,...", help="one point per value, e.g. targets.0.count=1,2,3,4")
     v.add_argument("--out", type=Path, help="write validation.{md,csv,json} and each point's run directories here")
     v.add_argument("--acceptance", choices=["real", "scenario"], default="real",
@@ -448,9 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print validation.json instead of the table")
     v.set_defaults(func=cmd_validate)
 
+
+def _scenario_parsers(sub) -> None:
+    """analyze, check and schema: a scenario without a run."""
     a = sub.add_parser("analyze", help="closed-form predictions (optionally beside the simulation)")
-    scenario_args(a)
+    _scenario_args(a)
     a.add_argument("--compare", action="store_true", help="also simulate and show the difference")
+    a.add_argument("--baselines", action="store_true", help=BASELINES_HELP)
     a.add_argument("--n", help="a table over target counts, e.g. 1-8 or 1,2,4,8 (one target group); where N "
                    "outgrows the file's pool, the pool grows to one unit per target (as the closed form assumes)")
     a.add_argument("--keep-pool", action="store_true",
@@ -459,18 +509,30 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_analyze)
 
     c = sub.add_parser("check", help="validate a scenario and print it resolved")
-    scenario_args(c)
+    _scenario_args(c)
     c.set_defaults(func=cmd_check)
 
     s = sub.add_parser("schema", help="print the scenario JSON schema")
     s.set_defaults(func=cmd_schema)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="starsim",
+        description="Predict, measure and explain one-for-many speculative decoding (StarSD).",
+    )
+    p.add_argument("--version", action="version", version=f"starsim {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
     from .calibrate.commands import add_parsers as add_calibrate
     from .plan.commands import add_parsers as add_plan
     from .real.commands import add_parsers as add_models
     from .real.commands import add_server_parsers
+    from .report.commands import add_parsers as add_report
     from .sweep.commands import add_parsers as add_sweep
 
+    _run_parsers(sub)
+    add_report(sub)
+    _scenario_parsers(sub)
     add_sweep(sub)
     add_plan(sub)
     add_calibrate(sub)

@@ -70,6 +70,8 @@ class Device(_Model):
 
     type: str = Field("generic", description="free-text label, e.g. A100-80GB or cpu")
     count: int = Field(1, ge=1, le=MAX_UNITS, description="number of identical units in the pool")
+    gpus: int = Field(1, ge=1, le=4096, description="accelerators one unit holds (e.g. 8 for a tensor-parallel-8 "
+                      "target): what per-GPU answers count")
     cores: int | None = Field(
         None,
         ge=1,
@@ -1016,6 +1018,20 @@ def validate_scenario(data: Any, source: str = "<scenario>", base_dir: str | Pat
         return Scenario.model_validate(data, context={"base_dir": str(base_dir), "profiles": profiles})
     except ValidationError as err:
         raise ScenarioError(source, _problems(err, data)) from None
+
+
+def as_mode(scenario: Scenario, mode: str) -> Scenario:
+    """The same scenario in another mode (a baseline of it): outside a star, the draft
+    server's own features (``SERVER_ONLY``) are off; everything else, pools included, stays."""
+    data = scenario.to_dict()
+    data["mode"] = mode
+    if mode != "star":
+        d = data["draft"]
+        d["fabric"].update(servers=1, failures=[])
+        d["adaptive"]["policy"] = "fixed"
+        d["pipeline"] = False
+        d["batch"]["max"] = 1
+    return validate_scenario(data, source=f"{scenario.name} as {mode}")
 
 
 def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,

@@ -171,7 +171,8 @@ def test_scenario_reference_has_every_field_description():
         scenario.Link, scenario.LinkDirection, scenario.Payload, scenario.ClosedLoop, scenario.Poisson,
         scenario.GammaArrivals, scenario.TraceReplay, scenario.Real, scenario.StopDraft, scenario.KillTarget,
         scenario.PretrainedModel, scenario.SpecModel,
-        scenario.Fabric, scenario.DraftFailure, scenario.Adaptive, acceptance.Phase, acceptance.Phases, acceptance.Ranked,
+        scenario.Fabric, scenario.DraftFailure, scenario.Adaptive, acceptance.Phase, acceptance.Phases,
+        acceptance.Ranked,
         distributions.Linear, distributions.Profile,
     ]
     for model in models:

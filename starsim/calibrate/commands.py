@@ -327,6 +327,38 @@ def cmd_stack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_parser(csub) -> None:
+    """``calibrate import``'s options."""
+    im = csub.add_parser("import", help="profiles from a measured GPU kernel database (no GPU needed)")
+    im.add_argument("source", choices=["aiconfigurator"],
+                    help="aiconfigurator: NVIDIA's aiconfigurator-core database (pip install -e '.[gpu-db]')")
+    im.add_argument("--list", action="store_true", help="systems, backends and their data versions, bundled models")
+    im.add_argument("--spec", help="model spec name (models/specs, see --list), spec file, or local HF model dir")
+    im.add_argument("--target", help="instead of --spec: a bundled model config to verify with (see --list), "
+                    "e.g. Qwen/Qwen3-8B")
+    im.add_argument("--draft", help="with --target: a bundled model config to draft with, or eagle (a one-layer "
+                    "EAGLE head at the target's width)")
+    im.add_argument("--tree", action="append", metavar="K,D,T",
+                    help="price the draft's rounds for this tree TOP_K,DEPTH,TOKENS instead of the spec's; "
+                    "repeat (or separate with ;) for several trees, one draft profile each")
+    im.add_argument("--system", help="GPU system, e.g. h100_sxm, h200_sxm, a100_sxm, b200_sxm (see --list)")
+    im.add_argument("--backend", default="vllm", help="serving backend whose kernels were measured: vllm, "
+                    "sglang or trtllm (default vllm)")
+    im.add_argument("--backend-version", help="data version slot: current (default), previous, next or a literal")
+    im.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs of the target (default 1)")
+    im.add_argument("--draft-tp", type=int, default=1, help="tensor-parallel GPUs of the draft (default 1)")
+    im.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "fp8"],
+                    help="weights and activations (float16 is priced with the bfloat16 tables; default bfloat16)")
+    im.add_argument("--overhead-us", type=float, default=0.0,
+                    help="fixed cost per forward pass in microseconds (launches, scheduler, sampler), added to "
+                    "the kernel-only times and recorded in the profile (default 0)")
+    im.add_argument("--roles", default="target,draft", help="target,draft (default both)")
+    im.add_argument("--grid", choices=["default", "quick"], default="default", help="quick: a coarse smoke grid")
+    im.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"profile directory (default {DEFAULT_OUT})")
+    im.add_argument("--verbose", action="store_true", help="one line per op")
+    im.set_defaults(func=cmd_import)
+
+
 def add_parsers(sub) -> None:
     cal = sub.add_parser("calibrate", help="measure latency profiles on this hardware (torch)")
     csub = cal.add_subparsers(dest="calibrate_command", metavar="WHAT")
@@ -374,34 +406,7 @@ def add_parsers(sub) -> None:
     st.add_argument("--out", type=Path, help="write the result as YAML to this file")
     st.set_defaults(func=cmd_stack)
 
-    im = csub.add_parser("import", help="profiles from a measured GPU kernel database (no GPU needed)")
-    im.add_argument("source", choices=["aiconfigurator"],
-                    help="aiconfigurator: NVIDIA's aiconfigurator-core database (pip install -e '.[gpu-db]')")
-    im.add_argument("--list", action="store_true", help="systems, backends and their data versions, bundled models")
-    im.add_argument("--spec", help="model spec name (models/specs, see --list), spec file, or local HF model dir")
-    im.add_argument("--target", help="instead of --spec: a bundled model config to verify with (see --list), "
-                    "e.g. Qwen/Qwen3-8B")
-    im.add_argument("--draft", help="with --target: a bundled model config to draft with, or eagle (a one-layer "
-                    "EAGLE head at the target's width)")
-    im.add_argument("--tree", action="append", metavar="K,D,T",
-                    help="price the draft's rounds for this tree TOP_K,DEPTH,TOKENS instead of the spec's; "
-                    "repeat (or separate with ;) for several trees, one draft profile each")
-    im.add_argument("--system", help="GPU system, e.g. h100_sxm, h200_sxm, a100_sxm, b200_sxm (see --list)")
-    im.add_argument("--backend", default="vllm", help="serving backend whose kernels were measured: vllm, "
-                    "sglang or trtllm (default vllm)")
-    im.add_argument("--backend-version", help="data version slot: current (default), previous, next or a literal")
-    im.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs of the target (default 1)")
-    im.add_argument("--draft-tp", type=int, default=1, help="tensor-parallel GPUs of the draft (default 1)")
-    im.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "fp8"],
-                    help="weights and activations (float16 is priced with the bfloat16 tables; default bfloat16)")
-    im.add_argument("--overhead-us", type=float, default=0.0,
-                    help="fixed cost per forward pass in microseconds (launches, scheduler, sampler), added to "
-                    "the kernel-only times and recorded in the profile (default 0)")
-    im.add_argument("--roles", default="target,draft", help="target,draft (default both)")
-    im.add_argument("--grid", choices=["default", "quick"], default="default", help="quick: a coarse smoke grid")
-    im.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"profile directory (default {DEFAULT_OUT})")
-    im.add_argument("--verbose", action="store_true", help="one line per op")
-    im.set_defaults(func=cmd_import)
+    _import_parser(csub)
 
     rf = csub.add_parser("refit", help="fit profiles again from their stored measurements (no timing)")
     rf.add_argument("profiles", type=Path, nargs="+", help="profile files, rewritten in place")
