@@ -15,7 +15,7 @@ from typing import Any
 
 from .errors import ScenarioError, StarsimError
 from .flags import output_dir, output_file, seconds
-from .metric_display import displays
+from .metric_display import displays, shown
 from .version import __version__
 
 EXIT_BAD_INPUT = 2
@@ -52,7 +52,7 @@ def _fmt(v: Any, scale: float = 1.0) -> str:
         return "-"
     if isinstance(v, bool):
         return str(v)
-    x = v * scale
+    x = shown(v, scale)
     if isinstance(v, int) and scale == 1.0:
         return f"{v:d}"
     if x == float("inf"):
@@ -396,7 +396,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     print(f"draft load sum(d/T) = {a['draft_load']:.4g}; saturates at N* = {_fmt(a['n_saturation'])} targets"
           + ("; SATURATED: the draft is the bottleneck" if a["saturated"] else ""))
     if a.get("draft_utilization_mva") is not None:
-        print(f"exponential draft times (MVA) would give U = {100 * a['draft_utilization_mva']:.4g}%")
+        print(f"exponential draft times (MVA) would give U = {100 * a['draft_utilization_mva']:.4g}%: the two ends, "
+              "constant times (the closed form above) and exponential ones (MVA); the simulator draws the file's own "
+              "distributions and is the one to use where they differ (--compare)")
     print(_table(
         ["target", "draft ms", "link ms", "verify ms", "cycle alone ms", "cycle ms", "TPOT below sat. ms",
          "TPOT ms", "tok/s"],

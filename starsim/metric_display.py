@@ -45,6 +45,14 @@ DISPLAY: dict[str, Display] = {d.key: d for d in (
 )}
 
 
+RESIDUE = 1e-9  # below this, in SI units, a value is arithmetic residue (a saturated draft's idle ratio: ~1e-14)
+
+
+def shown(v: float, scale: float = 1.0) -> float:
+    """A value as every table shows it: ``v * scale``, residue as an exact 0 (not 9.975e-13 %)."""
+    return 0.0 if abs(v) < RESIDUE else v * scale
+
+
 def displays(*keys: str) -> list[Display]:
     return [DISPLAY[k] for k in keys]
 

@@ -70,6 +70,12 @@ def runs_title(what: str, runs: list[Run]) -> str:
     return "\n".join(textwrap.wrap(f"{what}: {names}", 130))
 
 
+def _legend(text: str, width: int = 60) -> str:
+    """A legend entry wrapped to lines of ``width``: a long run name is folded, never cut off
+    at the figure's edge."""
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
 def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
@@ -254,7 +260,12 @@ def idle_gap_hist_cdf(runs: list[Run]) -> Figure:
             continue
         pos = np.sort(g[g > 0])
         zero = 1.0 - pos.size / g.size
-        label = f"{run.display}: {g.size:,} gaps, {100 * zero:.0f}% zero"
+        label = _legend(f"{run.display}: {g.size:,} gaps, {100 * zero:.0f}% zero")
+        if not pos.size:  # nothing to draw on a log axis: say why in the legend instead of leaving it out
+            util = run.summary.get("draft_utilization")
+            why = (f"the draft ran back to back (utilization {100 * util:.1f}%: saturated)"
+                   if util is not None and util > 0.999 else "every task started as the last ended")
+            ax_h.plot([], [], color=color, label=_legend(f"{run.display}: no gap above zero: {why}"))
         if pos.size:
             ax_h.hist(pos, bins=bins, weights=np.full(pos.size, 1.0 / g.size), histtype="step", lw=1.8,
                       color=color, label=label)
@@ -265,10 +276,11 @@ def idle_gap_hist_cdf(runs: list[Run]) -> Figure:
         mean = run.summary.get("draft_idle_gap_mean_s")
         if mean:
             ax_c.axvline(mean * 1e3, color=color, ls=":", lw=1.3,
-                         label=f"mean {mean * 1e3:.3g} ms ({run.label})")
+                         label=_legend(f"mean {mean * 1e3:.3g} ms ({run.label})"))
     if not pos_all.size:
-        _no_data(ax_h, "no idle gaps above zero")
-        _no_data(ax_c, "no idle gaps above zero")
+        why = "no idle gaps above zero: the draft never idled (saturated: every task began as the last ended)"
+        _no_data(ax_h, "\n".join(textwrap.wrap(why, 50)))
+        _no_data(ax_c, "\n".join(textwrap.wrap(why, 50)))
     for ax in (ax_h, ax_c):
         ax.set_xscale("log")
         ax.set_xlabel("draft idle gap (ms, log scale)")
@@ -393,7 +405,8 @@ def scaling(runs: list[Run], notes: list[str] | None = None) -> Figure:
             marker = SOURCE_MARKERS.get(run.source, "s")
             u, tp = run.summary.get("draft_utilization"), run.summary.get("throughput_tokens_per_s")
             # one legend entry per family and source: a sweep's points read as one series
-            label = None if run.source in labelled else (f"{fam} ({run.source})" if len(members) > 1 else run.display)
+            label = None if run.source in labelled else _legend(f"{fam} ({run.source})" if len(members) > 1
+                                                                else run.display)
             labelled.add(run.source)
             kw = {"color": color, "marker": marker, "ms": 9, "ls": "none", "mec": "black", "mew": 0.8,
                   "label": label}
@@ -567,10 +580,10 @@ def draft_memory(runs: list[Run]) -> Figure:
         evicted = run.summary.get("draft_evictions")
         extra = f", {evicted} evictions" if evicted else ""
         ax.step(t, held / 1e6, where="post", color=color, lw=1.2,
-                label=f"{run.display}: peak {held.max() / 1e6:.4g} MB{extra}")
+                label=_legend(f"{run.display}: peak {held.max() / 1e6:.4g} MB{extra}"))
         cap = ((run.scenario or {}).get("draft") or {}).get("memory_bytes")
         if cap:
-            ax.axhline(cap / 1e6, color=color, ls="--", lw=1, label=f"{run.display}: draft.memory_bytes")
+            ax.axhline(cap / 1e6, color=color, ls="--", lw=1, label=_legend(f"{run.display}: draft.memory_bytes"))
     if not drawn:
         _no_data(ax, "no draft KV bytes recorded (kv_bytes_per_token 0, or no draft)")
     else:

@@ -7,7 +7,7 @@ import base64
 from html import escape
 from typing import Any
 
-from ..metric_display import DISPLAY, header
+from ..metric_display import DISPLAY, header, shown
 from .data import Run
 
 CSS = """
@@ -45,7 +45,7 @@ def _num(v: Any, scale: float = 1.0, fmt: str = "{:.4g}") -> str:
     if v is None or isinstance(v, bool):
         return "-" if v is None else str(v)
     try:
-        return fmt.format(float(v) * scale)
+        return fmt.format(shown(float(v), scale))
     except (TypeError, ValueError):
         return escape(str(v))
 
