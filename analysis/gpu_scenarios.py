@@ -108,6 +108,7 @@ targets:
 acceptance:
   kind: marginal
   curve: {curve}
+  tree: {{top_k: {t.top_k}, depth: {t.depth}, tokens: {t.tokens}}}   # the tree the curve is assumed for
 
 {MTBENCH_LIKE_WORKLOAD}"""
 

@@ -67,6 +67,24 @@ class Shape(NamedTuple):
         return f"(top_k {self.top_k}, depth {self.depth}, {self.tokens} tokens)"
 
 
+class CurveTree(BaseModel):
+    """The tree a per-depth curve belongs to (measured or assumed on)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    top_k: int = Field(ge=1)
+    depth: int = Field(ge=1)
+    tokens: int = Field(ge=1)
+
+
+def _other_tree(field: str, tree: CurveTree | None, shape: Shape) -> list[str]:
+    """A curve of ``tree`` on a round of another tree: one line (nothing when it is the same or unknown)."""
+    if tree is None or (tree.top_k, tree.depth, tree.tokens) == tuple(shape):
+        return []
+    mine = Shape(tree.top_k, tree.depth, tree.tokens)
+    return [f"{field} belongs to tree {mine.label()} and this round drafts {Shape(*shape).label()}: a per-depth curve "
+            "does not follow the tree, so the round accepts as the other tree did (kind: ranked follows it)"]
+
+
 class _Acceptance(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -137,6 +155,8 @@ class Marginal(_Acceptance):
 
     kind: Literal["marginal"] = "marginal"
     curve: list[Prob] = Field(min_length=1)
+    tree: CurveTree | None = Field(None, description="the tree the curve was measured or assumed on (another tree "
+                                   "gets a one-line notice; null: not said)")
 
     @field_validator("curve")
     @classmethod
@@ -154,7 +174,8 @@ class Marginal(_Acceptance):
         return _fit(self.curve, shape.depth)
 
     def notices(self, shape):
-        return _depth_notices("acceptance.curve", len(self.curve), shape.depth)
+        return (_other_tree("acceptance.curve", self.tree, shape)
+                or _depth_notices("acceptance.curve", len(self.curve), shape.depth))
 
 
 class Conditional(_Acceptance):
@@ -162,6 +183,8 @@ class Conditional(_Acceptance):
 
     kind: Literal["conditional"]
     curve: list[Prob] = Field(min_length=1)
+    tree: CurveTree | None = Field(None, description="the tree the curve was measured or assumed on (another tree "
+                                   "gets a one-line notice; null: not said)")
 
     def marginal(self, shape):
         out, p = [], 1.0
@@ -171,7 +194,8 @@ class Conditional(_Acceptance):
         return _fit(out, shape.depth)
 
     def notices(self, shape):
-        return _depth_notices("acceptance.curve", len(self.curve), shape.depth)
+        return (_other_tree("acceptance.curve", self.tree, shape)
+                or _depth_notices("acceptance.curve", len(self.curve), shape.depth))
 
 
 class Geometric(_Acceptance):

@@ -204,5 +204,6 @@ def test_check_prints_each_notice_once(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     notes = [ln for ln in err if ln.startswith("# note: ")]
     assert len(notes) == 2
-    assert "acceptance.curve has 5 entries and the tree is 4 deep" in notes[0]
+    assert "acceptance.curve belongs to tree (top_k 10, depth 5, 59 tokens) and this round drafts (top_k 10, " \
+           "depth 4, 40 tokens)" in notes[0]
     assert notes[1].startswith("# note: devices.gpu: 2 of its 2 unit(s) are shared (6 roles, up to 3 on one")

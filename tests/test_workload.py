@@ -172,7 +172,7 @@ def test_scenario_reference_has_every_field_description():
         scenario.GammaArrivals, scenario.TraceReplay, scenario.Real, scenario.StopDraft, scenario.KillTarget,
         scenario.PretrainedModel, scenario.SpecModel,
         scenario.Fabric, scenario.DraftFailure, scenario.Adaptive, acceptance.Phase, acceptance.Phases,
-        acceptance.Ranked,
+        acceptance.Ranked, acceptance.Marginal,
         distributions.Linear, distributions.Profile,
     ]
     for model in models:
