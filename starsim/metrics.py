@@ -430,9 +430,11 @@ def summarize(records: Records) -> dict[str, Any]:
         "requests_unfinished": int(len(done) - done.sum()),
         "ttft_mean_s": _mean(ttft),
         "ttft_p99_s": _pct(ttft, 99),
+        "ttft_samples": int(len(ttft)),  # what the TTFT percentiles rest on: requests that arrived in the window
         "tpot_mean_s": _mean(tpot),
         "tpot_p50_s": _pct(tpot, 50),  # over the requests: a plan's objectives are on these
         "tpot_p99_s": _pct(tpot, 99),
+        "tpot_samples": int(len(tpot)),  # requests that arrived and finished in the window (over one token)
         "measured_s": _f(span),
         "t_end_s": _f(meta["t_end"]),
         "n_targets": len(meta.get("targets", [])),

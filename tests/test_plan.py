@@ -127,7 +127,7 @@ def test_the_command_prints_the_answer(tmp_path, capsys):
     p = _const_plan(tmp_path)
     assert main(["plan", str(p), "--out", str(tmp_path / "o"), "--quiet", "--jobs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "chosen:" in out and "limit:" in out and "vs autoregressive" in out
+    assert "recommended:" in out and "limit:" in out and "vs autoregressive" in out and "verdict:" in out
     a = json.loads((tmp_path / "o" / "plan.json").read_text())
     assert a["chosen"]["scenario"].endswith("chosen.yaml")
 
@@ -155,3 +155,170 @@ def test_a_plan_ranked_by_cost_prefers_the_cheaper_gpu(tmp_path):
     plan, base = load_plan(p)
     a = run_plan(plan, p, base, tmp_path / "out", workers=1, progress=False)
     assert a["chosen"]["draft_option"] == "cheap"
+
+
+# ---- the answer among stars and baselines, by the plan's own ranking
+
+# three contests on the constant-time star (tokens per round 4; verify 10 ms; link 1 or 4 ms each way):
+# - "o4o": every draft on the targets' GPU G: one draft per target (4 ms + 10 ms a round, no link, no
+#   draft GPU) beats any star per GPU;
+# - "star": the fast draft is on its own GPU D, the one on G is slow (12 ms): a star of 4 targets on
+#   one fast draft (16 ms a round, 5 GPUs) beats a slow draft per target (22 ms a round) per GPU;
+# - "cost": the same, ranked per cost with D priced at 3 G's: the star's draft GPU costs it the lead.
+CONTESTS = {
+    "o4o": {},
+    "star": {"drafts": [{"name": "fast", "gpu": "D"}, {"name": "slowg", "gpu": "G", "set": {"draft.time": 0.012}}]},
+    "cost": {"drafts": [{"name": "fast", "gpu": "D"}, {"name": "slowg", "gpu": "G", "set": {"draft.time": 0.012}}],
+             "rank": "throughput_per_cost", "cost_per_gpu_hour": {"G": 1.0, "D": 3.0}},
+}
+EXPECT = {"o4o": "one_for_one", "star": "star", "cost": "one_for_one"}
+
+
+def _contest_plan(tmp_path: Path, name: str) -> Path:
+    p = _const_plan(tmp_path, baselines=["autoregressive", "one_for_one"], **CONTESTS[name])
+    data = yaml.safe_load(p.read_text())
+    data["space"].update(targets=["1-4"], drafts=[1, 2])
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    return p
+
+
+def _every_deployment(plan, base) -> list[dict]:
+    """Every star candidate and every baseline (each mode, target option, co-located draft
+    option on the target's GPU, grid point, at every fleet size), each simulated whole."""
+    cost = plan.cost_per_gpu_hour
+    out = []
+    for fam in families(plan, base):
+        t, d = fam.target, fam.draft
+        ct, cd = t.gpus * cost.get(t.gpu, 0), d.gpus * cost.get(d.gpu, 0)
+        runs = [("star", n, m, n * t.gpus + m * d.gpus, n * ct + m * cd)
+                for n in plan.space.targets for m in plan.space.drafts if m <= n]
+        runs += [(mode, n, 1, n * t.gpus, n * ct) for mode in plan.baselines
+                 for n in plan.space.targets if mode != "one_for_one" or d.gpu == t.gpu]
+        for mode, n, m, gpus, price in runs:
+            s = simulate(candidate_scenario(fam, base, plan, n, m, mode=mode)).summary
+            x = s["throughput_tokens_per_s"]
+            out.append({"mode": mode, "target_option": t.name,
+                        "draft_option": None if mode == "autoregressive" else d.name, "targets": n, "drafts": m,
+                        "grid": tuple(fam.grid.values()), "meets": meets(s, plan)[0],
+                        "score": x / (gpus if plan.rank == "throughput_per_gpu" else price)})
+    return out
+
+
+_CONTESTS: dict[str, tuple] = {}
+
+
+def _contest(tmp_path_factory, name: str):
+    """(plan, output folder, answer, every deployment simulated) of a contest, run once per session."""
+    if name not in _CONTESTS:
+        d = tmp_path_factory.mktemp(f"contest-{name}")
+        p = _contest_plan(d, name)
+        plan, base = load_plan(p)
+        a = run_plan(plan, p, base, d / "out", workers=1, progress=False)
+        _CONTESTS[name] = (plan, d / "out", a, _every_deployment(plan, base))
+    return _CONTESTS[name]
+
+
+def _identity(e: dict) -> tuple:
+    """What a deployment is; a baseline's fleet size and grid aside (its targets run alone:
+    its score does not depend on them, the link is not on its path)."""
+    if e["mode"] != "star":
+        return e["mode"], e["target_option"], e["draft_option"]
+    return e["mode"], e["target_option"], e["draft_option"], e["targets"], e["drafts"], tuple(e["grid"])
+
+
+@pytest.mark.parametrize("name", list(CONTESTS))
+def test_the_recommended_answer_is_the_exhaustive_best_of_stars_and_baselines(tmp_path_factory, name):
+    plan, out, a, every = _contest(tmp_path_factory, name)
+    best = max((e for e in every if e["meets"]), key=lambda e: e["score"])
+    r = a["recommended"]
+    assert r["mode"] == best["mode"] == EXPECT[name]
+    got = {**r, "grid": tuple(r["grid"].values())}
+    assert _identity(got) == _identity(best)
+    assert r["score"] == pytest.approx(best["score"], rel=0.02)
+    assert r["meets"] and a["chosen"] == r and r["scenario"].endswith("chosen.yaml")
+    for b in a["baselines"]:  # never beaten by a baseline it printed
+        assert not b["meets"] or b["score"] <= r["score"] * (1 + 1e-9)
+    s = simulate(load_scenario(out / "chosen.yaml")).summary  # the written winner is what was judged
+    assert s["throughput_tokens_per_s"] == pytest.approx(r["throughput_tokens_per_s"], rel=0.02)
+    assert (out / "best_star.yaml").is_file() == (r["mode"] != "star")
+
+
+def test_with_throughput_per_cost_the_baselines_are_ranked_per_cost(tmp_path_factory, capsys):
+    plan, out, a, _ = _contest(tmp_path_factory, "cost")
+    per_gpu = _contest(tmp_path_factory, "star")[2]
+    assert per_gpu["recommended"]["mode"] == "star"  # per GPU the star wins; per cost the baseline
+    assert a["recommended"]["mode"] == "one_for_one"
+    for b in a["baselines"]:
+        assert b["price_per_hour"] == pytest.approx(b["gpus"] * 1.0)  # every target on G at 1 $/h
+        assert b["score"] == pytest.approx(b["throughput_tokens_per_s"] / b["price_per_hour"])
+    s = a["best_star"]
+    assert s["score"] == pytest.approx(s["throughput_tokens_per_s"] / s["price_per_hour"])
+    from starsim.plan.commands import format_answer
+
+    text = format_answer(a, plan.rank)
+    assert "tok/s per $/h" in text and "the best star's tok/s per $/h" in text
+
+
+def test_the_written_scenario_describes_the_candidate(tmp_path):
+    # targets of 2 GPUs each (tensor parallel): the pool says so
+    p = _const_plan(tmp_path, baselines=["autoregressive", "one_for_one"],
+                    targets=[{"name": "g2", "gpu": "G TP2", "gpus": 2}],
+                    drafts=[{"name": "fast", "gpu": "G TP2"}, {"name": "dd", "gpu": "D", "set": {"draft.time": 0.002}}])
+    data = yaml.safe_load(p.read_text())
+    data["space"] = {"targets": [2, 3], "drafts": [1]}
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan, base = load_plan(p)
+    a = run_plan(plan, p, base, tmp_path / "out", workers=1, progress=False)
+    r = a["recommended"]
+    assert r["mode"] == "one_for_one"  # the co-located draft: no link, no draft GPU
+    sc = load_scenario(tmp_path / "out" / "chosen.yaml")
+    assert sc.mode == "one_for_one"
+    assert sc.name == f"plan-const-one_for_one-g2x{r['targets']}" == r["name"]
+    assert sc.description.startswith(f"one_for_one: {r['targets']} targets on G TP2 (2 GPUs each), each with its own "
+                                     "draft (fast) on its GPU")
+    assert str(p) in sc.description
+    assert sc.devices["g"].type == "G TP2" and sc.devices["g"].gpus == 2
+    assert "unused" in sc.devices["d"].type
+    s = a["best_star"]  # the best star, written beside it
+    star = load_scenario(tmp_path / "out" / "best_star.yaml")
+    assert star.mode == "star" and s["scenario"].endswith("best_star.yaml")
+    assert star.name == f"plan-const-star-g2x{s['targets']}-draft-{s['draft_option']}x{s['drafts']}"
+    assert star.description.startswith(f"star: {s['targets']} targets on G TP2 (2 GPUs each), ")
+    assert star.devices["g"].type == "G TP2" and star.devices["d"].type == s["draft_gpu"]
+    for old in ("const", "gpu", "draft"):  # nothing of the base scenario's labels
+        assert old not in (sc.name, sc.devices["g"].type)
+
+
+def test_a_p99_objective_lengthens_the_deciding_runs_until_it_has_its_requests(tmp_path, capsys):
+    # 2 s measured: a few dozen requests; the floor (100) needs a longer window, which the answer says
+    p = _const_plan(tmp_path, baselines=["one_for_one"], set={"duration_s": 4.0, "warmup_s": 2.0},
+                    objectives={"tpot_p50_s": 0.0065, "ttft_p99_s": 1.0})
+    data = yaml.safe_load(p.read_text())
+    data["space"] = {"targets": [2], "drafts": [1]}
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["plan", str(p), "--out", str(tmp_path / "o"), "--quiet", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    a = json.loads((tmp_path / "o" / "plan.json").read_text())
+    r = a["recommended"]
+    assert r["tails"]["ttft_p99_s"]["samples"] >= 100 and r["ttft_samples"] >= 100
+    assert 1 < r["horizon_factor"] <= 8 and r["measured_s"] == pytest.approx(2.0 * r["horizon_factor"])
+    assert load_scenario(tmp_path / "o" / "chosen.yaml").duration_s == pytest.approx(2.0 + r["measured_s"])
+    assert f"TTFT p99 {1e3 * r['ttft_p99_s']:.0f} ms (from {r['ttft_samples']} requests)" in out
+    assert "x the plan's 2 s" in out
+    # capped at the plan's own window: the answer says the p99 is short
+    data["confirm"]["max_horizon"] = 1
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["plan", str(p), "--out", str(tmp_path / "o2"), "--quiet", "--jobs", "1"]) == 0
+    assert "FEWER than the 100 a p99 objective needs" in capsys.readouterr().out
+
+
+def test_plan_schema_describes_every_field(capsys):
+    assert main(["plan", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    models = [schema, *schema["$defs"].values()]
+    for m in models:
+        for k, v in m["properties"].items():
+            assert v.get("description"), (m.get("title"), k)
+    confirm = schema["$defs"]["Confirm"]["properties"]
+    assert {"batch", "max_sims", "slack", "keep", "frontier", "tail_samples", "max_horizon"} <= set(confirm)
+    assert main(["plan"]) == 2  # neither a file nor --schema

@@ -16,8 +16,11 @@ space:
 objectives: {tpot_p50_s: 0.012, tpot_p99_s: 0.02, ttft_p99_s: 1.0}
 rank: throughput_per_gpu                         # or throughput_per_cost (cost_per_gpu_hour needed)
 cost_per_gpu_hour: {H100 SXM: 2.5, A100 SXM: 1.4}   # what the user pays: given, never assumed
-baselines: [autoregressive, one_for_one]
+baselines: [autoregressive, one_for_one]        # ranked with the stars by `rank`
+confirm: {tail_samples: 100, max_horizon: 8}     # p99s judged on >= 100 requests (window up to 8x)
 ```
+
+``starsim plan --schema`` prints this file's JSON schema, every field described.
 
 A candidate is one target option, one draft option, a fleet size, a number of drafts and a
 point of the grid: the base scenario with those overrides (option ``set``, then the grid's,
@@ -48,18 +51,27 @@ class _M(BaseModel):
 class Option(_M):
     """A target GPU option or a draft candidate: a named bundle of scenario overrides."""
 
-    name: str = Field(min_length=1, description="label in the plan's tables")
-    gpu: str = Field(min_length=1, description="GPU type label (the key of cost_per_gpu_hour)")
-    gpus: int = Field(1, ge=1, le=4096, description="GPUs one instance uses (tensor parallel ranks)")
-    set: dict[str, Any] = Field(default_factory=dict, description="overrides on the base scenario for this option")
+    name: str = Field(min_length=1, description="short label in the plan's tables and the written scenario's name")
+    gpu: str = Field(min_length=1, description="GPU type label: the written scenario's device type, and the key of "
+                     "cost_per_gpu_hour")
+    gpus: int = Field(1, ge=1, le=4096, description="GPUs one instance uses (tensor parallel ranks): what per-GPU and "
+                      "per-cost answers count; the written scenario's devices.POOL.gpus")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides on the base scenario for this option "
+                                "(field path -> value, as `starsim run --set`): profiles, trees, acceptance")
 
 
 class Space(_M):
-    targets: list[int] = Field(min_length=1, description="fleet sizes: target instances in all (\"A-B\": a range)")
+    """What is searched: fleet sizes, draft counts and a grid of other scenario fields."""
+
+    targets: list[int] = Field(min_length=1, description="fleet sizes: target instances in all, each 1..4096, no "
+                               "repeats (\"A-B\": a range)")
     drafts: list[int] = Field([1], min_length=1,
-                              description="draft servers sharing the fleet (M for N; \"A-B\": a range)")
+                              description="draft servers sharing the fleet (M for N, target i on server i mod M; "
+                              "\"A-B\": a range); a count above the fleet size is skipped")
     grid: dict[str, list[Any]] = Field(default_factory=dict,
-                                       description="other scenario fields -> values, every combination")
+                                       description="other scenario fields (field path -> list of values), every "
+                                       "combination; not targets.0.count, draft.fabric.servers or mode (the plan "
+                                       "sets them)")
 
     @field_validator("targets", "drafts", mode="before")
     @classmethod
@@ -99,9 +111,16 @@ class Space(_M):
 
 
 class Objectives(_M):
-    tpot_p50_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="median time per output token")
-    tpot_p99_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="99th percentile of it")
-    ttft_p99_s: float | None = Field(None, gt=0, allow_inf_nan=False, description="99th percentile time to first token")
+    """Latency objectives (seconds) a deployment must meet in its simulation: at least one."""
+
+    tpot_p50_s: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                     description="median time per output token, over the requests (seconds)")
+    tpot_p99_s: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                     description="99th percentile of the time per output token, over the requests "
+                                     "(seconds); judged on at least confirm.tail_samples requests")
+    ttft_p99_s: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                     description="99th percentile time to first token (seconds); judged on at least "
+                                     "confirm.tail_samples requests")
 
     @model_validator(mode="after")
     def _some(self):
@@ -115,29 +134,55 @@ class Objectives(_M):
 
 
 class Confirm(_M):
-    batch: int = Field(8, ge=1, le=1024, description="candidates simulated per step, best closed-form bound first")
-    max_sims: int = Field(64, ge=1, le=100_000, description="at most this many simulations in the search")
+    """How the simulator confirms the closed form's bounds, and how long the deciding runs are."""
+
+    batch: int = Field(8, ge=1, le=1024, description="candidates taken per step of the search, best closed-form "
+                       "bound first (their distinct stars simulated in parallel)")
+    max_sims: int = Field(64, ge=1, le=100_000, description="at most this many star simulations in the search "
+                          "(the answer says when the cap stopped it)")
     slack: float = Field(0.05, ge=0, le=10, allow_inf_nan=False,
-                         description="margin on the closed form's bounds before a candidate is pruned")
+                         description="relative margin on the closed form's bounds: a candidate is infeasible when "
+                         "its TPOT bound exceeds an objective by more, and pruned when its throughput bound, raised "
+                         "by it, cannot enter the top `keep`")
     keep: int = Field(5, ge=1, le=1000, description="the search goes on until no bound left can enter the top "
                       "`keep` configurations it confirmed (classes of identical stars count once)")
-    frontier: int = Field(12, ge=0, le=1000, description="closed-form frontier points simulated besides the best")
+    frontier: int = Field(12, ge=0, le=1000, description="points of the closed-form frontier (ranking against TPOT) "
+                          "also simulated, besides the best bounds, for the figure and frontier.csv")
+    tail_samples: int = Field(100, ge=1, le=1_000_000, description="the fewest requests a p99 objective "
+                              "(tpot_p99_s, ttft_p99_s) may be judged on in the deciding runs: if the winner's run "
+                              "has fewer, every deciding run is simulated again with a longer measured window")
+    max_horizon: float = Field(8.0, ge=1, le=1000, allow_inf_nan=False, description="the deciding runs' measured "
+                               "window grows to at most this many times the plan's (set.duration_s less warm-up and "
+                               "cool-down); the answer says when a p99 is still short of tail_samples")
 
 
 class PlanFile(_M):
-    name: str = Field("plan", min_length=1)
-    description: str = ""
-    base: str = Field(description="the base scenario, relative to the plan file")
-    set: dict[str, Any] = Field(default_factory=dict, description="overrides on the base for every candidate")
-    targets: list[Option] = Field(min_length=1, description="the target's GPU options")
-    drafts: list[Option] = Field(min_length=1, description="the draft candidates")
-    space: Space
-    objectives: Objectives
-    rank: Literal["throughput_per_gpu", "throughput_per_cost"] = "throughput_per_gpu"
+    """A deployment question for ``starsim plan``: the base scenario, the target's GPU options,
+    the draft candidates, the space searched, the latency objectives and the ranking."""
+
+    name: str = Field("plan", min_length=1, description="the plan's label: output folder runs/plans/NAME, and the "
+                      "written scenarios' names (plan-NAME-MODE-...)")
+    description: str = Field("", description="free text, for people")
+    base: str = Field(description="the base scenario (workload, acceptance, links, payload), relative to the plan "
+                      "file; it must be mode: star")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides on the base for every candidate and "
+                                "baseline (field path -> value), e.g. {duration_s: 12, warmup_s: 2}")
+    targets: list[Option] = Field(min_length=1, description="the target's GPU options (each: name, gpu, gpus, set)")
+    drafts: list[Option] = Field(min_length=1, description="the draft candidates (each: name, gpu, gpus, set); "
+                                 "one_for_one baselines co-locate the ones whose gpu is the target's")
+    space: Space = Field(description="what is searched: space.targets, space.drafts, space.grid")
+    objectives: Objectives = Field(description="latency objectives every answer must meet (at least one)")
+    rank: Literal["throughput_per_gpu", "throughput_per_cost"] = Field(
+        "throughput_per_gpu", description="what the answer maximizes among deployments meeting the objectives, "
+        "stars and baselines alike: output tokens/s per GPU, or per $/h (cost_per_gpu_hour)")
     cost_per_gpu_hour: dict[str, float] = Field(default_factory=dict,
-                                                description="GPU label -> what one GPU-hour costs (given)")
-    baselines: list[Literal["autoregressive", "one_for_one"]] = ["autoregressive", "one_for_one"]
-    confirm: Confirm = Field(default_factory=Confirm)
+                                                description="GPU label (an option's gpu) -> what one GPU-hour costs, "
+                                                "as you pay it (given, never assumed); needed by throughput_per_cost")
+    baselines: list[Literal["autoregressive", "one_for_one"]] = Field(
+        ["autoregressive", "one_for_one"], description="deployments without a shared draft, simulated on the best "
+        "star's GPU budget for every target option and ranked with the stars: autoregressive (no speculation), "
+        "one_for_one (each target with its own draft on its GPU)")
+    confirm: Confirm = Field(default_factory=Confirm, description="the search's and the deciding runs' settings")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -162,9 +162,10 @@ def _cell(v: Any) -> Any:
 
 
 def candidate_scenario(fam: Family, base: Path, plan: PlanFile, targets: int, drafts: int,
-                       mode: str = "star") -> Scenario:
+                       mode: str = "star", extra: dict[str, Any] | None = None) -> Scenario:
     """The family's scenario for a fleet: ``targets`` instances, ``drafts`` servers (a
-    fabric, target i on server i mod M), pools grown to hold them."""
+    fabric, target i on server i mod M), pools grown to hold them; ``extra`` overrides
+    last (labels, a longer horizon)."""
     sc = fam.scenario
     over: dict[str, Any] = {**plan.set, **fam.overrides, "targets.0.count": targets}
     if mode != "star":  # a baseline has no draft server: the server's features do not apply
@@ -182,7 +183,22 @@ def candidate_scenario(fam: Family, base: Path, plan: PlanFile, targets: int, dr
     for pool, n in need.items():
         if sc.devices[pool].count < n:
             over[f"devices.{pool}.count"] = n
-    return load_scenario(base, over, fam.profiles)
+    return load_scenario(base, {**over, **(extra or {})}, fam.profiles)
+
+
+def pools(fam: Family) -> tuple[str, str]:
+    """The target's and the draft's device pools in the family's scenario."""
+    return parse_device_ref(fam.scenario.targets[0].device)[0], parse_device_ref(fam.scenario.draft.device)[0]
+
+
+def horizon(fam: Family, factor: float) -> dict[str, Any]:
+    """Overrides that make the measured window (duration less warm-up and cool-down)
+    ``factor`` times the plan's; none when the run is not bounded by ``duration_s``."""
+    sc = fam.scenario
+    if factor == 1 or sc.duration_s is None:
+        return {}
+    edges = sc.warmup_s + sc.cooldown_s
+    return {"duration_s": round(edges + (sc.duration_s - edges) * factor, 6)}
 
 
 def simulate_all(jobs: list[tuple[str, Scenario]], workers: int | None, ray: str | None,
