@@ -322,3 +322,55 @@ def test_plan_schema_describes_every_field(capsys):
     confirm = schema["$defs"]["Confirm"]["properties"]
     assert {"batch", "max_sims", "slack", "keep", "frontier", "tail_samples", "max_horizon"} <= set(confirm)
     assert main(["plan"]) == 2  # neither a file nor --schema
+
+
+def _tree_plan(tmp_path: Path, acceptance: dict | None) -> Path:
+    """The Qwen3 pair on H100, one draft option searched over two trees."""
+    pytest.importorskip("aiconfigurator_core")
+    base = REPO / "scenarios" / "gpu" / "qwen3-8b-qwen3-06b-h100_sxm.yaml"
+    plan = {"name": "trees", "base": str(base),
+            "set": {"duration_s": 8, "warmup_s": 1, "cooldown_s": 0,
+                    **({"acceptance": acceptance} if acceptance else {})},
+            "targets": [{"name": "h100", "gpu": "H100 SXM"}],
+            "drafts": [{"name": "h100", "gpu": "H100 SXM", "trees": [[10, 5, 59], [4, 4, 20]]}],
+            "space": {"targets": [2, 4], "drafts": [1]},
+            "objectives": {"tpot_p50_s": 0.05}, "baselines": ["autoregressive"],
+            "confirm": {"batch": 4, "max_sims": 20, "frontier": 0}}
+    p = tmp_path / "plan.yaml"
+    p.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return p
+
+
+def test_trees_are_an_axis_each_priced_and_accepting_as_its_shape(tmp_path):
+    """A draft option's trees become options of their own, each with its draft profile priced
+    for that tree (cheaper for the smaller tree) and, on a ranked acceptance, its own tokens
+    per round (fewer for the smaller tree)."""
+    ranked = {"kind": "ranked", "ranked": [[0.6, 0.15, 0.06, 0.03, 0.02], [0.7, 0.12, 0.04], [0.72, 0.1, 0.03]]}
+    p = _tree_plan(tmp_path, ranked)
+    plan, base = load_plan(p)
+    assert plan.size() == 2 * 2  # two trees, two fleet sizes
+    from starsim.plan.trees import expand
+
+    wide = expand(plan, base, tmp_path / "profiles")
+    assert [d.name for d in wide.drafts] == ["h100-t10-5-59", "h100-t4-4-20"]
+    fams = families(wide, base)
+    big, small = fams
+    assert small.scenario.draft.tree.tokens == 20 and big.scenario.draft.tree.tokens == 59
+    assert small.d < big.d and small.tokens_per_round < big.tokens_per_round
+    answer = run_plan(plan, p, base, tmp_path / "out", workers=1, progress=False)
+    assert answer["recommended"] is not None
+    assert sorted(x.name for x in (tmp_path / "out" / "profiles").glob("*.yaml")) == [
+        "qwen3-8b-qwen3-06b.draft.h100_sxm-vllm-tp1.bfloat16-tree10-5-59.yaml",
+        "qwen3-8b-qwen3-06b.draft.h100_sxm-vllm-tp1.bfloat16-tree4-4-20.yaml"]
+
+
+def test_a_tree_axis_needs_acceptance_that_follows_the_tree(tmp_path, capsys):
+    p = _tree_plan(tmp_path, None)  # the base's marginal curve: every tree would accept alike
+    assert main(["plan", str(p), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "drafts.0.trees: the base's acceptance (marginal) does not follow the tree" in err
+    bad = yaml.safe_load(p.read_text())
+    bad["drafts"][0]["trees"] = [[4, 4, 400]]
+    p.write_text(yaml.safe_dump(bad))
+    assert main(["plan", str(p), "--quiet"]) == 2
+    assert "tree [4, 4, 400]: tokens=400 exceeds the 340 nodes" in capsys.readouterr().err

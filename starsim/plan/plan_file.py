@@ -58,6 +58,27 @@ class Option(_M):
                       "per-cost answers count; the written scenario's devices.POOL.gpus")
     set: dict[str, Any] = Field(default_factory=dict, description="overrides on the base scenario for this option "
                                 "(field path -> value, as `starsim run --set`): profiles, trees, acceptance")
+    trees: list[list[int]] = Field(default_factory=list, description="drafts only: tree shapes [top_k, depth, "
+                                   "tokens] to search, each a draft option of its own whose draft profile is priced "
+                                   "for that tree on the fly (the option's `calibrate import aiconfigurator` profile, "
+                                   "re-run with --tree); the base's acceptance must follow the tree (kind: ranked, "
+                                   "or a measured file with a ranked table)")
+
+    @field_validator("trees")
+    @classmethod
+    def _shapes(cls, trees: list[list[int]]) -> list[list[int]]:
+        from ..scenario import Tree
+
+        for t in trees:
+            if len(t) != 3:
+                raise ValueError(f"a tree is [top_k, depth, tokens], got {t}")
+            try:
+                Tree(top_k=t[0], depth=t[1], tokens=t[2])
+            except ValidationError as e:
+                raise ValueError(f"tree {t}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        if len({tuple(t) for t in trees}) != len(trees):
+            raise ValueError("trees repeat")
+        return trees
 
 
 class Space(_M):
@@ -186,6 +207,8 @@ class PlanFile(_M):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if any(t.trees for t in self.targets):
+            raise ValueError("targets: only draft options have trees (a target verifies whatever tree it is sent)")
         for what, opts in (("targets", self.targets), ("drafts", self.drafts)):
             names = [o.name for o in opts]
             if len(set(names)) != len(names):
@@ -205,7 +228,8 @@ class PlanFile(_M):
     def size(self) -> int:
         """Candidates before pruning (fleet sizes with fewer targets than drafts are skipped)."""
         fleets = sum(1 for t, m in itertools.product(self.space.targets, self.space.drafts) if m <= t)
-        return len(self.targets) * len(self.drafts) * fleets * math.prod(len(v) for v in self.space.grid.values())
+        drafts = sum(max(1, len(d.trees)) for d in self.drafts)  # a draft option with trees: one per tree
+        return len(self.targets) * drafts * fleets * math.prod(len(v) for v in self.space.grid.values())
 
     def grid_points(self) -> list[dict[str, Any]]:
         keys = list(self.space.grid)
