@@ -374,3 +374,54 @@ def test_a_tree_axis_needs_acceptance_that_follows_the_tree(tmp_path, capsys):
     p.write_text(yaml.safe_dump(bad))
     assert main(["plan", str(p), "--quiet"]) == 2
     assert "tree [4, 4, 400]: tokens=400 exceeds the 340 nodes" in capsys.readouterr().err
+
+
+def test_an_offered_load_and_a_gpu_budget_bound_the_answer(tmp_path):
+    """throughput_tokens_per_s is a floor the answer must reach (a load to carry) and max_gpus a
+    ceiling on every deployment: no candidate over the budget is simulated, none under the load
+    meets the objectives, and the recommended one does both."""
+    p = _const_plan(tmp_path)
+    data = yaml.safe_load(p.read_text())
+    data["objectives"]["throughput_tokens_per_s"] = 800.0
+    data["max_gpus"] = 7
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan, base = load_plan(p)
+    answer = run_plan(plan, p, base, tmp_path / "out", workers=1, progress=False)
+    import pandas as pd
+
+    df = pd.read_parquet(tmp_path / "out" / "candidates.parquet")
+    assert not (df["gpus"] > 7).any() or (df.loc[df["gpus"] > 7, "status"] == "infeasible").all()
+    sim = df[df["status"] == "simulated"]
+    assert (sim.loc[sim["meets"].astype(bool), "throughput_tokens_per_s"] >= 800.0).all()
+    rec = answer["recommended"]
+    assert rec is not None and rec["gpus"] <= 7 and rec["throughput_tokens_per_s"] >= 800.0
+    assert answer["baseline_budget"]["gpus"] <= 7
+    ok, ratios = meets({"throughput_tokens_per_s": 400.0, "tpot_p50_s": 0.001}, plan)
+    assert not ok and ratios["throughput_tokens_per_s"] == pytest.approx(2.0)
+
+
+def test_a_co_located_draft_uses_no_gpu_of_its_own_and_takes_turns(tmp_path):
+    """A draft option with gpus 0 puts its servers on the targets' units (draft.device: g[0]):
+    its candidates count only the targets' GPUs, and its scenario shares units, which the
+    simulator takes turns on."""
+    from starsim.notices import shared_units
+
+    p = _const_plan(tmp_path)
+    data = yaml.safe_load(p.read_text())
+    data["drafts"] = [{"name": "own", "gpu": "G"}, {"name": "shared", "gpu": "G", "gpus": 0,
+                                                    "set": {"draft.device": "g[0]"}}]
+    data["space"] = {"targets": [2, 4], "drafts": [1]}
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan, base = load_plan(p)
+    fams = families(plan, base)
+    shared = next(f for f in fams if f.draft.name == "shared")
+    sc = candidate_scenario(shared, base, plan, 4, 1)
+    assert shared_units(sc) == {"g[0]": ["the draft server", "t-0"]}
+    from starsim.plan.search import bounds
+
+    df = bounds(plan, fams)
+    assert (df.loc[df["draft_option"] == "shared", "gpus"] == df.loc[df["draft_option"] == "shared", "targets"]).all()
+    data["drafts"][1]["set"] = {}
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(Exception, match="gpus 0 \\(co-located\\) needs set.draft.device"):
+        load_plan(p)

@@ -54,8 +54,10 @@ class Option(_M):
     name: str = Field(min_length=1, description="short label in the plan's tables and the written scenario's name")
     gpu: str = Field(min_length=1, description="GPU type label: the written scenario's device type, and the key of "
                      "cost_per_gpu_hour")
-    gpus: int = Field(1, ge=1, le=4096, description="GPUs one instance uses (tensor parallel ranks): what per-GPU and "
-                      "per-cost answers count; the written scenario's devices.POOL.gpus")
+    gpus: int = Field(1, ge=0, le=4096, description="GPUs one instance uses (tensor parallel ranks): what per-GPU and "
+                      "per-cost answers count; the written scenario's devices.POOL.gpus. A draft option may say 0: "
+                      "its server shares a target's GPU (set draft.device to the target pool's unit, e.g. gpu[0]: "
+                      "server j on unit j, taking turns with the target there)")
     set: dict[str, Any] = Field(default_factory=dict, description="overrides on the base scenario for this option "
                                 "(field path -> value, as `starsim run --set`): profiles, trees, acceptance")
     trees: list[list[int]] = Field(default_factory=list, description="drafts only: tree shapes [top_k, depth, "
@@ -142,16 +144,23 @@ class Objectives(_M):
     ttft_p99_s: float | None = Field(None, gt=0, allow_inf_nan=False,
                                      description="99th percentile time to first token (seconds); judged on at least "
                                      "confirm.tail_samples requests")
+    throughput_tokens_per_s: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="an offered load the fleet must carry: output tokens per second "
+        "at least (your request rate x the mean output tokens); a deployment below it does not meet the objectives")
 
     @model_validator(mode="after")
     def _some(self):
-        if self.tpot_p50_s is None and self.tpot_p99_s is None and self.ttft_p99_s is None:
-            raise ValueError("give at least one objective: tpot_p50_s, tpot_p99_s or ttft_p99_s")
+        if all(v is None for v in self.model_dump().values()):
+            raise ValueError("give at least one objective: tpot_p50_s, tpot_p99_s, ttft_p99_s or "
+                             "throughput_tokens_per_s")
         return self
 
     def items(self) -> list[tuple[str, float]]:
         """(summary key, bound) of each objective given."""
         return [(k, v) for k, v in self.model_dump().items() if v is not None]
+
+
+AT_LEAST = ("throughput_tokens_per_s",)  # objectives that are floors, not ceilings
 
 
 class Confirm(_M):
@@ -204,9 +213,17 @@ class PlanFile(_M):
         "star's GPU budget for every target option and ranked with the stars: autoregressive (no speculation), "
         "one_for_one (each target with its own draft on its GPU)")
     confirm: Confirm = Field(default_factory=Confirm, description="the search's and the deciding runs' settings")
+    max_gpus: int | None = Field(None, ge=1, le=1_000_000, description="a GPU budget: no deployment (star or "
+                                 "baseline) uses more GPUs (null: no budget)")
 
     @model_validator(mode="after")
     def _consistent(self):
+        if any(t.gpus == 0 for t in self.targets):
+            raise ValueError("targets: a target option uses at least one GPU (gpus >= 1)")
+        for d in self.drafts:
+            if d.gpus == 0 and "draft.device" not in d.set:
+                raise ValueError(f"drafts {d.name}: gpus 0 (co-located) needs set.draft.device, a target pool's unit "
+                                 "(e.g. gpu[0]), where its servers share the targets' GPUs")
         if any(t.trees for t in self.targets):
             raise ValueError("targets: only draft options have trees (a target verifies whatever tree it is sent)")
         for what, opts in (("targets", self.targets), ("drafts", self.drafts)):

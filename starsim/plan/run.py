@@ -468,6 +468,8 @@ def run_plan(plan: PlanFile, plan_path: Path, base: Path, out: Path, workers: in
         star = _star(df, int(ok.sort_values(["score", "targets"], ascending=[False, True], kind="stable").index[0]),
                      fams)
     budget, whence = (star.gpus, "the best star's budget") if star else _budget(df, plan)
+    if plan.max_gpus is not None and budget > plan.max_gpus:
+        budget, whence = plan.max_gpus, "the plan's max_gpus"
     answer["baseline_budget"] = {"gpus": budget, "from": whence}
     base_deps = baseline_deployments(plan, fams, budget, star)
     rec = decide(([star] if star else []) + base_deps, plan, base, plan_path, workers, ray, say)

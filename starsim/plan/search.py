@@ -35,7 +35,7 @@ from ..errors import ScenarioError
 from ..scenario import SERVER_ONLY, ClosedLoop, Scenario, load_scenario, parse_device_ref
 from ..sweep.run import execute_points
 from ..sweep.sweep_file import Point
-from .plan_file import Option, PlanFile
+from .plan_file import AT_LEAST, Option, PlanFile
 
 
 @dataclass
@@ -132,7 +132,13 @@ def bounds(plan: PlanFile, fams: list[Family]) -> pd.DataFrame:
         df[key] = [_cell(fams[i].grid[key]) for i in f]
     slack = 1.0 + plan.confirm.slack
     tpot_bounds = [v for k, v in plan.objectives.items() if k.startswith("tpot")]
-    df["cf_feasible"] = df["cf_tpot_s"] <= (min(tpot_bounds) * slack if tpot_bounds else np.inf)
+    feasible = df["cf_tpot_s"] <= (min(tpot_bounds) * slack if tpot_bounds else np.inf)
+    load = plan.objectives.throughput_tokens_per_s
+    if load is not None:  # an offered load: the closed form bounds throughput from above
+        feasible &= df["cf_throughput_tokens_per_s"] * slack >= load
+    if plan.max_gpus is not None:
+        feasible &= df["gpus"] <= plan.max_gpus
+    df["cf_feasible"] = feasible
     return df
 
 
@@ -216,5 +222,8 @@ def meets(summary: dict[str, Any], plan: PlanFile) -> tuple[bool, dict[str, floa
     ratios = {}
     for key, bound in plan.objectives.items():
         v = summary.get(key)
-        ratios[key] = None if v is None or not math.isfinite(v) else v / bound
+        if v is None or not math.isfinite(v):
+            ratios[key] = None
+        else:  # a floor (a load to carry) is met when the value reaches it: bound / value <= 1
+            ratios[key] = (bound / v if v > 0 else math.inf) if key in AT_LEAST else v / bound
     return all(r is not None and r <= 1.0 for r in ratios.values()), ratios
