@@ -349,7 +349,7 @@ def test_trees_are_an_axis_each_priced_and_accepting_as_its_shape(tmp_path):
     p = _tree_plan(tmp_path, ranked)
     plan, base = load_plan(p)
     assert plan.size() == 2 * 2  # two trees, two fleet sizes
-    from starsim.plan.trees import expand
+    from starsim.plan.priced import expand
 
     wide = expand(plan, base, tmp_path / "profiles")
     assert [d.name for d in wide.drafts] == ["h100-t10-5-59", "h100-t4-4-20"]
@@ -425,3 +425,25 @@ def test_a_co_located_draft_uses_no_gpu_of_its_own_and_takes_turns(tmp_path):
     p.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(Exception, match="gpus 0 \\(co-located\\) needs set.draft.device"):
         load_plan(p)
+
+
+def test_a_per_forward_overhead_prices_every_profile_again(tmp_path):
+    """overhead_us re-prices each option's imported profiles with it: a draft round (one forward
+    a level) grows by depth x the overhead, a verify by one."""
+    pytest.importorskip("aiconfigurator_core")
+    p = _tree_plan(tmp_path, None)
+    data = yaml.safe_load(p.read_text())
+    data["drafts"][0].pop("trees")
+    data["overhead_us"] = 100
+    p.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan, base = load_plan(p)
+    from starsim.plan.priced import expand
+
+    plain = families(plan, base)[0]
+    (fam,) = families(expand(plan, base, tmp_path / "profiles"), base)
+    depth = fam.scenario.draft.tree.depth
+    assert fam.d - plain.d == pytest.approx(depth * 100e-6, rel=0.05)
+    assert fam.verify_s - plain.verify_s == pytest.approx(100e-6, rel=0.05)
+    names = sorted(x.name for x in (tmp_path / "profiles").glob("*.yaml"))
+    assert names == ["qwen3-8b-qwen3-06b.draft.h100_sxm-vllm-tp1.bfloat16-oh100us.yaml",
+                     "qwen3-8b-qwen3-06b.target.h100_sxm-vllm-tp1.bfloat16-oh100us.yaml"]

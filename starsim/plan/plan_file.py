@@ -215,6 +215,10 @@ class PlanFile(_M):
     confirm: Confirm = Field(default_factory=Confirm, description="the search's and the deciding runs' settings")
     max_gpus: int | None = Field(None, ge=1, le=1_000_000, description="a GPU budget: no deployment (star or "
                                  "baseline) uses more GPUs (null: no budget)")
+    overhead_us: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False, description="a per-forward host "
+                                      "overhead (launches, scheduler, sampler) in microseconds: every option's "
+                                      "`calibrate import aiconfigurator` profiles are priced again with it, as "
+                                      "--overhead-us does (null: the profiles' own)")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -39,8 +39,8 @@ import yaml
 
 from ..scenario import Scenario
 from .plan_file import PlanFile
+from .priced import expand as expand_priced
 from .search import Family, bounds, candidate_scenario, families, horizon, meets, pools, simulate_all
-from .trees import expand as expand_trees
 
 SIM_KEYS = ("throughput_tokens_per_s", "tpot_p50_s", "tpot_p99_s", "ttft_p99_s", "tpot_mean_s",
             "draft_utilization")
@@ -441,7 +441,7 @@ def run_plan(plan: PlanFile, plan_path: Path, base: Path, out: Path, workers: in
     from .plot import frontier_figure
 
     t0 = time.perf_counter()
-    plan = expand_trees(plan, base, out / "profiles", str(plan_path), say)  # a draft option per tree, priced
+    plan = expand_priced(plan, base, out / "profiles", str(plan_path), say)  # trees, an overhead: priced here
     with tqdm(total=len(plan.targets) * len(plan.drafts) * len(plan.grid_points()), desc="options",
               unit="family", disable=not progress) as bar:
         fams = families(plan, base, bar.update, str(plan_path))
