@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .analytic import analyze
+from .analytic import analyze, closed_form
 from .placement import place
 from .scenario import Scenario, as_mode, parse_device_ref
 
@@ -51,20 +51,26 @@ def option(scenario: Scenario, summary: dict[str, Any], source: str) -> Option:
                   summary.get("tpot_mean_s"), source)
 
 
-def break_even(star: dict[str, Any], alone: dict[str, Any], servers: int) -> int | None:
+def _per_target(star: dict[str, Any], servers: int, most: int) -> tuple[np.ndarray, np.ndarray]:
+    """N = 1..most identical targets (the first group's demands) on ``servers`` draft servers:
+    N, and each target's tokens per second by the closed form (``closed_form``)."""
+    p = star["per_target"][0]
+    d, z, m = p["draft_s"], p["cycle_alone_s"] - p["draft_s"], p["tokens_per_s"] * p["cycle_s"]
+    n = np.arange(1, most + 1)
+    return n, closed_form(np.ceil(n / servers), d, z, m)["per_target_tokens_per_s"]
+
+
+def break_even(star: dict[str, Any], alone: dict[str, Any], servers: int, most: int = 100_000) -> int | None:
     """The most targets a star's draft servers can feed before one target of the first group
-    gets fewer tokens per second than it would decoding alone (0: not even one; None: no
-    star). Identical targets, the closed form's cycle ``max(d + z, ceil(N / M) d)``."""
+    gets fewer tokens per second than it would decoding alone (0: not even one; None: no star,
+    or never within ``most``). Identical targets, the closed form."""
     if not star["per_target"]:
         return None
-    p, q = star["per_target"][0], alone["per_target"][0]
-    d, t_alone, m = p["draft_s"], p["cycle_alone_s"], p["tokens_per_s"] * p["cycle_s"]
-    if m / t_alone < q["tokens_per_s"]:
-        return 0
-    if d <= 0:
-        return None  # a free draft: never the bottleneck
-    per_server = math.floor(m / (d * q["tokens_per_s"]) + 1e-9)  # m / (k d) >= r_alone
-    return max(1, per_server) * servers
+    n, rate = _per_target(star, servers, most)
+    fine = rate >= alone["per_target"][0]["tokens_per_s"] * (1 - 1e-12)
+    if fine.all():
+        return None  # a draft fast enough never to be the bottleneck here
+    return int(n[fine][-1]) if fine[0] else 0
 
 
 def best_star_per_gpu(star: dict[str, Any], scenario: Scenario, most: int = 256) -> tuple[int, float] | None:
@@ -72,14 +78,11 @@ def best_star_per_gpu(star: dict[str, Any], scenario: Scenario, most: int = 256)
     per second per GPU in closed form, and that rate."""
     if not star["per_target"] or scenario.mode != "star":
         return None
-    p = star["per_target"][0]
-    d, t_alone, m = p["draft_s"], p["cycle_alone_s"], p["tokens_per_s"] * p["cycle_s"]
     servers = scenario.draft.fabric.servers
-    n = np.arange(1, most + 1)
-    cycle = np.maximum(t_alone, np.ceil(n / servers) * d)
+    n, rate = _per_target(star, servers, most)
     g_t = scenario.devices[parse_device_ref(scenario.targets[0].device)[0]].gpus
     g_d = scenario.devices[parse_device_ref(scenario.draft.device)[0]].gpus
-    per_gpu = n * m / cycle / (n * g_t + servers * g_d)
+    per_gpu = n * rate / (n * g_t + servers * g_d)
     i = int(np.argmax(per_gpu))
     return int(n[i]), float(per_gpu[i])
 

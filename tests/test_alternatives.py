@@ -63,6 +63,8 @@ def test_break_even_zero_when_one_target_is_already_slower():
     assert break_even(star, alone, 1) == 0
     fast = {"per_target": [{"tokens_per_s": 50.0}]}  # m = 3 tokens a round: 3 / (k 0.03) >= 50 for k <= 2
     assert break_even(star, fast, 1) == 2 and break_even(star, fast, 3) == 6
+    free = {"per_target": [{"draft_s": 0.0, "cycle_alone_s": 0.05, "tokens_per_s": 60.0, "cycle_s": 0.05}]}
+    assert break_even(free, fast, 1) is None  # a draft that costs nothing is never the bottleneck
 
 
 def test_each_option_is_its_modes_closed_form_per_gpu():
