@@ -33,6 +33,8 @@ a curve is longer than the tree or was measured on another tree).
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from bisect import bisect_left
 from pathlib import Path
 from typing import Annotated, Literal, NamedTuple
@@ -277,6 +279,33 @@ def _ranked_notices(field: str, rows: list[list[float]], shape: Shape) -> list[s
         out.append(f"{field}: top_k is {shape.top_k} but depth(s) {', '.join(map(str, short))} give fewer ranks; "
                    "the ranks past a row's end are taken as never accepted")
     return out
+
+
+MIN_REACHED = 20  # a ranked row's least sample: a row of a few rounds would steer every deeper tree
+
+
+def ranked_tables(counts: dict | None, min_reached: int = MIN_REACHED) -> dict:
+    """The ``ranked`` and ``confidence`` tables of an acceptance file from a run's rank counts
+    (``starsim.real.speculation.RankCounts.as_dict``): ``hits / reached`` per depth, for the
+    leading depths reached at least ``min_reached`` times (past them the model repeats the
+    last row), and the draft's confidence in its r-th candidate, the geometric mean over the
+    expanded nodes. Empty without counts."""
+    if not isinstance(counts, dict) or not counts.get("reached"):
+        return {}
+    rows = list(itertools.takewhile(lambda nr: nr[0] >= min_reached, zip(counts["reached"], counts["hits"])))
+    if not rows:
+        return {}
+    return {
+        "ranked_semantics": "ranked[d-1][r] = P(the target's token after an accepted node at depth d-1 is the draft's "
+                            "(r+1)-th candidate there | that node reached), hits / reached; confidence[d-1][r] = the "
+                            "draft's probability of that candidate (geometric mean over the trees' expanded nodes); "
+                            "every observed greedy round of the run",
+        "ranked": [[round(h / n, 6) for h in row] for n, row in rows],
+        "ranked_reached": [n for n, _ in rows],
+        "ranked_min_reached": min_reached,
+        "confidence": [[max(1e-12, float(f"{math.exp(x / n):.6g}")) for x in row]
+                       for n, row in zip(counts.get("expanded", []), counts.get("logp", [])) if n],
+    }
 
 
 def _table(rows) -> Table | None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -121,13 +119,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-MIN_REACHED = 20  # a ranked row's least sample: a row of a few rounds would steer every deeper tree
-
-
 def cmd_acceptance(args: argparse.Namespace) -> int:
     """A run's measured marginal acceptance curve as a file ``acceptance: {kind: measured}`` reads."""
     import yaml
 
+    from .acceptance import MIN_REACHED, ranked_tables
     from .metrics import summarize
     from .report.data import read_run
 
@@ -156,22 +152,7 @@ def cmd_acceptance(args: argparse.Namespace) -> int:
     tree = draft.get("tree") if isinstance(draft, dict) else None
     if tree:  # the tree the curve belongs to: a different shape accepts differently
         doc["measured_by"]["tree"] = tree
-    ranks = records.meta.get("accepted_ranks")
-    if isinstance(ranks, dict) and ranks.get("reached"):
-        # tree-aware: what the target took at each depth, whatever tree it was offered
-        doc["ranked_semantics"] = ("ranked[d-1][r] = P(the target's token after an accepted node at depth d-1 is the "
-                                   "draft's (r+1)-th candidate there | that node reached), hits / reached; "
-                                   "confidence[d-1][r] = the draft's probability of that candidate (geometric mean "
-                                   "over the trees' expanded nodes); every observed greedy round of the run")
-        # the leading depths reached often enough to estimate (past them the model repeats the last row)
-        rows = list(itertools.takewhile(lambda nr: nr[0] >= MIN_REACHED, zip(ranks["reached"], ranks["hits"])))
-        if rows:
-            doc["ranked"] = [[round(h / n, 6) for h in row] for n, row in rows]
-            doc["ranked_reached"] = [n for n, _ in rows]
-            doc["ranked_min_reached"] = MIN_REACHED
-            # the draft's confidence in its r-th candidate (geometric mean over its expanded nodes)
-            doc["confidence"] = [[max(1e-12, float(f"{math.exp(x / n):.6g}")) for x in row]
-                                 for n, row in zip(ranks.get("expanded", []), ranks.get("logp", [])) if n]
+    doc.update(ranked_tables(records.meta.get("accepted_ranks"), MIN_REACHED))  # tree-aware, when counted
     output_file(out, "acceptance.yaml")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
