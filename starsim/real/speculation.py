@@ -291,10 +291,10 @@ class RankCounts:
         if rank is not None:
             self.hits[depth - 1][rank] += 1
 
-    def add_node(self, depth: int, logp: list[float]) -> None:
-        """An expanded node at ``depth - 1`` whose candidates have log-probabilities ``logp``."""
+    def add_nodes(self, depth: int, nodes: int, logp: list[float]) -> None:
+        """``nodes`` expanded nodes at ``depth - 1`` whose candidates' log-probabilities sum to ``logp``."""
         self._room(self.expanded, self.logp, depth, len(logp), 0.0)
-        self.expanded[depth - 1] += 1
+        self.expanded[depth - 1] += nodes
         row = self.logp[depth - 1]
         for r, x in enumerate(logp):
             row[r] += x
@@ -326,23 +326,23 @@ class _Greedy:
         self.frontier = list(range(k))  # node indices of the current level
         self.forwarded: list[int] = []  # the nodes forwarded so far, in cache column order
         self.col: dict[int, int] = {}  # node index -> its column in the cache after the context
-        # node (-1: the root) -> its ranked candidates and their log-probabilities, best first
-        self.cands: dict[int, tuple[list[int], list[float]]] = {-1: (toks.tolist(), lp.tolist())}
+        self.cands: dict[int, list[int]] = {-1: toks.tolist()}  # node (-1: the root) -> its ranked candidates
         self.child: dict[tuple[int, int], int] = {(-1, t): i for i, t in enumerate(self.tok)}
         self.kept: set[int] = set()
+        # per level: (the children's depth, nodes expanded, their candidates' log-probabilities summed)
+        self.level_logp: list[tuple[int, int, list[float]]] = [(1, 1, lp.tolist())]
 
     def observe(self, emitted: list[int], counts: RankCounts) -> None:
         """Count the ranks the target took along the path its round emitted (accepted tokens,
         then the bonus): at each reached node whose candidates the draft ranked; and the
         draft's confidence at every node it expanded."""
-        for n, (_, lp) in self.cands.items():
-            counts.add_node(1 if n < 0 else self.dep[n] + 1, lp)
+        for depth, nodes, logp in self.level_logp:
+            counts.add_nodes(depth, nodes, logp)
         node = -1
         for depth, tok in enumerate(emitted, start=1):
-            ranked = self.cands.get(node)
-            if ranked is None:  # a leaf: the draft ranked nothing after it
+            cands = self.cands.get(node)
+            if cands is None:  # a leaf: the draft ranked nothing after it
                 return
-            cands = ranked[0]
             counts.add(depth, cands.index(tok) if tok in cands else None, len(cands))
             node = self.child.get((node, tok), -2)
             if node not in self.kept:  # the bonus: the round ended here
@@ -358,8 +358,9 @@ class _Greedy:
         base = torch.tensor([self.score[n] for n in frontier], device=self.device)
         cum = (base[:, None] + child_scores).reshape(-1)
         best = cum.topk(min(k, cum.numel())).indices.tolist()
-        for n, toks, lp in zip(frontier, ranked.tolist(), ranked_lp.tolist()):
-            self.cands[n] = (toks, lp)
+        for n, toks in zip(frontier, ranked.tolist()):
+            self.cands[n] = toks
+        self.level_logp.append((level + 1, len(frontier), ranked_lp.sum(0).tolist()))  # one sum, not a loop
         nxt = []
         for b in best:
             self.tok.append(int(child_toks.reshape(-1)[b]))
