@@ -87,6 +87,11 @@ def _other_tree(field: str, tree: CurveTree | None, shape: Shape) -> list[str]:
             "does not follow the tree, so the round accepts as the other tree did (kind: ranked follows it)"]
 
 
+# a per-depth curve's tree (marginal, conditional)
+CurveOn = Annotated[CurveTree | None, Field(description="the tree the curve was measured or assumed on (another tree "
+                                            "gets a one-line notice; null: not said)")]
+
+
 class _Acceptance(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -152,13 +157,17 @@ def _depth_notices(field: str, entries: int, depth: int) -> list[str]:
     return []
 
 
+def _curve_notices(curve: list[float], tree: CurveTree | None, shape: Shape) -> list[str]:
+    """A per-depth curve on a round of ``shape``: another tree's, or cut or short of its depth."""
+    return _other_tree("acceptance.curve", tree, shape) or _depth_notices("acceptance.curve", len(curve), shape.depth)
+
+
 class Marginal(_Acceptance):
     """``curve[j-1] = P(accepted >= j)``; must be non-increasing."""
 
     kind: Literal["marginal"] = "marginal"
     curve: list[Prob] = Field(min_length=1)
-    tree: CurveTree | None = Field(None, description="the tree the curve was measured or assumed on (another tree "
-                                   "gets a one-line notice; null: not said)")
+    tree: CurveOn = None
 
     @field_validator("curve")
     @classmethod
@@ -176,8 +185,7 @@ class Marginal(_Acceptance):
         return _fit(self.curve, shape.depth)
 
     def notices(self, shape):
-        return (_other_tree("acceptance.curve", self.tree, shape)
-                or _depth_notices("acceptance.curve", len(self.curve), shape.depth))
+        return _curve_notices(self.curve, self.tree, shape)
 
 
 class Conditional(_Acceptance):
@@ -185,8 +193,7 @@ class Conditional(_Acceptance):
 
     kind: Literal["conditional"]
     curve: list[Prob] = Field(min_length=1)
-    tree: CurveTree | None = Field(None, description="the tree the curve was measured or assumed on (another tree "
-                                   "gets a one-line notice; null: not said)")
+    tree: CurveOn = None
 
     def marginal(self, shape):
         out, p = [], 1.0
@@ -196,8 +203,7 @@ class Conditional(_Acceptance):
         return _fit(out, shape.depth)
 
     def notices(self, shape):
-        return (_other_tree("acceptance.curve", self.tree, shape)
-                or _depth_notices("acceptance.curve", len(self.curve), shape.depth))
+        return _curve_notices(self.curve, self.tree, shape)
 
 
 class Geometric(_Acceptance):

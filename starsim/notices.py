@@ -27,9 +27,7 @@ def shared_units(scenario: Scenario) -> dict[str, list[str]]:
 def colocation(scenario: Scenario) -> list[str]:
     """One line per pool with shared units: how many share, an example, and how to give each
     its own unit."""
-    shared = shared_units(scenario)
-    drafts, targets = place(scenario)
-    on_pool = Counter(parse_device_ref(u)[0] for u in drafts + targets)
+    shared, more = shared_units(scenario), own_units(scenario)
     by_pool: dict[str, list[str]] = defaultdict(list)
     for unit in shared:
         by_pool[parse_device_ref(unit)[0]].append(unit)
@@ -41,11 +39,11 @@ def colocation(scenario: Scenario) -> list[str]:
         roles = sum(len(shared[u]) for u in units)
         turns = "take turns on it" if dev.slots == 1 else f"take turns on its {dev.slots} slots"
         host = f", and the pool's units share {dev.cores} core(s)" if dev.cores is not None else ""
-        own = -(-on_pool[pool] // dev.slots)
+        own = more.get(f"devices.{pool}.count")
         out.append(
             f"devices.{pool}: {len(units)} of its {dev.count} unit(s) are shared ({roles} roles, up to {most} on one: "
             f"{example} holds {', '.join(shared[example])}); roles on one unit {turns}{host}"
-            + (f"; devices.{pool}.count: {own} gives each its own" if own > dev.count else "")
+            + (f"; devices.{pool}.count: {own} gives each its own" if own else "")
         )
     return out
 

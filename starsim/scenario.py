@@ -63,6 +63,8 @@ class _Model(BaseModel):
 # the draft server's features, which only mode star has (the validator's order)
 SERVER_ONLY = ("draft.fabric.servers", "draft.fabric.failures", "draft.adaptive.policy", "draft.pipeline",
                "draft.batch.max")
+# and each one's value when it is off (the defaults): what a scenario outside a star has
+SERVER_OFF = dict(zip(SERVER_ONLY, (1, (), "fixed", False, 1)))
 
 
 class Device(_Model):
@@ -166,6 +168,15 @@ class Tree(_Model):
             return 0
         most = sum(self.top_k**i for i in range(1, depth + 1))
         return max(depth, min(most, round(self.tokens * depth / self.depth)))
+
+    @classmethod
+    def problem(cls, top_k: int, depth: int, tokens: int) -> str | None:
+        """Why ``(top_k, depth, tokens)`` is not a tree a scenario accepts, in one line (None: it is)."""
+        try:
+            cls(top_k=top_k, depth=depth, tokens=tokens)
+        except ValidationError as e:
+            return e.errors()[0]["msg"].removeprefix("Value error, ")
+        return None
 
     def shape(self, depth: int | None = None) -> Shape:
         """The tree of a round drafted ``depth`` deep (None: the whole tree), as acceptance sees it."""
@@ -1025,12 +1036,8 @@ def as_mode(scenario: Scenario, mode: str) -> Scenario:
     server's own features (``SERVER_ONLY``) are off; everything else, pools included, stays."""
     data = scenario.to_dict()
     data["mode"] = mode
-    if mode != "star":
-        d = data["draft"]
-        d["fabric"].update(servers=1, failures=[])
-        d["adaptive"]["policy"] = "fixed"
-        d["pipeline"] = False
-        d["batch"]["max"] = 1
+    for path, off in SERVER_OFF.items() if mode != "star" else ():
+        apply_override(data, path, off)
     return validate_scenario(data, source=f"{scenario.name} as {mode}")
 
 

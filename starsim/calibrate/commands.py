@@ -146,8 +146,6 @@ def _snippet(profiles, paths, tree=None) -> str:
 def _import_trees(texts: list[str] | None) -> list:
     """``--tree K,D,T`` (repeatable; ``;`` separates several in one): each checked as a
     scenario's ``draft.tree`` is (tokens within what top-k and depth can hold)."""
-    from pydantic import ValidationError
-
     from ..models.specs import parse_tree
     from ..scenario import Tree
 
@@ -157,10 +155,9 @@ def _import_trees(texts: list[str] | None) -> list:
             if not part:
                 continue
             t = parse_tree(part)
-            try:
-                Tree(top_k=t.top_k, depth=t.depth, tokens=t.tokens)
-            except ValidationError as e:
-                raise StarsimError(f"--tree {part}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+            why = Tree.problem(t.top_k, t.depth, t.tokens)
+            if why:
+                raise StarsimError(f"--tree {part}: {why}")
             if t not in trees:
                 trees.append(t)
     return trees

@@ -74,10 +74,9 @@ class Option(_M):
         for t in trees:
             if len(t) != 3:
                 raise ValueError(f"a tree is [top_k, depth, tokens], got {t}")
-            try:
-                Tree(top_k=t[0], depth=t[1], tokens=t[2])
-            except ValidationError as e:
-                raise ValueError(f"tree {t}: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+            why = Tree.problem(*t)
+            if why:
+                raise ValueError(f"tree {t}: {why}")
         if len({tuple(t) for t in trees}) != len(trees):
             raise ValueError("trees repeat")
         return trees

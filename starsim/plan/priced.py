@@ -113,8 +113,13 @@ def expand(plan: PlanFile, base: Path, out_dir: Path, source: str = "plan",
            say: Callable[[str], None] = lambda m: None) -> PlanFile:
     """The plan with each draft option's ``trees`` made options of their own (``NAME-tK-D-T``),
     their profiles priced into ``out_dir``; a plan without trees as it is."""
-    if not any(d.trees for d in plan.drafts):
-        return plan if plan.overhead_us is None else _with_overhead(plan, base, out_dir, source, say)
+    if any(d.trees for d in plan.drafts):
+        plan = _with_trees(plan, base, out_dir, source, say)
+    return plan if plan.overhead_us is None else _with_overhead(plan, base, out_dir, source, say)
+
+
+def _with_trees(plan: PlanFile, base: Path, out_dir: Path, source: str, say) -> PlanFile:
+    """Each draft option's ``trees`` as options of their own, each priced for its tree."""
     drafts = []
     for i, d in enumerate(plan.drafts):
         if not d.trees:
@@ -143,5 +148,4 @@ def expand(plan: PlanFile, base: Path, out_dir: Path, source: str = "plan",
                 over["draft.batch.time.path"] = path
             drafts.append(d.model_copy(update={"name": f"{d.name}-t{tree[0]}-{tree[1]}-{tree[2]}", "set": over,
                                                "trees": []}))
-    plan = plan.model_copy(update={"drafts": drafts})
-    return plan if plan.overhead_us is None else _with_overhead(plan, base, out_dir, source, say)
+    return plan.model_copy(update={"drafts": drafts})
