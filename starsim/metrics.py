@@ -359,6 +359,58 @@ def _beyond(records: Records, rw: dict[str, np.ndarray], drafts: tuple) -> dict[
     return out
 
 
+def _dist(prefix: str, a) -> dict[str, float | None]:
+    """``PREFIX_mean``, ``_p50``, ``_p99`` of ``a``."""
+    return {f"{prefix}_mean": _mean(a), f"{prefix}_p50": _pct(a, 50), f"{prefix}_p99": _pct(a, 99)}
+
+
+def inter_token_latencies(rounds: pd.DataFrame, requests: pd.DataFrame, t0: float, t1: float) -> np.ndarray:
+    """The gaps between a request's successive outputs (its first token, then each round's
+    tokens), as a streaming client sees them (``vllm bench serve``'s ITL: a round of several
+    tokens is one chunk), for outputs that land in the window."""
+    r = rounds[["request", "round", "t_verify_end"]].sort_values(["request", "round"], kind="stable")
+    req, t = r["request"].to_numpy(), r["t_verify_end"].to_numpy(float)
+    first = dict(zip(requests["request"].to_numpy(), requests["t_first_token"].to_numpy(float)))
+    prev = np.empty(len(t))
+    if len(t):
+        prev[1:] = t[:-1]
+        starts = np.r_[True, req[1:] != req[:-1]]
+        prev[starts] = [first.get(q, np.nan) for q in req[starts]]
+    keep = (t >= t0) & (t <= t1) & np.isfinite(prev)
+    return t[keep] - prev[keep]
+
+
+def serving_stats(records: Records, t0: float, t1: float, req: dict) -> dict[str, Any]:
+    """Serving targets' steps in the window, in vLLM's terms where it has them: the batch
+    (sequences per step), running and waiting requests, KV usage, preemptions; with each
+    request's end-to-end latency and inter-token latencies."""
+    st = records.steps
+    w = st[(st["t_end"] >= t0) & (st["t_end"] <= t1)]
+    running, cap = w["running"].to_numpy(float), w["kv_capacity"].to_numpy(float)
+    limited = cap > 0
+    usage = w["kv_tokens"].to_numpy(float)[limited] / cap[limited]
+    dur = (w["t_end"] - w["t_start"]).to_numpy(float)
+    arrival, finish = req["t_arrival"], req["t_finish"]
+    e2e = (finish - arrival)[req["done"] & (arrival >= t0) & (finish <= t1)]
+    itl = inter_token_latencies(records.rounds, records.requests, t0, t1)
+    span = t1 - t0
+    return {
+        "steps": int(len(w)),
+        "steps_per_s": _f(len(w) / span) if span > 0 else None,
+        "step_time_mean_s": _mean(dur),
+        **_dist("batch_size", running),
+        "num_requests_running_mean": _mean(running),
+        "num_requests_waiting_mean": _mean(w["waiting"]),
+        "prefill_tokens_per_step_mean": _mean(w["prefill_tokens"]),
+        "kv_cache_usage_mean": _mean(usage) if limited.any() else None,
+        "kv_cache_usage_max": _f(usage.max()) if limited.any() else None,
+        "kv_tokens_peak": int(w["kv_tokens"].max()) if len(w) else 0,
+        "num_preemptions": int(w["preempted"].sum()),
+        **_dist("e2e_latency_s", e2e),
+        **_dist("itl_s", itl),
+    }
+
+
 def summarize(records: Records) -> dict[str, Any]:
     """The run summary (the keys of ``summary.json``), from the tables alone. (About 80 lines:
     it lists the summary's keys in order, each computed by a function here.)"""
@@ -445,4 +497,6 @@ def summarize(records: Records) -> dict[str, Any]:
                                             for r, t in zip(target_rates, per_target)]),
         "slo_attainment": slo_attainment(per_target),
         "per_target": per_target,
+        # serving targets only (a steps table): absent otherwise, so other runs' summaries keep their keys
+        **({"serving": serving_stats(records, t0, t1, req)} if records.steps is not None else {}),
     }

@@ -66,7 +66,25 @@ INTERVAL_COLUMNS: tuple[tuple[str, str], ...] = (
     ("end", "float64"),
 )
 
+# Serving targets (targets.*.serving) only: one row per engine step of a target.
+STEP_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("target", "int64"),
+    ("step", "int64"),            # step index within the target
+    ("t_start", "float64"),       # the forward starts (after its draft request came back)
+    ("t_end", "float64"),
+    ("running", "int64"),         # sequences in the forward (vLLM: num_running_reqs)
+    ("waiting", "int64"),         # requests left queued when it was scheduled (vLLM: num_waiting_reqs)
+    ("prefill_seqs", "int64"),    # sequences with a prefill chunk in the step
+    ("prefill_tokens", "int64"),
+    ("decode_seqs", "int64"),     # sequences verifying a tree (or decoding a token)
+    ("step_tokens", "int64"),     # every token in the forward (the step's token budget counts these)
+    ("kv_tokens", "int64"),       # KV slots in use at the step's peak
+    ("kv_capacity", "int64"),     # the target's KV capacity in tokens (-1: unlimited)
+    ("preempted", "int64"),       # sequences preempted (to recompute) to make room for this step
+)
+
 TABLES = {"rounds": ROUND_COLUMNS, "requests": REQUEST_COLUMNS, "intervals": INTERVAL_COLUMNS}
+OPTIONAL_TABLES = {"steps": STEP_COLUMNS}
 
 
 def _frame(rows: list[tuple], columns: tuple[tuple[str, str], ...]) -> pd.DataFrame:
@@ -136,6 +154,10 @@ def _as_tuple(*values):
     return values
 
 
+def _nothing(_row) -> None:
+    return None
+
+
 def _interval_tuple(key: tuple[str, str, str], target: int, start: float, end: float) -> tuple:
     engine, device, kind = key
     return interval_row(engine=engine, device=device, kind=kind, target=target, start=start, end=end)
@@ -163,7 +185,9 @@ class RoundWriter:
                  "next_round", "draft", "tree_tokens", "depth", "bytes_down")
 
     def __init__(self, rec: Recorder, *, target: int, request: int, engine: str, device: str, packed: bool = True,
-                 first_round: int = 0):
+                 first_round: int = 0, intervals: bool = True):
+        """``intervals`` False: rows only (a serving target's step writes one interval for all
+        its sequences)."""
         if packed:
             self._put, self._make = rec.packed_rounds.extend, _pack_round
             self._put_interval, self._make_interval = rec.packed_intervals.extend, _pack_interval
@@ -173,6 +197,8 @@ class RoundWriter:
             self._put, self._make = rec.rounds.append, _as_tuple
             self._put_interval, self._make_interval = rec.intervals.append, _interval_tuple
             self._verify, self._decode = (engine, device, "verify"), (engine, device, "decode")
+        if not intervals:
+            self._put_interval = _nothing
         self.target, self.request, self.next_round = target, request, first_round
         self.draft, self.tree_tokens, self.depth, self.bytes_down = -1, 0, 0, 0
 
@@ -244,6 +270,7 @@ class Recorder:
         self.rounds: list[tuple] = []
         self.requests: list[tuple] = []
         self.intervals: list[tuple] = []
+        self.steps: list[tuple] | None = None  # serving targets' steps (None: the run has none)
         self.packed_rounds = bytearray()
         self.packed_intervals = bytearray()
         self._keys: dict[tuple[str, str, str], int] = {}
@@ -276,8 +303,9 @@ class Recorder:
         intervals = self._intervals()
         if release:
             self.packed_intervals, self.intervals = bytearray(), []
+        steps = None if self.steps is None else _frame(self.steps, STEP_COLUMNS)
         return Records(rounds=rounds, requests=_frame(sorted(self.requests), REQUEST_COLUMNS),
-                       intervals=intervals, meta=meta)
+                       intervals=intervals, meta=meta, steps=steps)
 
     def _rounds(self) -> pd.DataFrame:
         if not self.packed_rounds:
@@ -321,12 +349,15 @@ class Records:
     requests: pd.DataFrame
     intervals: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
+    steps: pd.DataFrame | None = None  # serving targets only (STEP_COLUMNS)
 
     def write(self, out: Path, csv: bool = False) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in TABLES:
+        for name in (*TABLES, *OPTIONAL_TABLES):
             df = getattr(self, name)
+            if df is None:
+                continue
             p = out / (f"{name}.csv" if csv else f"{name}.parquet")
             if csv:
                 df.to_csv(p, index=False)
@@ -345,5 +376,9 @@ class Records:
         for name in TABLES:
             pq, csv = run_dir / f"{name}.parquet", run_dir / f"{name}.csv"
             tables[name] = pd.read_parquet(pq) if pq.exists() else pd.read_csv(csv)
+        for name in OPTIONAL_TABLES:
+            pq, csv = run_dir / f"{name}.parquet", run_dir / f"{name}.csv"
+            if pq.exists() or csv.exists():
+                tables[name] = pd.read_parquet(pq) if pq.exists() else pd.read_csv(csv)
         meta = json.loads((run_dir / "meta.json").read_text())
         return cls(meta=meta, **tables)

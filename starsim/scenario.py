@@ -441,6 +441,97 @@ class Payload(_Model):
         return self.header_bytes + tree_tokens * (self.token_bytes + 4) + mask
 
 
+MAX_SEQS = 4096  # running sequences per target (vLLM's max_num_seqs defaults to 256 or 1024)
+MAX_KV_TOKENS = 10**10
+
+
+class StepTime(_Model):
+    """One engine step of a serving target: one forward over every sequence it schedules
+    (prefill chunks, decode tokens, verified trees), priced from the step's shape:
+
+    ``overhead_s + max(weights_s, per_token_s * tokens) + per_kv_token_s * kv + per_attn_s * attn``
+
+    where ``tokens`` is every token in the forward, ``kv`` the cached context each decode or
+    verify sequence reads (summed over them) and ``attn`` the query x key pairs of attention
+    (a chunk of c tokens after p cached ones: c * (p + c / 2); a tree of q tokens at context
+    L: q * L). The dense layers read the weights once per step whatever the batch (the
+    ``weights_s`` floor) until the tokens make them compute-bound (``per_token_s``)."""
+
+    kind: Literal["step"] = "step"
+    overhead_s: NonNeg = Field(0.0, description="per step, whatever it holds: scheduling, launches, sampling")
+    weights_s: NonNeg = Field(0.0, description="the dense layers' memory-bound floor: the weights read once per step")
+    per_token_s: NonNeg = Field(0.0, description="the dense layers' compute per token in the forward")
+    per_kv_token_s: NonNeg = Field(0.0, description="attention: reading one cached token of one sequence")
+    per_attn_s: NonNeg = Field(0.0, description="attention: one query x key pair")
+    cv: float = Field(0.0, ge=0, le=10, allow_inf_nan=False, description="multiplicative lognormal noise, mean 1")
+
+    def mean(self, tokens: float, kv: float, attn: float) -> float:
+        return (self.overhead_s + max(self.weights_s, self.per_token_s * tokens) + self.per_kv_token_s * kv
+                + self.per_attn_s * attn)
+
+    def sampler(self, rng):
+        """``f(tokens, kv, attn)`` drawing one step's time."""
+        from .streams import draws, lognormal_params
+
+        if self.cv == 0:
+            return self.mean
+        nxt, mean = draws(rng, "lognormal", *lognormal_params(1.0, self.cv)), self.mean
+        return lambda tokens, kv, attn: mean(tokens, kv, attn) * nxt()
+
+
+class Serving(_Model):
+    """A target that serves many requests at once, as vLLM's scheduler does (continuous
+    batching): each engine step schedules its running sequences first (in admission order),
+    then admits queued requests (first come, first served) while a slot, the step's token
+    budget and KV capacity allow; all of it runs as one forward priced by ``step_time``.
+    Prefill is chunked to the budget. When KV runs out mid-generation, ``on_kv_full:
+    preempt`` evicts the most recently admitted sequence, which later recomputes its whole
+    context (vLLM's preemption by recompute); ``wait`` reserves each request's whole length
+    at admission instead, so nothing is ever preempted. Absent: one request at a time, each
+    op priced by the group's prefill/verify/decode times (StarSD's target)."""
+
+    max_seqs: int = Field(1, ge=1, le=MAX_SEQS, description="running sequences at once (vLLM max_num_seqs)")
+    max_batched_tokens: int | None = Field(
+        None, ge=1, le=MAX_KV_TOKENS,
+        description="tokens one step may hold: prefill chunks share it with decode and verify tokens "
+        "(vLLM max_num_batched_tokens; null: no limit, prompts are never chunked)",
+    )
+    kv_capacity_tokens: int | None = Field(
+        None, ge=1, le=MAX_KV_TOKENS, description="KV cache slots, in tokens, over all sequences (null: unlimited)"
+    )
+    kv_capacity_bytes: int | None = Field(
+        None, ge=1, description="the same in bytes (needs kv_bytes_per_token); give one or the other"
+    )
+    kv_bytes_per_token: int | None = Field(
+        None, ge=1, le=MAX_BYTES_PER_TOKEN, description="the target model's KV bytes per token (all layers)"
+    )
+    on_kv_full: Literal["preempt", "wait"] = Field(
+        "preempt", description="preempt: recompute the latest admitted sequence later (vLLM); wait: reserve "
+        "each request's whole length at admission, never preempt",
+    )
+    step_time: StepTime | None = Field(
+        None, description="one engine step (required when max_seqs > 1); absent: each op priced by the group's "
+        "prefill_time, verify_time and decode_time, as a target without serving"
+    )
+
+    @model_validator(mode="after")
+    def _kv(self):
+        if self.kv_capacity_tokens is not None and self.kv_capacity_bytes is not None:
+            raise ValueError("give kv_capacity_tokens or kv_capacity_bytes, not both")
+        if self.kv_capacity_bytes is not None and self.kv_bytes_per_token is None:
+            raise ValueError("kv_capacity_bytes needs kv_bytes_per_token (the target model's KV bytes per token)")
+        if self.max_seqs > 1 and self.step_time is None:
+            raise ValueError("max_seqs > 1 needs step_time, the cost of one batched engine step")
+        return self
+
+    @property
+    def kv_tokens(self) -> int | None:
+        """KV capacity in tokens (None: unlimited)."""
+        if self.kv_capacity_bytes is not None:
+            return self.kv_capacity_bytes // self.kv_bytes_per_token
+        return self.kv_capacity_tokens
+
+
 class TargetGroup(_Model):
     name: str | None = Field(None, description="group label; instances are NAME-0, NAME-1, ...")
     count: int = Field(1, ge=1, le=MAX_UNITS)
@@ -477,6 +568,9 @@ class TargetGroup(_Model):
         None,
         description="scale each verify by the warm/cold curve (verify_idle) of the verify_time profile, "
         "from the time since this target's last verify; default: on when that profile has the curve",
+    )
+    serving: Serving | None = Field(
+        None, description="serve many requests at once (continuous batching); absent: one request at a time"
     )
 
     @model_validator(mode="after")
@@ -523,6 +617,11 @@ class ClosedLoop(_Lengths):
 
     kind: Literal["closed"] = "closed"
     prompts: int = Field(80, ge=1, le=MAX_PROMPTS, description="size of the prompt set")
+    concurrency: int = Field(
+        1, ge=1, le=MAX_SEQS,
+        description="users per target, each with one request at a time, walking the prompt set together "
+        "(a serving benchmark's --max-concurrency, per target); more than 1 needs serving targets",
+    )
     lengths_file: str | None = Field(
         None,
         description="CSV with columns prompt_tokens,output_tokens (one row per prompt); "
@@ -542,6 +641,12 @@ class ClosedLoop(_Lengths):
 class Poisson(_Lengths):
     kind: Literal["poisson"]
     rate_per_s: Pos = Field(le=MAX_RATE_PER_S)
+    router: Literal["first_free", "round_robin", "least_outstanding"] = Field(
+        "first_free",
+        description="which target an arrival goes to: first_free (one fleet queue; a target takes the next "
+        "arrival when it has a free slot), round_robin, least_outstanding (fewest running + queued; the "
+        "last two queue at each target and need serving targets)",
+    )
 
 
 class GammaArrivals(_Lengths):
@@ -551,6 +656,12 @@ class GammaArrivals(_Lengths):
     kind: Literal["gamma"]
     rate_per_s: Pos = Field(le=MAX_RATE_PER_S)
     cv: Pos = 1.0
+    router: Literal["first_free", "round_robin", "least_outstanding"] = Field(
+        "first_free",
+        description="which target an arrival goes to: first_free (one fleet queue; a target takes the next "
+        "arrival when it has a free slot), round_robin, least_outstanding (fewest running + queued; the "
+        "last two queue at each target and need serving targets)",
+    )
 
 
 class TraceReplay(_Model):
@@ -563,6 +674,12 @@ class TraceReplay(_Model):
     max_rows: int | None = Field(None, ge=1)
     max_prompt_tokens: int | None = Field(None, ge=1, description="clip context tokens")
     max_output_tokens: int | None = Field(None, ge=1, description="clip generated tokens")
+    router: Literal["first_free", "round_robin", "least_outstanding"] = Field(
+        "first_free",
+        description="which target an arrival goes to: first_free (one fleet queue; a target takes the next "
+        "arrival when it has a free slot), round_robin, least_outstanding (fewest running + queued; the "
+        "last two queue at each target and need serving targets)",
+    )
 
     _check_path = field_validator("path")(_resolve_path)
 
@@ -675,6 +792,56 @@ class Real(_Model):
         return self
 
 
+def _constant(spec) -> float | None:
+    """The value of a length spec that is a constant (None: it varies)."""
+    return spec.value if getattr(spec, "kind", None) == "constant" else None
+
+
+def _serving_problems(sc: Scenario) -> list[tuple[str, str]]:
+    """Serving targets' cross-field checks: a step budget that holds one sequence's tree, KV
+    that holds one request, the draft's batched cost, the features not modelled at batch, and
+    the workloads (concurrency, routers) that need every target to serve."""
+    out: list[tuple[str, str]] = []
+    d, w = sc.draft, sc.workload
+    spec = sc.mode != "autoregressive"
+    per_round = d.tree.tokens + 1 if spec else 1
+    lengths = None
+    if isinstance(w, ClosedLoop) and w.lengths_file is None and w.prompts_jsonl is None:
+        p, o = _constant(w.prompt_tokens), _constant(w.output_tokens)
+        lengths = (p, o) if p is not None and o is not None else None
+    batched = False
+    for i, g in enumerate(sc.targets):
+        sv = g.serving
+        if sv is None:
+            continue
+        path = f"targets.{i}.serving"
+        batched |= sv.max_seqs > 1
+        if sv.max_batched_tokens is not None and sv.max_batched_tokens < per_round:
+            out.append((f"{path}.max_batched_tokens", f"{sv.max_batched_tokens} is below one sequence's step "
+                        f"({per_round} tokens: {'the tree and its root' if spec else 'one decode token'})"))
+        cap = sv.kv_tokens
+        if cap is not None and lengths is not None and cap < sum(lengths) + per_round:
+            field = "kv_capacity_bytes" if sv.kv_capacity_bytes is not None else "kv_capacity_tokens"
+            out.append((f"{path}.{field}", f"{cap} tokens of KV cannot hold one request ({int(lengths[0])} prompt + "
+                        f"{int(lengths[1])} output + {per_round} for a step's tokens)"))
+    if batched and sc.mode != "autoregressive" and d.batch.time is None:
+        out.append(("draft.batch.time", "targets with serving.max_seqs > 1 send one draft request for all their "
+                    "sequences: the draft needs batch.time, the cost of a batched round"))
+    serving = [g.serving is not None for g in sc.targets]
+    if any(serving) and sc.mode == "star":
+        for path, on in (("draft.pipeline", d.pipeline), ("draft.adaptive.policy", d.adaptive.policy != "fixed")):
+            if on:
+                out.append((path, "not modelled with serving targets yet (targets.*.serving)"))
+    if not all(serving):
+        if isinstance(w, ClosedLoop) and w.concurrency > 1:
+            out.append(("workload.concurrency", "more than one request at a time per target needs every target "
+                        "group to serve (targets.*.serving)"))
+        if getattr(w, "router", "first_free") != "first_free":
+            out.append(("workload.router", f"{w.router} queues requests at each target: every target group "
+                        "must serve (targets.*.serving)"))
+    return out
+
+
 class Scenario(_Model):
     name: str = Field("scenario", description="a label used in outputs")
     description: str = ""
@@ -748,6 +915,7 @@ class Scenario(_Model):
             if isinstance(fault, KillTarget) and fault.target >= n:
                 problems.append((f"real.faults.{i}.target", f"target {fault.target} out of range: the scenario "
                                  f"has {n} target instances (0..{n - 1})"))
+        problems += _serving_problems(self)
         names = [g.name for g in self.targets if g.name]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

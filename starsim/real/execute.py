@@ -69,7 +69,28 @@ def _check(scenario: Scenario) -> None:
                            "directory; build one with `starsim models build-pair`)")
     if scenario.max_requests is None and scenario.duration_s is None:
         raise StarsimError("execute needs max_requests or duration_s")
+    _check_serving(scenario)
     check_sources(scenario)
+
+
+def _check_serving(scenario: Scenario) -> None:
+    """The real targets verify one request at a time (batched real targets are their own
+    issue): what only a serving target does is refused, in one line."""
+    w = scenario.workload
+    for i, g in enumerate(scenario.targets):
+        sv = g.serving
+        if sv is None:
+            continue
+        for name, on in (("max_seqs", sv.max_seqs > 1), ("max_batched_tokens", sv.max_batched_tokens is not None),
+                          ("kv_capacity_tokens", sv.kv_tokens is not None), ("step_time", sv.step_time is not None)):
+            if on:
+                raise StarsimError(f"{scenario.name}: targets.{i}.serving.{name}: the real backend's targets serve "
+                                   "one request at a time (batched real targets are not built yet); `starsim run` "
+                                   "simulates it")
+    if getattr(w, "concurrency", 1) > 1 or getattr(w, "router", "first_free") != "first_free":
+        what = "concurrency" if getattr(w, "concurrency", 1) > 1 else "router"
+        raise StarsimError(f"{scenario.name}: workload.{what}: the real backend's targets serve one request at a "
+                           "time from one queue; `starsim run` simulates it")
 
 
 def _open_loop(scenario: Scenario, horizon: float) -> tuple[list[float], list[tuple[int, int]], bool]:

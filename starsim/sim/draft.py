@@ -28,11 +28,13 @@ class Task:
     ``depth``/``tokens``: the tree of this round (None: the scenario's tree; adaptive
     speculation sets them). ``pre``: a pipelined tree, drafted ahead assuming the target's
     last tree is accepted whole; ``next``: the pipelined tree the engine started right after
-    this one. ``failed``: the engine's server failed before the tree was sent.
+    this one. ``failed``: the engine's server failed before the tree was sent. ``seqs``: a
+    serving target's batched request, ``(tag, context)`` per sequence (None: one, tagged by
+    the target); ``context`` is then the longest and ``seq_new`` each one's new tokens.
     """
 
     __slots__ = ("target", "context", "done", "start", "end", "new_tokens", "kv_bytes", "deadline",
-                 "depth", "tokens", "pre", "next", "failed", "cancelled", "valid", "submitted")
+                 "depth", "tokens", "pre", "next", "failed", "cancelled", "valid", "submitted", "seqs", "seq_new")
 
     def __init__(self, target: int, context: int, done: simpy.Event | None):
         self.target = target
@@ -43,6 +45,12 @@ class Task:
         self.pre, self.next, self.failed, self.cancelled = False, None, False, False
         self.start = self.end = None
         self.valid = self.submitted = 0
+        self.seqs = self.seq_new = None
+
+    @property
+    def size(self) -> int:
+        """Sequences it drafts for."""
+        return 1 if self.seqs is None else len(self.seqs)
 
 
 class DraftEngine:
@@ -85,6 +93,7 @@ class DraftEngine:
         b = cfg.batch
         self.batch_max, self.batch_window = b.max, b.window_s
         self.batch_time = timing_sampler(b.time, rng, usage) if b.max > 1 else None
+        self.rng, self.usage = rng, usage
         # the generator of the engine's process
         self.running: tuple | list = ()  # the tasks being drafted now (run_general)
         self.dead = False  # the server failed (draft.fabric.failures)
@@ -108,10 +117,12 @@ class DraftEngine:
         """End of a target's session: its draft KV cache is released."""
         self.caches.free(tag)
 
-    def _evicted(self, tag: int) -> None:
+    def _evicted(self, tag) -> None:
         # an instant "evict" interval: the report's memory-over-time curve drops the tag here
-        now = self.env.now
-        self.rec.interval_writer(engine=self.name, device=self.unit.name, kind="evict")(target=tag, start=now, end=now)
+        # (a serving target's sequence is tagged (target, request))
+        now, target = self.env.now, tag[0] if isinstance(tag, tuple) else tag
+        self.rec.interval_writer(engine=self.name, device=self.unit.name, kind="evict")(target=target, start=now,
+                                                                                       end=now)
 
     def run(self):
         # Clock values are computed, not read back (see Target._speculate): after its own
@@ -166,8 +177,13 @@ class DraftEngine:
             task.done.succeed()
 
     def _take(self, task: Task) -> int:
-        """Account a task's prefix in its tag's cache (memory limit included); its new tokens."""
-        new = task.new_tokens = self.caches.take(task.target, task.context)
+        """Account a task's prefix in its tag's cache (memory limit included); its new tokens
+        (a batched request's: each sequence's, summed)."""
+        if task.seqs is None:
+            new = task.new_tokens = self.caches.take(task.target, task.context)
+            return new
+        task.seq_new = [self.caches.take(tag, ctx) for tag, ctx in task.seqs]
+        new = task.new_tokens = sum(task.seq_new)
         return new
 
     def _round_cost(self, task: Task, last_end: float, start: float) -> float:
@@ -181,6 +197,25 @@ class DraftEngine:
             return dur
         tokens = self.cfg.tree.tokens if task.tokens is None else task.tokens
         return self.cfg.encode_per_token_s * new + self.draft_time(tokens, ctx, depth)
+
+    def _batch_cost(self, tasks: list[Task], last_end: float, start: float) -> float:
+        """One batched forward over every sequence of ``tasks``: ``batch.time(sequences, longest
+        context, deepest tree)``, plus each sequence's prefix encoding (see run_general)."""
+        cfg = self.cfg
+        news = sum(self._take(t) for t in tasks)
+        depth = max(cfg.tree.depth if t.depth is None else t.depth for t in tasks)
+        n = sum(t.size for t in tasks)
+        if self.batch_time is None:  # a serving target's batch under batch.max 1: made at its first use
+            self.batch_time = timing_sampler(cfg.batch.time, self.rng, self.usage)
+        dur = self.batch_time(n, max(t.context for t in tasks), depth) + cfg.encode_per_token_s * news
+        if self.whole_round:  # batch.time is for 1 new token each: the rest encoded as one round would
+            rt = cfg.round_time
+            pairs = [p for t in tasks for p in ([(t.new_tokens, t.context)] if t.seqs is None
+                                                else zip(t.seq_new, (c for _, c in t.seqs)))]
+            dur += sum(max(0.0, rt.mean(new, ctx, depth) - rt.mean(1, ctx, depth)) for new, ctx in pairs if new > 1)
+        if self.warm_cold is not None:
+            dur *= self.warm_cold(start - last_end)
+        return dur
 
     # ------------------------------------------------------------------ pipelining, failure
 
@@ -247,7 +282,7 @@ class DraftEngine:
         with it; the draft's busy interval is recorded once per batch (its target: the batch's
         first task's). A pipelined tree cancelled before it starts is dropped unstarted."""
         env, policy, cfg = self.env, self.policy, self.cfg
-        bmax, window, batch_time = self.batch_max, self.batch_window, self.batch_time
+        bmax, window = self.batch_max, self.batch_window
         res, host = self.unit.resource, self.unit.host
         log = self.log_draft
         kv_per_token, pipeline = cfg.kv_bytes_per_token, cfg.pipeline
@@ -276,18 +311,10 @@ class DraftEngine:
             for t in tasks:
                 t.start = start
             self.running = tasks
-            if len(tasks) == 1:
+            if len(tasks) == 1 and tasks[0].seqs is None:
                 dur = self._round_cost(tasks[0], last_end, start)
             else:
-                news = sum(self._take(t) for t in tasks)
-                depth = max(cfg.tree.depth if t.depth is None else t.depth for t in tasks)
-                dur = batch_time(len(tasks), max(t.context for t in tasks), depth) + cfg.encode_per_token_s * news
-                if self.whole_round:  # batch.time is for 1 new token each: the rest encoded as one round would
-                    rt = cfg.round_time
-                    dur += sum(max(0.0, rt.mean(t.new_tokens, t.context, depth) - rt.mean(1, t.context, depth))
-                               for t in tasks if t.new_tokens > 1)
-                if self.warm_cold is not None:
-                    dur *= self.warm_cold(start - last_end)
+                dur = self._batch_cost(tasks, last_end, start)
             if host is None:
                 yield env.timeout(dur)
             else:
@@ -300,7 +327,7 @@ class DraftEngine:
             end = last_end = env.now
             log(target=tasks[0].target, start=start, end=end)
             for t in tasks:
-                t.end, t.kv_bytes = end, t.context * kv_per_token
+                t.end, t.kv_bytes = end, (t.context if t.seqs is None else sum(c for _, c in t.seqs)) * kv_per_token
                 if t.cancelled:
                     t.end = start + (end - start) / len(tasks)  # its share of the batch is wasted
                     self._waste(t)

@@ -27,6 +27,7 @@ from ..workload import arrivals, prompt_set
 from .devices import build_units
 from .draft import DraftEngine
 from .fabric import Fabric
+from .serving import ServingTarget
 from .target import Requests, Target, _zero
 
 
@@ -35,17 +36,44 @@ def _is_zero(spec) -> bool:
     return getattr(spec, "kind", None) == "constant" and spec.value == 0
 
 
-def _arrival_process(env: simpy.Environment, store: simpy.Store, source, budget: int | None, n_targets: int):
+def _arrival_process(env: simpy.Environment, store: simpy.Store, source, budget: int | None, n_targets: int,
+                     route=None):
+    """Open-loop arrivals into the fleet's queue (``store``), or each to a target by ``route``
+    (a router: ``route(item)``; None marks the end)."""
     issued = 0
+    put = store.put if route is None else route
     for t, prompt, output in source:
         if budget is not None and issued >= budget:
             break
         if t > env.now:
             yield env.timeout(t - env.now)
-        store.put((issued, env.now, prompt, output))
+        put((issued, env.now, prompt, output))
         issued += 1
+    if route is not None:
+        route(None)
+        return
     for _ in range(n_targets):  # one "no more work" marker per target
         store.put(None)
+
+
+def _router(policy: str, targets: list[ServingTarget]):
+    """``route(item)``: sends an arrival to a serving target (round_robin: in turn;
+    least_outstanding: the fewest running and queued, the lowest index on a tie); None: the
+    end, to every target."""
+    turn = [0]
+
+    def route(item) -> None:
+        if item is None:
+            for t in targets:
+                t.receive(None)
+            return
+        if policy == "round_robin":
+            i = turn[0] % len(targets)
+            turn[0] += 1
+        else:
+            i = min(range(len(targets)), key=lambda j: targets[j].sched.outstanding)
+        targets[i].receive(item)
+    return route
 
 
 def simulate(scenario: Scenario, *, general: bool = False) -> Result:
@@ -126,14 +154,23 @@ def _simulate(scenario: Scenario, general: bool = False) -> Result:
 
     engines, fabric = _engines(m, draft_units, target_units)
     lives = [e.life for e in engines]  # every process's generator (see the end of the run)
-    requests, store, arrival = _requests(m, len(instances))
-    if arrival is not None:
-        lives.append(arrival)
-        env.process(arrival)
+    requests, store, source = _requests(m)
     targets = [_target(m, i, name, group, tu, engines, requests, fabric)
                for (i, name, group), tu in zip(instances, target_units)]
-    lives += [t.run() for t in targets]
-    procs = [env.process(life) for life in lives[-len(targets):]]
+    if any(isinstance(t, ServingTarget) for t in targets):
+        rec.steps = []
+    if source is not None:
+        router = scenario.workload.router  # not first_free: every target serves (a load-time check)
+        route = None if router == "first_free" else _router(router, targets)
+        arrival = _arrival_process(env, store, source, scenario.max_requests, len(targets), route)
+        lives.append(arrival)
+        env.process(arrival)
+    procs = []
+    for t in targets:  # a target's first process is its life: the run ends when all have ended
+        gens = t.processes() if isinstance(t, ServingTarget) else [t.run()]
+        lives += gens
+        ps = [env.process(g) for g in gens]
+        procs.append(ps[0])
     done = env.all_of(procs)
     stop = done if scenario.duration_s is None else env.any_of([done, env.timeout(scenario.duration_s)])
     env.run(until=stop)
@@ -166,34 +203,34 @@ def _engines(m: _Model, draft_units: list[str], target_units: list[str]) -> tupl
     """The draft engines (star: one per draft unit, with a fabric when there are several or
     they fail; one_for_one: one per target, on its unit; autoregressive: none)."""
     sc, draft, seed = m.scenario, m.scenario.draft, m.scenario.seed
+    # a serving target's batched draft requests are drafted by the general loop
+    general = m.general or any(g.serving is not None and g.serving.max_seqs > 1 for g in sc.targets)
     if sc.mode == "star":
         weights = {i: g.weight for i, _, g in sc.target_instances()}
         fab = draft.fabric
         many = fab.servers > 1
         engines = [
             DraftEngine(m.env, j, f"draft-{j}" if many else "draft", m.units[u], draft, rng_for(seed, Stream.DRAFT, j),
-                        m.rec, m.usage, weights, general=m.general or bool(fab.failures))
+                        m.rec, m.usage, weights, general=general or bool(fab.failures))
             for j, u in enumerate(draft_units)
         ]
         fabric = Fabric(m.env, engines, fab, rng_for(seed, Stream.FABRIC)) if many or fab.failures else None
         return engines, fabric
     if sc.mode == "one_for_one":
         return [DraftEngine(m.env, i, f"draft-{i}", m.units[tu], draft, rng_for(seed, Stream.DRAFT, i), m.rec, m.usage,
-                            general=m.general)
+                            general=general)
                 for i, tu in enumerate(target_units)], None
     return [], None
 
 
-def _requests(m: _Model, n_targets: int):
+def _requests(m: _Model):
     """Where targets take requests from: the closed loop's prompt set, or an open loop's queue
-    and the generator of its arrival process (to start)."""
+    and its arrivals (``(time, prompt, output)``, for the arrival process)."""
     sc, w = m.scenario, m.scenario.workload
     if isinstance(w, ClosedLoop):
         return Requests(m.env, sc.max_requests, prompt_set(w, rng_for(sc.seed, Stream.WORKLOAD)), w.repeat), None, None
     store = simpy.Store(m.env)
-    source = arrivals(w, rng_for(sc.seed, Stream.WORKLOAD))
-    return (Requests(m.env, sc.max_requests, store=store), store,
-            _arrival_process(m.env, store, source, sc.max_requests, n_targets))
+    return Requests(m.env, sc.max_requests, store=store), store, arrivals(w, rng_for(sc.seed, Stream.WORKLOAD))
 
 
 def _target(m: _Model, i: int, name: str, group, unit: str, engines: list[DraftEngine], requests: Requests,
@@ -206,7 +243,12 @@ def _target(m: _Model, i: int, name: str, group, unit: str, engines: list[DraftE
         f = w.pause.sampler(rng_for(seed, Stream.PAUSE, i))
         pause = lambda f=f: f(0.0, 0.0, 0.0)  # noqa: E731
     comm_rng = rng_for(seed, Stream.COMM, i)
-    return Target(
+    serving = {}
+    if group.serving is not None:
+        gi = next(k for k, g in enumerate(sc.targets) if g is group)
+        serving = {"serving": group.serving, "users": w.concurrency if isinstance(w, ClosedLoop) else 0,
+                   "where": f"targets.{gi}.serving"}
+    return (ServingTarget if serving else Target)(
         m.env, i, name, group, m.units[unit],
         engines[0] if star else (engines[i] if engines else None),
         requests, rng_for(seed, Stream.TARGET, i), m.rec,
@@ -228,6 +270,7 @@ def _target(m: _Model, i: int, name: str, group, unit: str, engines: list[DraftE
         pipeline=star and draft.pipeline,
         tree=draft.tree,
         general=m.general,
+        **serving,
     )
 
 
@@ -235,7 +278,9 @@ def _unfinished(rec: Recorder, targets: list[Target], store: simpy.Store | None)
     """Conservation: every request that was issued is in the table, finished or not (a target's
     request in progress; an open loop's arrivals still queued, target -1)."""
     for t in targets:
-        if t.current is not None:
+        if isinstance(t, ServingTarget):
+            rec.requests.extend(t.unfinished())
+        elif t.current is not None:
             rec.requests.append(t.current.row())
     for item in store.items if store is not None else ():
         if item is not None:

@@ -46,8 +46,10 @@ class Requests:
         self.issued += 1
         return True
 
-    def next_for(self, target: Target):
-        """Generator: waits as needed, returns ``(rid, arrival, prompt, output)`` or None."""
+    def next_for(self, target: Target, pausing: bool | None = None):
+        """Generator: waits as needed, returns ``(rid, arrival, prompt, output)`` or None.
+        ``pausing``: whether a closed loop's user pauses first (None: after the target's first
+        request; a serving target's users each pause after their own)."""
         if self.store is not None:  # open loop: arrivals queue for the first free target
             item = yield self.store.get()
             return item
@@ -57,7 +59,7 @@ class Requests:
         if not self.take():
             return None
         rid = self.issued - 1  # read now: other targets take ids while this one pauses
-        if target.served and target.pause is not None:
+        if (target.served if pausing is None else pausing) and target.pause is not None:
             yield self.env.timeout(target.pause())
         prompt, output = pset[target.served % len(pset)]
         return rid, self.env.now, prompt, output

@@ -1,0 +1,222 @@
+"""A serving target's engine step, without a clock: which sequences one step runs.
+
+The rules of vLLM's scheduler (v1), written once for the simulator (and, later, the real
+backend's batched target): running sequences are scheduled first, in admission order, each
+taking one tree to verify (or one token to decode) or the next chunk of its prefill; then
+queued requests are admitted, first come first served, while a slot (``max_seqs``), the
+step's token budget (``max_batched_tokens``, shared by prefill chunks and decode/verify
+tokens) and the KV capacity allow. The head of the queue blocks those behind it.
+
+KV, in tokens: a sequence holds its context (prompt and generated tokens). A step reserves
+the slots its tokens write (a chunk; a tree and its root) and keeps those of the tokens the
+sequence emits. Under ``preempt``, a sequence that cannot get its slots takes them from the
+most recently admitted running one, which goes back to the head of the queue and later
+recomputes its whole context (prompt and output so far) as a prefill (vLLM's preemption by
+recompute); under ``wait``, a request is admitted only with its whole length reserved, so
+nothing is ever preempted. A prefill's last chunk samples the next token (a request's first
+token, or the next one after a recompute).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from .errors import StarsimError
+
+
+class Seq:
+    """One request on a serving target. ``todo``: the tokens its prefill computes (the prompt;
+    after a preemption, its whole context); ``computed``: of them, done; ``ctx``: tokens in
+    its KV once prefilled; ``kv``: slots it holds."""
+
+    __slots__ = ("rid", "prompt", "output", "arrival", "owner", "row", "rows", "todo", "computed", "ctx",
+                 "generated", "kv", "new", "preemptions", "t_start")
+
+    def __init__(self, rid: int, prompt: int, output: int, arrival: float, owner=None):
+        self.rid, self.prompt, self.output, self.arrival, self.owner = rid, prompt, output, arrival, owner
+        self.row = self.rows = None  # the simulator's request row and round writer
+        self.todo, self.computed, self.ctx, self.generated, self.kv = prompt, 0, 0, 0, 0
+        self.new = 0  # tokens the draft has not seen yet (its next request sends them)
+        self.preemptions = 0
+        self.t_start = math.nan
+
+    @property
+    def prefilled(self) -> bool:
+        return self.computed >= self.todo
+
+
+@dataclass
+class Step:
+    """What one step runs: prefill chunks ``(seq, tokens)``, the sequences that verify a tree
+    (or decode a token), the sequences it preempted, and its shape for pricing (``tokens``
+    in the forward, ``kv`` cached tokens the decoding sequences read, ``attn`` query x key
+    pairs), the KV slots in use at its peak and the requests it left queued."""
+
+    prefill: list[tuple[Seq, int]] = field(default_factory=list)
+    verify: list[Seq] = field(default_factory=list)
+    preempted: list[Seq] = field(default_factory=list)
+    tokens: int = 0
+    kv: int = 0
+    attn: float = 0.0
+    kv_peak: int = 0
+    waiting: int = 0  # requests left queued once it was scheduled
+
+    def __bool__(self) -> bool:
+        return bool(self.prefill or self.verify)
+
+
+class StepScheduler:
+    """One target's queue and running sequences (see the module docstring).
+
+    ``per_round``: tokens a decoding sequence puts in a step (tree tokens + 1 with a draft,
+    1 without); ``kv_capacity`` and ``budget`` None: unlimited; ``reserve_whole``: the
+    ``wait`` policy."""
+
+    def __init__(self, *, max_seqs: int, budget: int | None, kv_capacity: int | None, per_round: int,
+                 reserve_whole: bool, where: str = "serving"):
+        self.max_seqs, self.per_round, self.reserve_whole = max_seqs, per_round, reserve_whole
+        self.budget = math.inf if budget is None else budget
+        self.capacity = math.inf if kv_capacity is None else kv_capacity
+        self.where = where  # the field path errors name
+        self.waiting: deque[Seq] = deque()
+        self.running: list[Seq] = []
+        self.kv_used = 0
+        self.preemptions = 0
+
+    # ------------------------------------------------------------------ queue
+
+    def add(self, seq: Seq) -> None:
+        self.waiting.append(seq)
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def _whole(self, s: Seq) -> int:
+        """The slots a request holds at most: its prompt and output, and one step's tokens."""
+        return s.prompt + s.output + self.per_round
+
+    # ------------------------------------------------------------------ one step
+
+    def plan(self) -> Step:
+        """The next step: running sequences first, then admissions (see the module docstring)."""
+        step = Step()
+        budget, reserved = self.budget, 0
+        i = 0
+        while i < len(self.running):
+            s = self.running[i]
+            if s.prefilled:
+                need = self.per_round
+                if need > budget:
+                    i += 1
+                    continue
+                slots = 0 if self.reserve_whole else need
+            else:
+                need = min(s.todo - s.computed, budget)
+                if need <= 0:
+                    i += 1
+                    continue
+                slots = 0 if self.reserve_whole else need + (s.computed + need >= s.todo)
+            if not self._room(slots, reserved, s, step):
+                continue  # s itself was preempted: the list moved under i
+            reserved += slots
+            budget -= need
+            self._add(step, s, need)
+            i += 1
+        self._admit(step, budget, reserved)
+        return step
+
+    def _room(self, slots: int, reserved: int, s: Seq, step: Step) -> bool:
+        """Free ``slots`` for ``s`` by preempting from the end of the running list; False if
+        ``s`` itself had to go."""
+        while self.kv_used + reserved + slots > self.capacity:
+            victim = self.running.pop()
+            self._preempt(victim, step)
+            if victim is s:
+                if not self.running:
+                    self._too_large(s)
+                return False
+        return True
+
+    def _preempt(self, s: Seq, step: Step) -> None:
+        self.kv_used -= s.kv
+        s.kv, s.computed = 0, 0
+        s.todo = s.prompt + s.generated  # recomputed from its whole context
+        s.preemptions += 1
+        self.preemptions += 1
+        step.preempted.append(s)
+        self.waiting.appendleft(s)
+
+    def _too_large(self, s: Seq) -> None:
+        raise StarsimError(
+            f"{self.where}: request {s.rid} ({s.prompt} prompt + {s.output} output tokens) does not fit the KV "
+            f"capacity of {self.capacity:g} tokens even alone; raise the capacity or shorten the requests")
+
+    def _admit(self, step: Step, budget: float, reserved: int) -> None:
+        while self.waiting and len(self.running) < self.max_seqs and budget > 0:
+            s = self.waiting[0]
+            chunk = min(s.todo - s.computed, budget)
+            if self.reserve_whole:
+                slots = self._whole(s)
+            else:
+                slots = chunk + (s.computed + chunk >= s.todo)
+            if self.kv_used + reserved + slots > self.capacity:
+                if not self.running and not step:
+                    self._too_large(s)
+                break  # first come, first served: the head waits, and those behind it
+            self.waiting.popleft()
+            self.running.append(s)
+            if self.reserve_whole:
+                s.kv = slots
+                self.kv_used += slots
+            else:
+                reserved += slots
+            budget -= chunk
+            self._add(step, s, chunk)
+        step.kv_peak = self.kv_used + reserved
+        step.waiting = len(self.waiting)
+
+    def _add(self, step: Step, s: Seq, tokens: int) -> None:
+        if s.prefilled:
+            step.verify.append(s)
+            step.kv += s.ctx
+            step.attn += tokens * s.ctx
+        else:
+            step.prefill.append((s, tokens))
+            step.attn += tokens * (s.computed + tokens / 2)
+        step.tokens += tokens
+
+    def finish(self, step: Step, emitted: list[int]) -> list[Seq]:
+        """The step ran: ``emitted[j]`` tokens for ``step.verify[j]``; prefill chunks are
+        computed (a last chunk emits one token). Returns the sequences now done, released."""
+        done = []
+        for s, n in zip(step.verify, emitted):
+            s.generated += n
+            s.ctx += n
+            s.new += n
+            self._grow(s, n)
+            if s.generated >= s.output:
+                done.append(s)
+        for s, c in step.prefill:
+            s.computed += c
+            self._grow(s, c)
+            if s.prefilled:
+                # the draft has seen none of a new request, and all but this token of a recomputed one
+                s.new = s.todo + 1 if s.generated == 0 else s.new + 1
+                s.generated += 1
+                s.ctx = s.todo + 1
+                self._grow(s, 1)
+                if s.generated >= s.output:
+                    done.append(s)
+        for s in done:
+            self.running.remove(s)
+            self.kv_used -= s.kv
+            s.kv = 0
+        return done
+
+    def _grow(self, s: Seq, n: int) -> None:
+        if not self.reserve_whole:
+            s.kv += n
+            self.kv_used += n

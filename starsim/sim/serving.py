@@ -1,0 +1,305 @@
+"""A serving target in the simulator: one engine loop of steps (continuous batching).
+
+Each step is one SimPy wait whatever the batch: the scheduler (:mod:`starsim.serving`, no
+clock) picks the step's prefill chunks and decoding sequences; in the star, the target sends
+one draft request for all its decoding sequences and the draft engine drafts them as one
+batched round; then one forward verifies every tree and computes every chunk, priced by
+the group's ``serving.step_time`` (or, without one, at ``max_seqs: 1``, by its prefill,
+verify and decode times, which makes it StarSD's target exactly: tests/test_serving.py).
+Requests come from users (a closed loop, ``workload.concurrency`` per target), from the
+fleet's queue when a slot is free (``router: first_free``) or from the router.
+"""
+
+from __future__ import annotations
+
+import math
+
+import simpy
+
+from ..records import RequestRow, RoundWriter
+from ..scenario import Serving
+from ..serving import Seq, Step, StepScheduler
+from .draft import Task
+from .target import Target, _BytesUp, _work
+
+
+class _User:
+    __slots__ = ("served", "done")
+
+    def __init__(self):
+        self.served, self.done = 0, None
+
+
+class ServingTarget(Target):
+    """A :class:`Target` that serves ``serving.max_seqs`` requests at once (see the module docstring)."""
+
+    def __init__(self, *args, serving: Serving, users: int, where: str, **kw):
+        """As :class:`Target`, with the group's ``serving``, the closed loop's ``users`` per
+        target (0: requests come from the fleet's queue or its router) and the field path
+        errors name."""
+        super().__init__(*args, **kw)
+        self.cfg = serving
+        self.batched = serving.max_seqs > 1
+        spec = self.engine is not None or self.fabric is not None
+        self.sched = StepScheduler(max_seqs=serving.max_seqs, budget=serving.max_batched_tokens,
+                                   kv_capacity=serving.kv_tokens, per_round=self.tree_tokens + 1 if spec else 1,
+                                   reserve_whole=serving.on_kv_full == "wait", where=where)
+        st = serving.step_time
+        self.step_time = st.sampler(self._accept_rng) if st is not None else None
+        self.users, self.sources = users, max(users, 1)
+        self._wake: simpy.Event | None = None
+        self._slot: simpy.Event | None = None
+        self.steps = 0
+        self.bytes_up = _BytesUp(self.payload, self.hidden)
+        self.log_step = {k: self.rec.interval_writer(engine=self.engine_name, device=self.unit.name, kind=k)
+                         for k in ("prefill", "verify", "decode")}
+
+    # ------------------------------------------------------------------ requests in
+
+    def processes(self) -> list:
+        """The generators to start: the engine loop, then its sources (users, the fleet feeder)."""
+        if self.requests.store is None:
+            return [self.run(), *(self._user(_User()) for _ in range(self.users))]
+        return [self.run(), self._feeder()]
+
+    def _enqueue(self, rid: int, arrival: float, prompt: int, output: int, owner=None) -> None:
+        s = Seq(rid, prompt, output, arrival, owner)
+        s.row = RequestRow(request=rid, target=self.index, prompt_tokens=prompt, output_tokens=output,
+                           t_arrival=arrival)
+        self.sched.add(s)
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            wake, self._wake = self._wake, None
+            wake.succeed()
+
+    def _user(self, u: _User):
+        """One closed-loop user: a request, its answer, the next (a pause between, as the workload says)."""
+        while True:
+            req = yield from self.requests.next_for(self, pausing=u.served > 0)
+            if req is None:
+                break
+            u.served += 1
+            self.served += 1
+            u.done = self.env.event()
+            self._enqueue(*req, owner=u)
+            yield u.done
+        self._source_done()
+
+    def _feeder(self):
+        """``router: first_free``: take the fleet queue's next arrival whenever a slot is free."""
+        while True:
+            while self.sched.outstanding >= self.cfg.max_seqs:
+                self._slot = self.env.event()
+                yield self._slot
+            item = yield self.requests.store.get()
+            if item is None:
+                break
+            self.served += 1
+            self._enqueue(*item)
+        self._source_done()
+
+    def receive(self, item) -> None:
+        """The router sends an arrival ``(rid, arrival, prompt, output)``; None: no more."""
+        if item is None:
+            self._source_done()
+        else:
+            self.served += 1
+            self._enqueue(*item)
+
+    def _source_done(self) -> None:
+        self.sources -= 1
+        self._poke()
+
+    def unfinished(self) -> list[tuple]:
+        """Request rows of what it still holds when the run ends (running, then queued)."""
+        return [s.row.row() for s in (*self.sched.running, *self.sched.waiting)]
+
+    # ------------------------------------------------------------------ the engine loop
+
+    def run(self):
+        env, sched = self.env, self.sched
+        fabric = self.fabric
+        engine = self.engine if fabric is None else None  # paired at the first round (see _speculate_step)
+        last_ve = env.now
+        while True:
+            step = sched.plan()
+            if not step:
+                if self.sources <= 0 and not sched.outstanding:
+                    return
+                self._wake = env.event()
+                yield self._wake
+                continue
+            now = env.now
+            for s in self._in(step):
+                if math.isnan(s.row.t_start):
+                    s.row.t_start = now
+            hops = None
+            if step.verify and (engine is not None or fabric is not None):
+                engine, hops = yield from self._speculate_step(engine, step)
+            vs, ve, kind = yield from self._forward(step, hops, last_ve)
+            last_ve = ve  # the device is as warm after a prefill as after a verify
+            self._outcomes(step, hops, engine, vs, ve, kind)
+
+    @staticmethod
+    def _in(step: Step) -> list[Seq]:
+        return step.verify + [s for s, _ in step.prefill]
+
+    def _speculate_step(self, engine, step: Step):
+        """The step's draft request, paired through the fabric if there is one; on a server's
+        failure, again to another one with every context (None: none left: the step decodes a
+        token each). Returns (engine, hops).
+
+        A target pairs when a request starts its rounds (as one without serving does at each
+        request), keeping its server unless the fabric moves it; its requests share it."""
+        fabric = self.fabric
+        if fabric is not None and (engine is None or any(s.rows is None for s in step.verify)):
+            engine = self._paired(engine, step)
+        while True:
+            if engine is not None:
+                hops = yield from self._draft(engine, step)
+                if hops is not None:
+                    return engine, hops
+                engine = fabric.after_failure(self.index) if fabric is not None else None
+                for s in step.verify:
+                    s.new = s.ctx
+            if engine is None:
+                step.tokens -= (self.sched.per_round - 1) * len(step.verify)  # a token each, not a tree
+                return None, None
+
+    def _paired(self, engine, step: Step):
+        """The fabric's engine for this step; a new one has none of the sequences' caches."""
+        new = self.fabric.engine_for(self.index)
+        if new is not engine and new is not None:
+            for s in step.verify:
+                s.new = s.ctx
+        return new
+
+    def _draft(self, engine, step: Step):
+        """The step's draft request: up the link, the engine (one batched round for every
+        decoding sequence), the reply down. Returns the hops, or None if its server failed."""
+        env, host = self.env, self.unit.host
+        seqs = step.verify
+        new = sum(s.new for s in seqs)
+        b_up = self.bytes_up[new]
+        n = len(seqs)
+        b_down = self.payload.bytes_down(self.tree_tokens) * n - self.payload.header_bytes * (n - 1)
+        t_send = env.now
+        yield from _work(env, host, self.send_cpu())
+        t0, t_up = env.now, self.up(b_up)
+        draft_host = engine.unit.host
+        if draft_host is None:
+            yield env.timeout(t_up + self.parse())
+            t_arrive = t0 + t_up
+        else:
+            yield env.timeout(t_up)
+            t_arrive = env.now
+            yield from _work(env, draft_host, self.parse())
+        t_enq = env.now
+        task = Task(self.index, 0, env.event())
+        if self.batched:
+            task.seqs = [((self.index, s.rid), s.ctx) for s in seqs]
+            task.context = max(s.ctx for s in seqs)
+        else:
+            task.context = seqs[0].ctx
+        if self.slo is not None:
+            task.deadline = min(s.row.t_first_token + self.slo * s.generated for s in seqs)
+        engine.submit(task)
+        yield task.done
+        if task.failed:
+            return None
+        if draft_host is None and not self.has_msg_cpu:
+            # the reply's way back is pure delay: waited with the forward (as Target._speculate_shared)
+            t_ser = self.serialize()
+            t_down = self.down(b_down)
+            lead, t_reply, t_back = t_ser + t_down, task.end + t_ser, task.end + t_ser + t_down
+        else:
+            yield from _work(env, draft_host, self.serialize())
+            t_reply = env.now
+            yield env.timeout(self.down(b_down))
+            yield from _work(env, host, self.receive_cpu())
+            lead, t_back = 0.0, env.now
+        for s in seqs:
+            s.new = 0
+        return {"task": task, "engine": engine, "t_send": t_send, "t_arrive": t_arrive, "t_enq": t_enq,
+                "t_reply": t_reply, "t_back": t_back, "lead": lead, "b_up": b_up, "b_down": b_down}
+
+    def _forward(self, step: Step, hops: dict | None, last_ve: float):
+        """The step's forward on the target's device; returns (start, end, interval kind)."""
+        lead = hops["lead"] if hops is not None else 0.0
+        spec = hops is not None
+        if self.step_time is not None:
+            dur = self.step_time(step.tokens, step.kv, step.attn)
+        elif step.verify:  # one sequence (max_seqs 1): the group's own ops, as a target without serving
+            s = step.verify[0]
+            if spec:
+                dur = self.verify(self.tree_tokens + 1, s.ctx, self.depth)
+            else:
+                dur = (self.decode if self.decode is not None else self.verify)(1, s.ctx, 0)
+        else:
+            dur = self.prefill(step.prefill[0][1], 0, 0)
+        if spec and self.warm_cold is not None:
+            dur *= self.warm_cold(hops["t_back"] - last_ve)
+        kind = "verify" if spec else ("decode" if step.verify else "prefill")
+        vs, ve = yield from self._hold(lead, dur)
+        return vs, ve, kind
+
+    def _outcomes(self, step: Step, hops: dict | None, engine, vs: float, ve: float, kind: str) -> None:
+        """Each sequence's tokens from the step: its acceptance drawn (a tree) or one token,
+        its round row; the prefill chunks; the step's row and interval; finished requests out."""
+        emitted = []
+        for j, s in enumerate(step.verify):
+            rows = self._rows(s)
+            left = s.output - s.generated
+            if hops is None:
+                emitted.append(1)
+                rows.decode(t_verify_start=vs, t_verify_end=ve, context_tokens=s.ctx)
+                continue
+            k = self.accept()
+            e = k + 1 if k + 1 < left else left
+            emitted.append(e)
+            t = hops["task"]
+            rows.tree(draft=hops["engine"].index, tree_tokens=self.tree_tokens, depth=self.depth,
+                      bytes_down=hops["b_down"])
+            rows.round(t_send=hops["t_send"], t_draft_arrive=hops["t_arrive"], t_enqueue=hops["t_enq"],
+                       t_draft_start=t.start, t_draft_end=t.end, t_reply_send=hops["t_reply"],
+                       t_target_arrive=hops["t_back"], t_verify_start=vs, t_verify_end=ve, context_tokens=s.ctx,
+                       new_tokens=t.new_tokens if t.seqs is None else t.seq_new[j], accepted=k,
+                       emitted=e, bytes_up=hops["b_up"], draft_kv_bytes=t.kv_bytes)
+        last = [s for s, c in step.prefill if s.computed + c >= s.todo]  # a chunk that ends a prefill
+        done = self.sched.finish(step, emitted)
+        for s in last:
+            if s.generated == 1:
+                s.row.t_first_token = ve
+            else:  # a recompute's token (after a preemption): a round without a draft, so tokens add up
+                self._rows(s).decode(t_verify_start=vs, t_verify_end=ve, context_tokens=s.todo)
+        if self.batched or kind == "prefill":
+            self.log_step[kind](target=self.index, start=vs, end=ve)
+        self._step_row(step, vs, ve)
+        for s in self._in(step):
+            s.row.generated_tokens = s.generated
+        for s in done:
+            s.row.t_finish = ve
+            self.rec.requests.append(s.row.row())
+            if engine is not None:
+                engine.free((self.index, s.rid) if self.batched else self.index)
+            if s.owner is not None:
+                s.owner.done.succeed()
+        if done and self._slot is not None:
+            slot, self._slot = self._slot, None
+            slot.succeed()
+
+    def _rows(self, s: Seq) -> RoundWriter:
+        if s.rows is None:
+            s.rows = RoundWriter(self.rec, target=self.index, request=s.rid, engine=self.engine_name,
+                                 device=self.unit.name, intervals=not self.batched)
+        return s.rows
+
+    def _step_row(self, step: Step, vs: float, ve: float) -> None:
+        sched = self.sched
+        cap = -1 if math.isinf(sched.capacity) else int(sched.capacity)
+        self.rec.steps.append((self.index, self.steps, vs, ve, len(step.verify) + len(step.prefill),
+                               step.waiting, len(step.prefill), sum(c for _, c in step.prefill),
+                               len(step.verify), step.tokens, step.kv_peak, cap, len(step.preempted)))
+        self.steps += 1
