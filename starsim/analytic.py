@@ -108,6 +108,7 @@ class TargetDemand:
     verify_s: float
     overhead_s: float  # per-request work outside the decode loop (prefill, pause), per round
     decode_tokens_per_round: float  # tokens per round after the first token
+    batch: float = 1.0  # sequences per step (a serving target); the per-round figures are the step's
 
 
 def _mean_rounds(output: float, acc_marginal: list[float]) -> float:
@@ -156,7 +157,88 @@ def _mean(spec: Dist, tokens=0.0, context=0.0, depth=0.0) -> float:
     return float(spec.mean(tokens, context, depth))
 
 
+def serving_batch(scenario: Scenario, g: TargetGroup) -> int:
+    """Sequences per step of a serving target in a closed loop's steady state: its users, up
+    to ``max_seqs`` and what KV holds (each request's whole length and a step's tokens;
+    exact under ``on_kv_full: wait``, the no-preemption bound under ``preempt``)."""
+    sv, w = g.serving, scenario.workload
+    users = w.concurrency if isinstance(w, ClosedLoop) else sv.max_seqs
+    b = min(users, sv.max_seqs)
+    cap = sv.kv_tokens
+    if cap is not None:
+        prompts, outputs = _lengths(scenario)
+        per_round = scenario.draft.tree.tokens + 1 if scenario.mode != "autoregressive" else 1
+        b = min(b, max(1, int(cap // float(np.mean(prompts + outputs) + per_round))))
+    return b
+
+
+def _serving_demand(scenario: Scenario, name: str, g: TargetGroup, batch: int) -> TargetDemand:
+    """:func:`target_demand` of a serving target priced by its ``step_time``: ``batch``
+    sequences in lockstep (a closed loop's users start together, so their prefills share a
+    step, chunked to the budget, and their rounds share the rest); the star's draft request
+    carries all of them, drafted as one batched round."""
+    dr, tree, sv, mode = scenario.draft, scenario.draft.tree, g.serving, scenario.mode
+    st, b = sv.step_time, float(batch)
+    spec = mode != "autoregressive"
+    q = tree.tokens + 1 if spec else 1
+    marg = scenario.acceptance.marginal(tree.shape()) if spec else []
+    prompts, outputs = _lengths(scenario)
+    w = scenario.workload
+    pause = _mean(w.pause) if isinstance(w, ClosedLoop) and w.pause is not None else 0.0
+    tot = dict(d=0.0, z=0.0, rounds=0.0, link=0.0, verify=0.0, overhead=0.0, tokens=0.0)
+    for p, o in zip(prompts, outputs):
+        ctx_mid = p + 1 + (o - 1) / 2.0
+        chunk = min(b * p, sv.max_batched_tokens or math.inf)
+        chunks = math.ceil(b * p / chunk) if p else 0
+        # each chunk of the batch's prompts after those before it (a whole prompt: p * p / 2 pairs each)
+        prefill = sum(st.mean(min(chunk, b * p - k * chunk), 0.0, 0.0) for k in range(chunks))
+        prefill += st.per_attn_s * b * p * p / 2.0
+        r = _mean_rounds(o, marg) if spec else max(0.0, o - 1.0)
+        m = (o - 1) / r if r else 1.0
+        v_req = r * st.mean(b * q, b * ctx_mid, b * q * ctx_mid)
+        link = d_req = 0.0
+        if spec and r:
+            later = m if dr.prefix_cache else ctx_mid
+            d_req = _draft_batch(dr, b, p + 1, ctx_mid) + (r - 1) * _draft_batch(dr, b, later, ctx_mid)
+        if mode == "star" and r:
+            hidden = dr.needs_hidden_states
+            head = g.payload.header_bytes
+            up = g.payload.bytes_up(int(round(b * m)), hidden)
+            first_up = g.payload.bytes_up(int(b * (p + 1)), hidden)
+            down = b * g.payload.bytes_down(tree.tokens) - (b - 1) * head
+            per_round = g.link.up.mean_time(up) + g.link.down.mean_time(down)
+            per_round += _mean(dr.parse_time) + _mean(dr.serialize_time) + _mean(g.send_time) + _mean(g.receive_time)
+            link = r * per_round + g.link.up.mean_time(first_up) - g.link.up.mean_time(up)
+        tot["d"] += d_req
+        tot["z"] += prefill + pause + link + v_req
+        tot["overhead"] += prefill + pause
+        tot["rounds"] += r
+        tot["link"] += link
+        tot["verify"] += v_req
+        tot["tokens"] += b * o
+    rounds = max(tot["rounds"], 1e-12)
+    return TargetDemand(
+        name=name, d=tot["d"] / rounds, z=tot["z"] / rounds, tokens_per_round=tot["tokens"] / rounds,
+        decode_tokens_per_round=(tot["tokens"] - b * len(prompts)) / rounds, overhead_s=tot["overhead"] / rounds,
+        rounds_per_request=rounds / len(prompts), link_s=tot["link"] / rounds, verify_s=tot["verify"] / rounds,
+        batch=b)
+
+
+def _draft_batch(dr, b: float, new: float, ctx: float) -> float:
+    """One draft round for ``b`` sequences that each encode ``new`` tokens (as the
+    simulator's engine prices it: a plain round for one, ``batch.time`` for more)."""
+    if b <= 1:
+        return dr.mean_round(new, ctx)
+    depth = dr.tree.depth
+    t = _mean(dr.batch.time, b, ctx, depth) + dr.encode_per_token_s * b * new
+    if dr.round_time is not None and new > 1:
+        t += b * max(0.0, _mean(dr.round_time, new, ctx, depth) - _mean(dr.round_time, 1, ctx, depth))
+    return t
+
+
 def target_demand(scenario: Scenario, name: str, g: TargetGroup) -> TargetDemand:
+    if g.serving is not None and g.serving.step_time is not None:
+        return _serving_demand(scenario, name, g, serving_batch(scenario, g))
     dr = scenario.draft
     tree = dr.tree
     marg = scenario.acceptance.marginal(tree.shape())
@@ -322,9 +404,10 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
     # TPOT: a decode round takes the cycle minus the per-request work spread over it (weighted
     # by request rate below: the summary's TPOT is a mean over requests)
     overhead = np.array([p.overhead_s for p in per])
-    m_dec = np.array([max(p.decode_tokens_per_round, 1e-12) for p in per])
+    batch = np.array([p.batch for p in per])
+    m_dec = np.array([max(p.decode_tokens_per_round, 1e-12) for p in per]) / batch  # per sequence
     tpot = (cycle - overhead) / m_dec
-    request_rate = np.array([1.0 / (c * p.rounds_per_request) if p.rounds_per_request else 0.0
+    request_rate = np.array([p.batch / (c * p.rounds_per_request) if p.rounds_per_request else 0.0
                              for c, p in zip(cycle, per)])
     per_target = [
         {
@@ -336,7 +419,8 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
             "cycle_alone_s": float(t_alone[i]),
             "cycle_s": float(cycle[i]),
             "tokens_per_s": float(m[i] / cycle[i]),
-            "tpot_below_saturation_s": float((t_alone[i] - p.overhead_s) / p.decode_tokens_per_round),
+            "tpot_below_saturation_s": float((t_alone[i] - p.overhead_s) / m_dec[i]),
+            "batch": float(p.batch),
             "tpot_s": float(tpot[i]),
             "rounds_per_request": float(p.rounds_per_request),
         }
