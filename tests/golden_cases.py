@@ -46,6 +46,17 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "memory": ("scenarios/beyond_memory.yaml", []),
     "cpu_profiles": ("scenarios/starsd_ref_cpu_n2.yaml", ["duration_s=40"]),
     "gpu_profiles": ("scenarios/gpu/vicuna7b-eagle-a100_sxm.yaml", ["duration_s=20"]),
+    # serving targets (continuous batching): the star at batch with a closed concurrency, an
+    # open loop through a router, chunked prefill, KV-full preemption, the fabric, no draft
+    "serving_star": ("scenarios/serving_const.yaml", ["duration_s=12"]),
+    "serving_router": ("scenarios/serving_const.yaml", [
+        "duration_s=12", "workload={kind: poisson, rate_per_s: 30, router: least_outstanding, prompt_tokens: "
+        "{kind: uniform, low: 64, high: 512}, output_tokens: {kind: uniform, low: 64, high: 512}}"]),
+    "serving_chunked": ("scenarios/serving_const.yaml", ["duration_s=12", "targets.0.serving.max_batched_tokens=256"]),
+    "serving_preempt": ("scenarios/serving_const.yaml", ["duration_s=12", "targets.0.serving.kv_capacity_tokens=6000"]),
+    "serving_fabric": ("scenarios/serving_const.yaml", [
+        "duration_s=12", "draft.fabric={servers: 2, pairing: least_loaded, failures: [{server: 0, at_s: 6}]}"]),
+    "serving_autoregressive": ("scenarios/serving_const.yaml", ["duration_s=12", "mode=autoregressive"]),
 }
 
 # provenance fields that do not depend on the machine, the checkout's path or the clock
@@ -85,6 +96,8 @@ def fingerprint(result) -> dict:
         "meta": rec.meta,
         "tables": {"rounds": _table(rec.rounds), "requests": _table(rec.requests), "intervals": _table(rec.intervals)},
     }
+    if rec.steps is not None:  # serving targets only: other cases' files keep their keys
+        fp["tables"]["steps"] = _table(rec.steps)
     # through JSON, as the file is: tuples become lists, numpy scalars numbers
     return json.loads(json.dumps(fp, sort_keys=True, default=_plain, allow_nan=False))
 

@@ -142,6 +142,26 @@ CASES = [
     ("draft_time_missing", _pop("draft.time"), "draft", "give exactly one of draft.time (tree only) and "),
     ("no_targets", _set("targets", []), "targets", "at least 1 item"),
     ("duplicate_group_names", _dup_group, "targets", "duplicate group names: vicuna7b"),
+    # serving targets (continuous batching)
+    ("serving_budget_below_a_tree", _set("targets.0.serving", {"max_batched_tokens": 10}),
+     "targets.0.serving.max_batched_tokens", "10 is below one sequence's step (60 tokens: the tree and its root)"),
+    ("serving_batch_without_step_time", _set("targets.0.serving", {"max_seqs": 8}), "targets.0.serving",
+     "max_seqs > 1 needs step_time, the cost of one batched engine step"),
+    ("serving_no_seqs", _set("targets.0.serving", {"max_seqs": 0}), "targets.0.serving.max_seqs",
+     "greater than or equal to 1 (got 0)"),
+    ("serving_kv_twice", _set("targets.0.serving", {"kv_capacity_tokens": 9000, "kv_capacity_bytes": 10**9}),
+     "targets.0.serving", "give kv_capacity_tokens or kv_capacity_bytes, not both"),
+    ("serving_kv_bytes_without_size", _set("targets.0.serving", {"kv_capacity_bytes": 10**9}), "targets.0.serving",
+     "kv_capacity_bytes needs kv_bytes_per_token"),
+    ("serving_batched_draft_without_batch_time", _set("targets.0.serving", {"max_seqs": 8, "step_time": {
+     "weights_s": 0.01}}), "draft.batch.time", "the draft needs batch.time, the cost of a batched round"),
+    ("serving_with_pipelining", lambda d: (d["targets"][0].update(serving={}), d["draft"].update(pipeline=True)),
+     "draft.pipeline", "not modelled with serving targets yet"),
+    ("concurrency_zero", _set("workload.concurrency", 0), "workload.concurrency", "greater than or equal to 1 (got 0)"),
+    ("concurrency_without_serving", _set("workload.concurrency", 8), "workload.concurrency",
+     "more than one request at a time per target needs every target group to serve"),
+    ("router_without_serving", _set("workload", {"kind": "poisson", "rate_per_s": 5, "router": "round_robin"}),
+     "workload.router", "round_robin queues requests at each target: every target group must serve"),
 ]
 
 

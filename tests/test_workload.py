@@ -173,7 +173,7 @@ def test_scenario_reference_has_every_field_description():
         scenario.PretrainedModel, scenario.SpecModel,
         scenario.Fabric, scenario.DraftFailure, scenario.Adaptive, acceptance.Phase, acceptance.Phases,
         acceptance.Ranked, acceptance.Marginal,
-        distributions.Linear, distributions.Profile,
+        distributions.Linear, distributions.Profile, scenario.Serving, scenario.StepTime,
     ]
     for model in models:
         for name, field in model.model_fields.items():
