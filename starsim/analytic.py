@@ -29,6 +29,7 @@ import numpy as np
 
 from .distributions import Dist
 from .scenario import ClosedLoop, GammaArrivals, Poisson, Scenario, TargetGroup, TraceReplay
+from .serving import chunk_shape, tree_shape
 from .workload import load_azure_trace, prompt_set
 
 
@@ -178,7 +179,7 @@ def _serving_demand(scenario: Scenario, name: str, g: TargetGroup, batch: int) -
     step, chunked to the budget, and their rounds share the rest); the star's draft request
     carries all of them, drafted as one batched round."""
     dr, tree, sv, mode = scenario.draft, scenario.draft.tree, g.serving, scenario.mode
-    st, b = sv.step_time, float(batch)
+    step, b = sv.step_time.mean_fn(), float(batch)
     spec = mode != "autoregressive"
     q = tree.tokens + 1 if spec else 1
     marg = scenario.acceptance.marginal(tree.shape()) if spec else []
@@ -188,14 +189,15 @@ def _serving_demand(scenario: Scenario, name: str, g: TargetGroup, batch: int) -
     tot = dict(d=0.0, z=0.0, rounds=0.0, link=0.0, verify=0.0, overhead=0.0, tokens=0.0)
     for p, o in zip(prompts, outputs):
         ctx_mid = p + 1 + (o - 1) / 2.0
+        # the batch's prompts, b p tokens, in steps of the budget; their attention and last
+        # tokens' logits spread over those steps in proportion
         chunk = min(b * p, sv.max_batched_tokens or math.inf)
         chunks = math.ceil(b * p / chunk) if p else 0
-        # each chunk of the batch's prompts after those before it (a whole prompt: p * p / 2 pairs each)
-        prefill = sum(st.mean(min(chunk, b * p - k * chunk), 0.0, 0.0) for k in range(chunks))
-        prefill += st.per_attn_s * b * p * p / 2.0
+        whole = chunk_shape(p, 0.0, True).times(b)
+        prefill = sum(step(whole.times(min(chunk, b * p - k * chunk) / (b * p))) for k in range(chunks))
         r = _mean_rounds(o, marg) if spec else max(0.0, o - 1.0)
         m = (o - 1) / r if r else 1.0
-        v_req = r * st.mean(b * q, b * ctx_mid, b * q * ctx_mid)
+        v_req = r * step(tree_shape(q, ctx_mid).times(b))
         link = d_req = 0.0
         if spec and r:
             later = m if dr.prefix_cache else ctx_mid

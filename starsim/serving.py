@@ -22,8 +22,38 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import StarsimError
+
+
+class StepShape(NamedTuple):
+    """What a step's price depends on (``serving.step_time``): every token in the forward,
+    the tokens the LM head scores, the decoding sequences, the cached tokens they read, and
+    the attention query x key pairs beyond a decode token's."""
+
+    tokens: float = 0.0
+    logits: float = 0.0
+    seqs: float = 0.0
+    kv: float = 0.0
+    attn: float = 0.0
+
+    def __add__(self, o: StepShape) -> StepShape:  # type: ignore[override]
+        return StepShape(*(a + b for a, b in zip(self, o)))
+
+    def times(self, n: float) -> StepShape:
+        return StepShape(*(a * n for a in self))
+
+
+def chunk_shape(tokens: float, cached: float, last: bool) -> StepShape:
+    """A prefill chunk of ``tokens`` after ``cached`` ones (``last``: it ends the prefill, so its
+    last token is scored)."""
+    return StepShape(tokens, 1.0 if last else 0.0, 0.0, 0.0, tokens * (cached + tokens / 2.0))
+
+
+def tree_shape(tokens: float, context: float) -> StepShape:
+    """One decoding sequence verifying ``tokens`` (a tree and its root; 1: a decode token) at ``context``."""
+    return StepShape(tokens, tokens, 1.0, context, (tokens - 1) * context)
 
 
 class Seq:
@@ -50,16 +80,17 @@ class Seq:
 @dataclass
 class Step:
     """What one step runs: prefill chunks ``(seq, tokens)``, the sequences that verify a tree
-    (or decode a token), the sequences it preempted, and its shape for pricing (``tokens``
-    in the forward, ``kv`` cached tokens the decoding sequences read, ``attn`` query x key
-    pairs), the KV slots in use at its peak and the requests it left queued."""
+    (or decode a token), the sequences it preempted, its shape for pricing, the KV slots in
+    use at its peak and the requests it left queued."""
+
+    @property
+    def tokens(self) -> int:
+        return int(self.shape.tokens)
 
     prefill: list[tuple[Seq, int]] = field(default_factory=list)
     verify: list[Seq] = field(default_factory=list)
     preempted: list[Seq] = field(default_factory=list)
-    tokens: int = 0
-    kv: int = 0
-    attn: float = 0.0
+    shape: StepShape = StepShape()
     kv_peak: int = 0
     waiting: int = 0  # requests left queued once it was scheduled
 
@@ -181,12 +212,10 @@ class StepScheduler:
     def _add(self, step: Step, s: Seq, tokens: int) -> None:
         if s.prefilled:
             step.verify.append(s)
-            step.kv += s.ctx
-            step.attn += tokens * s.ctx
+            step.shape += tree_shape(tokens, s.ctx)
         else:
             step.prefill.append((s, tokens))
-            step.attn += tokens * (s.computed + tokens / 2)
-        step.tokens += tokens
+            step.shape += chunk_shape(tokens, s.computed, s.computed + tokens >= s.todo)
 
     def finish(self, step: Step, emitted: list[int]) -> list[Seq]:
         """The step ran: ``emitted[j]`` tokens for ``step.verify[j]``; prefill chunks are

@@ -18,7 +18,7 @@ import simpy
 
 from ..records import RequestRow, RoundWriter
 from ..scenario import Serving
-from ..serving import Seq, Step, StepScheduler
+from ..serving import Seq, Step, StepScheduler, tree_shape
 from .draft import Task
 from .target import Target, _BytesUp, _work
 
@@ -164,8 +164,10 @@ class ServingTarget(Target):
                 engine = fabric.after_failure(self.index) if fabric is not None else None
                 for s in step.verify:
                     s.new = s.ctx
-            if engine is None:
-                step.tokens -= (self.sched.per_round - 1) * len(step.verify)  # a token each, not a tree
+            if engine is None:  # a token each, not a tree
+                q = self.sched.per_round
+                step.shape = sum((tree_shape(1, s.ctx) + tree_shape(q, s.ctx).times(-1) for s in step.verify),
+                                 step.shape)
                 return None, None
 
     def _paired(self, engine, step: Step):
@@ -230,7 +232,7 @@ class ServingTarget(Target):
         lead = hops["lead"] if hops is not None else 0.0
         spec = hops is not None
         if self.step_time is not None:
-            dur = self.step_time(step.tokens, step.kv, step.attn)
+            dur = self.step_time(step.shape)
         elif step.verify:  # one sequence (max_seqs 1): the group's own ops, as a target without serving
             s = step.verify[0]
             if spec:
