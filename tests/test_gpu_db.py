@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import json
 import math
 import sys
 
 import numpy as np
 import pytest
+import yaml
 
 pytest.importorskip("aiconfigurator_core")
 
@@ -132,6 +134,38 @@ workload: {{kind: closed, prompts: 8, prompt_tokens: 100, output_tokens: 200, re
 """)
     assert main(["run", str(scenario), "--json"]) == 0
     assert '"draft_utilization"' in capsys.readouterr().out
+    # the target's serving step, beside its profile: a serving target prices its steps with it
+    step = tmp_path / f"{SPEC}.target.h100_sxm-vllm-tp1.bfloat16.step.yaml"
+    doc = yaml.safe_load(step.read_text())
+    assert doc["provenance"]["fit"]["composed_step_mape_pct"] < 5 and doc["provenance"]["measured_fraction"] > 0.5
+    serving = f"    serving: {{max_seqs: 8, step_time: {{path: {step}}}}}"
+    text = scenario.read_text().replace("    decode_time: {", serving + "\n    decode_time: {")
+    text = text.replace("tree: {top_k: 10, depth: 5, tokens: 59}", "tree: {top_k: 10, depth: 5, tokens: 59}\n  batch: "
+                        f"{{time: {{kind: profile, path: {draft}, op: draft_batched}}}}")
+    scenario.write_text(text.replace("repeat: true", "repeat: true, concurrency: 8"))
+    assert main(["run", str(scenario), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["serving"]["batch_size_p50"] == 8 and summary["tpot_mean_s"] > 0
+
+
+def test_step_cost_fits_the_estimator():
+    """The step cost's parts and the composed step against the estimator's own calls."""
+    from starsim.calibrate import gpu_step
+    from starsim.scenario import StepTime
+
+    spec = gpu_db.bundled_spec("meta-llama/Meta-Llama-3.1-8B", "eagle")
+    pricer = gpu_db.Pricer(gpu_db.spec_refs(spec, _tmp())["target"], "h100_sxm", "vllm", "0.24.0", 1, "bfloat16")
+    cost = gpu_step.step_cost(pricer)
+    fit = cost["fit"]
+    assert fit["composed_step_mape_pct"] < 5 and fit["logits_mape_pct"] < 10 and fit["decode_attention_mape_pct"] < 15
+    st = StepTime(**cost["step_time"])
+    from starsim.serving import tree_shape
+
+    mean = st.mean_fn()
+    one, many = mean(tree_shape(1, 1024)), mean(tree_shape(1, 1024).times(64))
+    assert 0.004 < one < many < 4 * one  # a batch of 64 decodes costs far less than 64 steps of one
+    dense = st.dense()
+    assert dense(1) == pytest.approx(cost["step_time"]["dense_table"][0][1]) and dense(20000) > dense(16384)
 
 
 def test_cli_list(capsys):

@@ -210,7 +210,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                                                                else [])
     t0 = time.perf_counter()
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if args.verbose else None
-    written = []
+    written, steps = [], []
     for job_roles, tree in jobs:
         settings = gpu_db.Settings(
             spec=spec, system=args.system, backend=args.backend, backend_version=args.backend_version, tp=args.tp,
@@ -231,6 +231,8 @@ def cmd_import(args: argparse.Namespace) -> int:
             tag = tree if tree is not None and tree != spec.tree else None
             path = write_profile(prof, gpu_db.profile_path(args.out, spec.name, role, prof, tag))
             written.append((role, prof, path, tree))
+            if role == "target":  # and its serving step (targets.*.serving.step_time: {path: ...})
+                steps.append(_write_step(settings, prof, path))
     version = written[0][1].provenance["backend_version"]
     print(f"{spec.name} on {args.system} ({args.backend} {version}): {time.perf_counter() - t0:.1f} s")
     for role, prof, path, _ in written:
@@ -240,6 +242,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"\n{role}: {path}  (tp {prof.device['tp']}{on}, overhead {args.overhead_us:g} us per forward)")
         print(_fit_table(prof))
         print("  measured rows: " + ", ".join(f"{op} {100 * f:.0f}%" for op, f in frac.items()))
+    for path, fit in steps:
+        print(f"\nserving step: {path}  (composed step within {fit['composed_step_mape_pct']:g}% of the estimator's "
+              f"own sum; use as targets[].serving.step_time: {{path: {path}}})")
     target = [(prof, path) for role, prof, path, _ in written if role == "target"]
     drafts = [(prof, path, tree or spec.tree) for role, prof, path, tree in written if role == "draft"]
     for draft in drafts or [None]:  # one snippet per draft profile (a target alone: one)
@@ -253,6 +258,20 @@ def cmd_import(args: argparse.Namespace) -> int:
               f"{tree.tokens}, e.g.:")
         print(_snippet(profs, paths, tree))
     return 0
+
+
+def _write_step(settings, prof, path: Path) -> tuple[Path, dict]:
+    """The target's serving step-cost file beside its profile (``.step.yaml``); (path, fit errors)."""
+    import yaml
+
+    from . import gpu_step
+
+    cost = gpu_step.import_step(settings)
+    out = path.with_name(path.name[: -len(".yaml")] + ".step.yaml")
+    doc = gpu_step.step_doc(cost, prof, settings.command)
+    out.write_text("# A serving target's engine step (starsim calibrate import aiconfigurator); see scenarios/README.md"
+                   "\n" + yaml.safe_dump(doc, sort_keys=False))
+    return out, cost["fit"]
 
 
 def cmd_refit(args: argparse.Namespace) -> int:
