@@ -31,6 +31,10 @@ _OPTIONAL_ROWS = displays(
     "slo_attainment", "draft_evictions", "speculation_depth_mean", "rounds_without_speculation",
     "pipeline_hit_rate", "draft_wasted_fraction", "fabric_repairs",
 )
+_SERVING_ROWS = displays(
+    "serving.batch_size_mean", "serving.batch_size_p99", "serving.num_requests_waiting_mean",
+    "serving.kv_cache_usage_mean", "serving.num_preemptions", "serving.itl_s_p50", "serving.e2e_latency_s_mean",
+)
 
 
 def _summary_rows(s: dict, sc) -> list[list[str]]:
@@ -41,8 +45,14 @@ def _summary_rows(s: dict, sc) -> list[list[str]]:
           "speculation_depth_mean": adaptive, "rounds_without_speculation": adaptive,
           "pipeline_hit_rate": d.pipeline, "draft_wasted_fraction": d.pipeline,
           "fabric_repairs": s.get("fabric_repairs") is not None}
-    rows = _ROWS + [r for r in _OPTIONAL_ROWS if on[r.key]]
-    return [[d.label, _fmt(s.get(d.key), d.scale), d.unit] for d in rows]
+    rows = _ROWS + [r for r in _OPTIONAL_ROWS if on[r.key]] + (_SERVING_ROWS if "serving" in s else [])
+    return [[d.label, _fmt(_value(s, d.key), d.scale), d.unit] for d in rows]
+
+
+def _value(s: dict, key: str) -> Any:
+    """A summary value by key; ``section.name`` for a section's (the serving section)."""
+    section, _, name = key.rpartition(".")
+    return (s.get(section) or {}).get(name) if section else s.get(key)
 
 
 def _fmt(v: Any, scale: float = 1.0) -> str:
@@ -119,6 +129,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    """A measured ``vllm bench serve`` result beside a run's own, metric by metric."""
+    from .metrics import BENCH_COMPARED, vllm_bench_result
+    from .records import Records
+
+    try:
+        measured = json.loads(args.result.read_text())
+    except OSError as e:
+        raise StarsimError(f"{args.result}: cannot read: {e.strerror or e}") from None
+    except json.JSONDecodeError as e:
+        raise StarsimError(f"{args.result}: not JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(measured, dict) or not any(k in measured for k, _ in BENCH_COMPARED):
+        raise StarsimError(f"{args.result}: not a `vllm bench serve --save-result` file (none of its keys: "
+                           f"{', '.join(k for k, _ in BENCH_COMPARED[:4])}, ...)")
+    try:
+        records = Records.read(args.run_dir)
+    except (OSError, ValueError) as e:
+        raise StarsimError(f"{args.run_dir}: not a run directory ({e})") from None
+    ours = vllm_bench_result(records)
+    rows = []
+    for key, unit in BENCH_COMPARED:
+        m, o = measured.get(key), ours.get(key)
+        err = 100.0 * (o / m - 1.0) if isinstance(m, (int, float)) and m and o is not None else None
+        rows.append({"metric": key, "unit": unit, "measured": m, "starsim": o, "err_pct": err})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(_table(["metric", "measured", "starsim", "starsim err", "unit"],
+                 [[r["metric"], _fmt(r["measured"]) if isinstance(r["measured"], (int, float)) else "-",
+                   _fmt(r["starsim"]), "-" if r["err_pct"] is None else f"{r['err_pct']:+.1f}%", r["unit"]]
+                  for r in rows]))
+    return 0
+
+
 def cmd_acceptance(args: argparse.Namespace) -> int:
     """A run's measured marginal acceptance curve as a file ``acceptance: {kind: measured}`` reads."""
     import yaml
@@ -188,6 +232,13 @@ def _predict(args: argparse.Namespace, real: bool) -> int:
             res.write(args.out, csv=args.csv, trace=not args.no_trace, trace_s=args.trace_s)
         except OSError as e:
             raise StarsimError(f"--out {args.out}: cannot write: {e.strerror or e}") from None
+    if args.vllm_bench:
+        from .metrics import vllm_bench_result
+
+        try:
+            args.vllm_bench.write_text(json.dumps(vllm_bench_result(res.records), indent=2) + "\n")
+        except OSError as e:
+            raise StarsimError(f"--vllm-bench {args.vllm_bench}: cannot write: {e.strerror or e}") from None
     alt = None if real else _alternatives(sc, args, res.summary)
     if args.json:
         print(json.dumps(res.summary if alt is None else {**res.summary, "alternatives": alt}, indent=2,
@@ -441,6 +492,9 @@ def _run_args(sp: argparse.ArgumentParser) -> None:  # what run and execute both
     sp.add_argument("--trace-s", type=seconds, default=20.0,
                     help="seconds of trace.json after warm-up (default 20)")
     sp.add_argument("--json", action="store_true", help="print summary.json instead of a table")
+    sp.add_argument("--vllm-bench", type=Path, metavar="FILE",
+                    help="also write the run's requests as `vllm bench serve --save-result` writes its JSON "
+                    "(its keys: throughputs, mean/median/p99 TTFT, TPOT, ITL, E2E latency in ms)")
 
 
 BASELINES_HELP = ("simulate the file's alternatives too (autoregressive and one_for_one, or the star; same seed), "
@@ -457,6 +511,13 @@ def _run_parsers(sub) -> None:
     x = sub.add_parser("execute", help="run a scenario for real: draft server + target processes over TCP (torch)")
     _run_args(x)
     x.set_defaults(func=cmd_execute)
+
+    b = sub.add_parser("bench-compare", help="a measured `vllm bench serve --save-result` JSON beside a run, "
+                       "metric by metric")
+    b.add_argument("run_dir", type=Path, help="a run directory (starsim run --out, or starsim execute --out)")
+    b.add_argument("result", type=Path, help="the benchmark's result JSON (vllm bench serve --save-result)")
+    b.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    b.set_defaults(func=cmd_bench_compare)
 
     m = sub.add_parser("acceptance", help="write the per-position acceptance a run measured, for scenarios")
     m.add_argument("run_dir", type=Path, help="a run directory (starsim execute --out, or starsim run --out)")

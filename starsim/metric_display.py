@@ -42,6 +42,14 @@ DISPLAY: dict[str, Display] = {d.key: d for d in (
     Display("pipeline_hit_rate", "pipelined trees kept (hits)", "%", 100.0),
     Display("draft_wasted_fraction", "draft time wasted on missed pipelined trees", "%", 100.0),
     Display("fabric_repairs", "targets moved to another draft server", "", 1.0),
+    # serving targets: the summary's "serving" section (keys serving.NAME)
+    Display("serving.batch_size_mean", "batch (sequences per step), mean", "", 1.0),
+    Display("serving.batch_size_p99", "batch (sequences per step), p99", "", 1.0),
+    Display("serving.num_requests_waiting_mean", "requests waiting per step, mean", "", 1.0),
+    Display("serving.kv_cache_usage_mean", "KV cache usage, mean", "%", 100.0),
+    Display("serving.num_preemptions", "preemptions (recomputed)", "", 1.0),
+    Display("serving.itl_s_p50", "ITL, p50", "ms", 1e3),
+    Display("serving.e2e_latency_s_mean", "E2E latency, mean", "ms", 1e3),
 )}
 
 

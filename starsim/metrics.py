@@ -411,6 +411,44 @@ def serving_stats(records: Records, t0: float, t1: float, req: dict) -> dict[str
     }
 
 
+# What `starsim bench-compare` holds side by side, in vllm bench serve's keys and units.
+BENCH_COMPARED = (
+    ("request_throughput", "req/s"), ("output_throughput", "tok/s"), ("total_token_throughput", "tok/s"),
+    *((f"{s}_{m}_ms", "ms") for m in ("ttft", "tpot", "itl", "e2el") for s in ("mean", "median", "p99")),
+    ("completed", ""),
+)
+
+
+def vllm_bench_result(records: Records) -> dict[str, Any]:
+    """The run's requests as ``vllm bench serve --save-result`` writes its JSON: throughputs of
+    the requests that arrived and finished in the measurement window, over the window, and
+    TTFT, TPOT (excluding the first token), ITL (per streamed chunk: a speculative round's
+    tokens arrive together) and E2E latency in ms: mean, median, std, p99."""
+    t0, t1 = window_bounds(records.meta)
+    rq = records.requests
+    arrival, first, finish = (rq[c].to_numpy(float) for c in ("t_arrival", "t_first_token", "t_finish"))
+    gen, prompt = rq["generated_tokens"].to_numpy(), rq["prompt_tokens"].to_numpy()
+    done = np.isfinite(finish) & (arrival >= t0) & (finish <= t1)
+    span = t1 - t0
+    many = done & (gen > 1)
+    per = {"ttft": first[done] - arrival[done], "tpot": (finish[many] - first[many]) / (gen[many] - 1),
+           "itl": inter_token_latencies(records.rounds, rq, t0, t1), "e2el": finish[done] - arrival[done]}
+    out: dict[str, Any] = {
+        "duration": _f(span), "completed": int(done.sum()),
+        "total_input_tokens": int(prompt[done].sum()), "total_output_tokens": int(gen[done].sum()),
+        "request_throughput": _f(done.sum() / span) if span > 0 else None,
+        "output_throughput": _f(gen[done].sum() / span) if span > 0 else None,
+        "total_token_throughput": _f((gen[done].sum() + prompt[done].sum()) / span) if span > 0 else None,
+    }
+    for m, a in per.items():
+        a = np.asarray(a, float) * 1e3
+        out.update({f"mean_{m}_ms": _mean(a), f"median_{m}_ms": _pct(a, 50),
+                    f"std_{m}_ms": _f(a.std()) if a.size else None, f"p99_{m}_ms": _pct(a, 99)})
+    out["starsim"] = {"source": records.meta.get("source"), "window_s": [t0, t1],
+                      "note": "requests that arrived and finished in the measurement window"}
+    return out
+
+
 def summarize(records: Records) -> dict[str, Any]:
     """The run summary (the keys of ``summary.json``), from the tables alone. (About 80 lines:
     it lists the summary's keys in order, each computed by a function here.)"""

@@ -215,3 +215,32 @@ def test_execute_refuses_batched_targets(tmp_path):
                 **{"workload.concurrency": 4})
     with pytest.raises(StarsimError, match="targets.0.serving.max_seqs: the real backend's targets serve one request"):
         execute(sc)
+
+
+def test_vllm_bench_keys_and_bench_compare(tmp_path, capsys):
+    """A run written with vllm bench serve's keys, and a measured file beside it metric by metric."""
+    import json
+
+    from starsim.cli import main
+
+    scenario = str(ROOT / "scenarios" / "serving_const.yaml")
+    bench, run = tmp_path / "bench.json", tmp_path / "run"
+    assert main(["run", scenario, "--set", "duration_s=6", "--out", str(run), "--no-trace", "--vllm-bench",
+                 str(bench)]) == 0
+    out = capsys.readouterr().out
+    assert "batch (sequences per step), mean" in out and "KV cache usage, mean" in out
+    got = json.loads(bench.read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert got["mean_tpot_ms"] == pytest.approx(1e3 * summary["tpot_mean_s"])
+    assert got["completed"] > 0 and got["p99_itl_ms"] >= got["median_itl_ms"] > 0
+    measured = {**got, "mean_tpot_ms": got["mean_tpot_ms"] * 1.25}  # as if the real server were slower
+    m = tmp_path / "measured.json"
+    m.write_text(json.dumps(measured))
+    assert main(["bench-compare", str(run), str(m), "--json"]) == 0
+    rows = {r["metric"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["mean_tpot_ms"]["err_pct"] == pytest.approx(-20.0)
+    assert rows["request_throughput"]["err_pct"] == pytest.approx(0.0)
+    m.write_text("{not json")
+    assert main(["bench-compare", str(run), str(m)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {m}: not JSON") and len(err.strip().splitlines()) == 1
