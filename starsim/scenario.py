@@ -704,6 +704,10 @@ class ClosedLoop(_Lengths):
         description="users per target, each with one request at a time, walking the prompt set together "
         "(a serving benchmark's --max-concurrency, per target); more than 1 needs serving targets",
     )
+    stagger_s: NonNeg = Field(
+        0.0, description="user k of a target sends its first request k * stagger_s after the start (a benchmark's "
+        "ramp-up: users out of step, as a long run's are); 0: all at once",
+    )
     lengths_file: str | None = Field(
         None,
         description="CSV with columns prompt_tokens,output_tokens (one row per prompt); "

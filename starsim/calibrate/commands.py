@@ -363,7 +363,7 @@ def _import_parser(csub) -> None:
     im.add_argument("--backend-version", help="data version slot: current (default), previous, next or a literal")
     im.add_argument("--tp", type=int, default=1, help="tensor-parallel GPUs of the target (default 1)")
     im.add_argument("--draft-tp", type=int, default=1, help="tensor-parallel GPUs of the draft (default 1)")
-    im.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "fp8"],
+    im.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "fp8", "fp8_block"],
                     help="weights and activations (float16 is priced with the bfloat16 tables; default bfloat16)")
     im.add_argument("--overhead-us", type=float, default=0.0,
                     help="fixed cost per forward pass in microseconds (launches, scheduler, sampler), added to "

@@ -54,7 +54,7 @@ from ..errors import StarsimError
 
 PACKAGE = "aiconfigurator-core"
 BACKENDS = ("vllm", "sglang", "trtllm")
-DTYPES = ("bfloat16", "float16", "fp8")
+DTYPES = ("bfloat16", "float16", "fp8", "fp8_block")  # fp8_block: block-scaled fp8 GEMMs (DeepSeek style)
 TARGET_OPS = ("prefill", "verify", "verify_batched", "decode")
 DRAFT_OPS = ("draft_round", "draft_step", "draft_batched")
 
@@ -301,8 +301,8 @@ class Pricer:
         engine = require()
         self.ref, self.overhead_s = ref, overhead_s
         kw: dict[str, Any] = {"backend_version": version, "tp_size": tp}
-        if dtype == "fp8":
-            kw["gemm_quant_mode"] = "fp8"
+        if dtype in ("fp8", "fp8_block"):
+            kw["gemm_quant_mode"] = dtype
         try:
             with _quiet():
                 self.h = engine.EngineHandle.compile(ref.path, system, backend, **kw)
@@ -451,7 +451,7 @@ def coverage(ref: ModelRef, system: str, backend: str, version: str, tp: int, dt
     f = data / "gemm" / backend / version / "gemm_perf.parquet"
     if f.is_file():
         g = pd.read_parquet(f, columns=["gemm_dtype", "m", "device"])
-        want = "fp8" if dtype == "fp8" else "bfloat16"
+        want = dtype if dtype.startswith("fp8") else "bfloat16"
         m = g[g.gemm_dtype == want].m
         out["gemm"] = {"dtype": want, "rows": int(len(m)), "m_range": [int(m.min()), int(m.max())] if len(m) else None}
         # the GPU the rows were measured on, as the collector named it (e.g. NVIDIA H100 80GB HBM3)

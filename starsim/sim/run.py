@@ -167,7 +167,7 @@ def _simulate(scenario: Scenario, general: bool = False) -> Result:
         env.process(arrival)
     procs = []
     for t in targets:  # a target's first process is its life: the run ends when all have ended
-        gens = t.processes() if isinstance(t, ServingTarget) else [t.run()]
+        gens = t.processes(getattr(scenario.workload, "stagger_s", 0.0)) if isinstance(t, ServingTarget) else [t.run()]
         lives += gens
         ps = [env.process(g) for g in gens]
         procs.append(ps[0])

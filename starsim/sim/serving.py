@@ -56,10 +56,11 @@ class ServingTarget(Target):
 
     # ------------------------------------------------------------------ requests in
 
-    def processes(self) -> list:
-        """The generators to start: the engine loop, then its sources (users, the fleet feeder)."""
+    def processes(self, stagger_s: float = 0.0) -> list:
+        """The generators to start: the engine loop, then its sources (users, ``stagger_s`` apart;
+        the fleet feeder)."""
         if self.requests.store is None:
-            return [self.run(), *(self._user(_User()) for _ in range(self.users))]
+            return [self.run(), *(self._user(_User(), k * stagger_s) for k in range(self.users))]
         return [self.run(), self._feeder()]
 
     def _enqueue(self, rid: int, arrival: float, prompt: int, output: int, owner=None) -> None:
@@ -74,8 +75,11 @@ class ServingTarget(Target):
             wake, self._wake = self._wake, None
             wake.succeed()
 
-    def _user(self, u: _User):
-        """One closed-loop user: a request, its answer, the next (a pause between, as the workload says)."""
+    def _user(self, u: _User, start: float = 0.0):
+        """One closed-loop user: from ``start``, a request, its answer, the next (a pause between,
+        as the workload says)."""
+        if start:
+            yield self.env.timeout(start)
         while True:
             req = yield from self.requests.next_for(self, pausing=u.served > 0)
             if req is None:
