@@ -17,6 +17,8 @@ Operations and what their inputs mean (the simulator calls a spec with
   Use it as ``draft.round_time``.
 - ``draft_step``: one depth step: ``tokens`` = frontier width, ``context``.
 - ``draft_batched``: one round for ``batch`` targets at once (new tokens = 1), ``context``.
+- ``draft_batched_fused``: the same with the batch's new tokens encoded in one forward (a
+  serving engine's draft for its running sequences; ``calibrate import aiconfigurator`` only).
 - ``draft_idle``: the round time after an idle gap of ``gap_s`` seconds (warm vs cold).
 - ``verify_idle``: the same for the target's verify (a target idles while the draft works).
 
@@ -56,6 +58,7 @@ OP_INPUTS: dict[str, tuple[str, ...]] = {
     "draft_round": ("tokens", "context"),
     "draft_step": ("tokens", "context"),
     "draft_batched": ("batch", "context"),
+    "draft_batched_fused": ("batch", "context"),
     "draft_idle": ("gap_s",),
     "verify_idle": ("gap_s",),
 }

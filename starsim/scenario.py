@@ -447,6 +447,13 @@ MAX_SEQS = 4096  # running sequences per target (vLLM's max_num_seqs defaults to
 MAX_KV_TOKENS = 10**10
 
 
+def _plain(v: Any) -> Any:
+    """Numbers and nested lists/tuples as floats in lists, to compare a field with its file's."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
 class StepTime(_Model):
     """One engine step of a serving target: one forward over every sequence it schedules
     (prefill chunks, decode tokens, verified trees), priced from the step's shape
@@ -493,9 +500,6 @@ class StepTime(_Model):
         """``path``: the fields come from the file (resolved beside the scenario), its provenance kept."""
         prov = None
         if isinstance(data, dict) and data.get("path") is not None:
-            extra = sorted(set(data) - {"path", "kind", "scale", "cv"})
-            if extra:
-                raise ValueError(f"give path or the cost fields, not both (also given: {', '.join(extra)})")
             p = Path(str(data["path"])).expanduser()
             if not p.is_absolute():
                 p = Path((info.context or {}).get("base_dir", ".")) / p
@@ -505,6 +509,12 @@ class StepTime(_Model):
             fields = doc.get("step_time") if isinstance(doc, dict) else None
             if not isinstance(fields, dict):
                 raise ValueError(f"{p}: not a step-cost file (no step_time mapping)")
+            # a resolved scenario (as `check` prints it) repeats the file's fields: those may stay
+            extra = sorted(k for k in set(data) - {"path", "kind", "scale", "cv"}
+                           if _plain(data[k]) != _plain(fields.get(k, getattr(cls.model_fields.get(k), "default",
+                                                                                  None))))
+            if extra:
+                raise ValueError(f"give path or the cost fields, not both (also given: {', '.join(extra)})")
             prov = doc.get("provenance")
             data = {**fields, **{k: data[k] for k in ("kind", "scale", "cv") if k in data}, "path": str(p.resolve())}
         m = handler(data)

@@ -186,6 +186,7 @@ def test_trees_as_an_axis_one_draft_profile_each(tmp_path, capsys):
     out = capsys.readouterr().out
     names = sorted(p.name for p in tmp_path.glob("*.yaml"))
     assert names == sorted([f"{SPEC}.target.h100_sxm-vllm-tp1.bfloat16.yaml",
+                            f"{SPEC}.target.h100_sxm-vllm-tp1.bfloat16.step.yaml",  # its serving step, once
                             f"{SPEC}.draft.h100_sxm-vllm-tp1.bfloat16.yaml",  # the spec's own tree: no tag
                             f"{SPEC}.draft.h100_sxm-vllm-tp1-tree4-4-20.bfloat16.yaml",
                             f"{SPEC}.draft.h100_sxm-vllm-tp1-tree6-3-18.bfloat16.yaml"])

@@ -268,7 +268,7 @@ def _write_step(settings, prof, path: Path) -> tuple[Path, dict]:
 
     cost = gpu_step.import_step(settings)
     out = path.with_name(path.name[: -len(".yaml")] + ".step.yaml")
-    doc = gpu_step.step_doc(cost, prof, settings.command)
+    doc = gpu_step.step_doc(cost, prof, settings.command, cost["kv"])
     out.write_text("# A serving target's engine step (starsim calibrate import aiconfigurator); see scenarios/README.md"
                    "\n" + yaml.safe_dump(doc, sort_keys=False))
     return out, cost["fit"]

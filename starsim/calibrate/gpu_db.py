@@ -27,7 +27,9 @@ Ops written (inputs as in :mod:`starsim.profiles`): target ``prefill``, ``verify
 tokens, then ``depth - 1`` levels that forward the ``top_k`` frontier nodes, as
 :class:`starsim.real.speculation.Drafter` does), ``draft_step`` (one level of ``width`` nodes),
 ``draft_batched`` (``batch`` tags with 1 new token each, encoded one by one, their levels
-batched). The warm/cold curves (``draft_idle``, ``verify_idle``) are not in the database.
+batched, as starsim's real server does), ``draft_batched_fused`` (the same, encoded in one
+forward: a serving engine's batched draft, for serving targets' ``draft.batch.time``). The
+warm/cold curves (``draft_idle``, ``verify_idle``) are not in the database.
 
 The times are kernel times. ``overhead_s`` (default 0) adds a fixed cost per forward pass
 (kernel launches, the framework's scheduler and sampler between kernels: what a CUDA graph
@@ -56,7 +58,7 @@ PACKAGE = "aiconfigurator-core"
 BACKENDS = ("vllm", "sglang", "trtllm")
 DTYPES = ("bfloat16", "float16", "fp8", "fp8_block")  # fp8_block: block-scaled fp8 GEMMs (DeepSeek style)
 TARGET_OPS = ("prefill", "verify", "verify_batched", "decode")
-DRAFT_OPS = ("draft_round", "draft_step", "draft_batched")
+DRAFT_OPS = ("draft_round", "draft_step", "draft_batched", "draft_batched_fused")
 
 # Families the estimator builds from a config.json, by transformers ``model_type``.
 ARCHITECTURES = {
@@ -77,6 +79,7 @@ class Grid:
     new_tokens: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 6, 8, 16, 32, 64, 128, 256, 512])
     widths: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 10, 16, 32, 64])
     batches: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    fused_batches: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128, 256])
     verify_batches: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
 
 
@@ -91,7 +94,7 @@ GRID_WHY = (
 )
 
 QUICK = Grid(contexts=[128, 1024], verify_tokens=[1, 16, 64], prefill_tokens=[64, 512], new_tokens=[1, 8],
-             widths=[1, 8], batches=[1, 4], verify_batches=[1, 4])
+             widths=[1, 8], batches=[1, 4], verify_batches=[1, 4], fused_batches=[1, 8])
 
 
 # --------------------------------------------------------------------------- the package
@@ -399,6 +402,14 @@ class Pricer:
             p = p + self.forward(top_k, context + (level - 1) * top_k, top_k)
         return p
 
+    def draft_batched_fused(self, batch: int, context: int, top_k: int, depth: int) -> Priced:
+        """``batch`` sequences, 1 new token each at ``context`` (counting it), encoded in one forward,
+        then one batched forward per level: a serving engine drafting its running batch at once."""
+        p = self.forward(1, context - 1, 1, batch=batch)
+        for level in range(1, depth):
+            p = p + self.forward(top_k, context + (level - 1) * top_k, top_k, batch=batch)
+        return p
+
     def draft_batched(self, batch: int, context: int, top_k: int, depth: int) -> Priced:
         """``batch`` tags, 1 new token each at ``context`` (counting it): each encoded on its own
         cache, then one batched forward per level."""
@@ -512,12 +523,16 @@ def _op_rows(pricer: Pricer, op: str, g: Grid, tree) -> list[tuple[tuple, Priced
         return [((w, L), pricer.forward(w, L)) for w in g.widths for L in g.contexts]
     if op == "draft_batched":
         return [((b, L), pricer.draft_batched(b, L, tree.top_k, tree.depth)) for b in g.batches for L in g.contexts]
+    if op == "draft_batched_fused":
+        return [((b, L), pricer.draft_batched_fused(b, L, tree.top_k, tree.depth)) for b in g.fused_batches
+                for L in g.contexts]
     raise ValueError(op)
 
 
 OP_FORWARDS = {
     "prefill": "1", "decode": "1", "verify": "1", "verify_batched": "1", "draft_step": "1",
     "draft_round": "depth (1 encode + depth - 1 levels)", "draft_batched": "batch + depth - 1",
+    "draft_batched_fused": "depth (1 batched encode + depth - 1 levels)",
 }
 
 
@@ -553,7 +568,7 @@ def import_profiles(s: Settings, say: Callable[[str], None] | None = None) -> tu
                 tot = sum(p.s - p.forwards * s.overhead_s for _, p in rows)
                 measured[op] = round(sum(p.measured_s for _, p in rows) / tot, 4) if tot > 0 else 0.0
                 fixed: dict[str, Any] = {"per_forward_overhead_s": s.overhead_s, "forwards": OP_FORWARDS[op]}
-                if op in ("draft_round", "draft_batched"):
+                if op in ("draft_round", "draft_batched", "draft_batched_fused"):
                     fixed["tree"] = s.draft_tree.model_dump()
                 ops[op] = build_op(OP_INPUTS[op], [(*k, p.s, p.s, p.s, 1) for k, p in rows], fixed=fixed)
                 say(f"{role} {op}: {len(rows)} points, CV MAPE {ops[op].fit.cv_mape_pct:.2f}%, "

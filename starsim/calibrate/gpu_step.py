@@ -36,6 +36,8 @@ ATTN_KV = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 CHUNKS = [(c, p) for c in (64, 256, 1024, 4096) for p in (0, 1024, 4096)]
 TREES = [(q, L) for q in (4, 17, 60) for L in (512, 2048, 8192)]
 # mixed steps the composed cost is checked on: (decode sequences, tokens each, their context, chunk, cached)
+MEMORY_FRACTION = 0.9  # of a GPU's memory for weights and KV: vLLM's gpu_memory_utilization default
+ACTIVATIONS_BYTES = 2 * 2**30  # per GPU, kept out of the KV cache (activations, CUDA graphs)
 CHECKS = [(b, q, L, c, p) for b in (1, 8, 32, 128) for q in (1, 17) for L in (1024, 4096) for c, p in
           ((0, 0), (512, 0), (2048, 1024))]
 
@@ -130,9 +132,10 @@ def _composed_error(pricer, fields: dict, overhead_s: float) -> float:
     return _mape(got, want)
 
 
-def step_doc(cost: dict, profile, command: str | None) -> dict[str, Any]:
+def step_doc(cost: dict, profile, command: str | None, kv: tuple[int, int] | None = None) -> dict[str, Any]:
     """The step-cost file: the target profile's model and device, its provenance with the fits,
-    and the ``step_time`` fields (what ``step_time: {path: FILE}`` reads)."""
+    the ``step_time`` fields (what ``step_time: {path: FILE}`` reads) and, with ``kv``
+    (:func:`kv_capacity`), the KV the GPUs hold, for ``serving.kv_capacity_tokens``."""
     prov = {k: v for k, v in profile.provenance.items() if k not in ("grid", "grid_why", "measured_fraction",
                                                                       "measured_fraction_what", "coverage")}
     prov.update(
@@ -142,13 +145,19 @@ def step_doc(cost: dict, profile, command: str | None) -> dict[str, Any]:
         measured_fraction_what="share of the kernel time of every priced point from measured (silicon) rows",
         command=command,
     )
-    return {"format": 1, "kind": "step", "model": profile.model, "device": profile.device, "provenance": prov,
-            "step_time": {k: (v if not isinstance(v, float) else float(f"{v:.6g}")) for k, v in
-                          cost["step_time"].items()}}
+    doc = {"format": 1, "kind": "step", "model": profile.model, "device": profile.device, "provenance": prov,
+           "step_time": {k: (v if not isinstance(v, float) else float(f"{v:.6g}")) for k, v in
+                         cost["step_time"].items()}}
+    if kv is not None:
+        doc["kv"] = {"capacity_tokens": kv[0], "bytes_per_token": kv[1],
+                     "how": f"{MEMORY_FRACTION:.0%} of the GPUs' memory less the weights and "
+                            f"{ACTIVATIONS_BYTES / 2**30:g} GiB of activations each; bf16 KV"}
+    return doc
 
 
 def import_step(s) -> dict[str, Any]:
-    """:func:`step_cost` of the target of ``s`` (a :class:`starsim.calibrate.gpu_db.Settings`)."""
+    """:func:`step_cost` of the target of ``s`` (a :class:`starsim.calibrate.gpu_db.Settings`),
+    with its ``kv`` (:func:`kv_capacity`)."""
     import tempfile
     from pathlib import Path
 
@@ -158,4 +167,30 @@ def import_step(s) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="starsim-aic-") as tmp:
         ref = gpu_db.spec_refs(s.spec, Path(tmp))["target"]
         pricer = gpu_db.Pricer(ref, s.system, s.backend, version, s.tp, s.dtype, s.overhead_s)
-        return step_cost(pricer, s.overhead_s)
+        return {**step_cost(pricer, s.overhead_s), "kv": kv_capacity(ref.config, s.dtype, s.tp, s.system)}
+
+
+def _params(cfg: dict) -> float:
+    """A dense decoder's parameter count from its config."""
+    h, layers, v = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"]), int(cfg["vocab_size"])
+    heads = int(cfg["num_attention_heads"])
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    hd = int(cfg.get("head_dim") or h // heads)
+    attn = h * heads * hd * 2 + h * kv * hd * 2
+    return layers * (attn + 3 * h * int(cfg["intermediate_size"])) + v * h * (1 if cfg.get("tie_word_embeddings")
+                                                                            else 2)
+
+
+def kv_capacity(cfg: dict, dtype: str, tp: int, system: str) -> tuple[int, int]:
+    """(KV tokens a TP group of ``system`` GPUs holds, KV bytes per token): 90% of their memory
+    less the weights (``dtype``'s bytes per parameter) and 2 GiB each of activations, in bf16 KV."""
+    from . import gpu_db
+
+    heads = int(cfg["num_attention_heads"])
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    hd = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
+    per_token = 2 * int(cfg["num_hidden_layers"]) * kv * hd * 2
+    mem = float(gpu_db._system_meta(system).get("mem_capacity", 80 * 2**30))
+    weights = _params(cfg) * (1 if dtype.startswith("fp8") else 2)
+    free = tp * (mem * MEMORY_FRACTION - ACTIVATIONS_BYTES) - weights
+    return int(free // per_token), per_token
