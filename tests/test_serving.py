@@ -244,3 +244,22 @@ def test_vllm_bench_keys_and_bench_compare(tmp_path, capsys):
     assert main(["bench-compare", str(run), str(m)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {m}: not JSON") and len(err.strip().splitlines()) == 1
+
+
+def test_a_step_cost_file_and_its_resolved_scenario(tmp_path):
+    """A step_time naming a step-cost file: its fields and provenance come from it, a resolved
+    scenario (all fields beside the path) loads again, and a field that differs is refused."""
+    from starsim.scenario import validate_scenario
+
+    path = ROOT / "scenarios" / "gpu" / "qwen3-8b-qwen3-06b-h100_sxm-serving.yaml"
+    sc = load_scenario(str(path))
+    st = sc.targets[0].serving.step_time
+    doc = yaml.safe_load(open(st.path))
+    assert st.dense_table is not None and st._source["fit"] == doc["provenance"]["fit"]
+    again = validate_scenario(sc.to_dict(), base_dir=path.parent)
+    assert again.digest() == sc.digest()
+    data = sc.to_dict()
+    data["targets"][0]["serving"]["step_time"]["per_seq_s"] = 1.0
+    with pytest.raises(StarsimError, match="give path or the cost fields, not both .also given: per_seq_s"):
+        validate_scenario(data, base_dir=path.parent)
+    assert doc["kv"]["capacity_tokens"] == sc.targets[0].serving.kv_tokens
