@@ -11,8 +11,8 @@ model's aggregated-serving row it can price, this script
   own versions are not in it);
 - simulates the row as the benchmark ran it: one serving target (``mode: autoregressive``),
   ``concurrency`` users each sending fixed ISL/OSL requests back to back, joining over one
-  request time (out of step, as a long benchmark's users are) and measured over ``--waves``
-  request times after that,
+  request time (out of step, as a long benchmark's users are), ``--waves`` more requests each
+  measured after that,
   ``max_seqs`` = the concurrency, a step budget of ``--budget`` tokens (chunked prefill), KV
   capacity from the GPU's memory (90% of it, less the weights; bf16 KV);
 - asks aiconfigurator for its own aggregated-mode estimate of the same row;
@@ -50,8 +50,6 @@ DENSE = {
     "Qwen/Qwen3-32B": "Qwen/Qwen3-32B",
     "nvidia/Qwen3-32B-NVFP4": "Qwen/Qwen3-32B",
 }
-MEMORY_FRACTION = 0.9  # vLLM's gpu_memory_utilization, TensorRT-LLM's free_gpu_memory_fraction
-ACTIVATIONS_BYTES = 2 * 2**30  # per GPU, kept out of the KV cache (activations, CUDA graphs)
 
 
 def _dtype(row) -> tuple[str | None, str]:
@@ -99,28 +97,6 @@ def load_rows(model=None, system=None, backend=None):
     return rows, skipped, int(len(df) - len(dense))
 
 
-def _params(cfg: dict) -> float:
-    """A dense decoder's parameter count from its config."""
-    h, layers, v = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"]), int(cfg["vocab_size"])
-    heads = int(cfg["num_attention_heads"])
-    kv = int(cfg.get("num_key_value_heads") or heads)
-    hd = int(cfg.get("head_dim") or h // heads)
-    attn = h * heads * hd * 2 + h * kv * hd * 2
-    mlp = 3 * h * int(cfg["intermediate_size"])
-    return layers * (attn + mlp) + v * h * (1 if cfg.get("tie_word_embeddings") else 2)
-
-
-def kv_tokens(cfg: dict, dtype: str, tp: int, mem_bytes: float) -> tuple[int, int]:
-    """(KV capacity in tokens over the TP group, KV bytes per token) for bf16 KV."""
-    heads = int(cfg["num_attention_heads"])
-    kv = int(cfg.get("num_key_value_heads") or heads)
-    hd = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
-    per_token = 2 * int(cfg["num_hidden_layers"]) * kv * hd * 2
-    weights = _params(cfg) * (1 if dtype.startswith("fp8") else 2)
-    free = tp * (mem_bytes * MEMORY_FRACTION - ACTIVATIONS_BYTES) - weights
-    return int(free // per_token), per_token
-
-
 class Group:
     """One (model, system, backend, TP, dtype): its step cost, KV and aiconfigurator's model."""
 
@@ -135,8 +111,7 @@ class Group:
             ref = gpu_db.spec_refs(spec, Path(tmp))["target"]
             pricer = gpu_db.Pricer(ref, system, backend, self.version, tp, dtype)
             self.cost = gpu_step.step_cost(pricer)
-        mem = float(gpu_db._system_meta(system).get("mem_capacity", 80 * 2**30))
-        self.kv, self.kv_per_token = kv_tokens(ref.config, dtype, tp, mem)
+        self.kv, self.kv_per_token = gpu_step.kv_capacity(ref.config, dtype, tp, system)
         self.model, self.system, self.backend, self.tp, self.dtype = model, system, backend, tp, dtype
         self._aic = None
 
@@ -169,7 +144,8 @@ def scenario_for(row: dict, g: Group, waves: int, budget: int, queued: int = 0) 
     """The row as a starsim scenario: one serving target, the benchmark's closed concurrency.
     Its users join one request time apart in all (``stagger_s``): a long benchmark's users are
     out of step, so each request's prefill lands among the others' decode steps; the first
-    request time (the ramp) is warm-up, then ``waves`` request times are measured. ``queued``:
+    request time (the ramp) is warm-up, the last one cool-down, ``waves`` requests per user between
+    (about). ``queued``:
     clients beyond the engine's ``max_seqs`` (each waits for a free slot: its TTFT counts it)."""
     from starsim.scenario import StepTime
     from starsim.serving import chunk_shape, tree_shape
@@ -177,9 +153,11 @@ def scenario_for(row: dict, g: Group, waves: int, budget: int, queued: int = 0) 
     c, isl, osl = int(row["concurrency"]), int(row["isl"]), int(row["osl"])
     step = StepTime(**g.cost["step_time"]).mean_fn()
     e2e = step(chunk_shape(isl, 0, True)) + (osl - 1) * step(tree_shape(1, isl + osl / 2).times(c))
+    # a request budget, not a horizon (a request may take longer than the estimate: KV, prefills);
+    # the ramp is warm-up, the last request time cool-down (users leaving, the batch shrinking)
     return {
         "name": str(row["id"])[:120], "seed": 0, "mode": "autoregressive",
-        "warmup_s": e2e, "duration_s": (1 + waves) * e2e,
+        "warmup_s": e2e, "cooldown_s": e2e, "max_requests": (c + queued) * (waves + 2),
         "devices": {"gpu": {"type": f"{g.system} x{g.tp}"}},
         "draft": {"device": "gpu", "time": 0.0},  # unused without speculation
         "targets": [{"name": "t", "device": "gpu", "verify_time": 0.0, "serving": {
@@ -273,6 +251,8 @@ def _pct(x) -> str:
 
 
 def markdown(res: dict, args) -> str:
+    from starsim.calibrate import gpu_step
+
     lines = ["| model | GPU | backend (db) | rows | TPOT MAPE starsim | TPOT MAPE aiconfigurator | "
              "TTFT MAPE starsim | TTFT MAPE aiconfigurator |", "|---|---|---|---|---|---|---|---|"]
     for g in res["groups"]:
@@ -286,9 +266,10 @@ def markdown(res: dict, args) -> str:
               "not in scope):", ""]
     lines += [f"- {n} x {w}" for w, n in sorted(why.items(), key=lambda kv: -kv[1])]
     lines += ["", f"Each row: one serving target, `concurrency` users sending the row's ISL/OSL back to back, "
-              f"joining over one request time (warm-up) and measured over {args.waves} more, `max_seqs` = concurrency"
+              f"joining over one request time (warm-up), {args.waves} more requests each measured, "
+              "`max_seqs` = concurrency"
               + (f" with {args.queued} more client(s) waiting for a slot" if args.queued else "")
-              + f", a {args.budget}-token step budget, KV from {MEMORY_FRACTION:.0%} of the "
+              + f", a {args.budget}-token step budget, KV from {gpu_step.MEMORY_FRACTION:.0%} of the "
               "GPUs' memory less the weights (bf16 KV), priced on the database's current version of the row's "
               "backend (the rows' own versions are not in the package). "
               "`python analysis/silicon_corpus.py` regenerates it."]
@@ -302,7 +283,7 @@ def main(argv=None) -> int:
     ap.add_argument("--system", help="rows on this system (e.g. h100_sxm)")
     ap.add_argument("--backend", help="rows of this backend (vllm, sglang, trtllm)")
     ap.add_argument("--max-rows", type=int, default=None, help="at most this many rows (a quick look)")
-    ap.add_argument("--waves", type=int, default=3, help="request times measured after the ramp (default 3)")
+    ap.add_argument("--waves", type=int, default=3, help="requests per user measured after the ramp (default 3)")
     ap.add_argument("--budget", type=int, default=8192, help="the step's token budget (default 8192)")
     ap.add_argument("--queued", type=int, default=0,
                     help="clients beyond the engine's batch, each waiting for a free slot (a what-if for TTFT; "
