@@ -12,10 +12,11 @@ import pytest
 
 from starsim import load_scenario, simulate
 from starsim.errors import StarsimError
-from starsim.report import FIGURES, build_report
+from starsim.report import FIGURES, SERVING_ONLY, build_report
 from starsim.report.commands import add_parsers
 
 REPO = Path(__file__).resolve().parent.parent
+PLAIN = [f for f in FIGURES if f[0] not in SERVING_ONLY]  # a report of runs without serving targets
 SHORT = ["duration_s=20"]  # warm-up 10 s and cool-down 5 s leave 5 s measured
 
 
@@ -43,7 +44,7 @@ def report(run_dirs, tmp_path_factory):
 
 
 def test_every_figure_file_is_written(report):
-    assert [p.name for p in report.files] == [f"{stem}.{ext}" for _, stem, _, _ in FIGURES for ext in ("png", "svg")]
+    assert [p.name for p in report.files] == [f"{stem}.{ext}" for _, stem, _, _ in PLAIN for ext in ("png", "svg")]
     for p in report.files:
         assert p.is_file() and p.stat().st_size > 1000, p
         if p.suffix == ".svg":
@@ -52,7 +53,7 @@ def test_every_figure_file_is_written(report):
 
 
 def test_every_axes_has_data(report):
-    assert set(report.figures) == {key for key, *_ in FIGURES}
+    assert set(report.figures) == {key for key, *_ in PLAIN}
     for key, fig in report.figures.items():
         assert fig.axes, key
         for ax in fig.axes:
@@ -66,10 +67,10 @@ def test_html_is_self_contained(report, run_dirs):
     assert "http://" not in html and "https://" not in html
     assert "<script" not in html.lower() and "<link" not in html.lower()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(images) == len(FIGURES)
+    assert len(images) == len(PLAIN)
     for b64 in images:
         assert base64.b64decode(b64)[:4] == b"\x89PNG"
-    for _, _, heading, _ in FIGURES:
+    for _, _, heading, _ in PLAIN:
         assert heading in html
     # the summary table: one row per run, the key metrics, and the provenance
     assert 'class=summary' in html and "draft utilization (%)" in html and "TPOT, mean (ms)" in html
@@ -95,7 +96,7 @@ def test_series_agree_with_the_summary(report):
 def test_cli_default_out_and_format(run_dirs, capsys):
     assert report_cli(run_dirs[0], "--format", "png", "--from", "11", "--to", "11.2") == 0
     out = run_dirs[0] / "report"
-    assert sorted(p.suffix for p in out.iterdir()) == [".html"] + [".png"] * len(FIGURES)
+    assert sorted(p.suffix for p in out.iterdir()) == [".html"] + [".png"] * len(PLAIN)
     assert "wrote" in capsys.readouterr().out
     assert "--from 11 --to 11.2" in (out / "report.html").read_text()
 
@@ -149,3 +150,15 @@ def test_draft_memory_figure_follows_the_held_bytes(tmp_path):
     line = fig.axes[0].lines[0]
     assert np.allclose(line.get_ydata(), held / 1e6)
     assert (tmp_path / "rep" / "fig7_draft_memory.png").is_file()
+
+
+def test_a_serving_run_gets_its_figure(tmp_path):
+    """Runs with serving targets add figure 8: each target's batch and KV usage over time."""
+    res = simulate(load_scenario(str(REPO / "scenarios" / "serving_const.yaml"),
+                                 ["duration_s=4", "targets.0.serving.kv_capacity_tokens=8000"]))
+    res.write(tmp_path / "run", trace=False)
+    rep = build_report([tmp_path / "run"], tmp_path / "report", formats="png")
+    assert [p.name for p in rep.files][-1] == "fig8_serving.png"
+    top, bottom = rep.figures["serving"].axes
+    assert len(top.lines) == 4 and len(bottom.lines) == 4  # one per target
+    assert max(max(line.get_ydata()) for line in top.lines) == 16

@@ -58,7 +58,15 @@ FIGURES = [
      "The draft KV cache bytes the draft server(s) hold for all tags over the run: a tag holds its context's "
      "cache from its round until its request ends (freed) or, with draft.memory_bytes (the dashed line), "
      "until it is evicted for room; an evicted tag re-encodes its whole context on its next round."),
+    ("serving", "fig8_serving", "8. Serving targets: batch and KV cache over time",
+     "Runs with serving targets (targets[].serving, continuous batching) only: each target's sequences per "
+     "engine step (its batch) and the share of its KV cache in use, over the run. A batch below max_seqs means "
+     "the users, the step's token budget or KV held it back; KV near 100% means preemptions (recomputed "
+     "sequences) or waiting admissions."),
 ]
+
+
+SERVING_ONLY = ("serving",)  # figures drawn only when a run has serving targets (a steps table)
 
 
 @dataclass
@@ -113,11 +121,15 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, formats: str |
         "fairness": lambda: F.fairness(runs),
         "draft_time": lambda: F.draft_time(runs),
         "draft_memory": lambda: F.draft_memory(runs),
+        "serving": lambda: F.serving(runs),
     }
     files: list[Path] = []
     figs: dict[str, Figure] = {}
     embedded = []
+    serves = any(r.records.steps is not None for r in runs)
     for key, stem, heading, text in FIGURES:
+        if key in SERVING_ONLY and not serves:  # a figure of its own kind of run only
+            continue
         fig = makers[key]()
         try:
             written = F.save(fig, out / stem, fmts)

@@ -593,3 +593,45 @@ def draft_memory(runs: list[Run]) -> Figure:
     ax.grid(color="#eeeeee")
     fig.suptitle(runs_title("Draft memory over time", runs))
     return fig
+
+
+# --------------------------------------------------------------------------- 8: serving targets
+
+
+MAX_SERVING_LANES = 8  # targets drawn per run: more would be a blur
+
+
+def serving(runs: list[Run]) -> Figure:
+    """Figure 8 (runs with serving targets): each target's batch (sequences in each step) and
+    its KV cache usage over time, from the steps table; one line per target, up to
+    ``MAX_SERVING_LANES`` per run, solid for the batch and the KV share of capacity below."""
+    fig = _figure(11, 6.0)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    drawn = False
+    for run in runs:
+        st = run.records.steps
+        if st is None or not len(st):
+            continue
+        targets = sorted(st["target"].unique())[:MAX_SERVING_LANES]
+        colors = target_colors(len(targets))
+        for c, t in zip(colors, targets):
+            s = st[st["target"] == t]
+            name = f"{run.display}: target {t}" if len(runs) > 1 else f"target {t}"
+            top.step(s["t_start"], s["running"], where="post", color=c, lw=0.9, label=_legend(name))
+            cap = s["kv_capacity"].to_numpy(float)
+            if (cap > 0).all():
+                bottom.step(s["t_start"], 100.0 * s["kv_tokens"] / cap, where="post", color=c, lw=0.9)
+        drawn = True
+    if not drawn:
+        _no_data(top, "no serving targets (targets[].serving) in these runs")
+    else:
+        top.legend(fontsize=7, loc="upper right", ncol=2)
+        if not bottom.lines:
+            _no_data(bottom, "KV capacity unlimited (serving.kv_capacity_tokens not set)")
+    top.set_ylabel("sequences in the step")
+    bottom.set_ylabel("KV cache in use (% of capacity)")
+    bottom.set_xlabel("time on the run's clock (s)")
+    for ax in (top, bottom):
+        ax.grid(color="#eeeeee")
+    fig.suptitle(runs_title("Serving targets: batch and KV cache over time", runs))
+    return fig
