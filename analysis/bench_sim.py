@@ -33,7 +33,9 @@ a change that removes SimPy events shrinks the bare loop as well, so it raises r
 second without lowering the ratio; read the two together.
 
 Run: ``python analysis/bench_sim.py [--targets 1,4,16,64] [--duration 300] [--repeat 3]
-[--json OUT]``. Targets (from the issue): >= 50k rounds per wall second and <= 3x the bare
+[--seqs S] [--json OUT]``. ``--seqs S`` (> 1) times serving targets instead:
+``scenarios/serving_const.yaml``, each target serving S requests at once. Targets (from the
+issue): >= 50k rounds per wall second and <= 3x the bare
 loop, both taken on the total ``simulate`` wall time.
 """
 
@@ -104,7 +106,17 @@ def _timed_phases():
 # ----------------------------------------------------------------------------- runs
 
 
+SERVING = REPO / "scenarios" / "serving_const.yaml"
+SEQS = [1]  # --seqs: sequences per target (> 1: serving targets, scenarios/serving_const.yaml)
+
+
 def scenario(n: int, duration: float):
+    if SEQS[0] > 1:  # targets serving SEQS requests each (continuous batching), users out of step
+        s = SEQS[0]
+        return starsim.load_scenario(SERVING, {"targets.0.count": n, "devices.gpu.count": n, "duration_s": duration,
+                                               "warmup_s": 0.0, "targets.0.serving.max_seqs": s,
+                                               "targets.0.serving.kv_capacity_tokens": None,
+                                               "workload.concurrency": s, "workload.stagger_s": 2.0 / s})
     return starsim.load_scenario(SCENARIO, {"targets.0.count": n, "devices.gpu.count": n, "duration_s": duration})
 
 
@@ -151,7 +163,7 @@ def peak_memory(n: int, duration: float) -> dict:
     """One run of N targets in a fresh Python process: its peak resident memory and its
     resident memory before the run (imports and the scenario loaded), so the run's own
     growth shows; with the rounds it kept, the memory per round kept."""
-    cmd = [sys.executable, __file__, "--one", str(n), "--duration", repr(duration)]
+    cmd = [sys.executable, __file__, "--one", str(n), "--duration", repr(duration), "--seqs", str(SEQS[0])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     r["mb_per_1k_rounds"] = (r["rss_peak_mb"] - r["rss_before_mb"]) / max(r["rounds"], 1) * 1e3
@@ -294,8 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per N; medians are reported (default 3)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory run (a fresh process per N)")
+    ap.add_argument("--seqs", type=int, default=1,
+                    help="sequences per target: > 1 runs scenarios/serving_const.yaml, its targets serving that many "
+                    "requests at once (rounds: one row per sequence per step); default 1, the reference scenario")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # peak_memory's child process
     args = ap.parse_args(argv)
+    if args.seqs < 1:
+        ap.error("need --seqs >= 1")
+    SEQS[0] = args.seqs
     if args.one:
         print(json.dumps(one(args.one, args.duration)))
         return 0
@@ -315,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine()
     print(
-        f"## starsim simulator speed ({SCENARIO.relative_to(REPO)}, duration_s={args.duration:g}, "
+        f"## starsim simulator speed ({(SCENARIO if SEQS[0] == 1 else SERVING).relative_to(REPO)}"
+        f"{f', {SEQS[0]} sequences per target' if SEQS[0] > 1 else ''}, duration_s={args.duration:g}, "
         f"median of {args.repeat})\n"
     )
     print(table(rows))
