@@ -324,6 +324,11 @@ ASSUMPTIONS = (
 )
 
 
+SERVING_ASSUMPTION = ("serving targets: B sequences per step in lockstep (B: the users per target, up to "
+                      "max_seqs and what KV holds), their prompts prefilled in steps of their own (chunked to the "
+                      "budget); users out of step mix prefills into decode steps, which this does not price")
+
+
 def _cycles(scenario: Scenario, d: np.ndarray, z: np.ndarray):
     """Each target's round cycle, and the draft's utilization, load, saturation point and (one
     star of identical targets) exact MVA utilization, for the scenario's mode."""
@@ -446,5 +451,7 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
         # the system's rate shared out: also right when an open loop's offered load caps it
         "target_tokens_per_s_mean": float(throughput / n) if n and throughput is not None else None,
         "per_target": per_target,
-        "assumptions": list(ASSUMPTIONS),
+        "assumptions": list(ASSUMPTIONS) + ([SERVING_ASSUMPTION] if any(g.serving is not None and
+                                                                       g.serving.step_time is not None
+                                                                       for g in scenario.targets) else []),
     }
