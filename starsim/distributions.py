@@ -31,14 +31,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    model_validator,
+)
 
 from .errors import StarsimError
 from .streams import MAX_CV, draws, lognormal_params
 
 Sampler = Callable[[float, float, float], float]
 
-NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# -0.0 passes ge=0 but numpy refuses it as a scale (exponential(-0.0)): + 0.0 makes it 0.0
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(lambda v: v + 0.0)]
 Cv = Annotated[float, Field(ge=0, le=MAX_CV, allow_inf_nan=False)]
 
 

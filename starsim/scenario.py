@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -33,7 +34,8 @@ from .distributions import Dist, Profile
 from .errors import ScenarioError
 from .yaml_files import parse_yaml, read_yaml
 
-NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# -0.0 passes ge=0 but numpy refuses it as a scale (exponential(-0.0)): + 0.0 makes it 0.0
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(lambda v: v + 0.0)]
 Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 MODES = ("star", "one_for_one", "autoregressive")
