@@ -383,7 +383,8 @@ def inter_token_latencies(rounds: pd.DataFrame, requests: pd.DataFrame, t0: floa
 def serving_stats(records: Records, t0: float, t1: float, req: dict) -> dict[str, Any]:
     """Serving targets' steps in the window, in vLLM's terms where it has them: the batch
     (sequences per step), running and waiting requests, KV usage, preemptions; with each
-    request's end-to-end latency and inter-token latencies."""
+    request's end-to-end latency and inter-token latencies, and the goodput under the targets'
+    TPOT objectives (``tpot_slo_s``; None without any)."""
     st = records.steps
     w = st[(st["t_end"] >= t0) & (st["t_end"] <= t1)]
     running, cap = w["running"].to_numpy(float), w["kv_capacity"].to_numpy(float)
@@ -394,7 +395,12 @@ def serving_stats(records: Records, t0: float, t1: float, req: dict) -> dict[str
     e2e = (finish - arrival)[req["done"] & (arrival >= t0) & (finish <= t1)]
     itl = inter_token_latencies(records.rounds, records.requests, t0, t1)
     span = t1 - t0
+    # goodput (vLLM's request_goodput): finished requests per second whose TPOT met their target's objective
+    slo = {t["index"]: t.get("tpot_slo_s") for t in records.meta.get("targets", [])}
+    bound = np.array([slo.get(int(t)) or np.nan for t in req["target"]], float)
+    good = np.isfinite(req["tpot"]) & (req["tpot"] <= bound)
     return {
+        "goodput_requests_per_s": _f(good.sum() / span) if span > 0 and np.isfinite(bound).any() else None,
         "steps": int(len(w)),
         "steps_per_s": _f(len(w) / span) if span > 0 else None,
         "step_time_mean_s": _mean(dur),

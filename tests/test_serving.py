@@ -263,3 +263,14 @@ def test_a_step_cost_file_and_its_resolved_scenario(tmp_path):
     with pytest.raises(StarsimError, match="give path or the cost fields, not both .also given: per_seq_s"):
         validate_scenario(data, base_dir=path.parent)
     assert doc["kv"]["capacity_tokens"] == sc.targets[0].serving.kv_tokens
+
+
+def test_goodput_counts_the_requests_that_met_their_objective():
+    res = simulate(load_scenario(str(ROOT / "scenarios" / "serving_const.yaml"),
+                                 ["duration_s=8", "targets.0.tpot_slo_s=0.0075"]))
+    s = res.summary
+    good = s["slo_attainment"] * s["tpot_samples"]
+    assert s["serving"]["goodput_requests_per_s"] == pytest.approx(good / s["measured_s"])
+    assert 0 < s["slo_attainment"] < 1
+    plain = simulate(load_scenario(str(ROOT / "scenarios" / "serving_const.yaml"), ["duration_s=4"])).summary
+    assert plain["serving"]["goodput_requests_per_s"] is None  # no objective, no goodput
