@@ -102,6 +102,8 @@ def check_work(scenario: Scenario) -> float:
     with np.errstate(all="ignore"):  # times of 0 s: an infinite rate, refused below
         a = analyze(scenario)
     rate = a["draft_tasks_per_s"] if a["draft_tasks_per_s"] is not None else a["throughput_tokens_per_s"]
+    if a["draft_tasks_per_s"] is not None:  # a serving target's step holds a round per sequence
+        rate *= max(p.get("batch", 1.0) for p in a["per_target"]) if a["per_target"] else 1.0
     rounds = rate * scenario.duration_s
     if not rounds <= MAX_ROUNDS:  # also NaN: times that sum to 0
         raise StarsimError(
