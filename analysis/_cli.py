@@ -55,3 +55,23 @@ def error_table(title: str, metrics: dict, keys: tuple[str, ...]) -> str:
         unit = f" ({row['unit']})" if row["unit"] else ""
         lines.append(f"| {row['label']}{unit} | {row['real']:.4g} | {row['sim']:.4g} | {row['sim_err_pct']:+.1f}% |")
     return "\n".join(lines)
+
+
+def print_written(md: Path, script: str) -> int:
+    """``--readme``: print the table a script last wrote (exit 0), or say it is not written yet
+    (one line, exit 2)."""
+    if not md.is_file():
+        print(f"error: {md.relative_to(REPO)} not written yet: run python analysis/{script} first", file=sys.stderr)
+        return 2
+    print(md.read_text())
+    return 0
+
+
+def has_gpu_db() -> bool:
+    """Whether aiconfigurator-core is installed; if not, one line saying how to get it."""
+    try:
+        import aiconfigurator_core  # noqa: F401
+    except ImportError:
+        print("error: needs aiconfigurator-core: pip install -e '.[gpu-db]'", file=sys.stderr)
+        return False
+    return True

@@ -36,6 +36,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import has_gpu_db, print_written  # noqa: E402
+
 OUT = ROOT / "analysis" / "figures" / "published-serving"
 
 EAGLE3 = "EAGLE-3 (Li et al., arXiv 2503.01840), Table 3: SGLang 0.4.4, 1x H100, Llama-3.1-8B-Instruct, MT-Bench"
@@ -272,17 +275,8 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", action="store_true", help="print the README table from the last written run")
     args = ap.parse_args(argv)
     if args.readme:
-        md = OUT / "published_serving.md"
-        if not md.is_file():
-            print(f"error: {md.relative_to(ROOT)} not written yet: run python analysis/published_serving.py first",
-                  file=sys.stderr)
-            return 2
-        print(md.read_text())
-        return 0
-    try:
-        import aiconfigurator_core  # noqa: F401
-    except ImportError:
-        print("error: needs aiconfigurator-core: pip install -e '.[gpu-db]'", file=sys.stderr)
+        return print_written(OUT / "published_serving.md", "published_serving.py")
+    if not has_gpu_db():
         return 2
     if not (math.isfinite(args.overhead_us) and args.overhead_us >= 0):
         print("error: --overhead-us: expected a finite number >= 0", file=sys.stderr)

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "analysis" / "figures" / "serving-batch"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from _cli import print_written  # noqa: E402
 from gpu_pairs import PAIRS  # noqa: E402
 
 
@@ -84,13 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", action="store_true", help="print the README table from the last written run")
     args = ap.parse_args(argv)
     if args.readme:
-        md = OUT / "serving_batch.md"
-        if not md.is_file():
-            print(f"error: {md.relative_to(ROOT)} not written yet: run python analysis/serving_batch.py first",
-                  file=sys.stderr)
-            return 2
-        print(md.read_text())
-        return 0
+        return print_written(OUT / "serving_batch.md", "serving_batch.py")
     try:
         batches = [int(b) for b in args.batches.split(",")]
     except ValueError:

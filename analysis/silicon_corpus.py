@@ -39,6 +39,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import has_gpu_db, print_written  # noqa: E402
+
 OUT = ROOT / "analysis" / "figures" / "silicon-corpus"
 
 # The sample's dense models -> the config the package bundles for the same architecture
@@ -295,17 +298,8 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", action="store_true", help="print the README table from the last written run")
     args = ap.parse_args(argv)
     if args.readme:
-        md = OUT / "silicon_corpus.md"
-        if not md.is_file():
-            print(f"error: {md.relative_to(ROOT)} not written yet: run python analysis/silicon_corpus.py first",
-                  file=sys.stderr)
-            return 2
-        print(md.read_text())
-        return 0
-    try:
-        import aiconfigurator_core  # noqa: F401
-    except ImportError:
-        print("error: needs aiconfigurator-core: pip install -e '.[gpu-db]'", file=sys.stderr)
+        return print_written(OUT / "silicon_corpus.md", "silicon_corpus.py")
+    if not has_gpu_db():
         return 2
     if args.waves < 1 or args.budget < 1 or args.jobs < 1 or args.queued < 0:
         print("error: --waves, --budget and --jobs: expected numbers >= 1; --queued >= 0", file=sys.stderr)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..profiles import _nnls_relative
 from ..serving import StepShape, chunk_shape, tree_shape
 
 DENSE_TOKENS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144,
@@ -40,16 +41,6 @@ MEMORY_FRACTION = 0.9  # of a GPU's memory for weights and KV: vLLM's gpu_memory
 ACTIVATIONS_BYTES = 2 * 2**30  # per GPU, kept out of the KV cache (activations, CUDA graphs)
 CHECKS = [(b, q, L, c, p) for b in (1, 8, 32, 128) for q in (1, 17) for L in (1024, 4096) for c, p in
           ((0, 0), (512, 0), (2048, 1024))]
-
-
-def _nnls_rel(a: np.ndarray, y: np.ndarray) -> np.ndarray:
-    from scipy.optimize import nnls
-
-    m = a / y[:, None]
-    norm = np.linalg.norm(m, axis=0)
-    norm[norm == 0] = 1.0
-    coef, _ = nnls(m / norm, np.ones_like(y), maxiter=50 * m.shape[1])
-    return coef / norm
 
 
 def _mape(pred, y) -> float:
@@ -84,7 +75,7 @@ def step_cost(pricer, overhead_s: float = 0.0) -> dict[str, Any]:
     lw, pl = _roofline(lt, logits)
     bl = np.array([(b, L) for b in ATTN_BATCHES for L in ATTN_KV], float)
     dec = np.array([take(pricer._gen([pricer.attn], int(b), int(L), None)) for b, L in bl])
-    a0, per_seq, per_kv = _nnls_rel(np.column_stack([np.ones(len(bl)), bl[:, 0], bl[:, 0] * bl[:, 1]]), dec)
+    a0, per_seq, per_kv = _nnls_relative(np.column_stack([np.ones(len(bl)), bl[:, 0], bl[:, 0] * bl[:, 1]]), dec)
     shapes, extra = [], []
     for c, p in CHUNKS:
         shapes.append(chunk_shape(c, p, False))
@@ -94,7 +85,7 @@ def step_cost(pricer, overhead_s: float = 0.0) -> dict[str, Any]:
         extra.append(max(pricer._ctx_attn(q, L).s - pricer._ctx_attn(1, L).s, 1e-9))
     xa = np.array([[sh.attn, sh.tokens - sh.seqs] for sh in shapes], float)
     extra_a = np.array(extra, float)
-    per_attn, per_query = _nnls_rel(xa, extra_a)
+    per_attn, per_query = _nnls_relative(xa, extra_a)
     fields = {
         "overhead_s": float(overhead_s + a0),
         "dense_table": [[t, float(s)] for t, s in zip(DENSE_TOKENS, dense)],
