@@ -85,10 +85,14 @@ def _serve_and_run(tmp_path, capsys, server_args, target_args, name):
     import subprocess
     import sys
 
-    # stderr kept, and faulthandler on: a server that does not stop is made to show its threads
+    # stderr kept, and faulthandler on: a server that does not stop is made to show its threads.
+    # SIGINT restored to its default in the child: a shell's background job (`cmd &` in a script)
+    # starts with SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so the
+    # SIGINT below would do nothing (what made this test time out when CI ran in the background)
     err = (tmp_path / f"{name}-server.err").open("w+")
     proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "starsim.cli", "draft-server", "--bind",
-                             "127.0.0.1:0", *server_args], stdout=subprocess.PIPE, stderr=err, text=True)
+                             "127.0.0.1:0", *server_args], stdout=subprocess.PIPE, stderr=err, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()
         assert line.startswith("draft server on 127.0.0.1:"), line
