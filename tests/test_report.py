@@ -153,12 +153,20 @@ def test_draft_memory_figure_follows_the_held_bytes(tmp_path):
 
 
 def test_a_serving_run_gets_its_figure(tmp_path):
-    """Runs with serving targets add figure 8: each target's batch and KV usage over time."""
+    """Runs with serving targets add figure 8: each target's batch and KV usage over time; and
+    figure 4 draws the closed form once per batch size."""
     res = simulate(load_scenario(str(REPO / "scenarios" / "serving_const.yaml"),
                                  ["duration_s=4", "targets.0.serving.kv_capacity_tokens=8000"]))
     res.write(tmp_path / "run", trace=False)
-    rep = build_report([tmp_path / "run"], tmp_path / "report", formats="png")
+    small = simulate(load_scenario(str(REPO / "scenarios" / "serving_const.yaml"),
+                                   ["duration_s=4", "targets.0.count=2", "targets.0.serving.max_seqs=4",
+                                    "workload.concurrency=4"]))
+    small.write(tmp_path / "small", trace=False)
+    rep = build_report([tmp_path / "run", tmp_path / "small"], tmp_path / "report", formats="png")
     assert [p.name for p in rep.files][-1] == "fig8_serving.png"
     top, bottom = rep.figures["serving"].axes
-    assert len(top.lines) == 4 and len(bottom.lines) == 4  # one per target
+    assert len(top.lines) == len(bottom.lines) == 4 + 2  # one per target of each run
     assert max(max(line.get_ydata()) for line in top.lines) == 16
+    legend = [t.get_text() for t in rep.figures["scaling"].legends[0].get_texts()]
+    # one closed-form line per batch: 4, and the first run's 13 (KV of 8000 tokens holds 13 requests)
+    assert sorted(t.split("batch ")[1] for t in legend if t.startswith("closed form")) == ["13", "4"]

@@ -350,7 +350,7 @@ def _closed_form(run: Run, n_max: int) -> dict | None:
         a = analyze(load_scenario(run.path / "scenario.yaml"))
         u = a["draft_utilization"]
         return {"n": [a["n_targets"]], "util": [np.nan if u is None else 100 * u],
-                "tput": [a["throughput_tokens_per_s"]], "n_star": a["n_saturation"]}
+                "tput": [a["throughput_tokens_per_s"]], "n_star": a["n_saturation"], "batch": _batch(a)}
     ns = list(range(1, n_max + 1))
     util, tput = [], []
     n_star = None
@@ -359,12 +359,18 @@ def _closed_form(run: Run, n_max: int) -> dict | None:
         util.append(np.nan if a["draft_utilization"] is None else 100 * a["draft_utilization"])
         tput.append(a["throughput_tokens_per_s"])
         n_star = a["n_saturation"]
-    return {"n": ns, "util": util, "tput": tput, "n_star": n_star}
+    return {"n": ns, "util": util, "tput": tput, "n_star": n_star, "batch": _batch(a)}
+
+
+def _batch(a: dict) -> float:
+    """Sequences per step of the closed form's first target (1: not a serving target)."""
+    return float(a["per_target"][0].get("batch", 1.0)) if a.get("per_target") else 1.0
 
 
 def scaling(runs: list[Run], notes: list[str] | None = None) -> Figure:
     """Figure 4: draft utilization and throughput against the number of targets, one point
-    per run (marker: sim or real), the closed form of each scenario as a line, its N*."""
+    per run (marker: sim or real), the closed form of each scenario as a line, its N* (runs
+    of serving targets at several batch sizes: one scenario family, so one line, per batch)."""
     from matplotlib.ticker import MaxNLocator
 
     fig = _figure(11, 4.6)
@@ -383,6 +389,8 @@ def scaling(runs: list[Run], notes: list[str] | None = None) -> Figure:
             cf = None
             if notes is not None:
                 notes.append(f"no closed form for {first.label}: {str(e).splitlines()[0]}")
+        if cf is not None and cf["batch"] > 1:  # serving targets: a curve per batch size (a family each)
+            fam = f"{fam}, batch {cf['batch']:g}"
         if cf is not None and len(cf["n"]) == 1:  # several target groups: one point, no line
             label = f"closed form of {fam} as is (several target groups)"
             for ax, v in ((ax_u, cf["util"]), (ax_t, cf["tput"])):
