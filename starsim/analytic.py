@@ -158,18 +158,36 @@ def _mean(spec: Dist, tokens=0.0, context=0.0, depth=0.0) -> float:
     return float(spec.mean(tokens, context, depth))
 
 
-def serving_batch(scenario: Scenario, g: TargetGroup) -> int:
-    """Sequences per step of a serving target in a closed loop's steady state: its users, up
-    to ``max_seqs`` and what KV holds (each request's whole length and a step's tokens;
-    exact under ``on_kv_full: wait``, the no-preemption bound under ``preempt``)."""
+def serving_batch(scenario: Scenario, g: TargetGroup) -> float:
+    """Sequences per step of a serving target in steady state, at most ``max_seqs`` and what KV
+    holds (each request's whole length and a step's tokens: exact under ``on_kv_full: wait``,
+    the no-preemption bound under ``preempt``). A closed loop: its users. An open loop: by
+    Little's law, the target's share of the arrival rate times a request's time at that batch
+    (its rounds, each the star's cycle), found by fixed-point iteration; at the cap when it
+    overloads."""
     sv, w = g.serving, scenario.workload
-    users = w.concurrency if isinstance(w, ClosedLoop) else sv.max_seqs
-    b = min(users, sv.max_seqs)
-    cap = sv.kv_tokens
-    if cap is not None:
+    cap = float(sv.max_seqs)
+    if sv.kv_tokens is not None:
         prompts, outputs = _lengths(scenario)
         per_round = scenario.draft.tree.tokens + 1 if scenario.mode != "autoregressive" else 1
-        b = min(b, max(1, int(cap // float(np.mean(prompts + outputs) + per_round))))
+        cap = min(cap, max(1, int(sv.kv_tokens // float(np.mean(prompts + outputs) + per_round))))
+    if isinstance(w, ClosedLoop):
+        return min(float(w.concurrency), cap)
+    rate = _arrival_rate(scenario)
+    if rate is None:
+        return cap
+    share = rate / scenario.n_targets  # a router (or the fleet queue) spreads arrivals evenly
+    # a star's draft serves its targets in turn: a cycle is at least their draft times (closed_form)
+    per_server = math.ceil(scenario.n_targets / scenario.draft.fabric.servers) if scenario.mode == "star" else 1
+    b = 1.0
+    for _ in range(100):
+        dem = _serving_demand(scenario, "", g, b)
+        cycle = float(closed_form(per_server, dem.d, dem.z)["cycle_s"])
+        # requests in the target: the arrival share times a request's time (rounds x the cycle)
+        nxt = min(cap, max(1.0, share * dem.rounds_per_request * cycle))
+        if abs(nxt - b) < 1e-3 * b:
+            return nxt
+        b = 0.5 * (b + nxt)  # damped: a request's time grows with the batch
     return b
 
 

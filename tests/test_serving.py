@@ -274,3 +274,16 @@ def test_goodput_counts_the_requests_that_met_their_objective():
     assert 0 < s["slo_attainment"] < 1
     plain = simulate(load_scenario(str(ROOT / "scenarios" / "serving_const.yaml"), ["duration_s=4"])).summary
     assert plain["serving"]["goodput_requests_per_s"] is None  # no objective, no goodput
+
+
+def test_the_closed_form_finds_an_open_loops_batch():
+    """Poisson arrivals through a router: the closed form's batch is Little's law at its own
+    request time (a fixed point), near the simulator's mean batch below saturation."""
+    wl = ("workload={kind: poisson, rate_per_s: 10, router: least_outstanding, prompt_tokens: "
+          "{kind: uniform, low: 64, high: 512}, output_tokens: {kind: uniform, low: 64, high: 512}}")
+    sc = load_scenario(str(ROOT / "scenarios" / "serving_const.yaml"), ["duration_s=60", "warmup_s=10", wl])
+    sim, a = simulate(sc).summary, analyze(sc)
+    assert 1 < a["per_target"][0]["batch"] < sc.targets[0].serving.max_seqs
+    assert a["per_target"][0]["batch"] == pytest.approx(sim["serving"]["batch_size_mean"], rel=0.1)
+    assert a["tpot_mean_s"] == pytest.approx(sim["tpot_mean_s"], rel=0.1)
+    assert a["throughput_tokens_per_s"] == pytest.approx(sim["throughput_tokens_per_s"], rel=0.05)
