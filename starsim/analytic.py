@@ -342,9 +342,10 @@ ASSUMPTIONS = (
 )
 
 
-SERVING_ASSUMPTION = ("serving targets: B sequences per step in lockstep (B: the users per target, up to "
-                      "max_seqs and what KV holds), their prompts prefilled in steps of their own (chunked to the "
-                      "budget); users out of step mix prefills into decode steps, which this does not price")
+SERVING_ASSUMPTION = ("serving targets: B sequences per step in lockstep (B: the users per target, or an open "
+                      "loop's arrivals times a request's time by Little's law, up to max_seqs and what KV holds), "
+                      "their prompts prefilled in steps of their own (chunked to the budget); users out of step "
+                      "mix prefills into decode steps, which this does not price")
 
 
 def _cycles(scenario: Scenario, d: np.ndarray, z: np.ndarray):
