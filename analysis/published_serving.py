@@ -71,14 +71,12 @@ HUMANEVAL = {"kind": "closed", "prompts": 164, "prompt_tokens": {"kind": "lognor
 def _fit_linear(xs: list[tuple[float, float]], ys: list[float]) -> dict:
     """``a + b*batch + c*context + d*batch*context`` fitted in relative error (a draft's batched round)."""
     import numpy as np
-    from scipy.optimize import nnls
+
+    from starsim.profiles import _nnls_relative
 
     x = np.array(xs, float)
-    y = np.array(ys, float)
-    a = np.column_stack([np.ones(len(x)), x[:, 0], x[:, 1], x[:, 0] * x[:, 1]]) / y[:, None]
-    norm = np.linalg.norm(a, axis=0)
-    coef, _ = nnls(a / norm, np.ones(len(y)))
-    coef = coef / norm
+    coef = _nnls_relative(np.column_stack([np.ones(len(x)), x[:, 0], x[:, 1], x[:, 0] * x[:, 1]]),
+                          np.array(ys, float))
     return {"kind": "linear", "a": float(coef[0]), "b": float(coef[1]), "c": float(coef[2]), "d": float(coef[3])}
 
 

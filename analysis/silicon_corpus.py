@@ -104,17 +104,13 @@ class Group:
     """One (model, system, backend, TP, dtype): its step cost, KV and aiconfigurator's model."""
 
     def __init__(self, model: str, system: str, backend: str, tp: int, dtype: str):
-        import tempfile
-
         from starsim.calibrate import gpu_db, gpu_step
 
         self.version = gpu_db.resolve_version(system, backend, None)
-        spec = gpu_db.bundled_spec(DENSE[model], "eagle")
-        with tempfile.TemporaryDirectory(prefix="starsim-corpus-") as tmp:
-            ref = gpu_db.spec_refs(spec, Path(tmp))["target"]
-            pricer = gpu_db.Pricer(ref, system, backend, self.version, tp, dtype)
-            self.cost = gpu_step.step_cost(pricer)
-        self.kv, self.kv_per_token = gpu_step.kv_capacity(ref.config, dtype, tp, system)
+        settings = gpu_db.Settings(spec=gpu_db.bundled_spec(DENSE[model], "eagle"), system=system, backend=backend,
+                                   backend_version=self.version, tp=tp, dtype=dtype, roles=("target",))
+        self.cost = gpu_step.import_step(settings)  # the step cost `calibrate import` writes, and its KV
+        self.kv, self.kv_per_token = self.cost["kv"]
         self.model, self.system, self.backend, self.tp, self.dtype = model, system, backend, tp, dtype
         self._aic = None
 

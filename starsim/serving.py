@@ -62,7 +62,7 @@ class Seq:
     its KV once prefilled; ``kv``: slots it holds."""
 
     __slots__ = ("rid", "prompt", "output", "arrival", "owner", "row", "rows", "todo", "computed", "ctx",
-                 "generated", "kv", "new", "preemptions", "t_start")
+                 "generated", "kv", "new", "preemptions")
 
     def __init__(self, rid: int, prompt: int, output: int, arrival: float, owner=None):
         self.rid, self.prompt, self.output, self.arrival, self.owner = rid, prompt, output, arrival, owner
@@ -70,7 +70,6 @@ class Seq:
         self.todo, self.computed, self.ctx, self.generated, self.kv = prompt, 0, 0, 0, 0
         self.new = 0  # tokens the draft has not seen yet (its next request sends them)
         self.preemptions = 0
-        self.t_start = math.nan
 
     @property
     def prefilled(self) -> bool:
@@ -114,7 +113,6 @@ class StepScheduler:
         self.waiting: deque[Seq] = deque()
         self.running: list[Seq] = []
         self.kv_used = 0
-        self.preemptions = 0
 
     # ------------------------------------------------------------------ queue
 
@@ -176,7 +174,6 @@ class StepScheduler:
         s.kv, s.computed = 0, 0
         s.todo = s.prompt + s.generated  # recomputed from its whole context
         s.preemptions += 1
-        self.preemptions += 1
         step.preempted.append(s)
         self.waiting.appendleft(s)
 
