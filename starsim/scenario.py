@@ -927,9 +927,8 @@ def _serving_problems(sc: Scenario) -> list[tuple[str, str]]:
                     "sequences: the draft needs batch.time, the cost of a batched round"))
     serving = [g.serving is not None for g in sc.targets]
     if any(serving) and sc.mode == "star":
-        for path, on in (("draft.pipeline", d.pipeline), ("draft.adaptive.policy", d.adaptive.policy != "fixed")):
-            if on:
-                out.append((path, "not modelled with serving targets yet (targets.*.serving)"))
+        if d.adaptive.policy != "fixed":
+            out.append(("draft.adaptive.policy", "not modelled with serving targets yet (targets.*.serving)"))
     if not all(serving):
         if isinstance(w, ClosedLoop) and w.concurrency > 1:
             out.append(("workload.concurrency", "more than one request at a time per target needs every target "

@@ -57,6 +57,9 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "serving_fabric": ("scenarios/serving_const.yaml", [
         "duration_s=12", "draft.fabric={servers: 2, pairing: least_loaded, failures: [{server: 0, at_s: 6}]}"]),
     "serving_autoregressive": ("scenarios/serving_const.yaml", ["duration_s=12", "mode=autoregressive"]),
+    # pipelined drafting at batch, with preemptions (a preempted sequence's pipelined tree is dropped)
+    "serving_pipeline": ("scenarios/serving_const.yaml", ["duration_s=12", "draft.pipeline=true",
+                                                          "targets.0.serving.kv_capacity_tokens=6000"]),
 }
 
 # provenance fields that do not depend on the machine, the checkout's path or the clock

@@ -155,8 +155,9 @@ CASES = [
      "kv_capacity_bytes needs kv_bytes_per_token"),
     ("serving_batched_draft_without_batch_time", _set("targets.0.serving", {"max_seqs": 8, "step_time": {
      "weights_s": 0.01}}), "draft.batch.time", "the draft needs batch.time, the cost of a batched round"),
-    ("serving_with_pipelining", lambda d: (d["targets"][0].update(serving={}), d["draft"].update(pipeline=True)),
-     "draft.pipeline", "not modelled with serving targets yet"),
+    ("serving_with_adaptive_depth", lambda d: (d["targets"][0].update(serving={}),
+                                               d["draft"].update(adaptive={"policy": "goodput"})),
+     "draft.adaptive.policy", "not modelled with serving targets yet"),
     ("concurrency_zero", _set("workload.concurrency", 0), "workload.concurrency", "greater than or equal to 1 (got 0)"),
     ("concurrency_without_serving", _set("workload.concurrency", 8), "workload.concurrency",
      "more than one request at a time per target needs every target group to serve"),

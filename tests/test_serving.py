@@ -50,7 +50,7 @@ def _const(tmp_path, serving: dict, *, name="serving.yaml", **changes):
 
 
 @pytest.mark.parametrize("case", ["const_star", "open_poisson", "fabric_failure", "one_for_one", "autoregressive",
-                                  "cpu_profiles"])
+                                  "cpu_profiles", "pipeline"])
 def test_one_sequence_at_a_time_is_the_target_without_serving(case):
     path, over = CASES[case]
     base = load_scenario(str(ROOT / path), over)
@@ -149,6 +149,38 @@ def test_batched_steps_respect_budget_kv_and_tokens(tmp_path):
     assert sv["num_preemptions"] == steps["preempted"][steps["t_end"] >= 5.0].sum()
     assert 0 < sv["kv_cache_usage_mean"] <= sv["kv_cache_usage_max"] <= 1.0
     assert sv["batch_size_p99"] == 8 and sv["itl_s_p50"] > 0
+
+
+@pytest.mark.parametrize("fabric", [False, True])
+def test_pipelined_drafting_at_batch(tmp_path, fabric):
+    """The draft drafts each step's next trees during the verify: a sequence that accepted its
+    tree whole verifies the pipelined one next, the others' share is wasted; preempted
+    sequences and a failed server lose theirs; every token is still accounted."""
+    changes = {"duration_s": 20.0, "workload.concurrency": 10, "draft.pipeline": True,
+               "acceptance": {"kind": "marginal", "curve": [0.9, 0.7, 0.5, 0.3]}}
+    if fabric:
+        changes["draft.fabric"] = {"servers": 2, "pairing": "least_loaded", "failures": [{"server": 0, "at_s": 8.0}]}
+    sc = _const(tmp_path, {"max_seqs": 8, "max_batched_tokens": 300, "kv_capacity_tokens": 3000, "step_time": STEP},
+                **changes)
+    res = simulate(sc)
+    steps, rounds, req = res.records.steps, res.records.rounds, res.records.requests
+    assert steps["preempted"].sum() > 0
+    emitted = rounds.groupby("request")["emitted"].sum().reindex(req["request"]).fillna(0).to_numpy()
+    assert (emitted + req["t_first_token"].notna().to_numpy() == req["generated_tokens"].to_numpy()).all()
+    done = req[req["t_finish"].notna()]
+    assert len(done) and (done["generated_tokens"] == done["output_tokens"]).all()
+    piped = rounds[(rounds["bytes_up"] == 0) & (rounds["draft"] >= 0)]  # trees drafted ahead: nothing sent
+    assert len(piped) and (piped["t_draft_end"] <= piped["t_verify_start"]).all()
+    assert (piped["t_send"] == piped["t_enqueue"]).all() and (piped["t_draft_start"] >= piped["t_enqueue"]).all()
+    hits, misses, wasted = res.records.meta["pipeline"].values()
+    # a hit is a sequence that took its whole 4-deep tree (P = 0.3) and went on; its next tree is
+    # pipelined (counted once, unless preempted or its server failed before it was used)
+    assert 0.2 < hits / (hits + misses) < 0.35
+    assert abs(hits - len(piped)) <= 0.05 * hits
+    busy = res.records.intervals.query("kind == 'draft'")
+    assert 0 < wasted < (busy["end"] - busy["start"]).sum()
+    if fabric:
+        assert (rounds.loc[rounds["t_verify_start"] > 8.5, "draft"].isin([-1, 1])).all()
 
 
 def test_same_seed_same_tables_with_noise(tmp_path):

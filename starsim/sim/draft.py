@@ -31,10 +31,13 @@ class Task:
     this one. ``failed``: the engine's server failed before the tree was sent. ``seqs``: a
     serving target's batched request, ``(tag, context)`` per sequence (None: one, tagged by
     the target); ``context`` is then the longest and ``seq_new`` each one's new tokens.
+    ``missed``: a pipelined batch's sequences whose last tree was not accepted whole, after it
+    started, ``(tag, valid tokens)`` each: their share of its forward is wasted.
     """
 
     __slots__ = ("target", "context", "done", "start", "end", "new_tokens", "kv_bytes", "deadline",
-                 "depth", "tokens", "pre", "next", "failed", "cancelled", "valid", "submitted", "seqs", "seq_new")
+                 "depth", "tokens", "pre", "next", "failed", "cancelled", "valid", "submitted", "seqs", "seq_new",
+                 "missed")
 
     def __init__(self, target: int, context: int, done: simpy.Event | None):
         self.target = target
@@ -45,7 +48,7 @@ class Task:
         self.pre, self.next, self.failed, self.cancelled = False, None, False, False
         self.start = self.end = None
         self.valid = self.submitted = 0
-        self.seqs = self.seq_new = None
+        self.seqs = self.seq_new = self.missed = None
 
     @property
     def size(self) -> int:
@@ -219,36 +222,70 @@ class DraftEngine:
 
     # ------------------------------------------------------------------ pipelining, failure
 
-    def _follow(self, task: Task) -> Task:
+    def _follow(self, task: Task, seqs: list | None = None) -> Task:
         """Start drafting ``task``'s target's next tree now, assuming ``task``'s tree is
-        accepted whole (its ``depth`` tokens and the bonus one): the pipelined tree."""
-        depth = self.cfg.tree.depth if task.depth is None else task.depth
-        nxt = Task(task.target, task.context + depth + 1, self.env.event())
+        accepted whole (its ``depth`` tokens and the bonus one): the pipelined tree. A batched
+        task's follows every sequence, or ``seqs``."""
+        step = (self.cfg.tree.depth if task.depth is None else task.depth) + 1
+        nxt = Task(task.target, task.context + step, self.env.event())
+        if task.seqs is not None:
+            nxt.seqs = [(tag, c + step) for tag, c in (task.seqs if seqs is None else seqs)]
+            nxt.context = max(c for _, c in nxt.seqs)
         nxt.depth, nxt.tokens, nxt.pre, nxt.deadline = task.depth, task.tokens, True, task.deadline
         nxt.submitted = self.env.now
         task.next = nxt
         self.submit(nxt)
         return nxt
 
-    def promote(self, pre: Task) -> None:
+    def promote(self, pre: Task, valid: dict | None = None) -> None:
         """A hit: the target accepted its whole tree, so the pipelined ``pre`` is its next
-        tree; the engine pipelines the one after it."""
-        self.pipeline_stats.hits += 1
+        tree; the engine pipelines the one after it. A batched ``pre``: ``valid`` names the
+        sequences that missed (tag -> the tokens the target accepted): :meth:`_miss`, and the
+        one after follows the others only."""
+        self.pipeline_stats.hits += pre.size - len(valid or ())
+        if valid:
+            self.miss(pre, valid)
         if not self.dead:
-            self._follow(pre)
+            self._follow(pre, [p for p in pre.seqs if p[0] not in valid] if valid and pre.seqs else None)
 
-    def cancel(self, pre: Task, valid: int) -> None:
+    def cancel(self, pre: Task, valid) -> None:
         """A miss: ``pre`` assumed tokens the target did not accept. Unstarted, it is dropped
         from the queue; started or done, its draft time is wasted and its cache is cut back
-        to the ``valid`` tokens the target did accept."""
-        self.pipeline_stats.misses += 1
+        to the ``valid`` tokens the target did accept (a batched task's: tag -> tokens)."""
+        self.pipeline_stats.misses += pre.size
         pre.cancelled, pre.valid = True, valid
         if pre.end is not None:
             self._waste(pre)
 
+    def miss(self, pre: Task, valid: dict) -> None:
+        """Some of a batched ``pre``'s sequences missed (``valid``: tag -> accepted tokens).
+        Unstarted, the server drops them from the batch; started, their share of the forward
+        is wasted (now, or when it ends) and their caches are cut. All of them: :meth:`cancel`."""
+        if len(valid) >= pre.size:
+            self.cancel(pre, valid)
+            return
+        self.pipeline_stats.misses += len(valid)
+        if pre.start is None:
+            pre.seqs = [p for p in pre.seqs if p[0] not in valid]
+            pre.context = max(c for _, c in pre.seqs)
+            return
+        pre.missed = [*(pre.missed or ()), *valid.items()]
+        if pre.end is not None:
+            self._waste_missed(pre)
+
+    def _waste_missed(self, task: Task) -> None:
+        self.pipeline_stats.wasted_s += (task.end - task.start) * len(task.missed) / task.size
+        for tag, valid in task.missed:
+            self.caches.cut(tag, valid)
+        task.missed = None
+
     def _waste(self, task: Task) -> None:
         self.pipeline_stats.wasted_s += task.end - task.start
-        self.caches.cut(task.target, task.valid)
+        if task.seqs is None:
+            self.caches.cut(task.target, task.valid)
+        else:
+            for tag, _ in task.seqs:
+                self.caches.cut(tag, task.valid.get(tag, 0))
 
     def fail(self) -> None:
         """The server goes away now: the tasks it holds (queued or being drafted) fail, its
@@ -332,6 +369,8 @@ class DraftEngine:
                     t.end = start + (end - start) / len(tasks)  # its share of the batch is wasted
                     self._waste(t)
                     continue
+                if t.missed:
+                    self._waste_missed(t)
                 if pipeline and not t.pre:
                     self._follow(t)
                 t.done.succeed()

@@ -50,6 +50,7 @@ class ServingTarget(Target):
         self._wake: simpy.Event | None = None
         self._slot: simpy.Event | None = None
         self.steps = 0
+        self._pre: dict[int, tuple[Task, object]] = {}  # request -> its pipelined tree and the engine drafting it
         self.bytes_up = _BytesUp(self.payload, self.hidden)
         self.log_step = {k: self.rec.interval_writer(engine=self.engine_name, device=self.unit.name, kind=k)
                          for k in ("prefill", "verify", "decode")}
@@ -136,6 +137,8 @@ class ServingTarget(Target):
                 yield self._wake
                 continue
             now = env.now
+            if step.preempted and self._pre:
+                self._drop_pipelined(step.preempted)
             for s in self._in(step):
                 if math.isnan(s.row.t_start):
                     s.row.t_start = now
@@ -183,14 +186,44 @@ class ServingTarget(Target):
         return new
 
     def _draft(self, engine, step: Step):
-        """The step's draft request: up the link, the engine (one batched round for every
-        decoding sequence), the reply down. Returns the hops, or None if its server failed."""
+        """The step's trees: one draft request for the sequences without a pipelined tree
+        (:meth:`_request`), then the pipelined ones (:meth:`_pipelined`). Returns the hops
+        (``by``: each sequence's, in the step's order; ``lead``, ``t_back``), or None if its
+        server failed."""
+        pre: dict = {}
+        fresh = []
+        for s in step.verify:
+            t, e = self._pre.pop(s.rid, (None, None))
+            if t is not None and not t.failed and e is not engine:  # the fabric moved it: that tree is lost
+                e.miss(t, {self._tag(s): 0})
+            if t is None or t.failed or e is not engine:
+                fresh.append(s)
+            else:
+                pre.setdefault(t, []).append(s)
+        by, lead = {}, 0.0
+        if fresh:
+            h = yield from self._request(engine, fresh, defer=not pre)
+            if h is None:
+                return None
+            lead = h["lead"]
+            by.update((s.rid, (h, j)) for j, s in enumerate(fresh))
+        for t, seqs in pre.items():
+            h = yield from self._pipelined(engine, t, seqs)
+            if h is None:
+                return None
+            pos = {tag: j for j, (tag, _) in enumerate(t.seqs)} if self.batched else None
+            by.update((s.rid, (h, pos[(self.index, s.rid)] if pos else 0)) for s in seqs)
+        hops = [by[s.rid] for s in step.verify]
+        return {"by": hops, "lead": lead, "t_back": max(h["t_back"] for h, _ in hops)}
+
+    def _request(self, engine, seqs: list[Seq], defer: bool):
+        """One draft request for ``seqs``: up the link, the engine (one batched round), the
+        reply down (``defer``: a pure delay is waited with the forward, its ``lead``). Returns
+        its hops, or None if its server failed."""
         env, host = self.env, self.unit.host
-        seqs = step.verify
         new = sum(s.new for s in seqs)
         b_up = self.bytes_up[new]
-        n = len(seqs)
-        b_down = self.payload.bytes_down(self.tree_tokens) * n - self.payload.header_bytes * (n - 1)
+        b_down = self._bytes_down(len(seqs))
         t_send = env.now
         yield from _work(env, host, self.send_cpu())
         t0, t_up = env.now, self.up(b_up)
@@ -215,7 +248,7 @@ class ServingTarget(Target):
         yield task.done
         if task.failed:
             return None
-        if draft_host is None and not self.has_msg_cpu:
+        if defer and draft_host is None and not self.has_msg_cpu:
             # the reply's way back is pure delay: waited with the forward (as Target._speculate_shared)
             t_ser = self.serialize()
             t_down = self.down(b_down)
@@ -230,6 +263,30 @@ class ServingTarget(Target):
             s.new = 0
         return {"task": task, "engine": engine, "t_send": t_send, "t_arrive": t_arrive, "t_enq": t_enq,
                 "t_reply": t_reply, "t_back": t_back, "lead": lead, "b_up": b_up, "b_down": b_down}
+
+    def _pipelined(self, engine, t: Task, seqs: list[Seq]):
+        """The trees the engine drafted ahead for ``seqs`` (each accepted its last tree whole):
+        waited for, then their reply down (as Target._speculate_shared's hit). None: its
+        server failed meanwhile."""
+        env = self.env
+        if not t.done.triggered:
+            yield t.done
+        if t.failed:
+            return None
+        b_down = self._bytes_down(len(seqs))
+        t_reply = t.end + self.serialize()
+        ready = t_reply + self.down(b_down)
+        if ready > env.now:
+            yield env.timeout(ready - env.now)
+        yield from _work(env, self.unit.host, self.receive_cpu())
+        for s in seqs:  # the engine drafted it on their accepted tokens: nothing new to send
+            s.new = 0
+        return {"task": t, "engine": engine, "t_send": t.submitted, "t_arrive": t.submitted, "t_enq": t.submitted,
+                "t_reply": t_reply, "t_back": env.now, "lead": 0.0, "b_up": 0, "b_down": b_down}
+
+    def _bytes_down(self, n: int) -> int:
+        """A reply carrying ``n`` sequences' trees, one header."""
+        return self.payload.bytes_down(self.tree_tokens) * n - self.payload.header_bytes * (n - 1)
 
     def _forward(self, step: Step, hops: dict | None, last_ve: float):
         """The step's forward on the target's device; returns (start, end, interval kind)."""
@@ -254,8 +311,8 @@ class ServingTarget(Target):
     def _outcomes(self, step: Step, hops: dict | None, engine, vs: float, ve: float, kind: str) -> None:
         """Each sequence's tokens from the step: its acceptance drawn (a tree) or one token,
         its round row; the prefill chunks; the step's row and interval; finished requests out."""
-        emitted = []
-        for j, s in enumerate(step.verify):
+        emitted, hits = [], []
+        for i, s in enumerate(step.verify):
             rows = self._rows(s)
             left = s.output - s.generated
             if hops is None:
@@ -265,14 +322,17 @@ class ServingTarget(Target):
             k = self.accept()
             e = k + 1 if k + 1 < left else left
             emitted.append(e)
-            t = hops["task"]
-            rows.tree(draft=hops["engine"].index, tree_tokens=self.tree_tokens, depth=self.depth,
-                      bytes_down=hops["b_down"])
-            rows.round(t_send=hops["t_send"], t_draft_arrive=hops["t_arrive"], t_enqueue=hops["t_enq"],
-                       t_draft_start=t.start, t_draft_end=t.end, t_reply_send=hops["t_reply"],
-                       t_target_arrive=hops["t_back"], t_verify_start=vs, t_verify_end=ve, context_tokens=s.ctx,
+            hits.append(None if k == self.depth and e < left else s.ctx + k)  # None: a hit, else what holds
+            h, j = hops["by"][i]
+            t = h["task"]
+            rows.tree(draft=h["engine"].index, tree_tokens=self.tree_tokens, depth=self.depth, bytes_down=h["b_down"])
+            rows.round(t_send=h["t_send"], t_draft_arrive=h["t_arrive"], t_enqueue=h["t_enq"],
+                       t_draft_start=t.start, t_draft_end=t.end, t_reply_send=h["t_reply"],
+                       t_target_arrive=h["t_back"], t_verify_start=vs, t_verify_end=ve, context_tokens=s.ctx,
                        new_tokens=t.new_tokens if t.seqs is None else t.seq_new[j], accepted=k,
-                       emitted=e, bytes_up=hops["b_up"], draft_kv_bytes=t.kv_bytes)
+                       emitted=e, bytes_up=h["b_up"], draft_kv_bytes=t.kv_bytes)
+        if hops is not None and self.pipeline:
+            self._pipeline_outcomes(step, hops, hits)
         last = [s for s, c in step.prefill if s.computed + c >= s.todo]  # a chunk that ends a prefill
         done = self.sched.finish(step, emitted)
         for s in last:
@@ -295,6 +355,38 @@ class ServingTarget(Target):
         if done and self._slot is not None:
             slot, self._slot = self._slot, None
             slot.succeed()
+
+    def _pipeline_outcomes(self, step: Step, hops: dict, hits: list[int | None]) -> None:
+        """Pipelined trees after a step: each tree this step verified has its follow (drafted
+        ahead for the same sequences); the sequences that accepted their tree whole and go
+        on (``hits[i]`` None) verify it next, the follow of the others is cut back to the
+        tokens they accepted (``hits[i]``; their share of it wasted), as Target._speculate_shared."""
+        tasks: dict = {}
+        for i, s in enumerate(step.verify):
+            tasks.setdefault(hops["by"][i][0]["task"], []).append((s, hits[i]))
+        engine = hops["by"][0][0]["engine"]
+        for t, outcome in tasks.items():
+            nxt = t.next
+            if nxt is None:
+                continue
+            valid = {self._tag(s): v for s, v in outcome if v is not None}
+            if len(valid) == len(outcome):
+                engine.cancel(nxt, valid if self.batched else valid[self.index])
+                continue
+            engine.promote(nxt, valid if self.batched else None)
+            for s, v in outcome:
+                if v is None:
+                    self._pre[s.rid] = (nxt, engine)
+
+    def _drop_pipelined(self, seqs: list[Seq]) -> None:
+        """Preempted sequences (their context recomputed later) lose their pipelined trees."""
+        for s in seqs:
+            t, engine = self._pre.pop(s.rid, (None, None))
+            if t is not None:
+                engine.miss(t, {self._tag(s): 0})
+
+    def _tag(self, s: Seq):
+        return (self.index, s.rid) if self.batched else self.index
 
     def _rows(self, s: Seq) -> RoundWriter:
         if s.rows is None:
