@@ -11,6 +11,7 @@ A100, so it uses TensorRT-LLM's, measured to 32k tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 # The GPU scenarios' and the published-speedup runs' workload: MT-Bench-like lengths, closed
 # loop, as starsd_ref_n4.yaml (ASSUMED lengths)
@@ -40,6 +41,26 @@ class Pair:
     @property
     def slug(self) -> str:
         return f"{self.spec}-{self.system}" + (f"-tp{self.tp}" if self.tp > 1 else "")
+
+    def step_file(self) -> str:
+        """The target's step-cost file (`calibrate import aiconfigurator` writes it beside the profile)."""
+        return self.profile("target").replace(".yaml", ".step.yaml")
+
+    def kv_capacity(self, root: Path) -> int:
+        """KV tokens the target's GPUs hold, as the import worked it out (the step file's ``kv``)."""
+        import yaml
+
+        return int(yaml.safe_load((root / self.step_file()).read_text())["kv"]["capacity_tokens"])
+
+
+# Serving targets (continuous batching): vLLM's default chunked-prefill budget on an H100-class GPU
+MAX_BATCHED_TOKENS = 8192
+
+
+def serving_stagger_s(batch: int) -> float:
+    """Users join over about half a request (MT-Bench-like outputs of ~400 tokens at ~10-40 ms a
+    step), so a run's sequences are out of step as a long run's are."""
+    return float(f"{0.5 * 400 * 0.02 / batch:g}")
 
 
 PAIRS = [

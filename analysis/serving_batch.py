@@ -27,21 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "analysis" / "figures" / "serving-batch"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import print_written  # noqa: E402
-from gpu_pairs import PAIRS  # noqa: E402
+from gpu_pairs import MAX_BATCHED_TOKENS, PAIRS, serving_stagger_s  # noqa: E402
 
 
 def serving_set(pair, batch: int) -> list[str]:
     """The ``--set`` overrides that make the pair's targets serve ``batch`` requests at once."""
-    import yaml
-
-    step = ROOT / pair.profile("target").replace(".yaml", ".step.yaml")
-    kv = yaml.safe_load(step.read_text())["kv"]["capacity_tokens"]  # what the import worked out
+    serving = {"max_seqs": batch, "max_batched_tokens": MAX_BATCHED_TOKENS,
+               "kv_capacity_tokens": pair.kv_capacity(ROOT), "step_time": {"path": str(ROOT / pair.step_file())}}
     draft = ROOT / pair.profile("draft")
-    serving = {"max_seqs": batch, "max_batched_tokens": 8192, "kv_capacity_tokens": kv,
-               "step_time": {"path": str(step)}}
-    # the users join over about one request (MT-Bench-like outputs of ~400 tokens, ~10-40 ms a step)
     return [f"targets.0.serving={json.dumps(serving)}", f"workload.concurrency={batch}",
-            f"workload.stagger_s={0.5 * 400 * 0.02 / batch:g}",
+            f"workload.stagger_s={serving_stagger_s(batch):g}",
             f"draft.batch.time={json.dumps({'kind': 'profile', 'path': str(draft), 'op': 'draft_batched_fused'})}",
             "duration_s=60", "warmup_s=15", "cooldown_s=5"]
 
@@ -93,7 +88,7 @@ def main(argv=None) -> int:
     if not batches or min(batches) < 1:
         print("error: --batches: each at least 1", file=sys.stderr)
         return 2
-    missing = [p for p in PAIRS if not (ROOT / p.profile("target").replace(".yaml", ".step.yaml")).is_file()]
+    missing = [p for p in PAIRS if not (ROOT / p.step_file()).is_file()]
     if missing:
         print(f"error: no step-cost file for {missing[0].label}: python analysis/import_gpu_profiles.py writes them",
               file=sys.stderr)
