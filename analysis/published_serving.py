@@ -128,14 +128,14 @@ class Priced:
 
 
 def _scenario(p: Priced, mode: str, batch: int, tree: tuple[int, int, int], curve: list[float], workload: dict,
-              e2e: float, own_gpu: bool) -> dict:
+              e2e: float, own_gpu: bool, pipeline: bool = False) -> dict:
     k, d, t = tree
     return {
         "name": f"published-{mode}-b{batch}", "seed": 0, "mode": mode, "warmup_s": e2e, "duration_s": 4 * e2e,
         "devices": {"gpu": {"type": "gpu", "count": 2}},
         "draft": {"device": "gpu[1]" if own_gpu else "gpu[0]", "time": p.draft_one,
                   "tree": {"top_k": k, "depth": d, "tokens": t}, "needs_hidden_states": not own_gpu,
-                  "batch": {"time": p.draft_time}},
+                  "batch": {"time": p.draft_time}, "pipeline": pipeline},
         "targets": [{"name": "t", "device": "gpu[0]", "verify_time": 0.0,
                      "serving": {"max_seqs": batch, "step_time": p.step}}],
         "acceptance": {"kind": "marginal", "curve": curve},
@@ -143,7 +143,7 @@ def _scenario(p: Priced, mode: str, batch: int, tree: tuple[int, int, int], curv
     }
 
 
-def _throughput(p: Priced, mode: str, batch: int, tree, curve, workload, own_gpu=False) -> float:
+def _throughput(p: Priced, mode: str, batch: int, tree, curve, workload, own_gpu=False, pipeline=False) -> float:
     from starsim.scenario import StepTime, validate_scenario
     from starsim.serving import tree_shape
     from starsim.sim import simulate
@@ -152,38 +152,8 @@ def _throughput(p: Priced, mode: str, batch: int, tree, curve, workload, own_gpu
                 else workload["output_tokens"])
     step = StepTime(**p.step).mean_fn()
     e2e = out * step(tree_shape(1, 500).times(batch)) * 1.5  # the ramp: about one request time
-    s = simulate(validate_scenario(_scenario(p, mode, batch, tree, curve, workload, e2e, own_gpu))).summary
+    s = simulate(validate_scenario(_scenario(p, mode, batch, tree, curve, workload, e2e, own_gpu, pipeline))).summary
     return float(s["throughput_tokens_per_s"])
-
-
-def _pearl_one(p: Priced, depth: int, curve: list[float]) -> float:
-    """PEARL at batch 1: a star of one target without serving (so that the draft may pipeline:
-    ``draft.pipeline``), its verify and prefill read off the serving step cost at one sequence."""
-    import numpy as np
-
-    from starsim.scenario import StepTime, validate_scenario
-    from starsim.serving import chunk_shape, tree_shape
-    from starsim.sim import simulate
-
-    step = StepTime(**p.step).mean_fn()
-    grid = [(q, L) for q in (1, 2, 4, 8, 17, 32) for L in (128, 256, 512, 1024)]
-    y = np.array([step(tree_shape(q, L)) for q, L in grid])
-    x = np.array([[1.0, q, L, q * L] for q, L in grid])
-    a, b, c, d = np.linalg.lstsq(x, y, rcond=None)[0]
-    verify = {"kind": "linear", "a": float(max(a, 0)), "b": float(max(b, 0)), "c": float(max(c, 0)),
-              "d": float(max(d, 0))}
-    prompt = HUMANEVAL["prompt_tokens"]["mean"]
-    data = {
-        "name": "published-pearl-b1", "seed": 0, "mode": "star", "duration_s": 120, "warmup_s": 5,
-        "devices": {"gpu": {"type": "gpu", "count": 2}},
-        "draft": {"device": "gpu[1]", "time": p.draft_one, "tree": {"top_k": 1, "depth": depth, "tokens": depth},
-                  "needs_hidden_states": False, "pipeline": True},
-        "targets": [{"name": "t", "device": "gpu[0]", "verify_time": verify,
-                     "prefill_time": step(chunk_shape(prompt, 0, True))}],
-        "acceptance": {"kind": "marginal", "curve": curve},
-        "workload": HUMANEVAL,
-    }
-    return float(simulate(validate_scenario(data)).summary["throughput_tokens_per_s"])
 
 
 def _geometric(tau: float, depth: int) -> list[float]:
@@ -224,17 +194,12 @@ def pearl_rows(overhead_s: float, seq_overhead_s: float = 0.0) -> list[dict]:
         if mat is None:
             got = _throughput(p, "autoregressive", b, (1, 8, 8), [0.0] * 8, HUMANEVAL)
             note = ""
-        elif b > 1:
-            rows.append({"set": "nano-PEARL", "row": f"{what}, batch {b}", "published": pub, "starsim": None,
-                         "err_pct": None, "note": "not modelled: pipelined drafting with serving targets (PEARL's "
-                         "parallel draft at batch) is not in the simulator yet", "unit": "tok/s",
-                         "db": f"vllm {p.version}"})
-            continue
-        else:
+        else:  # PEARL: the draft on its own GPU drafts each step's next chains during the verify
             depth = math.ceil(mat) + 3
-            got = _pearl_one(p, depth, _geometric(mat, depth))
+            got = _throughput(p, "star", b, (1, depth, depth), _geometric(mat, depth), HUMANEVAL, own_gpu=True,
+                              pipeline=True)
             note = (f"published MAT {mat} as a geometric chain of {depth}; pipelined drafting (draft.pipeline: the "
-                    "next chain drafted during the verify)")
+                    "next chains drafted during the verify)")
         rows.append({"set": "nano-PEARL", "row": f"{what}, batch {b}", "published": pub, "starsim": round(got, 1),
                      "err_pct": round(100 * (got / pub - 1), 1), "note": note, "unit": "tok/s",
                      "db": f"vllm {p.version}"})
