@@ -34,7 +34,8 @@ second without lowering the ratio; read the two together.
 
 Run: ``python analysis/bench_sim.py [--targets 1,4,16,64] [--duration 300] [--repeat 3]
 [--seqs S] [--json OUT]``. ``--seqs S`` (> 1) times serving targets instead:
-``scenarios/serving_const.yaml``, each target serving S requests at once. Targets (from the
+``scenarios/serving_const.yaml``, each target serving S requests at once (``--no-rounds``:
+keeping no rounds rows, ``record_rounds: false``; rounds then count sequence-steps). Targets (from the
 issue): >= 50k rounds per wall second and <= 3x the bare
 loop, both taken on the total ``simulate`` wall time.
 """
@@ -108,6 +109,12 @@ def _timed_phases():
 
 SERVING = REPO / "scenarios" / "serving_const.yaml"
 SEQS = [1]  # --seqs: sequences per target (> 1: serving targets, scenarios/serving_const.yaml)
+ROWS = [True]  # --no-rounds: serving targets keep no rounds rows (record_rounds: false)
+
+
+def _rounds(res) -> int:
+    """Rounds simulated: the rounds table's rows, or, without one, the sequence-steps the steps table counts."""
+    return len(res.records.rounds) or int(res.records.steps["rounds"].sum())
 
 
 def scenario(n: int, duration: float):
@@ -116,7 +123,8 @@ def scenario(n: int, duration: float):
         return starsim.load_scenario(SERVING, {"targets.0.count": n, "devices.gpu.count": n, "duration_s": duration,
                                                "warmup_s": 0.0, "targets.0.serving.max_seqs": s,
                                                "targets.0.serving.kv_capacity_tokens": None,
-                                               "workload.concurrency": s, "workload.stagger_s": 2.0 / s})
+                                               "workload.concurrency": s, "workload.stagger_s": 2.0 / s,
+                                               "record_rounds": ROWS[0]})
     return starsim.load_scenario(SCENARIO, {"targets.0.count": n, "devices.gpu.count": n, "duration_s": duration})
 
 
@@ -127,7 +135,7 @@ def run_starsim(n: int, duration: float) -> dict:
         res = starsim.simulate(sc)
         total = time.perf_counter() - t
     return {
-        "rounds": len(res.records.rounds),
+        "rounds": _rounds(res),
         "events": res.summary["provenance"]["events_simulated"],
         "t_end": res.records.meta["t_end"],
         "total_s": total,
@@ -163,7 +171,8 @@ def peak_memory(n: int, duration: float) -> dict:
     """One run of N targets in a fresh Python process: its peak resident memory and its
     resident memory before the run (imports and the scenario loaded), so the run's own
     growth shows; with the rounds it kept, the memory per round kept."""
-    cmd = [sys.executable, __file__, "--one", str(n), "--duration", repr(duration), "--seqs", str(SEQS[0])]
+    cmd = [sys.executable, __file__, "--one", str(n), "--duration", repr(duration), "--seqs", str(SEQS[0]),
+           *([] if ROWS[0] else ["--no-rounds"])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     r["mb_per_1k_rounds"] = (r["rss_peak_mb"] - r["rss_before_mb"]) / max(r["rounds"], 1) * 1e3
@@ -177,7 +186,7 @@ def one(n: int, duration: float) -> dict:
     t = time.perf_counter()
     res = starsim.simulate(sc)
     wall = time.perf_counter() - t
-    return {"wall_s": wall, "rounds": len(res.records.rounds), "rss_before_mb": before,
+    return {"wall_s": wall, "rounds": _rounds(res), "rss_before_mb": before,
             "rss_peak_mb": status_mb("VmHWM")}
 
 
@@ -309,11 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seqs", type=int, default=1,
                     help="sequences per target: > 1 runs scenarios/serving_const.yaml, its targets serving that many "
                     "requests at once (rounds: one row per sequence per step); default 1, the reference scenario")
+    ap.add_argument("--no-rounds", action="store_true",
+                    help="with --seqs: keep no rounds rows (record_rounds: false; the steps table counts the "
+                    "sequence-steps), as a fleet too large for them runs")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # peak_memory's child process
     args = ap.parse_args(argv)
     if args.seqs < 1:
         ap.error("need --seqs >= 1")
     SEQS[0] = args.seqs
+    if args.no_rounds and args.seqs < 2:
+        ap.error("--no-rounds needs --seqs > 1 (serving targets)")
+    ROWS[0] = not args.no_rounds
     if args.one:
         print(json.dumps(one(args.one, args.duration)))
         return 0
@@ -373,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"command: python analysis/bench_sim.py --targets {','.join(map(str, ns))} "
         f"--duration {args.duration:g} --repeat {args.repeat}{' --no-memory' if args.no_memory else ''}"
+        f"{f' --seqs {args.seqs}' if args.seqs > 1 else ''}{' --no-rounds' if args.no_rounds else ''}"
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,18 @@ class DraftCaches:
             return context
         return context - cached if context > cached else 0
 
+    def take_many(self, pairs) -> list[int]:
+        """:meth:`take` for each ``(tag, context)`` in order (a batched round's sequences)."""
+        if self.capacity_bytes is not None or not self.prefix_cache:
+            return [self.take(tag, ctx) for tag, ctx in pairs]
+        held, out = self.held, []
+        pop, add = held.pop, out.append
+        for tag, ctx in pairs:  # take's two dict operations, inline
+            cached = pop(tag, 0)
+            held[tag] = ctx
+            add(ctx - cached if ctx > cached else 0)
+        return out
+
     def _fit(self) -> None:
         held, per, cap = self.held, self.bytes_per_token, self.capacity_bytes
         total = sum(held.values()) * per

@@ -248,17 +248,34 @@ def _sort_by(key: np.ndarray, then: np.ndarray) -> np.ndarray:
     return np.lexsort((then, key))
 
 
-def _per_target(targets: list[dict], rw: dict, waits: dict, req: dict, span: float, star: bool) -> list[dict]:
-    """The per-target part of the summary (rw: columns of the rounds in the window, waits:
-    of the rounds whose draft starts in it, req: of the requests, with masks ``first_in``
-    and ``done``); each target's rows in table order."""
+def emitted_tokens(records: Records, rw: dict, t0: float, t1: float) -> dict[str, np.ndarray]:
+    """The output tokens of the rounds that end in the window, a row per round (``rw``: the
+    rounds' columns there) or, in a run that kept no rounds (``record_rounds: false``), per
+    serving step: ``target``, ``emitted``, ``rounds`` (each row's), ``trees`` (speculative
+    rounds) and ``accepted`` (their draft tokens accepted)."""
+    if records.meta.get("record_rounds", True) or records.steps is None:
+        spec = rw["draft"] >= 0
+        return {"target": rw["target"], "emitted": rw["emitted"], "rounds": np.ones(len(spec), np.int64),
+                "trees": spec.astype(np.int64), "accepted": np.where(spec, rw["accepted"], 0)}
+    st = records.steps
+    t_end = st["t_end"].to_numpy()
+    return _rows(st, (t_end >= t0) & (t_end <= t1), ("target", "emitted", "rounds", "trees", "accepted"))
+
+
+def _per_target(targets: list[dict], rw: dict, counted: dict, waits: dict, req: dict, span: float,
+                star: bool) -> list[dict]:
+    """The per-target part of the summary (rw: columns of the rounds in the window, counted:
+    their tokens (:func:`emitted_tokens`), waits: of the rounds whose draft starts in it, req:
+    of the requests, with masks ``first_in`` and ``done``); each target's rows in table order."""
     idx = [t["index"] for t in targets]
-    emitted = rw["emitted"]
+    emitted, rounds = counted["emitted"], counted["rounds"]
     cycle = rw["t_verify_end"] - (rw["t_send"] if star else rw["t_verify_start"])
     wait = waits["t_draft_start"] - waits["t_enqueue"]
     out = []
-    by_target = zip(rows_by(rw["target"], idx), rows_by(waits["target"], idx), rows_by(req["target"], idx))
-    for t, (ri, wi, qi) in zip(targets, by_target):
+    by_round = rows_by(rw["target"], idx)
+    by_count = by_round if counted["target"] is rw["target"] else rows_by(counted["target"], idx)
+    by_target = zip(by_count, by_round, rows_by(waits["target"], idx), rows_by(req["target"], idx))
+    for t, (ci, ri, wi, qi) in zip(targets, by_target):
         fi = int(req["first_in"][qi].sum())
         tp = req["tpot"][qi]
         tp = tp[~np.isnan(tp)]
@@ -269,10 +286,10 @@ def _per_target(targets: list[dict], rw: dict, waits: dict, req: dict, span: flo
                 "name": t["name"],
                 "device": t["device"],
                 "weight": t.get("weight", 1.0),
-                "tokens_per_s": _f((emitted[ri].sum() + fi) / span) if span > 0 else None,
+                "tokens_per_s": _f((emitted[ci].sum() + fi) / span) if span > 0 else None,
                 "cycle_mean_s": _mean(cycle[ri]),
                 "queue_wait_mean_s": _mean(wait[wi]),
-                "rounds": len(ri),
+                "rounds": int(rounds[ci].sum()),
                 "requests_completed": int(req["done"][qi].sum()),
                 "tpot_mean_s": _mean(tp),
                 "tpot_slo_s": slo,
@@ -485,7 +502,8 @@ def summarize(records: Records) -> dict[str, Any]:
     arrival, first, finish, generated = req["t_arrival"], req["t_first_token"], req["t_finish"], req["generated_tokens"]
     req["first_in"] = (first >= t0) & (first <= t1)
     req["done"] = done = np.isfinite(finish)
-    tokens = int(rw["emitted"].sum()) + int(req["first_in"].sum())
+    counted = emitted_tokens(records, rw, t0, t1)
+    tokens = int(counted["emitted"].sum()) + int(req["first_in"].sum())
     arrived_in = (arrival >= t0) & (arrival <= t1)
     ttft = first[arrived_in] - arrival[arrived_in]
     ttft = ttft[~np.isnan(ttft)]
@@ -494,8 +512,8 @@ def summarize(records: Records) -> dict[str, Any]:
     req["tpot"] = np.full(len(done), np.nan)  # per request, where it is measured
     req["tpot"][dw] = tpot
 
-    per_target = _per_target(meta.get("targets", []), rw, waits, req, span, bool(engines))
-    n_rw, n_tasks = len(rw["target"]), len(task_time)
+    per_target = _per_target(meta.get("targets", []), rw, counted, waits, req, span, bool(engines))
+    n_rw, n_tasks = int(counted["rounds"].sum()), len(task_time)
     target_rates = [t["tokens_per_s"] for t in per_target]
 
     return {
@@ -512,12 +530,14 @@ def summarize(records: Records) -> dict[str, Any]:
         "draft_task_time_cv": cv(task_time),
         "draft_queue_wait_mean_s": _mean(wait),
         "draft_queue_wait_p99_s": _pct(wait, 99),
-        "draft_kv_bytes_peak": kv_bytes_peak(records),
+        "draft_kv_bytes_peak": kv_bytes_peak(records) if meta.get("record_rounds", True) else None,
         # tags evicted for draft memory (draft.memory_bytes): the instant "evict" intervals, whole run
         "draft_evictions": int((records.intervals["kind"] == "evict").sum()),
         **_beyond(records, rw, drafts),
         "throughput_tokens_per_s": _f(tokens / span) if span > 0 else None,
-        "mean_accepted_tokens": _mean(rw["accepted"][spec] + 1) if spec.any() else (1.0 if n_rw else None),
+        "mean_accepted_tokens": _mean(rw["accepted"][spec] + 1) if spec.any() else (
+            _f(counted["accepted"].sum() / counted["trees"].sum() + 1) if counted["trees"].sum()
+            else (1.0 if n_rw else None)),
         "acceptance_marginal": acceptance_marginal(rw["accepted"][spec], rw["depth"][spec]),
         "rounds": n_rw,
         "round_time_mean_s": _mean(rt := round_times(records)),

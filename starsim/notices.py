@@ -67,4 +67,7 @@ def notices(scenario: Scenario) -> list[str]:
     out = []
     if scenario.mode != "autoregressive":
         out += scenario.acceptance.notices(scenario.draft.tree.shape())
+    if not scenario.record_rounds:
+        out.append("record_rounds: false: no rounds table; tokens and throughput come from the steps table, and "
+                   "round and hop times, queue waits, acceptance per depth, ITL and draft KV are not measured")
     return out + colocation(scenario)

@@ -81,6 +81,10 @@ STEP_COLUMNS: tuple[tuple[str, str], ...] = (
     ("kv_tokens", "int64"),       # KV slots in use at the step's peak
     ("kv_capacity", "int64"),     # the target's KV capacity in tokens (-1: unlimited)
     ("preempted", "int64"),       # sequences preempted (to recompute) to make room for this step
+    ("trees", "int64"),           # decoding sequences that verified a draft tree (0: each decoded a token)
+    ("accepted", "int64"),        # draft tokens accepted over its trees (bonus not included)
+    ("emitted", "int64"),         # tokens its rounds added (a new request's first token not included)
+    ("rounds", "int64"),          # its rows of the rounds table: decoding sequences, recomputed requests' tokens
 )
 
 TABLES = {"rounds": ROUND_COLUMNS, "requests": REQUEST_COLUMNS, "intervals": INTERVAL_COLUMNS}

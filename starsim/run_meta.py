@@ -41,6 +41,8 @@ def run_meta(scenario: Scenario, *, source: str, t_end: float, draft_engines: Se
         meta["fabric_repairs"] = fabric_repairs
     if accepted_ranks is not None:
         meta["accepted_ranks"] = accepted_ranks
+    if not scenario.record_rounds:  # the steps table carries the tokens (starsim.metrics.emitted_tokens)
+        meta["record_rounds"] = False
     return meta
 
 

@@ -930,6 +930,9 @@ def _serving_problems(sc: Scenario) -> list[tuple[str, str]]:
         if d.adaptive.policy != "fixed":
             out.append(("draft.adaptive.policy", "not modelled with serving targets yet (targets.*.serving)"))
     if not all(serving):
+        if not sc.record_rounds:
+            out.append(("record_rounds", "false needs every target group to serve (targets.*.serving): the steps "
+                        "table carries the tokens"))
         if isinstance(w, ClosedLoop) and w.concurrency > 1:
             out.append(("workload.concurrency", "more than one request at a time per target needs every target "
                         "group to serve (targets.*.serving)"))
@@ -953,6 +956,11 @@ class Scenario(_Model):
     warmup_s: NonNeg = Field(0.0, description="records before this time are excluded from statistics")
     cooldown_s: NonNeg = Field(0.0, description="records in the last cooldown_s are excluded")
     window_s: Pos = Field(0.2, description="idle-ratio window")
+    record_rounds: bool = Field(
+        True, description="one rounds row per sequence per step; false (every target group must serve): none, for "
+        "fleets too large to keep them; the steps table then carries the tokens, and the summary's per-round "
+        "numbers (round and hop times, queue waits, acceptance per depth, ITL, draft KV) are absent",
+    )
     devices: dict[str, Device] = Field(min_length=1)
     draft: Draft
     targets: list[TargetGroup] = Field(min_length=1)

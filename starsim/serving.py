@@ -61,12 +61,12 @@ class Seq:
     after a preemption, its whole context); ``computed``: of them, done; ``ctx``: tokens in
     its KV once prefilled; ``kv``: slots it holds."""
 
-    __slots__ = ("rid", "prompt", "output", "arrival", "owner", "row", "rows", "todo", "computed", "ctx",
+    __slots__ = ("rid", "prompt", "output", "arrival", "owner", "row", "rows", "tag", "todo", "computed", "ctx",
                  "generated", "kv", "new", "preemptions")
 
     def __init__(self, rid: int, prompt: int, output: int, arrival: float, owner=None):
         self.rid, self.prompt, self.output, self.arrival, self.owner = rid, prompt, output, arrival, owner
-        self.row = self.rows = None  # the simulator's request row and round writer
+        self.row = self.rows = self.tag = None  # the simulator's request row, round writer, draft cache key
         self.todo, self.computed, self.ctx, self.generated, self.kv = prompt, 0, 0, 0, 0
         self.new = 0  # tokens the draft has not seen yet (its next request sends them)
         self.preemptions = 0
@@ -133,7 +133,20 @@ class StepScheduler:
         """The next step: running sequences first, then admissions (see the module docstring)."""
         step = Step()
         budget, reserved = self.budget, 0
+        run, q = self.running, self.per_round
+        n = 0
+        for s in run:  # the leading decoding sequences (admission order: the prefilling ones come last)
+            if s.computed < s.todo:
+                break
+            n += 1
         i = 0
+        if n and n * q <= budget and (self.reserve_whole or self.kv_used + n * q <= self.capacity):
+            # they all fit: what the loop below gives for them, in one go
+            step.verify = run[:n]
+            if not self.reserve_whole:
+                reserved = n * q
+            budget -= n * q
+            i = n
         while i < len(self.running):
             s = self.running[i]
             if s.prefilled:
@@ -155,6 +168,7 @@ class StepScheduler:
             self._add(step, s, need)
             i += 1
         self._admit(step, budget, reserved)
+        self._price(step)
         return step
 
     def _room(self, slots: int, reserved: int, s: Seq, step: Step) -> bool:
@@ -207,24 +221,37 @@ class StepScheduler:
         step.waiting = len(self.waiting)
 
     def _add(self, step: Step, s: Seq, tokens: int) -> None:
+        # a decoding sequence always puts per_round tokens in: its shape is summed once, in _price
         if s.prefilled:
             step.verify.append(s)
-            step.shape += tree_shape(tokens, s.ctx)
         else:
             step.prefill.append((s, tokens))
-            step.shape += chunk_shape(tokens, s.computed, s.computed + tokens >= s.todo)
+
+    def _price(self, step: Step) -> None:
+        """The step's shape: its decoding sequences' trees (:func:`tree_shape`, summed in one
+        go: a step of 64 sequences prices as fast as one of 1), then its prefill chunks."""
+        q, n = self.per_round, len(step.verify)
+        ctx = float(sum(s.ctx for s in step.verify))
+        shape = StepShape(float(n * q), float(n * q), float(n), ctx, (q - 1) * ctx)
+        for s, c in step.prefill:
+            shape += chunk_shape(c, s.computed, s.computed + c >= s.todo)
+        step.shape = shape
 
     def finish(self, step: Step, emitted: list[int]) -> list[Seq]:
         """The step ran: ``emitted[j]`` tokens for ``step.verify[j]``; prefill chunks are
         computed (a last chunk emits one token). Returns the sequences now done, released."""
         done = []
+        grow = not self.reserve_whole
         for s, n in zip(step.verify, emitted):
             s.generated += n
             s.ctx += n
             s.new += n
-            self._grow(s, n)
+            if grow:  # _grow, inline: once per sequence per step
+                s.kv += n
             if s.generated >= s.output:
                 done.append(s)
+        if grow:
+            self.kv_used += sum(emitted)
         for s, c in step.prefill:
             s.computed += c
             self._grow(s, c)

@@ -183,6 +183,34 @@ def test_pipelined_drafting_at_batch(tmp_path, fabric):
         assert (rounds.loc[rounds["t_verify_start"] > 8.5, "draft"].isin([-1, 1])).all()
 
 
+def test_a_run_without_rounds_rows_keeps_every_other_table_and_number(tmp_path):
+    """``record_rounds: false`` (fleets too large for a row per sequence per step): the same
+    requests, steps and intervals, and the same tokens, throughput, utilization and TPOT,
+    read off the steps table; the per-round numbers are absent, not zero."""
+    serving = {"max_seqs": 8, "max_batched_tokens": 300, "kv_capacity_tokens": 3000, "step_time": STEP}
+    changes = {"duration_s": 15.0, "warmup_s": 2.0, "cooldown_s": 1.0, "workload.concurrency": 10,
+               "acceptance": {"kind": "marginal", "curve": [0.9, 0.7, 0.5, 0.3]}}
+    a = simulate(_const(tmp_path, serving, **changes))
+    b = simulate(_const(tmp_path, serving, **changes, record_rounds=False))
+    assert len(b.records.rounds) == 0 and len(a.records.rounds) > 0
+    for table in ("requests", "steps", "intervals"):
+        pd.testing.assert_frame_equal(getattr(a.records, table), getattr(b.records, table), check_exact=True)
+    steps = a.records.steps
+    assert steps["emitted"].sum() == a.records.rounds["emitted"].sum()
+    assert steps["accepted"].sum() == a.records.rounds.query("draft >= 0")["accepted"].sum()
+    same = ("throughput_tokens_per_s", "draft_utilization", "draft_idle_gap_mean_s", "tpot_mean_s", "tpot_p99_s",
+            "ttft_mean_s", "rounds", "requests_completed", "target_tokens_per_s_jain")
+    for k in same:
+        assert a.summary[k] == b.summary[k], k
+    assert b.summary["mean_accepted_tokens"] == pytest.approx(a.summary["mean_accepted_tokens"], rel=1e-12)
+    for pa, pb in zip(a.summary["per_target"], b.summary["per_target"]):
+        assert (pa["tokens_per_s"], pa["rounds"]) == (pb["tokens_per_s"], pb["rounds"])
+    absent = ("draft_queue_wait_mean_s", "round_time_mean_s", "draft_kv_bytes_peak")
+    assert all(b.summary[k] is None for k in absent) and b.summary["acceptance_marginal"] == []
+    assert b.summary["serving"]["itl_s_p50"] is None and any("record_rounds" in n for n in
+                                                             b.summary["provenance"]["notices"])
+
+
 def test_same_seed_same_tables_with_noise(tmp_path):
     step = {**STEP, "cv": 0.2}
     runs = [simulate(_const(tmp_path, {"max_seqs": 6, "max_batched_tokens": 200, "kv_capacity_tokens": 2500,

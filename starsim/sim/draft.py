@@ -185,7 +185,7 @@ class DraftEngine:
         if task.seqs is None:
             new = task.new_tokens = self.caches.take(task.target, task.context)
             return new
-        task.seq_new = [self.caches.take(tag, ctx) for tag, ctx in task.seqs]
+        task.seq_new = self.caches.take_many(task.seqs)
         new = task.new_tokens = sum(task.seq_new)
         return new
 
@@ -214,7 +214,7 @@ class DraftEngine:
         if self.whole_round:  # batch.time is for 1 new token each: the rest encoded as one round would
             rt = cfg.round_time
             pairs = [p for t in tasks for p in ([(t.new_tokens, t.context)] if t.seqs is None
-                                                else zip(t.seq_new, (c for _, c in t.seqs)))]
+                                                else ((n, c) for n, (_, c) in zip(t.seq_new, t.seqs) if n > 1))]
             dur += sum(max(0.0, rt.mean(new, ctx, depth) - rt.mean(1, ctx, depth)) for new, ctx in pairs if new > 1)
         if self.warm_cold is not None:
             dur *= self.warm_cold(start - last_end)

@@ -249,7 +249,7 @@ def _target(m: _Model, i: int, name: str, group, unit: str, engines: list[DraftE
     if group.serving is not None:
         gi = next(k for k, g in enumerate(sc.targets) if g is group)
         serving = {"serving": group.serving, "users": w.concurrency if isinstance(w, ClosedLoop) else 0,
-                   "where": f"targets.{gi}.serving"}
+                   "where": f"targets.{gi}.serving", "record_rounds": sc.record_rounds}
     return (ServingTarget if serving else Target)(
         m.env, i, name, group, m.units[unit],
         engines[0] if star else (engines[i] if engines else None),

@@ -33,11 +33,12 @@ class _User:
 class ServingTarget(Target):
     """A :class:`Target` that serves ``serving.max_seqs`` requests at once (see the module docstring)."""
 
-    def __init__(self, *args, serving: Serving, users: int, where: str, **kw):
+    def __init__(self, *args, serving: Serving, users: int, where: str, record_rounds: bool = True, **kw):
         """As :class:`Target`, with the group's ``serving``, the closed loop's ``users`` per
-        target (0: requests come from the fleet's queue or its router) and the field path
-        errors name."""
+        target (0: requests come from the fleet's queue or its router), the field path errors
+        name and ``record_rounds`` (False: no rounds rows, the steps table carries the tokens)."""
         super().__init__(*args, **kw)
+        self.record_rounds = record_rounds
         self.cfg = serving
         self.batched = serving.max_seqs > 1
         spec = self.engine is not None or self.fabric is not None
@@ -66,6 +67,7 @@ class ServingTarget(Target):
 
     def _enqueue(self, rid: int, arrival: float, prompt: int, output: int, owner=None) -> None:
         s = Seq(rid, prompt, output, arrival, owner)
+        s.tag = (self.index, rid) if self.batched else self.index
         s.row = RequestRow(request=rid, target=self.index, prompt_tokens=prompt, output_tokens=output,
                            t_arrival=arrival)
         self.sched.add(s)
@@ -191,37 +193,47 @@ class ServingTarget(Target):
         (``by``: each sequence's, in the step's order; ``lead``, ``t_back``), or None if its
         server failed."""
         pre: dict = {}
-        fresh = []
-        for s in step.verify:
+        fresh = [] if self._pre else step.verify  # nothing pipelined: every sequence asks
+        for s in step.verify if self._pre else ():
             t, e = self._pre.pop(s.rid, (None, None))
             if t is not None and not t.failed and e is not engine:  # the fabric moved it: that tree is lost
-                e.miss(t, {self._tag(s): 0})
+                e.miss(t, {s.tag: 0})
             if t is None or t.failed or e is not engine:
                 fresh.append(s)
             else:
                 pre.setdefault(t, []).append(s)
-        by, lead = {}, 0.0
+        by, lead, hf = {}, 0.0, None
         if fresh:
-            h = yield from self._request(engine, fresh, defer=not pre)
-            if h is None:
+            hf = yield from self._request(engine, fresh, defer=not pre)
+            if hf is None:
                 return None
-            lead = h["lead"]
-            by.update((s.rid, (h, j)) for j, s in enumerate(fresh))
+            lead = hf["lead"]
+            if not pre:  # every sequence's tree from this request: hops["by"] None, the i-th its i-th
+                return {"by": None, "fresh": hf, "lead": lead, "t_back": hf["t_back"]}
+            by.update((s.rid, (hf, j)) for j, s in enumerate(fresh))
         for t, seqs in pre.items():
             h = yield from self._pipelined(engine, t, seqs)
             if h is None:
                 return None
             pos = {tag: j for j, (tag, _) in enumerate(t.seqs)} if self.batched else None
-            by.update((s.rid, (h, pos[(self.index, s.rid)] if pos else 0)) for s in seqs)
+            by.update((s.rid, (h, pos[s.tag] if pos else 0)) for s in seqs)
         hops = [by[s.rid] for s in step.verify]
-        return {"by": hops, "lead": lead, "t_back": max(h["t_back"] for h, _ in hops)}
+        return {"by": hops, "fresh": hf, "lead": lead, "t_back": max(h["t_back"] for h, _ in hops)}
 
     def _request(self, engine, seqs: list[Seq], defer: bool):
         """One draft request for ``seqs``: up the link, the engine (one batched round), the
         reply down (``defer``: a pure delay is waited with the forward, its ``lead``). Returns
         its hops, or None if its server failed."""
         env, host = self.env, self.unit.host
-        new = sum(s.new for s in seqs)
+        new, top, pairs = 0, 0, []
+        add = pairs.append
+        for s in seqs:  # one pass: the tokens the draft has not seen (sent now), the (tag, context) pairs
+            new += s.new
+            s.new = 0
+            c = s.ctx
+            add((s.tag, c))
+            if c > top:
+                top = c
         b_up = self.bytes_up[new]
         b_down = self._bytes_down(len(seqs))
         t_send = env.now
@@ -237,11 +249,9 @@ class ServingTarget(Target):
             yield from _work(env, draft_host, self.parse())
         t_enq = env.now
         task = Task(self.index, 0, env.event())
+        task.context = top
         if self.batched:
-            task.seqs = [((self.index, s.rid), s.ctx) for s in seqs]
-            task.context = max(s.ctx for s in seqs)
-        else:
-            task.context = seqs[0].ctx
+            task.seqs = pairs
         if self.slo is not None:
             task.deadline = min(s.row.t_first_token + self.slo * s.generated for s in seqs)
         engine.submit(task)
@@ -259,8 +269,6 @@ class ServingTarget(Target):
             yield env.timeout(self.down(b_down))
             yield from _work(env, host, self.receive_cpu())
             lead, t_back = 0.0, env.now
-        for s in seqs:
-            s.new = 0
         return {"task": task, "engine": engine, "t_send": t_send, "t_arrive": t_arrive, "t_enq": t_enq,
                 "t_reply": t_reply, "t_back": t_back, "lead": lead, "b_up": b_up, "b_down": b_down}
 
@@ -311,38 +319,49 @@ class ServingTarget(Target):
     def _outcomes(self, step: Step, hops: dict | None, engine, vs: float, ve: float, kind: str) -> None:
         """Each sequence's tokens from the step: its acceptance drawn (a tree) or one token,
         its round row; the prefill chunks; the step's row and interval; finished requests out."""
-        emitted, hits = [], []
+        rows_on, spec, piped = self.record_rounds, hops is not None, self.pipeline
+        by = hops["by"] if spec else None
+        emitted, hits, accepted = [], [], 0
         for i, s in enumerate(step.verify):
-            rows = self._rows(s)
             left = s.output - s.generated
-            if hops is None:
+            if not spec:
                 emitted.append(1)
-                rows.decode(t_verify_start=vs, t_verify_end=ve, context_tokens=s.ctx)
+                if rows_on:
+                    self._rows(s).decode(t_verify_start=vs, t_verify_end=ve, context_tokens=s.ctx)
                 continue
             k = self.accept()
             e = k + 1 if k + 1 < left else left
             emitted.append(e)
-            hits.append(None if k == self.depth and e < left else s.ctx + k)  # None: a hit, else what holds
-            h, j = hops["by"][i]
+            accepted += k
+            if piped:
+                hits.append(None if k == self.depth and e < left else s.ctx + k)  # None: a hit, else what holds
+            if not rows_on:
+                continue
+            h, j = by[i] if by is not None else (hops["fresh"], i)
             t = h["task"]
+            rows = self._rows(s)
             rows.tree(draft=h["engine"].index, tree_tokens=self.tree_tokens, depth=self.depth, bytes_down=h["b_down"])
             rows.round(t_send=h["t_send"], t_draft_arrive=h["t_arrive"], t_enqueue=h["t_enq"],
                        t_draft_start=t.start, t_draft_end=t.end, t_reply_send=h["t_reply"],
                        t_target_arrive=h["t_back"], t_verify_start=vs, t_verify_end=ve, context_tokens=s.ctx,
                        new_tokens=t.new_tokens if t.seqs is None else t.seq_new[j], accepted=k,
                        emitted=e, bytes_up=h["b_up"], draft_kv_bytes=t.kv_bytes)
-        if hops is not None and self.pipeline:
+        if spec and piped:
             self._pipeline_outcomes(step, hops, hits)
         last = [s for s, c in step.prefill if s.computed + c >= s.todo]  # a chunk that ends a prefill
+        total, rounds = sum(emitted), len(emitted)
         done = self.sched.finish(step, emitted)
         for s in last:
             if s.generated == 1:
                 s.row.t_first_token = ve
             else:  # a recompute's token (after a preemption): a round without a draft, so tokens add up
-                self._rows(s).decode(t_verify_start=vs, t_verify_end=ve, context_tokens=s.todo)
+                total += 1
+                rounds += 1
+                if rows_on:
+                    self._rows(s).decode(t_verify_start=vs, t_verify_end=ve, context_tokens=s.todo)
         if self.batched or kind == "prefill":
             self.log_step[kind](target=self.index, start=vs, end=ve)
-        self._step_row(step, vs, ve)
+        self._step_row(step, vs, ve, len(step.verify) if spec else 0, accepted, total, rounds)
         for s in self._in(step):
             s.row.generated_tokens = s.generated
         for s in done:
@@ -361,15 +380,16 @@ class ServingTarget(Target):
         ahead for the same sequences); the sequences that accepted their tree whole and go
         on (``hits[i]`` None) verify it next, the follow of the others is cut back to the
         tokens they accepted (``hits[i]``; their share of it wasted), as Target._speculate_shared."""
+        by = hops["by"] or [(hops["fresh"], i) for i in range(len(step.verify))]
         tasks: dict = {}
         for i, s in enumerate(step.verify):
-            tasks.setdefault(hops["by"][i][0]["task"], []).append((s, hits[i]))
-        engine = hops["by"][0][0]["engine"]
+            tasks.setdefault(by[i][0]["task"], []).append((s, hits[i]))
+        engine = by[0][0]["engine"]
         for t, outcome in tasks.items():
             nxt = t.next
             if nxt is None:
                 continue
-            valid = {self._tag(s): v for s, v in outcome if v is not None}
+            valid = {s.tag: v for s, v in outcome if v is not None}
             if len(valid) == len(outcome):
                 engine.cancel(nxt, valid if self.batched else valid[self.index])
                 continue
@@ -383,10 +403,7 @@ class ServingTarget(Target):
         for s in seqs:
             t, engine = self._pre.pop(s.rid, (None, None))
             if t is not None:
-                engine.miss(t, {self._tag(s): 0})
-
-    def _tag(self, s: Seq):
-        return (self.index, s.rid) if self.batched else self.index
+                engine.miss(t, {s.tag: 0})
 
     def _rows(self, s: Seq) -> RoundWriter:
         if s.rows is None:
@@ -394,10 +411,12 @@ class ServingTarget(Target):
                                  device=self.unit.name, intervals=not self.batched)
         return s.rows
 
-    def _step_row(self, step: Step, vs: float, ve: float) -> None:
+    def _step_row(self, step: Step, vs: float, ve: float, trees: int, accepted: int, emitted: int,
+                  rounds: int) -> None:
         sched = self.sched
         cap = -1 if math.isinf(sched.capacity) else int(sched.capacity)
         self.rec.steps.append((self.index, self.steps, vs, ve, len(step.verify) + len(step.prefill),
                                step.waiting, len(step.prefill), sum(c for _, c in step.prefill),
-                               len(step.verify), step.tokens, step.kv_peak, cap, len(step.preempted)))
+                               len(step.verify), step.tokens, step.kv_peak, cap, len(step.preempted),
+                               trees, accepted, emitted, rounds))
         self.steps += 1
