@@ -464,4 +464,44 @@ class Phases(_Acceptance):
         return lambda: samplers[bisect_left(ends, clock())]()
 
 
-Acceptance = Annotated[Marginal | Conditional | Geometric | Ranked | Measured | Phases, Field(discriminator="kind")]
+class ByCategory(_Acceptance):
+    """Acceptance per request: each closed-loop prompt has a category (a ``prompts_jsonl``
+    record's ``category``, as MT-Bench's writing, coding, math, ...) and its request's rounds
+    draw from that category's model; a category not listed takes ``default``. The closed form
+    (``starsim analyze``) weighs the categories by their share of the prompt set."""
+
+    kind: Literal["by_category"]
+    models: dict[str, Steady] = Field(min_length=1, description="category -> its acceptance model")
+    default: Steady | None = Field(None, description="the model of a category not listed (null: every category "
+                                   "of the prompt set must be listed)")
+
+    def marginal(self, shape, mix: dict[str, float] | None = None):
+        """The curve of a round; ``mix``: category -> share of the requests (None: the listed
+        categories alike)."""
+        mix = mix or dict.fromkeys(self.models, 1.0)
+        total = sum(mix.values())
+        curves = [(w / total, self.model(c).marginal(shape)) for c, w in mix.items()]
+        return [sum(w * cv[j] for w, cv in curves) for j in range(shape.depth)]
+
+    def model(self, category: str | None) -> Steady:
+        m = self.models.get(category) if category is not None else None
+        if m is None and self.default is None:
+            from .errors import StarsimError
+
+            raise StarsimError(f"acceptance.models: prompt category {category!r} (workload.prompts_jsonl) has no model "
+                               f"and acceptance.default is null (listed: {', '.join(self.models)})")
+        return m if m is not None else self.default
+
+    def notices(self, shape):
+        out = [n for c, m in self.models.items() for n in m.notices(shape)]
+        if self.default is not None:
+            out += self.default.notices(shape)
+        return list(dict.fromkeys(out))
+
+    def samplers(self, rng: np.random.Generator, shape: Shape, categories) -> dict:
+        """category -> its round sampler, for each of ``categories`` (the prompt set's), on one stream."""
+        return {c: self.model(c).sampler(rng, shape) for c in dict.fromkeys(categories)}
+
+
+Acceptance = Annotated[Marginal | Conditional | Geometric | Ranked | Measured | Phases | ByCategory,
+                       Field(discriminator="kind")]

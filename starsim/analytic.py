@@ -30,7 +30,7 @@ import numpy as np
 from .distributions import Dist
 from .scenario import ClosedLoop, GammaArrivals, Poisson, Scenario, TargetGroup, TraceReplay
 from .serving import chunk_shape, tree_shape
-from .workload import load_azure_trace, prompt_set
+from .workload import load_azure_trace, prompt_categories, prompt_set
 
 
 def closed_form(n, d, z, tokens_per_round=1.0, batch_times=None) -> dict[str, np.ndarray]:
@@ -200,7 +200,7 @@ def _serving_demand(scenario: Scenario, name: str, g: TargetGroup, batch: int) -
     step, b = sv.step_time.mean_fn(), float(batch)
     spec = mode != "autoregressive"
     q = tree.tokens + 1 if spec else 1
-    marg = scenario.acceptance.marginal(tree.shape()) if spec else []
+    marg = marginal(scenario, tree.shape()) if spec else []
     prompts, outputs = _lengths(scenario)
     w = scenario.workload
     pause = _mean(w.pause) if isinstance(w, ClosedLoop) and w.pause is not None else 0.0
@@ -256,12 +256,24 @@ def _draft_batch(dr, b: float, new: float, ctx: float) -> float:
     return t
 
 
+def marginal(scenario: Scenario, shape) -> list[float]:
+    """The acceptance curve of a round of tree ``shape``; acceptance by category: the mix of
+    the prompt set's categories over rounds (each prompt is walked alike, and a category that
+    accepts more takes fewer rounds per request: weight ``n_c / (1 + mean accepted_c)``)."""
+    acc = scenario.acceptance
+    if getattr(acc, "kind", None) != "by_category":
+        return acc.marginal(shape)
+    cats = prompt_categories(scenario.workload)
+    n = {c: float(cats.count(c)) for c in dict.fromkeys(cats)}
+    return acc.marginal(shape, {c: k / (1.0 + sum(acc.model(c).marginal(shape))) for c, k in n.items()})
+
+
 def target_demand(scenario: Scenario, name: str, g: TargetGroup) -> TargetDemand:
     if g.serving is not None and g.serving.step_time is not None:
         return _serving_demand(scenario, name, g, serving_batch(scenario, g))
     dr = scenario.draft
     tree = dr.tree
-    marg = scenario.acceptance.marginal(tree.shape())
+    marg = marginal(scenario, tree.shape())
     prompts, outputs = _lengths(scenario)
     mode = scenario.mode
     w = scenario.workload
@@ -462,7 +474,7 @@ def analyze(scenario: Scenario) -> dict[str, Any]:
         "throughput_tokens_per_s": throughput,
         "offered_tokens_per_s": offered,
         "draft_tasks_per_s": tasks_per_s if mode != "autoregressive" else None,
-        "mean_accepted_tokens": float(1.0 + sum(scenario.acceptance.marginal(scenario.draft.tree.shape())))
+        "mean_accepted_tokens": float(1.0 + sum(marginal(scenario, scenario.draft.tree.shape())))
         if mode != "autoregressive" else 1.0,
         # TPOT is averaged over requests, so weight each target by its request rate
         "tpot_mean_s": float(np.average(tpot, weights=request_rate)) if request_rate.sum() > 0 else None,

@@ -1021,6 +1021,12 @@ class Scenario(_Model):
                 problems.append((f"real.faults.{i}.target", f"target {fault.target} out of range: the scenario "
                                  f"has {n} target instances (0..{n - 1})"))
         problems += _serving_problems(self)
+        if getattr(self.acceptance, "kind", None) == "by_category":
+            if not (isinstance(self.workload, ClosedLoop) and self.workload.prompts_jsonl):
+                problems.append(("acceptance", "kind: by_category needs the categories of a closed loop's prompts: "
+                                 "workload.prompts_jsonl (records with a category, as MT-Bench's)"))
+            if self.draft.adaptive.policy != "fixed":
+                problems.append(("draft.adaptive.policy", "not modelled with acceptance kind: by_category yet"))
         names = [g.name for g in self.targets if g.name]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

@@ -67,6 +67,16 @@ def load_lengths_csv(path: str | Path) -> list[tuple[int, int]]:
 
 def load_prompts_jsonl(path: str | Path) -> list[int]:
     """Prompt lengths (estimated tokens) of the first turn of each MT-Bench style record."""
+    return [n for n, _ in _prompt_records(path)]
+
+
+def prompt_categories(w: ClosedLoop) -> list[str | None] | None:
+    """The category of each prompt of the closed loop's set (a ``prompts_jsonl`` record's
+    ``category``; None where a record has none), or None without a prompts file."""
+    return [c for _, c in _prompt_records(w.prompts_jsonl)] if w.prompts_jsonl else None
+
+
+def _prompt_records(path: str | Path) -> list[tuple[int, str | None]]:
     out = []
     try:
         lines = Path(path).read_text().splitlines()
@@ -84,7 +94,10 @@ def load_prompts_jsonl(path: str | Path) -> list[int]:
         turns = rec.get("turns") if isinstance(rec, dict) else None
         if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
             raise _bad(path, f"line {n}: expected a record with a 'turns' list of strings")
-        out.append(max(1, round(len(turns[0].split()) * TOKENS_PER_WORD)))
+        cat = rec.get("category")
+        if cat is not None and not isinstance(cat, str):
+            raise _bad(path, f"line {n}: category must be a string, got {cat!r}")
+        out.append((max(1, round(len(turns[0].split()) * TOKENS_PER_WORD)), cat))
     if not out:
         raise _bad(path, "no prompts in the file")
     return out

@@ -159,6 +159,8 @@ CASES = [
                                                d["draft"].update(adaptive={"policy": "goodput"})),
      "draft.adaptive.policy", "not modelled with serving targets yet"),
     ("concurrency_zero", _set("workload.concurrency", 0), "workload.concurrency", "greater than or equal to 1 (got 0)"),
+    ("by_category_without_categories", _set("acceptance", {"kind": "by_category", "models": {
+     "coding": {"kind": "geometric", "alpha": 0.8}}}), "acceptance", "kind: by_category needs the categories"),
     ("no_rounds_without_serving", _set("record_rounds", False), "record_rounds",
      "false needs every target group to serve"),
     ("concurrency_without_serving", _set("workload.concurrency", 8), "workload.concurrency",

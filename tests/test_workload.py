@@ -172,7 +172,7 @@ def test_scenario_reference_has_every_field_description():
         scenario.GammaArrivals, scenario.TraceReplay, scenario.Real, scenario.StopDraft, scenario.KillTarget,
         scenario.PretrainedModel, scenario.SpecModel,
         scenario.Fabric, scenario.DraftFailure, scenario.Adaptive, acceptance.Phase, acceptance.Phases,
-        acceptance.Ranked, acceptance.Marginal,
+        acceptance.Ranked, acceptance.Marginal, acceptance.ByCategory,
         distributions.Linear, distributions.Profile, scenario.Serving, scenario.StepTime,
     ]
     for model in models:

@@ -23,7 +23,7 @@ from ..result import Result
 from ..run_meta import provenance, run_meta
 from ..scenario import ClosedLoop, Scenario
 from ..streams import Stream, rng_for
-from ..workload import arrivals, prompt_set
+from ..workload import arrivals, prompt_categories, prompt_set
 from .devices import build_units
 from .draft import DraftEngine
 from .fabric import Fabric
@@ -230,7 +230,9 @@ def _requests(m: _Model):
     and its arrivals (``(time, prompt, output)``, for the arrival process)."""
     sc, w = m.scenario, m.scenario.workload
     if isinstance(w, ClosedLoop):
-        return Requests(m.env, sc.max_requests, prompt_set(w, rng_for(sc.seed, Stream.WORKLOAD)), w.repeat), None, None
+        cats = prompt_categories(w) if getattr(sc.acceptance, "kind", None) == "by_category" else None
+        return (Requests(m.env, sc.max_requests, prompt_set(w, rng_for(sc.seed, Stream.WORKLOAD)), w.repeat,
+                         categories=cats), None, None)
     store = simpy.Store(m.env)
     return Requests(m.env, sc.max_requests, store=store), store, arrivals(w, rng_for(sc.seed, Stream.WORKLOAD))
 

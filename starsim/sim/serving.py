@@ -52,6 +52,7 @@ class ServingTarget(Target):
         self._slot: simpy.Event | None = None
         self.steps = 0
         self._pre: dict[int, tuple[Task, object]] = {}  # request -> its pipelined tree and the engine drafting it
+        self._accept_of: dict = {}  # request -> its acceptance sampler (acceptance by category)
         self.bytes_up = _BytesUp(self.payload, self.hidden)
         self.log_step = {k: self.rec.interval_writer(engine=self.engine_name, device=self.unit.name, kind=k)
                          for k in ("prefill", "verify", "decode")}
@@ -68,6 +69,8 @@ class ServingTarget(Target):
     def _enqueue(self, rid: int, arrival: float, prompt: int, output: int, owner=None) -> None:
         s = Seq(rid, prompt, output, arrival, owner)
         s.tag = (self.index, rid) if self.batched else self.index
+        if self.by_category is not None:  # its rounds draw from its prompt's category's model
+            self._accept_of[rid] = self.by_category[self.requests.category_of.pop(rid)]
         s.row = RequestRow(request=rid, target=self.index, prompt_tokens=prompt, output_tokens=output,
                            t_arrival=arrival)
         self.sched.add(s)
@@ -329,7 +332,7 @@ class ServingTarget(Target):
                 if rows_on:
                     self._rows(s).decode(t_verify_start=vs, t_verify_end=ve, context_tokens=s.ctx)
                 continue
-            k = self.accept()
+            k = self.accept() if self.by_category is None else self._accept_of[s.rid]()
             e = k + 1 if k + 1 < left else left
             emitted.append(e)
             accepted += k
@@ -365,6 +368,7 @@ class ServingTarget(Target):
         for s in self._in(step):
             s.row.generated_tokens = s.generated
         for s in done:
+            self._accept_of.pop(s.rid, None)
             s.row.t_finish = ve
             self.rec.requests.append(s.row.row())
             if engine is not None:

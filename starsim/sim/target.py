@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import simpy
 
-from ..acceptance import _Acceptance
+from ..acceptance import ByCategory, _Acceptance
 from ..distributions import timing_sampler
 from ..profiles import ProfileUsage
 from ..records import RequestRow, RoundWriter
@@ -32,6 +32,7 @@ class Requests:
         prompt_set: list[tuple[int, int]] | None = None,
         repeat: bool = True,
         store: simpy.Store | None = None,
+        categories: list[str | None] | None = None,
     ):
         self.env = env
         self.budget = max_requests
@@ -39,6 +40,8 @@ class Requests:
         self.prompt_set = prompt_set
         self.repeat = repeat
         self.store = store
+        # each prompt's category (acceptance by category): a request's, taken by its target
+        self.categories, self.category_of = categories, {}
 
     def take(self) -> bool:
         if self.budget is not None and self.issued >= self.budget:
@@ -62,6 +65,8 @@ class Requests:
         if (target.served if pausing is None else pausing) and target.pause is not None:
             yield self.env.timeout(target.pause())
         prompt, output = pset[target.served % len(pset)]
+        if self.categories is not None:
+            self.category_of[rid] = self.categories[target.served % len(pset)]
         return rid, self.env.now, prompt, output
 
 
@@ -139,7 +144,11 @@ class Target:
         decode = group.decode_time
         self.decode = timing_sampler(decode, rng, usage) if decode is not None else None
         clock = lambda: env.now  # noqa: E731 - acceptance that changes during the run reads it
-        self.accept = acceptance.sampler(rng, tree.shape(depth), clock)
+        self.accept = acceptance.sampler(rng, tree.shape(depth), clock) if not isinstance(acceptance, ByCategory) \
+            else None
+        # acceptance by category: each category's sampler; a request's is self.accept while it runs
+        self.by_category = acceptance.samplers(rng, tree.shape(depth), requests.categories) \
+            if isinstance(acceptance, ByCategory) else None
         # adaptive speculation draws each depth's acceptance from its own curve, on this stream
         self.accept_at = {depth: self.accept}
         self._acceptance, self._accept_rng, self._clock = acceptance, rng, clock
@@ -205,6 +214,8 @@ class Target:
             if req is None:
                 return
             rid, arrival, prompt, output = req
+            if self.by_category is not None:
+                self.accept = self.by_category[self.requests.category_of.pop(rid)]
             self.served += 1
             self.current = cur = RequestRow(request=rid, target=self.index, prompt_tokens=prompt,
                                             output_tokens=output, t_arrival=arrival, t_start=self.env.now)
