@@ -183,13 +183,16 @@ def test_pipelined_drafting_at_batch(tmp_path, fabric):
         assert (rounds.loc[rounds["t_verify_start"] > 8.5, "draft"].isin([-1, 1])).all()
 
 
-def test_a_run_without_rounds_rows_keeps_every_other_table_and_number(tmp_path):
+@pytest.mark.parametrize("fabric", [False, True])
+def test_a_run_without_rounds_rows_keeps_every_other_table_and_number(tmp_path, fabric):
     """``record_rounds: false`` (fleets too large for a row per sequence per step): the same
     requests, steps and intervals, and the same tokens, throughput, utilization and TPOT,
     read off the steps table; the per-round numbers are absent, not zero."""
     serving = {"max_seqs": 8, "max_batched_tokens": 300, "kv_capacity_tokens": 3000, "step_time": STEP}
     changes = {"duration_s": 15.0, "warmup_s": 2.0, "cooldown_s": 1.0, "workload.concurrency": 10,
                "acceptance": {"kind": "marginal", "curve": [0.9, 0.7, 0.5, 0.3]}}
+    if fabric:  # a target pairs when one of its requests starts its rounds: the same pairings either way
+        changes["draft.fabric"] = {"servers": 2, "pairing": "least_loaded", "failures": [{"server": 0, "at_s": 7.0}]}
     a = simulate(_const(tmp_path, serving, **changes))
     b = simulate(_const(tmp_path, serving, **changes, record_rounds=False))
     assert len(b.records.rounds) == 0 and len(a.records.rounds) > 0

@@ -53,6 +53,7 @@ class ServingTarget(Target):
         self.steps = 0
         self._pre: dict[int, tuple[Task, object]] = {}  # request -> its pipelined tree and the engine drafting it
         self._accept_of: dict = {}  # request -> its acceptance sampler (acceptance by category)
+        self._drafted: set[int] = set()  # requests that had a draft request (the fabric pairs at a new one)
         self.bytes_up = _BytesUp(self.payload, self.hidden)
         self.log_step = {k: self.rec.interval_writer(engine=self.engine_name, device=self.unit.name, kind=k)
                          for k in ("prefill", "verify", "decode")}
@@ -166,8 +167,9 @@ class ServingTarget(Target):
         A target pairs when a request starts its rounds (as one without serving does at each
         request), keeping its server unless the fabric moves it; its requests share it."""
         fabric = self.fabric
-        if fabric is not None and (engine is None or any(s.rows is None for s in step.verify)):
+        if fabric is not None and (engine is None or any(s.rid not in self._drafted for s in step.verify)):
             engine = self._paired(engine, step)
+            self._drafted.update(s.rid for s in step.verify)
         while True:
             if engine is not None:
                 hops = yield from self._draft(engine, step)
@@ -369,6 +371,7 @@ class ServingTarget(Target):
             s.row.generated_tokens = s.generated
         for s in done:
             self._accept_of.pop(s.rid, None)
+            self._drafted.discard(s.rid)
             s.row.t_finish = ve
             self.rec.requests.append(s.row.row())
             if engine is not None:
