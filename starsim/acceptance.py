@@ -466,7 +466,8 @@ class Phases(_Acceptance):
 
 class ByCategory(_Acceptance):
     """Acceptance per request: each closed-loop prompt has a category (a ``prompts_jsonl``
-    record's ``category``, as MT-Bench's writing, coding, math, ...) and its request's rounds
+    record's ``category``, as MT-Bench's writing, coding, math, ..., or a ``lengths_file``'s
+    ``category`` column) and its request's rounds
     draw from that category's model; a category not listed takes ``default``. The closed form
     (``starsim analyze``) weighs the categories by their share of the prompt set."""
 
@@ -488,8 +489,8 @@ class ByCategory(_Acceptance):
         if m is None and self.default is None:
             from .errors import StarsimError
 
-            raise StarsimError(f"acceptance.models: prompt category {category!r} (workload.prompts_jsonl) has no model "
-                               f"and acceptance.default is null (listed: {', '.join(self.models)})")
+            raise StarsimError(f"acceptance.models: prompt category {category!r} (of the workload's prompts) has no "
+                               f"model and acceptance.default is null (listed: {', '.join(self.models)})")
         return m if m is not None else self.default
 
     def notices(self, shape):

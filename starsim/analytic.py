@@ -258,14 +258,18 @@ def _draft_batch(dr, b: float, new: float, ctx: float) -> float:
 
 def marginal(scenario: Scenario, shape) -> list[float]:
     """The acceptance curve of a round of tree ``shape``; acceptance by category: the mix of
-    the prompt set's categories over rounds (each prompt is walked alike, and a category that
-    accepts more takes fewer rounds per request: weight ``n_c / (1 + mean accepted_c)``)."""
+    the prompt set's categories over rounds (each prompt is walked alike, and a request takes
+    about ``output / (1 + mean accepted)`` rounds: category ``c`` weighs the sum of that over
+    its prompts)."""
     acc = scenario.acceptance
     if getattr(acc, "kind", None) != "by_category":
         return acc.marginal(shape)
     cats = prompt_categories(scenario.workload)
-    n = {c: float(cats.count(c)) for c in dict.fromkeys(cats)}
-    return acc.marginal(shape, {c: k / (1.0 + sum(acc.model(c).marginal(shape))) for c, k in n.items()})
+    outputs = _lengths(scenario)[1]
+    out = {c: 0.0 for c in dict.fromkeys(cats)}
+    for c, o in zip(cats, outputs):
+        out[c] += o
+    return acc.marginal(shape, {c: o / (1.0 + sum(acc.model(c).marginal(shape))) for c, o in out.items()})
 
 
 def target_demand(scenario: Scenario, name: str, g: TargetGroup) -> TargetDemand:

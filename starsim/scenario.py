@@ -1022,9 +1022,11 @@ class Scenario(_Model):
                                  f"has {n} target instances (0..{n - 1})"))
         problems += _serving_problems(self)
         if getattr(self.acceptance, "kind", None) == "by_category":
-            if not (isinstance(self.workload, ClosedLoop) and self.workload.prompts_jsonl):
+            w = self.workload
+            if not (isinstance(w, ClosedLoop) and (w.prompts_jsonl or w.lengths_file)):
                 problems.append(("acceptance", "kind: by_category needs the categories of a closed loop's prompts: "
-                                 "workload.prompts_jsonl (records with a category, as MT-Bench's)"))
+                                 "workload.prompts_jsonl (records with a category, as MT-Bench's) or "
+                                 "workload.lengths_file (a category column)"))
             if self.draft.adaptive.policy != "fixed":
                 problems.append(("draft.adaptive.policy", "not modelled with acceptance kind: by_category yet"))
         names = [g.name for g in self.targets if g.name]

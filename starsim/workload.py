@@ -59,7 +59,8 @@ def _counts(df: pd.DataFrame, col: str, path: str | Path) -> np.ndarray:
 
 
 def load_lengths_csv(path: str | Path) -> list[tuple[int, int]]:
-    """A CSV with ``prompt_tokens,output_tokens`` columns -> list of pairs."""
+    """A CSV with ``prompt_tokens,output_tokens`` columns -> list of pairs (an optional
+    ``category`` column: :func:`prompt_categories`)."""
     df = _read_csv(path, ["prompt_tokens", "output_tokens"])
     p, o = _counts(df, "prompt_tokens", path), _counts(df, "output_tokens", path)
     return [(int(a), int(b)) for a, b in zip(p, o)]
@@ -71,8 +72,14 @@ def load_prompts_jsonl(path: str | Path) -> list[int]:
 
 
 def prompt_categories(w: ClosedLoop) -> list[str | None] | None:
-    """The category of each prompt of the closed loop's set (a ``prompts_jsonl`` record's
-    ``category``; None where a record has none), or None without a prompts file."""
+    """The category of each prompt of the closed loop's set: a ``lengths_file``'s ``category``
+    column or a ``prompts_jsonl`` record's ``category`` (None where a row has none); None
+    without either."""
+    if w.lengths_file:
+        df = _read_csv(w.lengths_file, ["prompt_tokens", "output_tokens"])
+        if "category" not in df.columns:
+            return None
+        return [None if pd.isna(c) else str(c) for c in df["category"]]
     return [c for _, c in _prompt_records(w.prompts_jsonl)] if w.prompts_jsonl else None
 
 

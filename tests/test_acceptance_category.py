@@ -73,7 +73,7 @@ def test_the_closed_form_mixes_the_categories_by_rounds(tmp_path):
 
 def test_a_category_without_a_model_is_one_line(tmp_path, capsys):
     f = _scenario(tmp_path, {"kind": "by_category", "models": {"coding": ALL}}, duration_s=10.0)
-    with pytest.raises(StarsimError, match=r"category 'writing' \(workload.prompts_jsonl\) has no model"):
+    with pytest.raises(StarsimError, match=r"category 'writing' \(of the workload's prompts\) has no model"):
         simulate(load_scenario(f))
     assert main(["run", str(f), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err

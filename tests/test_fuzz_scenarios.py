@@ -27,7 +27,7 @@ from starsim.sim.run import check_work
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 SHIPPED = ["starsd_ref_n4.yaml", "beyond_fair.yaml", "beyond_adaptive.yaml", "beyond_memory.yaml",
            "beyond_pipeline.yaml", "starsd_open_poisson.yaml", "starsd_hetero.yaml", "baseline_one_for_one_n4.yaml",
-           "serving_const.yaml"]
+           "serving_const.yaml", "starsd_ref_mtbench_categories.yaml"]
 EXAMPLES = int(os.environ.get("STARSIM_FUZZ_EXAMPLES", "300"))
 HORIZON_S = 3.0  # a valid mutant is run on a short simulated horizon: the check is that it runs and stays sane
 WALL_S = 60  # no mutant may take longer to validate and run

@@ -70,14 +70,14 @@ class Stream:
 
 
 def mtbench_like_lengths() -> bytes:
-    """80 rows ``prompt_tokens,output_tokens``, 10 per MT-Bench category, LF line endings."""
+    """80 rows ``prompt_tokens,output_tokens,category``, 10 per MT-Bench category, LF line endings."""
     s = Stream(SEED_MTBENCH)
-    lines = ["prompt_tokens,output_tokens"]
-    for _name, q_med, q_sig, a_med, a_sig in CATEGORIES:
+    lines = ["prompt_tokens,output_tokens,category"]
+    for name, q_med, q_sig, a_med, a_sig in CATEGORIES:
         for _ in range(10):
             q = max(8, round(s.lognormal(q_med, q_sig)))
             a = min(MAX_NEW_TOKENS, max(16, round(s.lognormal(a_med, a_sig))))
-            lines.append(f"{TEMPLATE_TOKENS + q},{a}")
+            lines.append(f"{TEMPLATE_TOKENS + q},{a},{name}")
     return ("\n".join(lines) + "\n").encode("ascii")
 
 
