@@ -21,6 +21,9 @@ Operations and what their inputs mean (the simulator calls a spec with
   serving engine's draft for its running sequences; ``calibrate import aiconfigurator`` only).
 - ``draft_idle``: the round time after an idle gap of ``gap_s`` seconds (warm vs cold).
 - ``verify_idle``: the same for the target's verify (a target idles while the draft works).
+- ``step``: a serving target's whole engine step: ``batch`` decoding sequences of ``tokens``
+  each at ``context``, beside a prefill ``chunk`` after ``cached`` tokens (``calibrate
+  compute``); kept as measured: its fit is the step-cost file beside the profile.
 
 The fit is ``sum(coef_i * feature_i)`` with non-negative coefficients over a subset of
 features (``1``, ``tokens``, ``context``, ``tokens*context``, ``tokens^2`` (ops without a
@@ -61,6 +64,7 @@ OP_INPUTS: dict[str, tuple[str, ...]] = {
     "draft_batched_fused": ("batch", "context"),
     "draft_idle": ("gap_s",),
     "verify_idle": ("gap_s",),
+    "step": ("batch", "tokens", "context", "chunk", "cached"),
 }
 
 # Feature name -> function of the input columns (a dict of arrays).

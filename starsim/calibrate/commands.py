@@ -56,11 +56,11 @@ def cmd_compute(args: argparse.Namespace) -> int:
     bad = [r for r in roles if r not in ("target", "draft")]
     if bad:
         raise StarsimError(f"--roles: unknown role(s) {', '.join(bad)}; expected target and/or draft")
-    from .compute import DRAFT_OPS, TARGET_OPS
+    from .compute import DRAFT_OPS, STEP_OP, TARGET_OPS
 
     ops = tuple(o.strip() for o in args.ops.split(",") if o.strip()) if args.ops else None
     if ops is not None:
-        known = {o for r in roles for o in (TARGET_OPS if r == "target" else DRAFT_OPS)}
+        known = {o for r in roles for o in ((*TARGET_OPS, STEP_OP) if r == "target" else DRAFT_OPS)}
         bad = [o for o in ops if o not in known]
         if bad:
             raise StarsimError(f"--ops: {', '.join(bad)} not among the ops of --roles {','.join(roles)} "
@@ -95,6 +95,8 @@ def cmd_compute(args: argparse.Namespace) -> int:
     for (role, prof), path in zip(profiles.items(), paths):
         print(f"\n{role}: {path}")
         print(_fit_table(prof))
+        if role == "target":
+            _compute_step(prof, path)
     print("\nuse in a scenario, e.g.:")
     print(_snippet(profiles, paths))
     partial = [p.provenance["interrupted"] for p in profiles.values() if "interrupted" in p.provenance]
@@ -102,6 +104,21 @@ def cmd_compute(args: argparse.Namespace) -> int:
         print(f"interrupted: {partial[0]}; what was measured is written (provenance.interrupted)", file=sys.stderr)
         return 130
     return 0
+
+
+def _compute_step(prof, path: Path) -> None:
+    """The serving step fitted from this run's ``step`` rows, written beside the target profile
+    at ``path`` and printed (nothing without step rows)."""
+    from .compute import step_file
+
+    doc = step_file(prof)
+    if doc is None:
+        return
+    out, fit = _write_step_doc(doc, path, "calibrate compute"), doc["provenance"]["fit"]
+    held = f", {fit['held_out_mape_pct']:g}% on {fit['held_out_points']} held out" if fit["held_out_points"] else ""
+    print(f"\nserving step: {out}  (MAPE {fit['mape_pct']:g}% on {fit['points']} measured steps{held})")
+    print("  " + ", ".join(f"{k} {v:.4g}" for k, v in doc["step_time"].items()))
+    print(f"  use as targets[].serving.step_time: {{path: {out}}}")
 
 
 def _placement(cpus: frozenset[int] | None) -> dict:
@@ -118,7 +135,9 @@ def _fit_table(prof) -> str:
     lines = [f"  {'op':16s} {'points':>6s} {'MAPE':>7s} {'CV MAPE':>8s}  model (seconds)"]
     for name, op in prof.ops.items():
         if op.fit is None:
-            med = ", ".join(f"{r[0] * 1e3:g} ms gap: {r[1] * 1e3:.3f} ms" for r in op.rows)
+            # the serving step's fit is its step-cost file; a warm/cold curve is kept as measured
+            med = ("whole engine steps, as measured" if "gap_s" not in op.inputs else
+                   ", ".join(f"{r[0] * 1e3:g} ms gap: {r[1] * 1e3:.3f} ms" for r in op.rows))
             lines.append(f"  {name:16s} {len(op.rows):6d} {'':>7s} {'':>8s}  {med}")
             continue
         lines.append(
@@ -262,16 +281,21 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _write_step(settings, prof, path: Path) -> tuple[Path, dict]:
     """The target's serving step-cost file beside its profile (``.step.yaml``); (path, fit errors)."""
-    import yaml
-
     from . import gpu_step
 
     cost = gpu_step.import_step(settings)
-    out = path.with_name(path.name[: -len(".yaml")] + ".step.yaml")
     doc = gpu_step.step_doc(cost, prof, settings.command, cost["kv"])
-    out.write_text("# A serving target's engine step (starsim calibrate import aiconfigurator); see scenarios/README.md"
-                   "\n" + yaml.safe_dump(doc, sort_keys=False))
-    return out, cost["fit"]
+    return _write_step_doc(doc, path, "calibrate import aiconfigurator"), cost["fit"]
+
+
+def _write_step_doc(doc: dict, profile_path: Path, tool: str) -> Path:
+    """A step-cost file beside the target profile at ``profile_path``: ``<profile>.step.yaml``."""
+    import yaml
+
+    out = profile_path.with_name(profile_path.name[: -len(".yaml")] + ".step.yaml")
+    out.write_text(f"# A serving target's engine step (starsim {tool}); see scenarios/README.md\n"
+                   + yaml.safe_dump(doc, sort_keys=False))
+    return out
 
 
 def cmd_refit(args: argparse.Namespace) -> int:
@@ -379,7 +403,8 @@ def add_parsers(sub) -> None:
     cal = sub.add_parser("calibrate", help="measure latency profiles on this hardware (torch)")
     csub = cal.add_subparsers(dest="calibrate_command", metavar="WHAT")
 
-    c = csub.add_parser("compute", help="time prefill, verify and draft rounds; write fitted profiles")
+    c = csub.add_parser("compute", help="time prefill, verify, draft rounds and serving steps; write fitted "
+                        "profiles (and the target's step-cost file)")
     c.add_argument("--spec", help="model spec name (see --list), spec file, or local HF model directory")
     c.add_argument("--list", action="store_true", help="list the shipped model specs")
     c.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
@@ -393,7 +418,9 @@ def add_parsers(sub) -> None:
     c.add_argument("--roles", default="target,draft", help="target,draft (default both)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--ops", help="measure only these ops (comma list, e.g. draft_idle,verify_idle) and write "
-                   "them into the existing profile files, keeping their other ops")
+                   "them into the existing profile files, keeping their other ops; the target's op step (a serving "
+                   "target's whole engine step, fitted into PROFILE.step.yaml beside it) is one of them, so "
+                   "--ops prefill,verify,verify_batched,verify_idle leaves it out")
     c.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"profile directory (default {DEFAULT_OUT})")
     c.add_argument("--force", action="store_true", help="calibrate a GPU-sized spec on a CPU anyway")
     c.add_argument("--quiet", action="store_true", help="no progress bar")

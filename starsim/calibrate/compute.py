@@ -33,7 +33,21 @@ so every call sees exactly ``context`` cached tokens):
 - draft ``draft_step``: one such step over a frontier of ``tokens`` nodes at ``context``;
 - draft ``draft_idle``: a real round (3 new tokens, middle context) right after an idle gap
   of ``gap_s`` seconds, timed once per repeat with a sleep before it (warm vs cold);
-- target ``verify_idle``: the same for a real verify of a full tree.
+- target ``verify_idle``: the same for a real verify of a full tree;
+- target ``step``: one engine step of a serving target (``serving.step_time``): ``batch``
+  decoding sequences, each with ``tokens`` tokens (1: a decode token; the tree's tokens + 1:
+  a tree to verify) at ``context``, beside a prefill chunk of ``chunk`` tokens after
+  ``cached`` ones. HF models have no fused variable-length attention, so a step with both
+  runs as a CPU engine without one would run it: two forwards back to back in one timed call,
+  the chunk's (batch 1, logits of its last token) and the sequences' batched forward with the
+  tree mask (``verify_batched``'s). One packed forward (every sequence's cache in one row,
+  a block-diagonal 4D mask) would be a fused engine's shape, but SDPA then computes every
+  query x key pair of the batch: on tiny-cpu (2 threads) 8 sequences verifying 17-token trees
+  at 1024 context beside a 256-token chunk after 1024 took 237 ms packed, 78 ms back to back;
+  packed saved one forward's fixed cost only on the smallest step (1 sequence at 64, a 64-token
+  chunk: 14 against 16 ms). The rows are kept as measured in the profile; :func:`fit_step` fits
+  :class:`starsim.scenario.StepTime`'s fields to them and ``calibrate compute`` writes them
+  beside the profile as ``.step.yaml`` (:func:`step_file`).
 """
 
 from __future__ import annotations
@@ -46,15 +60,16 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..models.reference import REF_BLOCK_S, REFERENCE, reference_speed
 from ..models.specs import ModelSpec, Net, TreeShape, build_model, crop_cache, new_cache, torch_dtype
-from ..profiles import OP_INPUTS, ProfileFile, build_op, write_profile
+from ..profiles import OP_INPUTS, Op, ProfileFile, _nnls_relative, build_op, write_profile
 from ..real.speculation import tree_mask
+from ..serving import StepShape, chunk_shape, tree_shape
 from ..version import __version__
 
 
@@ -79,6 +94,18 @@ class Grid:
     # blocks, sized by the first.
     passes: int = 2
     later_blocks: int = 1
+    # Serving steps (op ``step``; empty: none timed). Each step point: ``step_batches``
+    # decoding sequences (0: a prefill chunk alone) decoding 1 token or verifying the tree
+    # (its tokens + 1) at each of ``step_contexts``, beside each prefill chunk (tokens, cached
+    # before it) of ``step_chunks`` ((0, 0): none). ``step_checks``: mixed steps off that grid,
+    # (batch, verifies the tree, context, chunk, cached), timed but held out of the fit.
+    step_batches: list[int] = field(default_factory=list)
+    step_contexts: list[int] = field(default_factory=list)
+    step_chunks: list[tuple[int, int]] = field(default_factory=list)
+    step_checks: list[tuple[int, bool, int, int, int]] = field(default_factory=list)
+    # A step point's max_run_time in the first pass (at most max_run_time): some fifty points
+    # share one fit, so each is timed more briefly than a point of an op fitted on its own.
+    step_max_run_time: float = 0.2
 
 
 GRIDS: dict[str, Grid] = {
@@ -96,6 +123,12 @@ GRIDS: dict[str, Grid] = {
         idle_repeats=25,
         min_run_time=0.08,
         max_run_time=0.6,
+        # 50 steps and 4 held out: about a minute more for small-cpu-eagle's target on 2 cores
+        step_batches=[0, 1, 2, 4, 8],
+        step_contexts=[128, 512],
+        step_chunks=[(0, 0), (32, 512), (256, 0)],
+        step_checks=[(3, True, 512, 128, 256), (6, False, 128, 192, 0), (5, True, 128, 64, 256),
+                     (2, False, 256, 128, 128)],
     ),
     "cuda": Grid(
         contexts=[128, 512, 1024, 1536, 2000],
@@ -109,6 +142,10 @@ GRIDS: dict[str, Grid] = {
         idle_repeats=25,
         min_run_time=0.1,
         max_run_time=0.8,
+        step_batches=[0, 1, 4, 16],
+        step_contexts=[256, 1024],
+        step_chunks=[(0, 0), (256, 0), (1024, 1024)],
+        step_checks=[(8, True, 512, 512, 256), (2, False, 1024, 128, 1024)],
     ),
 }
 
@@ -127,6 +164,10 @@ QUICK = Grid(
     min_run_time=0.005,
     max_run_time=0.05,
     passes=1,
+    step_batches=[0, 1, 2],
+    step_contexts=[16, 64],
+    step_chunks=[(0, 0), (32, 16)],
+    step_checks=[(3, True, 32, 16, 0)],
 )
 
 
@@ -149,6 +190,21 @@ class Settings:
 TARGET_OPS = ("prefill", "verify", "verify_batched", "verify_idle")
 DRAFT_OPS = ("draft_round", "draft_step", "draft_batched", "draft_idle")
 IDLE_OPS = {"draft": "draft_idle", "target": "verify_idle"}  # each role's warm/cold curve
+# A serving target's whole engine step: an op of the target role (``--ops`` names it) whose
+# rows go to the profile unfitted and whose fit is the step-cost file (fit_step, step_file).
+STEP_OP = "step"
+
+
+def step_points(g: Grid, tree: TreeShape) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """The ``step`` points to fit and those held out, each ``(batch, tokens, context, chunk,
+    cached)``: a decoding sequence decodes 1 token or verifies the tree and its root; a step of
+    a chunk alone is ``(0, 0, 0, chunk, cached)``."""
+    per_seq = (1, tree.tokens + 1)
+    fit = [(b, q, L, c, p) if b else (0, 0, 0, c, p)
+           for b in g.step_batches for q in per_seq for L in g.step_contexts for c, p in g.step_chunks if b or c]
+    fit = list(dict.fromkeys(fit))  # a chunk alone repeats for every (tokens, context)
+    held = [(b, per_seq[int(t)], L, c, p) for b, t, L, c, p in g.step_checks]
+    return fit, [k for k in held if k not in fit]
 
 
 # --------------------------------------------------------------------------- timing
@@ -163,7 +219,8 @@ def _sync(device: str) -> Callable[[], None]:
 
 
 def time_call(
-    fn: Callable[[], object], grid: Grid, threads: int, device: str, warmup: int = 1, number: int | None = None
+    fn: Callable[[], object], grid: Grid, threads: int, device: str, warmup: int = 1, number: int | None = None,
+    lean: bool = False,
 ) -> tuple[np.ndarray, int]:
     """One pass over one grid point by ``torch.utils.benchmark``: ``(seconds per call of each
     timed block, calls per block)``.
@@ -171,7 +228,9 @@ def time_call(
     It runs ``warmup`` calls (allocator, kernels, caches; other grid points ran since the
     last pass). The first pass (``number`` None) then runs ``adaptive_autorange`` (it sizes
     its blocks and repeats them until the spread is small); a later pass times
-    ``grid.later_blocks`` blocks of the first pass's size.
+    ``grid.later_blocks`` blocks of the first pass's size. ``lean``: a later pass runs no
+    calls but ``warmup``'s before its blocks (``Timer.timeit`` runs two of its own, most of
+    the pass for a call of 0.1-1 s: the serving step's fifty points time cheaper).
     """
     from torch.utils import benchmark
 
@@ -183,7 +242,17 @@ def time_call(
     if number is None:
         m = timer.adaptive_autorange(threshold=0.05, min_run_time=grid.min_run_time, max_run_time=grid.max_run_time)
         return np.asarray(m.times, dtype=float), int(m.number_per_run)
-    times = [timer.timeit(number).median for _ in range(grid.later_blocks)]
+    if not lean:
+        times = [timer.timeit(number).median for _ in range(grid.later_blocks)]
+        return np.asarray(times, dtype=float), number
+    times = []
+    with benchmark.utils.common.set_torch_threads(threads):
+        for _ in range(grid.later_blocks):
+            t = time.perf_counter()
+            for _ in range(number):
+                fn()
+            sync()
+            times.append((time.perf_counter() - t) / number)
     return np.asarray(times, dtype=float), number
 
 
@@ -291,9 +360,16 @@ class _Ctx:
         key = (context, batch)
         if key not in self.caches:
             cache = new_cache()
-            with torch.inference_mode():
-                hidden = self.hidden(batch, context) if self.net.eagle else None
-                self.net(self.ids(batch, context), cache=cache, hidden=hidden)
+            if batch > 1 and context:
+                # copies of one sequence's cache: a forward's time does not depend on the values,
+                # and a batched prefill of batch x context tokens would cost seconds per point
+                one = self.cache(context, 1)
+                for i, layer in enumerate(one.layers):
+                    cache.update(layer.keys.repeat(batch, 1, 1, 1), layer.values.repeat(batch, 1, 1, 1), i)
+            else:
+                with torch.inference_mode():
+                    hidden = self.hidden(batch, context) if self.net.eagle else None
+                    self.net(self.ids(batch, context), cache=cache, hidden=hidden)
             self.caches[key] = cache
         return self.caches[key]
 
@@ -330,15 +406,33 @@ def verify_fn(c: _Ctx, tokens: int, context: int, batch: int, top_k: int):
     return fn
 
 
-def prefill_fn(c: _Ctx, tokens: int):
+def prefill_fn(c: _Ctx, tokens: int, cached: int = 0):
+    """A prefill of ``tokens`` prompt tokens (logits of the last only) after ``cached`` ones
+    (0: an empty cache; else a chunk of a chunked prefill, cropped back after each call)."""
     import torch
 
     ids = c.ids(1, tokens)
     hidden = c.hidden(1, tokens) if c.net.eagle else None
 
     def fn():
+        cache = c.cache(cached, 1) if cached else new_cache()
         with torch.inference_mode():
-            c.net(ids, cache=new_cache(), hidden=hidden, last_only=True)
+            c.net(ids, cache=cache, hidden=hidden, last_only=True)
+        if cached:
+            crop_cache(cache, cached)
+
+    return fn
+
+
+def step_fn(c: _Ctx, batch: int, tokens: int, context: int, chunk: int, cached: int, top_k: int):
+    """One serving step (op ``step``, see the module docstring): the prefill chunk, then the
+    ``batch`` sequences' batched forward, back to back in one call."""
+    parts = ([prefill_fn(c, chunk, cached)] if chunk else []) + (
+        [verify_fn(c, tokens, context, batch, top_k)] if batch else [])
+
+    def fn():
+        for part in parts:
+            part()
 
     return fn
 
@@ -503,6 +597,8 @@ def _jobs(s: Settings, role: str, tree: TreeShape) -> list[tuple[str, tuple, Cal
             for t in g.verify_tokens[-2:]:
                 for L in (g.contexts[0], g.contexts[-1]):
                     add("verify_batched", (t, L, b), lambda c, t=t, L=L, b=b: verify_fn(c, t, L, b, tree.top_k))
+        for key in (k for keys in step_points(g, tree) for k in keys):
+            add(STEP_OP, key, lambda c, key=key: step_fn(c, *key, tree.top_k))
     else:
         for n in g.new_tokens:
             for L in (L for L in g.contexts if L >= n):  # the context includes the new tokens
@@ -531,6 +627,7 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
     if dev_type == "cpu":
         torch.set_num_threads(threads)
     tree = s.tree or s.spec.tree
+    step_grid = replace(s.grid, max_run_time=min(s.grid.max_run_time, s.grid.step_max_run_time))
     say = s.progress or (lambda msg: None)
     out: dict[str, ProfileFile] = {}
     interrupted = False
@@ -556,13 +653,16 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
                     if (op, key) not in fns:
                         fns[op, key] = make(c)
                     first = p == 0
-                    # a long call's cold start is small beside it: warm up short ones only
-                    warm = first or times[op, key][0].min() < 0.05
+                    # a long call's cold start is small beside it: warm up short ones only. A step
+                    # point's first pass warms up in adaptive_autorange's block-size estimate
+                    # (its first call is discarded), and a later pass runs no more than asked
+                    warm = (first and op != STEP_OP) or (not first and times[op, key][0].min() < 0.05)
                     # the machine's speed right now, beside this pass (drift normalization)
                     refs.setdefault((op, key), []).append(len(beside))
                     beside.append(reference_speed(threads, s.device, REF_BLOCK_S))
-                    t, numbers[op, key] = time_call(fns[op, key], s.grid, threads, s.device, warmup=int(warm),
-                                                    number=None if first else numbers[op, key])
+                    t, numbers[op, key] = time_call(fns[op, key], step_grid if op == STEP_OP else s.grid, threads,
+                                                    s.device, warmup=int(warm),
+                                                    number=None if first else numbers[op, key], lean=op == STEP_OP)
                     times.setdefault((op, key), []).append(t)
                     bar.update(1)
                     say(f"[{role} pass {p + 1}] {op} {key}: {np.median(t) * 1e3:.3f} ms")
@@ -607,11 +707,16 @@ def calibrate(s: Settings) -> dict[str, ProfileFile]:
             if op not in IDLE_OPS.values() and len(r) < 2:  # nothing to fit on an interrupted run
                 continue
             inputs = OP_INPUTS[op]
-            fixed = {"tree": tree.model_dump()} if op in ("draft_round", "draft_batched", *IDLE_OPS.values()) else {}
+            fixed = ({"tree": tree.model_dump()} if op in ("draft_round", "draft_batched", STEP_OP, *IDLE_OPS.values())
+                     else {})
             if op in IDLE_OPS.values():
                 key = "new_tokens" if role == "draft" else "tokens"
                 fixed[key], fixed["context"] = _idle_point(s, tree, role)
-            ops[op] = build_op(inputs, sorted(r), fixed=fixed, reference=op not in IDLE_OPS.values())
+            if op == STEP_OP:  # what the step-cost file needs beside the rows
+                fixed["held_out"] = [list(k) for k in step_points(s.grid, tree)[1]]
+                fixed["kv"] = _kv(net, s.device, dtype)
+            ops[op] = build_op(inputs, sorted(r), fixed=fixed, reference=op not in IDLE_OPS.values(),
+                               fit=op != STEP_OP)
         if ops:
             out[role] = ProfileFile(kind="compute", model=model, device=device, provenance=prov, ops=ops)
         del net, c
@@ -671,6 +776,111 @@ def _idle_curve(c: _Ctx, s: Settings, tree: TreeShape, role: str, say) -> list[t
         rows.append((g, float(np.median(a)), float(np.quantile(a, 0.1)), float(np.quantile(a, 0.9)), len(a)))
         say(f"[{role} idle] gap {g * 1e3:g} ms: {np.median(a) * 1e3:.3f} ms")
     return rows
+
+
+# --------------------------------------------------------------------------- the serving step
+
+# StepTime's fields fitted to the measured steps, in the order of step_design's columns: the
+# cost is linear in the step's shape. The floors weights_s and logits_weights_s stay 0: on a
+# CPU the dense layers' time grows from the first token, and what a step pays whatever it holds
+# (the weights read, the forward's Python) is one constant, overhead_s, on these points.
+STEP_FIELDS = ("overhead_s", "per_token_s", "per_logit_token_s", "per_seq_s", "per_kv_token_s", "per_attn_s",
+               "per_query_s")
+
+
+def step_shape(batch: int, tokens: int, context: int, chunk: int, cached: int) -> StepShape:
+    """A ``step`` point's shape as the simulator prices it (the chunk's last token scored, as timed)."""
+    shape = tree_shape(tokens, context).times(batch) if batch else StepShape()
+    return shape + chunk_shape(chunk, cached, True) if chunk else shape
+
+
+def step_design(shapes: list[StepShape]) -> np.ndarray:
+    """One row per shape, one column per :data:`STEP_FIELDS` entry."""
+    return np.array([[1.0, s.tokens, s.logits, s.seqs, s.kv, s.attn, s.tokens - s.seqs] for s in shapes], float)
+
+
+def _kv(net: Net, device: str, dtype) -> dict:
+    """The step-cost file's ``kv``: KV bytes per token of the target (in its dtype) and the
+    tokens this device holds, as :mod:`starsim.calibrate.gpu_step` sizes a GPU's."""
+    import torch
+
+    from .gpu_step import ACTIVATIONS_BYTES, MEMORY_FRACTION, kv_bytes_per_token, kv_tokens
+
+    size = torch.empty((), dtype=dtype).element_size()
+    per_token = kv_bytes_per_token(net.config.to_dict(), size)
+    if device.startswith("cuda"):
+        mem, where = float(torch.cuda.get_device_properties(torch.device(device)).total_memory), "the GPU's memory"
+    else:
+        mem, where = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "this machine's memory"
+    return {"capacity_tokens": max(kv_tokens(mem, 1, net.params * size, per_token), 0), "bytes_per_token": per_token,
+            "how": f"{MEMORY_FRACTION:.0%} of {where} ({mem / 2**30:.1f} GiB) less the weights and "
+                   f"{ACTIVATIONS_BYTES / 2**30:g} GiB of activations; KV in {str(dtype).removeprefix('torch.')}"}
+
+
+def _mape_pct(pred: np.ndarray, y: np.ndarray) -> float | None:
+    return round(float(np.mean(np.abs(pred - y) / y) * 100.0), 2) if len(y) else None
+
+
+def fit_step(op: Op) -> dict | None:
+    """StepTime's fields fitted to a ``step`` op's rows (non-negative least squares in relative
+    error, on the drift-normalized times as every op's fit), the held-out rows left out;
+    ``{"step_time", "fit", "provenance"}`` for :func:`starsim.calibrate.gpu_step.step_doc`, or
+    None with no more points to fit than fields (an interrupted run)."""
+    from ..scenario import StepTime
+
+    k = len(op.inputs)
+    keys = [tuple(int(v) for v in r[:k]) for r in op.rows]
+    y = op.normalized() if op.reference_s is not None else op.column("median_s")
+    held = {tuple(h) for h in op.fixed.get("held_out", [])}
+    train = np.array([key not in held for key in keys])
+    if train.sum() <= len(STEP_FIELDS):
+        return None
+    coef = _nnls_relative(step_design([step_shape(*key) for key in keys])[train], y[train])
+    fields = {"weights_s": 0.0, "logits_weights_s": 0.0, **{f: float(c) for f, c in zip(STEP_FIELDS, coef)}}
+    mean = StepTime(**fields).mean_fn()  # the fields as the simulator prices a step
+    pred = np.array([mean(step_shape(*key)) for key in keys])
+    err = np.abs(pred - y) / y
+    fit = {"fitted": list(STEP_FIELDS), "points": int(train.sum()), "mape_pct": _mape_pct(pred[train], y[train]),
+           "max_error_pct": round(float(err[train].max() * 100.0), 2),
+           "held_out_points": int((~train).sum()), "held_out_mape_pct": _mape_pct(pred[~train], y[~train])}
+    columns = [*op.inputs, "measured_s", "fitted_s", "held_out"]
+    rows = [[*key, float(f"{t:.6g}"), float(f"{m:.6g}"), int(not tr)] for key, t, m, tr in zip(keys, y, pred, train)]
+    prov = {"measured": "every point below was timed on this machine, none priced or interpolated",
+            "points": {"columns": columns, "rows": rows,
+                       "what": "measured_s: the point's time at the op's median reference speed (drift-normalized, "
+                               "as every fit); raw medians and p10/p90: the target profile's op step"}}
+    return {"step_time": fields, "fit": fit, "provenance": prov}
+
+
+def step_file(profile: ProfileFile, command: str | None = None) -> dict | None:
+    """The step-cost file of a target ``profile`` with a ``step`` op (what
+    ``targets[].serving.step_time: {path: FILE}`` reads); None without one, or with too few
+    points to fit."""
+    from .gpu_step import step_doc
+
+    profile = ProfileFile.model_validate(profile.model_dump(mode="json"))  # plain types for YAML (torch's version)
+    op = profile.ops.get(STEP_OP)
+    cost = fit_step(op) if op is not None else None
+    if cost is None:
+        return None
+    grid = profile.provenance.get("grid") or {}
+    tree = op.fixed["tree"]
+    cost["provenance"] = {
+        "grid": {"batches": grid.get("step_batches"), "tokens": [1, tree["tokens"] + 1],
+                 "contexts": grid.get("step_contexts"), "chunks": [list(c) for c in grid.get("step_chunks", [])],
+                 "held_out": op.fixed.get("held_out", []), "tree": tree},
+        "threads": profile.device.get("threads"), **cost["provenance"]}
+    method = (f"measured on {profile.device.get('name')}: whole steps timed, fields fitted (starsim.calibrate."
+              "compute, op step: NNLS in relative error, linear in the step's shape; weights_s and "
+              "logits_weights_s left 0, a weights-read floor not told apart from overhead_s here). A step with a "
+              "prefill chunk and decoding sequences is timed as two forwards back to back in one call, the "
+              "chunk's and the sequences' batched one, as an engine without a fused variable-length attention "
+              "kernel (Hugging Face models on a CPU) runs it: such a step pays two forwards' fixed cost, which "
+              "the one overhead_s of the fit shares out")
+    kv = op.fixed.get("kv") or {}
+    return step_doc(cost, profile, command or profile.provenance.get("command"),
+                    (kv["capacity_tokens"], kv["bytes_per_token"]) if kv else None, method=method,
+                    kv_how=kv.get("how", ""))
 
 
 def profile_path(out_dir: Path, spec: ModelSpec, role: str, device: dict, dtype: str) -> Path:

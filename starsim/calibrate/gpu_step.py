@@ -123,26 +123,31 @@ def _composed_error(pricer, fields: dict, overhead_s: float) -> float:
     return _mape(got, want)
 
 
-def step_doc(cost: dict, profile, command: str | None, kv: tuple[int, int] | None = None) -> dict[str, Any]:
+GPU_METHOD = ("serving step (starsim.calibrate.gpu_step): dense layers measured at each token count; LM head, "
+              "decode attention and the attention beyond a decode token's fitted; composed as StepTime")
+GPU_KV_HOW = (f"{MEMORY_FRACTION:.0%} of the GPUs' memory less the weights and {ACTIVATIONS_BYTES / 2**30:g} GiB of "
+              "activations each; bf16 KV")
+
+
+def step_doc(cost: dict, profile, command: str | None, kv: tuple[int, int] | None = None, *,
+             method: str = GPU_METHOD, kv_how: str = GPU_KV_HOW) -> dict[str, Any]:
     """The step-cost file: the target profile's model and device, its provenance with the fits,
     the ``step_time`` fields (what ``step_time: {path: FILE}`` reads) and, with ``kv``
-    (:func:`kv_capacity`), the KV the GPUs hold, for ``serving.kv_capacity_tokens``."""
+    (:func:`kv_capacity`), the KV the device holds, for ``serving.kv_capacity_tokens``.
+    ``cost["provenance"]``: what the provenance says of the points (default: the share priced
+    from measured rows, as :func:`step_cost` gives it); ``method``, ``kv_how``: how the
+    fields and the KV were obtained (default: this module's, from a kernel database)."""
     prov = {k: v for k, v in profile.provenance.items() if k not in ("grid", "grid_why", "measured_fraction",
                                                                       "measured_fraction_what", "coverage")}
-    prov.update(
-        method="serving step (starsim.calibrate.gpu_step): dense layers measured at each token count; LM head, "
-               "decode attention and the attention beyond a decode token's fitted; composed as StepTime",
-        fit=cost["fit"], measured_fraction=cost["measured_fraction"],
-        measured_fraction_what="share of the kernel time of every priced point from measured (silicon) rows",
-        command=command,
-    )
+    points = cost.get("provenance") or {
+        "measured_fraction": cost["measured_fraction"],
+        "measured_fraction_what": "share of the kernel time of every priced point from measured (silicon) rows"}
+    prov.update(method=method, fit=cost["fit"], **points, command=command)
     doc = {"format": 1, "kind": "step", "model": profile.model, "device": profile.device, "provenance": prov,
            "step_time": {k: (v if not isinstance(v, float) else float(f"{v:.6g}")) for k, v in
                          cost["step_time"].items()}}
     if kv is not None:
-        doc["kv"] = {"capacity_tokens": kv[0], "bytes_per_token": kv[1],
-                     "how": f"{MEMORY_FRACTION:.0%} of the GPUs' memory less the weights and "
-                            f"{ACTIVATIONS_BYTES / 2**30:g} GiB of activations each; bf16 KV"}
+        doc["kv"] = {"capacity_tokens": kv[0], "bytes_per_token": kv[1], "how": kv_how}
     return doc
 
 
@@ -172,16 +177,26 @@ def _params(cfg: dict) -> float:
                                                                             else 2)
 
 
+def kv_bytes_per_token(cfg: dict, dtype_bytes: int = 2) -> int:
+    """A decoder's KV bytes per token (keys and values of every layer) from its config."""
+    heads = int(cfg["num_attention_heads"])
+    kv = int(cfg.get("num_key_value_heads") or heads)
+    hd = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
+    return 2 * int(cfg["num_hidden_layers"]) * kv * hd * dtype_bytes
+
+
+def kv_tokens(mem_bytes: float, devices: int, weights_bytes: float, per_token: int) -> int:
+    """KV tokens ``devices`` of ``mem_bytes`` each hold: MEMORY_FRACTION of their memory less
+    the weights and ACTIVATIONS_BYTES each."""
+    return int((devices * (mem_bytes * MEMORY_FRACTION - ACTIVATIONS_BYTES) - weights_bytes) // per_token)
+
+
 def kv_capacity(cfg: dict, dtype: str, tp: int, system: str) -> tuple[int, int]:
     """(KV tokens a TP group of ``system`` GPUs holds, KV bytes per token): 90% of their memory
     less the weights (``dtype``'s bytes per parameter) and 2 GiB each of activations, in bf16 KV."""
     from . import gpu_db
 
-    heads = int(cfg["num_attention_heads"])
-    kv = int(cfg.get("num_key_value_heads") or heads)
-    hd = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
-    per_token = 2 * int(cfg["num_hidden_layers"]) * kv * hd * 2
+    per_token = kv_bytes_per_token(cfg)
     mem = float(gpu_db._system_meta(system).get("mem_capacity", 80 * 2**30))
     weights = _params(cfg) * (1 if dtype.startswith("fp8") else 2)
-    free = tp * (mem * MEMORY_FRACTION - ACTIVATIONS_BYTES) - weights
-    return int(free // per_token), per_token
+    return kv_tokens(mem, tp, weights, per_token), per_token
