@@ -50,9 +50,11 @@ def _const(tmp_path, serving: dict, *, name="serving.yaml", **changes):
 
 
 @pytest.mark.parametrize("case", ["const_star", "open_poisson", "fabric_failure", "one_for_one", "autoregressive",
-                                  "cpu_profiles", "pipeline"])
+                                  "cpu_profiles", "pipeline", "fabric_failure+pipeline"])
 def test_one_sequence_at_a_time_is_the_target_without_serving(case):
-    path, over = CASES[case]
+    name, _, more = case.partition("+")
+    path, over = CASES[name]
+    over = over + ([f"draft.{more}=true", "duration_s=60"] if more else [])
     base = load_scenario(str(ROOT / path), over)
     serving = load_scenario(str(ROOT / path), over + [f"targets.{i}.serving={{max_seqs: 1}}"
                                                       for i in range(len(base.targets))])

@@ -258,11 +258,11 @@ class DraftEngine:
             self._waste(pre)
 
     def miss(self, pre: Task, valid: dict) -> None:
-        """Some of a batched ``pre``'s sequences missed (``valid``: tag -> accepted tokens).
+        """Some of a ``pre``'s sequences missed (``valid``: tag -> accepted tokens).
         Unstarted, the server drops them from the batch; started, their share of the forward
         is wasted (now, or when it ends) and their caches are cut. All of them: :meth:`cancel`."""
         if len(valid) >= pre.size:
-            self.cancel(pre, valid)
+            self.cancel(pre, valid if pre.seqs is not None else next(iter(valid.values())))
             return
         self.pipeline_stats.misses += len(valid)
         if pre.start is None:
