@@ -40,6 +40,32 @@ CONST_STAR = {
 }
 
 
+# Test tiers (markers registered in pyproject.toml): CI runs every test; the quick tier,
+# ``pytest -m "not real and not fuzz and not slow"``, leaves these out.
+REAL = {"test_execute", "test_real_adaptive", "test_real_batch", "test_real_fabric", "test_real_pipeline",
+        "test_declared_resources", "test_validate", "test_server", "test_server_flood", "test_worker", "test_clock",
+        "test_calibrate", "test_calibrate_link", "test_calibrate_step", "test_pair", "test_speculation",
+        "test_sampling", "test_gpu_check"}
+FUZZ = {"test_fuzz_files", "test_fuzz_scenarios", "test_fuzz_wire"}
+SLOW = {  # simulator tests of 5 s or more on 2 cores (pytest --durations shows where the time goes)
+    "test_no_top_five_candidate_of_a_shipped_plan_is_pruned",  # every shipped plan, simulated whole
+    "test_the_recommended_answer_is_the_exhaustive_best_of_stars_and_baselines",
+    "test_fast_and_general_loops_give_the_same_tables",
+    "test_ray_gives_the_same_table",  # starts a Ray cluster
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        stem = item.path.stem
+        if stem in REAL:
+            item.add_marker(pytest.mark.real)
+        if stem in FUZZ:
+            item.add_marker(pytest.mark.fuzz)
+        if item.originalname in SLOW:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def const_star() -> dict:
     """Constant times, deterministic acceptance, identical targets, closed loop, no pauses."""
