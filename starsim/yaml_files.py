@@ -106,6 +106,7 @@ def _check_expansion(root: yaml.Node) -> None:
     soon as its expansion exceeds every node counted so far (its own included) by the
     budget, which its aliases alone can do."""
     size: dict[int, int] = {}
+    open_: set[int] = set()  # nodes whose children are still being counted: one met again is its own alias
     # iterative post-order: a document may be wide, and the composer already bounded depth
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
@@ -114,9 +115,14 @@ def _check_expansion(root: yaml.Node) -> None:
             continue
         children = _children(node)
         if not done:
+            if id(node) in open_:
+                raise yaml.composer.ComposerError(
+                    None, None, "an alias (*name) inside its own anchor: a value that contains itself", node.start_mark)
+            open_.add(id(node))
             stack.append((node, True))
             stack.extend((c, False) for c in children if id(c) not in size)
             continue
+        open_.discard(id(node))
         total = 1 + sum(size[id(c)] for c in children)
         if total - (len(size) + 1) > MAX_ALIAS_VALUES:
             raise yaml.composer.ComposerError(

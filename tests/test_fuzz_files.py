@@ -119,7 +119,8 @@ def test_a_mutated_profile_gives_finite_times_or_names_a_field(tmp_path, case):
 REF = REPO / "scenarios" / "starsd_ref_n1.yaml"
 CONST = REPO / "scenarios" / "const_star.yaml"
 NUMBERS = st.sampled_from(["0", "-1", "1", "nan", "inf", "-inf", "1e308", "1e-300", "", "x", "10" * 20, "2",
-                           "0.5", "1-3", "1,2", "1-1000000000", "3-1", "0-4"])
+                           "0.5", "1-3", "1,2", "1-1000000000", "3-1", "0-4",
+                           "&a [*a]", "&a {k: *a}"])  # values that contain themselves (recursive aliases)
 
 
 @st.composite

@@ -42,6 +42,20 @@ def test_an_alias_bomb_is_refused_in_time_linear_in_the_file():
     assert line.startswith("f.yaml: broken YAML: line ") and f"by more than {MAX_ALIAS_VALUES:,} values" in line
 
 
+@pytest.mark.parametrize("text", ["&a [*a]", "x: &a {k: [1, *a]}", "&a [[[*a]]]"])
+def test_a_value_that_contains_itself_is_refused_at_once(text):
+    assert "an alias (*name) inside its own anchor" in _problem(text)
+
+
+def test_a_recursive_alias_in_set_is_one_line(capsys):
+    from starsim.cli import main
+
+    assert main(["check", str(Path(__file__).resolve().parent.parent / "scenarios" / "starsd_ref_n4.yaml"),
+                 "--set", "description=&a [*a]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "inside its own anchor" in err and "Traceback" not in err
+
+
 def test_aliases_that_expand_little_are_kept():
     data = parse_yaml(_laughs(3))  # 1,000 values
     assert len(data["name"]) == 10 and data["name"][0][0][0] == "lol"
