@@ -172,6 +172,9 @@ def cmd_acceptance(args: argparse.Namespace) -> int:
     from .report.data import read_run
 
     run = read_run(args.run_dir)  # the run directory checked as report checks it
+    if run.skipped:  # the copy only says the tree the curve was measured on
+        print(f"warning: the run's scenario.yaml was skipped ({run.skipped}): the file will not say which tree "
+              "the curve was measured on", file=sys.stderr)
     records = run.records
     # from the tables, not a stored summary (which another version may have written); read_run
     # already did so when the directory has no summary.json

@@ -136,6 +136,8 @@ def test_a_broken_scenario_copy_does_not_stop_report_or_acceptance(tmp_path, cap
     shutil.copytree(run_dir, d)
     (d / "scenario.yaml").write_text("draft: [\n")
     assert main(["acceptance", str(d), "--out", str(tmp_path / "acc.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "scenario.yaml was skipped" in err and "Traceback" not in err
     assert main(["report", str(d), "--out", str(tmp_path / "report")]) == 0
 
 

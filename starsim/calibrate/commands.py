@@ -455,9 +455,14 @@ def add_parsers(sub) -> None:
     rf.add_argument("profiles", type=Path, nargs="+", help="profile files, rewritten in place")
     rf.set_defaults(func=cmd_refit)
 
-    m = csub.add_parser("compare", help="agreement of two profiles of the same spec, point by point")
-    m.add_argument("a", type=Path)
-    m.add_argument("b", type=Path)
+    m = csub.add_parser(
+        "compare", help="agreement of two profiles of the same spec, point by point",
+        description="Two profiles of the same spec (two machines, or one machine on two days), op by op: at each "
+                    "grid point both measured, B's time against A's, raw and normalized by the machine's speed beside "
+                    "each point (the drift reference), then the median over points and ops, and the reference "
+                    "matmul's speed on each.")
+    m.add_argument("a", type=Path, metavar="A", help="the first profile (the reference)")
+    m.add_argument("b", type=Path, metavar="B", help="the second profile, compared with A")
     m.set_defaults(func=cmd_compare)
 
     def no_what(args):

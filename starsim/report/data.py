@@ -34,6 +34,7 @@ class Run:
     name: str                        # scenario name (or the directory's name)
     label: str = ""                  # unique among the runs of one report
     summary_stored: bool = True      # False: no summary.json, ``summary`` was computed from the tables
+    skipped: str | None = None       # why its scenario.yaml was not read (broken), one line; None: read or absent
 
     @property
     def source(self) -> str:
@@ -87,18 +88,19 @@ def read_run(path: Path) -> Run:
         raise StarsimError(f"{summary_file}: cannot read: {str(e).splitlines()[0] if str(e) else e}") from None
     if not isinstance(summary, dict):
         raise StarsimError(f"{summary_file}: expected a JSON object (a run's summary), got {type(summary).__name__}")
-    scenario = None
+    scenario, skipped = None, None
     scenario_file = path / "scenario.yaml"
     if scenario_file.is_file():
         try:
             scenario = read_yaml(scenario_file, "scenario")
-        except StarsimError:  # a run's copy of its scenario only labels and groups runs
-            scenario = None
+        except StarsimError as e:  # a run's copy of its scenario only labels and groups runs
+            scenario, skipped = None, str(e).splitlines()[0]
         if not isinstance(scenario, dict):
+            skipped = skipped or f"{scenario_file}: not a mapping"
             scenario = None
     name = str((summary.get("provenance") or {}).get("scenario") or (scenario or {}).get("name") or path.name)
     return Run(path=path, records=records, summary=summary, scenario=scenario, name=name,
-               summary_stored=summary_file.is_file())
+               summary_stored=summary_file.is_file(), skipped=skipped)
 
 
 def read_runs(paths: list[Path]) -> list[Run]:
