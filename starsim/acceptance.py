@@ -468,8 +468,8 @@ class ByCategory(_Acceptance):
     """Acceptance per request: each closed-loop prompt has a category (a ``prompts_jsonl``
     record's ``category``, as MT-Bench's writing, coding, math, ..., or a ``lengths_file``'s
     ``category`` column) and its request's rounds
-    draw from that category's model; a category not listed takes ``default``. The closed form
-    (``starsim analyze``) weighs the categories by their share of the prompt set."""
+    draw from that category's model; a category not listed (or none) takes ``default``. The
+    closed form (``starsim analyze``) weighs the categories by their share of the rounds."""
 
     kind: Literal["by_category"]
     models: dict[str, Steady] = Field(min_length=1, description="category -> its acceptance model")
@@ -477,8 +477,7 @@ class ByCategory(_Acceptance):
                                    "of the prompt set must be listed)")
 
     def marginal(self, shape, mix: dict[str, float] | None = None):
-        """The curve of a round; ``mix``: category -> share of the requests (None: the listed
-        categories alike)."""
+        """The curve of a round; ``mix``: category -> its weight (None: the listed categories alike)."""
         mix = mix or dict.fromkeys(self.models, 1.0)
         total = sum(mix.values())
         curves = [(w / total, self.model(c).marginal(shape)) for c, w in mix.items()]
@@ -489,8 +488,9 @@ class ByCategory(_Acceptance):
         if m is None and self.default is None:
             from .errors import StarsimError
 
-            raise StarsimError(f"acceptance.models: prompt category {category!r} (of the workload's prompts) has no "
-                               f"model and acceptance.default is null (listed: {', '.join(self.models)})")
+            what = f"prompt category {category!r}" if category is not None else "a prompt without a category"
+            raise StarsimError(f"acceptance.models: {what} (of the workload's prompts) has no model and "
+                               f"acceptance.default is null (listed: {', '.join(self.models)})")
         return m if m is not None else self.default
 
     def notices(self, shape):

@@ -73,12 +73,12 @@ def load_prompts_jsonl(path: str | Path) -> list[int]:
 
 def prompt_categories(w: ClosedLoop) -> list[str | None] | None:
     """The category of each prompt of the closed loop's set: a ``lengths_file``'s ``category``
-    column or a ``prompts_jsonl`` record's ``category`` (None where a row has none); None
-    without either."""
+    column or a ``prompts_jsonl`` record's ``category`` (None where a row, or the whole file,
+    has none); None without either file."""
     if w.lengths_file:
         df = _read_csv(w.lengths_file, ["prompt_tokens", "output_tokens"])
         if "category" not in df.columns:
-            return None
+            return [None] * len(df)
         return [None if pd.isna(c) else str(c) for c in df["category"]]
     return [c for _, c in _prompt_records(w.prompts_jsonl)] if w.prompts_jsonl else None
 

@@ -78,3 +78,19 @@ def test_a_category_without_a_model_is_one_line(tmp_path, capsys):
     assert main(["run", str(f), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "acceptance.default is null" in err
+
+
+def test_a_lengths_file_without_categories_takes_the_default(tmp_path, capsys):
+    (tmp_path / "lengths.csv").write_text("prompt_tokens,output_tokens\n30,101\n40,101\n")
+    sc = copy.deepcopy(CONST_STAR)
+    sc.update(duration_s=10.0, acceptance={"kind": "by_category", "models": {"coding": NONE}, "default": ALL},
+              workload={"kind": "closed", "lengths_file": "lengths.csv"})
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump(sc))
+    rounds = simulate(load_scenario(f)).records.rounds
+    assert (rounds.loc[rounds["draft"] >= 0, "accepted"] == 4).all()
+    del sc["acceptance"]["default"]
+    f.write_text(yaml.safe_dump(sc))
+    assert main(["run", str(f), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "a prompt without a category" in err
