@@ -55,8 +55,9 @@ def scenario_text(p: Pair, n: int = 4, pool: int = 16, serving: int | None = Non
     spec, tgt = _arch(p.spec, "target")
     _, dr = _arch(p.spec, "draft")
     eagle = spec.draft.kind == "eagle"
-    kv = int(dr["num_hidden_layers"]) * int(dr.get("num_key_value_heads", dr["num_attention_heads"])) * \
-        int(dr.get("head_dim", dr["hidden_size"] // dr["num_attention_heads"])) * 2 * 2
+    from starsim.calibrate.gpu_step import kv_bytes_per_token
+
+    kv = kv_bytes_per_token(dr)  # bf16
     gpu = GPU_NAMES.get(p.system, p.system)
     unit = f"{p.tp}x {gpu} (TP {p.tp})" if p.tp > 1 else gpu
     curve, why = ACCEPTANCE[p.spec]

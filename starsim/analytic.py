@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .acceptance import ByCategory
 from .distributions import Dist
 from .scenario import ClosedLoop, GammaArrivals, Poisson, Scenario, TargetGroup, TraceReplay
 from .serving import chunk_shape, tree_shape
@@ -262,7 +263,7 @@ def marginal(scenario: Scenario, shape) -> list[float]:
     about ``output / (1 + mean accepted)`` rounds: category ``c`` weighs the sum of that over
     its prompts)."""
     acc = scenario.acceptance
-    if getattr(acc, "kind", None) != "by_category":
+    if not isinstance(acc, ByCategory):
         return acc.marginal(shape)
     cats = prompt_categories(scenario.workload)
     outputs = _lengths(scenario)[1]

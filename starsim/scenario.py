@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from .acceptance import Acceptance, Marginal, Shape
+from .acceptance import Acceptance, ByCategory, Marginal, Shape
 from .distributions import Dist, Profile
 from .errors import ScenarioError
 from .yaml_files import parse_yaml, read_yaml
@@ -1021,7 +1021,7 @@ class Scenario(_Model):
                 problems.append((f"real.faults.{i}.target", f"target {fault.target} out of range: the scenario "
                                  f"has {n} target instances (0..{n - 1})"))
         problems += _serving_problems(self)
-        if getattr(self.acceptance, "kind", None) == "by_category":
+        if isinstance(self.acceptance, ByCategory):
             w = self.workload
             if not (isinstance(w, ClosedLoop) and (w.prompts_jsonl or w.lengths_file)):
                 problems.append(("acceptance", "kind: by_category needs the categories of a closed loop's prompts: "

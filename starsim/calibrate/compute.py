@@ -817,16 +817,13 @@ def _kv(net: Net, device: str, dtype) -> dict:
                    f"{ACTIVATIONS_BYTES / 2**30:g} GiB of activations; KV in {str(dtype).removeprefix('torch.')}"}
 
 
-def _mape_pct(pred: np.ndarray, y: np.ndarray) -> float | None:
-    return round(float(np.mean(np.abs(pred - y) / y) * 100.0), 2) if len(y) else None
-
-
 def fit_step(op: Op) -> dict | None:
     """StepTime's fields fitted to a ``step`` op's rows (non-negative least squares in relative
     error, on the drift-normalized times as every op's fit), the held-out rows left out;
     ``{"step_time", "fit", "provenance"}`` for :func:`starsim.calibrate.gpu_step.step_doc`, or
     None with no more points to fit than fields (an interrupted run)."""
     from ..scenario import StepTime
+    from .gpu_step import mape_pct
 
     k = len(op.inputs)
     keys = [tuple(int(v) for v in r[:k]) for r in op.rows]
@@ -840,9 +837,9 @@ def fit_step(op: Op) -> dict | None:
     mean = StepTime(**fields).mean_fn()  # the fields as the simulator prices a step
     pred = np.array([mean(step_shape(*key)) for key in keys])
     err = np.abs(pred - y) / y
-    fit = {"fitted": list(STEP_FIELDS), "points": int(train.sum()), "mape_pct": _mape_pct(pred[train], y[train]),
+    fit = {"fitted": list(STEP_FIELDS), "points": int(train.sum()), "mape_pct": mape_pct(pred[train], y[train]),
            "max_error_pct": round(float(err[train].max() * 100.0), 2),
-           "held_out_points": int((~train).sum()), "held_out_mape_pct": _mape_pct(pred[~train], y[~train])}
+           "held_out_points": int((~train).sum()), "held_out_mape_pct": mape_pct(pred[~train], y[~train])}
     columns = [*op.inputs, "measured_s", "fitted_s", "held_out"]
     rows = [[*key, float(f"{t:.6g}"), float(f"{m:.6g}"), int(not tr)] for key, t, m, tr in zip(keys, y, pred, train)]
     prov = {"measured": "every point below was timed on this machine, none priced or interpolated",

@@ -43,9 +43,12 @@ CHECKS = [(b, q, L, c, p) for b in (1, 8, 32, 128) for q in (1, 17) for L in (10
           ((0, 0), (512, 0), (2048, 1024))]
 
 
-def _mape(pred, y) -> float:
-    pred, y = np.asarray(pred, float), np.asarray(y, float)
-    return round(float(np.mean(np.abs(pred - y) / y) * 100.0), 2)
+def mape_pct(pred, y) -> float | None:
+    """:func:`starsim.profiles._mape` of ``pred`` against ``y``, to 0.01% (None: no points)."""
+    from ..profiles import _mape
+
+    y = np.asarray(y, float)
+    return round(_mape(np.asarray(pred, float), y), 2) if y.size else None
 
 
 def _roofline(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -94,9 +97,9 @@ def step_cost(pricer, overhead_s: float = 0.0) -> dict[str, Any]:
         "per_query_s": float(per_query),
     }
     fit = {
-        "logits_mape_pct": _mape(np.maximum(lw, pl * lt), logits),
-        "decode_attention_mape_pct": _mape(a0 + per_seq * bl[:, 0] + per_kv * bl[:, 0] * bl[:, 1], dec),
-        "extra_attention_mape_pct": _mape(xa @ np.array([per_attn, per_query]), extra_a),
+        "logits_mape_pct": mape_pct(np.maximum(lw, pl * lt), logits),
+        "decode_attention_mape_pct": mape_pct(a0 + per_seq * bl[:, 0] + per_kv * bl[:, 0] * bl[:, 1], dec),
+        "extra_attention_mape_pct": mape_pct(xa @ np.array([per_attn, per_query]), extra_a),
         "composed_step_mape_pct": _composed_error(pricer, fields, overhead_s),
     }
     return {"step_time": fields, "fit": fit, "measured_fraction": round(measured / total, 4) if total else 0.0}
@@ -120,7 +123,7 @@ def _composed_error(pricer, fields: dict, overhead_s: float) -> float:
         if c:
             direct += pricer._ctx_attn(c, p).s
         want.append(direct + overhead_s)
-    return _mape(got, want)
+    return mape_pct(got, want)
 
 
 GPU_METHOD = ("serving step (starsim.calibrate.gpu_step): dense layers measured at each token count; LM head, "

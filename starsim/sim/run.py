@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from ..acceptance import ByCategory
 from ..adaptive import controller_for
 from ..analytic import analyze
 from ..draft_state import pipeline_totals
@@ -230,7 +231,7 @@ def _requests(m: _Model):
     and its arrivals (``(time, prompt, output)``, for the arrival process)."""
     sc, w = m.scenario, m.scenario.workload
     if isinstance(w, ClosedLoop):
-        cats = prompt_categories(w) if getattr(sc.acceptance, "kind", None) == "by_category" else None
+        cats = prompt_categories(w) if isinstance(sc.acceptance, ByCategory) else None
         return (Requests(m.env, sc.max_requests, prompt_set(w, rng_for(sc.seed, Stream.WORKLOAD)), w.repeat,
                          categories=cats), None, None)
     store = simpy.Store(m.env)
