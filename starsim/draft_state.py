@@ -4,7 +4,8 @@ both keep, written once.
 - :class:`DraftCaches`: each target's (tag's) draft KV cache, in tokens, in use order; the
   tokens a round must encode (only those not cached, with prefix caching); and, under a
   memory limit, least-recently-used eviction of other tags' caches.
-- :func:`take_batch`: the tasks one engine step drafts together, in the policy's order.
+- :func:`take_batch` (a rule of the round, :mod:`starsim.rules`): the tasks one engine step
+  drafts together, in the policy's order.
 - :class:`PipelineStats`: pipelined trees that hit, missed, and the draft time the misses wasted.
 
 The simulator drives them from SimPy processes (times from its clock), the real server from
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .rules.batching import take_batch  # noqa: F401 - where the engines of both backends took it from
 
 
 class DraftCaches:
@@ -78,17 +81,6 @@ class DraftCaches:
     def clear(self) -> None:
         """The server went away: every cache with it."""
         self.held.clear()
-
-
-def take_batch(queue, most: int) -> list:
-    """Up to ``most`` tasks from a policy ``queue``, in its order, skipping cancelled ones
-    (pipelined trees nobody needs any more)."""
-    tasks = []
-    while queue and len(tasks) < most:
-        t = queue.pop()
-        if not t.cancelled:
-            tasks.append(t)
-    return tasks
 
 
 @dataclass

@@ -14,10 +14,11 @@ import numpy as np
 import simpy
 
 from ..distributions import timing_sampler
-from ..draft_state import DraftCaches, PipelineStats, take_batch
+from ..draft_state import DraftCaches, PipelineStats
 from ..policies import make_policy
 from ..profiles import ProfileUsage
 from ..records import Recorder
+from ..rules import take_batch, window_left
 from ..scenario import Draft
 from .devices import DeviceUnit
 
@@ -97,12 +98,11 @@ class DraftEngine:
         self.batch_max, self.batch_window = b.max, b.window_s
         self.batch_time = timing_sampler(b.time, rng, usage) if b.max > 1 else None
         self.rng, self.usage = rng, usage
-        # the generator of the engine's process
         self.running: tuple | list = ()  # the tasks being drafted now (run_general)
         self.dead = False  # the server failed (draft.fabric.failures)
         self.pipeline_stats = PipelineStats()
         # the generator of the engine's process: StarSD's loop, or the general one
-        self.general = general or b.max > 1 or cfg.pipeline or cfg.adaptive.policy != "fixed"
+        self.general = general  # sim.loops.general_loop_reason decides, for the whole run
         self.life = self.run_general() if self.general else self.run()
         self.process = env.process(self.life)
 
@@ -332,9 +332,9 @@ class DraftEngine:
                     return
             if window > 0 and len(policy) < bmax:
                 until = env.now + window
-                while len(policy) < bmax and env.now < until:
+                while (left := window_left(len(policy), bmax, until, env.now)) > 0:
                     self._wake = wake = env.event()
-                    yield wake | env.timeout(until - env.now)
+                    yield wake | env.timeout(left)
                     if self.dead:
                         return
                 self._wake = None

@@ -6,50 +6,53 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from ..pairing import NoDraftServer, make_pairing
+from ..pairing import make_pairing
+from ..rules import Seat
 from ..scenario import Fabric as FabricConfig
 from .draft import DraftEngine
 
 
 class Fabric:
+    """The servers (``engines``) and each target's :class:`~starsim.rules.Seat` on their board;
+    ``failures`` end servers at their times."""
+
     def __init__(self, env: simpy.Environment, engines: list[DraftEngine], cfg: FabricConfig,
                  rng: np.random.Generator):
         self.env, self.engines = env, engines
         self.pairing = make_pairing(cfg.pairing, len(engines), rng)
         self.repair_queue = cfg.repair_queue
-        self.of: dict[int, int] = {}  # target -> the server it is paired with
-        self.repairs = 0  # a target moved to another server (failure or saturation)
+        self.seats: dict[int, Seat] = {}  # target -> its seat
         for f in cfg.failures:
             env.process(self._fail_at(f.server, f.at_s))
+
+    @property
+    def repairs(self) -> int:
+        """Moves of a target to another server (a failure or saturation)."""
+        return sum(s.repairs for s in self.seats.values())
 
     def _fail_at(self, server: int, at_s: float):
         yield self.env.timeout(at_s)
         self.pairing.alive[server] = False
         self.engines[server].fail()
 
-    def _pair(self, target: int, leave: bool) -> DraftEngine | None:
-        cur = self.of.get(target)
-        try:
-            j = self.pairing.pair(target, cur, leave=leave and cur is not None)
-        except NoDraftServer:
-            self.of.pop(target, None)
-            return None
-        if cur is not None and j != cur:
-            self.repairs += 1
-        self.of[target] = j
-        return self.engines[j]
+    def _seat(self, target: int) -> Seat:
+        seat = self.seats.get(target)
+        if seat is None:
+            seat = self.seats[target] = Seat(target, self.pairing, self.repair_queue)
+        return seat
+
+    def _engine(self, j: int | None) -> DraftEngine | None:
+        return None if j is None else self.engines[j]
 
     def engine_for(self, target: int) -> DraftEngine | None:
-        """The engine ``target`` uses for the request it starts now (None: every server is down).
-        It keeps its server unless that one is down or, with ``repair_queue``, saturated."""
-        cur = self.of.get(target)
-        if cur is None:
-            return self._pair(target, False)
-        saturated = self.repair_queue is not None and len(self.engines[cur].policy) > self.repair_queue
-        if self.pairing.alive[cur] and not saturated:
-            return self.engines[cur]
-        return self._pair(target, True)
+        """The engine ``target`` uses for the request it starts now (None: every server is down)."""
+        return self._engine(self._seat(target).begin())
 
     def after_failure(self, target: int) -> DraftEngine | None:
         """``target``'s server failed under it: another one, or None when none is left."""
-        return self._pair(target, True)
+        return self._engine(self._seat(target).pair())
+
+    def served(self, target: int, engine: DraftEngine) -> None:
+        """A reply from ``engine`` reached ``target``: the tasks waiting there now, as a real
+        server's reply says (what a saturated server is left by)."""
+        self.seats[target].served(len(engine.policy))

@@ -21,6 +21,7 @@ from ..placement import link_time, place
 from ..profiles import ProfileUsage
 from ..records import Recorder, RequestRow
 from ..result import Result
+from ..rules import open_loop_arrivals
 from ..run_meta import provenance, run_meta
 from ..scenario import ClosedLoop, Scenario
 from ..streams import Stream, rng_for
@@ -28,28 +29,20 @@ from ..workload import arrivals, prompt_categories, prompt_set
 from .devices import build_units
 from .draft import DraftEngine
 from .fabric import Fabric
+from .loops import general_loop_reason, is_zero
 from .serving import ServingTarget
 from .target import Requests, Target, _zero
-
-
-def _is_zero(spec) -> bool:
-    """A spec that is the constant 0 (a field left at its default)."""
-    return getattr(spec, "kind", None) == "constant" and spec.value == 0
 
 
 def _arrival_process(env: simpy.Environment, store: simpy.Store, source, budget: int | None, n_targets: int,
                      route=None):
     """Open-loop arrivals into the fleet's queue (``store``), or each to a target by ``route``
     (a router: ``route(item)``; None marks the end)."""
-    issued = 0
     put = store.put if route is None else route
-    for t, prompt, output in source:
-        if budget is not None and issued >= budget:
-            break
-        if t > env.now:
-            yield env.timeout(t - env.now)
-        put((issued, env.now, prompt, output))
-        issued += 1
+    for a in open_loop_arrivals(source, budget):
+        if a.wait:
+            yield env.timeout(a.wait)
+        put((a.request, a.at, a.prompt, a.output))
     if route is not None:
         route(None)
         return
@@ -152,7 +145,10 @@ def _simulate(scenario: Scenario, general: bool = False) -> Result:
     users = list(draft_units)
     for tu in target_units:
         users += [tu, tu] if mode == "one_for_one" else [tu]
-    m = _Model(env, scenario, rec, ProfileUsage(), build_units(env, scenario, users), general)
+    units = build_units(env, scenario, users)
+    engine_units = draft_units if mode == "star" else target_units if mode == "one_for_one" else []
+    general = general or general_loop_reason(scenario, [units[u] for u in engine_units]) is not None
+    m = _Model(env, scenario, rec, ProfileUsage(), units, general)
     usage, draft = m.usage, scenario.draft
 
     engines, fabric = _engines(m, draft_units, target_units)
@@ -206,15 +202,14 @@ def _engines(m: _Model, draft_units: list[str], target_units: list[str]) -> tupl
     """The draft engines (star: one per draft unit, with a fabric when there are several or
     they fail; one_for_one: one per target, on its unit; autoregressive: none)."""
     sc, draft, seed = m.scenario, m.scenario.draft, m.scenario.seed
-    # a serving target's batched draft requests are drafted by the general loop
-    general = m.general or any(g.serving is not None and g.serving.max_seqs > 1 for g in sc.targets)
+    general = m.general
     if sc.mode == "star":
         weights = {i: g.weight for i, _, g in sc.target_instances()}
         fab = draft.fabric
         many = fab.servers > 1
         engines = [
             DraftEngine(m.env, j, f"draft-{j}" if many else "draft", m.units[u], draft, rng_for(seed, Stream.DRAFT, j),
-                        m.rec, m.usage, weights, general=general or bool(fab.failures))
+                        m.rec, m.usage, weights, general=general)
             for j, u in enumerate(draft_units)
         ]
         fabric = Fabric(m.env, engines, fab, rng_for(seed, Stream.FABRIC)) if many or fab.failures else None
@@ -266,8 +261,8 @@ def _target(m: _Model, i: int, name: str, group, unit: str, engines: list[DraftE
         down=link_time(group.link.down, rng_for(seed, Stream.LINK_DOWN, i)) if star else _zero,
         parse=draft.parse_time.draw0(comm_rng) if star else _zero,
         serialize=draft.serialize_time.draw0(comm_rng) if star else _zero,
-        send=group.send_time.draw0(comm_rng) if star and not _is_zero(group.send_time) else None,
-        receive=group.receive_time.draw0(comm_rng) if star and not _is_zero(group.receive_time) else None,
+        send=group.send_time.draw0(comm_rng) if star and not is_zero(group.send_time) else None,
+        receive=group.receive_time.draw0(comm_rng) if star and not is_zero(group.receive_time) else None,
         pause=pause,
         usage=m.usage,
         fabric=fabric,

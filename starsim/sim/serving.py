@@ -17,6 +17,7 @@ import math
 import simpy
 
 from ..records import RequestRow, RoundWriter
+from ..rules import emitted, pauses_first, pipelined_hit, token_due
 from ..scenario import Serving
 from ..serving import Seq, Step, StepScheduler, tree_shape
 from .draft import Task
@@ -88,7 +89,7 @@ class ServingTarget(Target):
         if start:
             yield self.env.timeout(start)
         while True:
-            req = yield from self.requests.next_for(self, pausing=u.served > 0)
+            req = yield from self.requests.next_for(self, pausing=pauses_first(u.served))
             if req is None:
                 break
             u.served += 1
@@ -258,11 +259,13 @@ class ServingTarget(Target):
         if self.batched:
             task.seqs = pairs
         if self.slo is not None:
-            task.deadline = min(s.row.t_first_token + self.slo * s.generated for s in seqs)
+            task.deadline = min(token_due(s.row.t_first_token, self.slo, s.generated) for s in seqs)
         engine.submit(task)
         yield task.done
         if task.failed:
             return None
+        if self.fabric is not None:
+            self.fabric.served(self.index, engine)
         if defer and draft_host is None and not self.has_msg_cpu:
             # the reply's way back is pure delay: waited with the forward (as Target._speculate_shared)
             t_ser = self.serialize()
@@ -326,20 +329,20 @@ class ServingTarget(Target):
         its round row; the prefill chunks; the step's row and interval; finished requests out."""
         rows_on, spec, piped = self.record_rounds, hops is not None, self.pipeline
         by = hops["by"] if spec else None
-        emitted, hits, accepted = [], [], 0
+        emits, hits, accepted = [], [], 0
         for i, s in enumerate(step.verify):
             left = s.output - s.generated
             if not spec:
-                emitted.append(1)
+                emits.append(1)
                 if rows_on:
                     self._rows(s).decode(t_verify_start=vs, t_verify_end=ve, context_tokens=s.ctx)
                 continue
             k = self.accept() if self.by_category is None else self._accept_of[s.rid]()
-            e = k + 1 if k + 1 < left else left
-            emitted.append(e)
+            e = emitted(k, s.generated, s.output)
+            emits.append(e)
             accepted += k
-            if piped:
-                hits.append(None if k == self.depth and e < left else s.ctx + k)  # None: a hit, else what holds
+            if piped:  # the simulator's trees are counts: a full acceptance took the main path and offers the bonus
+                hits.append(None if pipelined_hit(k == self.depth, e < left) else s.ctx + k)  # None: a hit
             if not rows_on:
                 continue
             h, j = by[i] if by is not None else (hops["fresh"], i)
@@ -354,8 +357,8 @@ class ServingTarget(Target):
         if spec and piped:
             self._pipeline_outcomes(step, hops, hits)
         last = [s for s, c in step.prefill if s.computed + c >= s.todo]  # a chunk that ends a prefill
-        total, rounds = sum(emitted), len(emitted)
-        done = self.sched.finish(step, emitted)
+        total, rounds = sum(emits), len(emits)
+        done = self.sched.finish(step, emits)
         for s in last:
             if s.generated == 1:
                 s.row.t_first_token = ve

@@ -17,6 +17,7 @@ from ..acceptance import ByCategory, _Acceptance
 from ..distributions import timing_sampler
 from ..profiles import ProfileUsage
 from ..records import RequestRow, RoundWriter
+from ..rules import closed_loop_turn, emitted, pauses_first, pipelined_hit, token_due
 from ..scenario import Payload, TargetGroup
 from .devices import DeviceUnit
 from .draft import DraftEngine, Task
@@ -43,12 +44,6 @@ class Requests:
         # each prompt's category (acceptance by category): a request's, taken by its target
         self.categories, self.category_of = categories, {}
 
-    def take(self) -> bool:
-        if self.budget is not None and self.issued >= self.budget:
-            return False
-        self.issued += 1
-        return True
-
     def next_for(self, target: Target, pausing: bool | None = None):
         """Generator: waits as needed, returns ``(rid, arrival, prompt, output)`` or None.
         ``pausing``: whether a closed loop's user pauses first (None: after the target's first
@@ -57,16 +52,16 @@ class Requests:
             item = yield self.store.get()
             return item
         pset = self.prompt_set
-        if target.served >= len(pset) and not self.repeat:
+        i = closed_loop_turn(target.served, len(pset), self.repeat, self.issued, self.budget)
+        if i is None:
             return None
-        if not self.take():
-            return None
-        rid = self.issued - 1  # read now: other targets take ids while this one pauses
-        if (target.served if pausing is None else pausing) and target.pause is not None:
+        rid = self.issued  # taken now: other targets take ids while this one pauses
+        self.issued += 1
+        if (pauses_first(target.served) if pausing is None else pausing) and target.pause is not None:
             yield self.env.timeout(target.pause())
-        prompt, output = pset[target.served % len(pset)]
+        prompt, output = pset[i]
         if self.categories is not None:
-            self.category_of[rid] = self.categories[target.served % len(pset)]
+            self.category_of[rid] = self.categories[i]
         return rid, self.env.now, prompt, output
 
 
@@ -153,7 +148,7 @@ class Target:
         self.accept_at = {depth: self.accept}
         self._acceptance, self._accept_rng, self._clock = acceptance, rng, clock
         self.fabric, self.controller, self.pipeline, self.tree = fabric, controller, pipeline, tree
-        self.general = general or fabric is not None or controller is not None or pipeline
+        self.general = general  # sim.loops.general_loop_reason decides, for the whole run
         # the target's own message work (None: none) and its verify warm/cold curve (None: off)
         self.send_cpu, self.receive_cpu = send or _zero, receive or _zero
         self.has_msg_cpu = send is not None or receive is not None
@@ -260,11 +255,10 @@ class Target:
         (SimPy schedules it at ``now + delay``), and one resumed by the draft task's done
         event is at the task's end. The times are the same floats ``env.now`` would give.
 
-        Message work that competes for cores (the target's own send/receive work, the
-        server's parse/serialize on a host with shared cores) and warm/cold verifies take
-        the general path, :meth:`_speculate_shared`."""
+        A run with anything else (:func:`starsim.sim.loops.general_loop_reason`) takes the
+        general path, :meth:`_speculate_shared`."""
         engine = self.engine
-        if self.general or self.has_msg_cpu or engine.unit.host is not None or self.warm_cold is not None:
+        if self.general:
             yield from self._speculate_shared(rows, prompt, output)
             return
         env, cur = self.env, self.current
@@ -290,7 +284,7 @@ class Target:
             done = new_event()
             task.context, task.done = ctx, done
             if slo is not None:
-                task.deadline = cur.t_first_token + slo * generated
+                task.deadline = token_due(cur.t_first_token, slo, generated)
             submit(task)
             yield done
             t_end = task.end
@@ -303,15 +297,14 @@ class Target:
             else:
                 vs, ve = yield from self._hold(lead, dur)
             k = accept()
-            left = output - generated
-            emitted = k + 1 if k + 1 < left else left
+            e = emitted(k, generated, output)
             spoke(t_send=t_send, t_draft_arrive=t_send + t_up, t_enqueue=t_enq, t_draft_start=task.start,
                   t_draft_end=t_end, t_reply_send=t_end + t_ser, t_target_arrive=t_end + t_ser + t_down,
                   t_verify_start=vs, t_verify_end=ve, context_tokens=ctx, new_tokens=task.new_tokens, accepted=k,
-                  emitted=emitted, bytes_up=b_up, draft_kv_bytes=task.kv_bytes)
-            generated += emitted
-            ctx += emitted
-            new = emitted
+                  emitted=e, bytes_up=b_up, draft_kv_bytes=task.kv_bytes)
+            generated += e
+            ctx += e
+            new = e
             cur.generated_tokens = generated
             now = ve
         engine.free(index)
@@ -413,7 +406,7 @@ class Target:
                 if d != depth:
                     t.depth, t.tokens = d, toks
                 if self.slo is not None:
-                    t.deadline = cur.t_first_token + self.slo * generated
+                    t.deadline = token_due(cur.t_first_token, self.slo, generated)
                 engine.submit(t)
                 yield t.done
                 if t.failed:  # the server failed with this request: pair again, resend everything
@@ -430,6 +423,8 @@ class Target:
                     yield from _work(env, host, receive_cpu())
             pre = t.next
             t_end = t.end
+            if fabric is not None:
+                fabric.served(index, engine)
             if not hit and lead is None:
                 # as _speculate sums them: serialize + wire down, then the verify, in one wait
                 t_ser = serialize()
@@ -444,24 +439,24 @@ class Target:
             vs, ve = yield from self._hold(lead, dur)
             last_ve = ve
             k = self._accept(d) if d != depth else self.accept()
-            left = output - generated
-            emitted = k + 1 if k + 1 < left else left
+            e = emitted(k, generated, output)
             rows.tree(draft=engine.index, tree_tokens=toks, depth=d, bytes_down=b_down)
             rows.round(t_send=t.submitted if hit else t_send, t_draft_arrive=t_arrive, t_enqueue=t_enq,
                        t_draft_start=t.start, t_draft_end=t_end, t_reply_send=t_reply, t_target_arrive=t_back,
                        t_verify_start=vs, t_verify_end=ve, context_tokens=ctx, new_tokens=t.new_tokens, accepted=k,
-                       emitted=emitted, bytes_up=b_up, draft_kv_bytes=t.kv_bytes)
+                       emitted=e, bytes_up=b_up, draft_kv_bytes=t.kv_bytes)
             if ctl is not None:
                 ctl.observe(d, k, ve - t_send, ctx)
             if pre is not None:
-                if k == d and emitted < left and not pre.failed:
+                # the simulator's trees are counts: a full acceptance took the main path and offers the bonus
+                if pipelined_hit(k == d, generated + e < output) and not pre.failed:
                     engine.promote(pre)
                 else:
                     engine.cancel(pre, ctx + k)
                     pre = None
-            generated += emitted
-            ctx += emitted
-            new = emitted
+            generated += e
+            ctx += e
+            new = e
             cur.generated_tokens = generated
         if pre is not None:
             engine.cancel(pre, ctx)
