@@ -31,7 +31,7 @@ from .draft import DraftEngine
 from .fabric import Fabric
 from .loops import general_loop_reason, is_zero
 from .serving import ServingTarget
-from .target import Requests, Target, _zero
+from .target import Hops, Requests, Speculation, Target, Wiring, _zero
 
 
 def _arrival_process(env: simpy.Environment, store: simpy.Store, source, budget: int | None, n_targets: int,
@@ -248,30 +248,20 @@ def _target(m: _Model, i: int, name: str, group, unit: str, engines: list[DraftE
         gi = next(k for k, g in enumerate(sc.targets) if g is group)
         serving = {"serving": group.serving, "users": w.concurrency if isinstance(w, ClosedLoop) else 0,
                    "where": f"targets.{gi}.serving", "record_rounds": sc.record_rounds}
+    spec = Speculation(acceptance=sc.acceptance, tree=draft.tree, hidden=draft.needs_hidden_states, fabric=fabric,
+                       controller=controller_for(draft, group) if star and draft.adaptive.policy != "fixed" else None,
+                       pipeline=star and draft.pipeline)
+    # one_for_one: the draft is in-process on the target's device: no wire, no parsing
+    hops = Hops(up=link_time(group.link.up, rng_for(seed, Stream.LINK_UP, i)) if star else _zero,
+                down=link_time(group.link.down, rng_for(seed, Stream.LINK_DOWN, i)) if star else _zero,
+                parse=draft.parse_time.draw0(comm_rng) if star else _zero,
+                serialize=draft.serialize_time.draw0(comm_rng) if star else _zero,
+                send=group.send_time.draw0(comm_rng) if star and not is_zero(group.send_time) else None,
+                receive=group.receive_time.draw0(comm_rng) if star and not is_zero(group.receive_time) else None)
     return (ServingTarget if serving else Target)(
-        m.env, i, name, group, m.units[unit],
-        engines[0] if star else (engines[i] if engines else None),
-        requests, rng_for(seed, Stream.TARGET, i), m.rec,
-        acceptance=sc.acceptance,
-        tree_tokens=draft.tree.tokens,
-        depth=draft.tree.depth,
-        hidden=draft.needs_hidden_states,
-        # one_for_one: the draft is in-process on the target's device: no wire, no parsing
-        up=link_time(group.link.up, rng_for(seed, Stream.LINK_UP, i)) if star else _zero,
-        down=link_time(group.link.down, rng_for(seed, Stream.LINK_DOWN, i)) if star else _zero,
-        parse=draft.parse_time.draw0(comm_rng) if star else _zero,
-        serialize=draft.serialize_time.draw0(comm_rng) if star else _zero,
-        send=group.send_time.draw0(comm_rng) if star and not is_zero(group.send_time) else None,
-        receive=group.receive_time.draw0(comm_rng) if star and not is_zero(group.receive_time) else None,
-        pause=pause,
-        usage=m.usage,
-        fabric=fabric,
-        controller=controller_for(draft, group) if star and draft.adaptive.policy != "fixed" else None,
-        pipeline=star and draft.pipeline,
-        tree=draft.tree,
-        general=m.general,
-        **serving,
-    )
+        Wiring(m.env, m.rec, requests, m.usage, m.general), i, name, group, m.units[unit],
+        engines[0] if star else (engines[i] if engines else None), rng_for(seed, Stream.TARGET, i),
+        spec=spec, hops=hops, pause=pause, **serving)
 
 
 def _unfinished(rec: Recorder, targets: list[Target], store: simpy.Store | None) -> None:

@@ -21,7 +21,7 @@ from ..rules import emitted, pauses_first, pipelined_hit, token_due
 from ..scenario import Serving
 from ..serving import Seq, Step, StepScheduler, tree_shape
 from .draft import Task
-from .target import Target, _BytesUp, _work
+from .target import Target, _work
 
 
 class _User:
@@ -55,7 +55,6 @@ class ServingTarget(Target):
         self._pre: dict[int, tuple[Task, object]] = {}  # request -> its pipelined tree and the engine drafting it
         self._accept_of: dict = {}  # request -> its acceptance sampler (acceptance by category)
         self._drafted: set[int] = set()  # requests that had a draft request (the fabric pairs at a new one)
-        self.bytes_up = _BytesUp(self.payload, self.hidden)
         self.log_step = {k: self.rec.interval_writer(engine=self.engine_name, device=self.unit.name, kind=k)
                          for k in ("prefill", "verify", "decode")}
 

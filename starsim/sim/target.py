@@ -9,6 +9,8 @@ hop are still recorded exactly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import simpy
@@ -90,40 +92,86 @@ class _BytesUp(dict):
         return b
 
 
+class _Progress:
+    """A request's state across the general loop's rounds: its context and the tokens the
+    draft has not seen (``new``), tokens generated of ``output``, its engine, the pipelined
+    tree for its next round (``pre``), and its last verify's end (warm/cold verifies)."""
+
+    __slots__ = ("ctx", "new", "generated", "output", "engine", "pre", "last_ve")
+
+    def __init__(self, ctx: int, output: int):
+        self.ctx, self.new, self.generated, self.output = ctx, ctx, 1, output
+        self.engine: DraftEngine | None = None
+        self.pre: Task | None = None
+        self.last_ve = 0.0
+
+
+class _Hops(NamedTuple):
+    """A round's draft side: its task, the bytes it sent up, when it reached the draft and was
+    queued, when the reply left (None: not yet known) and the wait before the verify (None:
+    the reply's way back is pure delay, waited with the verify)."""
+
+    task: Task
+    b_up: int
+    t_arrive: float
+    t_enq: float
+    t_reply: float | None
+    lead: float | None
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What a target is wired to in its run: the environment, where it records (``rec``), where
+    its requests come from, the profile usage it reports into, and whether the run takes the
+    general loops (:func:`starsim.sim.loops.general_loop_reason`)."""
+
+    env: simpy.Environment
+    rec: Any
+    requests: Requests
+    usage: ProfileUsage | None = None
+    general: bool = False
+
+
+@dataclass(frozen=True)
+class Hops:
+    """A round's way to the draft and back, as samplers: the link up and down (seconds for
+    ``bytes``), the server's parse and serialize, the target's own send and receive work
+    (None: none)."""
+
+    up: Callable[[int], float]
+    down: Callable[[int], float]
+    parse: Callable[[], float]
+    serialize: Callable[[], float]
+    send: Callable[[], float] | None = None
+    receive: Callable[[], float] | None = None
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """How a target speculates: the acceptance model and the draft tree, whether requests carry
+    hidden states (EAGLE), and the run's draft features: a fabric of servers, an adaptive
+    controller, pipelined trees."""
+
+    acceptance: _Acceptance
+    tree: Any
+    hidden: bool = False
+    fabric: Any = None
+    controller: Any = None
+    pipeline: bool = False
+
+
 class Target:
-    def __init__(
-        self,
-        env: simpy.Environment,
-        index: int,
-        name: str,
-        group: TargetGroup,
-        unit: DeviceUnit,
-        engine: DraftEngine | None,
-        requests: Requests,
-        rng: np.random.Generator,
-        rec,
-        *,
-        acceptance: _Acceptance,
-        tree_tokens: int,
-        depth: int,
-        hidden: bool,
-        up: Callable[[int], float],
-        down: Callable[[int], float],
-        parse: Callable[[], float],
-        serialize: Callable[[], float],
-        send: Callable[[], float] | None = None,
-        receive: Callable[[], float] | None = None,
-        pause: Callable[[], float] | None,
-        usage: ProfileUsage | None = None,
-        fabric=None,
-        controller=None,
-        pipeline: bool = False,
-        tree,
-        general: bool = False,
-    ):
-        """Many parameters, on purpose: the run (``_simulate``'s ``_target``) wires each model
-        piece in (its samplers, links, random stream, engine or fabric, controller), so that a
-        target holds no knowledge of the scenario file; all but the first nine are by keyword."""
+    def __init__(self, wiring: Wiring, index: int, name: str, group: TargetGroup, unit: DeviceUnit,
+                 engine: DraftEngine | None, rng: np.random.Generator, *, spec: Speculation, hops: Hops,
+                 pause: Callable[[], float] | None = None):
+        """The run builds each piece (``_simulate``'s ``_target``), so that a target holds no
+        knowledge of the scenario file: its samplers, links, random stream, engine or fabric."""
+        env, rec, requests, usage, general = wiring.env, wiring.rec, wiring.requests, wiring.usage, wiring.general
+        acceptance, tree, hidden = spec.acceptance, spec.tree, spec.hidden
+        fabric, controller, pipeline = spec.fabric, spec.controller, spec.pipeline
+        tree_tokens, depth = tree.tokens, tree.depth
+        up, down, parse, serialize, send, receive = hops.up, hops.down, hops.parse, hops.serialize, hops.send, \
+            hops.receive
         self.env = env
         self.index = index
         self.name = name
@@ -156,6 +204,7 @@ class Target:
         # a deadline policy orders tasks by when this target's next token is due
         self.slo = group.tpot_slo_s if engine is not None and engine.policy.needs_deadline else None
         self.tree_tokens, self.depth, self.hidden = tree_tokens, depth, hidden
+        self.bytes_up = _BytesUp(self.payload, hidden)
         self.up, self.down, self.parse, self.serialize = up, down, parse, serialize
         self.pause = pause
         self.served = 0
@@ -317,8 +366,9 @@ class Target:
         return f()
 
     def _speculate_shared(self, rows: RoundWriter, prompt: int, output: int):
-        """:meth:`_speculate` where message work competes for cores, verifies warm up, the
-        draft is a fabric of servers, the depth adapts or trees are pipelined.
+        """:meth:`_speculate` for every run :func:`~starsim.sim.loops.general_loop_reason` names:
+        message work that competes for cores, warm/cold verifies, a fabric of servers, adaptive
+        depths, pipelined trees.
 
         A round: the target builds and sends its request (its own work), the wire, the
         server parses it (the draft host's work), the engine, the server's reply (its work),
@@ -328,137 +378,144 @@ class Target:
 
         Fabric: the target pairs at the request's start; when its server fails under it, it
         pairs again and sends its whole context to the new server (the round starts over).
-        Adaptive: the controller picks each round's depth; depth 0 is one decode step, with
-        no draft request. Pipelined: the engine drafts the next tree as soon as this one is
-        out, assuming it is accepted whole; on a hit (every draft token accepted, the request
-        goes on) the next round verifies that tree as soon as it is here (its row's hops are
-        the pipelined tree's: queued when the last tree was done); on a miss it is cancelled
-        (draft time spent on it is wasted).
-
-        About 120 lines, kept as one loop: a round's hops read in their order, and each hop
-        split into a generator would cost a ``yield from`` per hop (tests/test_loops.py holds it
-        to the fast loop's tables)."""
-        env, cur = self.env, self.current
-        fabric, ctl = self.fabric, self.controller
-        engine = self.engine if fabric is None else fabric.engine_for(self.index)
-        bytes_up = _BytesUp(self.payload, self.hidden)
-        up, down, parse, serialize = self.up, self.down, self.parse, self.serialize
-        send_cpu, receive_cpu, warm_cold = self.send_cpu, self.receive_cpu, self.warm_cold
-        verify, tokens, depth = self.verify, self.tree_tokens, self.depth
-        step = self.decode if self.decode is not None else verify
-        index, host = self.index, self.unit.host
-        task = Task(index, 0, None)
-        ctx = prompt + 1
-        new, generated = ctx, 1
-        last_ve = env.now
-        pre = None  # the pipelined tree for the next round (a hit), if any
-        while generated < output:
-            if engine is None:  # every draft server is down: the rest without speculation
-                yield from self._decode(rows, prompt, output, ctx, generated)
+        Adaptive: the controller picks each round's depth; depth 0 is one decode step
+        (:meth:`_plain_step`). Pipelined: the engine drafts the next tree as soon as this one
+        is out, assuming it is accepted whole; on a hit (:func:`starsim.rules.pipelined_hit`)
+        the next round verifies that tree as soon as it is here (:meth:`_pipelined_hops`);
+        on a miss it is cancelled (draft time spent on it is wasted)."""
+        fabric = self.fabric
+        st = _Progress(prompt + 1, output)
+        st.last_ve = self.env.now
+        st.engine = self.engine if fabric is None else fabric.engine_for(self.index)
+        task = Task(self.index, 0, None)
+        while st.generated < output:
+            if st.engine is None:  # every draft server is down: the rest without speculation
+                yield from self._decode(rows, prompt, output, st.ctx, st.generated)
                 return
-            hit = pre is not None and not pre.failed
+            hit = st.pre is not None and not st.pre.failed
             if hit:  # the pipelined tree's depth (the controller chose it a round ago)
-                d = depth if pre.depth is None else pre.depth
+                d = self.depth if st.pre.depth is None else st.pre.depth
             else:
-                d = depth if ctl is None else ctl.depth(ctx)
-            t_send = env.now
-            if d == 0:  # no speculation this round: one decode step, no draft request
-                vs, ve = yield from self._hold(0.0, step(1, ctx, 0))
-                rows.decode(t_verify_start=vs, t_verify_end=ve, context_tokens=ctx)
-                ctl.observe(0, 0, ve - t_send, ctx)
-                last_ve = ve
-                generated += 1
-                ctx += 1
-                new += 1  # the draft has not seen it yet
-                cur.generated_tokens = generated
+                d = self.depth if self.controller is None else self.controller.depth(st.ctx)
+            t_send = self.env.now
+            if d == 0:
+                yield from self._plain_step(rows, st, t_send)
                 continue
-            toks = tokens if d == depth else self.tree.tokens_at(d)
-            draft_host = engine.unit.host
+            toks = self.tree_tokens if d == self.depth else self.tree.tokens_at(d)
             b_down = self.payload.bytes_down(toks)
-            if hit:  # the tree was drafted during the last verify
-                t = pre
-                if not t.done.triggered:
-                    yield t.done
-                if t.failed:  # its server failed meanwhile: an ordinary round instead
-                    pre = None
-                    continue
-                b_up = 0
-                t_arrive = t_enq = t.submitted
-                t_reply = t.end + serialize()
-                ready = t_reply + down(b_down)
-                if ready > env.now:
-                    yield env.timeout(ready - env.now)
-                yield from _work(env, host, receive_cpu())
+            if hit:
+                hops = yield from self._pipelined_hops(st, b_down)
             else:
-                t = task
-                b_up = bytes_up[new]
-                yield from _work(env, host, send_cpu())
-                t0, t_up = env.now, up(b_up)
-                if draft_host is None:  # the wire and the parse in one wait, summed as _speculate does
-                    yield env.timeout(t_up + parse())
-                    t_arrive = t0 + t_up
-                else:
-                    yield env.timeout(t_up)
-                    t_arrive = env.now
-                    yield from _work(env, draft_host, parse())
-                t_enq = env.now
-                t.context, t.done, t.failed, t.next = ctx, env.event(), False, None
-                if d != depth:
-                    t.depth, t.tokens = d, toks
-                if self.slo is not None:
-                    t.deadline = token_due(cur.t_first_token, self.slo, generated)
-                engine.submit(t)
-                yield t.done
-                if t.failed:  # the server failed with this request: pair again, resend everything
-                    engine = fabric.after_failure(index) if fabric is not None else None
-                    new = ctx
-                    continue
-                if draft_host is None and not self.has_msg_cpu:
-                    lead = None  # the reply's way back is pure delay: waited with the verify, below
-                else:
-                    lead = 0.0
-                    yield from _work(env, draft_host, serialize())
-                    t_reply = env.now
-                    yield env.timeout(down(b_down))
-                    yield from _work(env, host, receive_cpu())
-            pre = t.next
-            t_end = t.end
-            if fabric is not None:
-                fabric.served(index, engine)
-            if not hit and lead is None:
-                # as _speculate sums them: serialize + wire down, then the verify, in one wait
-                t_ser = serialize()
-                t_down = down(b_down)
-                lead = t_ser + t_down
-                t_reply, t_back = t_end + t_ser, t_end + t_ser + t_down
+                hops = yield from self._request_hops(task, st, d, toks, b_down)
+            if hops is not None:
+                yield from self._verify_round(rows, st, hops, d, toks, b_down, t_send, hit)
+        if st.pre is not None:
+            st.engine.cancel(st.pre, st.ctx)
+        if st.engine is not None:
+            st.engine.free(self.index)
+
+    def _plain_step(self, rows: RoundWriter, st: _Progress, t_send: float):
+        """Adaptive depth 0: one decode step, no draft request (the draft sees its token with
+        the next request)."""
+        vs, ve = yield from self._hold(0.0, (self.decode or self.verify)(1, st.ctx, 0))
+        rows.decode(t_verify_start=vs, t_verify_end=ve, context_tokens=st.ctx)
+        self.controller.observe(0, 0, ve - t_send, st.ctx)
+        st.last_ve = ve
+        st.generated += 1
+        st.ctx += 1
+        st.new += 1
+        self.current.generated_tokens = st.generated
+
+    def _pipelined_hops(self, st: _Progress, b_down: int):
+        """A hit: the tree drafted during the last verify, once it is done and down the wire.
+        Returns its hops, or None when its server failed meanwhile (the round starts over,
+        as an ordinary one)."""
+        env, t = self.env, st.pre
+        if not t.done.triggered:
+            yield t.done
+        if t.failed:
+            st.pre = None
+            return None
+        t_reply = t.end + self.serialize()
+        ready = t_reply + self.down(b_down)
+        if ready > env.now:
+            yield env.timeout(ready - env.now)
+        yield from _work(env, self.unit.host, self.receive_cpu())
+        return _Hops(t, 0, t.submitted, t.submitted, t_reply, 0.0)
+
+    def _request_hops(self, t: Task, st: _Progress, d: int, toks: int, b_down: int):
+        """An ordinary round's draft request: the target's send work, the wire up, the server's
+        parse, the engine, and (when it is not pure delay, waited with the verify instead) the
+        reply's way back. Returns its hops, or None when the server failed with it (the target
+        pairs again and will send its whole context)."""
+        env, host, engine = self.env, self.unit.host, st.engine
+        draft_host = engine.unit.host
+        b_up = self.bytes_up[st.new]
+        yield from _work(env, host, self.send_cpu())
+        t0, t_up = env.now, self.up(b_up)
+        if draft_host is None:  # the wire and the parse in one wait, summed as _speculate does
+            yield env.timeout(t_up + self.parse())
+            t_arrive = t0 + t_up
+        else:
+            yield env.timeout(t_up)
+            t_arrive = env.now
+            yield from _work(env, draft_host, self.parse())
+        t_enq = env.now
+        t.context, t.done, t.failed, t.next = st.ctx, env.event(), False, None
+        if d != self.depth:
+            t.depth, t.tokens = d, toks
+        if self.slo is not None:
+            t.deadline = token_due(self.current.t_first_token, self.slo, st.generated)
+        engine.submit(t)
+        yield t.done
+        if t.failed:
+            st.engine = self.fabric.after_failure(self.index) if self.fabric is not None else None
+            st.new = st.ctx
+            return None
+        if draft_host is None and not self.has_msg_cpu:
+            return _Hops(t, b_up, t_arrive, t_enq, None, None)  # the way back: waited with the verify
+        yield from _work(env, draft_host, self.serialize())
+        t_reply = env.now
+        yield env.timeout(self.down(b_down))
+        yield from _work(env, host, self.receive_cpu())
+        return _Hops(t, b_up, t_arrive, t_enq, t_reply, 0.0)
+
+    def _verify_round(self, rows: RoundWriter, st: _Progress, h: _Hops, d: int, toks: int, b_down: int,
+                      t_send: float, hit: bool):
+        """The round's verify, its acceptance, its rows, and the pipelined tree's fate."""
+        t, engine, ctx = h.task, st.engine, st.ctx
+        st.pre = t.next
+        t_end = t.end
+        if self.fabric is not None:
+            self.fabric.served(self.index, engine)
+        if h.lead is None:  # as _speculate sums them: serialize + wire down, then the verify, in one wait
+            t_ser = self.serialize()
+            t_down = self.down(b_down)
+            lead, t_reply, t_back = t_ser + t_down, t_end + t_ser, t_end + t_ser + t_down
+        else:
+            lead, t_reply, t_back = 0.0, h.t_reply, self.env.now
+        dur = self.verify(toks + 1, ctx, d)
+        if self.warm_cold is not None:
+            dur *= self.warm_cold(t_back - st.last_ve)
+        vs, ve = yield from self._hold(lead, dur)
+        st.last_ve = ve
+        k = self._accept(d) if d != self.depth else self.accept()
+        e = emitted(k, st.generated, st.output)
+        rows.tree(draft=engine.index, tree_tokens=toks, depth=d, bytes_down=b_down)
+        rows.round(t_send=t.submitted if hit else t_send, t_draft_arrive=h.t_arrive, t_enqueue=h.t_enq,
+                   t_draft_start=t.start, t_draft_end=t_end, t_reply_send=t_reply, t_target_arrive=t_back,
+                   t_verify_start=vs, t_verify_end=ve, context_tokens=ctx, new_tokens=t.new_tokens, accepted=k,
+                   emitted=e, bytes_up=h.b_up, draft_kv_bytes=t.kv_bytes)
+        if self.controller is not None:
+            self.controller.observe(d, k, ve - t_send, ctx)
+        if st.pre is not None:
+            # the simulator's trees are counts: a full acceptance took the main path and offers the bonus
+            if pipelined_hit(k == d, st.generated + e < st.output) and not st.pre.failed:
+                engine.promote(st.pre)
             else:
-                lead, t_back = 0.0, env.now
-            dur = verify(toks + 1, ctx, d)
-            if warm_cold is not None:
-                dur *= warm_cold(t_back - last_ve)
-            vs, ve = yield from self._hold(lead, dur)
-            last_ve = ve
-            k = self._accept(d) if d != depth else self.accept()
-            e = emitted(k, generated, output)
-            rows.tree(draft=engine.index, tree_tokens=toks, depth=d, bytes_down=b_down)
-            rows.round(t_send=t.submitted if hit else t_send, t_draft_arrive=t_arrive, t_enqueue=t_enq,
-                       t_draft_start=t.start, t_draft_end=t_end, t_reply_send=t_reply, t_target_arrive=t_back,
-                       t_verify_start=vs, t_verify_end=ve, context_tokens=ctx, new_tokens=t.new_tokens, accepted=k,
-                       emitted=e, bytes_up=b_up, draft_kv_bytes=t.kv_bytes)
-            if ctl is not None:
-                ctl.observe(d, k, ve - t_send, ctx)
-            if pre is not None:
-                # the simulator's trees are counts: a full acceptance took the main path and offers the bonus
-                if pipelined_hit(k == d, generated + e < output) and not pre.failed:
-                    engine.promote(pre)
-                else:
-                    engine.cancel(pre, ctx + k)
-                    pre = None
-            generated += e
-            ctx += e
-            new = e
-            cur.generated_tokens = generated
-        if pre is not None:
-            engine.cancel(pre, ctx)
-        if engine is not None:
-            engine.free(index)
+                engine.cancel(st.pre, ctx + k)
+                st.pre = None
+        st.generated += e
+        st.ctx += e
+        st.new = e
+        self.current.generated_tokens = st.generated
