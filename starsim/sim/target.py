@@ -462,8 +462,8 @@ class Target:
             yield from _work(env, draft_host, self.parse())
         t_enq = env.now
         t.context, t.done, t.failed, t.next = st.ctx, env.event(), False, None
-        if d != self.depth:
-            t.depth, t.tokens = d, toks
+        # the task is reused: a full-depth round after a shallower one must not keep its depth
+        t.depth, t.tokens = (d, toks) if d != self.depth else (None, None)
         if self.slo is not None:
             t.deadline = token_due(self.current.t_first_token, self.slo, st.generated)
         engine.submit(t)
