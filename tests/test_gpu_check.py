@@ -9,7 +9,6 @@ aiconfigurator import is not on this machine, so the imported profile here is sy
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,11 +21,9 @@ SCRIPT = REPO / "analysis" / "gpu_check.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    from starsim.calibrate import gpu_check
+
+    return gpu_check
 
 
 def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

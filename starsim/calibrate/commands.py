@@ -320,6 +320,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import agreement, format_agreement
 
     a, b = read_profile(args.a), read_profile(args.b)
+    if args.fit:
+        return _compare_fit(args, a, b)
     rows = agreement(a, b)
     print(f"A: {args.a} ({a.provenance.get('date')})\nB: {args.b} ({b.provenance.get('date')})")
     print(format_agreement(rows))
@@ -336,6 +338,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"machine speed (reference matmul, mean of before/after): B vs A {100 * (tb - ta) / ta:+.2f}% "
               f"(A {us(ra)}, B {us(rb)})")
     return 0
+
+
+def _compare_fit(args: argparse.Namespace, a, b) -> int:
+    """``compare --fit``: A's measured points against B's fit, as the GPU check's step 2."""
+    from .compare import against_fit, fit_table
+
+    role = str(a.model.get("role", ""))
+    res = against_fit(a, b, role)
+    print(f"A: {args.a} ({a.provenance.get('date')}), measured\nB: {args.b} ({b.provenance.get('date')}), its fit")
+    print("\n".join(fit_table(res.ops)))
+    for n in res.notes:
+        print(f"- {n}")
+    return 0
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    """The GPU check (see :mod:`starsim.calibrate.gpu_check`); a missing prerequisite is a
+    StarsimError (one line, exit 2)."""
+    from .gpu_check import run
+
+    argv = sys.argv[2:] if args.argv is None else args.argv
+    return run(args, "starsim calibrate " + shlex.join(argv), by="starsim calibrate gpu-check")
 
 
 def cmd_link(args: argparse.Namespace) -> int:
@@ -463,7 +487,19 @@ def add_parsers(sub) -> None:
                     "matmul's speed on each.")
     m.add_argument("a", type=Path, metavar="A", help="the first profile (the reference)")
     m.add_argument("b", type=Path, metavar="B", help="the second profile, compared with A")
+    m.add_argument("--fit", action="store_true",
+                   help="A's measured points against B's fit instead (e.g. a calibration against the profile "
+                   "imported for the same GPU): per op, measured / predicted at each point, median and range, as "
+                   "the GPU check's compare.md")
     m.set_defaults(func=cmd_compare)
+
+    from .gpu_check.options import DESCRIPTION, add_arguments, epilog
+
+    g = csub.add_parser("gpu-check", help="calibrate a GPU spec, compare it with the imported profile, run a real "
+                        "star on the GPU (analysis/gpu_check.py)", description=DESCRIPTION,
+                        epilog=epilog("starsim calibrate gpu-check"))
+    add_arguments(g)
+    g.set_defaults(func=cmd_gpu_check, argv=None)
 
     def no_what(args):
         cal.print_help()
