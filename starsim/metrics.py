@@ -473,8 +473,8 @@ def vllm_bench_result(records: Records) -> dict[str, Any]:
 
 
 def summarize(records: Records) -> dict[str, Any]:
-    """The run summary (the keys of ``summary.json``), from the tables alone. (About 80 lines:
-    it lists the summary's keys in order, each computed by a function here.)"""
+    """The run summary (the keys of ``summary.json``), from the tables alone: its keys in order,
+    each computed by a function here."""
     meta = records.meta
     rounds, requests = records.rounds, records.requests
     t0, t1 = window_bounds(meta)

@@ -102,27 +102,54 @@ def test_closed_form_imports_no_simulator_internals():
     assert not [d for d in deps if d.startswith("starsim.sim")], deps
 
 
-MAX_LINES, MAX_PARAMS = 85, 10  # "about 80 lines", "10 parameters"
+MAX_LINES, MAX_PARAMS = 80, 10  # a function of about a screen; a constructor of at most ten parameters
+
+# Functions allowed past the size rule: (file, qualified name) -> (most lines, most parameters, why).
+# One that outgrows its entry fails, and so does an entry its function no longer needs (it went,
+# or shrank under the rule): the list says what is large today, not what once was.
+ALLOWED: dict[tuple[str, str], tuple[int, int, str]] = {
+    ("starsim/records.py", "RoundWriter.round"): (13, 15, "one keyword per rounds column: a row is built by name"),
+    ("starsim/metrics.py", "summarize"): (92, 1, "the summary's keys in their order, each computed by a function"),
+    ("starsim/calibrate/compute.py", "calibrate"): (
+        113, 1, "one procedure: device set-up, the measuring loop, progress, fits, provenance"),
+    ("starsim/calibrate/link.py", "measure"): (73, 12, "one keyword per option of `starsim calibrate link`"),
+    ("starsim/analytic.py", "analyze"): (85, 1, "the closed form's keys in summary.json's order"),
+    ("starsim/calibrate/commands.py", "cmd_compute"): (83, 1, "the command's options read into Settings, in order"),
+    ("starsim/calibrate/commands.py", "add_parsers"): (83, 1, "argparse declarations of every calibrate command"),
+    ("starsim/report/figures.py", "timeline"): (81, 3, "one figure drawn lane by lane; split, it passes axes around"),
+}
 
 
 def _functions():
+    """(file, qualified name, node, parameters) of every function in the package."""
     for path in sorted(PKG.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                a = node.args
-                params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs) if p.arg not in ("self", "cls")]
-                yield f"{path.relative_to(PKG.parent)}:{node.lineno} {node.name}", node, len(params)
+        rel = str(path.relative_to(PKG.parent))
+        stack = [(ast.parse(path.read_text()), "")]
+        while stack:
+            node, prefix = stack.pop()
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    a = child.args
+                    params = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs) if p.arg not in ("self", "cls")]
+                    yield rel, prefix + child.name, child, len(params)
+                    stack.append((child, f"{prefix}{child.name}."))
+                else:
+                    stack.append((child, f"{prefix}{child.name}." if isinstance(child, ast.ClassDef) else prefix))
 
 
-def test_long_functions_and_many_parameters_say_why():
-    """A function over about 80 lines says why in its docstring (its "lines"), and one with over
-    10 parameters too (its "parameters")."""
-    unexplained = []
-    for where, node, params in _functions():
-        doc = (ast.get_docstring(node) or "").lower()
+def test_no_function_outgrows_the_size_rule_or_its_allowance():
+    over, seen = [], set()
+    for rel, name, node, params in _functions():
         lines = node.end_lineno - node.lineno + 1
-        if lines > MAX_LINES and "lines" not in doc:
-            unexplained.append(f"{where}: {lines} lines")
-        if params > MAX_PARAMS and "parameters" not in doc:
-            unexplained.append(f"{where}: {params} parameters")
-    assert not unexplained, unexplained
+        most_lines, most_params, _ = ALLOWED.get((rel, name), (MAX_LINES, MAX_PARAMS, ""))
+        if lines > most_lines or params > most_params:
+            over.append(f"{rel}:{node.lineno} {name}: {lines} lines (most {most_lines}), "
+                        f"{params} parameters (most {most_params})")
+        if (rel, name) in ALLOWED:
+            seen.add((rel, name))
+            if lines <= MAX_LINES and params <= MAX_PARAMS:
+                over.append(f"{rel} {name}: within the rule now ({lines} lines, {params} parameters): drop its entry")
+            elif MAX_LINES < lines < most_lines or MAX_PARAMS < params < most_params:
+                over.append(f"{rel} {name}: smaller than its entry ({lines} lines, {params} parameters): lower it")
+    over += [f"{rel} {name}: allowed but not found" for rel, name in sorted(set(ALLOWED) - seen)]
+    assert not over, "\n".join(over)

@@ -615,8 +615,8 @@ def _jobs(s: Settings, role: str, tree: TreeShape) -> list[tuple[str, tuple, Cal
 def calibrate(s: Settings) -> dict[str, ProfileFile]:
     """Measure every op of every role in ``s.roles``; one fitted profile per role.
 
-    (About 90 lines, kept whole: the measuring loop's order, device set-up, progress, fits and
-    provenance read as one procedure; its pieces, the jobs and the fits, are functions.)"""
+    Kept whole: the measuring loop's order, device set-up, progress, fits and provenance read
+    as one procedure; its pieces, the jobs and the fits, are functions."""
     import torch
 
     dev_type = "cuda" if s.device.startswith("cuda") else "cpu"

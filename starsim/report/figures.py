@@ -158,8 +158,7 @@ def _clip(start: np.ndarray, end: np.ndarray, a: float, b: float) -> list[tuple[
 
 def timeline(runs: list[Run], t_from: float | None = None, t_to: float | None = None) -> Figure:
     """Figure 1: one panel per run: the draft engine lane(s) (idle background, busy colored
-    by the target served) over one lane per target (send/wait, verify, prefill, decode).
-    (About 80 lines of one figure's drawing, lane by lane: split, it would only pass the axes around.)"""
+    by the target served) over one lane per target (send/wait, verify, prefill, decode)."""
     from matplotlib.patches import Patch
 
     lanes = []
