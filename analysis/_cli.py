@@ -1,14 +1,18 @@
-"""What the analysis scripts share: the repository root, and running the starsim CLI there
-(each README figure is made through the commands a user would type)."""
+"""What the analysis scripts share: the repository root, running the starsim CLI there (each
+figure of a results page is made through the commands a user would type), and keeping the
+results pages (``analysis/results/*.md``) in step with the tables the scripts write."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "analysis" / "results"
 
 
 def status_mb(key: str) -> float:
@@ -55,6 +59,33 @@ def error_table(title: str, metrics: dict, keys: tuple[str, ...]) -> str:
         unit = f" ({row['unit']})" if row["unit"] else ""
         lines.append(f"| {row['label']}{unit} | {row['real']:.4g} | {row['sim']:.4g} | {row['sim_err_pct']:+.1f}% |")
     return "\n".join(lines)
+
+
+def write_results(page: str, key: str, table: str, command: str, results: Path = RESULTS) -> Path:
+    """Put ``table`` into the results page ``analysis/results/PAGE.md``, in place of the block
+    between ``<!-- begin KEY: written by COMMAND -->`` and ``<!-- end KEY -->``, stamped with
+    the command and today's UTC date (the page says what wrote each table and when). The rest
+    of the page is left as it is. A page or block that is not there ends the script with one
+    line: the figures and tables under analysis/figures are written by then."""
+    path = results / f"{page}.md"
+    block = re.compile(rf"<!-- begin {re.escape(key)}: .*?-->\n.*?<!-- end {re.escape(key)} -->", re.DOTALL)
+    text = path.read_text() if path.is_file() else ""
+    if not block.search(text):
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {_shown(path)} has no block '{key}' "
+                         f"(<!-- begin {key}: ... --> ... <!-- end {key} -->): the page was not updated")
+    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    new = (f"<!-- begin {key}: written by {command} -->\n\n{table.strip()}\n\n"
+           f"<sub>Written by `{command}` on {day} (UTC).</sub>\n\n<!-- end {key} -->")
+    path.write_text(block.sub(lambda _: new, text, count=1))
+    print(f"updated {_shown(path)} ({key})", file=sys.stderr)
+    return path
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def print_written(md: Path, script: str) -> int:

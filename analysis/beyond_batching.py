@@ -1,4 +1,4 @@
-"""Batched drafting beyond StarSD (README "Beyond the paper: batched drafting").
+"""Batched drafting beyond StarSD (analysis/results/beyond.md, "Batched drafting").
 
 Runs, through the CLI:
 
@@ -15,7 +15,7 @@ a draft server, the offline pair; needs it built; about two minutes):
 
     starsim validate scenarios/real_cpu_batch.yaml --repeat 2 --set draft.batch.max=B --out runs/beyond/real-batch-B
 
-for B = 4 and 1, and writes the table to ``analysis/figures/beyond/batching_real.md``.
+for B = 4 and 1, and writes the table to ``analysis/figures/beyond/batching_real.md`` and the results page.
 Rerun with ``python analysis/beyond_batching.py [--real]``.
 """
 
@@ -25,7 +25,7 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from _cli import REPO, starsim, validated  # analysis/ is on sys.path when a script runs
+from _cli import REPO, starsim, validated, write_results  # analysis/ is on sys.path when a script runs
 
 OUT = REPO / "runs" / "sweeps" / "batching"
 FIGS = REPO / "analysis" / "figures" / "beyond"
@@ -102,6 +102,7 @@ def main() -> None:
         print()
         print(table, end="")
         print(f"wrote {REAL_TABLE.relative_to(REPO)}")
+        write_results("beyond", "batching-real", table, "python analysis/beyond_batching.py --real")
 
 
 if __name__ == "__main__":

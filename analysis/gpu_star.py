@@ -1,5 +1,5 @@
-"""StarSD on GPUs priced from measured kernel data, N = 1..16 targets (README "GPU deployments
-on measured kernel data").
+"""StarSD on GPUs priced from measured kernel data, N = 1..16 targets (analysis/results/gpu.md,
+"GPU deployments on measured kernel data").
 
 For each pair of ``analysis/gpu_pairs.py`` (``scenarios/gpu/SLUG.yaml``: one draft GPU, N
 targets of a 16-unit pool, times from aiconfigurator-core's measured kernel tables; see a
@@ -13,9 +13,10 @@ assumed-vs-measured table the hand-set reference
 
     starsim analyze scenarios/starsd_ref_n1.yaml --compare --json
 
-It writes ``analysis/figures/gpu/gpu_star.{png,md,csv}`` and prints the tables; ``--readme``
-prints the README section instead. About a minute on 2 cores. ``--quick`` (N = 1, 2, 4 and
-ceil(N*), two pairs, 30 simulated seconds) is a smoke test and writes to runs/gpu-star-quick/.
+It writes ``analysis/figures/gpu/gpu_star.{png,md,csv}``, puts the section into the results page
+and prints the tables; ``--readme`` prints the page's section instead. About a minute on 2 cores.
+``--quick`` (N = 1, 2, 4 and ceil(N*), two pairs, 30 simulated seconds) is a smoke test and writes
+to runs/gpu-star-quick/.
 Rerun with ``python analysis/gpu_star.py [--readme]``.
 """
 
@@ -38,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(HERE), str(REPO)]
 
+from _cli import write_results  # noqa: E402
 from gpu_pairs import PAIRS  # noqa: E402
 
 FIGS = REPO / "analysis" / "figures" / "gpu"
@@ -438,7 +440,9 @@ def caveat(rows: list[dict]) -> str:
     return text
 
 
-def render(rows, table2, vals, recheck, args, figure_link: str, provenance: str) -> tuple[str, str]:
+def render(rows, table2, vals, recheck, args, figure_link: str, provenance: str, written: str) -> tuple[str, str]:
+    """The figure's markdown (tables) and the results page's section (``written``: the folder the files go to;
+    ``figure_link``: the figure as the page links it)."""
     md = "\n\n".join([f"<!-- {provenance} -->", main_table(rows), main_legend(), table2])
     command = "python analysis/gpu_star.py" + (" --quick" if args.quick else "")
     ns = sorted({n for r in rows for n in r["recs"]})
@@ -452,7 +456,7 @@ def render(rows, table2, vals, recheck, args, figure_link: str, provenance: str)
         wrap(f"`{command}` (`--readme` prints this section) runs each shipped GPU pair (`analysis/gpu_pairs.py`, "
              f"`scenarios/gpu/*.yaml`: one draft GPU, N = {ns[0]}..{ns[-1]} targets of a {pool}-unit pool, times "
              "priced from NVIDIA's measured kernel tables in aiconfigurator-core) through the closed form and the "
-             f"simulator, and writes `{Path(figure_link).parent}/gpu_star.{{png,md,csv}}`; per pair:"),
+             f"simulator, and writes `{written}/gpu_star.{{png,md,csv}}`; per pair:"),
         "",
         "```bash",
         f"starsim analyze scenarios/gpu/SLUG.yaml --compare --n {n_arg} --json",
@@ -480,7 +484,7 @@ def render(rows, table2, vals, recheck, args, figure_link: str, provenance: str)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke test: N = 1,2,4 (+ ceil N*), two pairs, 30 s runs")
-    ap.add_argument("--readme", action="store_true", help="print the README section instead of the tables")
+    ap.add_argument("--readme", action="store_true", help="print the results page's section instead of the tables")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override for every run")
     ap.add_argument("--out", type=Path, help="output directory (default analysis/figures/gpu; runs/gpu-star-quick "
                     "with --quick)")
@@ -534,9 +538,13 @@ def main(argv=None) -> int:
                   f"profiles (models/profiles/): {profiles}")
     figure(rows, out_dir / "gpu_star.png", command)
     write_csv(rows, out_dir / "gpu_star.csv", provenance)
-    link = "analysis/figures/gpu/gpu_star.png" if out_dir == FIGS else str(out_dir / "gpu_star.png")
-    md, readme = render(rows, table2, vals, recheck, args, link, provenance)
+    page = out_dir == FIGS  # the shipped figure, linked from analysis/results/gpu.md
+    link = "../figures/gpu/gpu_star.png" if page else str(out_dir / "gpu_star.png")
+    written = "analysis/figures/gpu" if page else str(out_dir)
+    md, readme = render(rows, table2, vals, recheck, args, link, provenance, written)
     (out_dir / "gpu_star.md").write_text(md + "\n")
+    if page and not (args.quick or args.set):
+        write_results("gpu", "gpu-star", readme.split("\n", 2)[2], "python analysis/gpu_star.py")
     if args.readme:
         print(readme, end="")
     else:

@@ -1,7 +1,8 @@
-"""How much the draft's idle gaps shrink from 1 to N targets (README table).
+"""How much the draft's idle gaps shrink from 1 to N targets (analysis/results/idle_gaps.md).
 
-Runs the shipped reference scenarios through the CLI (``starsim run FILE --json``) and
-prints a markdown table; rerun with ``python analysis/idle_gaps_vs_n.py``. The times in
+Runs the shipped reference scenarios through the CLI (``starsim run FILE --json``), prints a
+markdown table and, without ``--set``, puts it in the results page; rerun with
+``python analysis/idle_gaps_vs_n.py``. The times in
 ``starsd_ref_n*.yaml`` are ASSUMED (A100-class guesses, see the YAML files);
 ``--family cpu`` runs ``starsd_ref_cpu_n*.yaml`` instead, on the measured CPU profiles.
 """
@@ -13,6 +14,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from _cli import write_results  # analysis/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parent.parent
 FAMILIES = {
@@ -48,12 +51,15 @@ def main() -> None:
             f"{100 * s['draft_idle_ratio_mean']:.1f}% | {100 * red:.0f}% | {s['throughput_tokens_per_s']:.0f} | "
             f"{s['throughput_tokens_per_s'] / s['n_targets']:.0f} | {1e3 * s['draft_queue_wait_mean_s']:.2f} |"
         )
-    print("| N | draft utilization | idle gap mean ms | p50 ms | p99 ms | idle ratio | gap reduction vs N=1 "
-          "| throughput tok/s | per target tok/s | queue wait ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    table = "\n".join(["| N | draft utilization | idle gap mean ms | p50 ms | p99 ms | idle ratio | gap reduction vs "
+                       "N=1 | throughput tok/s | per target tok/s | queue wait ms |",
+                       "|---|---|---|---|---|---|---|---|---|---|", *rows])
+    print(table)
     flag = "" if args.family == "ref" else f" --family {args.family}"
-    print(f"\nscenarios: {', '.join(files)}; command: python analysis/idle_gaps_vs_n.py{flag}")
+    command = f"python analysis/idle_gaps_vs_n.py{flag}"
+    print(f"\nscenarios: {', '.join(files)}; command: {command}")
+    if not args.set:  # a what-if with overrides stays on the terminal
+        write_results("idle_gaps", f"idle-gaps-{args.family}", table, command)
 
 
 if __name__ == "__main__":

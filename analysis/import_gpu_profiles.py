@@ -3,7 +3,9 @@ from aiconfigurator-core's measured kernel database: one ``starsim calibrate imp
 aiconfigurator`` per pair of ``gpu_pairs.PAIRS``. Needs the gpu-db extra, no GPU.
 
     python analysis/import_gpu_profiles.py [--overhead-us 0]
-    python analysis/import_gpu_profiles.py --table     # the README's table of the shipped profiles
+    python analysis/import_gpu_profiles.py --table     # the table of the shipped profiles (analysis/results/gpu.md)
+
+Both put that table into analysis/results/gpu.md.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _cli import write_results  # noqa: E402
 from gpu_pairs import PAIRS  # noqa: E402
 
 
@@ -23,10 +26,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--overhead-us", type=float, default=0.0, help="per-forward overhead (default 0: kernel only)")
     ap.add_argument("--out", default="models/profiles", help="profile directory (default models/profiles)")
-    ap.add_argument("--table", action="store_true", help="print the README table of the shipped profiles, no import")
+    ap.add_argument("--table", action="store_true",
+                    help="print the table of the shipped profiles (and put it in the results page), no import")
     args = ap.parse_args(argv)
     if args.table:
         print(table())
+        if args.out == "models/profiles":
+            write_results("gpu", "gpu-profiles", table(), "python analysis/import_gpu_profiles.py --table")
         return 0
     try:
         import aiconfigurator_core  # noqa: F401
@@ -41,6 +47,8 @@ def main(argv=None) -> int:
         r = subprocess.run(cmd, cwd=ROOT)
         if r.returncode:
             return r.returncode
+    if args.out == "models/profiles":  # the shipped profiles: their table on the results page
+        write_results("gpu", "gpu-profiles", table(), "python analysis/import_gpu_profiles.py --table")
     return 0
 
 
@@ -65,8 +73,7 @@ def table(context: int = 1024) -> str:
             f"{1e3 * t.ops['prefill'].predict(tokens=512):.1f} | {min(cv):.1f}-{max(cv):.1f}% | "
             f"{100 * min(frac):.0f}-{100 * max(frac):.0f}% |")
     return "\n".join(lines) + (f"\n\nTimes from the fits at context {context} (a draft round encodes 3 new tokens); "
-                               "kernel time only (per-forward overhead 0). `python analysis/import_gpu_profiles.py "
-                               "--table`.")
+                               "kernel time only (per-forward overhead 0).")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "analysis" / "figures" / "serving-batch"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import print_written  # noqa: E402
+from _cli import print_written, write_results  # noqa: E402
 from gpu_pairs import MAX_BATCHED_TOKENS, PAIRS, serving_stagger_s  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="1,8,32,64", help="requests per target (default 1,8,32,64)")
-    ap.add_argument("--readme", action="store_true", help="print the README table from the last written run")
+    ap.add_argument("--readme", action="store_true", help="print the results page's table from the last written run")
     args = ap.parse_args(argv)
     if args.readme:
         return print_written(OUT / "serving_batch.md", "serving_batch.py")
@@ -99,6 +99,8 @@ def main(argv=None) -> int:
     print(md)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serving_batch.md").write_text(md + "\n")
+    if args.batches == "1,8,32,64":  # the page holds the default batches
+        write_results("serving", "serving-batch", md, "python analysis/serving_batch.py")
     with open(OUT / "serving_batch.csv", "w", newline="") as f:
         keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("pair", "batch"), k))
         w = csv.DictWriter(f, fieldnames=keys)

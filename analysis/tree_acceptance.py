@@ -1,4 +1,4 @@
-"""Tree-aware acceptance, held against real runs (README "Acceptance that follows the tree").
+"""Tree-aware acceptance, held against real runs (analysis/results/acceptance.md).
 
 Measures the offline stdlib pair's ranked acceptance on one tree, then predicts the tokens per
 round of other trees from it and runs each of them for real, through the CLI:
@@ -9,10 +9,10 @@ round of other trees from it and runs each of them for real, through the CLI:
 
 (the same prompts and greedy decoding, so the trees differ only in what they offer the
 target; the draft's time is a constant there, as timing does not change what is accepted).
-Writes analysis/figures/tree-acceptance/tree_acceptance.md: per tree, the real tokens per
-round, the tree-aware prediction (``acceptance: {kind: measured}`` on the measured file), and
-what the measured tree's marginal curve alone would say (cut or padded with zeros, as before
-the ranked model). Needs the offline pair (`starsim models build-pair`) and about three
+Writes analysis/figures/tree-acceptance/tree_acceptance.md (and the same into the results
+page): per tree, the real tokens per round, the tree-aware prediction (``acceptance: {kind:
+measured}`` on the measured file), and what the measured tree's marginal curve alone would say
+(cut or padded with zeros). Needs the offline pair (`starsim models build-pair`) and about three
 minutes. Rerun with ``python analysis/tree_acceptance.py``.
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sys
 
-from _cli import REPO, no_options, starsim  # analysis/ is on sys.path when a script runs
+from _cli import REPO, no_options, starsim, write_results  # analysis/ is on sys.path when a script runs
 
 SCENARIO = "scenarios/real_cpu_n2.yaml"
 MEASURED_ON = (4, 4, 16)
@@ -76,6 +76,7 @@ def main() -> None:
     FIGS.mkdir(parents=True, exist_ok=True)
     (FIGS / "tree_acceptance.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    write_results("acceptance", "tree-acceptance", "\n".join(lines), "python analysis/tree_acceptance.py")
 
 
 if __name__ == "__main__":

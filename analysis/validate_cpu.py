@@ -1,4 +1,4 @@
-"""Sim vs real vs closed form on this CPU, N = 1..4 and 8 (README "Validate and report").
+"""Sim vs real vs closed form on this CPU, N = 1..4 and 8 (analysis/results/validation.md).
 
 Runs, through the CLI, on the declared resources of real_cpu_declared_n2.yaml (draft on
 core 0, the targets taking turns on core 1; ``--scenario`` for another):
@@ -7,7 +7,7 @@ core 0, the targets taking turns on core 1; ``--scenario`` for another):
         --out runs/validate-cpu
     starsim report runs/validate-cpu/*/real runs/validate-cpu/*/sim --out analysis/figures/validate-cpu
 
-and prints the lines the README quotes: per point, the mean of three real runs beside the
+and prints the table the results page quotes (and puts it there): per point, the mean of three real runs beside the
 simulation, the MAPE, and the real runs' own run-to-run spread (on a shared VM they move by
 5-12% between runs, the floor under any prediction's error). Needs the offline pair
 (`starsim models build-pair`) and about fifteen minutes. Rerun with
@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from _cli import REPO, starsim, validated  # analysis/ is on sys.path when a script runs
+from _cli import REPO, starsim, validated, write_results  # analysis/ is on sys.path when a script runs
 
 OUT = REPO / "runs" / "validate-cpu"
 FIGS = REPO / "analysis" / "figures" / "validate-cpu"
@@ -63,6 +63,7 @@ def beyond() -> None:
     (FIGS / "beyond.md").write_text(f"# Beyond StarSD on declared cores: real vs simulated\n\n"
                                     f"`python analysis/validate_cpu.py --beyond`\n\n{table}\n")
     print(table)
+    write_results("validation", "validate-cpu-beyond", table, "python analysis/validate_cpu.py --beyond")
 
 
 def main() -> None:
@@ -80,16 +81,19 @@ def main() -> None:
             "--repeat", str(REPEAT), "--out", str(OUT))
     runs = [str(OUT / f"targets.0.count={n}" / kind) for kind in ("real", "sim") for n in POINTS]
     starsim("report", *runs, "--out", str(FIGS), "--format", "png")
-    (FIGS / "validation.md").write_text((OUT / "validation.md").read_text())  # the README table's source
+    (FIGS / "validation.md").write_text((OUT / "validation.md").read_text())  # the whole table, every metric
     v = json.loads((OUT / "validation.json").read_text())
-    print("\n".join(header("N")))
+    lines = header("N")
     for p in v["points"]:
-        print(row(p["point"].split("=")[1], {r["metric"]: r for r in p["metrics"]}, p["real_spread_pct"]))
+        lines.append(row(p["point"].split("=")[1], {r["metric"]: r for r in p["metrics"]}, p["real_spread_pct"]))
     ms, ma, rs = v["mape_sim_pct"], v["mape_analytic_pct"], v["real_spread_pct"]
-    print(f"\nMAPE, simulator: utilization {ms['draft_utilization']:.1f}%, throughput "
-          f"{ms['throughput_tokens_per_s']:.1f}%; closed form: {ma['draft_utilization']:.1f}%, "
-          f"{ma['throughput_tokens_per_s']:.1f}%; real runs' run-to-run CV: {rs['draft_utilization']:.1f}%, "
-          f"{rs['throughput_tokens_per_s']:.1f}%")
+    lines += ["", f"MAPE, simulator: utilization {ms['draft_utilization']:.1f}%, throughput "
+              f"{ms['throughput_tokens_per_s']:.1f}%; closed form: {ma['draft_utilization']:.1f}%, "
+              f"{ma['throughput_tokens_per_s']:.1f}%; real runs' run-to-run CV: {rs['draft_utilization']:.1f}%, "
+              f"{rs['throughput_tokens_per_s']:.1f}%"]
+    print("\n".join(lines))
+    if args.scenario == "scenarios/real_cpu_declared_n2.yaml":  # the page's table is the declared run's
+        write_results("validation", "validate-cpu", "\n".join(lines), "python analysis/validate_cpu.py")
     worst = {p["point"]: p["components"][0]["component"] for p in v["points"]}
     print("largest component of the round-time miss per point:", worst)
 

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import metrics
 from ..errors import StarsimError
-from ..metrics import summarize, window_bounds
+from ..metrics import draft_task_times as _draft_task_times
+from ..metrics import idle_gaps_all, idle_ratio_series, summarize, window_bounds
+from ..metrics import jain_index as _jain_index
+from ..metrics import round_times as _round_times
 from ..records import Records
 from ..yaml_files import read_yaml
 
@@ -161,24 +163,24 @@ def family_name(run: Run) -> str:
 
 def idle_gaps(run: Run) -> np.ndarray:
     """All draft idle gaps in the measurement window, over every draft engine."""
-    return metrics.idle_gaps_all(run.records)
+    return idle_gaps_all(run.records)
 
 
 def idle_ratio_over_time(run: Run) -> pd.DataFrame:
     """Idle ratio per window (``t_start``, ``idle_ratio``), the mean over draft engines
     (:func:`starsim.metrics.idle_ratio_series`; its mean is the summary's idle ratio)."""
-    s = metrics.idle_ratio_series(run.records)
+    s = idle_ratio_series(run.records)
     if s.empty:
         return pd.DataFrame({"t_start": [], "idle_ratio": []})
     return s.groupby("t_start", as_index=False)["idle_ratio"].mean()
 
 
 def draft_task_times(run: Run) -> np.ndarray:
-    return metrics.draft_task_times(run.records)
+    return _draft_task_times(run.records)
 
 
 def round_times(run: Run) -> np.ndarray:
-    return metrics.round_times(run.records)
+    return _round_times(run.records)
 
 
-jain_index = metrics.jain_index
+jain_index = _jain_index
