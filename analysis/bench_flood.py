@@ -38,7 +38,9 @@ def main() -> int:
     from starsim.calibrate.stack import _FixedDrafter
     from starsim.net import parse_address
     from starsim.real import protocol as P
-    from starsim.real.server import MAX_PENDING, DraftClient, DraftServer
+    from starsim.real.client import DraftClient
+    from starsim.real.server import DraftServer, ServerLimits
+    from starsim.real.server_options import MAX_PENDING
 
     logging.getLogger("starsim.draft_server").setLevel(logging.ERROR)  # a line per 100 closed: not the table
     need = 2 * (args.idle + args.half_open) + 256  # both ends of each connection live in this process
@@ -48,8 +50,8 @@ def main() -> int:
             raise SystemExit(f"bench_flood.py: needs {need} file descriptors, the hard limit is {hard} (ulimit -n)")
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     max_pending = args.max_pending or MAX_PENDING
-    server = DraftServer(_FixedDrafter(1000, 16, 4), max_pending=max_pending,
-                         handshake_timeout_s=args.handshake_timeout).start()
+    limits = ServerLimits(max_pending=max_pending, handshake_timeout_s=args.handshake_timeout)
+    server = DraftServer(_FixedDrafter(1000, 16, 4), limits=limits).start()
     addr = parse_address(server.address)
     socks: list[socket.socket] = []
 

@@ -52,6 +52,7 @@ SLOW = {  # simulator tests of 5 s or more on 2 cores (pytest --durations shows 
     "test_the_recommended_answer_is_the_exhaustive_best_of_stars_and_baselines",
     "test_fast_and_general_loops_give_the_same_tables",
     "test_ray_gives_the_same_table",  # starts a Ray cluster
+    "test_the_python_api_example_runs",  # the README's example: a simulation, a report, a sweep
 }
 
 
@@ -115,7 +116,7 @@ def serve_targets(server, target, prompts: list[list[int]], n: int) -> dict:
     (a thread and a connection each); ``{i: (output, rounds)}``."""
     import threading
 
-    from starsim.real.server import DraftClient
+    from starsim.real.client import DraftClient
     from starsim.real.speculation import speculative_generate
 
     results: dict[int, tuple] = {}

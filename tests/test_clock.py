@@ -19,9 +19,10 @@ pytest.importorskip("transformers")
 from conftest import CODE_PROMPTS, wait_for  # noqa: E402
 
 from starsim.net import parse_address  # noqa: E402
+from starsim.real import client as client_mod  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
-from starsim.real import server as server_mod  # noqa: E402
-from starsim.real.server import DraftClient, DraftServer, host_id  # noqa: E402
+from starsim.real.client import DraftClient, host_id  # noqa: E402
+from starsim.real.server import DraftServer, ServerLimits  # noqa: E402
 from starsim.real.speculation import Drafter, speculative_generate, target_generate  # noqa: E402
 from starsim.real.worker import TargetWorker  # noqa: E402
 from starsim.records import ROUND_COLUMNS  # noqa: E402
@@ -33,7 +34,7 @@ COL = {name: i for i, (name, _) in enumerate(ROUND_COLUMNS)}
 @pytest.fixture
 def server(quick_models):
     _, _, draft = quick_models
-    with DraftServer(Drafter(draft, 4, 4, 16), timeout_s=30) as s:
+    with DraftServer(Drafter(draft, 4, 4, 16), limits=ServerLimits(timeout_s=30)) as s:
         yield s
 
 
@@ -45,7 +46,7 @@ def test_host_id_is_one_per_boot_of_a_host():
     assert host_id() == host_id() and socket.gethostname() in host_id()
     if not Path("/proc/sys/kernel/random/boot_id").is_file():
         pytest.skip("no boot id here: each process counts as its own host")
-    other = subprocess.run([sys.executable, "-c", "from starsim.real.server import host_id; print(host_id())"],
+    other = subprocess.run([sys.executable, "-c", "from starsim.real.client import host_id; print(host_id())"],
                            capture_output=True, text=True, check=True).stdout.strip()
     assert other == host_id()  # another process on this host: the same id
 
@@ -86,7 +87,7 @@ def test_other_host_offset_is_estimated_and_rounds_line_up(quick_models, server,
     tok, target, _ = quick_models
     # the server stamps everything (probes, replies, intervals) through _now
     monkeypatch.setattr(server, "_now", lambda: time.monotonic() + SHIFT)
-    monkeypatch.setattr(server_mod, "host_id", lambda: "elsewhere/another-boot")  # the client's view
+    monkeypatch.setattr(client_mod, "host_id", lambda: "elsewhere/another-boot")  # the client's view
     client = DraftClient(server.address)
     try:
         assert not client.same_host
@@ -114,7 +115,7 @@ def test_other_host_offset_is_estimated_and_rounds_line_up(quick_models, server,
 
 def test_server_without_the_clock_feature_is_assumed_on_our_clock(quick_models, server, monkeypatch):
     monkeypatch.setattr(P, "FEATURES", ())  # a server that predates CLOCK
-    monkeypatch.setattr(server_mod, "host_id", lambda: "elsewhere/another-boot")
+    monkeypatch.setattr(client_mod, "host_id", lambda: "elsewhere/another-boot")
     client = DraftClient(server.address)
     try:
         assert not client.same_host and client.clock_offset_s == 0.0 and client.clock_error_s is None

@@ -131,14 +131,15 @@ from conftest import CODE_PROMPTS  # noqa: E402
 from test_server import _raw  # noqa: E402
 
 from starsim.net import parse_address  # noqa: E402
-from starsim.real.server import DraftClient, DraftServer  # noqa: E402
+from starsim.real.client import DraftClient  # noqa: E402
+from starsim.real.server import DraftServer, ServerLimits  # noqa: E402
 from starsim.real.speculation import Drafter, speculative_generate, target_generate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def live(quick_models):
     _, _, draft = quick_models
-    with DraftServer(Drafter(draft, 4, 4, 16), timeout_s=30, handshake_timeout_s=2.0) as server:
+    with DraftServer(Drafter(draft, 4, 4, 16), limits=ServerLimits(timeout_s=30, handshake_timeout_s=2.0)) as server:
         yield server
 
 

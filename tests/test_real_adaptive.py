@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 from conftest import CODE_PROMPTS  # noqa: E402
 
 from starsim.real import protocol as P  # noqa: E402
-from starsim.real.server import DraftClient, DraftServer  # noqa: E402
+from starsim.real.client import DraftClient  # noqa: E402
+from starsim.real.server import DraftServer, ServerOptions  # noqa: E402
 from starsim.real.speculation import Drafter, Verifier, target_generate  # noqa: E402
 from starsim.real.worker import TargetWorker  # noqa: E402
 from starsim.scenario import Tree  # noqa: E402
@@ -136,7 +137,8 @@ def test_draft_memory_for_real_drops_the_least_recently_used_cache(quick_models)
     tok, target, draft = quick_models
     a, b = (tok.encode(p).ids for p in CODE_PROMPTS[:2])
     drafter = Drafter(draft, 4, 4, 16)
-    with DraftServer(drafter, memory_bytes=1) as server:  # less than any cache: only the newest stays
+    # less than any cache: only the newest stays
+    with DraftServer(drafter, options=ServerOptions(memory_bytes=1)) as server:
         ca, cb = DraftClient(server.address), DraftClient(server.address)
         va, vb = Verifier(target), Verifier(target)
         ctx = {0: a + [va.prefill(a)], 1: b + [vb.prefill(b)]}

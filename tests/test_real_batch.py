@@ -12,7 +12,8 @@ pytest.importorskip("transformers")
 
 from conftest import CODE_PROMPTS, serve_targets  # noqa: E402
 
-from starsim.real.server import DraftClient, DraftServer  # noqa: E402
+from starsim.real.client import DraftClient  # noqa: E402
+from starsim.real.server import DraftServer, ServerLimits, ServerOptions  # noqa: E402
 from starsim.real.speculation import Drafter, Verifier, target_generate  # noqa: E402
 
 PROMPTS = [*CODE_PROMPTS, "x = 1\nif x:\n    return"]
@@ -75,7 +76,8 @@ def test_server_drafts_batches_for_concurrent_targets(quick_models):
     drafter = Drafter(draft, 4, 4, 16)
     batch_fn = drafter.draft_batch
     drafter.draft_batch = lambda reqs: calls.append(len(reqs)) or batch_fn(reqs)
-    with DraftServer(drafter, timeout_s=30, batch_max=4, batch_window_s=0.05) as server:
+    options = ServerOptions(batch_max=4, batch_window_s=0.05)
+    with DraftServer(drafter, options=options, limits=ServerLimits(timeout_s=30)) as server:
         results = serve_targets(server, target, prompts, 40)
         assert sorted(results) == [0, 1, 2, 3]
         for i, (out, _) in results.items():
@@ -98,8 +100,8 @@ def test_server_batch_max_1_drafts_one_task_at_a_time(quick_models):
         raise AssertionError("batch_max=1 must not batch")
 
     drafter.draft_batch = no_batches
-    with DraftServer(drafter, timeout_s=30) as server:
-        assert (server.batch_max, server.batch_window_s) == (1, 0.0)
+    with DraftServer(drafter, limits=ServerLimits(timeout_s=30)) as server:
+        assert (server.options.batch_max, server.options.batch_window_s) == (1, 0.0)
         results = serve_targets(server, target, prompts, 32)
         for i, (out, _) in results.items():
             assert out == target_generate(target, prompts[i], 32)
@@ -117,7 +119,8 @@ def test_a_failed_batch_is_drafted_again_task_by_task(quick_models):
         raise RuntimeError("no batch today")
 
     drafter.draft_batch = broken
-    with DraftServer(drafter, timeout_s=30, batch_max=3, batch_window_s=0.05) as server:
+    options = ServerOptions(batch_max=3, batch_window_s=0.05)
+    with DraftServer(drafter, options=options, limits=ServerLimits(timeout_s=30)) as server:
         results = serve_targets(server, target, prompts, 24)
         for i, (out, _) in results.items():
             assert out == target_generate(target, prompts[i], 24)
@@ -140,7 +143,7 @@ def test_batches_follow_the_policy_order():
             batches.append([r[0] for r in reqs])
             return [self.draft(*r) for r in reqs]
 
-    with DraftServer(Gated(64, 4, 2), policy="edf", vocab_size=64, batch_max=2) as srv:
+    with DraftServer(Gated(64, 4, 2), options=ServerOptions(policy="edf", batch_max=2), vocab_size=64) as srv:
         clients = [DraftClient(srv.address) for _ in range(4)]
         threads = []
 

@@ -175,7 +175,8 @@ def test_worker_moves_mid_request_with_its_hidden_states(tmp_path):
     from test_speculation import EAGLE_SPEC
 
     from starsim.models.specs import build_model, load_spec
-    from starsim.real.server import DraftClient, DraftServer
+    from starsim.real.client import DraftClient
+    from starsim.real.server import DraftServer
     from starsim.real.speculation import Drafter, target_generate
     from starsim.real.worker import FabricClient, TargetWorker
 
@@ -223,7 +224,8 @@ def test_worker_moves_mid_request_with_its_hidden_states(tmp_path):
 def test_worker_leaves_a_saturated_server_between_requests(quick_models):
     """repair_queue: a reply that says more tasks wait than that makes the target pair again
     (leave=True) at its next request's start."""
-    from starsim.real.server import DraftClient, DraftServer
+    from starsim.real.client import DraftClient
+    from starsim.real.server import DraftServer
     from starsim.real.speculation import Drafter, target_generate
     from starsim.real.worker import FabricClient, TargetWorker
 

@@ -10,7 +10,8 @@ pytest.importorskip("transformers")
 
 from conftest import CODE_PROMPTS, serve_targets  # noqa: E402
 
-from starsim.real.server import DraftServer, main_path, subtree  # noqa: E402
+from starsim.real.draft_engine import main_path, subtree  # noqa: E402
+from starsim.real.server import DraftServer, ServerOptions  # noqa: E402
 from starsim.real.speculation import Drafter, TreeDraft, target_generate  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def test_pipelined_trees_hit_when_the_target_agrees(quick_models):
     hit, and the outputs are the target's own greedy ones."""
     tok, _, draft = quick_models
     prompts = [tok.encode(p).ids for p in CODE_PROMPTS[:2]]
-    with DraftServer(Drafter(draft, 4, 4, 16), pipeline=True) as server:
+    with DraftServer(Drafter(draft, 4, 4, 16), options=ServerOptions(pipeline=True)) as server:
         got = serve_targets(server, draft, prompts, 40)
         for i, (out, _) in got.items():
             assert out == target_generate(draft, prompts[i], 40)
@@ -40,7 +41,7 @@ def test_pipelined_trees_hit_when_the_target_agrees(quick_models):
 def test_pipelined_trees_miss_and_waste_without_changing_outputs(quick_models):
     tok, target, draft = quick_models
     prompts = [tok.encode(p).ids for p in CODE_PROMPTS]
-    with DraftServer(Drafter(draft, 4, 4, 16), pipeline=True) as server:
+    with DraftServer(Drafter(draft, 4, 4, 16), options=ServerOptions(pipeline=True)) as server:
         got = serve_targets(server, target, prompts, 40)
         for i, (out, _) in got.items():
             assert out == target_generate(target, prompts[i], 40)

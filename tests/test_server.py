@@ -16,14 +16,15 @@ from conftest import CODE_PROMPTS, wait_for  # noqa: E402
 
 from starsim.net import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
-from starsim.real.server import DraftClient, DraftServer  # noqa: E402
+from starsim.real.client import DraftClient  # noqa: E402
+from starsim.real.server import DraftServer, ServerLimits, ServerOptions  # noqa: E402
 from starsim.real.speculation import Drafter, local_drafts, speculative_generate, target_generate  # noqa: E402
 
 
 @pytest.fixture
 def server(quick_models):
     _, _, draft = quick_models
-    with DraftServer(Drafter(draft, 4, 4, 16), timeout_s=30) as s:
+    with DraftServer(Drafter(draft, 4, 4, 16), limits=ServerLimits(timeout_s=30)) as s:
         yield s
 
 
@@ -140,7 +141,7 @@ def test_policy_parameters_reach_the_server():
             gate.wait(5)
             return super().draft(*a, **k)
 
-    with DraftServer(Gated(64, 4, 2), policy="edf", vocab_size=64) as srv:
+    with DraftServer(Gated(64, 4, 2), options=ServerOptions(policy="edf"), vocab_size=64) as srv:
         clients = [DraftClient(srv.address, info={"weight": w}) for w in (1.0, 3.0, 1.0)]
         assert srv.weights == {0: 1.0, 1: 3.0, 2: 1.0}
         assert srv.queue.weights is srv.weights  # the policy sees tags that connect later

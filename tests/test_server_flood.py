@@ -18,7 +18,8 @@ from conftest import CODE_PROMPTS, wait_for  # noqa: E402
 
 from starsim.net import parse_address  # noqa: E402
 from starsim.real import protocol as P  # noqa: E402
-from starsim.real.server import DraftClient, DraftServer  # noqa: E402
+from starsim.real.client import DraftClient  # noqa: E402
+from starsim.real.server import DraftServer, ServerLimits  # noqa: E402
 from starsim.real.speculation import Drafter, speculative_generate, target_generate  # noqa: E402
 
 IDLE = 1000
@@ -60,7 +61,7 @@ def test_a_thousand_idle_connections_hold_no_thread_and_a_real_target_is_served(
     tok, target, draft = quick_models
     _fds(4 * IDLE)
     base = threading.active_count()
-    with DraftServer(Drafter(draft, 4, 4, 16), handshake_timeout_s=3.0, timeout_s=30) as server:
+    with DraftServer(Drafter(draft, 4, 4, 16), limits=ServerLimits(handshake_timeout_s=3.0, timeout_s=30)) as server:
         assert threading.active_count() == base + 2  # the door and the engine
         rss0 = _rss_mb()
         idle = [_connect(server) for _ in range(IDLE - 50)]
@@ -92,7 +93,7 @@ def test_a_thousand_idle_connections_hold_no_thread_and_a_real_target_is_served(
 
 def test_over_max_pending_is_closed_at_once_and_the_door_reopens(quick_models):
     _, _, draft = quick_models
-    with DraftServer(Drafter(draft, 2, 2, 4), max_pending=8, handshake_timeout_s=1.0) as server:
+    with DraftServer(Drafter(draft, 2, 2, 4), limits=ServerLimits(max_pending=8, handshake_timeout_s=1.0)) as server:
         socks = [_connect(server) for _ in range(20)]
         wait_for(lambda: server.pending == 8 and server.refused == 12, timeout=20)
         with pytest.raises((P.ProtocolError, OSError)):  # no room for a handshake now
@@ -113,7 +114,7 @@ def test_over_max_pending_is_closed_at_once_and_the_door_reopens(quick_models):
 
 def test_over_max_targets_is_refused_with_a_reason(quick_models):
     _, _, draft = quick_models
-    with DraftServer(Drafter(draft, 2, 2, 4), max_targets=2) as server:
+    with DraftServer(Drafter(draft, 2, 2, 4), limits=ServerLimits(max_targets=2)) as server:
         a, b = DraftClient(server.address), DraftClient(server.address)
         with pytest.raises(P.ProtocolError, match="draft server full: 2 targets connected"):
             DraftClient(server.address)
@@ -129,7 +130,7 @@ def test_over_max_targets_is_refused_with_a_reason(quick_models):
 def test_a_trickled_hello_does_not_extend_the_handshake_timeout(quick_models):
     """A peer sending its HELLO a byte at a time is closed at the deadline counted from connecting."""
     _, _, draft = quick_models
-    with DraftServer(Drafter(draft, 2, 2, 4), handshake_timeout_s=1.0) as server:
+    with DraftServer(Drafter(draft, 2, 2, 4), limits=ServerLimits(handshake_timeout_s=1.0)) as server:
         s = _connect(server)
         frame = P.hello().encode()
         t0, closed = time.monotonic(), False
@@ -154,7 +155,7 @@ def test_churn_bursts_kills_and_slow_readers(quick_models):
     is lossless, and at the end no tag, context, thread or connection is left behind."""
     tok, target, draft = quick_models
     base = threading.active_count()
-    with DraftServer(Drafter(draft, 4, 4, 16), timeout_s=30) as server:
+    with DraftServer(Drafter(draft, 4, 4, 16), limits=ServerLimits(timeout_s=30)) as server:
         ids = tok.encode(CODE_PROMPTS[1]).ids
         errors: list[BaseException] = []
 

@@ -14,9 +14,10 @@ pytest.importorskip("transformers")
 from conftest import CODE_PROMPTS  # noqa: E402
 
 from starsim.metrics import summarize  # noqa: E402
-from starsim.real.server import DraftClient, DraftServer  # noqa: E402
+from starsim.real.client import DraftClient  # noqa: E402
+from starsim.real.server import DraftServer  # noqa: E402
 from starsim.real.speculation import Drafter, target_generate  # noqa: E402
-from starsim.real.worker import TargetWorker, assemble_records  # noqa: E402
+from starsim.real.worker import TargetWorker, WorkerOptions, assemble_records  # noqa: E402
 
 
 def _records(workers, server, clock0):
@@ -94,9 +95,9 @@ def test_a_request_ends_at_end_of_sequence(quick_models):
     want = full[: full.index(stop) + 1]
     with DraftServer(Drafter(draft, 4, 4, 16)) as server:
         for eos in (stop, [stop, -5]):
-            w = TargetWorker(0, target, DraftClient(server.address), time.monotonic(), eos=eos)
+            w = TargetWorker(0, target, DraftClient(server.address), time.monotonic(), WorkerOptions(eos=eos))
             assert w.run_request(0, ids, 40) == want
             assert w.requests[-1][4] == len(want)  # generated tokens
             w.close()
-    w = TargetWorker(0, target, None, time.monotonic(), eos=frozenset([stop]))
+    w = TargetWorker(0, target, None, time.monotonic(), WorkerOptions(eos=frozenset([stop])))
     assert w.run_request(1, ids, 40) == want

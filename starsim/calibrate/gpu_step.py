@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models.kv import kv_bytes_per_token  # here too: compute.py and analysis/ import it from here
 from ..profiles import _nnls_relative
 from ..serving import StepShape, chunk_shape, tree_shape
 
@@ -178,14 +179,6 @@ def _params(cfg: dict) -> float:
     attn = h * heads * hd * 2 + h * kv * hd * 2
     return layers * (attn + 3 * h * int(cfg["intermediate_size"])) + v * h * (1 if cfg.get("tie_word_embeddings")
                                                                             else 2)
-
-
-def kv_bytes_per_token(cfg: dict, dtype_bytes: int = 2) -> int:
-    """A decoder's KV bytes per token (keys and values of every layer) from its config."""
-    heads = int(cfg["num_attention_heads"])
-    kv = int(cfg.get("num_key_value_heads") or heads)
-    hd = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)
-    return 2 * int(cfg["num_hidden_layers"]) * kv * hd * dtype_bytes
 
 
 def kv_tokens(mem_bytes: float, devices: int, weights_bytes: float, per_token: int) -> int:

@@ -3,7 +3,7 @@
 server's work) stand for.
 
 ``starsim calibrate link`` times the protocol on a bare socket pair. A real round also
-crosses :class:`~starsim.real.server.DraftClient` (build, send, receive, check the tree)
+crosses :class:`~starsim.real.client.DraftClient` (build, send, receive, check the tree)
 and :class:`~starsim.real.server.DraftServer` (a communication thread per target, the
 engine thread's queue and the hand-offs between them): that is CPU work, and on a host
 whose cores the draft and the targets share it competes with drafting and verifying. Here
@@ -111,7 +111,7 @@ def measure_stack(rounds: int = 2000, warmup: int = 200, tree_tokens: int = 16, 
     ``passes`` blocks of ``rounds`` round trips (each after ``warmup`` untimed ones); a
     block's values are means over its rounds, and the reported value is the block with
     the lowest wall time (another tenant of a shared machine only adds time)."""
-    from ..real.server import DraftClient
+    from ..real.client import DraftClient
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()

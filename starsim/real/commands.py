@@ -105,7 +105,7 @@ def cmd_draft_server(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .server import DraftServer
+    from .server import DraftServer, ServerLimits, ServerOptions
     from .speculation import Drafter
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -113,10 +113,11 @@ def cmd_draft_server(args: argparse.Namespace) -> int:
     tree = parse_tree(args.tree)
     _, src, model = _load_role(args, "draft")
     drafter = Drafter(model, tree.top_k, tree.depth, tree.tokens)
-    server = DraftServer(drafter, bind=args.bind, policy=args.policy, token=args.token, batch_max=args.batch_max,
-                         batch_window_s=args.batch_window, memory_bytes=args.memory_bytes,
-                         pipeline=args.pipeline, max_targets=args.max_targets, max_pending=args.max_pending,
-                         handshake_timeout_s=args.handshake_timeout).start()
+    options = ServerOptions(policy=args.policy, batch_max=args.batch_max, batch_window_s=args.batch_window,
+                            memory_bytes=args.memory_bytes, pipeline=args.pipeline)
+    limits = ServerLimits(max_targets=args.max_targets, max_pending=args.max_pending,
+                          handshake_timeout_s=args.handshake_timeout)
+    server = DraftServer(drafter, bind=args.bind, options=options, limits=limits, token=args.token).start()
     kind = "EAGLE head (targets send hidden states)" if drafter.needs_hidden else "causal LM"
     print(f"draft server on {server.address} ({src.get('path') or src.get('spec')}, {kind}, on {args.device}, "
           f"tree {args.tree}, policy {args.policy}, batches of up to {args.batch_max}); Ctrl-C to stop", flush=True)
@@ -142,9 +143,9 @@ def cmd_target(args: argparse.Namespace) -> int:
 
     from ..metrics import summarize
     from ..result import dump_json
+    from .client import DraftClient
     from .models import eos_ids, prompt_text, source_vocab, tokenizer_encode
-    from .server import DraftClient
-    from .worker import TargetWorker, assemble_records
+    from .worker import TargetWorker, WorkerOptions, assemble_records
 
     torch.set_num_threads(args.threads)
     real, src, model = _load_role(args, "target")
@@ -162,8 +163,8 @@ def cmd_target(args: argparse.Namespace) -> int:
         step = max(1, (len(ids) - args.prompt_tokens) // max(1, args.requests))
         prompts = [list(ids[i * step: i * step + args.prompt_tokens]) for i in range(args.requests)]
     clock0 = time.monotonic()
-    w = TargetWorker(args.index, model, client, clock0, device=args.device, eos=eos_ids(model, src),
-                     temperature=args.temperature, seed=args.seed)
+    w = TargetWorker(args.index, model, client, clock0, WorkerOptions(device=args.device, eos=eos_ids(model, src),
+                                                                    temperature=args.temperature, seed=args.seed))
     for rid, prompt in enumerate(prompts):
         w.run_request(rid, prompt, args.output_tokens, t_arrival=time.monotonic() - clock0)
     w.close()
@@ -202,7 +203,7 @@ def _model_args(p: argparse.ArgumentParser, role: str) -> None:
 
 
 def add_server_parsers(sub) -> None:
-    from .server import HANDSHAKE_TIMEOUT_S, MAX_PENDING, MAX_TARGETS
+    from .server_options import HANDSHAKE_TIMEOUT_S, MAX_PENDING, MAX_TARGETS
 
     d = sub.add_parser("draft-server", help="serve draft trees over TCP to targets on other machines (torch)")
     _model_args(d, "draft")

@@ -193,18 +193,53 @@ class RunShared:
     taken: InProgress
 
 
-def target_result(index: int, *, error: str | None, tag: int | None = None, tags=(), repairs: int = 0,
-                  rounds=(), requests=(), intervals=(), fallback_at: float | None = None, outputs=(),
-                  draft_intervals=(), rejected=(), affinity=None) -> dict[str, Any]:
-    """What a target process reports (or the run reports for one that died): its rows, its
-    connections' ``(server, tag)`` and re-pairings, its error and fallback time, its outputs,
-    in one_for_one its own draft's intervals and rejected connections, and the cores it ran on.
-    (Thirteen parameters: one per field of the report, by keyword, so that the report is
-    spelled out in one place.)"""
-    return {"index": index, "error": error, "tag": tag, "tags": list(tags), "repairs": repairs,
-            "rounds": list(rounds), "requests": list(requests), "intervals": list(intervals),
-            "fallback_at": fallback_at, "outputs": list(outputs), "draft_intervals": list(draft_intervals),
-            "rejected": list(rejected), "affinity": affinity}
+@dataclass(frozen=True)
+class Served:
+    """What a target's worker recorded: its rows, its outputs and when it lost the draft
+    server (empty for a target that never ran a request)."""
+
+    rounds: Any = ()
+    requests: Any = ()
+    intervals: Any = ()
+    outputs: Any = ()
+    fallback_at: float | None = None
+
+    @classmethod
+    def of(cls, worker) -> Served:
+        """A :class:`~starsim.real.worker.TargetWorker`'s (None: nothing served)."""
+        if worker is None:
+            return cls()
+        return cls(worker.rounds, worker.requests, worker.intervals, worker.outputs, worker.fallback_at)
+
+
+@dataclass(frozen=True)
+class Links:
+    """A target's draft connections: its tag with one star server, every connection's
+    ``(server, tag)`` and its re-pairings between servers."""
+
+    tag: int | None = None
+    tags: Any = ()
+    repairs: int = 0
+
+
+@dataclass(frozen=True)
+class OwnDraft:
+    """In one_for_one, what the target's own draft server recorded: its busy intervals (rows)
+    and the connections it rejected."""
+
+    intervals: Any = ()
+    rejected: Any = ()
+
+
+def target_result(index: int, *, error: str | None, served: Served = Served(), links: Links = Links(),
+                  own: OwnDraft = OwnDraft(), affinity=None) -> dict[str, Any]:
+    """What a target process reports (or the run reports for one that died), as one flat dict:
+    its ``served`` rows, its draft ``links``, its error, its ``own`` draft's rows in
+    one_for_one, and the cores it ran on."""
+    return {"index": index, "error": error, "tag": links.tag, "tags": list(links.tags), "repairs": links.repairs,
+            "rounds": list(served.rounds), "requests": list(served.requests), "intervals": list(served.intervals),
+            "fallback_at": served.fallback_at, "outputs": list(served.outputs),
+            "draft_intervals": list(own.intervals), "rejected": list(own.rejected), "affinity": affinity}
 
 
 @dataclass
@@ -249,8 +284,9 @@ def _target_main(job: TargetJob, shared: RunShared) -> None:
 
 def _connect(job: TargetJob, p: _Process) -> None:
     """Load the target (and in one_for_one its own draft server) and connect to the draft."""
+    from .client import DraftClient
     from .models import load_model
-    from .server import DraftClient, DraftServer
+    from .server import DraftServer, ServerLimits, ServerOptions
     from .speculation import Drafter
     from .worker import FabricClient
 
@@ -262,8 +298,8 @@ def _connect(job: TargetJob, p: _Process) -> None:
         # target waits for each tree, so the two never compute at once.
         own = job.own_draft
         draft = load_model(own["src"], "draft", job.device, own["dtype"])
-        p.server = DraftServer(Drafter(draft, *own["tree"]), policy=own["policy"], timeout_s=job.timeout_s,
-                               cpus=job.cpus, unit=job.unit_lock).start()
+        p.server = DraftServer(Drafter(draft, *own["tree"]), options=ServerOptions(policy=own["policy"]),
+                               limits=ServerLimits(timeout_s=job.timeout_s), cpus=job.cpus, unit=job.unit_lock).start()
         address = p.server.address
     delays = {}
     if job.link is not None:  # the simulator's link model, one random stream per direction
@@ -290,7 +326,7 @@ def _connect(job: TargetJob, p: _Process) -> None:
 def _take_requests(job: TargetJob, shared: RunShared, p: _Process) -> None:
     """The target's requests, from the common start until the budget or the horizon ends."""
     from .models import eos_ids
-    from .worker import TargetWorker
+    from .worker import TargetWorker, WorkerOptions
 
     t0 = shared.clock0.value
     deadline = t0 + job.horizon
@@ -303,10 +339,11 @@ def _take_requests(job: TargetJob, shared: RunShared, p: _Process) -> None:
         from ..adaptive import controller_for
 
         controller = controller_for(*job.adaptive)
-    p.worker = worker = TargetWorker(
-        job.index, p.model, p.client, t0, device=job.unit, eos=eos_ids(p.model, job.src),
-        temperature=job.temperature, seed=job.seed, tpot_slo_s=job.qos.get("tpot_slo_s"), fabric=p.seat,
-        controller=controller, draft_index=job.index if p.server is not None else 0, unit=job.unit_lock)
+    options = WorkerOptions(device=job.unit, eos=eos_ids(p.model, job.src), temperature=job.temperature,
+                            seed=job.seed, tpot_slo_s=job.qos.get("tpot_slo_s"),
+                            draft_index=job.index if p.server is not None else 0)
+    p.worker = worker = TargetWorker(job.index, p.model, p.client, t0, options, fabric=p.seat, controller=controller,
+                                     unit=job.unit_lock)
     arrivals, prompts = job.arrivals, job.prompts
     served, limit = 0, job.budget if arrivals is None else len(arrivals)  # arrivals: within the budget
     think = job.pause.sampler(rng_for(job.seed, Stream.PAUSE, job.index)) if job.pause is not None else None
@@ -343,15 +380,13 @@ def _report(job: TargetJob, p: _Process, clock0: float) -> dict[str, Any]:
         draft_rows = [interval_row(engine=f"draft-{job.index}", device=job.unit, kind="draft", target=job.index,
                                    start=b.start - clock0, end=b.end - clock0) for b in p.server.intervals]
         rejected = p.server.rejected
-    w = p.worker
-    return target_result(
-        job.index, error=p.error, tag=p.tag,
-        # (server, tag) of each connection to the star's draft servers, and the moves between them
-        tags=p.seat.tags if p.seat is not None else [(0, p.tag)] if p.tag is not None and p.server is None else [],
-        repairs=p.seat.repairs if p.seat is not None else 0,
-        rounds=w.rounds if w else (), requests=w.requests if w else (), intervals=w.intervals if w else (),
-        fallback_at=w.fallback_at if w else None, outputs=w.outputs if w else (),
-        draft_intervals=draft_rows, rejected=rejected, affinity=p.affinity)
+    # (server, tag) of each connection to the star's draft servers, and the moves between them
+    if p.seat is not None:
+        links = Links(tag=p.tag, tags=p.seat.tags, repairs=p.seat.repairs)
+    else:
+        links = Links(tag=p.tag, tags=[(0, p.tag)] if p.tag is not None and p.server is None else [])
+    return target_result(job.index, error=p.error, served=Served.of(p.worker), links=links,
+                         own=OwnDraft(draft_rows, rejected), affinity=p.affinity)
 
 
 def execute(scenario: Scenario) -> Result:
@@ -427,7 +462,8 @@ def _unit_locks(ctx, plan: _Plan) -> dict[str, UnitLock]:
 
 def _start_servers(plan: _Plan, locks: dict) -> list:
     """Star: one DraftServer per draft unit, each with its own copy of the draft."""
-    from .server import MAX_TARGETS, DraftServer
+    from .server import DraftServer, ServerLimits, ServerOptions
+    from .server_options import MAX_TARGETS
     from .speculation import Drafter
 
     sc, r, servers = plan.scenario, plan.scenario.real, []
@@ -436,11 +472,11 @@ def _start_servers(plan: _Plan, locks: dict) -> list:
         for unit in plan.draft_units if plan.star else ():
             dev = torch_device(sc, unit)
             draft = load_model(plan.draft_src, "draft", dev, resolve_dtype(r, plan.draft_src, dev))
-            servers.append(DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens), policy=d.policy,
-                                       timeout_s=r.timeout_s, batch_max=d.batch.max, batch_window_s=d.batch.window_s,
-                                       memory_bytes=d.memory_bytes, pipeline=d.pipeline,
-                                       max_targets=max(MAX_TARGETS, len(plan.target_units)),
-                                       cpus=plan.cpus[unit], unit=locks.get(unit, FREE)).start())
+            options = ServerOptions(policy=d.policy, batch_max=d.batch.max, batch_window_s=d.batch.window_s,
+                                    memory_bytes=d.memory_bytes, pipeline=d.pipeline)
+            limits = ServerLimits(timeout_s=r.timeout_s, max_targets=max(MAX_TARGETS, len(plan.target_units)))
+            servers.append(DraftServer(Drafter(draft, tree.top_k, tree.depth, tree.tokens), options=options,
+                                       limits=limits, cpus=plan.cpus[unit], unit=locks.get(unit, FREE)).start())
     except BaseException:
         for srv in servers:
             srv.close()
@@ -577,7 +613,7 @@ def _collect(shared: RunShared, procs: list, fabric: dict | None, end_by: float)
                                 fabric["loads"][j] -= 1
                     lost = shared.taken.lost(i)
                     got[i] = target_result(i, error=f"process ended with exit code {p.exitcode}",
-                                           requests=[lost.row()] if lost is not None else [])
+                                           served=Served(requests=[lost.row()] if lost is not None else []))
     return got
 
 

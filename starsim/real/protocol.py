@@ -35,7 +35,7 @@ The messages of a StarSD session (target = target worker, server = draft server)
   sending); the server answers with a CLOCK that echoes ``seq`` and ``t_client`` and adds
   ``t_server``, its ``time.monotonic()`` when the probe arrived. The target estimates the
   offset between the two clocks from these (Cristian's method, see
-  :class:`starsim.real.server.DraftClient`); it sends none when the host ids are equal. A
+  :class:`starsim.real.client.DraftClient`); it sends none when the host ids are equal. A
   CLOCK that is malformed, of the wrong tag, after a DRAFT_REQUEST or one too many
   (MAX_CLOCK_PROBES) closes the connection.
 - ``DRAFT_REQUEST`` target -> server: ``tag``, ``seq``, ``token_ids`` int32 [n] (the tokens

@@ -799,7 +799,7 @@ def speculative_generate(
     given the tokens emitted since the last call (the whole context, with ``start``, on the
     first), drawing with ``seed`` when sampling, and with ``hidden`` (the target's hidden
     states before those tokens) when the draft is an EAGLE head: :func:`local_drafts`, or a
-    draft server's client (:mod:`starsim.real.server`), drafting at the same ``temperature``.
+    draft server's client (:mod:`starsim.real.client`), drafting at the same ``temperature``.
     """
     rng = np.random.default_rng(seed)
     v = Verifier(target, temperature, rng, hidden=hidden)

@@ -3,7 +3,7 @@ writes the same record rows as the simulator (:mod:`starsim.records`).
 
 Times are ``time.monotonic() - clock0`` on the worker's host. The draft server's timestamps
 (sent back in each reply, on the server's clock) are mapped onto that clock with the
-client's estimated offset (exactly 0 on one host; see :class:`~starsim.real.server.DraftClient`),
+client's estimated offset (exactly 0 on one host; see :class:`~starsim.real.client.DraftClient`),
 so they line up to within :attr:`TargetWorker.clock_error_s`. If the draft
 server goes away (a refused or broken connection, a timeout), the worker falls back to
 plain autoregressive decoding for the rest of the run and finishes its requests; the
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +30,9 @@ from ..pairing import NoDraftServer, Pairing
 from ..records import Recorder, Records, RequestRow, RoundWriter
 from ..streams import Stream, rng_for
 from . import protocol as P
+from .client import DraftClient
 from .resources import FREE, Turn
-from .server import DraftClient
-from .speculation import Verifier
+from .speculation import TreeDraft, Verifier
 
 log = logging.getLogger("starsim.target")
 
@@ -165,33 +167,61 @@ class FabricClient:
             self._drop(j)
 
 
+@dataclass(frozen=True)
+class WorkerOptions:
+    """A target worker's options from the run it belongs to, each defaulting to a plain star's:
+    the ``device`` name its rows give, its model's end-of-sequence ids (``eos``: one id,
+    several, or None), sampling (``temperature``, 0: greedy; ``seed``: one stream per
+    request), its TPOT objective (``tpot_slo_s``: a deadline policy on the server needs when
+    the next token is due) and the draft engine its rows name when there is one server
+    (``draft_index``: the simulator numbers a one_for_one run's engines by target)."""
+
+    device: str = "cpu"
+    eos: Any = None
+    temperature: float = 0.0
+    seed: int = 0
+    tpot_slo_s: float | None = None
+    draft_index: int = 0
+
+
+@dataclass
+class _Request:
+    """One request's state as :meth:`TargetWorker.run_request` goes through its rounds."""
+
+    prompt: list[int]
+    output_tokens: int
+    verifier: Verifier
+    rng: np.random.Generator
+    turn: Turn
+    rows: RoundWriter
+    t_first: float
+    out: list[int]  # the tokens generated so far
+    new: list[int]  # the tokens the draft has not seen yet
+    start: bool = True  # the next draft request carries the whole context
+    sent: list = field(default_factory=list)  # the features sent this request (EAGLE): a new fabric server gets all
+    pending: list = field(default_factory=list)  # EAGLE features of tokens decoded without speculation, unsent
+
+
 class TargetWorker:
-    def __init__(self, index: int, model, client: DraftClient | None, clock0: float, device: str = "cpu",
-                 eos=None, temperature: float = 0.0, seed: int = 0, tpot_slo_s: float | None = None,
-                 fabric: FabricClient | None = None, controller=None, draft_index: int = 0, unit=FREE):
-        """Thirteen parameters: the target's index, model, draft client and clock, then one per
-        option of the run it belongs to (device name, end-of-sequence ids, sampling, TPOT
-        objective, fabric, adaptive controller, draft engine index, the unit's turns), each
-        defaulting to a plain star's."""
-        # unit: held around each prefill, verify and decode step (a resources.UnitLock when
-        # other roles share this target's unit: they take turns, as in the simulator)
-        self.unit = unit
-        # fabric: several draft servers, the client of the paired one taken at each request's
-        # start (``client`` is then None until the first request)
+    """One target: runs requests with its model against a draft server (or a fabric of them),
+    recording the simulator's rows (see the module docstring)."""
+
+    def __init__(self, index: int, model, client: DraftClient | None, clock0: float,
+                 options: WorkerOptions = WorkerOptions(), *, fabric: FabricClient | None = None, controller=None,
+                 unit=FREE):
+        """The target's index, model, draft client and clock, its ``options``, and the run's
+        collaborators it uses: a draft ``fabric`` (several draft servers, the client of the
+        paired one taken at each request's start: ``client`` is then None until the first
+        request), an adaptive ``controller`` (:mod:`starsim.adaptive`: the depth of each
+        round, 0 = one plain step) and the ``unit``'s turns, held around each prefill, verify
+        and decode step (a resources.UnitLock when other roles share this target's unit: they
+        take turns, as in the simulator)."""
         self.index, self.model, self.client, self.clock0 = index, model, client, clock0
-        self.fabric = fabric
-        # the draft engine the rows name when there is one server (the simulator numbers a
-        # one_for_one run's engines by target); a fabric's rows name the paired server
-        self.draft_index = draft_index
-        # adaptive speculation (starsim.adaptive): the depth of each round, 0 = one plain step
-        self.controller = controller
-        # end-of-sequence ids: one id, several (some models have a list), or none
-        self.device = device
+        self.fabric, self.controller, self.unit = fabric, controller, unit
+        self.device, self.draft_index = options.device, options.draft_index
+        eos = options.eos
         self.eos = frozenset() if eos is None else frozenset([eos] if isinstance(eos, int) else eos)
-        # sampling: one random stream per request, so a request's tokens do not depend on
-        # which target ran it after which other request
-        self.temperature, self.seed = temperature, seed
-        self.tpot_slo_s = tpot_slo_s  # a deadline policy on the server needs when the next token is due
+        self.temperature, self.seed, self.tpot_slo_s = options.temperature, options.seed, options.tpot_slo_s
         self.rec = Recorder()  # rows as tuples, built by keyword: sent to the parent as they are
         self.rounds, self.requests, self.intervals = self.rec.rounds, self.rec.requests, self.rec.intervals
         self.outputs: list[dict] = []  # per finished request: request, target, prompt, output (token ids)
@@ -205,13 +235,11 @@ class TargetWorker:
         return time.monotonic() - self.clock0
 
     def run_request(self, rid: int, prompt: list[int], output_tokens: int, t_arrival: float = 0.0) -> list[int]:
-        """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``.
+        """Generate ``output_tokens`` tokens (fewer at end of sequence) for ``prompt``: the
+        prefill, then rounds (:meth:`_round`) until the request is done.
 
         The unit is this target's from each verify's start until its next request is out
-        (resources.Turn), and around the prefill and each plain step.
-
-        About 90 lines, kept as one loop: a round reads in its order (draft request, verify,
-        rows), with its two exits (a lost server: fall back; adaptive depth 0: one plain step)."""
+        (resources.Turn), and around the prefill and each plain step."""
         rng = rng_for(self.seed, Stream.SAMPLING, rid)
         if self.fabric is not None:
             self.client = self.fabric.begin()
@@ -229,80 +257,110 @@ class TargetWorker:
                                      packed=False)(target=self.index, start=t_prefill, end=t_first)
             rows = RoundWriter(self.rec, target=self.index, request=rid, engine=f"target-{self.index}",
                                device=self.device, packed=False)
-            new, start = prompt + out, True
-            sent = []  # the features sent this request (EAGLE): a new fabric server gets the whole context's
-            pending = []  # EAGLE features of tokens decoded without speculation, not yet sent (adaptive)
-            ctl = self.controller
+            r = _Request(prompt, output_tokens, v, rng, turn, rows, t_first, out, new=prompt + out)
             while len(out) < output_tokens and out[-1] not in self.eos:
-                ctx = len(prompt) + len(out)
-                d = ctl.depth(ctx) if ctl is not None and self.client is not None else None
-                if self.client is not None and d != 0:
-                    t_send = self.now()
-                    # the next token is due when the request would fall behind its TPOT objective
-                    due = None if self.tpot_slo_s is None else t_first + self.tpot_slo_s * len(out) - t_send
-                    if pending:
-                        v.features, pending = np.concatenate([*pending, v.features]), []
-                    try:
-                        shallower = d if d is not None and d < ctl.max_depth else None
-                        tree, hdr = self.client.draft(new, start, self.temperature, int(rng.integers(2**63)),
-                                                      v.features, deadline_in_s=due, depth=shallower, sent=turn.give)
-                    except (P.ProtocolError, OSError) as e:
-                        turn.give()
-                        if self.fabric is not None:  # another server: it gets the whole context
-                            self.client = self.fabric.repair()
-                            if self.client is not None:
-                                new, start = prompt + out, True
-                                if v.hidden:
-                                    v.features, sent = np.concatenate([*sent, v.features]), []
-                                continue
-                        self._lost(e)
-                        v.hidden = False  # no draft to feed any more
-                        continue
-                    if v.hidden:
-                        sent.append(v.features)
-                    server = self.draft_index
-                    if self.fabric is not None:
-                        self.fabric.served(hdr)
-                        server = self.fabric.server
-                    t_arrive = self.now()
-                    turn.take()  # the verify starts when the unit is this target's
-                    t_verify = self.now()
-                    r = v.verify(tree)
-                    t_end = self.now()
-                    emitted = self._until_eos(r.emitted[: output_tokens - len(out)])
-                    # the server's timestamps, moved onto our clock
-                    srv = {k: hdr[k] - self.client.clock_offset_s - self.clock0
-                           for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")}
-                    if hdr.get("pipelined"):  # the tree was drafted ahead: the round began when it was queued
-                        t_send = min(t_send, srv["t_enqueue"])
-                    rows.tree(draft=server, tree_tokens=r.tree_tokens, depth=max(tree.depths, default=0),
-                              bytes_down=self.client.bytes_down)
-                    rows.round(t_send=t_send, t_draft_arrive=srv["t_arrive"], t_enqueue=srv["t_enqueue"],
-                               t_draft_start=srv["t_draft_start"], t_draft_end=srv["t_draft_end"],
-                               t_reply_send=srv["t_reply_send"], t_target_arrive=t_arrive,
-                               t_verify_start=t_verify, t_verify_end=t_end, context_tokens=ctx,
-                               new_tokens=int(hdr["new_tokens"]), accepted=r.accepted, emitted=len(emitted),
-                               bytes_up=self.client.bytes_up, draft_kv_bytes=int(hdr["kv_bytes"]))
-                    new, start = r.emitted, False
-                    if ctl is not None:
-                        ctl.observe(d, r.accepted, t_end - t_send, ctx)
-                else:  # autoregressive (no draft, or adaptive depth 0): one token per step
-                    if d == 0 and v.hidden:
-                        pending.append(v.features)  # the draft gets them with the next request
-                    turn.take()
-                    t0 = self.now()
-                    emitted = [v.step()]
-                    t_end = self.now()
-                    turn.give()
-                    rows.decode(t_verify_start=t0, t_verify_end=t_end, context_tokens=ctx)
-                    if d == 0:  # the draft sees these tokens with the next request
-                        new = new + emitted
-                        ctl.observe(0, 0, t_end - t0, ctx)
-                out += emitted
+                out += self._round(r)
         req.generated_tokens, req.t_finish = len(out), self.now()
         self.requests.append(req.row())
         self.outputs.append({"request": rid, "target": self.index, "prompt": list(prompt), "output": out})
         return out
+
+    def _round(self, r: _Request) -> list[int]:
+        """One round of the request: a draft and its verify, or one plain step (no draft, or
+        adaptive depth 0); the tokens it emitted (none when the draft server was lost: the
+        next round goes on with another one, or without)."""
+        ctx = len(r.prompt) + len(r.out)
+        ctl = self.controller
+        d = ctl.depth(ctx) if ctl is not None and self.client is not None else None
+        if self.client is None or d == 0:
+            return self._plain_step(r, d, ctx)
+        t_send = self.now()
+        drafted = self._draft(r, d, t_send)
+        if drafted is None:
+            return []
+        return self._verify(r, *drafted, t_send=t_send, d=d, ctx=ctx)
+
+    def _draft(self, r: _Request, d: int | None, t_send: float) -> tuple[TreeDraft, dict] | None:
+        """The round's draft request (a tree ``d`` deep; None: the server's own depth) and its
+        reply: (tree, header); None when the server is lost (:meth:`_draft_lost`)."""
+        v = r.verifier
+        # the next token is due when the request would fall behind its TPOT objective
+        due = None if self.tpot_slo_s is None else r.t_first + self.tpot_slo_s * len(r.out) - t_send
+        if r.pending:
+            v.features, r.pending = np.concatenate([*r.pending, v.features]), []
+        try:
+            shallower = d if d is not None and d < self.controller.max_depth else None
+            tree, hdr = self.client.draft(r.new, r.start, self.temperature, int(r.rng.integers(2**63)), v.features,
+                                          deadline_in_s=due, depth=shallower, sent=r.turn.give)
+        except (P.ProtocolError, OSError) as e:
+            r.turn.give()
+            self._draft_lost(r, e)
+            return None
+        if v.hidden:
+            r.sent.append(v.features)
+        return tree, hdr
+
+    def _draft_lost(self, r: _Request, why: Exception) -> None:
+        """The draft server failed mid-request: with a fabric, another server gets the whole
+        context; with none left, the request goes on without speculation."""
+        v = r.verifier
+        if self.fabric is not None:
+            self.client = self.fabric.repair()
+            if self.client is not None:
+                r.new, r.start = r.prompt + r.out, True
+                if v.hidden:
+                    v.features, r.sent = np.concatenate([*r.sent, v.features]), []
+                return
+        self._lost(why)
+        v.hidden = False  # no draft to feed any more
+
+    def _verify(self, r: _Request, tree: TreeDraft, hdr: dict, *, t_send: float, d: int | None,
+                ctx: int) -> list[int]:
+        """Verify the round's tree (once the unit is this target's) and write its rows; the
+        tokens it emitted."""
+        server = self.draft_index
+        if self.fabric is not None:
+            self.fabric.served(hdr)
+            server = self.fabric.server
+        t_arrive = self.now()
+        r.turn.take()  # the verify starts when the unit is this target's
+        t_verify = self.now()
+        res = r.verifier.verify(tree)
+        t_end = self.now()
+        emitted = self._until_eos(res.emitted[: r.output_tokens - len(r.out)])
+        # the server's timestamps, moved onto our clock
+        srv = {k: hdr[k] - self.client.clock_offset_s - self.clock0
+               for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")}
+        if hdr.get("pipelined"):  # the tree was drafted ahead: the round began when it was queued
+            t_send = min(t_send, srv["t_enqueue"])
+        r.rows.tree(draft=server, tree_tokens=res.tree_tokens, depth=max(tree.depths, default=0),
+                    bytes_down=self.client.bytes_down)
+        r.rows.round(t_send=t_send, t_draft_arrive=srv["t_arrive"], t_enqueue=srv["t_enqueue"],
+                     t_draft_start=srv["t_draft_start"], t_draft_end=srv["t_draft_end"],
+                     t_reply_send=srv["t_reply_send"], t_target_arrive=t_arrive,
+                     t_verify_start=t_verify, t_verify_end=t_end, context_tokens=ctx,
+                     new_tokens=int(hdr["new_tokens"]), accepted=res.accepted, emitted=len(emitted),
+                     bytes_up=self.client.bytes_up, draft_kv_bytes=int(hdr["kv_bytes"]))
+        r.new, r.start = res.emitted, False
+        if self.controller is not None:
+            self.controller.observe(d, res.accepted, t_end - t_send, ctx)
+        return emitted
+
+    def _plain_step(self, r: _Request, d: int | None, ctx: int) -> list[int]:
+        """One token without speculation (no draft, or adaptive depth ``d`` 0); the token."""
+        v = r.verifier
+        if d == 0 and v.hidden:
+            r.pending.append(v.features)  # the draft gets them with the next request
+        r.turn.take()
+        t0 = self.now()
+        emitted = [v.step()]
+        t_end = self.now()
+        r.turn.give()
+        r.rows.decode(t_verify_start=t0, t_verify_end=t_end, context_tokens=ctx)
+        if d == 0:  # the draft sees these tokens with the next request
+            r.new = r.new + emitted
+            self.controller.observe(0, 0, t_end - t0, ctx)
+        return emitted
 
     def _lost(self, why) -> None:
         self.fallback_at = self.now()

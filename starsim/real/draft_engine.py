@@ -1,0 +1,337 @@
+"""The draft server's engine: the one thread that owns the draft model.
+
+Connections hand it tasks (:meth:`DraftEngine._submit`) and wait; it takes them from a queue
+under the same policy registry as the simulator (at most one outstanding task per target,
+since a target waits for its reply) and drafts each with the server's
+:class:`~starsim.real.speculation.Drafter`, stamping every busy interval on the server's
+clock. With ``batch_max > 1`` it drafts up to that many waiting tasks at once
+(:meth:`Drafter.draft_batch`, the simulator's ``draft.batch``), after waiting up to
+``batch_window_s`` for more when fewer are waiting; each batch is one busy interval.
+
+Pipelining (the simulator's ``draft.pipeline``): after a greedy tree, the engine drafts the
+next one for the context plus that tree's main path; a target whose next request is that path
+and a bonus token among the new tree's root children gets the subtree under it at once (a
+hit); otherwise the pipelined tree is dropped (a miss).
+
+Draft memory, one book: the drafter's per-tag state (:attr:`Drafter.tags`: each tag's KV
+tensors and the token ids they hold) is the record of what a tag has cached. It alone says
+what a round encodes, by comparing token ids: a new request keeps the prefix it shares with
+the last one, a missed pipelined tree the part of its path the target accepted, which a count
+of tokens cannot tell. Under ``memory_bytes`` the engine also keeps a
+:class:`~starsim.draft_state.DraftCaches`, for what the simulator decides the same way: the
+tags in use order and which to drop (its ``on_evict`` frees the drafter's state). Its
+``take`` runs at each round's start for that; the new-token count it returns and its ``cut``
+are the simulator's stand-ins for the drafter's comparison, so the server uses neither: after
+each ``take`` a tag's count there is its whole context, as the drafter's cache is (which keeps
+a missed tree's tokens until that tag's next round crops them). Without a memory limit there
+is no book but the drafter's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from ..draft_state import DraftCaches, PipelineStats, take_batch
+from ..models.kv import kv_bytes_per_token
+from ..policies import make_policy
+from .resources import pin
+from .server_options import ServerOptions
+from .speculation import Drafter, TreeDraft
+
+log = logging.getLogger("starsim.draft_server")
+
+
+class Busy(NamedTuple):
+    """A busy interval of the draft engine, on the server's clock: one task or one batch
+    (``tag``: its first task's; ``new_tokens``: the context tokens it encoded)."""
+
+    tag: int
+    start: float
+    end: float
+    new_tokens: int
+
+
+class Eviction(NamedTuple):
+    """A tag's draft cache dropped for draft memory, ``at`` the start of the round it made room for."""
+
+    tag: int
+    at: float
+
+
+@dataclass
+class Task:
+    """A tree to draft for a tag (or, with no ``context``, the tag's draft state to free)."""
+
+    target: int  # the tag (policies order tasks by ``target``)
+    context: list[int] | None
+    temperature: float = 0.0
+    seed: int | None = None
+    hidden: list | None = None  # EAGLE: the target's features, one row per context token, in chunks
+    done: threading.Event = field(default_factory=threading.Event)
+    tree: TreeDraft | None = None
+    new_tokens: int = 0
+    start: float = 0.0
+    end: float = 0.0
+    error: str | None = None
+    deadline: float = math.inf  # on the server's clock: when the target's next token is due (edf)
+    depth: int | None = None  # a shallower tree than the drafter's (adaptive speculation); None: the full one
+    # pipelined drafting: a tree drafted ahead (``pre``) for the context plus ``path``, the last
+    # tree's main path; ``taken``: the engine popped it; ``missed``: the target did not accept
+    # that path (its draft time is wasted); ``cancelled``: missed before the engine took it
+    pre: bool = False
+    path: list[int] | None = None
+    taken: bool = False
+    missed: bool = False
+    cancelled: bool = False
+    t_enqueue: float = 0.0
+
+
+def main_path(tree: TreeDraft) -> list[int]:
+    """The tokens of a tree's most likely path: its deepest level's first node (levels are
+    breadth first, best first) and that node's ancestors, root side first."""
+    if not tree.tokens:
+        return []
+    deepest = max(tree.depths)
+    node = tree.depths.index(deepest)
+    path = []
+    while node >= 0:
+        path.append(tree.tokens[node])
+        node = tree.parents[node]
+    return path[::-1]
+
+
+def subtree(tree: TreeDraft, token: int) -> TreeDraft | None:
+    """The part of ``tree`` under its root child ``token`` (None: no such child), rooted there:
+    what a pipelined tree drafted before the bonus token was known offers once it is."""
+    top = next((i for i, (p, t) in enumerate(zip(tree.parents, tree.tokens)) if p < 0 and t == token), None)
+    if top is None:
+        return None
+    keep, index = [], {}
+    for i, p in enumerate(tree.parents):  # parents come first: one pass finds every descendant
+        if p == top or p in index:
+            index[i] = len(keep)
+            keep.append(i)
+    parents = [-1 if tree.parents[i] == top else index[tree.parents[i]] for i in keep]
+    return TreeDraft([tree.tokens[i] for i in keep], parents, [tree.depths[i] - 1 for i in keep])
+
+
+class DraftEngine:
+    """The engine of :class:`~starsim.real.server.DraftServer` (a mixin: the server is one
+    object, its door, engine and connections threads of it).
+
+    Owns the ``drafter``, its ``options`` (:class:`ServerOptions`), the policy ``queue``, the
+    busy ``intervals``, the ``evictions``, the pipelined tasks and ``pipeline_stats``, and the
+    draft's ``kv_bytes_per_token``. Reads from the server ``cv`` (the one lock, shared with the
+    connections), ``stop``, ``cpus``, ``unit``, ``limits.timeout_s``, ``contexts`` (the tags
+    still connected) and ``_now()`` (its clock).
+    """
+
+    def _init_engine(self, drafter: Drafter, options: ServerOptions, weights: dict[int, float]) -> None:
+        """The engine's state: ``weights`` (tag -> weight, filled as targets connect) feed the policy."""
+        self.drafter, self.options = drafter, options
+        self.queue = make_policy(options.policy, weights)
+        self.intervals: list[Busy] = []  # the engine's busy time
+        self.affinity: list[int] = []  # the engine's cores, as it runs
+        self.evictions: list[Eviction] = []
+        self._dropped: list[int] = []  # tags evicted for the batch being drafted
+        self._pre: dict[int, Task] = {}  # tag -> its pipelined task
+        self.pipeline_stats = PipelineStats()
+        # K and V of every layer, in the model's dtype: what one cached token costs the draft
+        self.kv_bytes_per_token = kv_bytes_per_token(drafter.model.config, drafter.model.dtype.itemsize)
+        # the tags' use order and evictions under draft memory (see the module docstring)
+        self.caches = None if options.memory_bytes is None else DraftCaches(
+            bytes_per_token=self.kv_bytes_per_token, capacity_bytes=options.memory_bytes, on_evict=self._evict)
+
+    # ------------------------------------------------------------------ the engine thread
+
+    def _engine_loop(self) -> None:
+        # The only thread that touches the draft model: tasks and frees come through the queue.
+        self.affinity = pin(self.cpus)
+        while (tasks := self._next_tasks()) is not None:
+            batch = []
+            for task in tasks:
+                if task.context is None:  # a free request: the tag's session ended
+                    self.drafter.free(task.target)
+                    if self.caches is not None:
+                        self.caches.free(task.target)
+                    task.done.set()
+                else:
+                    batch.append(task)
+            if self.caches is not None:
+                for task in batch:  # room first, as the simulator evicts at a round's start
+                    self.caches.take(task.target, len(task.context))
+            if len(batch) == 1:
+                self._draft_one(batch[0])
+            elif batch:
+                self._draft_batch(batch)
+            # stamped with the start of the round they made room for (as the simulator's)
+            self.evictions += [Eviction(tag=tag, at=batch[0].start) for tag in self._dropped]
+            self._dropped = []
+            if self.options.pipeline:
+                for task in batch:
+                    self._after(task)
+
+    def _next_tasks(self) -> list[Task] | None:
+        """The tasks to draft next, in the policy's order, as the simulator forms a batch: with
+        fewer than ``batch_max`` waiting, after waiting up to ``batch_window_s`` for more
+        (None: the server stops)."""
+        most, window = self.options.batch_max, self.options.batch_window_s
+        with self.cv:
+            while not self.queue and not self.stop.is_set():
+                self.cv.wait(0.2)
+            if self.stop.is_set():
+                return None
+            if window > 0 and len(self.queue) < most:
+                until = time.monotonic() + window
+                while len(self.queue) < most and not self.stop.is_set():
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.cv.wait(left)
+                if self.stop.is_set():
+                    return None
+            tasks = take_batch(self.queue, most)
+            for t in tasks:
+                t.taken = True
+        return tasks
+
+    def _evict(self, tag: int) -> None:
+        """``tag``'s draft cache is dropped for draft memory (engine thread)."""
+        self.drafter.free(tag)
+        self._dropped.append(tag)
+
+    def _draft_one(self, task: Task) -> None:
+        with self.unit:
+            task.start = self._now()
+            try:
+                task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
+                                                                task.seed, task.hidden, task.depth, not task.pre)
+            except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
+                task.error = f"draft failed: {type(e).__name__}: {e}"
+            task.end = self._now()
+        self.intervals.append(Busy(tag=task.target, start=task.start, end=task.end, new_tokens=task.new_tokens))
+        task.done.set()
+
+    def _draft_batch(self, tasks: list[Task]) -> None:
+        """Several tasks in one :meth:`Drafter.draft_batch`: each gets the batch's start and end,
+        and the draft one busy interval (the first task's tag, the batch's new tokens), as in the
+        simulator. If the batch fails, each task is drafted again alone, so that only a task
+        that fails by itself reports an error (to its own target)."""
+        with self.unit:
+            start = self._now()
+            self._batch(tasks)
+            end = self._now()
+        self.intervals.append(Busy(tag=tasks[0].target, start=start, end=end,
+                                   new_tokens=sum(t.new_tokens for t in tasks)))
+        for t in tasks:
+            t.start, t.end = start, end
+            t.done.set()
+
+    def _batch(self, tasks: list[Task]) -> None:
+        """Draft ``tasks`` in one batch; if it fails, one by one (see :meth:`_draft_batch`)."""
+        try:
+            done = self.drafter.draft_batch([(t.target, t.context, t.temperature, t.seed, t.hidden, t.depth,
+                                              not t.pre) for t in tasks])
+        except Exception:  # noqa: BLE001 - retried one by one below
+            log.warning("batched draft of %d tasks failed; drafting them one by one", len(tasks), exc_info=True)
+            done = None
+        if done is not None:
+            for t, (tree, new) in zip(tasks, done):
+                t.tree, t.new_tokens = tree, new
+            return
+        for t in tasks:
+            try:
+                t.tree, t.new_tokens = self.drafter.draft(t.target, t.context, t.temperature, t.seed, t.hidden,
+                                                          t.depth, not t.pre)
+            except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
+                t.error = f"draft failed: {type(e).__name__}: {e}"
+
+    # ------------------------------------------------------------------ a connection's side
+
+    def _submit(self, task: Task) -> Task:
+        """Queue ``task`` and wait for the engine to do it (a comm thread); a server that stops,
+        or no draft within ``timeout_s``, leaves it with an error."""
+        with self.cv:
+            self.queue.push(task)
+            self.cv.notify()
+        timeout_s = self.limits.timeout_s
+        give_up = time.monotonic() + timeout_s
+        while not task.done.wait(0.2):  # wake up to notice a server that is stopping
+            if self.stop.is_set():
+                task.error = "draft server stopping"
+                break
+            if time.monotonic() > give_up:
+                task.error = f"no draft within {timeout_s} s"
+                break
+        return task
+
+    # ------------------------------------------------------------------ pipelining
+
+    def _pipelinable(self, task: Task) -> bool:
+        return (task.tree is not None and task.tree.tokens and task.error is None and task.temperature == 0
+                and not self.drafter.needs_hidden)
+
+    def _follow(self, task: Task) -> None:
+        """Queue ``task``'s target's next tree, for its context plus ``task``'s main path (lock held)."""
+        path = main_path(task.tree)
+        nxt = Task(task.target, task.context + path, pre=True, path=path, depth=task.depth, deadline=task.deadline)
+        nxt.t_enqueue = self._now()
+        self._pre[task.target] = nxt
+        self.queue.push(nxt)
+        self.cv.notify()
+
+    def _after(self, task: Task) -> None:
+        """Pipelining, after the engine drafted ``task`` (engine thread): a missed pipelined
+        tree's time is wasted; a plain tree gets its successor queued."""
+        with self.cv:
+            if task.pre:
+                if task.missed:
+                    self.pipeline_stats.wasted_s += task.end - task.start
+            elif self._pipelinable(task) and task.target in self.contexts:
+                self._follow(task)
+
+    def _take_pipelined(self, tag: int, ids: list[int]) -> tuple[TreeDraft, Task] | None:
+        """A DRAFT_REQUEST's tokens ``ids`` against the tag's pipelined tree: (the subtree the
+        target gets, the pipelined task) on a hit, None on a miss or without one (comm thread)."""
+        with self.cv:
+            pre = self._pre.pop(tag, None)
+        if pre is None:
+            return None
+        if len(ids) == len(pre.path) + 1 and ids[:-1] == pre.path:  # the whole path accepted
+            give_up = time.monotonic() + self.limits.timeout_s
+            while not pre.done.wait(0.2) and not self.stop.is_set() and time.monotonic() < give_up:
+                pass
+            sub = subtree(pre.tree, ids[-1]) if pre.done.is_set() and pre.tree is not None else None
+            if sub is not None and sub.tokens:
+                with self.cv:
+                    self.pipeline_stats.hits += 1
+                    pre.context = pre.context + ids[-1:]
+                    pre.tree = sub
+                    if self._pipelinable(pre):
+                        self._follow(pre)  # and the next one, from where this one goes
+                return sub, pre
+        with self.cv:
+            self._drop(pre)
+        return None
+
+    def _drop_pipelined(self, tag: int) -> None:
+        """The tag's pipelined tree, if any, is of no use (a new request, or the tag is gone)."""
+        with self.cv:
+            old = self._pre.pop(tag, None)
+            if old is not None:
+                self._drop(old)
+
+    def _drop(self, pre: Task) -> None:
+        """A pipelined tree missed (lock held): dropped if the engine has not taken it, else its
+        draft time is wasted (now, or by :meth:`_after` when it ends)."""
+        self.pipeline_stats.misses += 1
+        pre.missed = True
+        if not pre.taken:
+            pre.cancelled = True  # dropped before it cost anything
+        elif pre.done.is_set():
+            self.pipeline_stats.wasted_s += pre.end - pre.start
