@@ -239,10 +239,10 @@ def test_worker_leaves_a_saturated_server_between_requests(quick_models):
         w = TargetWorker(0, target, None, time.monotonic(), fabric=seat)
         ids = tok.encode(CODE_PROMPTS[0]).ids
         assert w.run_request(0, ids, 16) == target_generate(target, ids, 16)
-        assert seat.server == 0 and seat.waiting[0] == 0  # alone: nothing waits
+        assert seat.server == 0 and seat.seat.waiting == 0  # alone: nothing waits
         w.run_request(1, ids, 8)
         assert seat.server == 0 and seat.repairs == 0  # not saturated: it stays
-        seat.waiting[0] = 1  # as if the last reply said one task waited behind it
+        seat.seat.served(1)  # as if the last reply said one task waited behind it
         assert w.run_request(2, ids, 16) == target_generate(target, ids, 16)
         assert seat.server == 1 and seat.repairs == 1 and loads == [0, 1] and seats == [1]
         assert {row[3] for row in w.rounds if row[1] == 2} == {1}

@@ -10,6 +10,7 @@ and clocks where the rule does not need torch (so these tests run in the quick t
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -339,3 +340,208 @@ def test_turns_in_the_simulator(served, prompts, repeat, issued, budget, index):
     assert (rid, (prompt, output)) == (issued, pset[index]) and req.issued == issued + 1
     assert len(pauses) == rules.pauses_first(served) and at == 0.25 * len(pauses)
 
+
+
+# ====================================================================== the real backend's drivers
+#
+# Stand-ins where the rule needs no model: a verifier that accepts ``k`` draft tokens each round,
+# a draft client that answers at once, a drafter that returns fixed trees, and a clock that
+# advances one second per reading, so that every time a rule reads is exact.
+
+
+class _Verifier:
+    """The target's verify, accepting ``k`` draft tokens a round (token 7) and its bonus (8)."""
+
+    k = 0
+
+    def __init__(self, model, temperature, rng, hidden=False):
+        self.hidden, self.features = False, None
+
+    def prefill(self, prompt):
+        return 5
+
+    def verify(self, tree):
+        from starsim.real.speculation import RoundResult
+
+        return RoundResult(emitted=[7] * self.k + [8], accepted=self.k, tree_tokens=len(tree.tokens))
+
+    def step(self):
+        return 6
+
+
+class _Client:
+    """A draft server that answers at once with a 4-deep chain; it notes each request's deadline."""
+
+    needs_hidden, clock_offset_s, clock_error_s, bytes_up, bytes_down, tag = False, 0.0, 0.0, 10, 10, 0
+
+    def __init__(self):
+        self.deadlines = []
+
+    def draft(self, new, start, temperature, seed, hidden, deadline_in_s=None, depth=None, sent=None):
+        from starsim.real.speculation import TreeDraft
+
+        self.deadlines.append(deadline_in_s)
+        if sent is not None:
+            sent()
+        hdr = {k: 0.0 for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")}
+        return TreeDraft([1, 2, 3, 4], [-1, 0, 1, 2], [1, 2, 3, 4]), {**hdr, "new_tokens": len(new), "kv_bytes": 0}
+
+    def close(self):
+        pass
+
+
+def _real_request(monkeypatch, accepted: int, output: int, slo: float | None = None):
+    """One request through the real target worker: (its rounds table, its request row, the client)."""
+    pytest.importorskip("torch")
+    import itertools
+
+    import starsim.real.worker as worker_mod
+    from starsim.real.worker import TargetWorker, WorkerOptions
+    from starsim.records import REQUEST_COLUMNS, ROUND_COLUMNS
+
+    monkeypatch.setattr(worker_mod, "Verifier", type("V", (_Verifier,), {"k": accepted}))
+    ticks = itertools.count(1.0)
+    monkeypatch.setattr(TargetWorker, "now", lambda self: float(next(ticks)))
+    client = _Client()
+    w = TargetWorker(0, None, client, 0.0, WorkerOptions(tpot_slo_s=slo))
+    w.run_request(0, [1] * 50, output)
+    names = [c for c, _ in ROUND_COLUMNS]
+    rounds = [dict(zip(names, row)) for row in w.rounds]
+    return rounds, dict(zip([c for c, _ in REQUEST_COLUMNS], w.requests[0])), client
+
+
+@pytest.mark.parametrize("accepted,output,expected", EMITTED)
+def test_emitted_in_the_real_backend(monkeypatch, accepted, output, expected):
+    rounds, request, _ = _real_request(monkeypatch, accepted, output)
+    assert [r["emitted"] for r in rounds] == expected
+    assert request["generated_tokens"] == output
+
+
+@pytest.mark.parametrize("slo,accepted,output,expected", DEADLINE)
+def test_deadline_in_the_real_backend(monkeypatch, slo, accepted, output, expected):
+    """The worker sends seconds until the token is due; on its clock, the due time is the rule's."""
+    rounds, request, client = _real_request(monkeypatch, accepted, output, slo)
+    due = [d + r["t_send"] - request["t_first_token"] for d, r in zip(client.deadlines, rounds)]
+    assert due == pytest.approx(expected)
+
+
+class _Drafter:
+    """A draft that returns a fixed greedy tree: two first-level tokens (10, 11), then a chain
+    under 10 (12, 13, 14): its main path is 10, 12, 13, 14. ``batches`` notes each batch's size."""
+
+    needs_hidden, depth, ranks = False, 4, None
+    model = SimpleNamespace(config=SimpleNamespace(vocab_size=100, num_hidden_layers=1, num_attention_heads=1,
+                                                   hidden_size=8), dtype=SimpleNamespace(itemsize=2))
+
+    def __init__(self):
+        self.batches = []
+
+    def draft(self, tag, context, temperature=0.0, seed=None, hidden=None, depth=None, observe=True):
+        from starsim.real.speculation import TreeDraft
+
+        return TreeDraft([10, 11, 12, 13, 14], [-1, -1, 0, 2, 3], [1, 1, 2, 3, 4]), 1
+
+    def draft_batch(self, tasks):
+        self.batches.append(len(tasks))
+        return [self.draft(*t) for t in tasks]
+
+    def free(self, tag):
+        pass
+
+
+@pytest.mark.parametrize("took,goes_on,bonus,hit", PIPELINE_RULE)
+def test_pipelining_in_the_real_backend(took, goes_on, bonus, hit):
+    """The real server over TCP: a request whose tokens are the last tree's main path (or not)
+    and a bonus token the pipelined tree offers at its root (10) or not (50); a request that
+    does not go on starts a new one (``start``) instead."""
+    pytest.importorskip("torch")
+    from starsim.real.client import DraftClient
+    from starsim.real.server import DraftServer, ServerOptions
+
+    with DraftServer(_Drafter(), options=ServerOptions(pipeline=True)) as server:
+        c = DraftClient(server.address)
+        c.draft([1, 2, 3], start=True)
+        path = [10, 12, 13, 14] if took else [10, 12, 99, 98]
+        _, hdr = c.draft(path + [10 if bonus else 50], start=not goes_on)
+        stats = server.pipeline_stats.hits, server.pipeline_stats.misses  # before the session ends
+        c.close()
+    assert bool(hdr.get("pipelined")) is hit
+    assert stats == ((1, 0) if hit else (0, 1))
+
+
+@pytest.mark.parametrize("queued,most,window,more_at,start,size", WINDOW)
+def test_window_in_the_real_backend(queued, most, window, more_at, start, size):
+    """The real engine's first batch holds what the rule says (its start is wall time here, so
+    only the size is checked: the tasks are queued well within the window)."""
+    pytest.importorskip("torch")
+    import threading
+
+    from starsim.real.draft_engine import Task
+    from starsim.real.server import DraftServer, ServerOptions
+
+    drafter = _Drafter()
+    # a window wider than the table's, so that a task due at ``more_at`` is in it on a slow machine
+    server = DraftServer(drafter, options=ServerOptions(batch_max=most, batch_window_s=window * 2 + 0.3 * (window > 0)))
+    tasks = [Task(i, [1, 2, 3]) for i in range(queued + (more_at is not None))]
+    with server.cv:  # all queued before the engine looks
+        for t in tasks[:queued]:
+            server.queue.push(t)
+    server.start()
+    def push_last():
+        with server.cv:
+            server.queue.push(tasks[-1])
+            server.cv.notify()
+
+    if more_at is not None:
+        threading.Timer(more_at, push_last).start()
+    tasks[0].done.wait(30)
+    server.close()
+    first = drafter.batches[0] if drafter.batches else 1
+    assert first == size
+
+
+@pytest.mark.parametrize("alive,waiting,repair_queue,kept", SEAT)
+def test_seat_in_the_real_backend(alive, waiting, repair_queue, kept):
+    """A real target's fabric client: the queue length comes in its server's reply header."""
+    pytest.importorskip("torch")
+    import threading
+
+    from starsim.pairing import make_pairing
+    from starsim.real.worker import FabricClient
+
+    pairing = make_pairing("least_loaded", 2)
+    fab = FabricClient(0, ["a:1", "b:2"], pairing, threading.Lock(), lambda address: _Client(),
+                       repair_queue=repair_queue, seats=[-1])
+    assert fab.begin() is not None and fab.server == 0 and fab.seats == [0]
+    fab.served({"queue_len": waiting})
+    pairing.alive[0] = alive
+    assert fab.begin() is not None
+    assert (fab.server == 0) is kept and fab.repairs == (0 if kept else 1) and fab.seats == [fab.server]
+
+
+@pytest.mark.parametrize("times,budget,expected", ARRIVALS)
+def test_arrivals_in_the_real_backend(monkeypatch, times, budget, expected):
+    """The real run's open-loop schedule (it releases request i at ``arrivals[i]``)."""
+    pytest.importorskip("torch")
+    import starsim.real.execute as ex
+
+    monkeypatch.setattr(ex, "workload_arrivals", lambda w, rng: iter([(t, 10, 20) for t in times]))
+    sc = SimpleNamespace(workload=None, seed=0, max_requests=budget)
+    at, lengths, cut = ex._open_loop(sc, horizon=float("inf"))
+    assert list(enumerate(at)) == expected and not cut and lengths == [(10, 20)] * len(at)
+
+
+@pytest.mark.parametrize("served,prompts,repeat,issued,budget,index", TURNS)
+def test_turns_in_the_real_backend(served, prompts, repeat, issued, budget, index):
+    """A real target process takes its next request from the run's shared counter."""
+    pytest.importorskip("torch")
+    import multiprocessing as mp
+
+    from starsim.real.execute import next_request
+
+    counter = mp.get_context("spawn").Value("i", issued)
+    job = SimpleNamespace(arrivals=None, prompts=[(10 + i, 20 + i) for i in range(prompts)], repeat=repeat,
+                          budget=budget)
+    got = next_request(job, counter, served)
+    assert got == (None if index is None else (issued, index))
+    assert counter.value == issued + (index is not None)

@@ -36,9 +36,10 @@ import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..draft_state import DraftCaches, PipelineStats, take_batch
+from ..draft_state import DraftCaches, PipelineStats
 from ..models.kv import kv_bytes_per_token
 from ..policies import make_policy
+from ..rules import pipelined_hit, take_batch, window_left
 from .resources import pin
 from .server_options import ServerOptions
 from .speculation import Drafter, TreeDraft
@@ -188,10 +189,8 @@ class DraftEngine:
                 return None
             if window > 0 and len(self.queue) < most:
                 until = time.monotonic() + window
-                while len(self.queue) < most and not self.stop.is_set():
-                    left = until - time.monotonic()
-                    if left <= 0:
-                        break
+                while not self.stop.is_set() and (left := window_left(len(self.queue), most, until,
+                                                                      time.monotonic())) > 0:
                     self.cv.wait(left)
                 if self.stop.is_set():
                     return None
@@ -302,12 +301,15 @@ class DraftEngine:
             pre = self._pre.pop(tag, None)
         if pre is None:
             return None
-        if len(ids) == len(pre.path) + 1 and ids[:-1] == pre.path:  # the whole path accepted
+        took_path = len(ids) == len(pre.path) + 1 and ids[:-1] == pre.path
+        sub = None
+        if took_path:  # the tree must be drafted to tell whether it offers the bonus token
             give_up = time.monotonic() + self.limits.timeout_s
             while not pre.done.wait(0.2) and not self.stop.is_set() and time.monotonic() < give_up:
                 pass
             sub = subtree(pre.tree, ids[-1]) if pre.done.is_set() and pre.tree is not None else None
-            if sub is not None and sub.tokens:
+        # a request came after the pipelined tree's round: that request went on
+        if pipelined_hit(took_path, True, bool(sub is not None and sub.tokens)):
                 with self.cv:
                     self.pipeline_stats.hits += 1
                     pre.context = pre.context + ids[-1:]

@@ -41,6 +41,7 @@ from ..errors import StarsimError
 from ..metrics import summarize
 from ..records import RequestRow, interval_row
 from ..result import Result
+from ..rules import closed_loop_turn, open_loop_arrivals, pauses_first
 from ..run_meta import provenance, run_meta
 from ..scenario import ClosedLoop, Scenario, parse_device_ref
 from ..streams import Stream, rng_for
@@ -94,22 +95,18 @@ def _check_serving(scenario: Scenario) -> None:
 
 
 def _open_loop(scenario: Scenario, horizon: float) -> tuple[list[float], list[tuple[int, int]], bool]:
-    """The simulator's open-loop requests for the scenario and seed, in request-id order:
-    arrival times and ``(prompt, output)`` lengths, up to the budget and ``horizon``
-    (inclusive, as in the simulator); and whether ``horizon`` cut the arrivals short."""
-
+    """The simulator's open-loop requests for the scenario and seed (:func:`starsim.rules.open_loop_arrivals`,
+    the same floats), in request-id order: arrival times and ``(prompt, output)`` lengths, up
+    to the budget and ``horizon`` (inclusive, as in the simulator); and whether ``horizon`` cut
+    the arrivals short."""
     times: list[float] = []
     lengths: list[tuple[int, int]] = []
-    now = 0.0
-    for t, p, o in workload_arrivals(scenario.workload, rng_for(scenario.seed, Stream.WORKLOAD)):
-        if scenario.max_requests is not None and len(times) >= scenario.max_requests:
-            break
-        if t > now:  # the simulator's clock, bit for bit: SimPy's now + (t - now), never back in time
-            now += t - now
-        if now > horizon:
+    draws = workload_arrivals(scenario.workload, rng_for(scenario.seed, Stream.WORKLOAD))
+    for a in open_loop_arrivals(draws, scenario.max_requests):
+        if a.at > horizon:
             return times, lengths, True
-        times.append(now)
-        lengths.append((p, o))
+        times.append(a.at)
+        lengths.append((a.prompt, a.output))
     return times, lengths, False
 
 
@@ -323,6 +320,23 @@ def _connect(job: TargetJob, p: _Process) -> None:
         p.tag = p.client.tag
 
 
+def next_request(job: TargetJob, issued, served: int) -> tuple[int, int] | None:
+    """A target's next request, having ``served`` some: (its id, from the run's shared counter
+    ``issued``; the index of its prompt), or None when it has none: a closed loop's turn
+    (:func:`starsim.rules.closed_loop_turn`, the simulator's rule), an open loop's schedule
+    spent (its arrivals are within the budget already)."""
+    with issued.get_lock():
+        n = issued.value
+        if job.arrivals is None:
+            i = closed_loop_turn(served, len(job.prompts), job.repeat, n, job.budget)
+        else:
+            i = n if n < len(job.arrivals) else None
+        if i is None:
+            return None
+        issued.value = n + 1
+    return n, i
+
+
 def _take_requests(job: TargetJob, shared: RunShared, p: _Process) -> None:
     """The target's requests, from the common start until the budget or the horizon ends."""
     from .models import eos_ids
@@ -344,25 +358,19 @@ def _take_requests(job: TargetJob, shared: RunShared, p: _Process) -> None:
                             draft_index=job.index if p.server is not None else 0)
     p.worker = worker = TargetWorker(job.index, p.model, p.client, t0, options, fabric=p.seat, controller=controller,
                                      unit=job.unit_lock)
-    arrivals, prompts = job.arrivals, job.prompts
-    served, limit = 0, job.budget if arrivals is None else len(arrivals)  # arrivals: within the budget
+    arrivals, served = job.arrivals, 0
     think = job.pause.sampler(rng_for(job.seed, Stream.PAUSE, job.index)) if job.pause is not None else None
-    while time.monotonic() < deadline and (arrivals is not None or job.repeat or served < len(prompts)):
-        with shared.issued.get_lock():
-            if limit is not None and shared.issued.value >= limit:
-                break
-            rid = shared.issued.value
-            shared.issued.value += 1
+    while time.monotonic() < deadline and (taken := next_request(job, shared.issued, served)) is not None:
+        rid, i = taken
+        prompt, output = job.prompts[i]
         if arrivals is None:
-            prompt, output = prompts[served % len(prompts)]
-            if served and think is not None:  # as the simulator: the request is taken, then the pause
+            if pauses_first(served) and think is not None:  # as the simulator: the request is taken, then the pause
                 time.sleep(think(0.0, 0.0, 0.0))
             t_arrival = time.monotonic() - t0
         else:
             # Open loop: whoever asks first gets the next request and waits for it to arrive, as
             # the simulator's longest-idle target does; one that arrived while all were busy
             # queued meanwhile (its TTFT counts from arrival).
-            prompt, output = prompts[rid]
             t_arrival = arrivals[rid]
             time.sleep(max(0.0, t0 + t_arrival - time.monotonic()))
         shared.taken.take(job.index, RequestRow(request=rid, target=job.index, prompt_tokens=len(prompt),

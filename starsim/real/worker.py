@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ..pairing import NoDraftServer, Pairing
+from ..pairing import Pairing
 from ..records import Recorder, Records, RequestRow, RoundWriter
+from ..rules import Seat, emitted, token_due
 from ..streams import Stream, rng_for
 from . import protocol as P
 from .client import DraftClient
@@ -38,40 +39,34 @@ log = logging.getLogger("starsim.target")
 
 
 class FabricClient:
-    """A target's side of an M-for-N draft fabric: the server it is paired with (``server``),
-    one connection per server it has used, and its moves away from failed or saturated ones.
+    """A target's side of an M-for-N draft fabric: its :class:`~starsim.rules.Seat` (the
+    server it is paired with, when it keeps it, when it leaves it: the simulator's rule), one
+    connection per server it has used, and the connection failures that make it pair again.
 
     ``pairing`` works over the fabric's load board (shared by every target; ``lock`` guards
-    it); ``connect(address)`` opens a :class:`DraftClient`. Pairing follows the simulator
-    (:class:`starsim.sim.fabric.Fabric`): a target keeps its server between requests unless
-    that one is down or, with ``repair_queue``, its last reply said more than that many tasks
-    were waiting; ``repairs`` counts the moves to another server.
+    it); ``connect(address)`` opens a :class:`DraftClient`; ``repairs`` counts the moves to
+    another server.
     """
 
     def __init__(self, index: int, addresses: list[str], pairing: Pairing, lock, connect,
                  repair_queue: int | None = None, seats=None):
-        self.index, self.addresses, self.pairing, self.lock = index, list(addresses), pairing, lock
-        self.connect, self.repair_queue = connect, repair_queue
+        self.index, self.addresses, self.lock, self.connect = index, list(addresses), lock, connect
+        self.seat = Seat(index, pairing, repair_queue)
         # seats[index]: the server this target is paired with (-1: none), on the shared board, so
         # that the run can give back the load of a target process that was killed
         self.seats = seats
         self.clients: dict[int, DraftClient] = {}
         self.tags: list[tuple[int, int]] = []  # (server, tag) of every connection, for the draft intervals
-        self.server: int | None = None
-        self.waiting: dict[int, int] = {}  # server -> tasks waiting in its queue at its last reply
-        self.repairs = 0
         self.down = False  # every server down (or unreachable): no speculation from here on
         self._failed = 0  # connections failed since the last served round
 
     @property
     def server(self) -> int | None:
-        return self._server
+        return self.seat.server
 
-    @server.setter
-    def server(self, j: int | None) -> None:
-        self._server = j
-        if self.seats is not None:
-            self.seats[self.index] = -1 if j is None else j
+    @property
+    def repairs(self) -> int:
+        return self.seat.repairs
 
     def connect_all(self) -> None:
         """Open a connection to every server now (start-up, before the run's clock starts)."""
@@ -90,21 +85,22 @@ class FabricClient:
         if c is not None:
             c.close()
 
-    def _pair(self, leave: bool) -> int | None:
-        cur = self.server
-        with self.lock:
-            try:
-                j = self.pairing.pair(self.index, cur, leave=leave and cur is not None)
-            except NoDraftServer:
-                if cur is not None:
-                    self.pairing.unpair(cur)
-                self.server, self.down = None, True
-                return None
-        if cur is not None and j != cur:
-            self.repairs += 1
-            log.info("target %d: draft server %d -> %d", self.index, cur, j)
-        self.server = j
+    def _moved(self, before: int | None) -> int | None:
+        """After the seat moved (or not): the board's copy, the log line; the server now."""
+        j = self.seat.server
+        if self.seats is not None:
+            self.seats[self.index] = -1 if j is None else j
+        if j is None:
+            self.down = True
+        elif before is not None and j != before:
+            log.info("target %d: draft server %d -> %d", self.index, before, j)
         return j
+
+    def _pair(self, leave: bool) -> int | None:
+        before = self.seat.server
+        with self.lock:
+            self.seat.pair(leave)
+        return self._moved(before)
 
     def _connected(self, j: int | None) -> DraftClient | None:
         """The connection to server ``j``; one that cannot be opened counts as a failure, and
@@ -124,23 +120,17 @@ class FabricClient:
 
     def _give_up(self) -> None:
         with self.lock:
-            if self.server is not None:
-                self.pairing.unpair(self.server)
-        self.server, self.down = None, True
+            self.seat.leave()
+        self._moved(None)
 
     def begin(self) -> DraftClient | None:
         """At a request's start: the client of the server to use (None: every server is down)."""
         if self.down:
             return None
-        cur = self.server
-        if cur is None:
-            return self._connected(self._pair(False))
-        saturated = self.repair_queue is not None and self.waiting.get(cur, 0) > self.repair_queue
+        before = self.seat.server
         with self.lock:
-            alive = bool(self.pairing.alive[cur])
-        if alive and not saturated:
-            return self._connected(cur)
-        return self._connected(self._pair(True))
+            self.seat.begin()
+        return self._connected(self._moved(before))
 
     def repair(self) -> DraftClient | None:
         """The connection to the paired server failed mid-request: the client of another live
@@ -155,17 +145,16 @@ class FabricClient:
         """A reply came from the paired server: note its queue length."""
         self._failed = 0
         q = header.get("queue_len", 0)
-        self.waiting[self.server] = q if isinstance(q, int) and not isinstance(q, bool) else 0
+        self.seat.served(q if isinstance(q, int) and not isinstance(q, bool) else 0)
 
     def close(self) -> None:
         """The session ends: unpair and close every connection."""
-        if self.server is not None:
-            with self.lock:
-                self.pairing.unpair(self.server)
-            self.server = None
+        with self.lock:
+            self.seat.leave()
+        if self.seats is not None:
+            self.seats[self.index] = -1
         for j in list(self.clients):
             self._drop(j)
-
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -285,7 +274,7 @@ class TargetWorker:
         reply: (tree, header); None when the server is lost (:meth:`_draft_lost`)."""
         v = r.verifier
         # the next token is due when the request would fall behind its TPOT objective
-        due = None if self.tpot_slo_s is None else r.t_first + self.tpot_slo_s * len(r.out) - t_send
+        due = None if self.tpot_slo_s is None else token_due(r.t_first, self.tpot_slo_s, len(r.out)) - t_send
         if r.pending:
             v.features, r.pending = np.concatenate([*r.pending, v.features]), []
         try:
@@ -327,7 +316,7 @@ class TargetWorker:
         t_verify = self.now()
         res = r.verifier.verify(tree)
         t_end = self.now()
-        emitted = self._until_eos(res.emitted[: r.output_tokens - len(r.out)])
+        kept = self._until_eos(res.emitted[: emitted(res.accepted, len(r.out), r.output_tokens)])
         # the server's timestamps, moved onto our clock
         srv = {k: hdr[k] - self.client.clock_offset_s - self.clock0
                for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")}
@@ -339,12 +328,12 @@ class TargetWorker:
                      t_draft_start=srv["t_draft_start"], t_draft_end=srv["t_draft_end"],
                      t_reply_send=srv["t_reply_send"], t_target_arrive=t_arrive,
                      t_verify_start=t_verify, t_verify_end=t_end, context_tokens=ctx,
-                     new_tokens=int(hdr["new_tokens"]), accepted=res.accepted, emitted=len(emitted),
+                     new_tokens=int(hdr["new_tokens"]), accepted=res.accepted, emitted=len(kept),
                      bytes_up=self.client.bytes_up, draft_kv_bytes=int(hdr["kv_bytes"]))
         r.new, r.start = res.emitted, False
         if self.controller is not None:
             self.controller.observe(d, res.accepted, t_end - t_send, ctx)
-        return emitted
+        return kept
 
     def _plain_step(self, r: _Request, d: int | None, ctx: int) -> list[int]:
         """One token without speculation (no draft, or adaptive depth ``d`` 0); the token."""
