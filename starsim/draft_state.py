@@ -39,14 +39,21 @@ class DraftCaches:
 
     def take(self, tag: int, context: int) -> int:
         """A round for ``tag`` over ``context`` tokens starts: the tokens it must encode."""
+        cached = self.hold(tag, context)
+        if not self.prefix_cache:
+            return context
+        return context - cached if context > cached else 0
+
+    def hold(self, tag: int, context: int) -> int:
+        """``tag`` now holds ``context`` tokens and is the most recently used (other tags'
+        caches dropped to fit); what it held before. (The real server's drafter counts its
+        new tokens itself, by token ids: it calls this, not :meth:`take`.)"""
         held = self.held
         cached = held.pop(tag, 0)  # popped and set again: the tag is now the most recent
         held[tag] = context
         if self.capacity_bytes is not None:
             self._fit()
-        if not self.prefix_cache:
-            return context
-        return context - cached if context > cached else 0
+        return cached
 
     def take_many(self, pairs) -> list[int]:
         """:meth:`take` for each ``(tag, context)`` in order (a batched round's sequences)."""

@@ -19,12 +19,10 @@ what a round encodes, by comparing token ids: a new request keeps the prefix it 
 the last one, a missed pipelined tree the part of its path the target accepted, which a count
 of tokens cannot tell. Under ``memory_bytes`` the engine also keeps a
 :class:`~starsim.draft_state.DraftCaches`, for what the simulator decides the same way: the
-tags in use order and which to drop (its ``on_evict`` frees the drafter's state). Its
-``take`` runs at each round's start for that; the new-token count it returns and its ``cut``
-are the simulator's stand-ins for the drafter's comparison, so the server uses neither: after
-each ``take`` a tag's count there is its whole context, as the drafter's cache is (which keeps
-a missed tree's tokens until that tag's next round crops them). Without a memory limit there
-is no book but the drafter's.
+tags in use order and which to drop (its ``on_evict`` frees the drafter's state), told at each
+round's start what the tag holds (``hold``: its whole context, as the drafter's cache does).
+The simulator's ``take`` and ``cut`` stand in for the drafter's comparison by counting
+tokens; the server needs neither. Without a memory limit there is no book but the drafter's.
 """
 
 from __future__ import annotations
@@ -165,7 +163,7 @@ class DraftEngine:
                     batch.append(task)
             if self.caches is not None:
                 for task in batch:  # room first, as the simulator evicts at a round's start
-                    self.caches.take(task.target, len(task.context))
+                    self.caches.hold(task.target, len(task.context))
             if len(batch) == 1:
                 self._draft_one(batch[0])
             elif batch:
