@@ -61,6 +61,7 @@ def pytest_collection_modifyitems(config, items) -> None:
         stem = item.path.stem
         if stem in REAL:
             item.add_marker(pytest.mark.real)
+            item.add_marker(pytest.mark.xdist_group("real"))  # one worker runs them, one at a time
         if stem in FUZZ:
             item.add_marker(pytest.mark.fuzz)
         if item.originalname in SLOW:
