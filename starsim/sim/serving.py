@@ -21,7 +21,7 @@ from ..rules import emitted, pauses_first, pipelined_hit, token_due
 from ..scenario import Serving
 from ..serving import Seq, Step, StepScheduler, tree_shape
 from .draft import Task
-from .target import Target, _work
+from .target import Target
 
 
 class _User:
@@ -229,7 +229,7 @@ class ServingTarget(Target):
         """One draft request for ``seqs``: up the link, the engine (one batched round), the
         reply down (``defer``: a pure delay is waited with the forward, its ``lead``). Returns
         its hops, or None if its server failed."""
-        env, host = self.env, self.unit.host
+        env = self.env
         new, top, pairs = 0, 0, []
         add = pairs.append
         for s in seqs:  # one pass: the tokens the draft has not seen (sent now), the (tag, context) pairs
@@ -242,17 +242,7 @@ class ServingTarget(Target):
         b_up = self.bytes_up[new]
         b_down = self._bytes_down(len(seqs))
         t_send = env.now
-        yield from _work(env, host, self.send_cpu())
-        t0, t_up = env.now, self.up(b_up)
-        draft_host = engine.unit.host
-        if draft_host is None:
-            yield env.timeout(t_up + self.parse())
-            t_arrive = t0 + t_up
-        else:
-            yield env.timeout(t_up)
-            t_arrive = env.now
-            yield from _work(env, draft_host, self.parse())
-        t_enq = env.now
+        t_arrive, t_enq = yield from self._way_up(engine, b_up)
         task = Task(self.index, 0, env.event())
         task.context = top
         if self.batched:
@@ -265,16 +255,10 @@ class ServingTarget(Target):
             return None
         if self.fabric is not None:
             self.fabric.served(self.index, engine)
-        if defer and draft_host is None and not self.has_msg_cpu:
-            # the reply's way back is pure delay: waited with the forward (as Target._speculate_shared)
-            t_ser = self.serialize()
-            t_down = self.down(b_down)
-            lead, t_reply, t_back = t_ser + t_down, task.end + t_ser, task.end + t_ser + t_down
+        if defer and engine.unit.host is None and not self.has_msg_cpu:  # pure delay: waited with the forward
+            lead, t_reply, t_back = self._delay_back(task.end, b_down)
         else:
-            yield from _work(env, draft_host, self.serialize())
-            t_reply = env.now
-            yield env.timeout(self.down(b_down))
-            yield from _work(env, host, self.receive_cpu())
+            t_reply = yield from self._way_back(engine, b_down)
             lead, t_back = 0.0, env.now
         return {"task": task, "engine": engine, "t_send": t_send, "t_arrive": t_arrive, "t_enq": t_enq,
                 "t_reply": t_reply, "t_back": t_back, "lead": lead, "b_up": b_up, "b_down": b_down}
@@ -289,11 +273,7 @@ class ServingTarget(Target):
         if t.failed:
             return None
         b_down = self._bytes_down(len(seqs))
-        t_reply = t.end + self.serialize()
-        ready = t_reply + self.down(b_down)
-        if ready > env.now:
-            yield env.timeout(ready - env.now)
-        yield from _work(env, self.unit.host, self.receive_cpu())
+        t_reply = yield from self._pipelined_reply(t, b_down)
         for s in seqs:  # the engine drafted it on their accepted tokens: nothing new to send
             s.new = 0
         return {"task": t, "engine": engine, "t_send": t.submitted, "t_arrive": t.submitted, "t_enq": t.submitted,

@@ -430,17 +430,13 @@ class Target:
         """A hit: the tree drafted during the last verify, once it is done and down the wire.
         Returns its hops, or None when its server failed meanwhile (the round starts over,
         as an ordinary one)."""
-        env, t = self.env, st.pre
+        t = st.pre
         if not t.done.triggered:
             yield t.done
         if t.failed:
             st.pre = None
             return None
-        t_reply = t.end + self.serialize()
-        ready = t_reply + self.down(b_down)
-        if ready > env.now:
-            yield env.timeout(ready - env.now)
-        yield from _work(env, self.unit.host, self.receive_cpu())
+        t_reply = yield from self._pipelined_reply(t, b_down)
         return _Hops(t, 0, t.submitted, t.submitted, t_reply, 0.0)
 
     def _request_hops(self, t: Task, st: _Progress, d: int, toks: int, b_down: int):
@@ -448,19 +444,9 @@ class Target:
         parse, the engine, and (when it is not pure delay, waited with the verify instead) the
         reply's way back. Returns its hops, or None when the server failed with it (the target
         pairs again and will send its whole context)."""
-        env, host, engine = self.env, self.unit.host, st.engine
-        draft_host = engine.unit.host
+        env, engine = self.env, st.engine
         b_up = self.bytes_up[st.new]
-        yield from _work(env, host, self.send_cpu())
-        t0, t_up = env.now, self.up(b_up)
-        if draft_host is None:  # the wire and the parse in one wait, summed as _speculate does
-            yield env.timeout(t_up + self.parse())
-            t_arrive = t0 + t_up
-        else:
-            yield env.timeout(t_up)
-            t_arrive = env.now
-            yield from _work(env, draft_host, self.parse())
-        t_enq = env.now
+        t_arrive, t_enq = yield from self._way_up(engine, b_up)
         t.context, t.done, t.failed, t.next = st.ctx, env.event(), False, None
         # the task is reused: a full-depth round after a shallower one must not keep its depth
         t.depth, t.tokens = (d, toks) if d != self.depth else (None, None)
@@ -472,13 +458,56 @@ class Target:
             st.engine = self.fabric.after_failure(self.index) if self.fabric is not None else None
             st.new = st.ctx
             return None
-        if draft_host is None and not self.has_msg_cpu:
+        if engine.unit.host is None and not self.has_msg_cpu:
             return _Hops(t, b_up, t_arrive, t_enq, None, None)  # the way back: waited with the verify
-        yield from _work(env, draft_host, self.serialize())
+        t_reply = yield from self._way_back(engine, b_down)
+        return _Hops(t, b_up, t_arrive, t_enq, t_reply, 0.0)
+
+    # ------------------------------------------------------------------ a draft request's hops (both loops'
+    # general paths and the serving target's)
+
+    def _way_up(self, engine: DraftEngine, b_up: int):
+        """A draft request's way to ``engine``: the target's send work, the wire up, the
+        server's parse (the wire and the parse in one wait when the draft's host shares no
+        cores, summed as :meth:`_speculate` does). Returns (reached the server, queued)."""
+        env = self.env
+        yield from _work(env, self.unit.host, self.send_cpu())
+        t0, t_up = env.now, self.up(b_up)
+        if engine.unit.host is None:
+            yield env.timeout(t_up + self.parse())
+            return t0 + t_up, env.now
+        yield env.timeout(t_up)
+        t_arrive = env.now
+        yield from _work(env, engine.unit.host, self.parse())
+        return t_arrive, env.now
+
+    def _way_back(self, engine: DraftEngine, b_down: int):
+        """The reply's way back when some of it competes for cores: the server's serialize, the
+        wire down, the target's receive work. Returns when the reply left the server."""
+        env = self.env
+        yield from _work(env, engine.unit.host, self.serialize())
         t_reply = env.now
         yield env.timeout(self.down(b_down))
-        yield from _work(env, host, self.receive_cpu())
-        return _Hops(t, b_up, t_arrive, t_enq, t_reply, 0.0)
+        yield from _work(env, self.unit.host, self.receive_cpu())
+        return t_reply
+
+    def _delay_back(self, t_end: float, b_down: int) -> tuple[float, float, float]:
+        """The reply's way back as pure delay, waited with the verify (as :meth:`_speculate` sums
+        it: serialize + wire down): (the wait before the verify, the reply leaves, it is here)."""
+        t_ser = self.serialize()
+        t_down = self.down(b_down)
+        return t_ser + t_down, t_end + t_ser, t_end + t_ser + t_down
+
+    def _pipelined_reply(self, t: Task, b_down: int):
+        """A pipelined tree's reply: serialized when it was drafted, down the wire (waited only
+        if it is not here yet), received. Returns when it left the server."""
+        env = self.env
+        t_reply = t.end + self.serialize()
+        ready = t_reply + self.down(b_down)
+        if ready > env.now:
+            yield env.timeout(ready - env.now)
+        yield from _work(env, self.unit.host, self.receive_cpu())
+        return t_reply
 
     def _verify_round(self, rows: RoundWriter, st: _Progress, h: _Hops, d: int, toks: int, b_down: int,
                       t_send: float, hit: bool):
@@ -488,10 +517,8 @@ class Target:
         t_end = t.end
         if self.fabric is not None:
             self.fabric.served(self.index, engine)
-        if h.lead is None:  # as _speculate sums them: serialize + wire down, then the verify, in one wait
-            t_ser = self.serialize()
-            t_down = self.down(b_down)
-            lead, t_reply, t_back = t_ser + t_down, t_end + t_ser, t_end + t_ser + t_down
+        if h.lead is None:
+            lead, t_reply, t_back = self._delay_back(t_end, b_down)
         else:
             lead, t_reply, t_back = 0.0, h.t_reply, self.env.now
         dur = self.verify(toks + 1, ctx, d)
