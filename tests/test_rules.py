@@ -144,9 +144,41 @@ def test_pipelined_outcomes_by_rule(accepted, output, expected):
 @pytest.mark.parametrize("accepted,output,expected", PIPELINE)
 def test_pipelining_in_the_simulator(const_star, accepted, output, expected):
     """The simulator's trees are counts, not tokens: it takes a whole-path acceptance as
-    offering the bonus (the real backend checks the token: see the real driver)."""
+    offering the bonus (the real backend checks the token: see the real driver). Every
+    pipelined tree here is drafted alone (4 ms) during the verify, so a miss wastes 4 ms."""
     meta = simulate(_star(const_star, accepted=accepted, output=output, pipeline=True)).records.meta
     assert (meta["pipeline"]["hits"], meta["pipeline"]["misses"]) == expected
+    assert meta["pipeline"]["wasted_s"] == pytest.approx(rules.wasted_draft_s(0.0, 0.004, 1, 1) * expected[1])
+
+
+WASTED = [  # (forward start, end, the missed tree's sequences, the forward's sequences) -> seconds wasted
+    (1.0, 1.004, 1, 1, 0.004),
+    (1.0, 1.008, 1, 4, 0.002),
+    (2.0, 2.012, 3, 4, 0.009),
+]
+
+
+@pytest.mark.parametrize("start,end,sequences,batch,wasted", WASTED)
+def test_wasted_draft_rule(start, end, sequences, batch, wasted):
+    assert rules.wasted_draft_s(start, end, sequences, batch) == pytest.approx(wasted)
+
+
+@pytest.mark.parametrize("start,end,sequences,batch,wasted", WASTED)
+def test_wasted_draft_in_the_simulator(start, end, sequences, batch, wasted):
+    """A pipelined task missed after its forward: the engine counts its share."""
+    from starsim.records import Recorder
+    from starsim.scenario.draft import Draft
+    from starsim.sim.devices import DeviceUnit
+    from starsim.sim.draft import DraftEngine, Task
+
+    env = simpy.Environment()
+    engine = DraftEngine(env, 0, "draft", DeviceUnit("d", 1), Draft(device="d", time=0.004), np.random.default_rng(0),
+                         Recorder(), general=True)
+    t = Task(0, 10, env.event())
+    t.seqs = [((0, i), 10) for i in range(sequences)]
+    t.start, t.end, t.batch = start, end, batch
+    engine.cancel(t, {(0, i): 10 for i in range(sequences)})
+    assert engine.pipeline_stats.wasted_s == pytest.approx(wasted)
 
 
 # ---------------------------------------------------------------------- 4. batch window
@@ -455,18 +487,23 @@ def test_pipelining_in_the_real_backend(took, goes_on, bonus, hit):
     and a bonus token the pipelined tree offers at its root (10) or not (50); a request that
     does not go on starts a new one (``start``) instead."""
     pytest.importorskip("torch")
+    from conftest import wait_for
+
     from starsim.real.client import DraftClient
     from starsim.real.server import DraftServer, ServerOptions
 
     with DraftServer(_Drafter(), options=ServerOptions(pipeline=True)) as server:
         c = DraftClient(server.address)
         c.draft([1, 2, 3], start=True)
+        wait_for(lambda: len(server.intervals) == 2)  # the pipelined tree is drafted
         path = [10, 12, 13, 14] if took else [10, 12, 99, 98]
         _, hdr = c.draft(path + [10 if bonus else 50], start=not goes_on)
-        stats = server.pipeline_stats.hits, server.pipeline_stats.misses  # before the session ends
+        s = server.pipeline_stats  # before the session ends
+        stats = s.hits, s.misses, s.wasted_s
         c.close()
     assert bool(hdr.get("pipelined")) is hit
-    assert stats == ((1, 0) if hit else (0, 1))
+    pre = server.intervals[1]  # the pipelined tree's forward, drafted alone
+    assert stats == ((1, 0, 0.0) if hit else (0, 1, rules.wasted_draft_s(pre.start, pre.end, 1, 1)))
 
 
 @pytest.mark.parametrize("queued,most,window,more_at,start,size", WINDOW)
@@ -545,3 +582,21 @@ def test_turns_in_the_real_backend(served, prompts, repeat, issued, budget, inde
     got = next_request(job, counter, served)
     assert got == (None if index is None else (issued, index))
     assert counter.value == issued + (index is not None)
+
+
+@pytest.mark.parametrize("start,end,sequences,batch,wasted", WASTED)
+def test_wasted_draft_in_the_real_backend(start, end, sequences, batch, wasted):
+    """A real pipelined task missed after its forward (a real task is one sequence)."""
+    pytest.importorskip("torch")
+    if sequences != 1:
+        pytest.skip("a real draft task holds one target's sequence")
+    from starsim.real.draft_engine import Task
+    from starsim.real.server import DraftServer
+
+    server = DraftServer(_Drafter())
+    pre = Task(0, [1, 2, 3], pre=True, taken=True, start=start, end=end, batch=batch)
+    pre.done.set()
+    with server.cv:
+        server._drop(pre)
+    server.close()
+    assert server.pipeline_stats.wasted_s == pytest.approx(wasted)

@@ -168,3 +168,11 @@ def test_policy_parameters_reach_the_server():
         with pytest.raises((P.ProtocolError, OSError)):
             DraftClient(srv.address, info={"weight": -1})
         assert any("weight must be a number" in line for line in srv.rejected)
+
+
+def test_a_server_closed_as_it_starts_stops_cleanly(quick_models):
+    """close() right after start(): the door thread may find its socket closed before it
+    listens; it ends quietly (a thread's exception fails the test, see pyproject.toml)."""
+    _, _, draft = quick_models
+    for _ in range(20):
+        DraftServer(Drafter(draft, 2, 2, 4)).start().close()

@@ -70,9 +70,13 @@ class Door:
         """Accept connections and read their HELLOs without a thread each (see the module
         docstring): a connection gets its comm thread once its handshake is done."""
         pin(self.cpus)
-        self.sock.setblocking(False)
         sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ, None)
+        try:
+            self.sock.setblocking(False)
+            sel.register(self.sock, selectors.EVENT_READ, None)
+        except (OSError, ValueError):  # closed before this thread began: nothing to serve
+            sel.close()
+            return
         pending = self._pending  # this thread's alone: the connections whose HELLO it reads
         try:
             while not self.stop.is_set():

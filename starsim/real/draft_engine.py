@@ -37,7 +37,7 @@ from typing import NamedTuple
 from ..draft_state import DraftCaches, PipelineStats
 from ..models.kv import kv_bytes_per_token
 from ..policies import make_policy
-from ..rules import pipelined_hit, take_batch, window_left
+from ..rules import pipelined_hit, take_batch, wasted_draft_s, window_left
 from .resources import pin
 from .server_options import ServerOptions
 from .speculation import Drafter, TreeDraft
@@ -88,6 +88,7 @@ class Task:
     missed: bool = False
     cancelled: bool = False
     t_enqueue: float = 0.0
+    batch: int = 1  # tasks in the forward it was drafted in (a missed one wasted its share)
 
 
 def main_path(tree: TreeDraft) -> list[int]:
@@ -226,7 +227,7 @@ class DraftEngine:
         self.intervals.append(Busy(tag=tasks[0].target, start=start, end=end,
                                    new_tokens=sum(t.new_tokens for t in tasks)))
         for t in tasks:
-            t.start, t.end = start, end
+            t.start, t.end, t.batch = start, end, len(tasks)
             t.done.set()
 
     def _batch(self, tasks: list[Task]) -> None:
@@ -288,7 +289,7 @@ class DraftEngine:
         with self.cv:
             if task.pre:
                 if task.missed:
-                    self.pipeline_stats.wasted_s += task.end - task.start
+                    self.pipeline_stats.wasted_s += wasted_draft_s(task.start, task.end, 1, task.batch)
             elif self._pipelinable(task) and task.target in self.contexts:
                 self._follow(task)
 
@@ -334,4 +335,4 @@ class DraftEngine:
         if not pre.taken:
             pre.cancelled = True  # dropped before it cost anything
         elif pre.done.is_set():
-            self.pipeline_stats.wasted_s += pre.end - pre.start
+            self.pipeline_stats.wasted_s += wasted_draft_s(pre.start, pre.end, 1, pre.batch)

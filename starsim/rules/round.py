@@ -1,5 +1,5 @@
-"""A target's round: how many tokens it emits, when its next token is due, and whether the
-draft's pipelined tree for it can be used."""
+"""A target's round: how many tokens it emits, when its next token is due, whether the draft's
+pipelined tree for it can be used, and what a pipelined tree that could not cost."""
 
 from __future__ import annotations
 
@@ -28,3 +28,10 @@ def pipelined_hit(took_path: bool, goes_on: bool, bonus_offered: bool = True) ->
     the next tree is the part under it). Otherwise the pipelined tree is a miss: dropped
     unstarted, or its draft time wasted."""
     return took_path and goes_on and bonus_offered
+
+
+def wasted_draft_s(start: float, end: float, sequences: int, batch_sequences: int) -> float:
+    """The draft time a missed pipelined tree wasted: the forward it was drafted in (``start`` to
+    ``end``), by its share of that forward's sequences (``sequences`` of ``batch_sequences``;
+    drafted alone, the whole forward). A tree dropped before its forward started wasted none."""
+    return (end - start) * sequences / batch_sequences

@@ -18,7 +18,7 @@ from ..draft_state import DraftCaches, PipelineStats
 from ..policies import make_policy
 from ..profiles import ProfileUsage
 from ..records import Recorder
-from ..rules import take_batch, window_left
+from ..rules import take_batch, wasted_draft_s, window_left
 from ..scenario import Draft
 from .devices import DeviceUnit
 
@@ -38,7 +38,7 @@ class Task:
 
     __slots__ = ("target", "context", "done", "start", "end", "new_tokens", "kv_bytes", "deadline",
                  "depth", "tokens", "pre", "next", "failed", "cancelled", "valid", "submitted", "seqs", "seq_new",
-                 "missed")
+                 "missed", "batch")
 
     def __init__(self, target: int, context: int, done: simpy.Event | None):
         self.target = target
@@ -50,6 +50,7 @@ class Task:
         self.start = self.end = None
         self.valid = self.submitted = 0
         self.seqs = self.seq_new = self.missed = None
+        self.batch = 1  # sequences in the forward it was drafted in
 
     @property
     def size(self) -> int:
@@ -274,13 +275,13 @@ class DraftEngine:
             self._waste_missed(pre)
 
     def _waste_missed(self, task: Task) -> None:
-        self.pipeline_stats.wasted_s += (task.end - task.start) * len(task.missed) / task.size
+        self.pipeline_stats.wasted_s += wasted_draft_s(task.start, task.end, len(task.missed), task.batch)
         for tag, valid in task.missed:
             self.caches.cut(tag, valid)
         task.missed = None
 
     def _waste(self, task: Task) -> None:
-        self.pipeline_stats.wasted_s += task.end - task.start
+        self.pipeline_stats.wasted_s += wasted_draft_s(task.start, task.end, task.size, task.batch)
         if task.seqs is None:
             self.caches.cut(task.target, task.valid)
         else:
@@ -363,10 +364,11 @@ class DraftEngine:
             self.running = ()
             end = last_end = env.now
             log(target=tasks[0].target, start=start, end=end)
+            n = sum(t.size for t in tasks)
             for t in tasks:
                 t.end, t.kv_bytes = end, (t.context if t.seqs is None else sum(c for _, c in t.seqs)) * kv_per_token
-                if t.cancelled:
-                    t.end = start + (end - start) / len(tasks)  # its share of the batch is wasted
+                t.batch = n
+                if t.cancelled:  # its share of the batch is wasted
                     self._waste(t)
                     continue
                 if t.missed:
