@@ -1,6 +1,6 @@
 """What a scenario's results rest on that its user may not expect, one line each: targets
 (or a draft server) sharing a device unit, an acceptance curve cut to the tree or measured
-on another one. ``check``, ``run``, ``analyze`` and ``execute`` print them; a run's summary
+on another one, the simulator's pipelined hits, a run without rounds rows. ``check``, ``run``, ``analyze`` and ``execute`` print them; a run's summary
 keeps them (``provenance.notices``)."""
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ def notices(scenario: Scenario) -> list[str]:
     out = []
     if scenario.mode != "autoregressive":
         out += scenario.acceptance.notices(scenario.draft.tree.shape())
+    if scenario.mode == "star" and scenario.draft.pipeline:
+        out.append("draft.pipeline: the simulator uses a pipelined tree whenever the target accepts the whole main "
+                   "path of the last one (its trees are counts, not tokens); a real server also needs the target's "
+                   "next token among that tree's first level, so the simulated hit rate is an upper bound")
     if not scenario.record_rounds:
         out.append("record_rounds: false: no rounds table; tokens and throughput come from the steps table, and "
                    "round and hop times, queue waits, acceptance per depth, ITL and draft KV are not measured")
