@@ -1,7 +1,8 @@
 """What a scenario's results rest on that its user may not expect, one line each: targets
 (or a draft server) sharing a device unit, an acceptance curve cut to the tree or measured
-on another one, the simulator's pipelined hits, a run without rounds rows. ``check``, ``run``, ``analyze`` and ``execute`` print them; a run's summary
-keeps them (``provenance.notices``)."""
+on another one, the simulator's pipelined hits, a run without rounds rows. ``check``,
+``run``, ``analyze`` and ``execute`` print them; a run's summary keeps them
+(``provenance.notices``)."""
 
 from __future__ import annotations
 
