@@ -127,6 +127,23 @@ def sample_tree_path(p_rows: np.ndarray, tree: TreeDraft, rng: np.random.Generat
         cur = nxt
 
 
+def greedy_path(pred: list[int], tree: TreeDraft) -> tuple[list[int], int]:
+    """Greedy acceptance: the longest path from the root whose every token is the target's own
+    argmax (``pred[0]`` after the root, ``pred[1 + i]`` after node ``i``), and the bonus token
+    after its end; returns (the path's nodes, the bonus)."""
+    children: dict[int, list[int]] = {}
+    for i, p in enumerate(tree.parents):
+        children.setdefault(p, []).append(i)
+    path, cur = [], -1
+    while True:
+        want = pred[0 if cur < 0 else 1 + cur]
+        nxt = next((c for c in children.get(cur, []) if tree.tokens[c] == want), None)
+        if nxt is None:
+            return path, want
+        path.append(nxt)
+        cur = nxt
+
+
 @dataclass
 class RoundResult:
     emitted: list[int]  # accepted draft tokens, then the bonus token
@@ -741,19 +758,7 @@ class Verifier:
                 raise ValueError("sampling needs the draft's probabilities with the tree (a greedy draft was sent)")
             path, bonus = sample_tree_path(self._probs(logits), tree, self.rng)
         else:
-            pred = logits.argmax(-1).tolist()
-            children: dict[int, list[int]] = {}
-            for i, p in enumerate(tree.parents):
-                children.setdefault(p, []).append(i)
-            path, cur = [], -1
-            while True:
-                want = pred[0 if cur < 0 else 1 + cur]
-                nxt = next((c for c in children.get(cur, []) if tree.tokens[c] == want), None)
-                if nxt is None:
-                    break
-                path.append(nxt)
-                cur = nxt
-            bonus = pred[0 if cur < 0 else 1 + cur]
+            path, bonus = greedy_path(logits.argmax(-1).tolist(), tree)
         keep = torch.tensor(list(range(L + 1)) + [L + 1 + c for c in path], device=self.device)
         _keep(self.cache, keep)  # the root and the accepted path stay cached
         if h is not None:  # before each emitted token: the root, then the accepted path
