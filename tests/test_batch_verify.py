@@ -12,65 +12,24 @@ pytest.importorskip("transformers")
 from conftest import CODE_PROMPTS  # noqa: E402
 
 from starsim.real.batch_verify import BatchVerifier, Chunk, Tree  # noqa: E402
-from starsim.real.speculation import Drafter, TreeDraft, target_generate  # noqa: E402
-from starsim.rules import emitted  # noqa: E402
-from starsim.serving import Seq, StepScheduler  # noqa: E402
-
-EMPTY = TreeDraft([], [], [])
+from starsim.real.serving_loop import EMPTY, serve_batch  # noqa: E402
+from starsim.real.speculation import Drafter, target_generate  # noqa: E402
+from starsim.serving import StepScheduler  # noqa: E402
 
 
 def serve(target, drafter, requests, *, max_seqs: int, budget: int | None = None, kv: int | None = None,
           temperature: float = 0.0):
     """Run ``requests`` (``(step it arrives at, prompt ids, output tokens)``) through one
-    batched target; returns (each request's tokens, the batch size of each step, the
-    sequences preempted, the prefill chunks)."""
+    batched target; returns (each request's tokens, each step's batch size, the sequences
+    preempted, the prefill chunks)."""
     per_round = (drafter.max_nodes + 1) if drafter is not None else 1
     sched = StepScheduler(max_seqs=max_seqs, budget=budget, kv_capacity=kv, per_round=per_round,
                           reserve_whole=False)
-    bv = BatchVerifier(target, temperature)
-    prompts, outs, sizes = {}, {}, []
-    preempted = chunks = 0
-    todo = sorted(enumerate(requests), key=lambda x: x[1][0])
-    n = 0
-    while todo or sched.outstanding:
-        while todo and todo[0][1][0] <= n:
-            rid, (_, prompt, output) = todo.pop(0)
-            prompts[rid], outs[rid] = prompt, []
-            sched.add(Seq(rid, len(prompt), output, 0.0))
-        n += 1
-        step = sched.plan()
-        for s in step.preempted:
-            bv.remove(s.rid)
-        preempted += len(step.preempted)
-        chunks += len(step.prefill)
-        items = []
-        for s, c in step.prefill:
-            if s.computed == 0:
-                bv.remove(s.rid)
-                bv.add(s.rid, seed=s.rid)
-            context = prompts[s.rid] + outs[s.rid]
-            items.append(Chunk(s.rid, context[s.computed: s.computed + c], s.computed + c >= s.todo))
-        for s in step.verify:
-            tree = EMPTY if drafter is None else drafter.draft(s.rid, prompts[s.rid] + outs[s.rid], temperature,
-                                                               seed=1000 * s.rid + len(outs[s.rid]))[0]
-            items.append(Tree(s.rid, tree))
-        if not items:
-            continue
-        sizes.append(len(items))
-        results = bv.step(items)
-        counts = []
-        for it, r, s in zip(items[len(step.prefill):], results[len(step.prefill):], step.verify):
-            e = emitted(r.accepted, len(outs[it.sid]), s.output)
-            outs[it.sid] += r.emitted[:e]
-            counts.append(e)
-        for (s, _), r in zip(step.prefill, results):
-            if r is not None:
-                outs[s.rid].append(r)
-        for s in sched.finish(step, counts):
-            bv.remove(s.rid)
-            if drafter is not None:
-                drafter.free(s.rid)
-    return [outs[i] for i in range(len(requests))], sizes, preempted, chunks
+    draft = None if drafter is None else (
+        lambda sid, ctx: drafter.draft(sid, ctx, temperature, seed=1000 * sid + len(ctx))[0])
+    r = serve_batch(BatchVerifier(target, temperature), sched, requests, draft,
+                    drafter.free if drafter is not None else None)
+    return r.outputs, r.batch, r.preempted, r.chunks
 
 
 def _prompts(tok, k: int) -> list[list[int]]:
