@@ -37,10 +37,11 @@ so every call sees exactly ``context`` cached tokens):
 - target ``step``: one engine step of a serving target (``serving.step_time``): ``batch``
   decoding sequences, each with ``tokens`` tokens (1: a decode token; the tree's tokens + 1:
   a tree to verify) at ``context``, beside a prefill chunk of ``chunk`` tokens after
-  ``cached`` ones. HF models have no fused variable-length attention, so a step with both
-  runs as a CPU engine without one would run it: two forwards back to back in one timed call,
-  the chunk's (batch 1, logits of its last token) and the sequences' batched forward with the
-  tree mask (``verify_batched``'s). One packed forward (every sequence's cache in one row,
+  ``cached`` ones, timed as the real backend's serving target runs it
+  (:meth:`starsim.real.batch_verify.BatchVerifier.step`). HF models have no fused
+  variable-length attention, so a step with both runs as a CPU engine without one would run
+  it: two forwards back to back, the chunk's and the sequences' batched forward with their
+  tree masks. One packed forward (every sequence's cache in one row,
   a block-diagonal 4D mask) would be a fused engine's shape, but SDPA then computes every
   query x key pair of the batch: on tiny-cpu (2 threads) 8 sequences verifying 17-token trees
   at 1024 context beside a 256-token chunk after 1024 took 237 ms packed, 78 ms back to back;
@@ -424,15 +425,35 @@ def prefill_fn(c: _Ctx, tokens: int, cached: int = 0):
     return fn
 
 
-def step_fn(c: _Ctx, batch: int, tokens: int, context: int, chunk: int, cached: int, top_k: int):
-    """One serving step (op ``step``, see the module docstring): the prefill chunk, then the
-    ``batch`` sequences' batched forward, back to back in one call."""
-    parts = ([prefill_fn(c, chunk, cached)] if chunk else []) + (
-        [verify_fn(c, tokens, context, batch, top_k)] if batch else [])
+def code_step_fn(c: _Ctx, batch: int, tokens: int, context: int, chunk: int, cached: int, top_k: int):
+    """``step`` as the real backend's serving target runs it:
+    :meth:`starsim.real.batch_verify.BatchVerifier.step` over a prefill chunk of ``chunk``
+    tokens after ``cached`` ones and ``batch`` sequences at ``context``, each verifying a tree
+    of ``tokens - 1`` nodes after its root (1: a decode token); every cache back as it was
+    after each call."""
+    from ..real.batch_verify import BatchVerifier, Chunk, Tree
+    from ..real.speculation import TreeDraft, tree_depths
+
+    bv = BatchVerifier(c.net.lm)
+    items: list = []
+    if chunk:
+        bv.add(batch)
+        if cached:
+            bv.adopt(batch, c.cache(cached, 1), None)
+        items.append(Chunk(batch, c.ids(1, chunk)[0].tolist(), last=True))
+    if batch:
+        parents = [p - 1 for p in _tree_parents(tokens, top_k)[1:]]  # without the root
+        tree = TreeDraft(c.ids(1, tokens - 1)[0].tolist(), parents, tree_depths(parents))
+        cache, root = c.cache(context, 1), int(c.ids(1, 1)[0, 0])
+        for i in range(batch):
+            bv.add(i)
+            bv.adopt(i, cache, root)
+        items += [Tree(i, tree) for i in range(batch)]
+    snap = bv.snapshot()
 
     def fn():
-        for part in parts:
-            part()
+        bv.step(items)
+        bv.restore(snap)
 
     return fn
 
@@ -598,7 +619,7 @@ def _jobs(s: Settings, role: str, tree: TreeShape) -> list[tuple[str, tuple, Cal
                 for L in (g.contexts[0], g.contexts[-1]):
                     add("verify_batched", (t, L, b), lambda c, t=t, L=L, b=b: verify_fn(c, t, L, b, tree.top_k))
         for key in (k for keys in step_points(g, tree) for k in keys):
-            add(STEP_OP, key, lambda c, key=key: step_fn(c, *key, tree.top_k))
+            add(STEP_OP, key, lambda c, key=key: code_step_fn(c, *key, tree.top_k))
     else:
         for n in g.new_tokens:
             for L in (L for L in g.contexts if L >= n):  # the context includes the new tokens

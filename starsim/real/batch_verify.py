@@ -103,6 +103,24 @@ class BatchVerifier:
         """Positions cached for ``sid``."""
         return self.seqs[sid].length
 
+    def adopt(self, sid: int, cache, root: int | None) -> None:
+        """Give sequence ``sid`` a prefilled cache (a transformers cache of batch 1) and its root
+        (calibration times steps at a given context this way)."""
+        s = self.seqs[sid]
+        s.keys, s.values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+        s.length, s.root = cache.get_seq_length(), root
+
+    def snapshot(self) -> dict:
+        """Every sequence's cache and root now, for :meth:`restore` (a step never writes a cached
+        tensor in place: it appends new ones)."""
+        return {sid: (list(s.keys), list(s.values), s.length, s.root) for sid, s in self.seqs.items()}
+
+    def restore(self, snap: dict) -> None:
+        """Back to a :meth:`snapshot` (calibration repeats one step)."""
+        for sid, (keys, values, length, root) in snap.items():
+            s = self.seqs[sid]
+            s.keys, s.values, s.length, s.root = list(keys), list(values), length, root
+
     # ------------------------------------------------------------------ one step
 
     def step(self, items: list[Chunk | Tree]) -> list[int | RoundResult | None]:
