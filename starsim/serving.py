@@ -273,3 +273,14 @@ class StepScheduler:
         if not self.reserve_whole:
             s.kv += n
             self.kv_used += n
+
+
+def step_row(target: int, index: int, step: Step, t_start: float, t_end: float, kv_capacity: float, *,
+             trees: int, accepted: int, emitted: int, rounds: int) -> tuple:
+    """A row of the steps table (:data:`starsim.records.STEP_COLUMNS`) for target ``target``'s
+    step number ``index``, which ran ``step`` from ``t_start`` to ``t_end``: its batch, tokens and
+    KV from the plan, then what it verified and emitted (both backends write it so)."""
+    cap = -1 if math.isinf(kv_capacity) else int(kv_capacity)
+    return (target, index, t_start, t_end, len(step.verify) + len(step.prefill), step.waiting, len(step.prefill),
+            sum(c for _, c in step.prefill), len(step.verify), step.tokens, step.kv_peak, cap, len(step.preempted),
+            trees, accepted, emitted, rounds)

@@ -100,3 +100,37 @@ def test_batched_sampling_keeps_the_target_distribution(quick_models):
     assert all(len(g) == 40 for g in got) and max(sizes) == 4
     p_value, n = _ks_pvalue(target, list(zip(prompts, got)), 0.8)
     assert n > 400 and p_value > 1e-3
+
+
+def test_a_batched_target_writes_the_simulators_tables(quick_models):
+    """With a Book, the loop writes a steps row per step, a requests row per request and an
+    interval per step: the tables the metrics module reads from a simulated serving target."""
+    import itertools
+
+    from starsim.metrics import summarize
+    from starsim.real.serving_loop import Book
+    from starsim.records import Recorder
+
+    tok, target, draft = quick_models
+    prompts = _prompts(tok, 6)
+    reqs = [(i // 2, p, 16) for i, p in enumerate(prompts)]
+    drafter = Drafter(draft, 4, 4, 16)
+    rec, ticks = Recorder(), itertools.count()
+    book = Book(rec, 0, "cpu", lambda: 0.01 * next(ticks))
+    sched = StepScheduler(max_seqs=4, budget=None, kv_capacity=None, per_round=17, reserve_whole=False)
+    served = serve_batch(BatchVerifier(target), sched, reqs, lambda sid, ctx: drafter.draft(sid, ctx)[0],
+                         drafter.free, book)
+    meta = {"source": "real", "mode": "star", "t_end": book.now(), "warmup_s": 0.0, "cooldown_s": 0.0,
+            "window_s": 0.2, "draft_engines": [], "draft_device": "cpu", "record_rounds": False,
+            "targets": [{"index": 0, "name": "t-0", "device": "cpu"}]}
+    records = rec.finish(meta)
+    steps, requests = records.steps, records.requests
+    assert len(steps) == len(served.batch) and steps["running"].max() == 4
+    assert steps["emitted"].sum() + len(reqs) == sum(len(o) for o in served.outputs) == 16 * len(reqs)
+    assert steps["accepted"].sum() == served.accepted and steps["trees"].sum() == served.rounds
+    assert (requests["generated_tokens"] == 16).all() and requests["t_finish"].notna().all()
+    assert (requests["t_arrival"] <= requests["t_start"]).all()
+    assert (requests["t_start"] < requests["t_first_token"]).all()
+    assert (requests["t_first_token"] < requests["t_finish"]).all()
+    s = summarize(records)
+    assert s["requests_completed"] == len(reqs) and s["serving"] is not None

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..records import Recorder, RequestRow, interval_row
 from ..rules import emitted
-from ..serving import Seq, StepScheduler
+from ..serving import Seq, StepScheduler, step_row
 from .batch_verify import BatchVerifier, Chunk, Tree
 from .speculation import TreeDraft
 
@@ -38,11 +39,12 @@ class Served:
 
 def serve_batch(verifier: BatchVerifier, sched: StepScheduler, requests: list[tuple[int, list[int], int]],
                 draft_tree: Callable[[int, list[int]], TreeDraft] | None = None,
-                done: Callable[[int], None] | None = None) -> Served:
+                done: Callable[[int], None] | None = None, book: Book | None = None) -> Served:
     """Serve ``requests`` (``(step it arrives at, prompt ids, output tokens)``; request ``i``
     is sequence ``i``) until all are done. ``draft_tree(sid, context)``: the tree a decoding
     sequence verifies (None: plain decoding, one token a step); ``done(sid)``: told when a
-    sequence ends or is preempted (a drafter frees its cache)."""
+    sequence ends or is preempted (a drafter frees its cache); ``book``: where the run's rows
+    go (the simulator's steps, requests and intervals tables)."""
     prompts: dict[int, list[int]] = {}
     out = Served(outputs=[[] for _ in requests])
     todo = sorted(range(len(requests)), key=lambda i: requests[i][0])
@@ -52,6 +54,8 @@ def serve_batch(verifier: BatchVerifier, sched: StepScheduler, requests: list[tu
             rid = todo.pop(0)
             prompts[rid] = requests[rid][1]
             sched.add(Seq(rid, len(prompts[rid]), requests[rid][2], 0.0))
+            if book is not None:
+                book.arrived(rid, len(prompts[rid]), requests[rid][2])
         n += 1
         step = sched.plan()
         for s in step.preempted:
@@ -64,23 +68,70 @@ def serve_batch(verifier: BatchVerifier, sched: StepScheduler, requests: list[tu
         out.batch.append(len(items))
         out.preempted += len(step.preempted)
         out.chunks += len(step.prefill)
+        t0 = book.now() if book is not None else 0.0
         results = verifier.step(items)
+        t1 = book.now() if book is not None else 0.0
         k = len(step.prefill)
-        counts = []
+        counts, trees, accepted = [], 0, 0
         for s, r in zip(step.verify, results[k:]):
             e = emitted(r.accepted, len(out.outputs[s.rid]), s.output)
             out.outputs[s.rid] += r.emitted[:e]
             counts.append(e)
-            out.rounds += bool(r.tree_tokens)
-            out.accepted += r.accepted
+            trees += bool(r.tree_tokens)
+            accepted += r.accepted
+        out.rounds += trees
+        out.accepted += accepted
         for (s, _), r in zip(step.prefill, results[:k]):
             if r is not None:
                 out.outputs[s.rid].append(r)
-        for s in sched.finish(step, counts):
+        finished = sched.finish(step, counts)
+        if book is not None:
+            book.stepped(step, t0, t1, sched.capacity, trees, accepted, counts, finished)
+        for s in finished:
             verifier.remove(s.rid)
             if done is not None:
                 done(s.rid)
     return out
+
+
+class Book:
+    """A serving target's rows, as the simulator writes them for a serving target: a steps
+    row per step (:func:`starsim.serving.step_row`), a requests row per request (arrival,
+    admission, first token, finish) and one interval per step (``prefill``, ``verify`` or
+    ``decode``, as the simulator names it); times from ``now`` (seconds)."""
+
+    def __init__(self, rec: Recorder, target: int, device: str, now: Callable[[], float]):
+        self.rec, self.target, self.device, self.now = rec, target, device, now
+        if rec.steps is None:
+            rec.steps = []
+        self.rows: dict[int, RequestRow] = {}
+        self.steps = 0
+
+    def arrived(self, rid: int, prompt: int, output: int) -> None:
+        self.rows[rid] = RequestRow(request=rid, target=self.target, prompt_tokens=prompt, output_tokens=output,
+                                    t_arrival=self.now())
+
+    def stepped(self, step, t0: float, t1: float, capacity: float, trees: int, accepted: int, counts: list[int],
+                finished: list[Seq]) -> None:
+        """Step ``step`` ran from ``t0`` to ``t1``: its rows (``finished``: the requests it ended)."""
+        for s, _ in step.prefill:
+            row = self.rows[s.rid]
+            if row.t_start != row.t_start:  # NaN: admitted by this step
+                row.t_start = t0
+            if s.prefilled and row.t_first_token != row.t_first_token:
+                row.t_first_token = t1
+        for s in (*step.verify, *(s for s, _ in step.prefill)):
+            self.rows[s.rid].generated_tokens = s.generated
+        self.rec.steps.append(step_row(self.target, self.steps, step, t0, t1, capacity, trees=trees,
+                                       accepted=accepted, emitted=sum(counts), rounds=len(step.verify)))
+        self.steps += 1
+        kind = "verify" if trees else ("decode" if step.verify else "prefill")
+        self.rec.intervals.append(interval_row(engine=f"target-{self.target}", device=self.device, kind=kind,
+                                               target=self.target, start=t0, end=t1))
+        for s in finished:
+            row = self.rows.pop(s.rid)
+            row.t_finish = t1
+            self.rec.requests.append(row.row())
 
 
 def _items(verifier: BatchVerifier, step, prompts: dict, outputs: list[list[int]], draft_tree) -> list:

@@ -19,7 +19,7 @@ import simpy
 from ..records import RequestRow, RoundWriter
 from ..rules import emitted, pauses_first, pipelined_hit, token_due
 from ..scenario import Serving
-from ..serving import Seq, Step, StepScheduler, tree_shape
+from ..serving import Seq, Step, StepScheduler, step_row, tree_shape
 from .draft import Task
 from .target import Target
 
@@ -402,10 +402,6 @@ class ServingTarget(Target):
 
     def _step_row(self, step: Step, vs: float, ve: float, trees: int, accepted: int, emitted: int,
                   rounds: int) -> None:
-        sched = self.sched
-        cap = -1 if math.isinf(sched.capacity) else int(sched.capacity)
-        self.rec.steps.append((self.index, self.steps, vs, ve, len(step.verify) + len(step.prefill),
-                               step.waiting, len(step.prefill), sum(c for _, c in step.prefill),
-                               len(step.verify), step.tokens, step.kv_peak, cap, len(step.preempted),
-                               trees, accepted, emitted, rounds))
+        self.rec.steps.append(step_row(self.index, self.steps, step, vs, ve, self.sched.capacity, trees=trees,
+                                       accepted=accepted, emitted=emitted, rounds=rounds))
         self.steps += 1
