@@ -278,7 +278,7 @@ def test_execute_refuses_batched_targets(tmp_path):
 
     sc = _const(tmp_path, {"max_seqs": 4, "step_time": STEP}, real={"pair": str(tmp_path)},
                 **{"workload.concurrency": 4})
-    with pytest.raises(StarsimError, match="targets.0.serving.max_seqs: the real backend's targets serve one request"):
+    with pytest.raises(StarsimError, match="targets.0.serving.max_seqs: `starsim execute`'s targets serve one request"):
         execute(sc)
 
 

@@ -75,8 +75,8 @@ def _check(scenario: Scenario) -> None:
 
 
 def _check_serving(scenario: Scenario) -> None:
-    """The real targets verify one request at a time (batched real targets are their own
-    issue): what only a serving target does is refused, in one line."""
+    """``execute``'s targets verify one request at a time (the batched target runs in-process
+    only, :mod:`starsim.real.serving_loop`): what only a serving target does is refused, in one line."""
     w = scenario.workload
     for i, g in enumerate(scenario.targets):
         sv = g.serving
@@ -85,9 +85,9 @@ def _check_serving(scenario: Scenario) -> None:
         for name, on in (("max_seqs", sv.max_seqs > 1), ("max_batched_tokens", sv.max_batched_tokens is not None),
                           ("kv_capacity_tokens", sv.kv_tokens is not None), ("step_time", sv.step_time is not None)):
             if on:
-                raise StarsimError(f"{scenario.name}: targets.{i}.serving.{name}: the real backend's targets serve "
-                                   "one request at a time (batched real targets are not built yet); `starsim run` "
-                                   "simulates it")
+                raise StarsimError(f"{scenario.name}: targets.{i}.serving.{name}: `starsim execute`'s targets serve "
+                                   "one request at a time (the batched real target, starsim.real.serving_loop, is "
+                                   "not behind execute yet); `starsim run` simulates it")
     if getattr(w, "concurrency", 1) > 1 or getattr(w, "router", "first_free") != "first_free":
         what = "concurrency" if getattr(w, "concurrency", 1) > 1 else "router"
         raise StarsimError(f"{scenario.name}: workload.{what}: the real backend's targets serve one request at a "
