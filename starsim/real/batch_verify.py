@@ -58,20 +58,20 @@ class _Seq:
     rng: np.random.Generator | None = None
 
 
-def _causal(n: int) -> list[list[int]]:
-    return [list(range(r + 1)) for r in range(n)]
+def _causal(n: int) -> np.ndarray:
+    """A chunk's rows among themselves: each sees itself and those before it."""
+    return np.tri(n, dtype=bool)
 
 
-def _ancestors(parents: list[int]) -> list[list[int]]:
-    """Each row's visible columns among the rows: itself and its ancestors (row 0: the root)."""
-    rows = []
+def _ancestors(parents: list[int]) -> np.ndarray:
+    """A tree's rows among themselves (row 0: the root): each sees itself and its ancestors
+    (parents come first, so one pass fills every row from its parent's)."""
+    n = len(parents)
+    vis = np.eye(n, dtype=bool)
     for i, p in enumerate(parents):
-        anc = [i]
-        while p >= 0:
-            anc.append(p)
-            p = parents[p]
-        rows.append(anc)
-    return rows
+        if p >= 0:
+            vis[i] |= vis[p]
+    return vis
 
 
 class BatchVerifier:
@@ -88,6 +88,7 @@ class BatchVerifier:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
         self.layers = cfg.num_hidden_layers
         self.seqs: dict[int, _Seq] = {}
+        self._bufs: list = []  # the step caches' buffers, reused (see _buffer)
 
     def add(self, sid: int, seed: int = 0) -> None:
         """A new sequence, with no context yet (its prompt comes in :class:`Chunk` items)."""
@@ -160,8 +161,8 @@ class BatchVerifier:
             out.append(result)
         return out
 
-    def _rows(self, it: Chunk | Tree, s: _Seq) -> tuple[list[int], list[int], list[list[int]]]:
-        """An item's (tokens, positions, each row's visible columns among the step's rows)."""
+    def _rows(self, it: Chunk | Tree, s: _Seq) -> tuple[list[int], list[int], np.ndarray]:
+        """An item's (tokens, positions, which of its rows each row sees)."""
         L = s.length
         if isinstance(it, Chunk):
             if not it.tokens:
@@ -175,7 +176,6 @@ class BatchVerifier:
 
     def _batched(self, seqs: list[_Seq], width: int, room: int):
         """The step's cache: each sequence's in a row, zero-padded to ``width``, ``room`` after."""
-        import torch
         from transformers import DynamicCache
 
         slab, B = _slab_layer(), len(seqs)
@@ -183,34 +183,52 @@ class BatchVerifier:
         cache.layers = []
         for li in range(self.layers):
             kv = []
-            for name in ("keys", "values"):
-                buf = torch.zeros(B, self.kv_heads, width + room, self.head_dim, dtype=self.dtype, device=self.device)
+            for j, name in enumerate(("keys", "values")):
+                buf = self._buffer(2 * li + j, B, width + room)
                 for b, s in enumerate(seqs):
                     if s.length:
                         buf[b, :, : s.length] = getattr(s, name)[li][0]
+                    buf[b, :, s.length: width] = 0  # padding: masked out, but never garbage (0 x NaN)
                 kv.append(buf)
             cache.layers.append(slab(kv[0], kv[1], width))
         return cache
+
+    def _buffer(self, i: int, batch: int, columns: int):
+        """Buffer ``i`` (a layer's keys or values) as a view [batch, kv_heads, columns, head_dim],
+        grown when a step needs more and kept across steps (fresh ones would cost page faults;
+        a step writes every column it reads: the contexts, the padding, then its rows)."""
+        import torch
+
+        old = self._bufs[i] if i < len(self._bufs) else None
+        if old is None or old.shape[0] < batch or old.shape[2] < columns:
+            shape = (max(batch, old.shape[0] if old is not None else 0), self.kv_heads,
+                     max(columns, old.shape[2] if old is not None else 0), self.head_dim)
+            new = torch.empty(shape, dtype=self.dtype, device=self.device)
+            if i < len(self._bufs):
+                self._bufs[i] = new
+            else:
+                self._bufs.append(new)
+        return self._bufs[i][:batch, :, :columns]
 
     def _inputs(self, rows, seqs: list[_Seq], width: int, R: int):
         """Token ids and positions [B, R] and the mask [B, 1, R, width + R] (see the module docstring)."""
         import torch
 
         B = len(rows)
-        ids = torch.zeros(B, R, dtype=torch.long)
-        pos = torch.zeros(B, R, dtype=torch.long)
-        mask = torch.zeros(B, R, width + R, dtype=torch.bool)
+        ids = np.zeros((B, R), dtype=np.int64)
+        pos = np.zeros((B, R), dtype=np.int64)
+        mask = np.zeros((B, R, width + R), dtype=bool)
+        pad = np.arange(R)
+        mask[:, pad, width + pad] = True  # padding rows see only themselves (no row may see nothing)
         for b, ((tokens, positions, visible), s) in enumerate(zip(rows, seqs)):
             n = len(tokens)
-            ids[b, :n] = torch.tensor(tokens)
-            pos[b, :n] = torch.tensor(positions)
+            ids[b, :n] = tokens
+            pos[b, :n] = positions
             pos[b, n:] = positions[-1]
             mask[b, :n, : s.length] = True
-            for r, cols in enumerate(visible):
-                mask[b, r, [width + c for c in cols]] = True
-            for r in range(n, R):  # padding rows see only themselves (no row may see nothing)
-                mask[b, r, width + r] = True
-        return ids.to(self.device), pos.to(self.device), mask[:, None].to(self.device)
+            mask[b, :n, width: width + n] = visible
+        return (torch.from_numpy(ids).to(self.device), torch.from_numpy(pos).to(self.device),
+                torch.from_numpy(mask)[:, None].to(self.device))
 
     def _outcome(self, it: Chunk | Tree, s: _Seq, logits) -> tuple[list[int], int | RoundResult | None]:
         """The rows a sequence keeps (of its own) and what the item gives back."""
