@@ -28,14 +28,28 @@ scenario), ``check`` (the step table and its loop), ``summary``. Nothing here im
 until the check runs.
 """
 
-from .check import STEPS, Check, StepRow, main, plan, resolve, role_ops, run
-from .device import Fail, device_info, slug, system_for
-from .files import pair_spec, scenario
-from .options import BUDGET_S, DEFAULT_SPEC, GPU, TOY, Size, add_arguments, readme
-from .summary import summary_md
+import importlib
 
-__all__ = [
-    "BUDGET_S", "DEFAULT_SPEC", "GPU", "STEPS", "TOY", "Check", "Fail", "Size", "StepRow", "add_arguments",
-    "device_info", "main", "pair_spec", "plan", "readme", "resolve", "role_ops", "run", "scenario", "slug",
-    "summary_md", "system_for",
-]
+# name -> the module that holds it; imported on first use, so that the CLI, which reads only
+# ``options`` to declare the command, does not load the check at every start
+_WHERE = {
+    **dict.fromkeys(("STEPS", "Check", "StepRow", "main", "plan", "resolve", "role_ops", "run"), "check"),
+    **dict.fromkeys(("Fail", "device_info", "slug", "system_for"), "device"),
+    **dict.fromkeys(("pair_spec", "scenario"), "files"),
+    **dict.fromkeys(("BUDGET_S", "DEFAULT_SPEC", "GPU", "TOY", "Size", "add_arguments", "readme"), "options"),
+    "summary_md": "summary",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{where}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
