@@ -4,8 +4,6 @@ both keep, written once.
 - :class:`DraftCaches`: each target's (tag's) draft KV cache, in tokens, in use order; the
   tokens a round must encode (only those not cached, with prefix caching); and, under a
   memory limit, least-recently-used eviction of other tags' caches.
-- :func:`take_batch` (a rule of the round, :mod:`starsim.rules`): the tasks one engine step
-  drafts together, in the policy's order.
 - :class:`PipelineStats`: pipelined trees that hit, missed, and the draft time the misses wasted.
 
 The simulator drives them from SimPy processes (times from its clock), the real server from
@@ -16,8 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from .rules.batching import take_batch  # noqa: F401 - where the engines of both backends took it from
 
 
 class DraftCaches:

@@ -100,10 +100,6 @@ class BatchVerifier:
         """The sequence is done (or preempted): its cache is freed."""
         self.seqs.pop(sid, None)
 
-    def length(self, sid: int) -> int:
-        """Positions cached for ``sid``."""
-        return self.seqs[sid].length
-
     def adopt(self, sid: int, cache, root: int | None) -> None:
         """Give sequence ``sid`` a prefilled cache (a transformers cache of batch 1) and its root
         (calibration times steps at a given context this way)."""

@@ -136,11 +136,10 @@ class Book:
 
 def _items(verifier: BatchVerifier, step, prompts: dict, outputs: list[list[int]], draft_tree) -> list:
     """A step's items: each prefill chunk (a sequence starting, or recomputing after a
-    preemption, gets a fresh cache), then each decoding sequence's tree."""
+    preemption, which removed its cache, gets a fresh one), then each decoding sequence's tree."""
     items: list[Chunk | Tree] = []
     for s, c in step.prefill:
         if s.computed == 0:
-            verifier.remove(s.rid)
             verifier.add(s.rid, seed=s.rid)
         context = prompts[s.rid] + outputs[s.rid]
         items.append(Chunk(s.rid, context[s.computed: s.computed + c], s.computed + c >= s.todo))

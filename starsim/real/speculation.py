@@ -86,6 +86,14 @@ def draw(p: np.ndarray, rng: np.random.Generator) -> int:
     return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), p.shape[0] - 1))
 
 
+def _children(parents: list[int]) -> dict[int, list[int]]:
+    """Each node's children (-1: the root's), in tree order: the order acceptance tries them."""
+    children: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        children.setdefault(p, []).append(i)
+    return children
+
+
 def sample_tree_path(p_rows: np.ndarray, tree: TreeDraft, rng: np.random.Generator) -> tuple[list[int], int]:
     """Speculative sampling over a tree; returns (accepted path of node indices, bonus token).
 
@@ -99,9 +107,7 @@ def sample_tree_path(p_rows: np.ndarray, tree: TreeDraft, rng: np.random.Generat
     exactly as the target's own sampling would give them, whatever ``q``.
     """
     q_of = dict(zip(tree.prob_nodes or [], normalized(tree.probs) if tree.probs is not None else []))
-    children: dict[int, list[int]] = {}
-    for i, par in enumerate(tree.parents):
-        children.setdefault(par, []).append(i)
+    children = _children(tree.parents)
     path, cur = [], -1
     while True:
         p = p_rows[0 if cur < 0 else 1 + cur]
@@ -131,9 +137,7 @@ def greedy_path(pred: list[int], tree: TreeDraft) -> tuple[list[int], int]:
     """Greedy acceptance: the longest path from the root whose every token is the target's own
     argmax (``pred[0]`` after the root, ``pred[1 + i]`` after node ``i``), and the bonus token
     after its end; returns (the path's nodes, the bonus)."""
-    children: dict[int, list[int]] = {}
-    for i, p in enumerate(tree.parents):
-        children.setdefault(p, []).append(i)
+    children = _children(tree.parents)
     path, cur = [], -1
     while True:
         want = pred[0 if cur < 0 else 1 + cur]

@@ -166,12 +166,8 @@ class Target:
                  pause: Callable[[], float] | None = None):
         """The run builds each piece (``_simulate``'s ``_target``), so that a target holds no
         knowledge of the scenario file: its samplers, links, random stream, engine or fabric."""
-        env, rec, requests, usage, general = wiring.env, wiring.rec, wiring.requests, wiring.usage, wiring.general
-        acceptance, tree, hidden = spec.acceptance, spec.tree, spec.hidden
-        fabric, controller, pipeline = spec.fabric, spec.controller, spec.pipeline
-        tree_tokens, depth = tree.tokens, tree.depth
-        up, down, parse, serialize, send, receive = hops.up, hops.down, hops.parse, hops.serialize, hops.send, \
-            hops.receive
+        env, requests, usage = wiring.env, wiring.requests, wiring.usage
+        acceptance, tree, depth = spec.acceptance, spec.tree, spec.tree.depth
         self.env = env
         self.index = index
         self.name = name
@@ -179,7 +175,7 @@ class Target:
         self.unit = unit
         self.engine = engine
         self.requests = requests
-        self.rec = rec
+        self.rec = wiring.rec
         # rows are appended packed (see Recorder): no Python objects kept per row
         self.payload: Payload = group.payload
         self.verify = timing_sampler(group.verify_time, rng, usage)
@@ -195,17 +191,17 @@ class Target:
         # adaptive speculation draws each depth's acceptance from its own curve, on this stream
         self.accept_at = {depth: self.accept}
         self._acceptance, self._accept_rng, self._clock = acceptance, rng, clock
-        self.fabric, self.controller, self.pipeline, self.tree = fabric, controller, pipeline, tree
-        self.general = general  # sim.loops.general_loop_reason decides, for the whole run
+        self.fabric, self.controller, self.pipeline, self.tree = spec.fabric, spec.controller, spec.pipeline, tree
+        self.general = wiring.general  # sim.loops.general_loop_reason decides, for the whole run
         # the target's own message work (None: none) and its verify warm/cold curve (None: off)
-        self.send_cpu, self.receive_cpu = send or _zero, receive or _zero
-        self.has_msg_cpu = send is not None or receive is not None
+        self.send_cpu, self.receive_cpu = hops.send or _zero, hops.receive or _zero
+        self.has_msg_cpu = hops.send is not None or hops.receive is not None
         self.warm_cold = group.warm_cold
         # a deadline policy orders tasks by when this target's next token is due
         self.slo = group.tpot_slo_s if engine is not None and engine.policy.needs_deadline else None
-        self.tree_tokens, self.depth, self.hidden = tree_tokens, depth, hidden
-        self.bytes_up = _BytesUp(self.payload, hidden)
-        self.up, self.down, self.parse, self.serialize = up, down, parse, serialize
+        self.tree_tokens, self.depth, self.hidden = tree.tokens, depth, spec.hidden
+        self.bytes_up = _BytesUp(self.payload, spec.hidden)
+        self.up, self.down, self.parse, self.serialize = hops.up, hops.down, hops.parse, hops.serialize
         self.pause = pause
         self.served = 0
         # the request in progress, kept so an unfinished one can still be reported at the end
