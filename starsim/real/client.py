@@ -3,7 +3,9 @@
 
 ``HELLO``/``WELCOME``, clock probes when the server is on another host, then one
 ``DRAFT_REQUEST`` per round (the tokens emitted since the last one; ``start: true`` with the
-whole context on a request's first round) answered by a ``DRAFT_REPLY`` tree.
+whole context on a request's first round) answered by a ``DRAFT_REPLY`` tree; or, for a target
+that decodes a running batch of sequences, one multi-sequence round (:meth:`DraftClient.draft_seqs`)
+with every sequence's tree.
 
 Clocks: the server stamps replies with its ``time.monotonic()``. Processes on one boot of
 one host share that clock (equal :func:`host_id`); otherwise the client estimates
@@ -45,6 +47,21 @@ def host_id() -> str:
     return f"{host}/{boot or 'process-' + uuid.uuid4().hex}"
 
 
+def _tree(token_ids, parents, probs, nodes, temperature: float) -> TreeDraft:
+    """A received tree, checked: parents before children and, when sampled, a probability row
+    for every node that has children."""
+    tokens, parents = token_ids.tolist(), parents.tolist()
+    if any(p >= i for i, p in enumerate(parents)):
+        raise P.ProtocolError("tree nodes must come after their parents")
+    depths = tree_depths(parents)
+    if temperature > 0 and tokens:
+        if probs is None or nodes is None or probs.ndim != 2 or probs.shape[0] != nodes.shape[0]:
+            raise P.ProtocolError("a sampled draft needs draft_probs [rows, vocab] and prob_nodes [rows]")
+        if not set(parents) <= set(nodes.tolist()):
+            raise P.ProtocolError("draft_probs has no row for a node that has children")
+    return TreeDraft(tokens, parents, depths, probs, None if nodes is None else nodes.tolist())
+
+
 class DraftClient:
     """A target's connection to a draft server.
 
@@ -73,11 +90,12 @@ class DraftClient:
             self.tag = w.tag
             self.needs_hidden = bool(w.header.get("needs_hidden", False))
             self.server_host_id = w.header.get("host_id")
+            self.features = frozenset(f for f in (w.header.get("features") or ()) if isinstance(f, str))
             self.same_host = self.server_host_id == host_id()
             if self.same_host:
                 # one clock: the offset is exactly 0; probes would only add their jitter to it
                 self.clock_offset_s, self.clock_error_s = 0.0, 0.0
-            elif "clock" in (w.header.get("features") or ()):
+            elif "clock" in self.features:
                 self.clock_offset_s, self.clock_error_s = self._probe_clock(clock_probes)
             else:
                 log.warning("draft server %s cannot be asked for its clock; assuming it equals ours", address)
@@ -128,6 +146,44 @@ class DraftClient:
             req.header["deadline_in_s"] = float(deadline_in_s)
         if depth is not None:
             req.header["depth"] = int(depth)
+        rep = self._round(req, sent)
+        tree = _tree(rep.arrays["token_ids"], rep.arrays["parents"], rep.arrays.get("draft_probs"),
+                     rep.arrays.get("prob_nodes"), temperature)
+        self._arrived(rep)
+        return tree, rep.header
+
+    def draft_seqs(self, seqs: list[tuple[int, list[int], bool]], free=(), temperature: float = 0.0,
+                   seed: int | None = None, sent=None, *, deadline_in_s: float | None = None,
+                   depth: int | None = None) -> tuple[list[TreeDraft], dict]:
+        """One multi-sequence round (feature ``seqs``): ``seqs`` = ``(sid, tokens, start)`` per
+        sequence to draft (the tokens since that sid's last round, or its whole context when
+        ``start``); ``free``: sids that ended (dropped by the server before ``seqs`` are read).
+        Returns a tree per sequence, in ``seqs`` order, and the reply's header (``new_tokens``
+        a list; times as :meth:`draft`'s). Sampling (``temperature > 0``): sequence ``sid``
+        draws with :func:`~starsim.real.protocol.seq_seed` (``seed``, ``sid``). ``sent``,
+        ``deadline_in_s`` and ``depth`` as for :meth:`draft`."""
+        if "seqs" not in self.features:
+            raise P.ProtocolError("this draft server does not take multi-sequence requests (no 'seqs' feature)")
+        self.seq += 1
+        ids = [np.asarray(t, dtype=np.int32).reshape(-1) for _, t, _ in seqs]
+        req = P.draft_request_seqs(self.tag, self.seq, [(sid, len(t), start) for (sid, _, start), t in zip(seqs, ids)],
+                                   np.concatenate(ids) if ids else np.zeros(0, np.int32), free)
+        if temperature > 0:
+            req.header.update(temperature=float(temperature), seed=seed)
+        if deadline_in_s is not None:
+            req.header["deadline_in_s"] = float(deadline_in_s)
+        if depth is not None:
+            req.header["depth"] = int(depth)
+        rep = self._round(req, sent)
+        trees = [_tree(*t, temperature) for t in P.reply_trees(rep, len(seqs))]
+        new = rep.header.get("new_tokens")
+        if not isinstance(new, list) or len(new) != len(seqs):
+            raise P.ProtocolError(f"a multi-sequence DRAFT_REPLY needs new_tokens for its {len(seqs)} sequences")
+        self._arrived(rep)
+        return trees, rep.header
+
+    def _round(self, req, sent) -> P.Message:
+        """Send a DRAFT_REQUEST (after the emulated uplink's delay) and receive its DRAFT_REPLY."""
         buffers = req.buffers()
         if self.delay_up is not None:
             time.sleep(self.delay_up(sum(memoryview(b).nbytes for b in buffers)))
@@ -139,21 +195,13 @@ class DraftClient:
             kind = None if rep is None else rep.type
             reason = None if rep is None else rep.header.get("reason")
             raise P.ProtocolError(f"expected DRAFT_REPLY {self.seq}, got {kind} ({reason})")
-        tokens = rep.arrays["token_ids"].tolist()
-        parents = rep.arrays["parents"].tolist()
-        if any(p >= i for i, p in enumerate(parents)):
-            raise P.ProtocolError("tree nodes must come after their parents")
-        depths = tree_depths(parents)
-        probs, nodes = rep.arrays.get("draft_probs"), rep.arrays.get("prob_nodes")
-        if temperature > 0 and tokens:
-            if probs is None or nodes is None or probs.ndim != 2 or probs.shape[0] != nodes.shape[0]:
-                raise P.ProtocolError("a sampled draft needs draft_probs [rows, vocab] and prob_nodes [rows]")
-            if not set(parents) <= set(nodes.tolist()):
-                raise P.ProtocolError("draft_probs has no row for a node that has children")
+        return rep
+
+    def _arrived(self, rep: P.Message) -> None:
+        """A reply's frame size, and the emulated downlink's delay for it."""
         self.bytes_down = rep.frame_bytes  # the reply's frame size
         if self.delay_down is not None:
             time.sleep(self.delay_down(self.bytes_down))
-        return TreeDraft(tokens, parents, depths, probs, None if nodes is None else nodes.tolist()), rep.header
 
     def close(self) -> None:
         try:

@@ -8,6 +8,11 @@ clock. With ``batch_max > 1`` it drafts up to that many waiting tasks at once
 (:meth:`Drafter.draft_batch`, the simulator's ``draft.batch``), after waiting up to
 ``batch_window_s`` for more when fewer are waiting; each batch is one busy interval.
 
+A multi-sequence task (a target that decodes many sequences asks for all their trees in one
+request, :mod:`starsim.real.protocol`) is one task in the queue, holding a :class:`Part` per
+sequence; the engine drafts every part of every task it takes in one
+:meth:`Drafter.draft_batch` call (one busy interval, its new tokens summed).
+
 Pipelining (the simulator's ``draft.pipeline``): after a greedy tree, the engine drafts the
 next one for the context plus that tree's main path; a target whose next request is that path
 and a bonus token among the new tree's root children gets the subtree under it at once (a
@@ -21,8 +26,10 @@ of tokens cannot tell. Under ``memory_bytes`` the engine also keeps a
 :class:`~starsim.draft_state.DraftCaches`, for what the simulator decides the same way: the
 tags in use order and which to drop (its ``on_evict`` frees the drafter's state), told at each
 round's start what the tag holds (``hold``: its whole context, as the drafter's cache does).
-The simulator's ``take`` and ``cut`` stand in for the drafter's comparison by counting
-tokens; the server needs neither. Without a memory limit there is no book but the drafter's.
+A multi-sequence task's sequences are held under their own keys ``(tag, sid)`` (the drafter's
+and the book's); an eviction is recorded under the tag. The simulator's ``take`` and ``cut``
+stand in for the drafter's comparison by counting tokens; the server needs neither. Without a
+memory limit there is no book but the drafter's.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -63,8 +71,29 @@ class Eviction(NamedTuple):
 
 
 @dataclass
+class Part:
+    """One sequence to draft: a single-sequence task's own, or one of a multi-sequence task's
+    (``key``: the drafter's state key, the tag or ``(tag, sid)``)."""
+
+    key: Hashable
+    context: list[int]
+    seed: int | None = None
+    hidden: list | None = None
+    tree: TreeDraft | None = None
+    new_tokens: int = 0
+    error: str | None = None
+
+
+def _tag_of(key: Hashable) -> int:
+    """The tag a drafter key belongs to (a multi-sequence key is ``(tag, sid)``)."""
+    return key[0] if isinstance(key, tuple) else key
+
+
+@dataclass
 class Task:
-    """A tree to draft for a tag (or, with no ``context``, the tag's draft state to free)."""
+    """A tree to draft for a tag, or (``parts``) one per sequence of a multi-sequence request,
+    or (neither ``context`` nor ``parts``) the tag's draft state to free. ``free``: drafter keys
+    to free first (a multi-sequence request's ended sequences, or a closed tag's)."""
 
     target: int  # the tag (policies order tasks by ``target``)
     context: list[int] | None
@@ -89,6 +118,24 @@ class Task:
     cancelled: bool = False
     t_enqueue: float = 0.0
     batch: int = 1  # tasks in the forward it was drafted in (a missed one wasted its share)
+    parts: list[Part] | None = None  # a multi-sequence task's sequences (``context`` is None)
+    free: list = field(default_factory=list)
+
+    def drafts(self) -> list[Part]:
+        """What the engine drafts for this task: its parts, or one for its own context."""
+        if self.parts is not None:
+            return self.parts
+        return [Part(self.target, self.context, self.seed, self.hidden)]
+
+    def collect(self, parts: list[Part]) -> None:
+        """Take the drafted ``parts`` (from :meth:`drafts`): a single task's tree, new tokens
+        and error; a multi-sequence task's summed new tokens and first error."""
+        if self.parts is None:
+            self.tree = parts[0].tree
+        self.new_tokens = sum(p.new_tokens for p in parts)
+        error = next((p.error for p in parts if p.error), None)
+        if error is not None:
+            self.error = error
 
 
 def main_path(tree: TreeDraft) -> list[int]:
@@ -155,20 +202,22 @@ class DraftEngine:
         while (tasks := self._next_tasks()) is not None:
             batch = []
             for task in tasks:
-                if task.context is None:  # a free request: the tag's session ended
-                    self.drafter.free(task.target)
-                    if self.caches is not None:
-                        self.caches.free(task.target)
+                for key in task.free:
+                    self._free(key)
+                if task.context is None and task.parts is None:  # a free request: the tag's session ended
+                    self._free(task.target)
+                    task.done.set()
+                elif task.parts == []:  # a multi-sequence request that only frees
+                    task.start = task.end = self._now()
                     task.done.set()
                 else:
                     batch.append(task)
+            parts = [t.drafts() for t in batch]
             if self.caches is not None:
-                for task in batch:  # room first, as the simulator evicts at a round's start
-                    self.caches.hold(task.target, len(task.context))
-            if len(batch) == 1:
-                self._draft_one(batch[0])
-            elif batch:
-                self._draft_batch(batch)
+                for p in (p for ps in parts for p in ps):  # room first, as the simulator evicts at a round's start
+                    self.caches.hold(p.key, len(p.context))
+            if batch:
+                self._draft(batch, parts)
             # stamped with the start of the round they made room for (as the simulator's)
             self.evictions += [Eviction(tag=tag, at=batch[0].start) for tag in self._dropped]
             self._dropped = []
@@ -198,56 +247,56 @@ class DraftEngine:
                 t.taken = True
         return tasks
 
-    def _evict(self, tag: int) -> None:
-        """``tag``'s draft cache is dropped for draft memory (engine thread)."""
-        self.drafter.free(tag)
-        self._dropped.append(tag)
+    def _free(self, key: Hashable) -> None:
+        """A key's draft state goes (engine thread): a closed tag's, or an ended sequence's."""
+        self.drafter.free(key)
+        if self.caches is not None:
+            self.caches.free(key)
 
-    def _draft_one(self, task: Task) -> None:
-        with self.unit:
-            task.start = self._now()
-            try:
-                task.tree, task.new_tokens = self.drafter.draft(task.target, task.context, task.temperature,
-                                                                task.seed, task.hidden, task.depth, not task.pre)
-            except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
-                task.error = f"draft failed: {type(e).__name__}: {e}"
-            task.end = self._now()
-        self.intervals.append(Busy(tag=task.target, start=task.start, end=task.end, new_tokens=task.new_tokens))
-        task.done.set()
+    def _evict(self, key: Hashable) -> None:
+        """``key``'s draft cache is dropped for draft memory (engine thread)."""
+        self.drafter.free(key)
+        self._dropped.append(_tag_of(key))
 
-    def _draft_batch(self, tasks: list[Task]) -> None:
-        """Several tasks in one :meth:`Drafter.draft_batch`: each gets the batch's start and end,
-        and the draft one busy interval (the first task's tag, the batch's new tokens), as in the
-        simulator. If the batch fails, each task is drafted again alone, so that only a task
-        that fails by itself reports an error (to its own target)."""
+    def _draft(self, tasks: list[Task], parts: list[list[Part]]) -> None:
+        """Every part of ``tasks`` (``parts``: each task's :meth:`Task.drafts`) in one draft: one
+        :meth:`Drafter.draft` for a single part, else one :meth:`Drafter.draft_batch`. Each task
+        gets the draft's start and end, and the draft one busy interval (the first task's tag,
+        the new tokens of all), as in the simulator. If a batch fails, each part is drafted
+        again alone, so that only a part that fails by itself reports an error (to its target)."""
+        jobs = [(p, t) for t, ps in zip(tasks, parts) for p in ps]
         with self.unit:
             start = self._now()
-            self._batch(tasks)
+            self._draft_parts(jobs)
             end = self._now()
+        for t, ps in zip(tasks, parts):
+            t.collect(ps)
         self.intervals.append(Busy(tag=tasks[0].target, start=start, end=end,
-                                   new_tokens=sum(t.new_tokens for t in tasks)))
+                                   new_tokens=sum(p.new_tokens for p, _ in jobs)))
         for t in tasks:
             t.start, t.end, t.batch = start, end, len(tasks)
             t.done.set()
 
-    def _batch(self, tasks: list[Task]) -> None:
-        """Draft ``tasks`` in one batch; if it fails, one by one (see :meth:`_draft_batch`)."""
-        try:
-            done = self.drafter.draft_batch([(t.target, t.context, t.temperature, t.seed, t.hidden, t.depth,
-                                              not t.pre) for t in tasks])
-        except Exception:  # noqa: BLE001 - retried one by one below
-            log.warning("batched draft of %d tasks failed; drafting them one by one", len(tasks), exc_info=True)
-            done = None
-        if done is not None:
-            for t, (tree, new) in zip(tasks, done):
-                t.tree, t.new_tokens = tree, new
-            return
-        for t in tasks:
+    def _draft_parts(self, jobs: list[tuple[Part, Task]]) -> None:
+        """Draft each ``(part, its task)``, batched when several; if the batch fails, one by one
+        (see :meth:`_draft`). A pipelined guess (``task.pre``) is not observed for ranks."""
+        if len(jobs) > 1:
             try:
-                t.tree, t.new_tokens = self.drafter.draft(t.target, t.context, t.temperature, t.seed, t.hidden,
+                done = self.drafter.draft_batch([(p.key, p.context, t.temperature, p.seed, p.hidden, t.depth,
+                                                  not t.pre) for p, t in jobs])
+            except Exception:  # noqa: BLE001 - retried one by one below
+                log.warning("batched draft of %d sequences failed; drafting them one by one", len(jobs),
+                            exc_info=True)
+            else:
+                for (p, _), (tree, new) in zip(jobs, done):
+                    p.tree, p.new_tokens = tree, new
+                return
+        for p, t in jobs:
+            try:
+                p.tree, p.new_tokens = self.drafter.draft(p.key, p.context, t.temperature, p.seed, p.hidden,
                                                           t.depth, not t.pre)
             except Exception as e:  # noqa: BLE001 - a failed draft is reported to that target only
-                t.error = f"draft failed: {type(e).__name__}: {e}"
+                p.error = f"draft failed: {type(e).__name__}: {e}"
 
     # ------------------------------------------------------------------ a connection's side
 

@@ -46,12 +46,29 @@ The messages of a StarSD session (target = target worker, server = draft server)
   ``draft_probs`` float16 [R, vocab] and ``prob_nodes`` int32 [R] (the draft distribution at
   each node that has children, -1 for the root). A DRAFT_REQUEST header may carry
   ``temperature`` (0: greedy) and ``seed`` (the draft's sampling stream for that round).
+- Multi-sequence rounds (feature ``seqs``), for a target that decodes a running batch of
+  sequences and asks for all their trees in one round: a DRAFT_REQUEST whose header holds
+  ``seqs``: ``[[sid, n_new, start], ...]`` (at most MAX_SEQS; ``sid`` the target's own
+  sequence id, an int in [0, 2**63), unique in the request; ``n_new`` >= 1 the sequence's new
+  tokens; ``start`` a bool, true when they are its whole context, false to extend the context
+  the server holds for that sid on this tag) and optional ``free``: ``[sid, ...]`` (sequences
+  that ended: the server drops their contexts and draft state; applied before ``seqs``, so a
+  sid may be freed and started again in one request). ``token_ids`` int32 holds the sequences'
+  new tokens concatenated in ``seqs`` order (empty only when ``seqs`` is). ``temperature``,
+  ``seed``, ``depth`` and ``deadline_in_s`` apply to every sequence; sequence ``sid`` samples
+  with :func:`seq_seed` (``seed``, ``sid``). The DRAFT_REPLY concatenates the trees in the
+  same order: ``token_ids`` and ``parents`` (each tree's parents local to it), header
+  ``trees`` (nodes per sequence) and ``new_tokens`` (a list: context tokens encoded per
+  sequence); when sampling, ``draft_probs`` rows concatenated, ``prob_nodes`` local to each
+  tree and header ``prob_rows`` (rows per sequence). The other reply stamps are as for one
+  sequence (``kv_bytes``: every sequence the tag holds). Pipelining and EAGLE drafts do not
+  take such requests (an ERROR). A target sends them only when the WELCOME lists ``seqs``.
 - ``BYE`` either way: end of session (optional ``reason``); ``ERROR``: a refusal with a ``reason``.
 - ``PING`` / ``ACK`` / ``ECHO``: link calibration (:mod:`starsim.calibrate.link`): a PING's
   payload is answered by a small ACK, an ECHO by the same message back.
 
 Versions: VERSION numbers the frame layout and the meaning of existing messages; a peer
-refuses frames of another version. Messages added since (CLOCK) are negotiated instead:
+refuses frames of another version. Messages added since (CLOCK, multi-sequence rounds) are negotiated instead:
 a target sends one only when the WELCOME lists its feature, so a target of this version
 still works with a server that predates it (no clock estimate then) and the other way round.
 """
@@ -105,7 +122,9 @@ ECHO = "ECHO"
 CLOCK = "CLOCK"
 MESSAGE_TYPES = frozenset({HELLO, WELCOME, DRAFT_REQUEST, DRAFT_REPLY, BYE, ERROR, PING, ACK, ECHO, CLOCK})
 # optional messages a server answers, listed in its WELCOME's ``features``
-FEATURES = ("clock",)
+FEATURES = ("clock", "seqs")
+MAX_SEQS = 1024  # sequences in one multi-sequence DRAFT_REQUEST (and sids it frees)
+MAX_SID = 2**63  # a sequence id is an int in [0, MAX_SID)
 MAX_CLOCK_PROBES = 64  # per connection: bounds the handshake a peer can hold a comm thread in
 _RESERVED = frozenset({"type", "arrays"})
 
@@ -560,6 +579,84 @@ def draft_reply(tag: int, seq: int, token_ids, parents, draft_probs=None, prob_n
             raise ProtocolError("prob_nodes must be -1 (root) or the index of a node")
         arrays["draft_probs"], arrays["prob_nodes"] = probs, nodes
     return Message(DRAFT_REPLY, {"tag": tag, "seq": seq}, arrays)
+
+
+def seq_seed(seed: int | None, sid: int) -> int | None:
+    """The sampling seed of sequence ``sid`` in a multi-sequence round seeded ``seed`` (None:
+    unseeded): both sides can compute it, and sequences of one round draw independent streams."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, sid]).generate_state(1, np.uint64)[0])
+
+
+def draft_request_seqs(tag: int, seq: int, seqs, token_ids, free=()) -> Message:
+    """target -> server, a multi-sequence round: ``seqs`` = ``(sid, n_new, start)`` per sequence,
+    ``token_ids`` their new tokens concatenated in that order, ``free`` the sids that ended."""
+    entries = [[int(sid), int(n), bool(start)] for sid, n, start in seqs]
+    ids = _ids("token_ids", token_ids)
+    if sum(n for _, n, _ in entries) != ids.shape[0]:
+        raise ProtocolError(f"seqs count {sum(n for _, n, _ in entries)} new tokens, token_ids has {ids.shape[0]}")
+    header = {"tag": tag, "seq": seq, "seqs": entries}
+    if free:
+        header["free"] = [int(sid) for sid in free]
+    return Message(DRAFT_REQUEST, header, {"token_ids": ids})
+
+
+def draft_reply_seqs(tag: int, seq: int, trees) -> Message:
+    """server -> target, a multi-sequence round's trees: ``(token_ids, parents, draft_probs,
+    prob_nodes)`` per sequence (each as :func:`draft_reply` takes them, probs None when
+    greedy), concatenated, with header ``trees`` and, when any has probs, ``prob_rows``."""
+    parts = [draft_reply(tag, seq, *t).arrays for t in trees]
+    arrays = {name: np.concatenate([a[name] for a in parts]) if parts else np.zeros(0, np.int32)
+              for name in ("token_ids", "parents")}
+    header = {"tag": tag, "seq": seq, "trees": [int(a["token_ids"].shape[0]) for a in parts]}
+    with_probs = [a for a in parts if "draft_probs" in a]
+    if with_probs:
+        vocab = {a["draft_probs"].shape[1] for a in with_probs}
+        if len(vocab) != 1:
+            raise ProtocolError(f"draft_probs rows of different widths {sorted(vocab)}")
+        width = vocab.pop()
+        arrays["draft_probs"] = np.concatenate([a.get("draft_probs", np.zeros((0, width), np.float16))
+                                                for a in parts])
+        arrays["prob_nodes"] = np.concatenate([a.get("prob_nodes", np.zeros(0, np.int32)) for a in parts])
+        header["prob_rows"] = [int(a["prob_nodes"].shape[0]) if "prob_nodes" in a else 0 for a in parts]
+    return Message(DRAFT_REPLY, header, arrays)
+
+
+def reply_trees(msg: Message, n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """A multi-sequence DRAFT_REPLY split into its ``n`` trees ``(token_ids, parents,
+    draft_probs, prob_nodes)`` (probs None without ``prob_rows``), checked: counts that add up,
+    parents and prob nodes local to each tree."""
+    sizes, rows = msg.header.get("trees"), msg.header.get("prob_rows")
+    ids, par = msg.arrays.get("token_ids"), msg.arrays.get("parents")
+    probs, nodes = msg.arrays.get("draft_probs"), msg.arrays.get("prob_nodes")
+
+    def counts(v) -> bool:
+        return (isinstance(v, list) and len(v) == n
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v))
+
+    if not counts(sizes) or ids is None or par is None or ids.ndim != 1 or par.shape != ids.shape \
+            or sum(sizes) != ids.shape[0]:
+        raise ProtocolError(f"a multi-sequence DRAFT_REPLY needs trees [{n} node counts] adding up to its "
+                            f"token_ids and parents")
+    if rows is not None and (not counts(rows) or probs is None or nodes is None or probs.ndim != 2
+                             or nodes.ndim != 1 or probs.shape[0] != nodes.shape[0] or sum(rows) != nodes.shape[0]):
+        raise ProtocolError(f"a multi-sequence DRAFT_REPLY's prob_rows must be [{n} row counts] adding up to "
+                            f"its draft_probs and prob_nodes")
+    out, at, row = [], 0, 0
+    for i in range(n):
+        t_ids, t_par = ids[at:at + sizes[i]], par[at:at + sizes[i]]
+        if t_par.size and (t_par.min() < -1 or t_par.max() >= t_par.shape[0]):
+            raise ProtocolError(f"tree {i}: parents must be -1 (root) or the index of a node of the same tree")
+        t_probs = t_nodes = None
+        if rows is not None:
+            t_probs, t_nodes = probs[row:row + rows[i]], nodes[row:row + rows[i]]
+            if t_nodes.size and (t_nodes.min() < -1 or t_nodes.max() >= t_ids.shape[0]):
+                raise ProtocolError(f"tree {i}: prob_nodes must be -1 (root) or the index of a node of the same tree")
+            row += rows[i]
+        out.append((t_ids, t_par, t_probs, t_nodes))
+        at += sizes[i]
+    return out
 
 
 def bye(tag: int | None = None, reason: str = "") -> Message:

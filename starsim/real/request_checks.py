@@ -65,3 +65,39 @@ def deadline_in(header: dict) -> float:
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not -1e6 < d < 1e6:
         raise P.ProtocolError(f"deadline_in_s must be a number of seconds, got {d!r}")
     return float(d)
+
+
+def _sid(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < P.MAX_SID
+
+
+def seqs(msg, vocab_size: int) -> tuple[list[tuple[int, bool, list[int]]], list[int]]:
+    """A multi-sequence DRAFT_REQUEST's sequences, ``(sid, start, new token ids)`` in order, and
+    the sids it frees: at most MAX_SEQS of each, unique sids, ``n_new`` >= 1 each, new tokens
+    that add up to ``token_ids`` (see :mod:`starsim.real.protocol`)."""
+    entries, free = msg.header.get("seqs"), msg.header.get("free", [])
+    if not isinstance(entries, list) or len(entries) > P.MAX_SEQS:
+        raise P.ProtocolError(f"seqs must be a list of at most {P.MAX_SEQS} [sid, n_new, start] entries")
+    if not isinstance(free, list) or len(free) > P.MAX_SEQS or not all(map(_sid, free)) or len(set(free)) < len(free):
+        raise P.ProtocolError(f"free must be a list of at most {P.MAX_SEQS} distinct sids (ints in [0, 2**63))")
+    if not entries and not free:
+        raise P.ProtocolError("a multi-sequence DRAFT_REQUEST needs a sequence to draft or one to free")
+    for e in entries:
+        if not (isinstance(e, list) and len(e) == 3 and _sid(e[0]) and isinstance(e[1], int)
+                and not isinstance(e[1], bool) and e[1] >= 1 and isinstance(e[2], bool)):
+            raise P.ProtocolError(f"each of seqs must be [sid in [0, 2**63), n_new >= 1, start bool], got {e!r}"[:200])
+    if len({e[0] for e in entries}) < len(entries):
+        raise P.ProtocolError("seqs repeats a sid")
+    total = sum(e[1] for e in entries)
+    if total:
+        ids = token_ids(msg, vocab_size)
+    else:
+        arr = msg.arrays.get("token_ids")
+        ids = [] if arr is None else arr.reshape(-1).tolist()
+    if len(ids) != total:
+        raise P.ProtocolError(f"seqs count {total} new tokens, token_ids has {len(ids)}")
+    out, at = [], 0
+    for sid, n, start in entries:
+        out.append((sid, start, ids[at:at + n]))
+        at += n
+    return out, free

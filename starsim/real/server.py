@@ -11,7 +11,10 @@
   policy registry as the simulator, batching and pipelining them as the scenario says.
 
 A target gets a tag when its HELLO is admitted; its draft KV cache lives under that tag and
-is freed when its connection ends, however it ends. So the server runs at most
+is freed when its connection ends, however it ends. A target that decodes many sequences
+asks for all their trees in one multi-sequence request (feature ``seqs``, see
+:mod:`starsim.real.protocol`): each sequence's context and draft state then live under
+``(tag, sid)``, freed when the target says the sequence ended or its connection ends. So the server runs at most
 ``max_targets + 2`` threads (the door, the engine and one per target) whatever arrives.
 
 A frame that is malformed, oversized, out of order or from the wrong tag gets a log line
@@ -37,7 +40,7 @@ from . import protocol as P
 from . import request_checks as check
 from .client import host_id
 from .door import Door
-from .draft_engine import DraftEngine, Task
+from .draft_engine import DraftEngine, Part, Task
 from .resources import FREE, pin
 from .server_options import ServerLimits, ServerOptions
 from .speculation import Drafter
@@ -69,7 +72,9 @@ class DraftServer(Door, DraftEngine):
         self._init_engine(drafter, options, self.weights)
         self._open_door(bind)
         self.rejected: deque[str] = deque(maxlen=MAX_REJECTED_LINES)  # a line per connection closed for a bad message
-        self.contexts: dict[int, list[int]] = {}
+        # tag (or (tag, sid) for a multi-sequence target's sequence) -> its context
+        self.contexts: dict[int | tuple[int, int], list[int]] = {}
+        self.sids: dict[int, set[int]] = {}  # tag -> the sequences it holds (multi-sequence requests)
         self.hiddens: dict[int, list[np.ndarray]] = {}  # EAGLE drafts: the features behind each tag's context
         self._next_tag = 0
         self._threads: list[threading.Thread] = []  # the door's and the engine's
@@ -166,7 +171,10 @@ class DraftServer(Door, DraftEngine):
                 if msg.tag != tag:
                     raise P.ProtocolError(f"request for tag {msg.tag} on the connection of tag {tag}")
                 probes = None
-                self._answer(conn, msg, tag, t_arrive)
+                if "seqs" in msg.header:
+                    self._answer_seqs(conn, msg, tag, t_arrive)
+                else:
+                    self._answer(conn, msg, tag, t_arrive)
         except (P.ProtocolError, OSError) as e:
             if not (self.stop.is_set() and isinstance(e, OSError)):  # close() shut it: not a bad message
                 self._reject(conn, peer, tag, e)
@@ -251,12 +259,71 @@ class DraftServer(Door, DraftEngine):
             reply.header["pipelined"] = True
         P.send_message(conn, reply, self.limits.max_bytes)
 
+    def _refuse(self, conn: socket.socket, tag: int, reason: str) -> None:
+        """Answer an ERROR with ``reason`` and close the connection (through ProtocolError)."""
+        P.send_message(conn, P.error(reason, tag))
+        raise P.ProtocolError(reason)
+
+    def _seq_contexts(self, msg, tag: int, seed: int | None) -> tuple[list[Part], list[tuple[int, int]]]:
+        """A multi-sequence request checked and applied to the tag's sequences: its ``free``
+        first (contexts dropped), then each sequence's new tokens added to its context (a whole
+        new one with ``start``); the parts to draft (sampling with :func:`~starsim.real.protocol.seq_seed`
+        of ``seed``) and the keys whose draft state goes."""
+        entries, free = check.seqs(msg, self.vocab_size)
+        known = self.sids.setdefault(tag, set())
+        if unknown := [sid for sid in free if sid not in known]:
+            raise P.ProtocolError(f"free names sequence {unknown[0]}, which this connection does not hold")
+        left = known - set(free)
+        if unknown := [sid for sid, start, _ in entries if not start and sid not in left]:
+            raise P.ProtocolError(f"sequence {unknown[0]} is not held on this connection: its first request "
+                                  f"must say start")
+        for sid in free:
+            known.discard(sid)
+            self.contexts.pop((tag, sid), None)
+        parts = []
+        for sid, start, new in entries:
+            key = (tag, sid)
+            context = new if start else self.contexts[key] + new
+            self.contexts[key] = context
+            known.add(sid)
+            parts.append(Part(key, context, P.seq_seed(seed, sid)))
+        return parts, [(tag, sid) for sid in free]
+
+    def _answer_seqs(self, conn: socket.socket, msg, tag: int, t_arrive: float) -> None:
+        """A multi-sequence DRAFT_REQUEST: one task holding a part per sequence, drafted in one
+        round, its trees sent back concatenated with the server's timestamps."""
+        if self.options.pipeline:
+            self._refuse(conn, tag, "pipelining is not supported with multi-sequence requests")
+        if self.drafter.needs_hidden:
+            self._refuse(conn, tag, "multi-sequence requests are not supported with an EAGLE draft")
+        temperature, seed = check.sampling(msg.header)
+        parts, free = self._seq_contexts(msg, tag, seed)
+        t_enqueue = self._now()
+        deadline, depth = t_arrive + check.deadline_in(msg.header), check.depth(msg.header, self.drafter.depth)
+        task = self._submit(Task(tag, None, temperature, seed, deadline=deadline, depth=depth, parts=parts,
+                                 free=free))
+        if task.error:
+            self._refuse(conn, tag, task.error)
+        reply = P.draft_reply_seqs(tag, msg.seq, [(p.tree.tokens, p.tree.parents, p.tree.probs, p.tree.prob_nodes)
+                                                  for p in parts])
+        with self.cv:
+            waiting = len(self.queue)
+        held = sum(len(self.contexts[(tag, sid)]) for sid in self.sids[tag])
+        reply.header.update(t_arrive=t_arrive, t_enqueue=t_enqueue, t_draft_start=task.start,
+                            t_draft_end=task.end, new_tokens=[p.new_tokens for p in parts],
+                            kv_bytes=held * self.kv_bytes_per_token, queue_len=waiting,
+                            t_reply_send=self._now())
+        P.send_message(conn, reply, self.limits.max_bytes)
+
     def _release(self, tag: int) -> None:
-        """The tag's connection ended, however: its pipelined tree, context and weight go, and
-        the engine thread frees its draft state."""
+        """The tag's connection ended, however: its pipelined tree, contexts (its own and its
+        sequences') and weight go, and the engine thread frees their draft state."""
         self._drop_pipelined(tag)
         self.weights.pop(tag, None)
         self.contexts.pop(tag, None)
         self.hiddens.pop(tag, None)
+        keys = [(tag, sid) for sid in self.sids.pop(tag, ())]
+        for key in keys:
+            self.contexts.pop(key, None)
         if not self.stop.is_set():
-            self._submit(Task(tag, None))
+            self._submit(Task(tag, None, free=keys))
