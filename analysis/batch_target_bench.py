@@ -51,7 +51,7 @@ def main() -> int:
     from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
 
-    from starsim.real.serving_loop import serve_batch
+    from starsim.real.serving_loop import local_drafts, serve_batch
     from starsim.real.speculation import Drafter
     from starsim.serving import StepScheduler
 
@@ -75,7 +75,7 @@ def main() -> int:
         verifier = _Timed(target)
         per_round = 1 if a.plain else drafter.max_nodes + 1
         sched = StepScheduler(max_seqs=b, budget=None, kv_capacity=None, per_round=per_round, reserve_whole=False)
-        tree = None if a.plain else (lambda sid, ctx, d=drafter: d.draft(sid, ctx)[0])
+        tree = None if a.plain else local_drafts(drafter)
         t0 = time.perf_counter()
         r = serve_batch(verifier, sched, reqs, tree, drafter.free)
         wall = time.perf_counter() - t0

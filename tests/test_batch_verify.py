@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from conftest import CODE_PROMPTS  # noqa: E402
 
 from starsim.real.batch_verify import BatchVerifier, Chunk, Tree  # noqa: E402
-from starsim.real.serving_loop import EMPTY, serve_batch  # noqa: E402
+from starsim.real.serving_loop import EMPTY, local_drafts, serve_batch  # noqa: E402
 from starsim.real.speculation import Drafter, target_generate  # noqa: E402
 from starsim.serving import StepScheduler  # noqa: E402
 
@@ -25,8 +25,8 @@ def serve(target, drafter, requests, *, max_seqs: int, budget: int | None = None
     per_round = (drafter.max_nodes + 1) if drafter is not None else 1
     sched = StepScheduler(max_seqs=max_seqs, budget=budget, kv_capacity=kv, per_round=per_round,
                           reserve_whole=False)
-    draft = None if drafter is None else (
-        lambda sid, ctx: drafter.draft(sid, ctx, temperature, seed=1000 * sid + len(ctx))[0])
+    draft = None if drafter is None else local_drafts(drafter, temperature=temperature,
+                                                      seed=lambda sid, ctx: 1000 * sid + len(ctx))
     r = serve_batch(BatchVerifier(target, temperature), sched, requests, draft,
                     drafter.free if drafter is not None else None)
     return r.outputs, r.batch, r.preempted, r.chunks
@@ -118,16 +118,19 @@ def test_a_batched_target_writes_the_simulators_tables(quick_models):
     rec, ticks = Recorder(), itertools.count()
     book = Book(rec, 0, "cpu", lambda: 0.01 * next(ticks))
     sched = StepScheduler(max_seqs=4, budget=None, kv_capacity=None, per_round=17, reserve_whole=False)
-    served = serve_batch(BatchVerifier(target), sched, reqs, lambda sid, ctx: drafter.draft(sid, ctx)[0],
-                         drafter.free, book)
+    book.tree(16, 4)
+    served = serve_batch(BatchVerifier(target), sched, reqs, local_drafts(drafter, book.now), drafter.free, book)
     meta = {"source": "real", "mode": "star", "t_end": book.now(), "warmup_s": 0.0, "cooldown_s": 0.0,
-            "window_s": 0.2, "draft_engines": [], "draft_device": "cpu", "record_rounds": False,
+            "window_s": 0.2, "draft_engines": [], "draft_device": "cpu", "record_rounds": True,
             "targets": [{"index": 0, "name": "t-0", "device": "cpu"}]}
     records = rec.finish(meta)
     steps, requests = records.steps, records.requests
     assert len(steps) == len(served.batch) and steps["running"].max() == 4
     assert steps["emitted"].sum() + len(reqs) == sum(len(o) for o in served.outputs) == 16 * len(reqs)
     assert steps["accepted"].sum() == served.accepted and steps["trees"].sum() == served.rounds
+    rounds = records.rounds  # a row per sequence per step, as the simulator's serving target writes
+    assert len(rounds) == steps["rounds"].sum() and rounds["accepted"].sum() == served.accepted
+    assert (rounds["emitted"].sum() + len(reqs)) == 16 * len(reqs)
     assert (requests["generated_tokens"] == 16).all() and requests["t_finish"].notna().all()
     assert (requests["t_arrival"] <= requests["t_start"]).all()
     assert (requests["t_start"] < requests["t_first_token"]).all()

@@ -574,7 +574,7 @@ def test_turns_in_the_real_backend(served, prompts, repeat, issued, budget, inde
     pytest.importorskip("torch")
     import multiprocessing as mp
 
-    from starsim.real.execute import next_request
+    from starsim.real.run_requests import next_request
 
     counter = mp.get_context("spawn").Value("i", issued)
     job = SimpleNamespace(arrivals=None, prompts=[(10 + i, 20 + i) for i in range(prompts)], repeat=repeat,

@@ -273,12 +273,13 @@ def test_closed_form_matches_the_simulator_at_batch(tmp_path, mode, n, batch):
     assert a["per_target"][0]["batch"] == batch
 
 
-def test_execute_refuses_batched_targets(tmp_path):
+def test_execute_refuses_what_a_real_serving_target_cannot_run(tmp_path):
+    """Checked before the pair is even looked at (tests/test_real_serving.py runs the rest)."""
     from starsim.real.execute import execute
 
     sc = _const(tmp_path, {"max_seqs": 4, "step_time": STEP}, real={"pair": str(tmp_path)},
-                **{"workload.concurrency": 4})
-    with pytest.raises(StarsimError, match="targets.0.serving.max_seqs: `starsim execute`'s targets serve one request"):
+                **{"workload.concurrency": 4, "draft.pipeline": True})
+    with pytest.raises(StarsimError, match="draft.pipeline: not supported for real with serving targets"):
         execute(sc)
 
 

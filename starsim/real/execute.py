@@ -41,7 +41,7 @@ from ..errors import StarsimError
 from ..metrics import summarize
 from ..records import RequestRow, interval_row
 from ..result import Result
-from ..rules import closed_loop_turn, open_loop_arrivals, pauses_first
+from ..rules import open_loop_arrivals, pauses_first
 from ..run_meta import provenance, run_meta
 from ..scenario import ClosedLoop, Scenario, parse_device_ref
 from ..streams import Stream, rng_for
@@ -59,6 +59,8 @@ from .models import (
 )
 from .pair import pair_info
 from .resources import FREE, UnitLock, check_cpus, pin
+from .run_requests import InProgress, next_request
+from .serving_checks import check_memory, check_serving
 from .speculation import RankCounts
 
 log = logging.getLogger("starsim.execute")
@@ -70,28 +72,8 @@ def _check(scenario: Scenario) -> None:
                            "directory; build one with `starsim models build-pair`)")
     if scenario.max_requests is None and scenario.duration_s is None:
         raise StarsimError("execute needs max_requests or duration_s")
-    _check_serving(scenario)
+    check_serving(scenario)
     check_sources(scenario)
-
-
-def _check_serving(scenario: Scenario) -> None:
-    """``execute``'s targets verify one request at a time (the batched target runs in-process
-    only, :mod:`starsim.real.serving_loop`): what only a serving target does is refused, in one line."""
-    w = scenario.workload
-    for i, g in enumerate(scenario.targets):
-        sv = g.serving
-        if sv is None:
-            continue
-        for name, on in (("max_seqs", sv.max_seqs > 1), ("max_batched_tokens", sv.max_batched_tokens is not None),
-                          ("kv_capacity_tokens", sv.kv_tokens is not None), ("step_time", sv.step_time is not None)):
-            if on:
-                raise StarsimError(f"{scenario.name}: targets.{i}.serving.{name}: `starsim execute`'s targets serve "
-                                   "one request at a time (the batched real target, starsim.real.serving_loop, is "
-                                   "not behind execute yet); `starsim run` simulates it")
-    if getattr(w, "concurrency", 1) > 1 or getattr(w, "router", "first_free") != "first_free":
-        what = "concurrency" if getattr(w, "concurrency", 1) > 1 else "router"
-        raise StarsimError(f"{scenario.name}: workload.{what}: the real backend's targets serve one request at a "
-                           "time from one queue; `starsim run` simulates it")
 
 
 def _open_loop(scenario: Scenario, horizon: float) -> tuple[list[float], list[tuple[int, int]], bool]:
@@ -148,32 +130,14 @@ class TargetJob:
     adaptive: tuple | None = None
     cpus: frozenset[int] | None = None  # the unit's declared cores (None: the OS places the process)
     unit_lock: Any = FREE  # resources.UnitLock: the unit is shared, its roles take turns (FREE: not shared)
-
-
-class InProgress:
-    """Each target's request in progress, in shared memory (request id -1: none), so that the
-    request of a target process that was killed is still in the requests table."""
-
-    FIELDS = ("request", "prompt_tokens", "output_tokens", "t_arrival")
-
-    def __init__(self, ctx, n_targets: int):
-        self.array = ctx.Array("d", [-1.0, 0.0, 0.0, 0.0] * n_targets)
-
-    def take(self, index: int, req: RequestRow) -> None:
-        w = len(self.FIELDS)
-        self.array[w * index: w * index + w] = [getattr(req, f) for f in self.FIELDS]
-
-    def clear(self, index: int) -> None:
-        self.array[len(self.FIELDS) * index] = -1
-
-    def lost(self, index: int) -> RequestRow | None:
-        """The request target ``index`` had taken, unfinished (None: none)."""
-        w = len(self.FIELDS)
-        got = dict(zip(self.FIELDS, self.array[w * index: w * index + w]))
-        if got["request"] < 0:
-            return None
-        return RequestRow(request=int(got["request"]), target=index, prompt_tokens=int(got["prompt_tokens"]),
-                          output_tokens=int(got["output_tokens"]), t_arrival=got["t_arrival"])
+    # a serving target (serving_worker): its group's ``serving`` and index, the tree (top_k,
+    # depth, tokens), its closed loop's users and their stagger, and whether rounds rows are kept
+    serving: Any = None
+    group: int = 0
+    tree: tuple = (0, 0, 0)
+    users: int = 1
+    stagger_s: float = 0.0
+    record_rounds: bool = True
 
 
 @dataclass
@@ -200,12 +164,17 @@ class Served:
     intervals: Any = ()
     outputs: Any = ()
     fallback_at: float | None = None
+    steps: Any = None  # a serving target's steps table (None: not a serving target)
 
     @classmethod
     def of(cls, worker) -> Served:
-        """A :class:`~starsim.real.worker.TargetWorker`'s (None: nothing served)."""
+        """A :class:`~starsim.real.worker.TargetWorker`'s or a serving target's
+        :class:`~starsim.real.serving_worker.ServingRun` (None: nothing served)."""
         if worker is None:
             return cls()
+        if hasattr(worker, "rec"):  # a serving target
+            rec = worker.rec
+            return cls(rec.rounds, rec.requests, rec.intervals, worker.outputs, worker.fallback_at, rec.steps)
         return cls(worker.rounds, worker.requests, worker.intervals, worker.outputs, worker.fallback_at)
 
 
@@ -236,6 +205,7 @@ def target_result(index: int, *, error: str | None, served: Served = Served(), l
     return {"index": index, "error": error, "tag": links.tag, "tags": list(links.tags), "repairs": links.repairs,
             "rounds": list(served.rounds), "requests": list(served.requests), "intervals": list(served.intervals),
             "fallback_at": served.fallback_at, "outputs": list(served.outputs),
+            "steps": None if served.steps is None else list(served.steps),
             "draft_intervals": list(own.intervals), "rejected": list(own.rejected), "affinity": affinity}
 
 
@@ -271,7 +241,12 @@ def _target_main(job: TargetJob, shared: RunShared) -> None:
     try:
         if p.error is not None:
             raise RuntimeError(p.error)
-        _take_requests(job, shared, p)
+        if job.serving is not None:
+            from .serving_worker import serve_requests
+
+            p.worker = serve_requests(job, shared, p.model, p.client, shared.taken)
+        else:
+            _take_requests(job, shared, p)
     except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
         p.error = p.error or f"{type(e).__name__}: {e}"
         if p.seat is not None:
@@ -320,23 +295,6 @@ def _connect(job: TargetJob, p: _Process) -> None:
         p.tag = p.client.tag
 
 
-def next_request(job: TargetJob, issued, served: int) -> tuple[int, int] | None:
-    """A target's next request, having ``served`` some: (its id, from the run's shared counter
-    ``issued``; the index of its prompt), or None when it has none: a closed loop's turn
-    (:func:`starsim.rules.closed_loop_turn`, the simulator's rule), an open loop's schedule
-    spent (its arrivals are within the budget already)."""
-    with issued.get_lock():
-        n = issued.value
-        if job.arrivals is None:
-            i = closed_loop_turn(served, len(job.prompts), job.repeat, n, job.budget)
-        else:
-            i = n if n < len(job.arrivals) else None
-        if i is None:
-            return None
-        issued.value = n + 1
-    return n, i
-
-
 def _take_requests(job: TargetJob, shared: RunShared, p: _Process) -> None:
     """The target's requests, from the common start until the budget or the horizon ends."""
     from .models import eos_ids
@@ -376,7 +334,7 @@ def _take_requests(job: TargetJob, shared: RunShared, p: _Process) -> None:
         shared.taken.take(job.index, RequestRow(request=rid, target=job.index, prompt_tokens=len(prompt),
                                                 output_tokens=output, t_arrival=t_arrival))
         worker.run_request(rid, prompt, output, t_arrival=t_arrival)
-        shared.taken.clear(job.index)
+        shared.taken.clear(job.index, rid)
         served += 1
     worker.close()
 
@@ -455,6 +413,7 @@ def _plan(scenario: Scenario) -> _Plan:
     if not isinstance(scenario.workload, ClosedLoop):
         arrivals, lengths, cut = _open_loop(scenario, horizon)
     prompts = build_prompts(scenario, tokenizer_encode(r), source_vocab(target_src, "target"), lengths)
+    check_memory(scenario, target_src, resolve_dtype(r, target_src, target_dev[0]), target_dev, prompts)
     return _Plan(scenario, scenario.target_instances(), star, own, draft_units, target_units, target_dev, draft_dev,
                  target_src, role_source(r, "draft") if star or own else None, star and (many or bool(fab.failures)),
                  many, horizon, arrivals, prompts, cut, cpus)
@@ -511,6 +470,7 @@ def _jobs(plan: _Plan, servers: list, fabric: dict | None, locks: dict) -> list[
     stop_at = [f.at_s for f in r.faults if f.kind == "stop_draft"]
     address = servers[0].address if servers and not plan.use_fabric else None
     jobs = []
+    groups = {id(g): k for k, g in enumerate(sc.targets)}
     for i, _name, group in plan.instances:
         dev = plan.target_dev[i]
         own_draft = {"src": plan.draft_src, "dtype": resolve_dtype(r, plan.draft_src, dev),
@@ -526,7 +486,10 @@ def _jobs(plan: _Plan, servers: list, fabric: dict | None, locks: dict) -> list[
             arrivals=plan.arrivals, own_draft=own_draft, qos={"weight": group.weight, "tpot_slo_s": group.tpot_slo_s},
             pause=getattr(sc.workload, "pause", None), fabric=fabric,
             adaptive=(sc.draft, group) if plan.star and sc.draft.adaptive.policy != "fixed" else None,
-            cpus=plan.cpus[plan.target_units[i]], unit_lock=locks.get(plan.target_units[i], FREE)))
+            cpus=plan.cpus[plan.target_units[i]], unit_lock=locks.get(plan.target_units[i], FREE),
+            serving=group.serving, group=groups[id(group)], tree=(tree.top_k, tree.depth, tree.tokens),
+            users=getattr(sc.workload, "concurrency", 1), stagger_s=getattr(sc.workload, "stagger_s", 0.0),
+            record_rounds=sc.record_rounds))
     return jobs
 
 
@@ -544,7 +507,7 @@ def _execute(scenario: Scenario) -> Result:
     # Rows come back through a multiprocessing queue: pickles between this run's own
     # processes, never input from the network (that is the protocol's job).
     shared = RunShared(issued=ctx.Value("i", 0), ready=ctx.Queue(), go=ctx.Event(), clock0=ctx.Value("d", 0.0),
-                       results=ctx.Queue(), taken=InProgress(ctx, len(plan.instances)))
+                       results=ctx.Queue(), taken=InProgress(ctx, len(plan.instances), _slots(scenario)))
     torch.set_num_threads(r.threads)
     locks = _unit_locks(ctx, plan)
     servers = _start_servers(plan, locks)
@@ -591,6 +554,13 @@ def _execute(scenario: Scenario) -> Result:
     return Result(scenario=scenario, records=records, summary=summary, outputs=outputs)
 
 
+def _slots(scenario: Scenario) -> int:
+    """The requests a target may hold in progress at once: one, or a serving target's running
+    batch, its queue (its users' or a free slot's) and one arrived meanwhile."""
+    users = getattr(scenario.workload, "concurrency", 1)
+    return max([1, *(g.serving.max_seqs + users + 1 for g in scenario.targets if g.serving is not None)])
+
+
 def _wait_ready(shared: RunShared, procs: list, max_wall_s: float) -> None:
     """The run's clock starts when every target has loaded its model and connected, so
     start-up is not counted as idle draft time."""
@@ -621,7 +591,7 @@ def _collect(shared: RunShared, procs: list, fabric: dict | None, end_by: float)
                                 fabric["loads"][j] -= 1
                     lost = shared.taken.lost(i)
                     got[i] = target_result(i, error=f"process ended with exit code {p.exitcode}",
-                                           served=Served(requests=[lost.row()] if lost is not None else []))
+                                           served=Served(requests=[r.row() for r in lost]))
     return got
 
 

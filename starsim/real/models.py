@@ -130,18 +130,23 @@ def load_model(src: dict[str, Any], role: str, device: str, dtype: str):
     return model.to(device).eval()
 
 
-def source_vocab(src: dict[str, Any], role: str) -> int:
-    """The vocabulary size of ``role``'s source, from its config alone (no weights loaded)."""
+def source_config(src: dict[str, Any], role: str):
+    """The transformers config of ``role``'s source (no weights loaded)."""
     if src["kind"] == "spec":
         from ..models.specs import _hf_config, load_spec
 
         spec = load_spec(src["spec"])
         arch = spec.draft if role == "draft" and spec.draft.kind == "causal_lm" else spec.target  # EAGLE: the target's
-        return int(_hf_config(arch, Path(spec.path).parent if spec.path else Path(".")).vocab_size)
+        return _hf_config(arch, Path(spec.path).parent if spec.path else Path("."))
     from transformers import AutoConfig
 
     kw = {"gguf_file": src["gguf_file"]} if src.get("gguf_file") else {}
-    return int(AutoConfig.from_pretrained(src["path"], local_files_only=True, **kw).vocab_size)
+    return AutoConfig.from_pretrained(src["path"], local_files_only=True, **kw)
+
+
+def source_vocab(src: dict[str, Any], role: str) -> int:
+    """The vocabulary size of ``role``'s source, from its config alone (no weights loaded)."""
+    return int(source_config(src, role).vocab_size)
 
 
 def eos_ids(model, src: dict[str, Any]) -> frozenset[int]:

@@ -373,7 +373,8 @@ class TargetWorker:
 
 def assemble_records(parts: list[dict], meta: dict, draft_intervals: list[tuple] = ()) -> Records:
     """One run's tables from the workers' rows (dicts with ``rounds``, ``requests``,
-    ``intervals``, as :class:`TargetWorker` holds them) and the draft server's intervals.
+    ``intervals``, as :class:`TargetWorker` holds them, and a serving target's ``steps``) and
+    the draft server's intervals.
 
     The run ends with the last recorded work (not with the processes' shutdown after it);
     ``meta["t_end"]`` is kept only when nothing was recorded.
@@ -383,6 +384,8 @@ def assemble_records(parts: list[dict], meta: dict, draft_intervals: list[tuple]
         rec.rounds += [tuple(row) for row in part["rounds"]]
         rec.requests += [tuple(row) for row in part["requests"]]
         rec.intervals += [tuple(row) for row in part["intervals"]]
+        if part.get("steps") is not None:
+            rec.steps = (rec.steps or []) + [tuple(row) for row in part["steps"]]
     rec.intervals += list(draft_intervals)
     if rec.intervals:
         meta = {**meta, "t_end": max(row[-1] for row in rec.intervals)}
