@@ -58,8 +58,35 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class _StepOp:
+    """A serving target's step cost (``serving.step_time`` from a calibrated ``.step.yaml``)
+    seen as a profile op: the target profile beside it and its measured ``step`` rows."""
+
+    path: str  # the target profile's
+    file: Any
+    scale: float
+    op: str = "step"
+
+
+def _step_op(step_time) -> _StepOp | None:
+    """The target profile whose ``step`` rows ``step_time``'s file was fitted from (None: a
+    step cost from elsewhere: aiconfigurator's kernels, hand-set fields)."""
+    from .profiles import read_profile
+
+    path = getattr(step_time, "path", None)
+    if path is None or not path.endswith(".step.yaml"):
+        return None
+    profile = Path(path[: -len(".step.yaml")] + ".yaml")
+    if not profile.is_file():
+        return None
+    f = read_profile(profile)
+    return _StepOp(str(profile.resolve()), f, step_time.scale) if "step" in f.ops else None
+
+
 def _profile_fields(scenario) -> list[tuple[str, Any]]:
-    """(field path, Profile spec) of every timing the scenario takes from a profile file."""
+    """(field path, Profile spec) of every timing the scenario takes from a profile file, a
+    serving step fitted from a profile's ``step`` rows included (as a :class:`_StepOp`)."""
     from .distributions import Profile
 
     out = []
@@ -74,6 +101,10 @@ def _profile_fields(scenario) -> list[tuple[str, Any]]:
             d = getattr(g, name, None)
             if isinstance(d, Profile):
                 out.append((f"targets.{i}.{name}", d))
+        st = g.serving.step_time if g.serving is not None else None
+        step = _step_op(st) if st is not None else None
+        if step is not None:
+            out.append((f"targets.{i}.serving.step_time", step))
     return out
 
 

@@ -185,3 +185,19 @@ def test_spot_checks_retime_each_profile_op_once():
     scaled = load_scenario(REPO / "scenarios" / "real_cpu_n2.yaml", sets)
     r = ratios["draft.round_time"]
     assert scaled.draft.round_time.mean(4, 100) == pytest.approx(r * sc.draft.round_time.mean(4, 100))
+
+
+def test_spot_checks_retime_a_serving_targets_step():
+    """A step cost fitted from a profile's step rows (calibrate compute) is re-timed like
+    any profile op, and its scale follows the machine (the target's forward at batch)."""
+    from conftest import REPO
+
+    from starsim import load_scenario
+    from starsim.validate import spot_overrides
+
+    path = REPO / "scenarios" / "real_cpu_serving_n1.yaml"
+    sc = load_scenario(path)
+    sets, ratios = spot_overrides(sc)
+    assert "targets.0.serving.step_time" in ratios and ratios["targets.0.serving.step_time"] > 0
+    scaled = load_scenario(path, sets).targets[0].serving.step_time
+    assert scaled.scale == pytest.approx(ratios["targets.0.serving.step_time"] * sc.targets[0].serving.step_time.scale)

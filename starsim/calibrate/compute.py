@@ -257,7 +257,7 @@ def time_call(
     return np.asarray(times, dtype=float), number
 
 
-SPOT_OPS = ("verify", "draft_round", "prefill", "draft_batched")
+SPOT_OPS = ("verify", "draft_round", "prefill", "draft_batched", "step")
 
 
 def spot_check(profile: ProfileFile, op: str, threads: int, points: int = 3) -> float:
@@ -290,8 +290,10 @@ def spot_check(profile: ProfileFile, op: str, threads: int, points: int = 3) -> 
         grid = GRIDS["cuda" if device.startswith("cuda") else "cpu"]
         for i in dict.fromkeys(picks):  # distinct, the median first
             x = dict(zip(o.columns, o.rows[int(order[i])]))
-            n, L = int(x["batch"] if op == "draft_batched" else x["tokens"]), int(x.get("context", 0))
-            if op == "verify":
+            n, L = int(x["batch"] if op in ("draft_batched", "step") else x["tokens"]), int(x.get("context", 0))
+            if op == "step":  # a serving target's whole engine step
+                fn = code_step_fn(c, n, int(x["tokens"]), L, int(x["chunk"]), int(x["cached"]), tree.top_k)
+            elif op == "verify":
                 fn = code_verify_fn(c, n, L, tree.top_k)
             elif op == "draft_round":
                 fn = code_draft_round_fn(c, n, L, tree)
