@@ -18,6 +18,13 @@ each (about four minutes): batched drafting (real_cpu_declared_batch.yaml), the 
 fabric with a failure (real_cpu_declared_fabric.yaml) and a draft memory that holds about one
 context (real_cpu_declared_n2.yaml with ``--set draft.memory_bytes=200000``); the table goes
 to analysis/figures/validate-cpu/beyond.md.
+
+``--serving``: a real serving target (continuous batching, scenarios/real_cpu_serving_n1.yaml:
+one target on core 1, its draft on core 0, eight users) at max_seqs = 1, 2, 4, 8, three real
+runs each (about ten minutes): throughput, TPOT and draft utilization, simulated, in closed
+form and measured; the table goes to analysis/results/real.md, one per ``--speed`` (validate's
+scaling of the profiles to the machine's speed: ``matmul``, this script's default, ``spot``
+or ``none``).
 """
 
 from __future__ import annotations
@@ -66,6 +73,45 @@ def beyond() -> None:
     write_results("validation", "validate-cpu-beyond", table, "python analysis/validate_cpu.py --beyond")
 
 
+SERVING = "scenarios/real_cpu_serving_n1.yaml"
+SEQS = (1, 2, 4, 8)
+# (metric, label, format): validate's values are in its display units (ms, %)
+SERVING_METRICS = (("throughput_tokens_per_s", "tok/s", "{:.0f}"), ("tpot_mean_s", "TPOT ms", "{:.2f}"),
+                   ("draft_utilization", "util %", "{:.1f}"))
+
+
+def serving(speed: str) -> None:
+    """The serving sweep (see the module docstring) with validate's ``--speed``: one table, the
+    MAPE beneath it."""
+    out = OUT / f"serving-speed-{speed}"
+    starsim("validate", SERVING, "--sweep", f"targets.0.serving.max_seqs={','.join(map(str, SEQS))}",
+            "--repeat", str(REPEAT), "--speed", speed, "--out", str(out))
+    table = serving_table(out)
+    print(table)
+    write_results("real", f"validate-cpu-serving-speed-{speed}", table,
+                  f"python analysis/validate_cpu.py --serving --speed {speed}")
+
+
+def serving_table(out) -> str:
+    """The serving sweep's table from its validation.json in ``out``."""
+    v = json.loads((out / "validation.json").read_text())
+    cols = " | ".join(f"real {u} (CV) | sim | err | closed form" for _, u, _ in SERVING_METRICS)
+    lines = [f"| max_seqs | {cols} |", "|---" * (1 + 4 * len(SERVING_METRICS)) + "|"]
+    for p in v["points"]:
+        got = {r["metric"]: r for r in p["metrics"]}
+        cells = []
+        for key, _, fmt in SERVING_METRICS:
+            r, cv = got[key], p["real_spread_pct"].get(key, float("nan"))
+            f = (lambda x, fmt=fmt: "-" if x is None else fmt.format(x))
+            cells.append(f"{f(r['real'])} ({cv:.1f}%) | {f(r['sim'])} | {r['sim_err_pct']:+.1f}% | {f(r['analytic'])}")
+        lines.append(f"| {p['point'].split('=')[1]} | {' | '.join(cells)} |")
+    ms, ma, rs = v["mape_sim_pct"], v["mape_analytic_pct"], v["real_spread_pct"]
+    lines += ["", "MAPE, simulator: " + ", ".join(f"{u} {ms[k]:.1f}%" for k, u, _ in SERVING_METRICS)
+              + "; closed form: " + ", ".join(f"{u} {ma[k]:.1f}%" for k, u, _ in SERVING_METRICS)
+              + "; real runs' run-to-run CV: " + ", ".join(f"{u} {rs[k]:.1f}%" for k, u, _ in SERVING_METRICS)]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,9 +119,17 @@ def main() -> None:
                     help="the real scenario (default: scenarios/real_cpu_declared_n2.yaml)")
     ap.add_argument("--beyond", action="store_true",
                     help="the batched, fabric and memory-limited runs instead of the N sweep")
+    ap.add_argument("--serving", action="store_true",
+                    help="a real serving target at max_seqs 1, 2, 4, 8 instead of the N sweep")
+    ap.add_argument("--speed", choices=("spot", "none", "matmul"), default="matmul",
+                    help="--serving: how validate scales the profiles to this machine's speed (default matmul, the "
+                    "closest of the three in one sweep each on this VM: analysis/results/real.md)")
     args = ap.parse_args()
     if args.beyond:
         beyond()
+        return
+    if args.serving:
+        serving(args.speed)
         return
     starsim("validate", args.scenario, "--sweep", f"targets.0.count={','.join(map(str, POINTS))}",
             "--repeat", str(REPEAT), "--out", str(OUT))
