@@ -176,3 +176,16 @@ def test_a_server_closed_as_it_starts_stops_cleanly(quick_models):
     _, _, draft = quick_models
     for _ in range(20):
         DraftServer(Drafter(draft, 2, 2, 4)).start().close()
+
+
+def test_the_servers_parts_define_each_method_once():
+    """DraftServer is one object made of the door, the engine and its connections' code: a
+    method defined in two of them would silently replace the other (the door's refusals once
+    called a connection's method of the same name)."""
+    from starsim.real.door import Door
+    from starsim.real.draft_engine import DraftEngine
+    from starsim.real.server import DraftServer
+
+    parts = [set(vars(c)) for c in (Door, DraftEngine, DraftServer)]
+    own = [{n for n in p if callable(getattr(DraftServer, n, None)) and not n.startswith("__")} for p in parts]
+    assert not (own[0] & own[1]) and not (own[0] & own[2]) and not (own[1] & own[2])

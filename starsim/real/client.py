@@ -47,6 +47,16 @@ def host_id() -> str:
     return f"{host}/{boot or 'process-' + uuid.uuid4().hex}"
 
 
+def _options(req, temperature: float, seed: int | None, deadline_in_s: float | None, depth: int | None) -> None:
+    """A DRAFT_REQUEST's optional header fields: sampling, a deadline, a shallower tree."""
+    if temperature > 0:
+        req.header.update(temperature=float(temperature), seed=seed)
+    if deadline_in_s is not None:
+        req.header["deadline_in_s"] = float(deadline_in_s)
+    if depth is not None:
+        req.header["depth"] = int(depth)
+
+
 def _tree(token_ids, parents, probs, nodes, temperature: float) -> TreeDraft:
     """A received tree, checked: parents before children and, when sampled, a probability row
     for every node that has children."""
@@ -140,12 +150,7 @@ class DraftClient:
                               hidden if self.needs_hidden else None)
         if start:
             req.header["start"] = True
-        if temperature > 0:
-            req.header.update(temperature=float(temperature), seed=seed)
-        if deadline_in_s is not None:
-            req.header["deadline_in_s"] = float(deadline_in_s)
-        if depth is not None:
-            req.header["depth"] = int(depth)
+        _options(req, temperature, seed, deadline_in_s, depth)
         rep = self._round(req, sent)
         tree = _tree(rep.arrays["token_ids"], rep.arrays["parents"], rep.arrays.get("draft_probs"),
                      rep.arrays.get("prob_nodes"), temperature)
@@ -168,12 +173,7 @@ class DraftClient:
         ids = [np.asarray(t, dtype=np.int32).reshape(-1) for _, t, _ in seqs]
         req = P.draft_request_seqs(self.tag, self.seq, [(sid, len(t), start) for (sid, _, start), t in zip(seqs, ids)],
                                    np.concatenate(ids) if ids else np.zeros(0, np.int32), free)
-        if temperature > 0:
-            req.header.update(temperature=float(temperature), seed=seed)
-        if deadline_in_s is not None:
-            req.header["deadline_in_s"] = float(deadline_in_s)
-        if depth is not None:
-            req.header["depth"] = int(depth)
+        _options(req, temperature, seed, deadline_in_s, depth)
         rep = self._round(req, sent)
         trees = [_tree(*t, temperature) for t in P.reply_trees(rep, len(seqs))]
         new = rep.header.get("new_tokens")

@@ -259,7 +259,7 @@ class DraftServer(Door, DraftEngine):
             reply.header["pipelined"] = True
         P.send_message(conn, reply, self.limits.max_bytes)
 
-    def _refuse(self, conn: socket.socket, tag: int, reason: str) -> None:
+    def _answer_error(self, conn: socket.socket, tag: int, reason: str) -> None:
         """Answer an ERROR with ``reason`` and close the connection (through ProtocolError)."""
         P.send_message(conn, P.error(reason, tag))
         raise P.ProtocolError(reason)
@@ -293,9 +293,9 @@ class DraftServer(Door, DraftEngine):
         """A multi-sequence DRAFT_REQUEST: one task holding a part per sequence, drafted in one
         round, its trees sent back concatenated with the server's timestamps."""
         if self.options.pipeline:
-            self._refuse(conn, tag, "pipelining is not supported with multi-sequence requests")
+            self._answer_error(conn, tag, "pipelining is not supported with multi-sequence requests")
         if self.drafter.needs_hidden:
-            self._refuse(conn, tag, "multi-sequence requests are not supported with an EAGLE draft")
+            self._answer_error(conn, tag, "multi-sequence requests are not supported with an EAGLE draft")
         temperature, seed = check.sampling(msg.header)
         parts, free = self._seq_contexts(msg, tag, seed)
         t_enqueue = self._now()
@@ -303,7 +303,7 @@ class DraftServer(Door, DraftEngine):
         task = self._submit(Task(tag, None, temperature, seed, deadline=deadline, depth=depth, parts=parts,
                                  free=free))
         if task.error:
-            self._refuse(conn, tag, task.error)
+            self._answer_error(conn, tag, task.error)
         reply = P.draft_reply_seqs(tag, msg.seq, [(p.tree.tokens, p.tree.parents, p.tree.probs, p.tree.prob_nodes)
                                                   for p in parts])
         with self.cv:
