@@ -146,7 +146,7 @@ class _Feed:
         self.job, self.shared, self.taken, self.engine, self.t0 = job, shared, taken, engine, t0
         self.deadline = t0 + job.horizon
         self.closed = job.arrivals is None
-        # closed loop: each user's time it may take its next request (None: busy; inf: done)
+        # closed loop: when each user may take its next request (None: it has one in flight)
         self.users = [k * job.stagger_s for k in range(job.users)] if self.closed else []
         self.user_served = [0] * len(self.users)
         self.pending: list[tuple[float, int, int, int | None]] = []  # (arrival, rid, prompt index, user)
@@ -210,7 +210,7 @@ class _Feed:
         if self.pending or self.engine.outstanding:
             return True
         if self.closed:
-            return not self.spent and any(u is not None and u != float("inf") for u in self.users)
+            return not self.spent and any(u is not None for u in self.users)
         return not self.spent
 
     def next_at(self) -> float:
