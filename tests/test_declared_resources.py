@@ -80,6 +80,54 @@ def test_a_unit_lock_reuses_its_wake_ups_without_losing_or_doubling_a_turn(slots
     assert lock._next.value == lock._done.value == users * rounds
 
 
+def _hold_forever(lock, role, inside):
+    lock.bind(role)
+    with lock:
+        inside.set()
+        time.sleep(3600)  # killed while it holds the unit
+
+
+def _wait_then_note(lock, role, got):
+    lock.bind(role)
+    with lock:
+        got.set()
+
+
+def test_a_role_killed_holding_or_waiting_gives_its_turn_back():
+    """Issue 29: a target killed while it holds its unit (or waits for it) no longer blocks
+    the unit's other roles until the horizon: the run releases its ticket."""
+    ctx = mp.get_context("spawn")
+    lock = UnitLock(ctx, 1, users=4, roles=3)
+    inside, got = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_forever, args=(lock, 0, inside))
+    holder.start()
+    assert inside.wait(60)
+    waiter = ctx.Process(target=_wait_then_note, args=(lock, 1, got))
+    waiter.start()
+    assert not got.wait(1.0)  # the unit is held
+    holder.kill()
+    holder.join(10)
+    assert not got.wait(0.5)  # dead, but its turn is still taken until the run gives it back
+    lock.release(0)
+    assert got.wait(30)
+    waiter.join(10)
+    # a role killed while waiting: its turn, when it comes, is skipped
+    lock.bind(2)
+    with lock:  # this process holds the unit
+        dead = ctx.Process(target=_wait_then_note, args=(lock, 1, ctx.Event()))
+        dead.start()
+        time.sleep(1.0)  # it is waiting now
+        dead.kill()
+        dead.join(10)
+        lock.release(1)
+    late = ctx.Event()
+    after = ctx.Process(target=_wait_then_note, args=(lock, 1, late))
+    after.start()
+    assert late.wait(30)  # not stuck behind the dead ticket
+    after.join(10)
+    lock.release(1)  # nothing held: a no-op
+
+
 def test_cpus_are_one_entry_per_unit():
     sc = copy.deepcopy(CONST_STAR)
     sc["devices"]["g"]["cpus"] = [1]
@@ -131,6 +179,30 @@ def test_execute_runs_each_role_on_its_cores_and_shared_units_take_turns(tmp_pat
     on = iv[iv["device"] == "tcore[0]"].sort_values("start")
     assert set(on["kind"]) >= {"verify", "prefill"} and set(on["target"]) == {0, 1}
     assert (on["start"].to_numpy()[1:] >= on["end"].to_numpy()[:-1] - 1e-9).all()  # never two at once
+
+
+def test_the_run_gives_a_dead_targets_turn_back():
+    """execute's collector, finding target 1's process dead while it held its shared unit,
+    releases its turn: the unit's next role gets in at once."""
+    import queue
+    from types import SimpleNamespace
+
+    from starsim.real.execute import RunShared, _collect
+    from starsim.real.run_requests import InProgress
+
+    ctx = mp.get_context("spawn")
+    lock = UnitLock(ctx, 1, users=2, roles=2)
+    lock.bind(1).__enter__()  # as target 1's process does, then dies holding it
+    shared = RunShared(issued=None, ready=None, go=None, clock0=None, results=queue.Queue(),
+                       taken=InProgress(ctx, 2))
+    procs = [SimpleNamespace(exitcode=None), SimpleNamespace(exitcode=-9)]
+    got = _collect(shared, procs, None, time.monotonic() + 1.0, [lock, lock])
+    assert "exit code -9" in got[1]["error"] and 0 not in got
+    other = UnitLock.__new__(UnitLock)
+    other.__dict__.update(lock.__dict__, role=0)
+    done = threading.Event()
+    threading.Thread(target=lambda: (other.__enter__(), done.set()), daemon=True).start()
+    assert done.wait(5)  # not blocked behind the dead holder
 
 
 @pytest.mark.skipif(not TWO_CORES, reason="needs core 0")

@@ -232,6 +232,8 @@ def _target_main(job: TargetJob, shared: RunShared) -> None:
     try:
         # first: torch's threads, started below, inherit the cores (see resources)
         p.affinity = pin(job.cpus)
+        if isinstance(job.unit_lock, UnitLock):
+            job.unit_lock.bind(job.index)
         torch.set_num_threads(job.threads)
         _connect(job, p)
     except Exception as e:  # noqa: BLE001 - reported in the summary, the run goes on
@@ -423,7 +425,9 @@ def _unit_locks(ctx, plan: _Plan) -> dict[str, UnitLock]:
     """A lock for each unit that more than one role uses (the star's draft servers and the
     targets; a one_for_one target's own draft counts too), with its pool's ``slots``."""
     users = Counter(plan.target_units) + Counter(plan.draft_units if plan.star else plan.target_units)
-    return {u: UnitLock(ctx, plan.scenario.devices[parse_device_ref(u)[0]].slots, users=n)
+    # each target is a role of its unit's lock (bound in its process), so that its turn can be
+    # given back if it dies
+    return {u: UnitLock(ctx, plan.scenario.devices[parse_device_ref(u)[0]].slots, users=n, roles=len(plan.instances))
             for u, n in sorted(users.items()) if n > 1}
 
 
@@ -528,7 +532,8 @@ def _execute(scenario: Scenario) -> Result:
         board = (fabric["loads"], fabric["alive"]) if fabric is not None else None
         drills = _start_faults(r.faults, servers, procs, clock0,
                                scenario.draft.fabric.failures if plan.star else [], board)
-        got = _collect(shared, procs, fabric, clock0 + r.max_wall_s + 60)
+        got = _collect(shared, procs, fabric, clock0 + r.max_wall_s + 60,
+                       [locks.get(u) for u in plan.target_units])
         for p in procs:
             p.join(timeout=5)
             if p.is_alive():
@@ -572,10 +577,12 @@ def _wait_ready(shared: RunShared, procs: list, max_wall_s: float) -> None:
             waiting -= {i for i in waiting if procs[i].exitcode is not None}  # died while loading
 
 
-def _collect(shared: RunShared, procs: list, fabric: dict | None, end_by: float) -> dict[int, dict[str, Any]]:
-    """Every target's report; for one killed before it reported, its load leaves the board and
-    its request in progress is reported unfinished (a worker finishes its request in progress
-    after the deadline, hence ``end_by`` past it)."""
+def _collect(shared: RunShared, procs: list, fabric: dict | None, end_by: float,
+             units: list | None = None) -> dict[int, dict[str, Any]]:
+    """Every target's report; for one killed before it reported, its turn on its unit
+    (``units``: each target's UnitLock, None: not shared) is given back, its load leaves the
+    board and its requests in progress are reported unfinished (a worker finishes its
+    request in progress after the deadline, hence ``end_by`` past it)."""
     got: dict[int, dict[str, Any]] = {}
     while len(got) < len(procs) and time.monotonic() < end_by:
         try:
@@ -584,6 +591,8 @@ def _collect(shared: RunShared, procs: list, fabric: dict | None, end_by: float)
         except queue.Empty:
             for i, p in enumerate(procs):  # killed before it reported: its rows are lost, the run goes on
                 if i not in got and p.exitcode not in (None, 0):
+                    if units is not None and units[i] is not None:
+                        units[i].release(i)
                     if fabric is not None:
                         with fabric["loads"].get_lock():
                             j, fabric["seats"][i] = fabric["seats"][i], -1

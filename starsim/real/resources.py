@@ -69,9 +69,14 @@ class UnitLock:
     Each waiting ticket sleeps on its own semaphore (``users`` of them, one per role that can
     wait at once), and a holder leaving wakes only the ticket it lets in: a condition's
     notify_all would wake every waiter on the unit's core at each hand-over, and their
-    re-checks would take that core from the role that just got it."""
+    re-checks would take that core from the role that just got it.
 
-    def __init__(self, ctx, slots: int = 1, users: int = 64):
+    A role that can die (a target process) says which it is with :meth:`bind` (one of
+    ``roles``); when it dies, :meth:`release` gives its ticket back: held, the unit passes on;
+    still waiting, its turn is skipped when it comes. Without that, one killed target would
+    block every other role of its unit until the run's horizon."""
+
+    def __init__(self, ctx, slots: int = 1, users: int = 64, roles: int = 0):
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         if users < 1:
@@ -83,11 +88,23 @@ class UnitLock:
         # a ticket waits at most for the users ahead of it: tickets users + slots apart
         # never wait at once, so they can share a semaphore
         self._wake = [ctx.Semaphore(0) for _ in range(users + slots)]
+        self._held = ctx.RawArray("q", [-1] * max(roles, 1))  # each bound role's ticket (-1: none)
+        self._dead = ctx.RawArray("b", users + slots)  # tickets whose role died waiting
+        self.role: int | None = None  # this process's role (bind)
+
+    def bind(self, role: int) -> UnitLock:
+        """This process is role ``role`` (0 <= role < ``roles``): its ticket is on record."""
+        if not 0 <= role < len(self._held):
+            raise ValueError(f"role {role} out of range 0..{len(self._held) - 1}")
+        self.role = role
+        return self
 
     def __enter__(self) -> UnitLock:
         with self._mutex:
             ticket = self._next.value
             self._next.value += 1
+            if self.role is not None:
+                self._held[self.role] = ticket
             # first come, first served, and never more than slots inside (holders leave in any order)
             wait = ticket >= self._done.value + self.slots
         if wait:
@@ -96,12 +113,35 @@ class UnitLock:
 
     def __exit__(self, *exc) -> None:
         with self._mutex:
+            if self.role is not None:
+                self._held[self.role] = -1
+            self._leave()
+
+    def _leave(self) -> None:
+        """A holder left (mutex held): let in the next ticket, skipping those whose role died."""
+        self._done.value += 1
+        while (let_in := self._done.value + self.slots - 1) < self._next.value:
+            # it asked while the unit was full, so it waits (or is about to) on its semaphore
+            k = let_in % len(self._wake)
+            if not self._dead[k]:
+                self._wake[k].release()
+                return
+            self._dead[k] = 0  # its role died waiting: it leaves as it would have come in
             self._done.value += 1
-            # the ticket this departure lets in: it asked while the unit was full, so it waits
-            # (or is about to) on its semaphore, unless nobody holds that ticket yet
-            let_in = self._done.value + self.slots - 1
-            if let_in < self._next.value:
-                self._wake[let_in % len(self._wake)].release()
+
+    def release(self, role: int) -> None:
+        """Role ``role`` died (another process calls this): its ticket is given back."""
+        with self._mutex:
+            ticket = self._held[role]
+            if ticket < 0:
+                return
+            self._held[role] = -1
+            k = ticket % len(self._wake)
+            if ticket < self._done.value + self.slots:  # let in: it held the unit, or was woken
+                self._wake[k].acquire(block=False)  # a wake-up it never took must not let a later ticket in
+                self._leave()
+            else:
+                self._dead[k] = 1
 
 
 FREE = nullcontext()  # a unit nobody shares: holding it costs nothing
