@@ -536,8 +536,9 @@ def _run_parsers(sub) -> None:
     v.add_argument("--speed", choices=["spot", "matmul", "none"], default="spot",
                    help="scale profile times to the machine's speed at each run: re-time their ops just before "
                    "(spot, default), a reference matmul around it (matmul), or not (none)")
-    v.add_argument("--repeat", type=int, default=1, metavar="K",
-                   help="real runs per point: their mean is compared, their run-to-run spread reported (default 1)")
+    v.add_argument("--repeat", type=int, default=3, metavar="K",
+                   help="real runs per point: their mean is compared, their run-to-run spread reported beside each "
+                   "error (default 3; 1 for a quick look, whose error may be run-to-run noise)")
     v.add_argument("--json", action="store_true", help="print validation.json instead of the table")
     v.set_defaults(func=cmd_validate)
 

@@ -12,9 +12,10 @@ profile's (``provenance.reference_matmul_s``); ``"none"``: as measured.
 
 The table holds, per metric, the three values and each prediction's error against the
 real run (absolute and percent), with the mean absolute percentage error (MAPE) over the
-sweep. With ``repeat`` > 1 the real value is the mean of that many runs, and the runs'
-run-to-run spread (CV) sits beside it: on a shared machine that spread is the floor under
-any prediction's error. The simulator's misses are attributed to components by setting the two ``rounds``
+sweep. With ``repeat`` > 1 (the command's default is 3) the real value is the mean of that
+many runs, and the runs' run-to-run spread (CV) sits beside it: on a shared machine that
+spread is the floor under any prediction's error, and the table names the points where it
+is at least the error. With one run it says that the spread is unknown. The simulator's misses are attributed to components by setting the two ``rounds``
 tables side by side hop by hop (:func:`starsim.metrics.hop_means`): draft time, verify time,
 link, queueing, the server's parse/serialize and the target's own time between rounds.
 
@@ -243,6 +244,18 @@ class Validation:
                 "repeat": self.repeat, "points": self.points, "mape_sim_pct": mape(self.points, "sim"),
                 "mape_analytic_pct": mape(self.points, "analytic"), "real_spread_pct": self.mean_spread()}
 
+    def within_spread(self, metrics) -> list[str]:
+        """``point: metric, ...`` where the real runs' CV is at least the simulator's |error| (of ``metrics``)."""
+        labels = {k: lbl for k, lbl, *_ in METRICS}
+        out = []
+        for p in self.points:
+            cv = p.get("real_spread_pct") or {}
+            hit = [labels[r["metric"]] for r in p["metrics"] if r["metric"] in metrics and r["sim_err_pct"] is not None
+                   and cv.get(r["metric"]) is not None and cv[r["metric"]] >= abs(r["sim_err_pct"])]
+            if hit:
+                out.append(f"{p['point']}: {', '.join(hit)}")
+        return out
+
     def mean_spread(self) -> dict[str, float | None]:
         """Per metric, the mean over the points of the real runs' run-to-run CV (%)."""
         out = {}
@@ -275,6 +288,10 @@ class Validation:
         if many:
             out += [f"Real: the mean of {self.repeat} runs per point; real CV: their run-to-run coefficient of "
                     "variation.", ""]
+        else:
+            out += ["One real run per point: how far its numbers move from run to run is not known here, and on a "
+                    "shared machine that can be wider than the simulator's error (`--repeat 3`, the default, "
+                    "states it beside each error).", ""]
         head = "| point | metric | unit | real |" + (" real CV |" if many else "")
         head += " sim | sim err | closed form | closed-form err |"
         out += [head, "|" + "---|" * (9 if many else 8)]
@@ -306,6 +323,10 @@ class Validation:
             ms, ma = d["mape_sim_pct"][key], d["mape_analytic_pct"][key]
             tail = f" {f(d['real_spread_pct'][key])} |" if many else ""
             out.append(f"| {labels[key]} | {f(ms)} | {f(ma)} |{tail}")
+        noisy = self.within_spread(used)
+        if noisy:
+            out += ["", f"Within the real runs' own spread (run-to-run CV at least the simulator's |error|: the "
+                    f"error there is not told apart from noise): {'; '.join(noisy)}."]
         out += ["", "Where a round's time goes, real vs simulated (ms per round, largest difference first):", ""]
         out += ["| point | component | real | sim | sim - real | share of the difference |", "|" + "---|" * 6]
         for p in self.points:

@@ -123,9 +123,10 @@ def test_validate_a_small_real_sweep(tmp_path, quick_pair, capsys):
     f = tmp_path / "v.yaml"
     f.write_text(yaml.safe_dump(sc))
     out = tmp_path / "val"
-    assert main(["validate", str(f), "--sweep", "targets.0.count=1,2", "--out", str(out)]) == 0
+    assert main(["validate", str(f), "--sweep", "targets.0.count=1,2", "--repeat", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| targets.0.count=2 | system throughput | tok/s |" in text and "MAPE over the points" in text
+    assert "One real run per point" in text  # its error is stated without a spread: the table says so
     d = json.loads((out / "validation.json").read_text())
     assert [p["point"] for p in d["points"]] == ["targets.0.count=1", "targets.0.count=2"]
     assert d["mape_sim_pct"]["draft_utilization"] is not None
@@ -201,3 +202,21 @@ def test_spot_checks_retime_a_serving_targets_step():
     assert "targets.0.serving.step_time" in ratios and ratios["targets.0.serving.step_time"] > 0
     scaled = load_scenario(path, sets).targets[0].serving.step_time
     assert scaled.scale == pytest.approx(ratios["targets.0.serving.step_time"] * sc.targets[0].serving.step_time.scale)
+
+
+def test_an_error_inside_the_real_runs_spread_is_named():
+    """Issue 29: an error no wider than the real runs' own run-to-run spread is said to be
+    noise, point by point; one wider is not."""
+    from starsim.validate import Validation
+
+    def row(metric, err):
+        return {"metric": metric, "sim_err_pct": err}
+
+    v = Validation(scenario="x", sweep_field="targets.0.count", acceptance="real", repeat=3, points=[
+        {"point": "n=1", "metrics": [row("throughput_tokens_per_s", -3.0), row("draft_utilization", 12.0)],
+         "real_spread_pct": {"throughput_tokens_per_s": 4.5, "draft_utilization": 2.0}},
+        {"point": "n=2", "metrics": [row("throughput_tokens_per_s", 9.0)],
+         "real_spread_pct": {"throughput_tokens_per_s": 1.0}},
+    ])
+    got = v.within_spread({"throughput_tokens_per_s", "draft_utilization"})
+    assert got == ["n=1: system throughput"]

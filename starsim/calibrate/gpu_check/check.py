@@ -193,7 +193,7 @@ def _execute(c: Check, n: int) -> list[str]:
 
 def _validate(c: Check, _: Any) -> list[str]:
     return ["validate", str(c.scenario), "--sweep", f"targets.0.count={','.join(map(str, c.ns))}",
-            "--out", str(c.out / "validate")]
+            "--repeat", "1", "--out", str(c.out / "validate")]  # one run a point: the device's minutes are few
 
 
 def _ready(c: Check) -> str | None:
