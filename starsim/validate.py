@@ -15,9 +15,10 @@ real run (absolute and percent), with the mean absolute percentage error (MAPE) 
 sweep. With ``repeat`` > 1 (the command's default is 3) the real value is the mean of that
 many runs, and the runs' run-to-run spread (CV) sits beside it: on a shared machine that
 spread is the floor under any prediction's error, and the table names the points where it
-is at least the error. With one run it says that the spread is unknown. The simulator's misses are attributed to components by setting the two ``rounds``
-tables side by side hop by hop (:func:`starsim.metrics.hop_means`): draft time, verify time,
-link, queueing, the server's parse/serialize and the target's own time between rounds.
+is at least the error. With one run it says that the spread is unknown. The simulator's
+misses are attributed to components by setting the two ``rounds`` tables side by side hop
+by hop (:func:`starsim.metrics.hop_means`): draft time, verify time, link, queueing, the
+server's parse/serialize and the target's own time between rounds.
 
 Everything here compares numbers the metrics module and the closed form computed; no
 metric is computed twice.
@@ -37,6 +38,8 @@ import yaml
 from .errors import StarsimError
 from .metric_display import displays
 from .metrics import hop_means
+from .profile_fields import foreign_profiles
+from .profile_fields import profile_fields as _profile_fields
 from .real.resources import pinned
 from .scenario import parse_device_ref
 
@@ -57,56 +60,6 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("server parse/serialize", ("parse_s", "serialize_s")),
     ("target between rounds", ("between_rounds_s",)),
 )
-
-
-@dataclass(frozen=True)
-class _StepOp:
-    """A serving target's step cost (``serving.step_time`` from a calibrated ``.step.yaml``)
-    seen as a profile op: the target profile beside it and its measured ``step`` rows."""
-
-    path: str  # the target profile's
-    file: Any
-    scale: float
-    op: str = "step"
-
-
-def _step_op(step_time) -> _StepOp | None:
-    """The target profile whose ``step`` rows ``step_time``'s file was fitted from (None: a
-    step cost from elsewhere: aiconfigurator's kernels, hand-set fields)."""
-    from .profiles import read_profile
-
-    path = getattr(step_time, "path", None)
-    if path is None or not path.endswith(".step.yaml"):
-        return None
-    profile = Path(path[: -len(".step.yaml")] + ".yaml")
-    if not profile.is_file():
-        return None
-    f = read_profile(profile)
-    return _StepOp(str(profile.resolve()), f, step_time.scale) if "step" in f.ops else None
-
-
-def _profile_fields(scenario) -> list[tuple[str, Any]]:
-    """(field path, Profile spec) of every timing the scenario takes from a profile file, a
-    serving step fitted from a profile's ``step`` rows included (as a :class:`_StepOp`)."""
-    from .distributions import Profile
-
-    out = []
-    for name in ("time", "round_time"):
-        d = getattr(scenario.draft, name)
-        if isinstance(d, Profile):
-            out.append((f"draft.{name}", d))
-    if isinstance(scenario.draft.batch.time, Profile):  # batched drafting's round
-        out.append(("draft.batch.time", scenario.draft.batch.time))
-    for i, g in enumerate(scenario.targets):
-        for name in ("verify_time", "prefill_time", "decode_time"):
-            d = getattr(g, name, None)
-            if isinstance(d, Profile):
-                out.append((f"targets.{i}.{name}", d))
-        st = g.serving.step_time if g.serving is not None else None
-        step = _step_op(st) if st is not None else None
-        if step is not None:
-            out.append((f"targets.{i}.serving.step_time", step))
-    return out
 
 
 def _mean_ref(ref: dict | None) -> float | None:
@@ -238,6 +191,7 @@ class Validation:
     acceptance: str
     points: list[dict[str, Any]] = field(default_factory=list)
     repeat: int = 1
+    notices: list[str] = field(default_factory=list)  # profiles measured on another machine
 
     def as_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "sweep_field": self.sweep_field, "acceptance": self.acceptance,
@@ -284,6 +238,7 @@ class Validation:
             fed = "the acceptance each real run measured" if self.acceptance == "real" else "the scenario's acceptance"
             out.append(f"Sweep over `{self.sweep_field}`; simulator and closed form fed {fed}.")
             out.append("")
+        out += [f"Note: {line}." for line in self.notices] + ([""] if self.notices else [])
         many = self.repeat > 1
         if many:
             out += [f"Real: the mean of {self.repeat} runs per point; real CV: their run-to-run coefficient of "
@@ -393,7 +348,8 @@ def validate(path: str | Path, sweep: str | None = None, overrides: list[str] | 
     say = say or (lambda msg: None)
     base = list(overrides or [])
     first = load_scenario(path, base)
-    v = Validation(scenario=first.name, sweep_field=field_path, acceptance=acceptance, repeat=repeat)
+    v = Validation(scenario=first.name, sweep_field=field_path, acceptance=acceptance, repeat=repeat,
+                   notices=foreign_profiles(first))
     for value in values:
         point = f"{field_path}={value}" if field_path else "base"
         sets = base + ([point] if field_path else [])

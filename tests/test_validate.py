@@ -220,3 +220,24 @@ def test_an_error_inside_the_real_runs_spread_is_named():
     ])
     got = v.within_spread({"throughput_tokens_per_s", "draft_utilization"})
     assert got == ["n=1: system throughput"]
+
+
+def test_profiles_from_another_machine_are_named_with_the_command_that_recalibrates(monkeypatch):
+    """Issue 29: the shipped CPU profiles were measured on an AMD EPYC; on another machine,
+    validate and execute say so, what it does to the comparison, and how to recalibrate."""
+    from conftest import REPO
+
+    import starsim.profile_fields as pf
+    from starsim import load_scenario
+
+    sc = load_scenario(REPO / "scenarios" / "real_cpu_serving_n1.yaml")
+    monkeypatch.setattr(pf, "cpu_name", lambda: "cpu: AMD EPYC (2 logical)")
+    assert pf.foreign_profiles(sc) == []  # measured here: nothing to say
+    monkeypatch.setattr(pf, "cpu_name", lambda: "cpu: Intel(R) Xeon(R) (8 logical)")
+    lines = pf.foreign_profiles(sc)
+    assert len(lines) == 2  # the draft's profile file and the target's (its step included)
+    draft = next(line for line in lines if line.startswith("draft.round_time, draft.batch.time"))
+    assert "measured on 'cpu: AMD EPYC (2 logical)'" in draft and "Intel(R) Xeon(R)" in draft
+    assert "starsim calibrate compute --spec stdlib-pair --device cpu --threads 1 --cpus 0 --roles draft" in draft
+    target = next(line for line in lines if line.startswith("targets.0.verify_time"))
+    assert "targets.0.serving.step_time" in target and "--cpus 1 --roles target" in target

@@ -68,6 +68,7 @@ import numpy as np
 
 from ..models.reference import REF_BLOCK_S, REFERENCE, reference_speed
 from ..models.specs import ModelSpec, Net, TreeShape, build_model, crop_cache, new_cache, torch_dtype
+from ..profile_fields import cpu_name
 from ..profiles import OP_INPUTS, Op, ProfileFile, _nnls_relative, build_op, write_profile
 from ..real.speculation import tree_mask
 from ..serving import StepShape, chunk_shape, tree_shape
@@ -564,7 +565,7 @@ def _provenance(s: Settings, net: Net, role: str, dtype_name: str, threads: int)
         name = torch.cuda.get_device_name(torch.device(s.device))
         kind = "cuda"
     else:
-        name = _cpu_name()
+        name = cpu_name()
         kind = "cpu"
     device = {"name": name, "kind": kind, "torch_device": s.device, "threads": threads}
     prov = {
@@ -586,16 +587,6 @@ def _provenance(s: Settings, net: Net, role: str, dtype_name: str, threads: int)
     if kind == "cuda":
         prov["cuda"] = torch.version.cuda
     return device, prov
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} logical)"
-    except OSError:
-        pass
-    return f"cpu: {platform.processor() or platform.machine()} ({os.cpu_count()} logical)"
 
 
 def _jobs(s: Settings, role: str, tree: TreeShape) -> list[tuple[str, tuple, Callable[[_Ctx], Callable]]]:

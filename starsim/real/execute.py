@@ -39,6 +39,7 @@ from typing import Any
 from ..draft_state import pipeline_totals
 from ..errors import StarsimError
 from ..metrics import summarize
+from ..profile_fields import foreign_profiles
 from ..records import RequestRow, interval_row
 from ..result import Result
 from ..rules import open_loop_arrivals, pauses_first
@@ -555,6 +556,7 @@ def _execute(scenario: Scenario) -> Result:
     summary = summarize(records)
     summary["provenance"] = _provenance(plan, servers, got, speeds, ref_device, len(procs),
                                         wall_time_s=time.perf_counter() - wall0, shared_units=sorted(locks))
+    summary["provenance"]["notices"] += foreign_profiles(scenario)  # its profiles, if not this machine's
     outputs = sorted((o for i in sorted(got) for o in got[i]["outputs"]), key=lambda o: o["request"])
     return Result(scenario=scenario, records=records, summary=summary, outputs=outputs)
 
