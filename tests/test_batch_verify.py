@@ -116,9 +116,8 @@ def test_a_batched_target_writes_the_simulators_tables(quick_models):
     reqs = [(i // 2, p, 16) for i, p in enumerate(prompts)]
     drafter = Drafter(draft, 4, 4, 16)
     rec, ticks = Recorder(), itertools.count()
-    book = Book(rec, 0, "cpu", lambda: 0.01 * next(ticks))
+    book = Book(rec, 0, "cpu", lambda: 0.01 * next(ticks), tree=(16, 4))
     sched = StepScheduler(max_seqs=4, budget=None, kv_capacity=None, per_round=17, reserve_whole=False)
-    book.tree(16, 4)
     served = serve_batch(BatchVerifier(target), sched, reqs, local_drafts(drafter, book.now), drafter.free, book)
     meta = {"source": "real", "mode": "star", "t_end": book.now(), "warmup_s": 0.0, "cooldown_s": 0.0,
             "window_s": 0.2, "draft_engines": [], "draft_device": "cpu", "record_rounds": True,

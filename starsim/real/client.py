@@ -47,6 +47,16 @@ def host_id() -> str:
     return f"{host}/{boot or 'process-' + uuid.uuid4().hex}"
 
 
+SERVER_STAMPS = ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")
+
+
+def local_times(hdr: dict, clock_offset_s: float, clock0: float) -> dict[str, float]:
+    """A DRAFT_REPLY's server timestamps (:data:`SERVER_STAMPS`) on the target's clock:
+    seconds since ``clock0`` of its ``time.monotonic()``, through the client's
+    ``clock_offset_s`` (server clock - ours)."""
+    return {k: hdr[k] - clock_offset_s - clock0 for k in SERVER_STAMPS}
+
+
 def _options(req, temperature: float, seed: int | None, deadline_in_s: float | None, depth: int | None) -> None:
     """A DRAFT_REQUEST's optional header fields: sampling, a deadline, a shallower tree."""
     if temperature > 0:

@@ -221,9 +221,12 @@ class Book:
     token, finish) and one interval per step (``prefill``, ``verify`` or ``decode``, as the
     simulator names it); times from ``now`` (seconds)."""
 
-    def __init__(self, rec: Recorder, target: int, device: str, now: Callable[[], float], rounds: bool = True):
-        """``rounds`` False: no rounds rows (the scenario's ``record_rounds: false``)."""
+    def __init__(self, rec: Recorder, target: int, device: str, now: Callable[[], float],
+                 tree: tuple[int, int] = (0, 0), rounds: bool = True):
+        """``tree``: the scenario's tree (tokens, depth), the rounds rows' tree columns;
+        ``rounds`` False: no rounds rows (the scenario's ``record_rounds: false``)."""
         self.rec, self.target, self.device, self.now = rec, target, device, now
+        self.tree_tokens, self.depth = tree
         if rec.steps is None:
             rec.steps = []
         self.rows: dict[int, RequestRow] = {}
@@ -280,7 +283,7 @@ class Book:
             if hops is None:
                 w.decode(t_verify_start=t0, t_verify_end=t1, context_tokens=s.ctx - counts[i])
                 continue
-            w.tree(draft=hops.draft, tree_tokens=self._tree_tokens, depth=self._depth, bytes_down=hops.bytes_down)
+            w.tree(draft=hops.draft, tree_tokens=self.tree_tokens, depth=self.depth, bytes_down=hops.bytes_down)
             w.round(t_send=hops.t_send, t_draft_arrive=hops.t_arrive, t_enqueue=hops.t_enqueue,
                     t_draft_start=hops.t_draft_start, t_draft_end=hops.t_draft_end, t_reply_send=hops.t_reply,
                     t_target_arrive=hops.t_back, t_verify_start=t0, t_verify_end=t1,
@@ -289,12 +292,6 @@ class Book:
         for s in recomputed:
             self._writer(s.rid).decode(t_verify_start=t0, t_verify_end=t1, context_tokens=s.todo)
         return len(step.verify) + len(recomputed)
-
-    _tree_tokens = _depth = 0  # set by the caller that knows the tree (tree(): the scenario's)
-
-    def tree(self, tokens: int, depth: int) -> None:
-        """The scenario's tree (the rounds rows' tree columns)."""
-        self._tree_tokens, self._depth = tokens, depth
 
     def _writer(self, rid: int) -> RoundWriter:
         w = self.writers.get(rid)

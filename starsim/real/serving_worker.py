@@ -19,6 +19,7 @@ arrival time. No request is taken after the horizon; those taken are served to t
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -27,10 +28,12 @@ from ..rules import pauses_first
 from ..serving import StepScheduler
 from ..streams import Stream, rng_for
 from . import protocol as P
+from .client import local_times
 from .resources import Turn
 from .run_requests import next_request
 from .serving_loop import Book, Hops, ServingEngine
 
+log = logging.getLogger("starsim.target")
 # a step with nothing to run waits this long at most for its next arrival (seconds)
 IDLE_POLL_S = 0.001
 
@@ -69,11 +72,10 @@ class TcpDrafts:
         self.free = []
         for sid, ctx in seqs:
             self.known[sid] = len(ctx)
-        off = self.client.clock_offset_s + self.clock0
-        hops = Hops(t_send, hdr["t_arrive"] - off, hdr["t_enqueue"] - off, hdr["t_draft_start"] - off,
-                    hdr["t_draft_end"] - off, hdr["t_reply_send"] - off, t_back, [int(n) for n in hdr["new_tokens"]],
-                    bytes_up=self.client.bytes_up, bytes_down=self.client.bytes_down,
-                    kv_bytes=int(hdr["kv_bytes"]), draft=self.draft)
+        srv = local_times(hdr, self.client.clock_offset_s, self.clock0)  # the server's stamps, on our clock
+        hops = Hops(t_send, srv["t_arrive"], srv["t_enqueue"], srv["t_draft_start"], srv["t_draft_end"],
+                    srv["t_reply_send"], t_back, [int(n) for n in hdr["new_tokens"]], bytes_up=self.client.bytes_up,
+                    bytes_down=self.client.bytes_down, kv_bytes=int(hdr["kv_bytes"]), draft=self.draft)
         return trees, hops
 
     def done(self, sid: int) -> None:
@@ -82,9 +84,7 @@ class TcpDrafts:
             self.free.append(sid)
 
     def _lost(self, why: Exception) -> None:
-        import logging
-
-        logging.getLogger("starsim.target").warning("draft server lost (%s): decoding without speculation", why)
+        log.warning("draft server lost (%s): decoding without speculation", why)
         self.lost_at = time.monotonic() - self.clock0
         self.client = None
 
@@ -107,8 +107,8 @@ def serve_requests(job, shared, model, client, taken) -> ServingRun:
     t0 = shared.clock0.value
     sv, tree = job.serving, job.tree
     rec = Recorder()
-    book = Book(rec, job.index, job.unit, lambda: time.monotonic() - t0, rounds=job.record_rounds)
-    book.tree(tree[2], tree[1])
+    book = Book(rec, job.index, job.unit, lambda: time.monotonic() - t0, tree=(tree[2], tree[1]),
+                rounds=job.record_rounds)
     turn = Turn(job.unit_lock)
     drafts = TcpDrafts(client, t0, job.temperature, job.seed, sent=turn.give) if client is not None else None
     sched = StepScheduler(max_seqs=sv.max_seqs, budget=sv.max_batched_tokens, kv_capacity=sv.kv_tokens,

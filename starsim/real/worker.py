@@ -31,7 +31,7 @@ from ..records import Recorder, Records, RequestRow, RoundWriter
 from ..rules import Seat, emitted, token_due
 from ..streams import Stream, rng_for
 from . import protocol as P
-from .client import DraftClient
+from .client import DraftClient, local_times
 from .resources import FREE, Turn
 from .speculation import TreeDraft, Verifier
 
@@ -318,8 +318,7 @@ class TargetWorker:
         t_end = self.now()
         kept = self._until_eos(res.emitted[: emitted(res.accepted, len(r.out), r.output_tokens)])
         # the server's timestamps, moved onto our clock
-        srv = {k: hdr[k] - self.client.clock_offset_s - self.clock0
-               for k in ("t_arrive", "t_enqueue", "t_draft_start", "t_draft_end", "t_reply_send")}
+        srv = local_times(hdr, self.client.clock_offset_s, self.clock0)
         if hdr.get("pipelined"):  # the tree was drafted ahead: the round began when it was queued
             t_send = min(t_send, srv["t_enqueue"])
         r.rows.tree(draft=server, tree_tokens=res.tree_tokens, depth=max(tree.depths, default=0),
