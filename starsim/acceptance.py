@@ -108,6 +108,10 @@ class _Acceptance(BaseModel):
         cut to the tree's depth, zero acceptance past a curve's end, another tree's curve)."""
         return []
 
+    def for_target(self, index: int) -> _Acceptance:
+        """The model target ``index`` draws from (every target the same one, bar ``replayed``)."""
+        return self
+
     def sampler(self, rng: np.random.Generator, shape: Shape, clock=None):
         """A closure drawing the accepted draft tokens of one round (``clock``: a function
         giving the run's time, for models that change during the run)."""
@@ -504,5 +508,38 @@ class ByCategory(_Acceptance):
         return {c: self.model(c).sampler(rng, shape) for c in dict.fromkeys(categories)}
 
 
-Acceptance = Annotated[Marginal | Conditional | Geometric | Ranked | Measured | Phases | ByCategory,
+class Replayed(_Acceptance):
+    """Each target's accepted draft tokens round by round, as a run recorded them (what
+    ``starsim validate`` feeds a replay, :mod:`starsim.replay`): target ``i`` takes
+    ``accepted[i]`` in order, and again from its start if it runs past the end; a target
+    beyond the lists, and the closed form, take their pooled marginal curve. A round is
+    never given more than its tree's depth."""
+
+    kind: Literal["replayed"]
+    accepted: list[list[Annotated[int, Field(ge=0, le=1024)]]] = Field(
+        min_length=1, description="per target, the accepted draft tokens of each of its rounds, in order")
+
+    @field_validator("accepted")
+    @classmethod
+    def _each_has_rounds(cls, accepted: list[list[int]]) -> list[list[int]]:
+        empty = [i for i, ks in enumerate(accepted) if not ks]
+        if empty:
+            raise ValueError(f"target {empty[0]} has no rounds: every list needs at least one")
+        return accepted
+
+    def marginal(self, shape):
+        ks = np.concatenate([np.asarray(k) for k in self.accepted])
+        return [float(np.mean(ks >= j)) for j in range(1, shape.depth + 1)]
+
+    def for_target(self, index: int) -> _Acceptance:
+        return Replayed(kind="replayed", accepted=[self.accepted[index]]) if index < len(self.accepted) else self
+
+    def sampler(self, rng: np.random.Generator, shape: Shape, clock=None):
+        if len(self.accepted) > 1:  # not one target's: drawn from the pooled curve
+            return super().sampler(rng, shape, clock)
+        rounds = itertools.cycle([min(k, shape.depth) for k in self.accepted[0]])
+        return rounds.__next__
+
+
+Acceptance = Annotated[Marginal | Conditional | Geometric | Ranked | Measured | Phases | ByCategory | Replayed,
                        Field(discriminator="kind")]

@@ -7,6 +7,7 @@ A spec is either a bare number (a constant) or a mapping with a ``kind``:
 - ``lognormal``: ``mean`` and ``cv`` (coefficient of variation = std/mean)
 - ``uniform``: ``low``, ``high``
 - ``empirical``: ``samples`` (drawn uniformly with replacement)
+- ``replayed``: ``runs``, one list of times per instance (target, engine, unit), taken in order
 - ``linear``: a latency model ``a + b*tokens + c*context + d*tokens*context + e*depth``
   with optional multiplicative lognormal noise ``cv`` (mean 1, so the mean is the model).
 
@@ -72,6 +73,11 @@ class _Spec(BaseModel):
     def is_constant(self) -> bool:
         """True when every draw equals the mean (for the given arguments)."""
         return False
+
+    def for_instance(self, index: int) -> _Spec:
+        """The spec instance ``index`` (a target, a draft engine, a unit of a pool) draws from:
+        the same for all, bar ``replayed``."""
+        return self
 
 
 class Constant(_Spec):
@@ -159,6 +165,43 @@ class Empirical(_Spec):
         arr = list(self.samples)
         nxt = draws(rng, "integers", len(arr))
         return lambda tokens=0.0, context=0.0, depth=0.0: arr[nxt()]
+
+
+class Replayed(_Spec):
+    """Times measured in a run, in the order they ran, one list per instance of the field:
+    per target (its index in the run) for a target's times and the server's work for it, per
+    engine for the draft's, per unit for a pool's. Instance ``i`` takes ``runs[i]`` one
+    after the other, and again from its start past its end; an instance whose list is empty
+    or beyond the lists draws from all of them pooled, as ``empirical`` does. What ``starsim
+    validate`` feeds a replay (:mod:`starsim.replay`)."""
+
+    kind: Literal["replayed"]
+    runs: list[list[NonNeg]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _some_times(self):
+        if not any(self.runs):
+            raise ValueError("every list in runs is empty: give at least one time")
+        return self
+
+    def mean(self, tokens=0.0, context=0.0, depth=0.0):
+        return float(np.mean([x for r in self.runs for x in r]))
+
+    def for_instance(self, index: int) -> _Spec:
+        if index < len(self.runs) and self.runs[index]:
+            return Replayed(kind="replayed", runs=[self.runs[index]])
+        return self
+
+    def draw0(self, rng):
+        if len(self.runs) == 1:
+            return itertools.cycle(self.runs[0]).__next__
+        pooled = [x for r in self.runs for x in r]
+        nxt = draws(rng, "integers", len(pooled))
+        return lambda: pooled[nxt()]
+
+    def sampler(self, rng):
+        nxt = self.draw0(rng)
+        return lambda tokens=0.0, context=0.0, depth=0.0: nxt()
 
 
 class Linear(_Spec):
@@ -268,7 +311,7 @@ def _number_is_constant(v: Any) -> Any:
 
 
 Dist = Annotated[
-    Constant | Exponential | LogNormal | Uniform | Empirical | Linear | Profile,
+    Constant | Exponential | LogNormal | Uniform | Empirical | Replayed | Linear | Profile,
     Field(discriminator="kind"),
     BeforeValidator(_number_is_constant),
 ]

@@ -38,12 +38,12 @@ def place(scenario: Scenario) -> tuple[list[str], list[str]]:
     return drafts, targets
 
 
-def link_time(d: LinkDirection, rng: np.random.Generator) -> Callable[[int], float]:
-    """A closure ``nbytes -> seconds`` for one direction of one target's link."""
+def link_time(d: LinkDirection, rng: np.random.Generator, index: int = 0) -> Callable[[int], float]:
+    """A closure ``nbytes -> seconds`` for one direction of target ``index``'s link."""
     lat = d.latency_s
     per_byte = 0.0 if d.bandwidth_bps is None else 8.0 / d.bandwidth_bps
     if d.jitter.is_constant:
         fixed = lat + d.jitter.mean()
         return lambda nbytes: fixed + nbytes * per_byte
-    jitter = d.jitter.draw0(rng)  # a C call for the usual kinds: this runs twice a round
+    jitter = d.jitter.for_instance(index).draw0(rng)  # a C call for the usual kinds: this runs twice a round
     return lambda nbytes: lat + nbytes * per_byte + jitter()

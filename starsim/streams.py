@@ -30,6 +30,7 @@ class Stream(IntEnum):
     PAIRING = 8  # a real target's own pairing choices (per target: real targets are separate processes)
     PROMPT_IDS = 9  # the real backend's prompt token ids (text slices or random ids)
     SAMPLING = 10  # a real target's token sampling and the seeds it sends its draft (per request id)
+    HANDOVER = 11  # a device unit's turn handovers (per unit, in the order units are built)
 
 
 def rng_for(seed: int, stream: Stream, index: int = 0) -> np.random.Generator:

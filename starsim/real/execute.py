@@ -280,8 +280,8 @@ def _connect(job: TargetJob, p: _Process) -> None:
     if job.link is not None:  # the simulator's link model, one random stream per direction
         from ..placement import link_time
 
-        delays = {"delay_up": link_time(job.link.up, rng_for(job.seed, Stream.LINK_UP, job.index)),
-                  "delay_down": link_time(job.link.down, rng_for(job.seed, Stream.LINK_DOWN, job.index))}
+        delays = {"delay_up": link_time(job.link.up, rng_for(job.seed, Stream.LINK_UP, job.index), job.index),
+                  "delay_down": link_time(job.link.down, rng_for(job.seed, Stream.LINK_DOWN, job.index), job.index)}
     info = {"index": job.index, **job.qos}
     fab = job.fabric
     if fab is not None:  # a connection to every server now, the pairing at each request's start

@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field, model_validator
 
+from ..distributions import Dist
 from .base import Core, _Model
 from .limits import MAX_UNITS
 
@@ -35,6 +36,12 @@ class Device(_Model):
         ge=1,
         description="tasks one unit runs at once without slowing down; co-located work "
         "beyond this queues (contention, not free parallelism)",
+    )
+    handover_time: Dist | None = Field(
+        None,
+        description="when roles take turns on a unit: the time a turn takes to pass to a role that waited for it "
+        "(a real run's turn is a lock between processes on one core: the waiter is woken and scheduled after the "
+        "holder lets go); null: at once",
     )
     cpus: list[Core | list[Core]] | None = Field(
         None,

@@ -165,6 +165,11 @@ class Draft(_Model):
         "cores when its pool has them, beside the engine's work; a plain delay otherwise)",
     )
     serialize_time: Dist = Field(0.0, description="communication thread: build and send one reply (as parse_time)")
+    turnaround_time: Dist | None = Field(
+        None,
+        description="the engine's own time from when it could start a task (queued, and the engine free) to "
+        "when it starts it (a real server hands each task from its message thread to its engine); null: at once",
+    )
     needs_hidden_states: bool = Field(
         True, description="the draft needs the target's hidden states (EAGLE): they travel up"
     )

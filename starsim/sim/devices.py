@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import simpy
 
+from ..distributions import timing_sampler
 from ..scenario import Scenario, parse_device_ref
+from ..streams import Stream, rng_for
 
 
 class DeviceUnit:
     """One accelerator. ``resource`` is None when nobody competes for it (no SimPy
     request/release on the hot path); otherwise co-located work queues FIFO for a slot.
     ``host``: the pool's shared cores, when the pool has ``cores`` (processor sharing): the
-    work of whoever holds a slot, and message work, which holds none, share them."""
+    work of whoever holds a slot, and message work, which holds none, share them.
+    ``handover``: draws the time a slot takes to pass to a holder that waited for it (None: none)."""
 
     def __init__(self, name: str, slots: int):
         self.name = name
@@ -19,6 +24,19 @@ class DeviceUnit:
         self.users = 0
         self.resource: simpy.Resource | None = None
         self.host: SharedCores | None = None
+        self.handover: Callable[..., float] | None = None
+
+    def acquire(self, env: simpy.Environment):
+        """Generator: a slot of the unit (``resource`` must be set); returns its request, to
+        release. A holder that had to wait starts ``handover`` later: the slot passes on only
+        once the one before has let go and the waiting process runs (a real run's turn is a
+        lock between processes on one core, and its waiter must be woken and scheduled)."""
+        req = self.resource.request()
+        waited = not req.triggered  # a free slot is granted at once
+        yield req
+        if waited and self.handover is not None:
+            yield env.timeout(self.handover(0.0, 0.0, 0.0))
+        return req
 
     @property
     def free(self) -> bool:
@@ -94,7 +112,11 @@ def build_units(env: simpy.Environment, scenario: Scenario, users: list[str]) ->
                     hosts[pool] = SharedCores(env, dev.cores)
                 units[name].host = hosts[pool]
         units[name].users += 1
-    for u in units.values():
+    for i, u in enumerate(units.values()):
         if u.users > u.slots:  # turns on the unit; with a host, whoever holds it runs on a share of the cores
             u.resource = simpy.Resource(env, capacity=u.slots)
+            pool, unit = parse_device_ref(u.name)
+            spec = scenario.devices[pool].handover_time
+            if spec is not None:
+                u.handover = timing_sampler(spec.for_instance(unit or 0), rng_for(scenario.seed, Stream.HANDOVER, i))
     return units

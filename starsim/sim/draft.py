@@ -86,7 +86,7 @@ class DraftEngine:
         # Either a tree cost plus an encode cost per new token, or one measured whole-round
         # model of (new tokens, context), optionally slowed by the idle gap before it.
         spec = cfg.time if cfg.round_time is None else cfg.round_time
-        self.draft_time = timing_sampler(spec, rng, usage)
+        self.draft_time = timing_sampler(spec.for_instance(index), rng, usage)
         self.whole_round = cfg.round_time is not None
         self.warm_cold = cfg.warm_cold
         self.rec = rec
@@ -98,6 +98,9 @@ class DraftEngine:
         b = cfg.batch
         self.batch_max, self.batch_window = b.max, b.window_s
         self.batch_time = timing_sampler(b.time, rng, usage) if b.max > 1 else None
+        # a queued task starts this long after the one before it ended (None: at once)
+        ta = cfg.turnaround_time
+        self.turnaround = timing_sampler(ta.for_instance(index), rng, usage) if ta is not None else None
         self.rng, self.usage = rng, usage
         self.running: tuple | list = ()  # the tasks being drafted now (run_general)
         self.dead = False  # the server failed (draft.fabric.failures)
@@ -137,7 +140,7 @@ class DraftEngine:
         held = self.caches.held if self.cfg.memory_bytes is None and self.cfg.prefix_cache else None
         timeout, new_event, pop = env.timeout, env.event, policy.pop
         draft_time, res, host = self.draft_time, self.unit.resource, self.unit.host
-        whole_round, warm_cold = self.whole_round, self.warm_cold
+        whole_round, warm_cold, turnaround = self.whole_round, self.warm_cold, self.turnaround
         log = self.log_draft
         tree = self.cfg.tree
         tokens, depth = tree.tokens, tree.depth
@@ -149,9 +152,11 @@ class DraftEngine:
                 yield wake
                 now = env.now
             task = pop()
+            if turnaround is not None:  # the server's hand-off of the task to the engine
+                yield timeout(turnaround(0.0, 0.0, 0.0))
+                now = env.now
             if res is not None:
-                req = res.request()
-                yield req
+                req = yield from self.unit.acquire(env)
                 now = env.now
             start = now
             target, ctx = task.target, task.context
@@ -342,9 +347,10 @@ class DraftEngine:
             tasks = take_batch(policy, bmax)
             if not tasks:
                 continue
+            if self.turnaround is not None:  # the server's hand-off of the batch to the engine
+                yield env.timeout(self.turnaround(0.0, 0.0, 0.0))
             if res is not None:
-                req = res.request()
-                yield req
+                req = yield from self.unit.acquire(env)
             start = env.now
             for t in tasks:
                 t.start = start

@@ -70,15 +70,16 @@ def _router(policy: str, targets: list[ServingTarget]):
     return route
 
 
-def simulate(scenario: Scenario, *, general: bool = False) -> Result:
+def simulate(scenario: Scenario, *, general: bool = False, source: str = "sim") -> Result:
     """Run the discrete-event simulation of ``scenario``; deterministic for a given seed.
 
     ``general``: run every draft engine and target on its general loop, even where the
     scenario needs none of what only it does (the fast loops are an optimisation, and
-    tests/test_loops.py checks that both give the same tables)."""
+    tests/test_loops.py checks that both give the same tables). ``source``: what the run's
+    records call their origin (``replay``: a simulation fed a real run's times)."""
     check_work(scenario)
     with _gc_paused():
-        return _simulate(scenario, general)
+        return _simulate(scenario, general, origin=source)
 
 
 # About 20 minutes of simulation at the ~80,000 rounds per second measured here (4 targets);
@@ -133,7 +134,7 @@ class _Model:
     general: bool
 
 
-def _simulate(scenario: Scenario, general: bool = False) -> Result:
+def _simulate(scenario: Scenario, general: bool = False, origin: str = "sim") -> Result:
     """Build the model (units, engines, requests, targets), run it, and summarize its tables."""
     wall0 = time.perf_counter()
     env = simpy.Environment()
@@ -183,7 +184,7 @@ def _simulate(scenario: Scenario, general: bool = False) -> Result:
     _unfinished(rec, targets, store)
 
     meta = run_meta(
-        scenario, source="sim", t_end=t_end, draft_engines=[e.name for e in engines],
+        scenario, source=origin, t_end=t_end, draft_engines=[e.name for e in engines],
         targets=[(i, name, g, tu) for (i, name, g), tu in zip(instances, target_units)],
         draft_device=draft_unit, draft_devices=draft_units,
         pipeline=pipeline_totals([e.pipeline_stats for e in engines]) if draft.pipeline and mode == "star" else None,
@@ -191,7 +192,7 @@ def _simulate(scenario: Scenario, general: bool = False) -> Result:
     )
     records = rec.finish(meta, release=True)
     summary = summarize(records)
-    summary["provenance"] = provenance(scenario, "sim", events_simulated=_events(env),
+    summary["provenance"] = provenance(scenario, origin, events_simulated=_events(env),
                                        wall_time_s=time.perf_counter() - wall0)
     if usage.entries:
         summary["provenance"]["profiles"] = usage.report()
@@ -252,12 +253,13 @@ def _target(m: _Model, i: int, name: str, group, unit: str, engines: list[DraftE
                        controller=controller_for(draft, group) if star and draft.adaptive.policy != "fixed" else None,
                        pipeline=star and draft.pipeline)
     # one_for_one: the draft is in-process on the target's device: no wire, no parsing
-    hops = Hops(up=link_time(group.link.up, rng_for(seed, Stream.LINK_UP, i)) if star else _zero,
-                down=link_time(group.link.down, rng_for(seed, Stream.LINK_DOWN, i)) if star else _zero,
-                parse=draft.parse_time.draw0(comm_rng) if star else _zero,
-                serialize=draft.serialize_time.draw0(comm_rng) if star else _zero,
-                send=group.send_time.draw0(comm_rng) if star and not is_zero(group.send_time) else None,
-                receive=group.receive_time.draw0(comm_rng) if star and not is_zero(group.receive_time) else None)
+    hops = Hops(up=link_time(group.link.up, rng_for(seed, Stream.LINK_UP, i), i) if star else _zero,
+                down=link_time(group.link.down, rng_for(seed, Stream.LINK_DOWN, i), i) if star else _zero,
+                parse=draft.parse_time.for_instance(i).draw0(comm_rng) if star else _zero,
+                serialize=draft.serialize_time.for_instance(i).draw0(comm_rng) if star else _zero,
+                send=group.send_time.for_instance(i).draw0(comm_rng) if star and not is_zero(group.send_time) else None,
+                receive=group.receive_time.for_instance(i).draw0(comm_rng)
+                if star and not is_zero(group.receive_time) else None)
     return (ServingTarget if serving else Target)(
         Wiring(m.env, m.rec, requests, m.usage, m.general), i, name, group, m.units[unit],
         engines[0] if star else (engines[i] if engines else None), rng_for(seed, Stream.TARGET, i),

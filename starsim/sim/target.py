@@ -167,7 +167,7 @@ class Target:
         """The run builds each piece (``_simulate``'s ``_target``), so that a target holds no
         knowledge of the scenario file: its samplers, links, random stream, engine or fabric."""
         env, requests, usage = wiring.env, wiring.requests, wiring.usage
-        acceptance, tree, depth = spec.acceptance, spec.tree, spec.tree.depth
+        acceptance, tree, depth = spec.acceptance.for_target(index), spec.tree, spec.tree.depth
         self.env = env
         self.index = index
         self.name = name
@@ -178,10 +178,10 @@ class Target:
         self.rec = wiring.rec
         # rows are appended packed (see Recorder): no Python objects kept per row
         self.payload: Payload = group.payload
-        self.verify = timing_sampler(group.verify_time, rng, usage)
-        self.prefill = timing_sampler(group.prefill_time, rng, usage)
+        self.verify = timing_sampler(group.verify_time.for_instance(index), rng, usage)
+        self.prefill = timing_sampler(group.prefill_time.for_instance(index), rng, usage)
         decode = group.decode_time
-        self.decode = timing_sampler(decode, rng, usage) if decode is not None else None
+        self.decode = timing_sampler(decode.for_instance(index), rng, usage) if decode is not None else None
         clock = lambda: env.now  # noqa: E731 - acceptance that changes during the run reads it
         self.accept = acceptance.sampler(rng, tree.shape(depth), clock) if not isinstance(acceptance, ByCategory) \
             else None
@@ -216,9 +216,7 @@ class Target:
         if host is not None:
             if lead:
                 yield env.timeout(lead)
-            req = None if res is None else res.request()
-            if req is not None:
-                yield req
+            req = None if res is None else (yield from self.unit.acquire(env))
             start = env.now
             yield from host.run(dur)
             end = env.now
@@ -231,8 +229,7 @@ class Target:
         else:
             if lead:
                 yield env.timeout(lead)
-            req = res.request()
-            yield req
+            req = yield from self.unit.acquire(env)
             start = env.now
             yield env.timeout(dur)
             res.release(req)
