@@ -4,12 +4,14 @@ Runs, through the CLI, on the declared resources of real_cpu_declared_n2.yaml (d
 core 0, the targets taking turns on core 1; ``--scenario`` for another):
 
     starsim validate scenarios/real_cpu_declared_n2.yaml --sweep targets.0.count=1,2,3,4,8 --repeat 3 \
-        --out runs/validate-cpu
-    starsim report runs/validate-cpu/*/real runs/validate-cpu/*/sim --out analysis/figures/validate-cpu
+        --replay --out runs/validate-cpu
+    starsim report runs/validate-cpu --out analysis/figures/validate-cpu
 
 and prints the table the results page quotes (and puts it there): per point, the mean of three real runs beside the
-simulation, the MAPE, and the real runs' own run-to-run spread (on a shared VM they move by
-5-12% between runs, the floor under any prediction's error). Needs the offline pair
+simulation on the profiles and the replay of each real run on its own measured times (the
+model's error alone, whatever the machine's speed that day), the MAPE, the real runs' own
+run-to-run spread (on a shared VM they move by 5-12% between runs, the floor under a
+profile-based prediction's error), and the draft idle gaps' distributions side by side. Needs the offline pair
 (`starsim models build-pair`) and about fifteen minutes. Rerun with
 ``python analysis/validate_cpu.py``.
 
@@ -34,6 +36,8 @@ import json
 
 from _cli import REPO, starsim, validated, write_results  # analysis/ is on sys.path when a script runs
 
+from starsim.profile_fields import cpu_name
+
 OUT = REPO / "runs" / "validate-cpu"
 FIGS = REPO / "analysis" / "figures" / "validate-cpu"
 POINTS = (1, 2, 3, 4, 8)
@@ -46,17 +50,37 @@ BEYOND = (  # (what, scenario, extra validate arguments)
 )
 
 
-def header(first: str) -> list[str]:
-    return [f"| {first} | real tok/s (CV) | sim tok/s | sim err | real util (CV) | sim util | sim err |",
-            "|---|---|---|---|---|---|---|"]
+def header(first: str, replay: bool = False) -> list[str]:
+    more = " replay tok/s | replay err |" if replay else ""
+    more_u = " replay util | replay err |" if replay else ""
+    n = 7 + (4 if replay else 0)
+    return [f"| {first} | real tok/s (CV) | sim tok/s | sim err |{more} real util (CV) | sim util | sim err |{more_u}",
+            "|" + "---|" * n]
 
 
-def row(label: str, metrics: dict, cv: dict) -> str:
-    """One table row: throughput and draft utilization, real (with its CV) and simulated."""
+def row(label: str, metrics: dict, cv: dict, replay: bool = False) -> str:
+    """One table row: throughput and draft utilization, real (with its CV) and simulated (from
+    the profiles, and replayed on the real run's own times when ``replay``)."""
     t, u = metrics["throughput_tokens_per_s"], metrics["draft_utilization"]
+    rt = f" {t['replay']:.0f} | {t['replay_err_pct']:+.1f}% |" if replay else ""
+    ru = f" {u['replay']:.1f}% | {u['replay_err_pct']:+.1f}% |" if replay else ""
     return (f"| {label} | {t['real']:.0f} ({cv['throughput_tokens_per_s']:.1f}%) | {t['sim']:.0f} | "
-            f"{t['sim_err_pct']:+.1f}% | {u['real']:.1f}% ({cv['draft_utilization']:.1f}%) | "
-            f"{u['sim']:.1f}% | {u['sim_err_pct']:+.1f}% |")
+            f"{t['sim_err_pct']:+.1f}% |{rt} {u['real']:.1f}% ({cv['draft_utilization']:.1f}%) | "
+            f"{u['sim']:.1f}% | {u['sim_err_pct']:+.1f}% |{ru}")
+
+
+def gap_table(v: dict) -> list[str]:
+    """Per point: the draft idle gaps' mean and p99 (ms), real, simulated and replayed, and each
+    one's Kolmogorov-Smirnov distance to the real gaps."""
+    lines = ["| N | real mean | real p99 | sim mean | sim p99 | sim KS | replay mean | replay p99 | replay KS |",
+             "|" + "---|" * 9]
+    for p in v["points"]:
+        g = p["idle_gaps"]
+        cells = [f"{g['real']['mean_ms']:.2f}", f"{g['real']['p99_ms']:.2f}"]
+        for src in ("sim", "replay"):
+            cells += [f"{g[src]['mean_ms']:.2f}", f"{g[src]['p99_ms']:.2f}", f"{g[src]['ks']:.3f}"]
+        lines.append(f"| {p['point'].split('=')[1]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def beyond() -> None:
@@ -132,19 +156,23 @@ def main() -> None:
         serving(args.speed)
         return
     starsim("validate", args.scenario, "--sweep", f"targets.0.count={','.join(map(str, POINTS))}",
-            "--repeat", str(REPEAT), "--out", str(OUT))
-    runs = [str(OUT / f"targets.0.count={n}" / kind) for kind in ("real", "sim") for n in POINTS]
-    starsim("report", *runs, "--out", str(FIGS), "--format", "png")
+            "--repeat", str(REPEAT), "--replay", "--out", str(OUT))
+    starsim("report", str(OUT), "--out", str(FIGS), "--format", "png")  # each point: real, replay, sim
     (FIGS / "validation.md").write_text((OUT / "validation.md").read_text())  # the whole table, every metric
     v = json.loads((OUT / "validation.json").read_text())
-    lines = header("N")
+    lines = [f"Measured on {cpu_name()}.", ""] + header("N", replay=True)
     for p in v["points"]:
-        lines.append(row(p["point"].split("=")[1], {r["metric"]: r for r in p["metrics"]}, p["real_spread_pct"]))
-    ms, ma, rs = v["mape_sim_pct"], v["mape_analytic_pct"], v["real_spread_pct"]
-    lines += ["", f"MAPE, simulator: utilization {ms['draft_utilization']:.1f}%, throughput "
-              f"{ms['throughput_tokens_per_s']:.1f}%; closed form: {ma['draft_utilization']:.1f}%, "
+        lines.append(row(p["point"].split("=")[1], {r["metric"]: r for r in p["metrics"]}, p["real_spread_pct"],
+                         replay=True))
+    ms, mr, ma, rs = v["mape_sim_pct"], v["mape_replay_pct"], v["mape_analytic_pct"], v["real_spread_pct"]
+    lines += ["", f"MAPE, utilization and throughput: replay (the model alone) {mr['draft_utilization']:.1f}%, "
+              f"{mr['throughput_tokens_per_s']:.1f}%; simulator on the profiles {ms['draft_utilization']:.1f}%, "
+              f"{ms['throughput_tokens_per_s']:.1f}%; closed form {ma['draft_utilization']:.1f}%, "
               f"{ma['throughput_tokens_per_s']:.1f}%; real runs' run-to-run CV: {rs['draft_utilization']:.1f}%, "
-              f"{rs['throughput_tokens_per_s']:.1f}%"]
+              f"{rs['throughput_tokens_per_s']:.1f}%. Idle-gap mean: replay {mr['draft_idle_gap_mean_s']:.1f}%, "
+              f"simulator {ms['draft_idle_gap_mean_s']:.1f}%.", "",
+              "Draft idle gaps (ms; all runs of a point pooled) and their distance to the real ones:", ""]
+    lines += gap_table(v)
     print("\n".join(lines))
     if args.scenario == "scenarios/real_cpu_declared_n2.yaml":  # the page's table is the declared run's
         write_results("validation", "validate-cpu", "\n".join(lines), "python analysis/validate_cpu.py")

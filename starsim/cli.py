@@ -119,7 +119,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     need_torch()
     say = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     v = validate(args.file, args.sweep, args.set, args.out, args.acceptance, say=say,
-                 speed=args.speed, repeat=args.repeat)
+                 speed=args.speed, repeat=args.repeat, replay=args.replay, calibrate=args.calibrate)
     if args.json:
         print(json.dumps(v.as_dict(), indent=2, allow_nan=False))
     else:
@@ -539,6 +539,13 @@ def _run_parsers(sub) -> None:
     v.add_argument("--repeat", type=int, default=3, metavar="K",
                    help="real runs per point: their mean is compared, their run-to-run spread reported beside each "
                    "error (default 3; 1 for a quick look, whose error may be run-to-run noise)")
+    v.add_argument("--replay", action=argparse.BooleanOptionalAction, default=None,
+                   help="also simulate each real run on its own measured times and acceptance, beside the "
+                   "profile-based simulation: the model's error apart from the profiles' (default: where the "
+                   "scenario can be replayed; --replay refuses one that cannot)")
+    v.add_argument("--calibrate", action="store_true",
+                   help="first re-time the profiles the scenario uses on this machine, on each role's declared "
+                   "cores (about a minute per profile; into OUT/profiles), and predict from them")
     v.add_argument("--json", action="store_true", help="print validation.json instead of the table")
     v.set_defaults(func=cmd_validate)
 

@@ -335,24 +335,42 @@ HOPS: tuple[tuple[str, str, str], ...] = (
 """The hops of a speculative round, in order: (name, from column, to column) of the rounds table."""
 
 
+def hop_samples(records: Records, targets=None, whole_run: bool = False) -> dict[str, np.ndarray]:
+    """Each hop's time (HOPS) for every speculative round in the measurement window (of the
+    target indices ``targets`` only, when given; ``whole_run``: warm-up and cool-down too),
+    ordered by target, request and round (a target's in the order it ran them), and per round
+    ``after_round_s``: the target's own time from its request's previous round's end to this
+    round's send (NaN for a request's first round); ``between_rounds_s``: those that exist.
+    The samples :func:`hop_means` averages, and what a replay draws."""
+    r = records.rounds
+    t0, t1 = (-np.inf, np.inf) if whole_run else window_bounds(records.meta)
+    t_ve = r["t_verify_end"].to_numpy()
+    keep = (r["draft"].to_numpy() >= 0) & (t_ve >= t0) & (t_ve <= t1)
+    if targets is not None:
+        keep &= np.isin(r["target"].to_numpy(), list(targets))
+    key = np.stack([r[c].to_numpy()[keep] for c in ("target", "request", "round")])
+    order = np.lexsort(key[::-1])
+    col = {c: r[c].to_numpy()[keep][order] for c in {c for _, a, b in HOPS for c in (a, b)}}
+    out = {name: col[b] - col[a] for name, a, b in HOPS}
+    # the previous round's end, same target and request
+    key = key[:, order]
+    same = (key[0][1:] == key[0][:-1]) & (key[1][1:] == key[1][:-1])
+    after = np.full(len(order), np.nan)
+    after[1:][same] = (col["t_send"][1:] - col["t_verify_end"][:-1])[same]
+    out["after_round_s"] = after
+    out["between_rounds_s"] = after[1:][same]
+    return out
+
+
 def hop_means(records: Records) -> dict[str, float | None]:
     """Mean time of each hop of the speculative rounds in the measurement window (HOPS), the
     whole round (``round_s``: send to verified), and the target's own time between a round's
     end and its next send within a request (``between_rounds_s``): where a round's time goes,
     to set a simulated run beside a real one hop by hop."""
-    r = records.rounds
-    t0, t1 = window_bounds(records.meta)
-    t_ve = r["t_verify_end"].to_numpy()
-    keep = (r["draft"].to_numpy() >= 0) & (t_ve >= t0) & (t_ve <= t1)
-    col = {c: r[c].to_numpy()[keep] for c in {c for _, a, b in HOPS for c in (a, b)}}
-    out = {name: _mean(col[b] - col[a]) for name, a, b in HOPS}
+    samples = hop_samples(records)
+    out = {name: _mean(samples[name]) for name, _, _ in HOPS}
     out["round_s"] = _mean(round_times(records))
-    # the next round's send, same target and request (rows sorted by target, request, round)
-    key = np.stack([r[c].to_numpy()[keep] for c in ("target", "request", "round")])
-    order = np.lexsort(key[::-1])
-    send, end = col["t_send"][order], col["t_verify_end"][order]
-    same = (key[0][order][1:] == key[0][order][:-1]) & (key[1][order][1:] == key[1][order][:-1])
-    out["between_rounds_s"] = _mean((send[1:] - end[:-1])[same])
+    out["between_rounds_s"] = _mean(samples["between_rounds_s"])
     return out
 
 

@@ -62,6 +62,17 @@ def profile_fields(scenario) -> list[tuple[str, Any]]:
     return out
 
 
+def role_cpus(scenario, path: str) -> frozenset[int] | None:
+    """The cores the role of profile field ``path`` is declared on (``draft.*``: the draft's
+    device, ``targets.I.*``: group I's; a pool's unit 0 when the reference names no unit);
+    None where the scenario declares none."""
+    from .scenario import parse_device_ref
+
+    ref = scenario.draft.device if path.startswith("draft.") else scenario.targets[int(path.split(".")[1])].device
+    pool, unit = parse_device_ref(ref)
+    return scenario.devices[pool].unit_cpus(unit or 0)
+
+
 def cpu_name() -> str:
     """This machine's CPU as a profile names its device (``cpu: MODEL (N logical)``)."""
     try:
@@ -110,5 +121,6 @@ def foreign_profiles(scenario) -> list[str]:
                + f" --roles {model.get('role', 'target')} --out {Path(key).parent if os.sep in key else 'DIR'}")
         out.append(f"{', '.join(paths)}: profile measured on {then!r}, this machine is {now or 'without that device'}"
                    f": its times rest on another machine's speed, so a comparison with a run here "
-                   f"measures that difference too; recalibrate here: {cmd}")
+                   f"measures that difference too; recalibrate here: {cmd} (starsim validate --calibrate "
+                   f"does it first)")
     return out

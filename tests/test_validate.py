@@ -137,6 +137,15 @@ def test_validate_a_small_real_sweep(tmp_path, quick_pair, capsys):
         sim = json.loads((out / p["point"] / "sim" / "summary.json").read_text())
         assert sim["provenance"]["source"] == "sim" and real["n_targets"] == int(p["point"][-1])
     assert (out / "validation.csv").read_text().startswith("point,metric,label,unit,real,sim,analytic")
+    # each real run replayed on its own times beside the profile-based simulation, and drawn beside it
+    assert d["replayed"] and d["mape_replay_pct"]["throughput_tokens_per_s"] is not None
+    assert "| replay err |" in text and "Kolmogorov-Smirnov" in text
+    for p in d["points"]:
+        rp = json.loads((out / p["point"] / "replay" / "summary.json").read_text())
+        assert rp["provenance"]["source"] == "replay" and p["idle_gaps"]["replay"]["ks"] is not None
+    assert main(["report", str(out), "--format", "png", "--out", str(tmp_path / "rep")]) == 0
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "targets.0.count=2/replay" in html and "targets.0.count=1/real" in html
     assert main(["validate", str(f), "--sweep", "targets.0.count"]) == 2
     assert "--sweep" in capsys.readouterr().err
     # repeated real runs: the table holds their mean, each run keeps its directory
@@ -241,3 +250,28 @@ def test_profiles_from_another_machine_are_named_with_the_command_that_recalibra
     assert "starsim calibrate compute --spec stdlib-pair --device cpu --threads 1 --cpus 0 --roles draft" in draft
     target = next(line for line in lines if line.startswith("targets.0.verify_time"))
     assert "targets.0.serving.step_time" in target and "--cpus 1 --roles target" in target
+    assert "starsim validate --calibrate" in draft
+
+
+def test_validate_can_calibrate_here_first(tmp_path):
+    """Issue 29: `validate --calibrate` re-times the ops the scenario uses, on each role's
+    declared cores, and points its fields at the new files (here on the quick grid)."""
+    from conftest import REPO
+
+    import starsim.profile_fields as pf
+    from starsim import load_scenario
+    from starsim.calibrate.here import calibrate_here
+    from starsim.profiles import read_profile
+
+    path = REPO / "scenarios" / "real_cpu_declared_n2.yaml"
+    sets, notes = calibrate_here(load_scenario(path), tmp_path, quick=True)
+    assert notes == []
+    new = dict(s.split(".path=") for s in sets)
+    assert set(new) == {"draft.round_time", "targets.0.verify_time", "targets.0.prefill_time", "targets.0.decode_time"}
+    draft, target = read_profile(new["draft.round_time"]), read_profile(new["targets.0.verify_time"])
+    assert set(draft.ops) == {"draft_round"} and set(target.ops) == {"prefill", "verify"}  # only what is used
+    assert draft.provenance["cpus"] == [0] and target.provenance["cpus"] == [1]  # where each role runs
+    assert draft.device["name"] == pf.cpu_name() and draft.device["threads"] == 1
+    sc = load_scenario(path, sets)
+    assert pf.foreign_profiles(sc) == []
+    assert sc.draft.round_time.file.ops["draft_round"].rows == draft.ops["draft_round"].rows

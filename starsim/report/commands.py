@@ -30,7 +30,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_parsers(sub) -> None:
     r = sub.add_parser("report", help="idle-gap report of run directories: figures (PNG/SVG) and one offline HTML page")
     r.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
-                   help="run directories (starsim run --out, or starsim execute --out)")
+                   help="run directories (starsim run --out, or starsim execute --out), or a starsim validate --out "
+                   "directory: each point's real run, its replay and its simulation, side by side")
     r.add_argument("--out", type=Path,
                    help=f"output directory (default RUN_DIR/report for one run, ./{DEFAULT_MULTI_OUT} for several)")
     r.add_argument("--format", default="png,svg", help="figure files: png, svg or png,svg (default png,svg)")

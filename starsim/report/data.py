@@ -105,15 +105,46 @@ def read_run(path: Path) -> Run:
                summary_stored=summary_file.is_file(), skipped=skipped)
 
 
+VALIDATION_RUNS = ("real", "replay", "sim")  # a validate point's run directories, drawn in this order
+
+
+def expand_validation(paths: list[Path]) -> list[Path]:
+    """Each ``starsim validate --out`` directory among ``paths`` (it holds validation.json)
+    replaced by its points' first real run, its replay and its profile-based simulation, in
+    that order: the replay drawn beside the real run it replays."""
+    out: list[Path] = []
+    for p in paths:
+        doc = p / "validation.json"
+        if not doc.is_file():
+            out.append(p)
+            continue
+        try:
+            points = [str(pt["point"]) for pt in json.loads(doc.read_text())["points"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StarsimError(f"{doc}: not a validation written by starsim validate ({e})") from None
+        found = [p / pt.replace("/", "_") / name for pt in points for name in VALIDATION_RUNS]
+        found = [d for d in found if d.is_dir()]
+        if not found:
+            raise StarsimError(f"{p}: a validation without run directories (run starsim validate with --out)")
+        out += found
+    return out
+
+
 def read_runs(paths: list[Path]) -> list[Run]:
-    """Read several run directories; labels are the scenario names, made unique with the
-    directory's name where two runs share one."""
+    """Read several run directories (a validation's directory: its points' real, replay and
+    simulated runs); labels are the scenario names, made unique with the directory's name
+    where two runs share one."""
+    paths = expand_validation([Path(p) for p in paths])
     runs = [read_run(p) for p in paths]
     names = [r.name for r in runs]
     for r in runs:
         r.label = r.name if names.count(r.name) == 1 else f"{r.name} [{r.path.name}]"
     labels = [r.label for r in runs]
-    for i, r in enumerate(runs):  # the same directory name twice: number them
+    for r in runs:  # the same directory name twice (a validation's points): with its parent's
+        if labels.count(r.label) > 1:
+            r.label = f"{r.name} [{r.path.parent.name}/{r.path.name}]"
+    labels = [r.label for r in runs]
+    for i, r in enumerate(runs):  # and still the same: number them
         if labels.count(r.label) > 1:
             r.label = f"{r.label} #{i + 1}"
     return runs

@@ -41,7 +41,7 @@ PHASE = {  # (color, legend label)
     "prefill": ("#8c564b", "target: prefill"),
     "decode": ("#bcbd22", "target: decode (no draft)"),
 }
-SOURCE_MARKERS = {"sim": "o", "real": "^"}
+SOURCE_MARKERS = {"sim": "o", "real": "^", "replay": "D"}
 TIMELINE_S = 0.5      # default timeline length after warm-up
 MAX_TARGET_LANES = 16  # timeline lanes per run beyond which targets are left out (and said so)
 STRIP_POINTS = 1500   # dots per run in the strip plots (a seeded sample)
