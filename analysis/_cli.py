@@ -61,10 +61,20 @@ def error_table(title: str, metrics: dict, keys: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def machine() -> str:
+    """The machine a table was measured on: its CPU, and the GPU when torch has one in use."""
+    from starsim.profile_fields import cpu_name
+
+    torch = sys.modules.get("torch")  # only where the script ran torch: no import, no CUDA start here
+    gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_initialized() else None
+    return cpu_name() + (f", GPU: {gpu}" if gpu else "")
+
+
 def write_results(page: str, key: str, table: str, command: str, results: Path = RESULTS) -> Path:
     """Put ``table`` into the results page ``analysis/results/PAGE.md``, in place of the block
     between ``<!-- begin KEY: written by COMMAND -->`` and ``<!-- end KEY -->``, stamped with
-    the command and today's UTC date (the page says what wrote each table and when). The rest
+    the command, today's UTC date and the machine (the page says what wrote each table, when
+    and where). The rest
     of the page is left as it is. A page or block that is not there ends the script with one
     line: the figures and tables under analysis/figures are written by then."""
     path = results / f"{page}.md"
@@ -75,7 +85,7 @@ def write_results(page: str, key: str, table: str, command: str, results: Path =
                          f"(<!-- begin {key}: ... --> ... <!-- end {key} -->): the page was not updated")
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     new = (f"<!-- begin {key}: written by {command} -->\n\n{table.strip()}\n\n"
-           f"<sub>Written by `{command}` on {day} (UTC).</sub>\n\n<!-- end {key} -->")
+           f"<sub>Written by `{command}` on {day} (UTC), on {machine()}.</sub>\n\n<!-- end {key} -->")
     path.write_text(block.sub(lambda _: new, text, count=1))
     print(f"updated {_shown(path)} ({key})", file=sys.stderr)
     return path

@@ -30,7 +30,8 @@ CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 BLOCK = re.compile(r"<!-- begin (?P<key>[\w-]+): written by (?P<cmd>[^>]*?) -->\n(?P<body>.*?)<!-- end (?P=key) -->",
                    re.DOTALL)
-STAMP = re.compile(r"<sub>Written by `(?P<cmd>[^`]+)` on \d{4}-\d{2}-\d{2} \(UTC\)\.</sub>")
+# the command, the day and the machine the table was measured on
+STAMP = re.compile(r"<sub>Written by `(?P<cmd>[^`]+)` on \d{4}-\d{2}-\d{2} \(UTC\), on (?:cpu|GPU): [^<]+\.</sub>")
 
 
 def _prose(text: str) -> str:
