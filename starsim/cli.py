@@ -187,7 +187,8 @@ def cmd_acceptance(args: argparse.Namespace) -> int:
     out = args.out or args.run_dir / "acceptance.yaml"
     doc = {
         "kind": "acceptance_curve",
-        "semantics": "marginal: marginal[j-1] = P(accepted >= j), draft tokens accepted per round (bonus not counted)",
+        "semantics": "marginal: marginal[j-1] = P(accepted >= j), draft tokens accepted per round (bonus not "
+                     "counted); mean_accepted_tokens: tokens per round, the bonus token counted (1 + sum(marginal))",
         "marginal": [round(a, 6) for a in curve],
         "mean_accepted_tokens": s["mean_accepted_tokens"],
         "rounds": s["rounds"],

@@ -45,7 +45,8 @@ CONST_STAR = {
 REAL = {"test_execute", "test_real_adaptive", "test_real_batch", "test_real_fabric", "test_real_pipeline",
         "test_declared_resources", "test_validate", "test_server", "test_server_flood", "test_worker", "test_clock",
         "test_calibrate", "test_calibrate_link", "test_calibrate_step", "test_pair", "test_speculation",
-        "test_sampling", "test_gpu_check", "test_batch_verify", "test_real_serving", "test_draft_seqs"}
+        "test_sampling", "test_gpu_check", "test_batch_verify", "test_real_serving", "test_draft_seqs",
+        "test_pair_repro"}
 FUZZ = {"test_fuzz_files", "test_fuzz_scenarios", "test_fuzz_wire"}
 SLOW = {  # simulator tests of 5 s or more on 2 cores (pytest --durations shows where the time goes)
     "test_no_top_five_candidate_of_a_shipped_plan_is_pruned",  # every shipped plan, simulated whole

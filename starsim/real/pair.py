@@ -10,12 +10,20 @@ files next to ``os.py``, in sorted order):
 3. a smaller **draft** distilled from the target (KL divergence to the target's
    next-token distribution at temperature 1, plus a little cross entropy on the data).
 
-Same Python version (so the same corpus), same settings and seed: the same weights,
-byte for byte, on the CPU (single-threaded training keeps float sums in one order). The
-result is a directory that transformers loads offline (``target/``, ``draft/``,
+What is guaranteed: the same weights, byte for byte (``pair.yaml``'s ``weights_sha256``),
+from the same settings (seed and thread count included), the same Python (so the same
+corpus), the same torch, transformers and tokenizers, and a CPU of the same instruction
+set as torch dispatches to (``torch.backends.cpu.get_cpu_capability()``: AVX512, AVX2...).
+Every draw comes from a seeded generator and training runs on one thread, so float sums
+keep one order; but torch's kernels sum in another order on another instruction set, so
+an AVX2 machine builds other weights than an AVX512 one (``ATEN_CPU_CAPABILITY=avx2`` shows
+it on one machine). ``pair.yaml`` records all of these under ``provenance``.
+
+The result is a directory that transformers loads offline (``target/``, ``draft/``,
 ``tokenizer.json``) with ``pair.yaml``: the settings, the corpus digest, the losses and the
 draft's top-1 agreement with the target on held-out text. Acceptance is never set here: it
-is whatever the real backend measures with this pair.
+is whatever the real backend measures with this pair (``analysis/acceptance_curves.py``
+measures the shipped curves, with this file's provenance).
 """
 
 from __future__ import annotations
@@ -228,14 +236,32 @@ def build_pair(out: str | Path, s: PairSettings | None = None, say=None) -> dict
                        "draft_first": round(d_losses[0], 4), "draft_last": round(d_losses[-1], 4)},
             "holdout": stats,
             "weights_sha256": {n: weights_digest(out / n) for n in ("target", "draft")},
-            "provenance": {"starsim": __version__, "torch": str(torch.__version__), "python": platform.python_version(),
-                           "platform": platform.platform(), "wall_s": round(time.perf_counter() - t0, 1),
+            "provenance": {**build_environment(), "platform": platform.platform(),
+                           "wall_s": round(time.perf_counter() - t0, 1),
                            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         }
         (out / "pair.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
         return info
     finally:
         torch.set_num_threads(threads)
+
+
+def build_environment() -> dict[str, Any]:
+    """What the weights depend on beyond the settings (see the module docstring): the packages'
+    versions and the instruction set torch's CPU kernels use here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def v(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {"starsim": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
+            "transformers": v("transformers"), "tokenizers": v("tokenizers"), "safetensors": v("safetensors"),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def pair_info(pair: str | Path) -> dict[str, Any]:
