@@ -66,25 +66,30 @@ def _intervals_by(records: Records, kind: str, key: str, values: list) -> list[n
 
 def handovers(records: Records) -> dict[str, list[np.ndarray]]:
     """Per device pool, per unit (by its number), each measured turn handover in time order:
-    how long after the unit's previous busy interval ended a verify started whose target was
-    waiting for the unit by then (its draft reply had arrived)."""
+    how long after the unit's previous busy interval ended a role started that was waiting
+    for the unit by then. A verify was waiting from its draft reply's arrival; a prefill or a
+    decode from the end of its target's own previous interval there (its request before)."""
     r, iv = records.rounds, records.intervals
     unit = {t["index"]: t.get("device") for t in records.meta.get("targets", [])}
+    spec = (r["draft"].to_numpy() >= 0) & np.isfinite(r["t_target_arrive"].to_numpy(float))
     out: dict[str, dict[int, np.ndarray]] = {}
-    dev = iv["device"].to_numpy()
-    tgt, ready, vs = r["target"].to_numpy(), r["t_target_arrive"].to_numpy(float), r["t_verify_start"].to_numpy(float)
     for u in sorted({d for d in unit.values() if d}):
         pool, number = parse_device_ref(u)
-        ends = np.sort(iv["end"].to_numpy(float)[dev == u])
-        mine = np.isin(tgt, [t for t, d in unit.items() if d == u]) & np.isfinite(ready)
-        starts, ready_u = vs[mine], ready[mine]
-        order = np.argsort(starts, kind="stable")
-        starts, ready_u = starts[order], ready_u[order]
-        # the last busy interval on the unit that ended before this verify started
-        k = np.searchsorted(ends, starts, side="right") - 1
-        prev = np.where(k >= 0, ends[np.maximum(k, 0)], -np.inf)
-        waited = ready_u < prev
-        out.setdefault(pool, {})[number or 0] = (starts - prev)[waited]
+        on = iv[(iv["device"] == u).to_numpy(bool)].sort_values("start", kind="stable")
+        tgt, start, end = on["target"].to_numpy(), on["start"].to_numpy(float), on["end"].to_numpy(float)
+        # a verify's readiness: its reply's arrival (rounds and verify intervals share their start)
+        arrive = dict(zip(zip(r["target"].to_numpy()[spec], r["t_verify_start"].to_numpy(float)[spec]),
+                          r["t_target_arrive"].to_numpy(float)[spec]))
+        last_own: dict[int, float] = {}
+        ready = np.empty(len(on))
+        for i, (t, s0, kind) in enumerate(zip(tgt, start, on["kind"].to_numpy())):
+            ready[i] = arrive.get((t, s0), np.nan) if kind == "verify" else np.nan
+            if not np.isfinite(ready[i]):
+                ready[i] = last_own.get(t, 0.0)
+            last_own[t] = end[i]
+        prev = np.r_[-np.inf, np.maximum.accumulate(end)[:-1]] if len(end) else end
+        waited = ready < prev
+        out.setdefault(pool, {})[number or 0] = (start - prev)[waited]
     return {pool: [units.get(i, np.empty(0)) for i in range(max(units) + 1)] for pool, units in out.items()}
 
 
@@ -175,12 +180,14 @@ def replay_overrides(scenario, records: Records) -> tuple[list[str], dict[str, A
 
 def replay(path, sets: list[str], records: Records):
     """Simulate the scenario at ``path`` (with ``sets``) as a replay of ``records``: a Result
-    whose source is ``replay``, its provenance naming what each field was fed."""
+    whose source is ``replay``, its provenance naming what each field was fed (``fields``)
+    and the scenario it replays (``scenario``)."""
     from .scenario import load_scenario
     from .sim import simulate
 
     sc = load_scenario(path, sets)
     extra, fed = replay_overrides(sc, records)
     res = simulate(load_scenario(path, [*sets, *extra]), source="replay")
-    res.summary["provenance"]["replay"] = fed
+    # what each field was fed, and the scenario as it was before (a report groups the replay with it)
+    res.summary["provenance"]["replay"] = {"fields": fed, "scenario": sc.to_dict()}
     return res

@@ -41,8 +41,10 @@ def test_replaying_a_simulated_run_gives_that_run_back(n):
     assert gap_stats({"real": idle_gaps_all(sim.records), "replay": idle_gaps_all(rp.records)})["replay"]["ks"] < 0.01
     prov = rp.summary["provenance"]
     assert prov["source"] == rp.records.meta["source"] == "replay"
-    assert prov["replay"]["targets.0.verify_time"]["n"] == int((sim.records.rounds["draft"] >= 0).sum())
-    assert prov["replay"]["acceptance"]["rounds"] == [
+    assert prov["replay"]["scenario"]["targets"][0]["count"] == n  # the scenario it replays, for the report
+    fed = prov["replay"]["fields"]
+    assert fed["targets.0.verify_time"]["n"] == int((sim.records.rounds["draft"] >= 0).sum())
+    assert fed["acceptance"]["rounds"] == [
         int(((sim.records.rounds["target"] == t) & (sim.records.rounds["draft"] >= 0)).sum()) for t in range(n)]
 
 

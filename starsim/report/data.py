@@ -153,10 +153,12 @@ def read_runs(paths: list[Path]) -> list[Run]:
 def family(run: Run) -> str | None:
     """A key shared by runs of the same scenario at different target counts (None: no
     scenario file). Names, descriptions, durations, request caps, pool sizes, acceptance and
-    profile scales are ignored."""
-    if run.scenario is None:
+    profile scales are ignored; a replay counts as the scenario it replays."""
+    # a replay: the scenario it replays, not the measured times it was fed
+    scenario = (run.provenance.get("replay") or {}).get("scenario") or run.scenario
+    if scenario is None:
         return None
-    sc = json.loads(json.dumps(run.scenario, default=str))
+    sc = json.loads(json.dumps(scenario, default=str))
     # acceptance too: a validation sweep feeds each point the curve its real run measured
     for k in ("name", "description", "duration_s", "max_requests", "acceptance"):
         sc.pop(k, None)
