@@ -69,6 +69,27 @@ def row(label: str, metrics: dict, cv: dict, replay: bool = False) -> str:
             f"{u['sim']:.1f}% | {u['sim_err_pct']:+.1f}% |{ru}")
 
 
+def drift(out, v: dict) -> list[str]:
+    """Per point: how far the profiles (as validate scaled them) were from what the real runs
+    measured, on the two times the runs are made of: the draft's round and the target's
+    verify (means over every real run of the point, against the simulation's)."""
+    from starsim.metrics import hop_means
+    from starsim.records import Records
+
+    lines = ["| N | draft round: real / profile (ms) | profile err | verify: real / profile (ms) | profile err |",
+             "|---|---|---|---|---|"]
+    for p in v["points"]:
+        d = out / p["point"]
+        reals = [hop_means(Records.read(r)) for r in sorted(d.glob("real*"))]
+        sim = hop_means(Records.read(d / "sim"))
+        cells = []
+        for hop in ("draft_s", "verify_s"):
+            real = sum(h[hop] for h in reals) / len(reals)
+            cells.append(f"{real * 1e3:.2f} / {sim[hop] * 1e3:.2f} | {100 * (sim[hop] - real) / real:+.1f}%")
+        lines.append(f"| {p['point'].split('=')[1]} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def gap_table(v: dict) -> list[str]:
     """Per point: the draft idle gaps' mean and p99 (ms), real, simulated and replayed, and each
     one's Kolmogorov-Smirnov distance to the real gaps."""
@@ -148,6 +169,8 @@ def main() -> None:
     ap.add_argument("--speed", choices=("spot", "none", "matmul"), default="matmul",
                     help="--serving: how validate scales the profiles to this machine's speed (default matmul, the "
                     "closest of the three in one sweep each on this VM: analysis/results/real.md)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="no runs: the tables and figures again from the last sweep in runs/validate-cpu")
     args = ap.parse_args()
     if args.beyond:
         beyond()
@@ -155,8 +178,9 @@ def main() -> None:
     if args.serving:
         serving(args.speed)
         return
-    starsim("validate", args.scenario, "--sweep", f"targets.0.count={','.join(map(str, POINTS))}",
-            "--repeat", str(REPEAT), "--replay", "--out", str(OUT))
+    if not args.table_only:
+        starsim("validate", args.scenario, "--sweep", f"targets.0.count={','.join(map(str, POINTS))}",
+                "--repeat", str(REPEAT), "--replay", "--out", str(OUT))
     starsim("report", str(OUT), "--out", str(FIGS), "--format", "png")  # each point: real, replay, sim
     (FIGS / "validation.md").write_text((OUT / "validation.md").read_text())  # the whole table, every metric
     v = json.loads((OUT / "validation.json").read_text())
@@ -173,6 +197,8 @@ def main() -> None:
               f"simulator {ms['draft_idle_gap_mean_s']:.1f}%.", "",
               "Draft idle gaps (ms; all runs of a point pooled) and their distance to the real ones:", ""]
     lines += gap_table(v)
+    lines += ["", "The profiles against these runs (what the simulator on the profiles carries beside the model's "
+              "own error):", ""] + drift(OUT, v)
     print("\n".join(lines))
     if args.scenario == "scenarios/real_cpu_declared_n2.yaml":  # the page's table is the declared run's
         write_results("validation", "validate-cpu", "\n".join(lines), "python analysis/validate_cpu.py")

@@ -56,7 +56,8 @@ METRICS: tuple[tuple[str, str, str, float], ...] = tuple(displays(
 # the components a round's time is made of, as hop_means names them
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("draft time", ("draft_s",)),
-    ("verify time", ("verify_s", "verify_wait_s")),
+    ("verify time", ("verify_s",)),
+    ("waiting for the unit", ("verify_wait_s",)),
     ("link", ("link_up_s", "link_down_s")),
     ("queueing", ("queue_s",)),
     ("server parse/serialize", ("parse_s", "serialize_s")),

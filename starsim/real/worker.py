@@ -20,6 +20,7 @@ which holds none of its state. Only with every server down does it fall back as 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -387,5 +388,8 @@ def assemble_records(parts: list[dict], meta: dict, draft_intervals: list[tuple]
             rec.steps = (rec.steps or []) + [tuple(row) for row in part["steps"]]
     rec.intervals += list(draft_intervals)
     if rec.intervals:
-        meta = {**meta, "t_end": max(row[-1] for row in rec.intervals)}
+        # a request's finish too: stamped apart from its last interval's end, it can come out a
+        # few ns later, and a request finishing after the run's end would fall out of its window
+        finished = [row[-1] for row in rec.requests if math.isfinite(row[-1])]
+        meta = {**meta, "t_end": max(max(row[-1] for row in rec.intervals), *finished)}
     return rec.finish(meta)

@@ -429,7 +429,7 @@ def scaling(runs: list[Run], notes: list[str] | None = None) -> Figure:
         ax.set_xlim(left=0.5)
     ax_u.set_ylabel("draft utilization (%)")
     ax_u.set_ylim(0, 105)
-    ax_u.set_title("draft utilization (o simulated, ^ measured; lines: the scenario's closed form)", fontsize=10)
+    ax_u.set_title("draft utilization (o simulated, ^ measured, diamond replayed; lines: the closed form)", fontsize=10)
     ax_t.set_ylabel("throughput (tokens/s, all targets)")
     ax_t.set_ylim(bottom=0)
     ax_t.set_title("system throughput", fontsize=10)
