@@ -103,6 +103,19 @@ def quick_models(quick_pair):
     return tok, target, draft
 
 
+def analysis_script(name: str):
+    """The script ``analysis/NAME.py`` imported as a module (analysis/ on sys.path only while
+    it loads, as when the script runs)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "analysis"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "analysis"))
+
+
 def wait_for(cond, timeout: float = 10.0) -> None:
     """Poll ``cond`` until it holds (a server's threads catch up), failing after ``timeout`` s."""
     import time

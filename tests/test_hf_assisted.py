@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CODE_PROMPTS, REPO
+from conftest import CODE_PROMPTS, REPO, analysis_script
 
 from starsim.errors import StarsimError
 
@@ -16,12 +16,7 @@ SCENARIO = REPO / "scenarios" / "real_cpu_one_for_one_chain.yaml"
 
 
 def _script():
-    sys.path.insert(0, str(REPO / "analysis"))
-    try:
-        import hf_assisted
-    finally:
-        sys.path.remove(str(REPO / "analysis"))
-    return hf_assisted
+    return analysis_script("hf_assisted")
 
 
 def test_the_chain_is_priced_by_a_profile_of_that_chain():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, analysis_script
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -25,12 +25,7 @@ TOLERANCE = 0.1
 
 
 def _script():
-    sys.path.insert(0, str(REPO / "analysis"))
-    try:
-        import acceptance_curves
-    finally:
-        sys.path.remove(str(REPO / "analysis"))
-    return acceptance_curves
+    return analysis_script("acceptance_curves")
 
 
 @pytest.fixture(scope="module")
