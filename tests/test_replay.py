@@ -59,6 +59,9 @@ def test_what_cannot_be_replayed_is_refused_in_one_line():
     with pytest.raises(StarsimError, match="cannot replay serving targets") as e:
         replay_overrides(serving, simulate(serving).records)
     assert "\n" not in str(e.value)
+    piped = load_scenario("scenarios/beyond_pipeline.yaml", ["duration_s=5"])
+    with pytest.raises(StarsimError, match="cannot replay pipelined drafting"):
+        replay_overrides(piped, simulate(piped).records)
 
 
 def test_the_cli_refuses_replay_of_a_serving_scenario_before_any_run(capsys):
