@@ -316,7 +316,9 @@ def hf_costs(hf: HFRun) -> dict:
     simulator adds is its own count of rounds: the acceptance curve, and its first token
     from the prefill where HF's first round emits the accepted tokens and one more."""
     steady = hf.steady()
+    # HF's measured drafts are as cold as they were: no warm/cold curve on top of them
     return {"draft.round_time": {"kind": "empirical", "samples": [x.draft_s for x, _ in steady]},
+            "draft.idle_slowdown": False,
             "targets.0.verify_time": {"kind": "empirical", "samples": [c - x.draft_s for x, c in steady]},
             "targets.0.prefill_time": {"kind": "empirical", "samples": hf.outside()}}
 

@@ -42,7 +42,7 @@ def test_the_chain_is_priced_by_a_profile_of_that_chain():
         assert prof.provenance["cpus"] == cpus
         command = " ".join(prof.provenance["command"].split())
         assert f"--tree 1,{k},{k}" in command and "--ops draft_round" in command and f"/chain-{k}" in command
-        assert sk.draft.warm_cold is None  # no draft_idle curve was timed: rounds are not scaled
+        assert sk.draft.warm_cold is not None  # each round scaled by the chain's own warm/cold curve
         means.append(sk.draft.mean_round(2, 150))
     assert means == sorted(means)  # a longer chain, a longer round
     with pytest.raises(StarsimError, match="differs from the tree"):  # a chain's profile with another tree
