@@ -10,7 +10,8 @@ up and down, the server's parse and serialize of its messages, each draft engine
 and its hand-offs from one queued task to the next, and each unit's turn handovers (from
 the run's rounds and busy intervals). Each target accepts what it accepted in the real
 run, round by round, so the replay runs the rounds the real run ran. What remains between
-the replay and the real run is the model's own error.
+the replay and the real run is the model's own error. A closed loop's targets start when the
+real ones took their first request (they connect a few ms apart, in whatever order).
 
 The measured times already hold whatever slowed them down in the real run, such as the
 server's message threads sharing the draft's core. So the replay runs them as plain delays:
@@ -180,16 +181,28 @@ def replay_overrides(scenario, records: Records) -> tuple[list[str], dict[str, A
     return sets, fed
 
 
+def first_starts(records: Records, n_targets: int) -> list[float]:
+    """Per target, when it took its first request (0 for one that took none): the real run's
+    targets connect a few ms apart, in whatever order, and a closed loop's phase follows."""
+    q = records.requests
+    q = q[q["target"].to_numpy() >= 0]
+    first = q.groupby("target")["t_arrival"].min().to_dict()
+    return [max(0.0, float(first.get(t, 0.0))) for t in range(n_targets)]
+
+
 def replay(path, sets: list[str], records: Records):
     """Simulate the scenario at ``path`` (with ``sets``) as a replay of ``records``: a Result
     whose source is ``replay``, its provenance naming what each field was fed (``fields``)
     and the scenario it replays (``scenario``)."""
-    from .scenario import load_scenario
+    from .scenario import ClosedLoop, load_scenario
     from .sim import simulate
 
     sc = load_scenario(path, sets)
     extra, fed = replay_overrides(sc, records)
-    res = simulate(load_scenario(path, [*sets, *extra]), source="replay")
-    # what each field was fed, and the scenario as it was before (a report groups the replay with it)
-    res.summary["provenance"]["replay"] = {"fields": fed, "scenario": sc.to_dict()}
+    # a closed loop's targets start as the real ones did; an open loop's take arrivals as they come
+    starts = first_starts(records, sc.n_targets) if isinstance(sc.workload, ClosedLoop) else None
+    res = simulate(load_scenario(path, [*sets, *extra]), source="replay", starts=starts)
+    # what each field was fed, when each target started, and the scenario as it was before (a
+    # report groups the replay with it)
+    res.summary["provenance"]["replay"] = {"fields": fed, "starts": starts, "scenario": sc.to_dict()}
     return res

@@ -48,6 +48,19 @@ def test_replaying_a_simulated_run_gives_that_run_back(n):
         int(((sim.records.rounds["target"] == t) & (sim.records.rounds["draft"] >= 0)).sum()) for t in range(n)]
 
 
+def test_a_replay_starts_each_target_when_the_run_did():
+    # a real run's targets connect a few ms apart, in any order: a closed loop's phase follows
+    sc = load_scenario(DECLARED, ["targets.0.count=3"])
+    run = simulate(sc, starts=[0.004, 0.0, 0.002])
+    q = run.records.requests.sort_values("request")
+    assert list(q["target"][:3]) == [1, 2, 0]  # the first to start takes the first request
+    assert q.groupby("target")["t_arrival"].min().tolist() == pytest.approx([0.004, 0.0, 0.002])
+    rp = replay(DECLARED, ["targets.0.count=3"], run.records)
+    assert rp.summary["provenance"]["replay"]["starts"] == pytest.approx([0.004, 0.0, 0.002])
+    for key in KEYS:
+        assert rp.summary[key] == pytest.approx(run.summary[key], rel=1e-4), key
+
+
 def test_a_replay_is_deterministic():
     sim = simulate(load_scenario(DECLARED, ["targets.0.count=3"]))
     a, b = (replay(DECLARED, ["targets.0.count=3"], sim.records) for _ in range(2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -50,6 +51,12 @@ def _arrival_process(env: simpy.Environment, store: simpy.Store, source, budget:
         store.put(None)
 
 
+def _after(env: simpy.Environment, delay: float, life):
+    """``life`` (a target's process), started ``delay`` seconds into the run."""
+    yield env.timeout(delay)
+    return (yield from life)
+
+
 def _router(policy: str, targets: list[ServingTarget]):
     """``route(item)``: sends an arrival to a serving target (round_robin: in turn;
     least_outstanding: the fewest running and queued, the lowest index on a tie); None: the
@@ -70,16 +77,19 @@ def _router(policy: str, targets: list[ServingTarget]):
     return route
 
 
-def simulate(scenario: Scenario, *, general: bool = False, source: str = "sim") -> Result:
+def simulate(scenario: Scenario, *, general: bool = False, source: str = "sim",
+             starts: Sequence[float] | None = None) -> Result:
     """Run the discrete-event simulation of ``scenario``; deterministic for a given seed.
 
     ``general``: run every draft engine and target on its general loop, even where the
     scenario needs none of what only it does (the fast loops are an optimisation, and
     tests/test_loops.py checks that both give the same tables). ``source``: what the run's
-    records call their origin (``replay``: a simulation fed a real run's times)."""
+    records call their origin (``replay``: a simulation fed a real run's times). ``starts``:
+    per target (by index), the time its first request may start, instead of 0 (a replay
+    starts each target of a closed loop when the real run's did; serving targets start at 0)."""
     check_work(scenario)
     with _gc_paused():
-        return _simulate(scenario, general, origin=source)
+        return _simulate(scenario, general, origin=source, starts=starts)
 
 
 # About 20 minutes of simulation at the ~80,000 rounds per second measured here (4 targets);
@@ -134,7 +144,8 @@ class _Model:
     general: bool
 
 
-def _simulate(scenario: Scenario, general: bool = False, origin: str = "sim") -> Result:
+def _simulate(scenario: Scenario, general: bool = False, origin: str = "sim",
+              starts: Sequence[float] | None = None) -> Result:
     """Build the model (units, engines, requests, targets), run it, and summarize its tables."""
     wall0 = time.perf_counter()
     env = simpy.Environment()
@@ -166,8 +177,11 @@ def _simulate(scenario: Scenario, general: bool = False, origin: str = "sim") ->
         lives.append(arrival)
         env.process(arrival)
     procs = []
-    for t in targets:  # a target's first process is its life: the run ends when all have ended
-        gens = t.processes(getattr(scenario.workload, "stagger_s", 0.0)) if isinstance(t, ServingTarget) else [t.run()]
+    for i, t in enumerate(targets):  # a target's first process is its life: the run ends when all have ended
+        if isinstance(t, ServingTarget):
+            gens = t.processes(getattr(scenario.workload, "stagger_s", 0.0))
+        else:
+            gens = [_after(env, starts[i], t.run()) if starts and i < len(starts) and starts[i] > 0 else t.run()]
         lives += gens
         ps = [env.process(g) for g in gens]
         procs.append(ps[0])
