@@ -69,23 +69,17 @@ def row(label: str, metrics: dict, cv: dict, replay: bool = False) -> str:
             f"{u['sim']:.1f}% | {u['sim_err_pct']:+.1f}% |{ru}")
 
 
-def drift(out, v: dict) -> list[str]:
+def drift(v: dict) -> list[str]:
     """Per point: how far the profiles (as validate scaled them) were from what the real runs
     measured, on the two times the runs are made of: the draft's round and the target's
-    verify (means over every real run of the point, against the simulation's)."""
-    from starsim.metrics import hop_means
-    from starsim.records import Records
-
+    verify (validate's component table: means over every real run of the point, against the
+    simulation's)."""
     lines = ["| N | draft round: real / profile (ms) | profile err | verify: real / profile (ms) | profile err |",
              "|---|---|---|---|---|"]
     for p in v["points"]:
-        d = out / p["point"]
-        reals = [hop_means(Records.read(r)) for r in sorted(d.glob("real*"))]
-        sim = hop_means(Records.read(d / "sim"))
-        cells = []
-        for hop in ("draft_s", "verify_s"):
-            real = sum(h[hop] for h in reals) / len(reals)
-            cells.append(f"{real * 1e3:.2f} / {sim[hop] * 1e3:.2f} | {100 * (sim[hop] - real) / real:+.1f}%")
+        comp = {c["component"]: c for c in p["components"]}
+        cells = [f"{c['real_ms']:.2f} / {c['sim_ms']:.2f} | {100 * c['diff_ms'] / c['real_ms']:+.1f}%"
+                 for c in (comp["draft time"], comp["verify time"])]
         lines.append(f"| {p['point'].split('=')[1]} | " + " | ".join(cells) + " |")
     return lines
 
@@ -198,7 +192,7 @@ def main() -> None:
               "Draft idle gaps (ms; all runs of a point pooled) and their distance to the real ones:", ""]
     lines += gap_table(v)
     lines += ["", "The profiles against these runs (what the simulator on the profiles carries beside the model's "
-              "own error):", ""] + drift(OUT, v)
+              "own error):", ""] + drift(v)
     print("\n".join(lines))
     if args.scenario == "scenarios/real_cpu_declared_n2.yaml":  # the page's table is the declared run's
         write_results("validation", "validate-cpu", "\n".join(lines), "python analysis/validate_cpu.py")

@@ -394,7 +394,7 @@ def _beyond(records: Records, rw: dict[str, np.ndarray], drafts: tuple) -> dict[
     return out
 
 
-def _dist(prefix: str, a) -> dict[str, float | None]:
+def dist_stats(prefix: str, a) -> dict[str, float | None]:
     """``PREFIX_mean``, ``_p50``, ``_p99`` of ``a``."""
     return {f"{prefix}_mean": _mean(a), f"{prefix}_p50": _pct(a, 50), f"{prefix}_p99": _pct(a, 99)}
 
@@ -439,7 +439,7 @@ def serving_stats(records: Records, t0: float, t1: float, req: dict) -> dict[str
         "steps": int(len(w)),
         "steps_per_s": _f(len(w) / span) if span > 0 else None,
         "step_time_mean_s": _mean(dur),
-        **_dist("batch_size", running),
+        **dist_stats("batch_size", running),
         "num_requests_running_mean": _mean(running),
         "num_requests_waiting_mean": _mean(w["waiting"]),
         "prefill_tokens_per_step_mean": _mean(w["prefill_tokens"]),
@@ -447,8 +447,8 @@ def serving_stats(records: Records, t0: float, t1: float, req: dict) -> dict[str
         "kv_cache_usage_max": _f(usage.max()) if limited.any() else None,
         "kv_tokens_peak": int(w["kv_tokens"].max()) if len(w) else 0,
         "num_preemptions": int(w["preempted"].sum()),
-        **_dist("e2e_latency_s", e2e),
-        **_dist("itl_s", itl),
+        **dist_stats("e2e_latency_s", e2e),
+        **dist_stats("itl_s", itl),
     }
 
 

@@ -75,14 +75,14 @@ def handovers(records: Records) -> dict[str, list[np.ndarray]]:
     r, iv = records.rounds, records.intervals
     unit = {t["index"]: t.get("device") for t in records.meta.get("targets", [])}
     spec = (r["draft"].to_numpy() >= 0) & np.isfinite(r["t_target_arrive"].to_numpy(float))
+    # a verify's readiness: its reply's arrival (rounds and verify intervals share their start)
+    arrive = dict(zip(zip(r["target"].to_numpy()[spec], r["t_verify_start"].to_numpy(float)[spec]),
+                      r["t_target_arrive"].to_numpy(float)[spec]))
     out: dict[str, dict[int, np.ndarray]] = {}
     for u in sorted({d for d in unit.values() if d}):
         pool, number = parse_device_ref(u)
         on = iv[(iv["device"] == u).to_numpy(bool)].sort_values("start", kind="stable")
         tgt, start, end = on["target"].to_numpy(), on["start"].to_numpy(float), on["end"].to_numpy(float)
-        # a verify's readiness: its reply's arrival (rounds and verify intervals share their start)
-        arrive = dict(zip(zip(r["target"].to_numpy()[spec], r["t_verify_start"].to_numpy(float)[spec]),
-                          r["t_target_arrive"].to_numpy(float)[spec]))
         last_own: dict[int, float] = {}
         ready = np.empty(len(on))
         for i, (t, s0, kind) in enumerate(zip(tgt, start, on["kind"].to_numpy())):

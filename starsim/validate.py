@@ -38,7 +38,7 @@ import yaml
 
 from .errors import StarsimError
 from .metric_display import displays
-from .metrics import hop_means, idle_gaps_all
+from .metrics import dist_stats, hop_means, idle_gaps_all
 from .profile_fields import foreign_profiles, role_cpus
 from .profile_fields import profile_fields as _profile_fields
 from .real.resources import pinned
@@ -166,12 +166,10 @@ def gap_stats(gaps: dict[str, np.ndarray]) -> dict[str, dict[str, float | None]]
     real = gaps["real"]
     out = {}
     for src, g in gaps.items():
-        if not len(g):
-            out[src] = {"n": 0, "mean_ms": None, "p50_ms": None, "p99_ms": None, "ks": None}
-            continue
-        ks = float(ks_2samp(real, g, method="asymp").statistic) if len(real) and src != "real" else None
-        out[src] = {"n": int(len(g)), "mean_ms": float(np.mean(g)) * 1e3, "p50_ms": float(np.percentile(g, 50)) * 1e3,
-                    "p99_ms": float(np.percentile(g, 99)) * 1e3, "ks": ks}
+        d = dist_stats("gap", g)  # the summary's mean, p50 and p99, of these gaps
+        ks = float(ks_2samp(real, g, method="asymp").statistic) if len(g) and len(real) and src != "real" else None
+        out[src] = {"n": int(len(g)), **{f"{q}_ms": None if d[f"gap_{q}"] is None else d[f"gap_{q}"] * 1e3
+                                         for q in ("mean", "p50", "p99")}, "ks": ks}
     return out
 
 
